@@ -1,0 +1,1 @@
+//! Configuration, the control thread, table publication, health checks and statistics. No DPDK dependency.

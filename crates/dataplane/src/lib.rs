@@ -1,0 +1,1 @@
+//! The worker burst loop, generic over packet I/O so that it runs on DPDK ports and on in-memory frames alike.

@@ -1,1 +1,9 @@
-//! Services, backends, weighted Maglev, the LVS schedulers, the per-core connection table and the forwarding decision. No DPDK dependency.
+//! Services, backends, weighted Maglev, the LVS schedulers, the per-core connection table and the forwarding
+//! decision. No DPDK dependency: everything here runs and tests on plain memory.
+
+pub mod conntrack;
+pub mod maglev;
+pub mod persistence;
+pub mod port_alloc;
+pub mod scheduler;
+pub mod service;

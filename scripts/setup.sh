@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Installs what sluice needs to build and test on Debian 12, and reserves hugepages where it can.
+# Idempotent: run it as often as you like. Needs root (or sudo) for apt-get and hugepages.
+set -euo pipefail
+
+packages=(
+    build-essential pkg-config
+    dpdk dpdk-dev libdpdk-dev      # DPDK 22.11: libraries, PMDs, headers, dpdk-testpmd
+    clang libclang-dev             # bindgen
+    libpcap-dev                    # net_pcap vdev
+    iproute2 iputils-ping          # network namespaces for end-to-end tests
+    python3                        # plots and helper scripts
+)
+
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "setup.sh: run as root or install sudo" >&2; exit 1; }
+    sudo_cmd=(sudo)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup.sh: installing ${missing[*]}"
+    "${sudo_cmd[@]}" apt-get update
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y "${missing[@]}"
+else
+    echo "setup.sh: system packages present"
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "setup.sh: no Rust toolchain found: install one with rustup (https://rustup.rs), then rerun" >&2
+    exit 1
+fi
+
+pkg-config --exists libdpdk || { echo "setup.sh: pkg-config cannot find libdpdk after install" >&2; exit 1; }
+echo "setup.sh: DPDK $(pkg-config --modversion libdpdk), $(cargo --version)"
+
+# Hugepages: 2 MiB pages for the mempools. sluice runs without them (EAL --no-huge), only slower.
+want_pages=${SLUICE_HUGEPAGES:-512}
+nr=/proc/sys/vm/nr_hugepages
+if [ -w "$nr" ] || [ ${#sudo_cmd[@]} -gt 0 ]; then
+    have=$(cat "$nr")
+    if [ "$have" -lt "$want_pages" ]; then
+        echo "$want_pages" | "${sudo_cmd[@]}" tee "$nr" >/dev/null 2>&1 || true
+    fi
+    if ! grep -q hugetlbfs /proc/mounts; then
+        "${sudo_cmd[@]}" mkdir -p /dev/hugepages
+        "${sudo_cmd[@]}" mount -t hugetlbfs nodev /dev/hugepages 2>/dev/null || true
+    fi
+fi
+got=$(cat "$nr" 2>/dev/null || echo 0)
+if [ "$got" -gt 0 ] && grep -q hugetlbfs /proc/mounts; then
+    echo "setup.sh: $got hugepages of $(awk '/Hugepagesize/ {print $2 $3}' /proc/meminfo) reserved"
+else
+    echo "setup.sh: no hugepages could be reserved; sluice and its tests run with EAL --no-huge"
+fi

@@ -70,7 +70,9 @@ pub type BackendIdentity = [u8; IDENTITY_LEN];
 pub enum MaglevError {
     #[error("Maglev table size {0} is not prime: use a prime such as 65537 or 655373")]
     NotPrime(u32),
-    #[error("Maglev table size {0} is below the minimum of {MIN_TABLE_SIZE}: use a prime such as 65537")]
+    #[error(
+        "Maglev table size {0} is below the minimum of {MIN_TABLE_SIZE}: use a prime such as 65537"
+    )]
     TooSmall(u32),
     #[error("Maglev table size {0} is above the maximum of {MAX_TABLE_SIZE}: use a prime such as 1000003")]
     TooLarge(u32),
@@ -117,12 +119,12 @@ fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
     }
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         return n == 2;
     }
     let mut divisor = 3u32;
     while divisor.saturating_mul(divisor) <= n {
-        if n % divisor == 0 {
+        if n.is_multiple_of(divisor) {
             return false;
         }
         divisor += 2;
@@ -214,8 +216,10 @@ impl MaglevTable {
     /// weights). Allocates; call it off the data path.
     pub fn build(backends: &[Backend], size: TableSize) -> Result<MaglevTable, MaglevError> {
         let m = size.get();
-        let identities: Box<[BackendIdentity]> =
-            backends.iter().map(|b| backend_identity(b.addr, b.port)).collect();
+        let identities: Box<[BackendIdentity]> = backends
+            .iter()
+            .map(|b| backend_identity(b.addr, b.port))
+            .collect();
         let ids: Box<[BackendId]> = backends.iter().map(|b| b.id).collect();
 
         // Population order is by identity, so it does not depend on the order of the configuration.
@@ -224,7 +228,10 @@ impl MaglevTable {
         for pair in order.windows(2) {
             if identities[pair[0] as usize] == identities[pair[1] as usize] {
                 let duplicate = &backends[pair[1] as usize];
-                return Err(MaglevError::DuplicateBackend { addr: duplicate.addr, port: duplicate.port });
+                return Err(MaglevError::DuplicateBackend {
+                    addr: duplicate.addr,
+                    port: duplicate.port,
+                });
             }
         }
 
@@ -233,14 +240,28 @@ impl MaglevTable {
             .filter(|&&i| backends[i as usize].weight > 0)
             .map(|&i| {
                 let (offset, skip) = permutation(&identities[i as usize], size);
-                Turn { index: i, weight: u64::from(backends[i as usize].weight), credit: 0, position: offset, skip }
+                Turn {
+                    index: i,
+                    weight: u64::from(backends[i as usize].weight),
+                    credit: 0,
+                    position: offset,
+                    skip,
+                }
             })
             .collect();
         if turns.len() > m as usize {
-            return Err(MaglevError::TooManyBackends { active: turns.len(), size: m });
+            return Err(MaglevError::TooManyBackends {
+                active: turns.len(),
+                size: m,
+            });
         }
         if turns.is_empty() {
-            return Ok(MaglevTable { size, slots: Box::new([]), ids, identities });
+            return Ok(MaglevTable {
+                size,
+                slots: Box::new([]),
+                ids,
+                identities,
+            });
         }
 
         let max_weight = turns.iter().map(|t| t.weight).max().unwrap_or(1);
@@ -266,7 +287,12 @@ impl MaglevTable {
                 }
             }
         }
-        Ok(MaglevTable { size, slots, ids, identities })
+        Ok(MaglevTable {
+            size,
+            slots,
+            ids,
+            identities,
+        })
     }
 
     /// The index, in the slice given to `build`, of the backend that owns `hash`; `None` if no backend has a
@@ -280,7 +306,8 @@ impl MaglevTable {
     /// The id of the backend that owns `hash`.
     #[inline]
     pub fn lookup_id(&self, hash: u64) -> Option<BackendId> {
-        self.lookup(hash).and_then(|index| self.ids.get(index).copied())
+        self.lookup(hash)
+            .and_then(|index| self.ids.get(index).copied())
     }
 
     pub fn size(&self) -> TableSize {
@@ -340,7 +367,13 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn backend(id: u32, addr: IpAddr, port: u16, weight: u32) -> Backend {
-        Backend { id: BackendId(id), addr, port, weight, mac: None }
+        Backend {
+            id: BackendId(id),
+            addr,
+            port,
+            weight,
+            mac: None,
+        }
     }
 
     #[test]
@@ -348,13 +381,22 @@ mod tests {
         assert_eq!(TableSize::new(65_537).map(TableSize::get), Ok(65_537));
         assert_eq!(TableSize::new(655_373).map(TableSize::get), Ok(655_373));
         assert_eq!(TableSize::new(1_000_003).map(TableSize::get), Ok(1_000_003));
-        assert_eq!(TableSize::new(MIN_TABLE_SIZE).map(TableSize::get), Ok(MIN_TABLE_SIZE));
+        assert_eq!(
+            TableSize::new(MIN_TABLE_SIZE).map(TableSize::get),
+            Ok(MIN_TABLE_SIZE)
+        );
         assert_eq!(TableSize::new(65_536), Err(MaglevError::NotPrime(65_536)));
-        assert_eq!(TableSize::new(1_000_001), Err(MaglevError::NotPrime(1_000_001)));
+        assert_eq!(
+            TableSize::new(1_000_001),
+            Err(MaglevError::NotPrime(1_000_001))
+        );
         assert_eq!(TableSize::new(65_535), Err(MaglevError::NotPrime(65_535)));
         assert_eq!(TableSize::new(0), Err(MaglevError::TooSmall(0)));
         assert_eq!(TableSize::new(241), Err(MaglevError::TooSmall(241)));
-        assert_eq!(TableSize::new(16_777_259), Err(MaglevError::TooLarge(16_777_259)));
+        assert_eq!(
+            TableSize::new(16_777_259),
+            Err(MaglevError::TooLarge(16_777_259))
+        );
         assert_eq!(TableSize::default().get(), DEFAULT_TABLE_SIZE);
     }
 
@@ -369,8 +411,8 @@ mod tests {
                 }
             }
         }
-        for n in 0..limit {
-            assert_eq!(is_prime(n as u32), n >= 2 && !composite[n], "{n}");
+        for (n, &is_composite) in composite.iter().enumerate() {
+            assert_eq!(is_prime(n as u32), n >= 2 && !is_composite, "{n}");
         }
         // Squares of primes near the top of the accepted range.
         assert!(!is_prime(4093 * 4093));
@@ -380,8 +422,14 @@ mod tests {
     #[test]
     fn identity_layout() {
         let v4 = backend_identity(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 0x1f90);
-        assert_eq!(v4, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1, 0x1f, 0x90]);
-        let mapped = backend_identity(IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped()), 0x1f90);
+        assert_eq!(
+            v4,
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1, 0x1f, 0x90]
+        );
+        let mapped = backend_identity(
+            IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped()),
+            0x1f90,
+        );
         assert_eq!(v4, mapped);
         let v6 = backend_identity(IpAddr::V6(Ipv6Addr::LOCALHOST), 1);
         assert_eq!(v6, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1]);
@@ -391,7 +439,10 @@ mod tests {
     fn skip_is_never_zero_and_offset_in_range() {
         let size = TableSize::new(MIN_TABLE_SIZE).unwrap();
         for port in 0..2000u16 {
-            let (offset, skip) = permutation(&backend_identity(IpAddr::V4(Ipv4Addr::LOCALHOST), port), size);
+            let (offset, skip) = permutation(
+                &backend_identity(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+                size,
+            );
             assert!(offset < size.get());
             assert!((1..size.get()).contains(&skip));
         }
@@ -407,11 +458,16 @@ mod tests {
     #[test]
     fn ipv4_and_its_mapped_form_are_the_same_backend() {
         let a = Ipv4Addr::new(192, 0, 2, 1);
-        let backends =
-            [backend(1, IpAddr::V4(a), 80, 1), backend(2, IpAddr::V6(a.to_ipv6_mapped()), 80, 0)];
+        let backends = [
+            backend(1, IpAddr::V4(a), 80, 1),
+            backend(2, IpAddr::V6(a.to_ipv6_mapped()), 80, 0),
+        ];
         assert_eq!(
             MaglevTable::build(&backends, TableSize::default()),
-            Err(MaglevError::DuplicateBackend { addr: IpAddr::V6(a.to_ipv6_mapped()), port: 80 })
+            Err(MaglevError::DuplicateBackend {
+                addr: IpAddr::V6(a.to_ipv6_mapped()),
+                port: 80
+            })
         );
     }
 
@@ -423,7 +479,10 @@ mod tests {
             .collect();
         assert_eq!(
             MaglevTable::build(&backends, size),
-            Err(MaglevError::TooManyBackends { active: MIN_TABLE_SIZE as usize + 1, size: MIN_TABLE_SIZE })
+            Err(MaglevError::TooManyBackends {
+                active: MIN_TABLE_SIZE as usize + 1,
+                size: MIN_TABLE_SIZE
+            })
         );
         // Drained backends do not count.
         let mut drained = backends.clone();

@@ -6,9 +6,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use balancer::conntrack::{ConnTable, Target, Timeouts};
 use balancer::service::{BackendId, ForwardingMode};
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use packet::FlowKey;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use packet::flow::ip_protocol;
+use packet::FlowKey;
 
 /// Keys probed per lookup measurement, drawn across the whole table so most probes miss the CPU caches.
 const PROBES: usize = 1 << 16;

@@ -21,8 +21,8 @@ use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr};
 
 use hashbrown::{DefaultHashBuilder, HashTable};
-use packet::FlowKey;
 use packet::flow::ip_protocol;
+use packet::FlowKey;
 use thiserror::Error;
 
 use crate::port_alloc::{LocalEndpoint, PortAllocator, PortError};
@@ -1380,11 +1380,9 @@ mod tests {
             vec![client_key(2, 6)],
             "oldest sacrificable first: the half-open one"
         );
-        assert!(
-            table
-                .get(half_open)
-                .is_none_or(|c| c.client != client_key(2, 6))
-        );
+        assert!(table
+            .get(half_open)
+            .is_none_or(|c| c.client != client_key(2, 6)));
         table
             .insert(1, client_key(5, 6), target(ForwardingMode::Dr), SYN, |c| {
                 evicted.push(c.client)

@@ -10,8 +10,8 @@ use balancer::conntrack::{
 };
 use balancer::port_alloc::{LocalEndpoint, PortAllocator, PortError, PortPartition};
 use balancer::service::{BackendId, ForwardingMode};
-use packet::FlowKey;
 use packet::flow::ip_protocol;
+use packet::FlowKey;
 use proptest::prelude::*;
 
 const CAPACITY: usize = 8;

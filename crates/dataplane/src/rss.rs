@@ -33,8 +33,7 @@ pub fn toeplitz(key: &[u8; KEY_LEN], input: &[u8]) -> u32 {
     let mut window = u64::from_be_bytes([
         key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7],
     ]);
-    let mut next_key_byte = 8;
-    for &byte in input.iter().take(KEY_LEN - 4) {
+    for (next_key_byte, &byte) in (8..).zip(input.iter().take(KEY_LEN - 4)) {
         for bit in 0..8 {
             if byte & (0x80 >> bit) != 0 {
                 hash ^= (window >> 32) as u32;
@@ -44,7 +43,6 @@ pub fn toeplitz(key: &[u8; KEY_LEN], input: &[u8]) -> u32 {
         // Refill the low byte that the eight shifts emptied.
         let refill = key.get(next_key_byte).copied().unwrap_or(0);
         window |= u64::from(refill);
-        next_key_byte += 1;
     }
     hash
 }

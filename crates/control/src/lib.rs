@@ -1,1 +1,3 @@
 //! Configuration, the control thread, table publication, health checks and statistics. No DPDK dependency.
+pub mod config;
+pub mod health;

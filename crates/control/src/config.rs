@@ -1,0 +1,1 @@
+//! The TOML configuration: parsing, validation with file/line/field errors, stable backend ids.

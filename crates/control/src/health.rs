@@ -1,0 +1,1 @@
+//! Backend health checks (TCP connect, HTTP GET) with keepalived's knobs.

@@ -2,8 +2,12 @@
 //! decision. No DPDK dependency: everything here runs and tests on plain memory.
 
 pub mod conntrack;
+// pub mod decision;
 pub mod maglev;
+pub mod neighbor;
 pub mod persistence;
 pub mod port_alloc;
+pub mod rss;
 pub mod scheduler;
 pub mod service;
+pub mod snapshot;

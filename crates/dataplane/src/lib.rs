@@ -1,2 +1,2 @@
 //! The worker burst loop, generic over packet I/O so that it runs on DPDK ports and on in-memory frames alike.
-pub mod rss;
+pub use balancer::rss;

@@ -1,0 +1,662 @@
+//! The immutable picture workers forward with: services with their backends and Maglev tables, the addresses the
+//! balancer owns, connected subnets and gateways. The control thread builds it off the data path and shares it
+//! read-only (`Arc<Snapshot>`); a worker swaps to a newer one between bursts and never sees a half-built table.
+
+use std::net::IpAddr;
+
+use hashbrown::HashMap;
+use thiserror::Error;
+
+use crate::maglev::{MaglevError, MaglevTable, TableSize};
+use crate::port_alloc::PortPartition;
+use crate::service::{Backend, BackendId, ForwardingMode, SchedulerKind, ServiceKey};
+
+/// Client-address affinity of a service (keepalived's `persistence_timeout`, ipvsadm `-p`/`-M`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PersistenceSpec {
+    pub timeout_ms: u64,
+    /// Prefix length applied to IPv4 client addresses (32 = per address).
+    pub prefix_v4: u8,
+    /// Prefix length applied to IPv6 client addresses (128 = per address).
+    pub prefix_v6: u8,
+}
+
+/// One virtual service as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub key: ServiceKey,
+    pub mode: ForwardingMode,
+    pub scheduler: SchedulerKind,
+    pub persistence: Option<PersistenceSpec>,
+    pub backends: Vec<Backend>,
+}
+
+/// One of the balancer's ports as the forwarding decision sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSpec {
+    pub mac: [u8; 6],
+    pub mtu: u16,
+    /// The port's own addresses with their prefix lengths; the prefixes are its connected subnets.
+    pub addresses: Vec<(IpAddr, u8)>,
+}
+
+/// Where traffic for addresses outside every connected subnet goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GatewaySpec {
+    pub port: u16,
+    pub addr: IpAddr,
+    /// Configured MAC; resolved by ARP/ND when absent.
+    pub mac: Option<[u8; 6]>,
+}
+
+/// Everything a snapshot is built from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotSpec {
+    pub ports: Vec<PortSpec>,
+    pub gateways: Vec<GatewaySpec>,
+    pub tunnel_source_v4: Option<IpAddr>,
+    pub tunnel_source_v6: Option<IpAddr>,
+    /// FULLNAT local addresses (the sources backends see).
+    pub local_addresses: Vec<IpAddr>,
+    /// How FULLNAT local ports are split between workers; replies are steered by it.
+    pub local_ports: PortPartition,
+    pub maglev_size: TableSize,
+    pub services: Vec<ServiceSpec>,
+    /// Hand traffic that is not ours to the kernel instead of dropping it.
+    pub kernel_exception_path: bool,
+}
+
+/// Why a snapshot cannot be built. The running snapshot stays in place.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    #[error("service {0}: {1}")]
+    Maglev(String, MaglevError),
+    #[error("service {0} is configured twice")]
+    DuplicateService(String),
+    #[error(
+        "backend {backend} is a NAT backend of both {first} and {second}: its replies could not be steered; \
+         give each NAT service its own backend port"
+    )]
+    SharedNatBackend {
+        backend: String,
+        first: String,
+        second: String,
+    },
+    #[error("backend id {0} is used twice")]
+    DuplicateBackendId(u32),
+    #[error("gateway {addr} names port {port}, but there are only {ports} ports")]
+    GatewayPort {
+        addr: IpAddr,
+        port: u16,
+        ports: usize,
+    },
+    #[error("no route to backend {backend} of service {service}: it is in no connected subnet and there is no {family} gateway")]
+    NoRoute {
+        backend: String,
+        service: String,
+        family: &'static str,
+    },
+    #[error("service {service} is in {mode:?} mode and backend {backend} is of the other address family")]
+    FamilyMismatch {
+        service: String,
+        backend: String,
+        mode: ForwardingMode,
+    },
+    #[error("TUN service {0} needs a tunnel source address of its backends' family")]
+    NoTunnelSource(String),
+    #[error("FULLNAT service {0} needs local addresses of its backends' family")]
+    NoLocalAddress(String),
+}
+
+/// How to reach an address: out of which port, to which next hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub port: u16,
+    /// The address whose MAC the frame is sent to: the destination itself on a connected subnet, else the gateway.
+    pub next_hop: IpAddr,
+    /// The next hop's configured MAC, when there is one.
+    pub mac: Option<[u8; 6]>,
+}
+
+/// A service as workers use it.
+#[derive(Debug)]
+pub struct Service {
+    pub key: ServiceKey,
+    pub mode: ForwardingMode,
+    pub scheduler: SchedulerKind,
+    pub persistence: Option<PersistenceSpec>,
+    pub backends: Vec<Backend>,
+    /// Route to each backend, in the order of `backends`.
+    pub routes: Vec<Route>,
+    /// Built for every service: it is the scheduler of `mh` services, and every service places fragments with it.
+    pub maglev: MaglevTable,
+    /// Outer source for TUN encapsulation.
+    pub tunnel_source: Option<IpAddr>,
+}
+
+/// What an address the balancer owns is used for (several may hold at once).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnedAddress {
+    pub vip: bool,
+    pub port_address: bool,
+    pub local_address: bool,
+    pub tunnel_source: bool,
+}
+
+/// Where a backend sits in the snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendPlace {
+    pub service: u32,
+    pub index: u32,
+}
+
+/// The read-only forwarding state of one configuration generation.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub generation: u64,
+    services: Vec<Service>,
+    by_key: HashMap<ServiceKey, u32>,
+    by_backend: HashMap<BackendId, BackendPlace>,
+    /// NAT backends' (address, port, protocol) -> service index, to recognise their replies.
+    nat_backends: HashMap<(IpAddr, u16, u8), u32>,
+    /// (VIP, protocol) -> the service that takes fragments without ports: the all-ports service, else the only
+    /// service of the VIP and protocol; absent when that is ambiguous.
+    fragment_services: HashMap<(IpAddr, u8), u32>,
+    owned: HashMap<IpAddr, OwnedAddress>,
+    ports: Vec<PortSpec>,
+    gateways: Vec<GatewaySpec>,
+    local_ports: PortPartition,
+    kernel_exception_path: bool,
+    max_backend_id: u32,
+}
+
+impl Snapshot {
+    /// Builds generation `generation` from `spec`. Maglev tables are built here: call it off the data path.
+    pub fn build(spec: &SnapshotSpec, generation: u64) -> Result<Snapshot, SnapshotError> {
+        let mut owned: HashMap<IpAddr, OwnedAddress> = HashMap::new();
+        for port in &spec.ports {
+            for &(addr, _) in &port.addresses {
+                owned.entry(addr).or_default().port_address = true;
+            }
+        }
+        for &addr in &spec.local_addresses {
+            owned.entry(addr).or_default().local_address = true;
+        }
+        for addr in [spec.tunnel_source_v4, spec.tunnel_source_v6]
+            .into_iter()
+            .flatten()
+        {
+            owned.entry(addr).or_default().tunnel_source = true;
+        }
+        for gateway in &spec.gateways {
+            if usize::from(gateway.port) >= spec.ports.len() {
+                return Err(SnapshotError::GatewayPort {
+                    addr: gateway.addr,
+                    port: gateway.port,
+                    ports: spec.ports.len(),
+                });
+            }
+        }
+
+        let mut snapshot = Snapshot {
+            generation,
+            services: Vec::with_capacity(spec.services.len()),
+            by_key: HashMap::new(),
+            by_backend: HashMap::new(),
+            nat_backends: HashMap::new(),
+            fragment_services: HashMap::new(),
+            owned,
+            ports: spec.ports.clone(),
+            gateways: spec.gateways.clone(),
+            local_ports: spec.local_ports,
+            kernel_exception_path: spec.kernel_exception_path,
+            max_backend_id: 0,
+        };
+
+        for service_spec in &spec.services {
+            let service_index = snapshot.services.len() as u32;
+            let name = describe_service(&service_spec.key);
+            if snapshot
+                .by_key
+                .insert(service_spec.key, service_index)
+                .is_some()
+            {
+                return Err(SnapshotError::DuplicateService(name));
+            }
+            snapshot.owned.entry(service_spec.key.vip).or_default().vip = true;
+            let vip_is_v4 = service_spec.key.vip.is_ipv4();
+
+            let mut routes = Vec::with_capacity(service_spec.backends.len());
+            for (index, backend) in service_spec.backends.iter().enumerate() {
+                let backend_name = describe_endpoint(backend.addr, backend.port);
+                if backend.addr.is_ipv4() != vip_is_v4 {
+                    return Err(SnapshotError::FamilyMismatch {
+                        service: name,
+                        backend: backend_name,
+                        mode: service_spec.mode,
+                    });
+                }
+                let route = snapshot
+                    .route(backend.addr)
+                    .ok_or_else(|| SnapshotError::NoRoute {
+                        backend: backend_name.clone(),
+                        service: name.clone(),
+                        family: if vip_is_v4 { "IPv4" } else { "IPv6" },
+                    })?;
+                // A MAC configured on the backend wins over resolution, for the connected-subnet case.
+                let route = match (backend.mac, route.next_hop == backend.addr) {
+                    (Some(mac), true) => Route {
+                        mac: Some(mac),
+                        ..route
+                    },
+                    _ => route,
+                };
+                routes.push(route);
+                let place = BackendPlace {
+                    service: service_index,
+                    index: index as u32,
+                };
+                if snapshot.by_backend.insert(backend.id, place).is_some() {
+                    return Err(SnapshotError::DuplicateBackendId(backend.id.0));
+                }
+                snapshot.max_backend_id = snapshot.max_backend_id.max(backend.id.0);
+                if service_spec.mode == ForwardingMode::Nat {
+                    let key = (backend.addr, backend.port, service_spec.key.protocol);
+                    if let Some(&other) = snapshot.nat_backends.get(&key) {
+                        return Err(SnapshotError::SharedNatBackend {
+                            backend: backend_name,
+                            first: describe_service(&snapshot.services[other as usize].key),
+                            second: name,
+                        });
+                    }
+                    snapshot.nat_backends.insert(key, service_index);
+                }
+            }
+
+            let tunnel_source = if vip_is_v4 {
+                spec.tunnel_source_v4
+            } else {
+                spec.tunnel_source_v6
+            };
+            if service_spec.mode == ForwardingMode::Tun && tunnel_source.is_none() {
+                return Err(SnapshotError::NoTunnelSource(name));
+            }
+            if service_spec.mode == ForwardingMode::FullNat
+                && !spec
+                    .local_addresses
+                    .iter()
+                    .any(|addr| addr.is_ipv4() == vip_is_v4)
+            {
+                return Err(SnapshotError::NoLocalAddress(name));
+            }
+            let maglev = MaglevTable::build(&service_spec.backends, spec.maglev_size)
+                .map_err(|error| SnapshotError::Maglev(name.clone(), error))?;
+            snapshot.services.push(Service {
+                key: service_spec.key,
+                mode: service_spec.mode,
+                scheduler: service_spec.scheduler,
+                persistence: service_spec.persistence,
+                backends: service_spec.backends.clone(),
+                routes,
+                maglev,
+                tunnel_source,
+            });
+        }
+        // (services of the VIP and protocol, the last of them, its all-ports service)
+        let mut per_vip: HashMap<(IpAddr, u8), (u32, u32, Option<u32>)> = HashMap::new();
+        for (index, service) in snapshot.services.iter().enumerate() {
+            let index = index as u32;
+            let entry = per_vip
+                .entry((service.key.vip, service.key.protocol))
+                .or_insert((0, index, None));
+            entry.0 += 1;
+            entry.1 = index;
+            if service.key.port == 0 {
+                entry.2 = Some(index);
+            }
+        }
+        for (key, (count, last, all_ports)) in per_vip {
+            if let Some(index) = all_ports.or((count == 1).then_some(last)) {
+                snapshot.fragment_services.insert(key, index);
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// The service that takes fragments carrying no ports for `vip` over `protocol`.
+    #[inline]
+    pub fn fragment_service(&self, vip: IpAddr, protocol: u8) -> Option<(u32, &Service)> {
+        let index = *self.fragment_services.get(&(vip, protocol))?;
+        Some((index, &self.services[index as usize]))
+    }
+
+    /// The service a client reaches at `vip:port` over `protocol`: an exact match, else the VIP's all-ports service.
+    #[inline]
+    pub fn service_for(&self, vip: IpAddr, port: u16, protocol: u8) -> Option<(u32, &Service)> {
+        let index = self
+            .by_key
+            .get(&ServiceKey {
+                vip,
+                port,
+                protocol,
+            })
+            .or_else(|| {
+                self.by_key.get(&ServiceKey {
+                    vip,
+                    port: 0,
+                    protocol,
+                })
+            })?;
+        Some((*index, &self.services[*index as usize]))
+    }
+
+    #[inline]
+    pub fn service(&self, index: u32) -> Option<&Service> {
+        self.services.get(index as usize)
+    }
+
+    pub fn services(&self) -> &[Service] {
+        &self.services
+    }
+
+    /// Where backend `id` is in this snapshot; `None` once it has been removed.
+    #[inline]
+    pub fn backend(&self, id: BackendId) -> Option<(&Service, &Backend, &Route)> {
+        let place = self.by_backend.get(&id)?;
+        let service = &self.services[place.service as usize];
+        let index = place.index as usize;
+        Some((service, &service.backends[index], &service.routes[index]))
+    }
+
+    /// The NAT service whose backend `addr:port` sends a reply over `protocol`.
+    #[inline]
+    pub fn nat_service_of_backend(
+        &self,
+        addr: IpAddr,
+        port: u16,
+        protocol: u8,
+    ) -> Option<&Service> {
+        let index = self.nat_backends.get(&(addr, port, protocol))?;
+        Some(&self.services[*index as usize])
+    }
+
+    /// Whether, and as what, the balancer owns `addr`.
+    #[inline]
+    pub fn owned(&self, addr: IpAddr) -> Option<OwnedAddress> {
+        self.owned.get(&addr).copied()
+    }
+
+    /// Every address the balancer answers ARP/ND for.
+    pub fn owned_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.owned.keys().copied()
+    }
+
+    /// The route to `addr`: the longest matching connected subnet, else the gateway of its family.
+    pub fn route(&self, addr: IpAddr) -> Option<Route> {
+        let mut best: Option<(u8, u16)> = None;
+        for (port_index, port) in self.ports.iter().enumerate() {
+            for &(own, prefix) in &port.addresses {
+                if prefix_contains(own, prefix, addr) && best.is_none_or(|(len, _)| prefix > len) {
+                    best = Some((prefix, port_index as u16));
+                }
+            }
+        }
+        if let Some((_, port)) = best {
+            return Some(Route {
+                port,
+                next_hop: addr,
+                mac: None,
+            });
+        }
+        self.gateways
+            .iter()
+            .find(|gateway| gateway.addr.is_ipv4() == addr.is_ipv4())
+            .map(|gateway| Route {
+                port: gateway.port,
+                next_hop: gateway.addr,
+                mac: gateway.mac,
+            })
+    }
+
+    /// The port with index `port`.
+    #[inline]
+    pub fn port(&self, port: u16) -> Option<&PortSpec> {
+        self.ports.get(usize::from(port))
+    }
+
+    pub fn ports(&self) -> &[PortSpec] {
+        &self.ports
+    }
+
+    /// An address of port `port` of `addr`'s family, to source ARP/ND requests and ICMP errors from.
+    pub fn port_address(&self, port: u16, v4: bool) -> Option<IpAddr> {
+        self.ports
+            .get(usize::from(port))?
+            .addresses
+            .iter()
+            .map(|&(addr, _)| addr)
+            .find(|addr| addr.is_ipv4() == v4)
+    }
+
+    #[inline]
+    pub fn local_ports(&self) -> &PortPartition {
+        &self.local_ports
+    }
+
+    #[inline]
+    pub fn kernel_exception_path(&self) -> bool {
+        self.kernel_exception_path
+    }
+
+    /// The largest backend id in use, to size per-core tables indexed by id.
+    pub fn max_backend_id(&self) -> u32 {
+        self.max_backend_id
+    }
+}
+
+/// Whether `addr` is inside `network/prefix` (same family only).
+pub fn prefix_contains(network: IpAddr, prefix: u8, addr: IpAddr) -> bool {
+    match (network, addr) {
+        (IpAddr::V4(network), IpAddr::V4(addr)) => {
+            let prefix = u32::from(prefix.min(32));
+            let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+            u32::from(network) & mask == u32::from(addr) & mask
+        }
+        (IpAddr::V6(network), IpAddr::V6(addr)) => {
+            let prefix = u32::from(prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+            u128::from(network) & mask == u128::from(addr) & mask
+        }
+        _ => false,
+    }
+}
+
+/// `addr` with everything past `prefix` bits cleared.
+pub fn mask_address(addr: IpAddr, prefix_v4: u8, prefix_v6: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(addr) => {
+            let prefix = u32::from(prefix_v4.min(32));
+            let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+            IpAddr::V4((u32::from(addr) & mask).into())
+        }
+        IpAddr::V6(addr) => {
+            let prefix = u32::from(prefix_v6.min(128));
+            let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+            IpAddr::V6((u128::from(addr) & mask).into())
+        }
+    }
+}
+
+/// `tcp://10.0.0.1:80`, `udp://[2001:db8::1]:53`: how services are named in errors and logs.
+pub fn describe_service(key: &ServiceKey) -> String {
+    let protocol = match key.protocol {
+        packet::flow::ip_protocol::TCP => "tcp",
+        packet::flow::ip_protocol::UDP => "udp",
+        _ => "ip",
+    };
+    format!("{protocol}://{}", describe_endpoint(key.vip, key.port))
+}
+
+/// `10.0.0.1:80` or `[2001:db8::1]:80`.
+pub fn describe_endpoint(addr: IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(addr, port).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use packet::flow::ip_protocol;
+
+    fn backend(id: u32, addr: &str, weight: u32) -> Backend {
+        Backend {
+            id: BackendId(id),
+            addr: addr.parse().unwrap(),
+            port: 80,
+            weight,
+            mac: None,
+        }
+    }
+
+    pub(crate) fn spec(mode: ForwardingMode) -> SnapshotSpec {
+        SnapshotSpec {
+            ports: vec![
+                PortSpec {
+                    mac: [2, 0, 0, 0, 0, 1],
+                    mtu: 1500,
+                    addresses: vec![
+                        ("10.0.0.1".parse().unwrap(), 24),
+                        ("fd00::1".parse().unwrap(), 64),
+                    ],
+                },
+                PortSpec {
+                    mac: [2, 0, 0, 0, 0, 2],
+                    mtu: 1500,
+                    addresses: vec![("10.1.0.1".parse().unwrap(), 24)],
+                },
+            ],
+            gateways: vec![GatewaySpec {
+                port: 0,
+                addr: "10.0.0.254".parse().unwrap(),
+                mac: Some([2, 0, 0, 0, 0, 0xfe]),
+            }],
+            tunnel_source_v4: Some("10.1.0.1".parse().unwrap()),
+            tunnel_source_v6: None,
+            local_addresses: vec!["10.1.0.5".parse().unwrap()],
+            local_ports: PortPartition::new(1024, 65535, 1).unwrap(),
+            maglev_size: TableSize::new(251).unwrap(),
+            services: vec![ServiceSpec {
+                key: ServiceKey {
+                    vip: "10.0.0.100".parse().unwrap(),
+                    port: 80,
+                    protocol: ip_protocol::TCP,
+                },
+                mode,
+                scheduler: SchedulerKind::Mh,
+                persistence: None,
+                backends: vec![backend(1, "10.1.0.11", 1), backend(2, "10.1.0.12", 1)],
+            }],
+            kernel_exception_path: false,
+        }
+    }
+
+    #[test]
+    fn routes_prefer_the_longest_connected_subnet_then_the_gateway() {
+        let snapshot = Snapshot::build(&spec(ForwardingMode::Nat), 1).unwrap();
+        let to_backend = snapshot.route("10.1.0.11".parse().unwrap()).unwrap();
+        assert_eq!(to_backend.port, 1);
+        assert_eq!(to_backend.next_hop, "10.1.0.11".parse::<IpAddr>().unwrap());
+        let far = snapshot.route("192.0.2.1".parse().unwrap()).unwrap();
+        assert_eq!(far.port, 0);
+        assert_eq!(far.next_hop, "10.0.0.254".parse::<IpAddr>().unwrap());
+        assert_eq!(far.mac, Some([2, 0, 0, 0, 0, 0xfe]));
+        // No IPv6 gateway: only the connected IPv6 subnet is reachable.
+        assert!(snapshot.route("2001:db8::1".parse().unwrap()).is_none());
+        assert_eq!(snapshot.route("fd00::9".parse().unwrap()).unwrap().port, 0);
+    }
+
+    #[test]
+    fn services_match_exactly_or_on_the_all_ports_service() {
+        let mut spec = spec(ForwardingMode::Dr);
+        let mut all_ports = spec.services[0].clone();
+        all_ports.key.port = 0;
+        all_ports.backends = vec![backend(7, "10.1.0.20", 1)];
+        spec.services.push(all_ports);
+        let snapshot = Snapshot::build(&spec, 1).unwrap();
+        let vip = "10.0.0.100".parse().unwrap();
+        assert_eq!(
+            snapshot.service_for(vip, 80, ip_protocol::TCP).unwrap().0,
+            0
+        );
+        assert_eq!(
+            snapshot.service_for(vip, 443, ip_protocol::TCP).unwrap().0,
+            1
+        );
+        assert!(snapshot.service_for(vip, 443, ip_protocol::UDP).is_none());
+        assert!(snapshot.owned(vip).unwrap().vip);
+        assert!(
+            snapshot
+                .owned("10.1.0.5".parse().unwrap())
+                .unwrap()
+                .local_address
+        );
+    }
+
+    #[test]
+    fn invalid_specs_are_typed_errors() {
+        let mut shared = spec(ForwardingMode::Nat);
+        let mut second = shared.services[0].clone();
+        second.key.port = 8080;
+        second.backends[0].id = BackendId(10);
+        second.backends[1].id = BackendId(11);
+        shared.services.push(second);
+        assert!(matches!(
+            Snapshot::build(&shared, 1),
+            Err(SnapshotError::SharedNatBackend { .. })
+        ));
+
+        let mut no_route = spec(ForwardingMode::Nat);
+        no_route.gateways.clear();
+        no_route.services[0].backends[0].addr = "192.0.2.1".parse().unwrap();
+        assert!(matches!(
+            Snapshot::build(&no_route, 1),
+            Err(SnapshotError::NoRoute { .. })
+        ));
+
+        let mut tun_v6 = spec(ForwardingMode::Tun);
+        tun_v6.services[0].key.vip = "fd00::100".parse().unwrap();
+        tun_v6.services[0].backends = vec![backend(1, "fd00::11", 1)];
+        assert_eq!(
+            Snapshot::build(&tun_v6, 1).unwrap_err(),
+            SnapshotError::NoTunnelSource("tcp://[fd00::100]:80".into())
+        );
+
+        let mut mixed = spec(ForwardingMode::Dr);
+        mixed.services[0].backends[1].addr = "fd00::12".parse().unwrap();
+        assert!(matches!(
+            Snapshot::build(&mixed, 1),
+            Err(SnapshotError::FamilyMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn masks_and_prefixes() {
+        let addr: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(
+            mask_address(addr, 24, 128),
+            "10.1.2.0".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            mask_address(addr, 0, 128),
+            "0.0.0.0".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(mask_address(addr, 32, 128), addr);
+        assert!(prefix_contains("10.0.0.0".parse().unwrap(), 8, addr));
+        assert!(!prefix_contains("10.0.0.0".parse().unwrap(), 16, addr));
+        assert!(prefix_contains(
+            "::".parse().unwrap(),
+            0,
+            "fd00::1".parse().unwrap()
+        ));
+        assert!(!prefix_contains("::".parse().unwrap(), 0, addr));
+    }
+}

@@ -1,2 +1,5 @@
 //! The worker burst loop, generic over packet I/O so that it runs on DPDK ports and on in-memory frames alike.
+pub mod io;
+pub mod traffic;
+
 pub use balancer::rss;

@@ -447,8 +447,8 @@ mod tests {
             for frame in &burst {
                 seen.insert(
                     frame.data()[26..30]
-                        .to_vec()
-                        .into_iter()
+                        .iter()
+                        .copied()
                         .chain(frame.data()[34..36].iter().copied())
                         .collect::<Vec<_>>(),
                 );

@@ -1,5 +1,21 @@
-//! Zero-copy header views and in-place rewrites for the frames sluice forwards. No DPDK dependency.
+//! Zero-copy classification and in-place rewrites for the frames sluice forwards: Ethernet and VLAN, ARP, IPv4,
+//! IPv6, TCP, UDP, ICMP and ICMPv6; RFC 1624 checksum updates; IP-in-IP encapsulation; the answers sluice sends
+//! itself. No DPDK dependency, no allocation, no panics on any input.
 
+pub mod answer;
+pub mod checksum;
 pub mod flow;
+pub mod fuzzing;
+pub mod parse;
+pub mod rewrite;
 
+pub use answer::{
+    answer_arp, answer_echo, answer_neighbor_solicitation, build_arp_request,
+    build_neighbor_solicitation, build_too_big,
+};
 pub use flow::{ip_protocol, FlowKey};
+pub use parse::{parse_frame, ArpFacts, Fragment, FrameLayout, IcmpKind, ParseError, L3};
+pub use rewrite::{
+    decapsulate, encapsulate, rewrite_destination, rewrite_icmp_error_destination,
+    rewrite_icmp_error_source, rewrite_source, set_macs, IPV4_HEADER_LEN, IPV6_HEADER_LEN,
+};

@@ -1,0 +1,113 @@
+//! Internet checksums: full sums for headers we build, and RFC 1624 incremental updates for rewrites.
+
+use std::net::IpAddr;
+
+/// The ones'-complement sum of `bytes` as 16-bit big-endian words (an odd last byte is padded with zero),
+/// not yet folded.
+#[inline]
+pub fn sum(bytes: &[u8]) -> u64 {
+    let mut total = 0u64;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let word = u64::from_be_bytes([
+            chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7],
+        ]);
+        // Summing 16-bit words in a 64-bit accumulator: add the four words of this 64-bit chunk.
+        total += (word >> 48) + ((word >> 32) & 0xffff) + ((word >> 16) & 0xffff) + (word & 0xffff);
+    }
+    let mut pairs = chunks.remainder().chunks_exact(2);
+    for pair in &mut pairs {
+        total += u64::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    if let [last] = pairs.remainder() {
+        total += u64::from(*last) << 8;
+    }
+    total
+}
+
+/// Folds a sum to 16 bits (not complemented).
+#[inline]
+pub fn fold(mut total: u64) -> u16 {
+    while total > 0xffff {
+        total = (total & 0xffff) + (total >> 16);
+    }
+    total as u16
+}
+
+/// The checksum field value for data whose sum is `total`.
+#[inline]
+pub fn finish(total: u64) -> u16 {
+    !fold(total)
+}
+
+/// The sum of an address's bytes.
+#[inline]
+pub fn address_sum(addr: IpAddr) -> u64 {
+    match addr {
+        IpAddr::V4(v4) => sum(&v4.octets()),
+        IpAddr::V6(v6) => sum(&v6.octets()),
+    }
+}
+
+/// The sum of an IPv4 or IPv6 pseudo-header.
+#[inline]
+pub fn pseudo_header_sum(src: IpAddr, dst: IpAddr, protocol: u8, length: u32) -> u64 {
+    address_sum(src)
+        + address_sum(dst)
+        + u64::from(protocol)
+        + u64::from(length >> 16)
+        + u64::from(length & 0xffff)
+}
+
+/// RFC 1624 (eqn. 3): the checksum after the data summed to `old_sum` now sums to `new_sum`:
+/// HC' = ~(~HC + ~m + m').
+#[inline]
+pub fn update(checksum: u16, old_sum: u64, new_sum: u64) -> u16 {
+    let old = fold(old_sum);
+    let new = fold(new_sum);
+    !fold(u64::from(!checksum) + u64::from(!old) + u64::from(new))
+}
+
+/// [`update`] for a change of the bytes `old` into `new` (equal, even lengths).
+#[inline]
+pub fn update_bytes(checksum: u16, old: &[u8], new: &[u8]) -> u16 {
+    update(checksum, sum(old), sum(new))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn rfc1071_example() {
+        // RFC 1071 section 3: 00 01 f2 03 f4 f5 f6 f7 sums to ddf2.
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(fold(sum(&data)), 0xddf2);
+        assert_eq!(finish(sum(&data)), !0xddf2);
+    }
+
+    proptest! {
+        #[test]
+        fn incremental_equals_full(mut data in proptest::collection::vec(any::<u8>(), 2..200), at in any::<usize>(), new in any::<[u8; 4]>()) {
+            if data.len() % 2 == 1 { data.push(0); }
+            let before = finish(sum(&data));
+            let start = (at % (data.len() / 2)) * 2;
+            let end = (start + 4).min(data.len());
+            let old = data[start..end].to_vec();
+            data[start..end].copy_from_slice(&new[..end - start]);
+            let incremental = update_bytes(before, &old, &data[start..end]);
+            let full = finish(sum(&data));
+            // 0x0000 and 0xffff are the same number in ones' complement.
+            prop_assert!(incremental == full || (incremental | full) == 0xffff && (incremental & full) == 0,
+                "incremental {:04x} full {:04x}", incremental, full);
+        }
+
+        #[test]
+        fn odd_lengths_pad_with_zero(data in proptest::collection::vec(any::<u8>(), 1..100)) {
+            let mut padded = data.clone();
+            if padded.len() % 2 == 1 { padded.push(0); }
+            prop_assert_eq!(fold(sum(&data)), fold(sum(&padded)));
+        }
+    }
+}

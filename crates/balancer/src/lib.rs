@@ -2,7 +2,7 @@
 //! decision. No DPDK dependency: everything here runs and tests on plain memory.
 
 pub mod conntrack;
-// pub mod decision;
+pub mod decision;
 pub mod maglev;
 pub mod neighbor;
 pub mod persistence;

@@ -1,0 +1,761 @@
+//! The forwarding decision on hand-built frame layouts: every mode in both directions, answers, steering between
+//! workers, fragments, ICMP errors, persistence, removal and draining, and a full table.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use balancer::conntrack::{tcp_flags, ConnTable, Timeouts};
+use balancer::decision::{
+    Action, DropReason, Forward, Rewrite, WorkerPlace, WorkerState, WorkerTables,
+};
+use balancer::maglev::TableSize;
+use balancer::neighbor::NeighborTable;
+use balancer::persistence::PersistenceTable;
+use balancer::port_alloc::{PortAllocator, PortPartition};
+use balancer::scheduler::LoadTable;
+use balancer::service::{Backend, BackendId, ForwardingMode, SchedulerKind, ServiceKey};
+use balancer::snapshot::{
+    GatewaySpec, PersistenceSpec, PortSpec, ServiceSpec, Snapshot, SnapshotSpec,
+};
+use packet::flow::ip_protocol::{ICMP, TCP, UDP};
+use packet::{ArpFacts, FlowKey, Fragment, FrameLayout, IcmpKind, L3};
+
+const CLIENT_PORT: u16 = 0;
+const BACKEND_PORT: u16 = 1;
+const NOW: u64 = 1_000_000;
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+fn vip(v6: bool) -> IpAddr {
+    if v6 {
+        ip("fd00::100")
+    } else {
+        ip("10.0.0.100")
+    }
+}
+
+fn backends(v6: bool, weights: &[u32], port: u16) -> Vec<Backend> {
+    weights
+        .iter()
+        .enumerate()
+        .map(|(i, &weight)| Backend {
+            id: BackendId(if v6 { 100 } else { 0 } + i as u32 + 1),
+            addr: if v6 {
+                ip(&format!("fd01::{}", 11 + i))
+            } else {
+                ip(&format!("10.1.0.{}", 11 + i))
+            },
+            port,
+            weight,
+            mac: Some([2, 0xbe, 0, 0, 0, 11 + i as u8]),
+        })
+        .collect()
+}
+
+fn service(
+    mode: ForwardingMode,
+    scheduler: SchedulerKind,
+    v6: bool,
+    weights: &[u32],
+) -> ServiceSpec {
+    let backend_port = if matches!(mode, ForwardingMode::Nat | ForwardingMode::FullNat) {
+        8080
+    } else {
+        80
+    };
+    ServiceSpec {
+        key: ServiceKey {
+            vip: vip(v6),
+            port: 80,
+            protocol: TCP,
+        },
+        mode,
+        scheduler,
+        persistence: None,
+        backends: backends(v6, weights, backend_port),
+    }
+}
+
+fn spec(services: Vec<ServiceSpec>, workers: u16) -> SnapshotSpec {
+    SnapshotSpec {
+        ports: vec![
+            PortSpec {
+                mac: [2, 0, 0, 0, 0, 1],
+                mtu: 1500,
+                addresses: vec![(ip("10.0.0.1"), 24), (ip("fd00::1"), 64)],
+            },
+            PortSpec {
+                mac: [2, 0, 0, 0, 0, 2],
+                mtu: 1500,
+                addresses: vec![(ip("10.1.0.1"), 24), (ip("fd01::1"), 64)],
+            },
+        ],
+        gateways: vec![
+            GatewaySpec {
+                port: CLIENT_PORT,
+                addr: ip("10.0.0.254"),
+                mac: Some([2, 0, 0, 0, 0, 0xfe]),
+            },
+            GatewaySpec {
+                port: CLIENT_PORT,
+                addr: ip("fd00::fe"),
+                mac: None,
+            },
+        ],
+        tunnel_source_v4: Some(ip("10.1.0.1")),
+        tunnel_source_v6: Some(ip("fd01::1")),
+        local_addresses: vec![ip("10.1.0.5"), ip("fd01::5")],
+        local_ports: PortPartition::new(1024, 65535, workers).unwrap(),
+        maglev_size: TableSize::new(251).unwrap(),
+        services,
+        kernel_exception_path: false,
+    }
+}
+
+struct Harness {
+    state: WorkerState,
+    tables: WorkerTables,
+}
+
+impl Harness {
+    fn new(spec: &SnapshotSpec) -> Harness {
+        Harness::worker(spec, 0, 1, false)
+    }
+
+    fn worker(spec: &SnapshotSpec, index: u16, workers: u16, software_steering: bool) -> Harness {
+        let snapshot = Arc::new(Snapshot::build(spec, 1).unwrap());
+        let ports = PortAllocator::new(spec.local_ports, index, &spec.local_addresses).unwrap();
+        Harness {
+            state: WorkerState {
+                place: WorkerPlace {
+                    index,
+                    workers,
+                    software_steering,
+                },
+                conns: ConnTable::with_local_ports(1024, Timeouts::default(), ports).unwrap(),
+                load: LoadTable::new(1024),
+                persistence: PersistenceTable::new(1024),
+                neighbors: Arc::new(NeighborTable::new(256)),
+            },
+            tables: WorkerTables::new(snapshot),
+        }
+    }
+
+    fn publish(&mut self, spec: &SnapshotSpec, generation: u64) {
+        let snapshot = Arc::new(Snapshot::build(spec, generation).unwrap());
+        self.tables = WorkerTables::new(snapshot);
+    }
+
+    fn decide(&mut self, layout: &FrameLayout) -> Action {
+        self.state.decide(&mut self.tables, layout, false, NOW)
+    }
+}
+
+fn transport(
+    src: IpAddr,
+    src_port: u16,
+    dst: IpAddr,
+    dst_port: u16,
+    protocol: u8,
+    flags: u8,
+) -> FrameLayout {
+    let v4 = src.is_ipv4();
+    let ip_len: u16 = if v4 { 20 } else { 40 };
+    let l4_len: u16 = if protocol == TCP { 20 } else { 8 };
+    FrameLayout {
+        l2_len: 14,
+        vlan_tags: 0,
+        vlan_id: None,
+        l3: if v4 { L3::Ipv4 } else { L3::Ipv6 },
+        l3_offset: 14,
+        l4_offset: 14 + ip_len,
+        l3_len: ip_len + l4_len + 100,
+        protocol,
+        ttl: 64,
+        flow: FlowKey {
+            src_addr: src,
+            dst_addr: dst,
+            src_port,
+            dst_port,
+            protocol,
+        },
+        fragment: Fragment::None,
+        tcp_flags: if protocol == TCP { flags } else { 0 },
+        icmp: IcmpKind::None,
+        arp: None,
+    }
+}
+
+fn tcp(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16, flags: u8) -> FrameLayout {
+    transport(src, src_port, dst, dst_port, TCP, flags)
+}
+
+fn client(i: u32, v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6((0x2001_0db8_0000_0000_0000_0000_0000_0000u128 + u128::from(i)).into())
+    } else {
+        IpAddr::V4(Ipv4Addr::from(0xc000_0200 + i))
+    }
+}
+
+fn forwarded(action: Action) -> Forward {
+    match action {
+        Action::Forward(forward) => forward,
+        other => panic!("expected a forward, got {other:?}"),
+    }
+}
+
+const SYN: u8 = tcp_flags::SYN;
+const ACK: u8 = tcp_flags::ACK;
+
+#[test]
+fn dr_rewrites_macs_only_and_keeps_every_packet_of_a_flow_on_one_backend() {
+    for v6 in [false, true] {
+        let mut harness = Harness::new(&spec(
+            vec![service(
+                ForwardingMode::Dr,
+                SchedulerKind::Mh,
+                v6,
+                &[1, 1, 1],
+            )],
+            1,
+        ));
+        let mut per_backend = [0u32; 3];
+        for i in 0..600 {
+            let src = client(i, v6);
+            let first = forwarded(harness.decide(&tcp(src, 40000, vip(v6), 80, SYN)));
+            assert_eq!(first.rewrite, Rewrite::MacsOnly);
+            assert_eq!(first.port, BACKEND_PORT);
+            assert!(!first.untracked);
+            let backend = first.backend.unwrap();
+            assert_eq!(
+                first.next_hop,
+                harness.tables.snapshot.backend(backend).unwrap().1.addr
+            );
+            assert_eq!(
+                first.mac,
+                harness.tables.snapshot.backend(backend).unwrap().1.mac
+            );
+            per_backend[(backend.0 % 100 - 1) as usize] += 1;
+            for _ in 0..3 {
+                let later = forwarded(harness.decide(&tcp(src, 40000, vip(v6), 80, ACK)));
+                assert_eq!(later.backend, Some(backend));
+            }
+        }
+        for count in per_backend {
+            assert!(
+                (150..=250).contains(&count),
+                "uneven spread {per_backend:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn nat_maps_requests_to_the_backend_and_replies_back_to_the_vip() {
+    for v6 in [false, true] {
+        let mut harness = Harness::new(&spec(
+            vec![service(ForwardingMode::Nat, SchedulerKind::Mh, v6, &[1, 1])],
+            1,
+        ));
+        let src = client(7, v6);
+        let request = forwarded(harness.decide(&tcp(src, 40000, vip(v6), 80, SYN)));
+        let Rewrite::Destination { addr, port } = request.rewrite else {
+            panic!("NAT rewrites the destination: {request:?}");
+        };
+        assert_eq!(port, 8080);
+        assert_eq!(request.port, BACKEND_PORT);
+        let reply = harness.decide(&tcp(addr, 8080, src, 40000, SYN | ACK));
+        let reply = forwarded(reply);
+        assert_eq!(
+            reply.rewrite,
+            Rewrite::Source {
+                addr: vip(v6),
+                port: 80
+            }
+        );
+        assert_eq!(reply.port, CLIENT_PORT);
+        // The client is behind the gateway; the IPv6 gateway's MAC is left to neighbour discovery.
+        assert_eq!(
+            reply.next_hop,
+            if v6 { ip("fd00::fe") } else { ip("10.0.0.254") }
+        );
+        assert_eq!(reply.mac.is_some(), !v6);
+        // A reply for a flow nobody opened is dropped.
+        assert_eq!(
+            harness.decide(&tcp(addr, 8080, client(8, v6), 40000, ACK)),
+            Action::Drop(DropReason::NoConnection)
+        );
+    }
+}
+
+#[test]
+fn fullnat_rewrites_both_ends_and_maps_replies_to_the_client() {
+    for v6 in [false, true] {
+        let mut harness = Harness::new(&spec(
+            vec![service(
+                ForwardingMode::FullNat,
+                SchedulerKind::Mh,
+                v6,
+                &[1, 1],
+            )],
+            1,
+        ));
+        let src = client(9, v6);
+        let request = forwarded(harness.decide(&tcp(src, 40000, vip(v6), 80, SYN)));
+        let Rewrite::SourceAndDestination {
+            src: local,
+            src_port: local_port,
+            dst,
+            dst_port,
+        } = request.rewrite
+        else {
+            panic!("FULLNAT rewrites both ends: {request:?}");
+        };
+        assert_eq!(local, if v6 { ip("fd01::5") } else { ip("10.1.0.5") });
+        assert_eq!(dst_port, 8080);
+        let reply = forwarded(harness.decide(&tcp(dst, 8080, local, local_port, SYN | ACK)));
+        assert_eq!(
+            reply.rewrite,
+            Rewrite::SourceAndDestination {
+                src: vip(v6),
+                src_port: 80,
+                dst: src,
+                dst_port: 40000
+            }
+        );
+        // Another local port gets nothing.
+        assert_eq!(
+            harness.decide(&tcp(dst, 8080, local, local_port.wrapping_add(1), ACK)),
+            Action::Drop(DropReason::NoConnection)
+        );
+    }
+}
+
+#[test]
+fn tun_encapsulates_from_the_tunnel_source_and_answers_too_big() {
+    for v6 in [false, true] {
+        let mut harness = Harness::new(&spec(
+            vec![service(ForwardingMode::Tun, SchedulerKind::Mh, v6, &[1, 1])],
+            1,
+        ));
+        let src = client(3, v6);
+        let request = forwarded(harness.decide(&tcp(src, 40000, vip(v6), 80, SYN)));
+        let Rewrite::Encapsulate {
+            outer_src,
+            outer_dst,
+        } = request.rewrite
+        else {
+            panic!("TUN encapsulates: {request:?}");
+        };
+        assert_eq!(outer_src, if v6 { ip("fd01::1") } else { ip("10.1.0.1") });
+        assert_eq!(
+            Some(outer_dst),
+            request
+                .backend
+                .map(|id| harness.tables.snapshot.backend(id).unwrap().1.addr)
+        );
+        let mut big = tcp(src, 40000, vip(v6), 80, ACK);
+        big.l3_len = 1500;
+        let outer = if v6 { 40 } else { 20 };
+        assert_eq!(
+            harness.decide(&big),
+            Action::TooBig {
+                from: vip(v6),
+                mtu: 1500 - outer
+            }
+        );
+    }
+}
+
+#[test]
+fn non_syn_segments_open_nothing_under_ipvs_schedulers_but_do_under_maglev() {
+    let mut harness = Harness::new(&spec(
+        vec![service(
+            ForwardingMode::Dr,
+            SchedulerKind::Wlc,
+            false,
+            &[1, 1],
+        )],
+        1,
+    ));
+    assert_eq!(
+        harness.decide(&tcp(client(1, false), 1000, vip(false), 80, ACK)),
+        Action::Drop(DropReason::NoConnection)
+    );
+    forwarded(harness.decide(&tcp(client(1, false), 1000, vip(false), 80, SYN)));
+    forwarded(harness.decide(&tcp(client(1, false), 1000, vip(false), 80, ACK)));
+
+    let mut maglev = Harness::new(&spec(
+        vec![service(
+            ForwardingMode::Dr,
+            SchedulerKind::Mh,
+            false,
+            &[1, 1],
+        )],
+        1,
+    ));
+    forwarded(maglev.decide(&tcp(client(1, false), 1000, vip(false), 80, ACK)));
+}
+
+#[test]
+fn udp_services_and_unknown_ports() {
+    let mut udp = service(ForwardingMode::Nat, SchedulerKind::Rr, false, &[1, 1]);
+    udp.key.protocol = UDP;
+    let mut harness = Harness::new(&spec(vec![udp], 1));
+    let first =
+        forwarded(harness.decide(&transport(client(1, false), 5353, vip(false), 80, UDP, 0)));
+    let second =
+        forwarded(harness.decide(&transport(client(2, false), 5353, vip(false), 80, UDP, 0)));
+    assert_ne!(first.backend, second.backend, "rr alternates");
+    assert_eq!(
+        harness.decide(&transport(client(1, false), 5353, vip(false), 81, UDP, 0)),
+        Action::Drop(DropReason::NoService)
+    );
+    assert_eq!(
+        harness.decide(&tcp(client(1, false), 5353, vip(false), 80, SYN)),
+        Action::Drop(DropReason::NoService)
+    );
+}
+
+#[test]
+fn traffic_for_others_is_dropped_or_handed_to_the_kernel() {
+    let mut spec = spec(
+        vec![service(ForwardingMode::Dr, SchedulerKind::Mh, false, &[1])],
+        1,
+    );
+    let mut harness = Harness::new(&spec);
+    let stranger = tcp(client(1, false), 1000, ip("192.0.2.99"), 80, SYN);
+    assert_eq!(harness.decide(&stranger), Action::Drop(DropReason::NotOurs));
+    spec.kernel_exception_path = true;
+    harness.publish(&spec, 2);
+    assert_eq!(harness.decide(&stranger), Action::ToKernel);
+    // Our own port address, no service: the kernel's business (ssh to the box, say).
+    assert_eq!(
+        harness.decide(&tcp(client(1, false), 1000, ip("10.0.0.1"), 22, SYN)),
+        Action::ToKernel
+    );
+}
+
+#[test]
+fn arp_and_echo_for_our_addresses_are_answered_and_neighbours_learned() {
+    let mut harness = Harness::new(&spec(
+        vec![service(ForwardingMode::Dr, SchedulerKind::Mh, false, &[1])],
+        1,
+    ));
+    let arp = |operation: u16, sender: &str, target: &str| FrameLayout {
+        l3: L3::Arp,
+        arp: Some(ArpFacts {
+            operation,
+            sender_mac: [2, 9, 9, 9, 9, 9],
+            sender_ip: sender.parse().unwrap(),
+            target_ip: target.parse().unwrap(),
+        }),
+        ..tcp(client(0, false), 0, vip(false), 0, 0)
+    };
+    assert_eq!(
+        harness.decide(&arp(1, "10.0.0.7", "10.0.0.100")),
+        Action::AnswerArp
+    );
+    assert_eq!(
+        harness.state.neighbors.lookup(ip("10.0.0.7")),
+        Some([2, 9, 9, 9, 9, 9])
+    );
+    assert_eq!(
+        harness.decide(&arp(1, "10.0.0.8", "10.0.0.200")),
+        Action::Drop(DropReason::NeighborNotForUs)
+    );
+    assert_eq!(harness.state.neighbors.lookup(ip("10.0.0.8")), None);
+    assert_eq!(
+        harness.decide(&arp(2, "10.1.0.11", "10.1.0.1")),
+        Action::Consumed
+    );
+    assert!(harness.state.neighbors.lookup(ip("10.1.0.11")).is_some());
+
+    let mut echo = transport(client(1, false), 77, vip(false), 77, ICMP, 0);
+    echo.icmp = IcmpKind::EchoRequest;
+    assert_eq!(harness.decide(&echo), Action::AnswerEcho);
+    echo.flow.dst_addr = ip("192.0.2.1");
+    assert_eq!(harness.decide(&echo), Action::Drop(DropReason::NotOurs));
+}
+
+#[test]
+fn a_removed_backend_loses_its_flows_and_a_drained_one_keeps_them() {
+    let mut spec = spec(
+        vec![service(
+            ForwardingMode::Dr,
+            SchedulerKind::Mh,
+            false,
+            &[1, 1, 1],
+        )],
+        1,
+    );
+    let mut harness = Harness::new(&spec);
+    let flows: Vec<_> = (0..300)
+        .map(|i| (client(i, false), 2000 + i as u16))
+        .collect();
+    let before: Vec<_> = flows
+        .iter()
+        .map(|&(src, port)| {
+            forwarded(harness.decide(&tcp(src, port, vip(false), 80, SYN)))
+                .backend
+                .unwrap()
+        })
+        .collect();
+
+    // Drain backend 1: its flows stay, new flows avoid it.
+    spec.services[0].backends[0].weight = 0;
+    harness.publish(&spec, 2);
+    for (&(src, port), &backend) in flows.iter().zip(&before) {
+        assert_eq!(
+            forwarded(harness.decide(&tcp(src, port, vip(false), 80, ACK))).backend,
+            Some(backend)
+        );
+    }
+    for i in 1000..1100 {
+        let new = forwarded(harness.decide(&tcp(client(i, false), 9, vip(false), 80, SYN)));
+        assert_ne!(new.backend, Some(BackendId(1)));
+    }
+
+    // Remove it: nothing more goes there; flows elsewhere do not move.
+    spec.services[0].backends.remove(0);
+    harness.publish(&spec, 3);
+    for (&(src, port), &backend) in flows.iter().zip(&before) {
+        let now = forwarded(harness.decide(&tcp(src, port, vip(false), 80, ACK)))
+            .backend
+            .unwrap();
+        assert_ne!(now, BackendId(1));
+        if backend != BackendId(1) {
+            assert_eq!(now, backend, "a flow on a surviving backend moved");
+        }
+    }
+}
+
+#[test]
+fn persistence_sends_a_client_back_to_its_backend() {
+    let mut persistent = service(ForwardingMode::Dr, SchedulerKind::Rr, false, &[1, 1, 1]);
+    persistent.persistence = Some(PersistenceSpec {
+        timeout_ms: 300_000,
+        prefix_v4: 32,
+        prefix_v6: 128,
+    });
+    let mut harness = Harness::new(&spec(vec![persistent], 1));
+    let src = client(5, false);
+    let first = forwarded(harness.decide(&tcp(src, 1000, vip(false), 80, SYN))).backend;
+    for port in 1001..1010 {
+        assert_eq!(
+            forwarded(harness.decide(&tcp(src, port, vip(false), 80, SYN))).backend,
+            first
+        );
+    }
+    // Other clients still rotate.
+    let others: std::collections::HashSet<_> = (10..16)
+        .map(|i| {
+            forwarded(harness.decide(&tcp(client(i, false), 1000, vip(false), 80, SYN))).backend
+        })
+        .collect();
+    assert!(others.len() > 1);
+}
+
+#[test]
+fn fragments_of_a_datagram_reach_one_backend() {
+    let mut udp = service(ForwardingMode::Dr, SchedulerKind::Mh, false, &[1, 1, 1, 1]);
+    udp.key.protocol = UDP;
+    let mut harness = Harness::new(&spec(vec![udp], 1));
+    for i in 0..50 {
+        let src = client(i, false);
+        let mut first = transport(src, 5000, vip(false), 80, UDP, 0);
+        first.fragment = Fragment::First { id: i };
+        let mut later = transport(src, 0, vip(false), 0, UDP, 0);
+        later.fragment = Fragment::Later { id: i };
+        let a = forwarded(harness.decide(&first));
+        let b = forwarded(harness.decide(&later));
+        assert_eq!(a.backend, b.backend);
+        assert!(a.untracked && b.untracked);
+    }
+}
+
+#[test]
+fn two_workers_steer_requests_and_fullnat_replies_to_their_owner() {
+    let spec = spec(
+        vec![service(
+            ForwardingMode::FullNat,
+            SchedulerKind::Mh,
+            false,
+            &[1, 1],
+        )],
+        2,
+    );
+    let mut workers = [
+        Harness::worker(&spec, 0, 2, true),
+        Harness::worker(&spec, 1, 2, true),
+    ];
+    let mut handoffs = 0;
+    for i in 0..64 {
+        let syn = tcp(client(i, false), 3000, vip(false), 80, SYN);
+        let (owner, action) = match workers[0].decide(&syn) {
+            Action::Handoff { worker } => {
+                handoffs += 1;
+                assert_eq!(worker, 1);
+                (
+                    1usize,
+                    workers[1]
+                        .state
+                        .decide(&mut workers[1].tables, &syn, true, NOW),
+                )
+            }
+            action => (0, action),
+        };
+        let request = forwarded(action);
+        let Rewrite::SourceAndDestination {
+            src, src_port, dst, ..
+        } = request.rewrite
+        else {
+            panic!()
+        };
+        assert_eq!(spec.local_ports.owner_of(src_port), Some(owner as u16));
+        // The reply, wherever it lands, ends on the owner.
+        let reply = tcp(dst, 8080, src, src_port, SYN | ACK);
+        let other = 1 - owner;
+        assert_eq!(
+            workers[other].decide(&reply),
+            Action::Handoff {
+                worker: owner as u16
+            }
+        );
+        forwarded(workers[owner].decide(&reply));
+    }
+    assert!(
+        handoffs > 10 && handoffs < 54,
+        "software RSS should split flows: {handoffs} of 64 handed off"
+    );
+}
+
+#[test]
+fn icmp_errors_follow_the_flow_they_quote() {
+    let mut harness = Harness::new(&spec(
+        vec![service(
+            ForwardingMode::Nat,
+            SchedulerKind::Mh,
+            false,
+            &[1, 1],
+        )],
+        1,
+    ));
+    let src = client(4, false);
+    let request = forwarded(harness.decide(&tcp(src, 40000, vip(false), 80, SYN)));
+    let Rewrite::Destination { addr: backend, .. } = request.rewrite else {
+        panic!()
+    };
+
+    // A router towards the client cannot pass our reply (VIP:80 -> client:40000): it tells the VIP.
+    let mut to_vip = transport(ip("192.0.2.254"), 0, vip(false), 0, ICMP, 0);
+    to_vip.icmp = IcmpKind::Error {
+        inner: FlowKey {
+            src_addr: vip(false),
+            dst_addr: src,
+            src_port: 80,
+            dst_port: 40000,
+            protocol: TCP,
+        },
+        inner_l3_offset: 42,
+        inner_l4_offset: 62,
+    };
+    let mapped = forwarded(harness.decide(&to_vip));
+    assert_eq!(
+        mapped.rewrite,
+        Rewrite::IcmpError {
+            destination: Some((backend, backend, 8080)),
+            source: None
+        }
+    );
+    assert_eq!(mapped.port, BACKEND_PORT);
+
+    // The backend refuses our forwarded request (client -> backend:8080): the client hears it from the VIP.
+    let mut from_backend = transport(backend, 0, src, 0, ICMP, 0);
+    from_backend.icmp = IcmpKind::Error {
+        inner: FlowKey {
+            src_addr: src,
+            dst_addr: backend,
+            src_port: 40000,
+            dst_port: 8080,
+            protocol: TCP,
+        },
+        inner_l3_offset: 42,
+        inner_l4_offset: 62,
+    };
+    let mapped = forwarded(harness.decide(&from_backend));
+    assert_eq!(
+        mapped.rewrite,
+        Rewrite::IcmpError {
+            destination: None,
+            source: Some((vip(false), vip(false), 80))
+        }
+    );
+    assert_eq!(mapped.port, CLIENT_PORT);
+
+    // An error about a flow we never saw goes nowhere.
+    let mut unknown = to_vip;
+    unknown.icmp = IcmpKind::Error {
+        inner: FlowKey {
+            src_addr: vip(false),
+            dst_addr: src,
+            src_port: 80,
+            dst_port: 1,
+            protocol: TCP,
+        },
+        inner_l3_offset: 42,
+        inner_l4_offset: 62,
+    };
+    assert_eq!(
+        harness.decide(&unknown),
+        Action::Drop(DropReason::IcmpErrorUnknownFlow)
+    );
+}
+
+#[test]
+fn a_full_table_keeps_dr_forwarding_and_refuses_nat() {
+    for (mode, expect_forward) in [(ForwardingMode::Dr, true), (ForwardingMode::Nat, false)] {
+        let spec = spec(vec![service(mode, SchedulerKind::Mh, false, &[1, 1])], 1);
+        let snapshot = Arc::new(Snapshot::build(&spec, 1).unwrap());
+        let mut harness = Harness {
+            state: WorkerState {
+                place: WorkerPlace {
+                    index: 0,
+                    workers: 1,
+                    software_steering: false,
+                },
+                conns: ConnTable::new(4, Timeouts::default()).unwrap(),
+                load: LoadTable::new(64),
+                persistence: PersistenceTable::new(64),
+                neighbors: Arc::new(NeighborTable::new(64)),
+            },
+            tables: WorkerTables::new(snapshot),
+        };
+        // Fill the table with established flows.
+        for i in 0..4 {
+            let src = client(i, false);
+            forwarded(harness.decide(&tcp(src, 1, vip(false), 80, SYN)));
+            if mode == ForwardingMode::Nat {
+                let backend = harness
+                    .state
+                    .conns
+                    .iter()
+                    .find(|(_, c)| c.client.src_addr == src)
+                    .unwrap()
+                    .1
+                    .backend_endpoint;
+                forwarded(harness.decide(&tcp(backend.addr, backend.port, src, 1, SYN | ACK)));
+            }
+            forwarded(harness.decide(&tcp(src, 1, vip(false), 80, ACK)));
+        }
+        let overflow = harness.decide(&tcp(client(99, false), 1, vip(false), 80, SYN));
+        match overflow {
+            Action::Forward(forward) => assert!(expect_forward && forward.untracked),
+            Action::Drop(DropReason::TableFull) => assert!(!expect_forward),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,554 @@
+//! One worker's poll loop: receive a burst on each port, parse, decide, rewrite in place, and transmit in bursts;
+//! frames another worker owns go over a lock-free ring; a newer snapshot is picked up between bursts and the old
+//! one handed back so that nothing is freed here.
+//!
+//! Per frame there is no allocation, lock or system call: bursts are fixed arrays, rings and channels are bounded
+//! and preallocated, counters are plain integers published with relaxed stores once per poll.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use balancer::decision::{Action, DropReason, Forward, Rewrite, WorkerState, WorkerTables};
+use balancer::neighbor::ResolutionThrottle;
+use crossbeam::channel::{Receiver, Sender};
+use crossbeam::queue::ArrayQueue;
+use packet::FrameLayout;
+
+use crate::io::{Burst, Frame, RxQueue, TxQueue, MAX_BURST};
+
+/// A frame passed to the worker that owns its flow, with the port it arrived on.
+pub struct Handoff<F> {
+    pub frame: F,
+    pub ingress: u16,
+}
+
+/// The ring a worker receives handed-off frames on.
+pub type HandoffRing<F> = Arc<ArrayQueue<Handoff<F>>>;
+
+/// A worker's queues on one port.
+pub struct PortQueues<R, T> {
+    pub rx: R,
+    pub tx: T,
+    /// The port's MAC: the source of everything sent from it.
+    pub mac: [u8; 6],
+}
+
+/// Tunables of the loop.
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerConfig {
+    /// Frames received per port per poll (at most [`MAX_BURST`]).
+    pub burst: usize,
+    /// Transmit attempts for a burst before the rest is dropped and counted.
+    pub tx_attempts: u32,
+    /// Connection-table slots examined for expiry per poll.
+    pub expire_budget: usize,
+    /// Minimum interval between two resolution requests for one address.
+    pub resolve_interval_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            burst: 32,
+            tx_attempts: 4,
+            expire_budget: 64,
+            resolve_interval_ms: 1000,
+        }
+    }
+}
+
+/// Counters of one worker, written only by it and read by anyone.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub rx: AtomicU64,
+    pub tx: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub answered: AtomicU64,
+    pub handed_off: AtomicU64,
+    pub handoffs_received: AtomicU64,
+    pub to_kernel: AtomicU64,
+    pub untracked: AtomicU64,
+    pub resolutions_sent: AtomicU64,
+    pub drops: [AtomicU64; DropReason::COUNT],
+    pub connections: AtomicU64,
+    pub generation: AtomicU64,
+}
+
+impl WorkerStats {
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()].load(Ordering::Relaxed)
+    }
+
+    pub fn total_drops(&self) -> u64 {
+        self.drops
+            .iter()
+            .map(|count| count.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    rx: u64,
+    tx: u64,
+    rx_bytes: u64,
+    forwarded: u64,
+    answered: u64,
+    handed_off: u64,
+    handoffs_received: u64,
+    to_kernel: u64,
+    untracked: u64,
+    resolutions_sent: u64,
+    drops: [u64; DropReason::COUNT],
+}
+
+/// The channels a worker receives new tables on and returns retired ones through.
+pub struct TableUpdates {
+    pub incoming: Receiver<WorkerTables>,
+    pub retired: Sender<WorkerTables>,
+}
+
+/// Everything one worker owns.
+pub struct Worker<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
+    state: WorkerState,
+    tables: WorkerTables,
+    ports: Vec<PortQueues<R, T>>,
+    pending: Vec<Burst<R::Frame>>,
+    kernel: Option<(T, Burst<R::Frame>)>,
+    handoffs: HandoffRing<R::Frame>,
+    peers: Vec<HandoffRing<R::Frame>>,
+    updates: TableUpdates,
+    stats: Arc<WorkerStats>,
+    counters: Counters,
+    throttle: ResolutionThrottle,
+    config: WorkerConfig,
+    received: Burst<R::Frame>,
+}
+
+impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
+    /// A worker over `ports` (index = port number in the snapshot). `peers[i]` is worker i's handoff ring (this
+    /// worker's own included, as `handoffs`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        state: WorkerState,
+        tables: WorkerTables,
+        ports: Vec<PortQueues<R, T>>,
+        kernel: Option<T>,
+        handoffs: HandoffRing<R::Frame>,
+        peers: Vec<HandoffRing<R::Frame>>,
+        updates: TableUpdates,
+        config: WorkerConfig,
+    ) -> Worker<R, T> {
+        let pending = ports.iter().map(|_| Burst::new()).collect();
+        let stats = Arc::new(WorkerStats::default());
+        stats
+            .generation
+            .store(tables.snapshot.generation, Ordering::Relaxed);
+        Worker {
+            state,
+            tables,
+            ports,
+            pending,
+            kernel: kernel.map(|tx| (tx, Burst::new())),
+            handoffs,
+            peers,
+            updates,
+            stats,
+            counters: Counters::default(),
+            throttle: ResolutionThrottle::new(1024, config.resolve_interval_ms),
+            config: WorkerConfig {
+                burst: config.burst.clamp(1, MAX_BURST),
+                ..config
+            },
+            received: Burst::new(),
+        }
+    }
+
+    /// This worker's counters.
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// The worker's balancing state (connection table, counts), for inspection.
+    pub fn state(&self) -> &WorkerState {
+        &self.state
+    }
+
+    /// The tables the worker forwards with now.
+    pub fn tables(&self) -> &WorkerTables {
+        &self.tables
+    }
+
+    /// Polls until `stop` is set, then flushes what is pending. `clock` gives milliseconds.
+    pub fn run(&mut self, stop: &AtomicBool, mut clock: impl FnMut() -> u64) {
+        while !stop.load(Ordering::Relaxed) {
+            self.poll(clock());
+        }
+        self.flush_all();
+        self.publish();
+    }
+
+    /// One turn of the loop at time `now_ms`; returns how many frames it received from the ports.
+    pub fn poll(&mut self, now_ms: u64) -> usize {
+        self.take_new_tables();
+        let mut received_total = 0;
+        for port in 0..self.ports.len() {
+            let mut burst = std::mem::take(&mut self.received);
+            let limit = self.config.burst;
+            let received = self.ports[port].rx.rx_burst(&mut burst, limit);
+            received_total += received;
+            self.counters.rx += received as u64;
+            let mut frames = burst.drain(..);
+            let mut next = frames.next();
+            while let Some(frame) = next {
+                next = frames.next();
+                if let Some(upcoming) = &next {
+                    upcoming.prefetch();
+                }
+                self.handle(frame, port as u16, false, now_ms);
+            }
+            drop(frames);
+            self.received = burst;
+        }
+        for _ in 0..self.config.burst {
+            let Some(handoff) = self.handoffs.pop() else {
+                break;
+            };
+            self.counters.handoffs_received += 1;
+            self.handle(handoff.frame, handoff.ingress, true, now_ms);
+        }
+        self.flush_all();
+        self.state.expire(now_ms, self.config.expire_budget);
+        self.publish();
+        received_total
+    }
+
+    fn take_new_tables(&mut self) {
+        while let Ok(tables) = self.updates.incoming.try_recv() {
+            let old = std::mem::replace(&mut self.tables, tables);
+            self.stats
+                .generation
+                .store(self.tables.snapshot.generation, Ordering::Release);
+            // The control thread frees it; if it is gone we are shutting down and dropping here is fine.
+            let _ = self.updates.retired.try_send(old);
+        }
+    }
+
+    fn handle(&mut self, mut frame: R::Frame, ingress: u16, handed_off: bool, now_ms: u64) {
+        self.counters.rx_bytes += frame.data().len() as u64;
+        let layout = match packet::parse_frame(frame.data()) {
+            Ok(layout) => layout,
+            Err(_) => return self.drop_frame(DropReason::Malformed),
+        };
+        let action = self
+            .state
+            .decide(&mut self.tables, &layout, handed_off, now_ms);
+        match action {
+            Action::Forward(forward) => self.forward(frame, &layout, forward, now_ms),
+            Action::AnswerArp => {
+                let mac = self.port_mac(ingress);
+                match packet::answer_arp(frame.data_mut(), &layout, mac) {
+                    Ok(()) => self.answer(frame, ingress),
+                    Err(_) => self.drop_frame(DropReason::RewriteFailed),
+                }
+            }
+            Action::AnswerEcho => match packet::answer_echo(frame.data_mut(), &layout) {
+                Ok(()) => self.answer(frame, ingress),
+                Err(_) => self.drop_frame(DropReason::RewriteFailed),
+            },
+            Action::AnswerNeighborSolicitation => {
+                let mac = self.port_mac(ingress);
+                let answered = packet::answer_neighbor_solicitation(frame.data_mut(), &layout, mac);
+                match answered {
+                    Ok(len) if frame.resize(len) => self.answer(frame, ingress),
+                    _ => self.drop_frame(DropReason::RewriteFailed),
+                }
+            }
+            Action::TooBig { from, mtu } => self.too_big(&frame, &layout, ingress, from, mtu),
+            Action::ToKernel => match &mut self.kernel {
+                Some((_, pending)) => {
+                    self.counters.to_kernel += 1;
+                    if pending.try_push(frame).is_err() {
+                        self.counters.drops[DropReason::TxFull.index()] += 1;
+                    }
+                }
+                None => self.drop_frame(DropReason::NotOurs),
+            },
+            Action::Handoff { worker } => match self.peers.get(usize::from(worker)) {
+                Some(ring) => match ring.push(Handoff { frame, ingress }) {
+                    Ok(()) => self.counters.handed_off += 1,
+                    Err(_) => self.drop_frame(DropReason::HandoffFull),
+                },
+                None => self.drop_frame(DropReason::HandoffFull),
+            },
+            Action::Consumed => {}
+            Action::Drop(reason) => self.drop_frame(reason),
+        }
+    }
+
+    fn forward(
+        &mut self,
+        mut frame: R::Frame,
+        layout: &FrameLayout,
+        forward: Forward,
+        now_ms: u64,
+    ) {
+        let port = usize::from(forward.port);
+        if port >= self.ports.len() {
+            return self.drop_frame(DropReason::NoRoute);
+        }
+        let Some(next_hop_mac) = forward
+            .mac
+            .or_else(|| self.state.neighbors.lookup(forward.next_hop))
+        else {
+            self.resolve(forward.port, forward.next_hop, now_ms);
+            return self.drop_frame(DropReason::NeighborUnresolved);
+        };
+        if rewrite(&mut frame, layout, forward.rewrite).is_err() {
+            return self.drop_frame(DropReason::RewriteFailed);
+        }
+        let source_mac = self.ports[port].mac;
+        if packet::set_macs(frame.data_mut(), source_mac, next_hop_mac).is_err() {
+            return self.drop_frame(DropReason::RewriteFailed);
+        }
+        if forward.untracked {
+            self.counters.untracked += 1;
+        }
+        self.counters.forwarded += 1;
+        self.enqueue(port, frame);
+    }
+
+    fn answer(&mut self, frame: R::Frame, ingress: u16) {
+        self.counters.answered += 1;
+        self.enqueue(usize::from(ingress), frame);
+    }
+
+    fn too_big(
+        &mut self,
+        original: &R::Frame,
+        layout: &FrameLayout,
+        ingress: u16,
+        from: IpAddr,
+        mtu: u16,
+    ) {
+        let port = usize::from(ingress);
+        let Some(mut answer) = self
+            .ports
+            .get_mut(port)
+            .and_then(|queues| queues.tx.alloc())
+        else {
+            return self.drop_frame(DropReason::TooBig);
+        };
+        if !answer.resize(TOO_BIG_ROOM) {
+            return self.drop_frame(DropReason::TooBig);
+        }
+        match packet::build_too_big(answer.data_mut(), original.data(), layout, from, mtu) {
+            Ok(len) if answer.resize(len) => {
+                // The original is dropped (counted as too big); the sender learns the path MTU.
+                self.counters.drops[DropReason::TooBig.index()] += 1;
+                self.answer(answer, ingress);
+            }
+            _ => self.drop_frame(DropReason::TooBig),
+        }
+    }
+
+    /// Sends an ARP request or neighbour solicitation for `target` out of `port`, at most once per interval.
+    fn resolve(&mut self, port: u16, target: IpAddr, now_ms: u64) {
+        if !self.throttle.allow(target, now_ms) {
+            return;
+        }
+        let Some(source) = self.tables.snapshot.port_address(port, target.is_ipv4()) else {
+            return;
+        };
+        let index = usize::from(port);
+        let mac = self.ports[index].mac;
+        let Some(mut request) = self.ports[index].tx.alloc() else {
+            return;
+        };
+        if !request.resize(RESOLUTION_ROOM) {
+            return;
+        }
+        let built = match (source, target) {
+            (IpAddr::V4(source), IpAddr::V4(target)) => {
+                packet::build_arp_request(request.data_mut(), mac, source, target, None)
+            }
+            (IpAddr::V6(source), IpAddr::V6(target)) => {
+                packet::build_neighbor_solicitation(request.data_mut(), mac, source, target, None)
+            }
+            _ => return,
+        };
+        if let Ok(len) = built {
+            if request.resize(len) {
+                self.counters.resolutions_sent += 1;
+                self.enqueue(index, request);
+            }
+        }
+    }
+
+    fn port_mac(&self, port: u16) -> [u8; 6] {
+        self.ports
+            .get(usize::from(port))
+            .map_or([0; 6], |queues| queues.mac)
+    }
+
+    fn enqueue(&mut self, port: usize, frame: R::Frame) {
+        if self.pending[port].is_full() {
+            self.flush(port);
+        }
+        if self.pending[port].try_push(frame).is_err() {
+            self.counters.drops[DropReason::TxFull.index()] += 1;
+        }
+    }
+
+    fn drop_frame(&mut self, reason: DropReason) {
+        self.counters.drops[reason.index()] += 1;
+    }
+
+    fn flush(&mut self, port: usize) {
+        let pending = &mut self.pending[port];
+        let tx = &mut self.ports[port].tx;
+        self.counters.tx += transmit(
+            tx,
+            pending,
+            self.config.tx_attempts,
+            &mut self.counters.drops,
+        );
+    }
+
+    fn flush_all(&mut self) {
+        for port in 0..self.ports.len() {
+            if !self.pending[port].is_empty() {
+                self.flush(port);
+            }
+        }
+        if let Some((tx, pending)) = &mut self.kernel {
+            if !pending.is_empty() {
+                self.counters.tx += transmit(
+                    tx,
+                    pending,
+                    self.config.tx_attempts,
+                    &mut self.counters.drops,
+                );
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        let counters = &self.counters;
+        let stats = &self.stats;
+        stats.rx.store(counters.rx, Ordering::Relaxed);
+        stats.tx.store(counters.tx, Ordering::Relaxed);
+        stats.rx_bytes.store(counters.rx_bytes, Ordering::Relaxed);
+        stats.forwarded.store(counters.forwarded, Ordering::Relaxed);
+        stats.answered.store(counters.answered, Ordering::Relaxed);
+        stats
+            .handed_off
+            .store(counters.handed_off, Ordering::Relaxed);
+        stats
+            .handoffs_received
+            .store(counters.handoffs_received, Ordering::Relaxed);
+        stats.to_kernel.store(counters.to_kernel, Ordering::Relaxed);
+        stats.untracked.store(counters.untracked, Ordering::Relaxed);
+        stats
+            .resolutions_sent
+            .store(counters.resolutions_sent, Ordering::Relaxed);
+        for (published, &count) in stats.drops.iter().zip(counters.drops.iter()) {
+            published.store(count, Ordering::Relaxed);
+        }
+        stats
+            .connections
+            .store(self.state.conns.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Room asked for a frame that will hold an ICMP too-big answer (IPv6 quotes up to 1280 bytes in all).
+const TOO_BIG_ROOM: usize = 1294 + 8;
+/// Room for an ARP request or a neighbour solicitation (with up to two VLAN tags).
+const RESOLUTION_ROOM: usize = 128;
+
+/// Transmits `pending`, retrying at most `attempts` times; drops (and counts) what the device would not take.
+fn transmit<T: TxQueue>(
+    tx: &mut T,
+    pending: &mut Burst<T::Frame>,
+    attempts: u32,
+    drops: &mut [u64; DropReason::COUNT],
+) -> u64 {
+    let mut sent = 0u64;
+    for _ in 0..attempts.max(1) {
+        if pending.is_empty() {
+            break;
+        }
+        sent += tx.tx_burst(pending) as u64;
+    }
+    if !pending.is_empty() {
+        drops[DropReason::TxFull.index()] += pending.len() as u64;
+        pending.clear();
+    }
+    sent
+}
+
+/// Applies `rewrite` to `frame` in place.
+fn rewrite<F: Frame>(
+    frame: &mut F,
+    layout: &FrameLayout,
+    rewrite: Rewrite,
+) -> Result<(), packet::ParseError> {
+    match rewrite {
+        Rewrite::MacsOnly => Ok(()),
+        Rewrite::Destination { addr, port } => {
+            packet::rewrite_destination(frame.data_mut(), layout, addr, port)
+        }
+        Rewrite::Source { addr, port } => {
+            packet::rewrite_source(frame.data_mut(), layout, addr, port)
+        }
+        Rewrite::SourceAndDestination {
+            src,
+            src_port,
+            dst,
+            dst_port,
+        } => {
+            packet::rewrite_source(frame.data_mut(), layout, src, src_port)?;
+            packet::rewrite_destination(frame.data_mut(), layout, dst, dst_port)
+        }
+        Rewrite::Encapsulate {
+            outer_src,
+            outer_dst,
+        } => {
+            let outer = if outer_src.is_ipv4() {
+                packet::IPV4_HEADER_LEN
+            } else {
+                packet::IPV6_HEADER_LEN
+            };
+            if !frame.prepend(outer) {
+                return Err(packet::ParseError::Truncated);
+            }
+            packet::encapsulate(frame.data_mut(), layout, outer_src, outer_dst)
+        }
+        Rewrite::IcmpError {
+            destination,
+            source,
+        } => {
+            if let Some((outer_dst, inner_src, inner_src_port)) = destination {
+                packet::rewrite_icmp_error_destination(
+                    frame.data_mut(),
+                    layout,
+                    outer_dst,
+                    inner_src,
+                    inner_src_port,
+                )?;
+            }
+            if let Some((outer_src, inner_dst, inner_dst_port)) = source {
+                packet::rewrite_icmp_error_source(
+                    frame.data_mut(),
+                    layout,
+                    outer_src,
+                    inner_dst,
+                    inner_dst_port,
+                )?;
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,597 @@
+//! The worker loop on in-memory ports: real frames in, rewritten frames out, checked by an independent parser.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use balancer::conntrack::{ConnTable, Timeouts};
+use balancer::decision::{DropReason, WorkerPlace, WorkerState, WorkerTables};
+use balancer::maglev::TableSize;
+use balancer::neighbor::NeighborTable;
+use balancer::persistence::PersistenceTable;
+use balancer::port_alloc::{PortAllocator, PortPartition};
+use balancer::scheduler::LoadTable;
+use balancer::service::{Backend, BackendId, ForwardingMode, SchedulerKind, ServiceKey};
+use balancer::snapshot::{PortSpec, ServiceSpec, Snapshot, SnapshotSpec};
+use crossbeam::channel::bounded;
+use crossbeam::queue::ArrayQueue;
+use dataplane::io::memory::{Inbox, MemoryFrame, MemoryRx, MemoryTx, Outbox};
+use dataplane::io::Frame;
+use dataplane::worker::{PortQueues, TableUpdates, Worker, WorkerConfig};
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+
+const CLIENT_MAC: [u8; 6] = [2, 0xc1, 0, 0, 0, 1];
+const PORT0_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const PORT1_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+fn spec(mode: ForwardingMode, workers: u16, backend_macs: bool) -> SnapshotSpec {
+    let port = if matches!(mode, ForwardingMode::Nat | ForwardingMode::FullNat) {
+        8080
+    } else {
+        80
+    };
+    let backends = (0..3)
+        .map(|i| Backend {
+            id: BackendId(i + 1),
+            addr: IpAddr::V4([10, 1, 0, 11 + i as u8].into()),
+            port,
+            weight: 1,
+            mac: backend_macs.then_some([2, 0xbe, 0, 0, 0, 11 + i as u8]),
+        })
+        .chain((0..3).map(|i| Backend {
+            id: BackendId(i + 101),
+            addr: ip(&format!("fd01::{:x}", 11 + i)),
+            port,
+            weight: 1,
+            mac: backend_macs.then_some([2, 0xbe, 0, 0, 1, 11 + i as u8]),
+        }))
+        .collect::<Vec<_>>();
+    let service = |vip: &str, backends: &[Backend]| ServiceSpec {
+        key: ServiceKey {
+            vip: ip(vip),
+            port: 80,
+            protocol: 6,
+        },
+        mode,
+        scheduler: SchedulerKind::Mh,
+        persistence: None,
+        backends: backends.to_vec(),
+    };
+    SnapshotSpec {
+        ports: vec![
+            PortSpec {
+                mac: PORT0_MAC,
+                mtu: 1500,
+                addresses: vec![(ip("10.0.0.1"), 24), (ip("fd00::1"), 64)],
+            },
+            PortSpec {
+                mac: PORT1_MAC,
+                mtu: 1500,
+                addresses: vec![(ip("10.1.0.1"), 24), (ip("fd01::1"), 64)],
+            },
+        ],
+        gateways: vec![],
+        tunnel_source_v4: Some(ip("10.1.0.1")),
+        tunnel_source_v6: Some(ip("fd01::1")),
+        local_addresses: vec![ip("10.1.0.5"), ip("fd01::5")],
+        local_ports: PortPartition::new(1024, 65535, workers).unwrap(),
+        maglev_size: TableSize::new(251).unwrap(),
+        services: vec![
+            service("10.0.0.100", &backends[..3]),
+            service("fd00::100", &backends[3..]),
+        ],
+        kernel_exception_path: false,
+    }
+}
+
+struct Rig {
+    workers: Vec<Worker<MemoryRx, MemoryTx>>,
+    inboxes: Vec<Vec<Inbox>>,
+    outboxes: Vec<Vec<Outbox>>,
+    neighbors: Arc<NeighborTable>,
+    updates: Vec<crossbeam::channel::Sender<WorkerTables>>,
+}
+
+fn rig(spec: &SnapshotSpec, workers: u16) -> Rig {
+    let snapshot = Arc::new(Snapshot::build(spec, 1).unwrap());
+    let neighbors = Arc::new(NeighborTable::new(256));
+    neighbors.learn(ip("10.0.0.2"), CLIENT_MAC).unwrap();
+    neighbors.learn(ip("fd00::2"), CLIENT_MAC).unwrap();
+    let rings: Vec<_> = (0..workers)
+        .map(|_| Arc::new(ArrayQueue::new(1024)))
+        .collect();
+    let mut rig = Rig {
+        workers: vec![],
+        inboxes: vec![],
+        outboxes: vec![],
+        neighbors: Arc::clone(&neighbors),
+        updates: vec![],
+    };
+    for index in 0..workers {
+        let ports_alloc =
+            PortAllocator::new(spec.local_ports, index, &spec.local_addresses).unwrap();
+        let state = WorkerState {
+            place: WorkerPlace {
+                index,
+                workers,
+                software_steering: workers > 1,
+            },
+            conns: ConnTable::with_local_ports(4096, Timeouts::default(), ports_alloc).unwrap(),
+            load: LoadTable::new(256),
+            persistence: PersistenceTable::new(256),
+            neighbors: Arc::clone(&neighbors),
+        };
+        let mut inboxes = vec![];
+        let mut outboxes = vec![];
+        let ports = [PORT0_MAC, PORT1_MAC]
+            .into_iter()
+            .map(|mac| {
+                let inbox: Inbox = Arc::new(Mutex::new(VecDeque::new()));
+                let outbox: Outbox = Arc::new(Mutex::new(Vec::new()));
+                inboxes.push(Arc::clone(&inbox));
+                outboxes.push(Arc::clone(&outbox));
+                PortQueues {
+                    rx: MemoryRx { inbox },
+                    tx: MemoryTx {
+                        outbox,
+                        capacity: 64,
+                        pool: 1000,
+                    },
+                    mac,
+                }
+            })
+            .collect();
+        let (send, receive) = bounded(4);
+        let (retired, _retired_rx) = bounded(4);
+        rig.updates.push(send);
+        rig.workers.push(Worker::new(
+            state,
+            WorkerTables::new(Arc::clone(&snapshot)),
+            ports,
+            None,
+            Arc::clone(&rings[usize::from(index)]),
+            rings.clone(),
+            TableUpdates {
+                incoming: receive,
+                retired,
+            },
+            WorkerConfig::default(),
+        ));
+        rig.inboxes.push(inboxes);
+        rig.outboxes.push(outboxes);
+    }
+    rig
+}
+
+impl Rig {
+    fn send(&self, worker: usize, port: usize, frame: Vec<u8>) {
+        self.inboxes[worker][port]
+            .lock()
+            .unwrap()
+            .push_back(MemoryFrame::from_bytes(&frame));
+    }
+
+    fn poll_all(&mut self, rounds: usize) {
+        for round in 0..rounds {
+            for worker in &mut self.workers {
+                worker.poll(1_000 + round as u64);
+            }
+        }
+    }
+
+    fn take(&self, worker: usize, port: usize) -> Vec<Vec<u8>> {
+        self.outboxes[worker][port]
+            .lock()
+            .unwrap()
+            .drain(..)
+            .map(|f| f.data().to_vec())
+            .collect()
+    }
+}
+
+fn tcp_frame(
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+    syn: bool,
+    payload: &[u8],
+) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(CLIENT_MAC, PORT0_MAC);
+    let mut out = Vec::new();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let b = builder
+                .ipv4(s.octets(), d.octets(), 60)
+                .tcp(sport, dport, 1, 1000);
+            if syn {
+                b.syn().write(&mut out, payload)
+            } else {
+                b.ack(1).write(&mut out, payload)
+            }
+            .unwrap()
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let b = builder
+                .ipv6(s.octets(), d.octets(), 60)
+                .tcp(sport, dport, 1, 1000);
+            if syn {
+                b.syn().write(&mut out, payload)
+            } else {
+                b.ack(1).write(&mut out, payload)
+            }
+            .unwrap()
+        }
+        _ => unreachable!(),
+    }
+    out
+}
+
+/// (src, dst, sport, dport, ttl, payload, checksums valid) read by etherparse, looking inside IP-in-IP.
+fn read(frame: &[u8]) -> (IpAddr, IpAddr, u16, u16, u8, Vec<u8>, bool) {
+    let sliced = SlicedPacket::from_ethernet(frame).unwrap();
+    let (src, dst, ttl, v4_header) = match sliced.net.as_ref().unwrap() {
+        NetSlice::Ipv4(v4) => {
+            let h = v4.header();
+            (
+                IpAddr::V4(h.source_addr()),
+                IpAddr::V4(h.destination_addr()),
+                h.ttl(),
+                Some(h.to_header()),
+            )
+        }
+        NetSlice::Ipv6(v6) => {
+            let h = v6.header();
+            (
+                IpAddr::V6(h.source_addr()),
+                IpAddr::V6(h.destination_addr()),
+                h.hop_limit(),
+                None,
+            )
+        }
+        _ => panic!("not IP"),
+    };
+    if let Some(header) = &v4_header {
+        assert_eq!(header.calc_header_checksum(), header.header_checksum);
+    }
+    match sliced.transport {
+        Some(TransportSlice::Tcp(tcp)) => {
+            let valid = match sliced.net.as_ref().unwrap() {
+                NetSlice::Ipv4(v4) => tcp
+                    .calc_checksum_ipv4(v4.header().source(), v4.header().destination())
+                    .unwrap(),
+                NetSlice::Ipv6(v6) => tcp
+                    .calc_checksum_ipv6(v6.header().source(), v6.header().destination())
+                    .unwrap(),
+                _ => unreachable!(),
+            } == tcp.checksum();
+            (
+                src,
+                dst,
+                tcp.source_port(),
+                tcp.destination_port(),
+                ttl,
+                tcp.payload().to_vec(),
+                valid,
+            )
+        }
+        _ => {
+            // IP-in-IP: read the inner packet.
+            let inner_at = 14 + if src.is_ipv4() { 20 } else { 40 };
+            let mut inner = frame[..14].to_vec();
+            inner.extend_from_slice(&frame[inner_at..]);
+            read(&inner)
+        }
+    }
+}
+
+#[test]
+fn every_mode_rewrites_exactly_its_fields_in_both_families() {
+    for mode in [
+        ForwardingMode::Dr,
+        ForwardingMode::Nat,
+        ForwardingMode::FullNat,
+        ForwardingMode::Tun,
+    ] {
+        for v6 in [false, true] {
+            let mut rig = rig(&spec(mode, 1, true), 1);
+            let (client, vip) = if v6 {
+                (ip("fd00::2"), ip("fd00::100"))
+            } else {
+                (ip("10.0.0.2"), ip("10.0.0.100"))
+            };
+            let mut per_backend = std::collections::HashMap::new();
+            for flow in 0..60u16 {
+                for packet in 0..3 {
+                    let payload = [flow as u8; 33];
+                    rig.send(
+                        0,
+                        0,
+                        tcp_frame(client, 20000 + flow, vip, 80, packet == 0, &payload),
+                    );
+                }
+            }
+            rig.poll_all(10);
+            let out = rig.take(0, 1);
+            assert_eq!(
+                out.len(),
+                180,
+                "{mode:?} v6={v6}: {:?}",
+                rig.workers[0].stats()
+            );
+            for frame in &out {
+                assert_eq!(&frame[6..12], &PORT1_MAC);
+                let (src, dst, sport, dport, ttl, payload, valid) = read(frame);
+                assert!(valid, "{mode:?} checksum");
+                assert_eq!(ttl, 60, "TTL intact");
+                let flow = sport.wrapping_sub(20000);
+                assert_eq!(payload, vec![payload[0]; 33]);
+                let backend_mac: [u8; 6] = frame[0..6].try_into().unwrap();
+                let backend_addr = match mode {
+                    ForwardingMode::Dr | ForwardingMode::Tun => {
+                        assert_eq!((src, dst, dport), (client, vip, 80));
+                        backend_mac
+                    }
+                    ForwardingMode::Nat => {
+                        assert_eq!((src, sport), (client, 20000 + flow));
+                        assert_eq!(dport, 8080);
+                        assert_ne!(dst, vip);
+                        backend_mac
+                    }
+                    ForwardingMode::FullNat => {
+                        assert_eq!(src, if v6 { ip("fd01::5") } else { ip("10.1.0.5") });
+                        assert_eq!(dport, 8080);
+                        backend_mac
+                    }
+                };
+                if mode == ForwardingMode::Tun {
+                    let outer = SlicedPacket::from_ethernet(frame).unwrap();
+                    let outer_dst = match outer.net.unwrap() {
+                        NetSlice::Ipv4(v4) => IpAddr::V4(v4.header().destination_addr()),
+                        NetSlice::Ipv6(v6) => IpAddr::V6(v6.header().destination_addr()),
+                        _ => unreachable!(),
+                    };
+                    assert_eq!(
+                        backend_mac[5],
+                        match outer_dst {
+                            IpAddr::V4(a) => a.octets()[3],
+                            IpAddr::V6(a) => a.octets()[15],
+                        }
+                    );
+                }
+                per_backend
+                    .entry(payload[0])
+                    .or_insert_with(std::collections::HashSet::new)
+                    .insert(backend_addr);
+            }
+            // Every packet of a flow went to one backend; flows spread over all three.
+            assert!(per_backend.values().all(|backends| backends.len() == 1));
+            let used: std::collections::HashSet<_> = per_backend.values().flatten().collect();
+            assert_eq!(used.len(), 3, "{mode:?}");
+        }
+    }
+}
+
+#[test]
+fn nat_and_fullnat_replies_are_mapped_back_to_the_client() {
+    for mode in [ForwardingMode::Nat, ForwardingMode::FullNat] {
+        let mut rig = rig(&spec(mode, 1, true), 1);
+        let (client, vip) = (ip("10.0.0.2"), ip("10.0.0.100"));
+        rig.send(0, 0, tcp_frame(client, 30000, vip, 80, true, b""));
+        rig.poll_all(2);
+        let request = rig.take(0, 1).pop().unwrap();
+        let (src, dst, sport, dport, ..) = read(&request);
+        // The backend answers to whatever source it saw.
+        let reply = {
+            let mut out = Vec::new();
+            let (IpAddr::V4(s), IpAddr::V4(d)) = (dst, src) else {
+                unreachable!()
+            };
+            PacketBuilder::ethernet2([2, 0xbe, 0, 0, 0, 11], PORT1_MAC)
+                .ipv4(s.octets(), d.octets(), 64)
+                .tcp(dport, sport, 9, 1000)
+                .syn()
+                .ack(2)
+                .write(&mut out, b"hello back")
+                .unwrap();
+            out
+        };
+        rig.send(0, 1, reply);
+        rig.poll_all(2);
+        let back = rig.take(0, 0);
+        assert_eq!(back.len(), 1, "{mode:?}: {:?}", rig.workers[0].stats());
+        let (src, dst, sport, dport, ttl, payload, valid) = read(&back[0]);
+        assert!(valid);
+        assert_eq!((src, sport, dst, dport), (vip, 80, client, 30000));
+        assert_eq!((ttl, payload.as_slice()), (64, &b"hello back"[..]));
+        assert_eq!(&back[0][0..6], &CLIENT_MAC);
+        assert_eq!(&back[0][6..12], &PORT0_MAC);
+    }
+}
+
+#[test]
+fn malformed_and_foreign_frames_are_counted_drops_with_no_output() {
+    let mut rig = rig(&spec(ForwardingMode::Nat, 1, true), 1);
+    let good = tcp_frame(ip("10.0.0.2"), 1, ip("10.0.0.100"), 80, true, b"");
+    let mut bad_checksum = good.clone();
+    bad_checksum[24] ^= 0xff;
+    rig.send(0, 0, bad_checksum);
+    rig.send(0, 0, good[..30].to_vec());
+    rig.send(0, 0, vec![0u8; 3]);
+    rig.send(
+        0,
+        0,
+        tcp_frame(ip("10.0.0.2"), 1, ip("192.0.2.1"), 80, true, b""),
+    );
+    rig.send(
+        0,
+        0,
+        tcp_frame(ip("10.0.0.2"), 1, ip("10.0.0.100"), 81, true, b""),
+    );
+    rig.poll_all(2);
+    assert!(rig.take(0, 0).is_empty() && rig.take(0, 1).is_empty());
+    let stats = rig.workers[0].stats();
+    assert_eq!(stats.drops(DropReason::Malformed), 3);
+    assert_eq!(stats.drops(DropReason::NotOurs), 1);
+    assert_eq!(stats.drops(DropReason::NoService), 1);
+    assert_eq!(stats.rx.load(std::sync::atomic::Ordering::Relaxed), 5);
+}
+
+#[test]
+fn arp_is_answered_and_unknown_backends_are_resolved() {
+    let mut rig = rig(&spec(ForwardingMode::Dr, 1, false), 1);
+    // A client asks who has the VIP.
+    let mut request = vec![0u8; 60];
+    let len = packet::build_arp_request(
+        &mut request,
+        [2, 0xc1, 0, 0, 0, 9],
+        [10, 0, 0, 9].into(),
+        [10, 0, 0, 100].into(),
+        None,
+    )
+    .unwrap();
+    request.truncate(len);
+    rig.send(0, 0, request);
+    // A SYN to a backend whose MAC nobody knows yet.
+    rig.send(
+        0,
+        0,
+        tcp_frame(ip("10.0.0.2"), 5, ip("10.0.0.100"), 80, true, b""),
+    );
+    rig.poll_all(1);
+    let answers = rig.take(0, 0);
+    assert_eq!(answers.len(), 1);
+    let reply = etherparse::ArpPacketSlice::from_slice(&answers[0][14..]).unwrap();
+    assert_eq!(reply.operation(), etherparse::ArpOperation::REPLY);
+    assert_eq!(reply.sender_hw_addr(), &PORT0_MAC);
+    assert_eq!(reply.sender_protocol_addr(), &[10, 0, 0, 100]);
+    assert_eq!(
+        rig.neighbors.lookup(ip("10.0.0.9")),
+        Some([2, 0xc1, 0, 0, 0, 9])
+    );
+    // The SYN was dropped and an ARP request for the backend went out of the backend port.
+    assert_eq!(
+        rig.workers[0].stats().drops(DropReason::NeighborUnresolved),
+        1
+    );
+    let resolution = rig.take(0, 1);
+    assert_eq!(resolution.len(), 1);
+    let asked = etherparse::ArpPacketSlice::from_slice(&resolution[0][14..]).unwrap();
+    assert_eq!(asked.sender_protocol_addr(), &[10, 1, 0, 1]);
+    // The backend answers; the retransmitted SYN now goes through.
+    let target: [u8; 4] = asked.target_protocol_addr().try_into().unwrap();
+    let mut answer = vec![0u8; 60];
+    let len = packet::build_arp_request(
+        &mut answer,
+        [2, 0xbe, 0, 0, 0, 99],
+        target.into(),
+        [10, 1, 0, 1].into(),
+        None,
+    )
+    .unwrap();
+    answer.truncate(len);
+    answer[21] = 2; // make it a reply
+    rig.send(0, 1, answer);
+    rig.poll_all(1);
+    rig.send(
+        0,
+        0,
+        tcp_frame(ip("10.0.0.2"), 5, ip("10.0.0.100"), 80, true, b""),
+    );
+    rig.poll_all(1);
+    let forwarded = rig.take(0, 1);
+    assert_eq!(forwarded.len(), 1);
+    assert_eq!(&forwarded[0][0..6], &[2, 0xbe, 0, 0, 0, 99]);
+}
+
+#[test]
+fn two_workers_hand_frames_to_the_flow_owner() {
+    let spec = spec(ForwardingMode::FullNat, 2, true);
+    let mut rig = rig(&spec, 2);
+    // Everything arrives on worker 0 (a device without RSS); replies arrive on worker 1.
+    for flow in 0..64u16 {
+        rig.send(
+            0,
+            0,
+            tcp_frame(
+                ip("10.0.0.2"),
+                40000 + flow,
+                ip("10.0.0.100"),
+                80,
+                true,
+                b"",
+            ),
+        );
+    }
+    rig.poll_all(3);
+    let from_0 = rig.take(0, 1);
+    let from_1 = rig.take(1, 1);
+    assert_eq!(from_0.len() + from_1.len(), 64);
+    assert!(
+        !from_0.is_empty() && !from_1.is_empty(),
+        "both workers own some flows"
+    );
+    let handed = rig.workers[0]
+        .stats()
+        .handed_off
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(handed as usize, from_1.len());
+    // Every FULLNAT local port belongs to the worker that sent it; replies sent to the wrong worker find the owner.
+    for (owner, frames) in [(0u16, &from_0), (1u16, &from_1)] {
+        for frame in frames.iter() {
+            let (src, dst, sport, dport, ..) = read(frame);
+            assert_eq!(spec.local_ports.owner_of(sport), Some(owner));
+            let (IpAddr::V4(s), IpAddr::V4(d)) = (dst, src) else {
+                unreachable!()
+            };
+            let mut reply = Vec::new();
+            PacketBuilder::ethernet2([2, 0xbe, 0, 0, 0, 11], PORT1_MAC)
+                .ipv4(s.octets(), d.octets(), 64)
+                .tcp(dport, sport, 9, 1000)
+                .syn()
+                .ack(2)
+                .write(&mut reply, b"")
+                .unwrap();
+            rig.send(1 - usize::from(owner), 1, reply);
+        }
+    }
+    rig.poll_all(3);
+    let back = rig.take(0, 0).len() + rig.take(1, 0).len();
+    assert_eq!(back, 64);
+    let dropped: u64 = rig.workers.iter().map(|w| w.stats().total_drops()).sum();
+    assert_eq!(dropped, 0);
+}
+
+#[test]
+fn a_new_snapshot_is_picked_up_between_bursts() {
+    let mut spec = spec(ForwardingMode::Dr, 1, true);
+    let mut rig = rig(&spec, 1);
+    spec.services[0].backends.retain(|b| b.id == BackendId(2));
+    let snapshot = Arc::new(Snapshot::build(&spec, 2).unwrap());
+    rig.updates[0].send(WorkerTables::new(snapshot)).unwrap();
+    for flow in 0..30u16 {
+        rig.send(
+            0,
+            0,
+            tcp_frame(ip("10.0.0.2"), 1000 + flow, ip("10.0.0.100"), 80, true, b""),
+        );
+    }
+    rig.poll_all(2);
+    let out = rig.take(0, 1);
+    assert_eq!(out.len(), 30);
+    assert!(
+        out.iter().all(|frame| frame[5] == 12),
+        "all to the one remaining backend"
+    );
+    assert_eq!(
+        rig.workers[0]
+            .stats()
+            .generation
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+}

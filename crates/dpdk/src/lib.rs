@@ -1,1 +1,881 @@
-//! The thin safe layer over `dpdk-sys`: EAL, mempools, owned mbufs, ports and queues, lcores.
+//! The thin safe layer over DPDK: EAL, packet mempools, owned mbufs, ports with per-worker queues, and pinned
+//! worker threads. Every `unsafe` block of the project outside `dpdk-sys` is here, each with its reason.
+//!
+//! How the pieces fit:
+//! ```text
+//! let eal = Eal::init(&args)?;                                 // once per process
+//! let pool = Mempool::new("rx", 8191, 256, DEFAULT_DATA_ROOM, SOCKET_ANY)?;
+//! let port = Port::configure(&eal, eal.port_by_name("net_ring0").unwrap(), &PortConfig::default(), &pool)?;
+//! let (mut rx, mut tx) = (port.rx_queue(0)?, port.tx_queue(0)?);   // one pair per worker
+//! spawn_worker(1, "worker-0", move || { /* rx.rx_burst(..) / tx.tx_burst(..) */ })?;
+//! ```
+//! Without hugepages pass `--no-huge -m 1024` to the EAL (plus `--in-memory` or a unique `--file-prefix` so that
+//! several processes can run at once). With hugepages reserved (`scripts/setup.sh` reserves 2 MB pages through
+//! /proc/sys/vm/nr_hugepages and mounts hugetlbfs) drop `--no-huge -m`.
+//!
+//! Workers are plain threads pinned to an explicit CPU and registered with `rte_thread_register`, rather than
+//! EAL lcores launched by `rte_eal_remote_launch`: a registered thread gets an lcore id (so mempool per-lcore
+//! caches work), while the closure keeps Rust ownership of its queues and state, and the pinning is explicit (a
+//! thread spawned after `rte_eal_init` would otherwise inherit the main thread's affinity).
+
+use std::ffi::{CStr, CString};
+use std::os::raw::{c_char, c_int};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arrayvec::ArrayVec;
+use dataplane::io::{Burst, Frame, RxQueue as RxQueueTrait, TxQueue as TxQueueTrait, MAX_BURST};
+use dpdk_sys as sys;
+use thiserror::Error;
+
+/// Data room of the default mbuf (2048 bytes of frame plus the headroom).
+pub const DEFAULT_DATA_ROOM: u16 = sys::RTE_MBUF_DEFAULT_BUF_SIZE as u16;
+/// Any NUMA socket.
+pub const SOCKET_ANY: i32 = -1;
+
+static EAL_STARTED: AtomicBool = AtomicBool::new(false);
+
+/// The text of DPDK's current error.
+fn last_error() -> (i32, String) {
+    // SAFETY: rte_errno is a per-thread integer; reading it has no precondition.
+    let code = unsafe { sys::shim_errno() };
+    (code, error_text(code))
+}
+
+fn error_text(code: i32) -> String {
+    // SAFETY: rte_strerror returns a pointer to a static or thread-local NUL-terminated string for any code.
+    let text = unsafe { CStr::from_ptr(sys::rte_strerror(code)) };
+    text.to_string_lossy().into_owned()
+}
+
+/// Why the EAL did not start.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum EalError {
+    #[error("the DPDK EAL is already initialised in this process (it can be initialised once)")]
+    AlreadyInitialised,
+    #[error("EAL argument {0:?} contains a NUL byte")]
+    NulInArgument(String),
+    #[error("the DPDK EAL failed to start ({code}: {message}); check the [eal] arguments: {args}")]
+    InitFailed {
+        code: i32,
+        message: String,
+        args: String,
+    },
+    #[error(
+        "device {name:?} from --vdev did not become a port (a missing file, a bad option or a driver that is not \
+         installed); the EAL log above says why"
+    )]
+    DeviceNotProbed { name: String },
+}
+
+/// The running EAL. Dropping it cleans the EAL up; ports and pools must be dropped before it.
+#[derive(Debug)]
+pub struct Eal {
+    _private: (),
+}
+
+/// The device names the `--vdev` arguments ask for.
+fn requested_vdevs(args: &[String]) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let value = if let Some(value) = arg.strip_prefix("--vdev=") {
+            Some(value.to_owned())
+        } else if arg == "--vdev" {
+            iter.next().cloned()
+        } else {
+            None
+        };
+        if let Some(value) = value {
+            let name = value
+                .split(',')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
+            if !name.is_empty() {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
+impl Eal {
+    /// Starts the EAL with `args` (without the program name). Fails, rather than aborting, on bad arguments, and
+    /// checks that every `--vdev` became a port (the EAL itself does not fail when one does not).
+    pub fn init(args: &[String]) -> Result<Eal, EalError> {
+        if EAL_STARTED.swap(true, Ordering::SeqCst) {
+            return Err(EalError::AlreadyInitialised);
+        }
+        let mut owned = Vec::with_capacity(args.len() + 1);
+        owned.push(CString::new("sluice").expect("static name has no NUL"));
+        for arg in args {
+            owned.push(
+                CString::new(arg.as_str()).map_err(|_| EalError::NulInArgument(arg.clone()))?,
+            );
+        }
+        // The EAL keeps pointers into argv for the life of the process: leak the strings on purpose.
+        let mut argv: Vec<*mut c_char> = owned.into_iter().map(CString::into_raw).collect();
+        let argc = argv.len() as c_int;
+        let argv_ptr = argv.as_mut_ptr();
+        std::mem::forget(argv);
+        // SAFETY: argv holds argc valid NUL-terminated strings that live forever; EAL init runs once per process
+        // (guarded by EAL_STARTED).
+        let result = unsafe { sys::rte_eal_init(argc, argv_ptr) };
+        if result < 0 {
+            let (code, message) = last_error();
+            return Err(EalError::InitFailed {
+                code,
+                message,
+                args: args.join(" "),
+            });
+        }
+        let eal = Eal { _private: () };
+        for name in requested_vdevs(args) {
+            if eal.port_by_name(&name).is_none() {
+                return Err(EalError::DeviceNotProbed { name });
+            }
+        }
+        Ok(eal)
+    }
+
+    /// The port a device (vdev name such as `net_ring0`, or PCI address) became.
+    pub fn port_by_name(&self, name: &str) -> Option<u16> {
+        let name = CString::new(name).ok()?;
+        let mut port = 0u16;
+        // SAFETY: name is NUL-terminated and port is a valid out pointer.
+        let found = unsafe { sys::rte_eth_dev_get_port_by_name(name.as_ptr(), &mut port) };
+        (found == 0).then_some(port)
+    }
+
+    /// Every available port.
+    pub fn ports(&self) -> Vec<u16> {
+        let mut ports = Vec::new();
+        let mut port = 0u16;
+        loop {
+            // SAFETY: rte_eth_find_next only reads the device table.
+            let next = unsafe { sys::rte_eth_find_next(port) };
+            if usize::from(next) >= sys::RTE_MAX_ETHPORTS as usize {
+                break;
+            }
+            ports.push(next);
+            port = next + 1;
+        }
+        ports
+    }
+
+    /// The name of port `port`.
+    pub fn port_name(&self, port: u16) -> Option<String> {
+        let mut buffer = [0 as c_char; 64];
+        // SAFETY: the buffer holds RTE_ETH_NAME_MAX_LEN (64) bytes as the function requires.
+        let result = unsafe { sys::rte_eth_dev_get_name_by_port(port, buffer.as_mut_ptr()) };
+        if result != 0 {
+            return None;
+        }
+        // SAFETY: on success the buffer holds a NUL-terminated name.
+        Some(
+            unsafe { CStr::from_ptr(buffer.as_ptr()) }
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
+}
+
+impl Drop for Eal {
+    fn drop(&mut self) {
+        // SAFETY: called once, after the ports and pools the caller owned were dropped.
+        unsafe {
+            sys::rte_eal_cleanup();
+        }
+    }
+}
+
+/// Errors of pools, ports and workers.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DpdkError {
+    #[error("mempool {name:?}: {message}")]
+    Mempool { name: String, message: String },
+    #[error("port {port}: {operation} failed ({code}: {message})")]
+    Port {
+        port: u16,
+        operation: &'static str,
+        code: i32,
+        message: String,
+    },
+    #[error("port {port} has {available} {kind} queues; queue {queue} does not exist")]
+    NoSuchQueue {
+        port: u16,
+        queue: u16,
+        available: u16,
+        kind: &'static str,
+    },
+    #[error("worker thread: {0}")]
+    Worker(String),
+}
+
+/// A pool of packet buffers.
+#[derive(Debug)]
+pub struct Mempool {
+    pool: NonNull<sys::rte_mempool>,
+    name: String,
+}
+
+// SAFETY: a DPDK mempool is safe to use from several threads (its operations are lock-free per lcore cache).
+unsafe impl Send for Mempool {}
+// SAFETY: as above; shared references only allocate and count.
+unsafe impl Sync for Mempool {}
+
+impl Mempool {
+    /// A pktmbuf pool of `size` buffers with `cache` per-lcore cached buffers and `data_room` bytes each.
+    pub fn new(
+        name: &str,
+        size: u32,
+        cache: u32,
+        data_room: u16,
+        socket: i32,
+    ) -> Result<Mempool, DpdkError> {
+        let c_name = CString::new(name).map_err(|_| DpdkError::Mempool {
+            name: name.to_owned(),
+            message: "name contains NUL".into(),
+        })?;
+        // SAFETY: the name is NUL-terminated; the EAL is running (a Mempool can only be made after Eal::init in
+        // practice: without it DPDK returns NULL with rte_errno set, handled below).
+        let pool = unsafe {
+            sys::rte_pktmbuf_pool_create(c_name.as_ptr(), size, cache, 0, data_room, socket)
+        };
+        match NonNull::new(pool) {
+            Some(pool) => Ok(Mempool {
+                pool,
+                name: name.to_owned(),
+            }),
+            None => Err(DpdkError::Mempool {
+                name: name.to_owned(),
+                message: last_error().1,
+            }),
+        }
+    }
+
+    /// Buffers handed out and not yet returned.
+    pub fn in_use(&self) -> u32 {
+        // SAFETY: the pool pointer is valid for the life of self.
+        unsafe { sys::rte_mempool_in_use_count(self.pool.as_ptr()) }
+    }
+
+    /// Buffers free in the pool.
+    pub fn available(&self) -> u32 {
+        // SAFETY: the pool pointer is valid for the life of self.
+        unsafe { sys::rte_mempool_avail_count(self.pool.as_ptr()) }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn as_ptr(&self) -> *mut sys::rte_mempool {
+        self.pool.as_ptr()
+    }
+}
+
+impl Drop for Mempool {
+    fn drop(&mut self) {
+        // SAFETY: the pool is no longer used by any port (ports borrow it and are dropped first) and buffers
+        // still out keep pointing into memory DPDK owns until EAL cleanup.
+        unsafe { sys::rte_mempool_free(self.pool.as_ptr()) }
+    }
+}
+
+/// An owned packet buffer (single segment); dropping it returns it to its pool.
+#[derive(Debug)]
+pub struct Mbuf(NonNull<sys::rte_mbuf>);
+
+// SAFETY: an mbuf is owned by exactly one Mbuf value; moving it to another thread moves that ownership.
+unsafe impl Send for Mbuf {}
+
+impl Mbuf {
+    /// A new empty buffer from `pool`, or `None` when the pool is empty.
+    pub fn alloc(pool: &Mempool) -> Option<Mbuf> {
+        // SAFETY: the pool pointer is valid.
+        NonNull::new(unsafe { sys::shim_pktmbuf_alloc(pool.as_ptr()) }).map(Mbuf)
+    }
+
+    /// Takes ownership of a raw mbuf.
+    ///
+    /// # Safety
+    /// `raw` must be a valid mbuf that nothing else owns or frees.
+    unsafe fn from_raw(raw: NonNull<sys::rte_mbuf>) -> Mbuf {
+        Mbuf(raw)
+    }
+
+    fn as_ptr(&self) -> *mut sys::rte_mbuf {
+        self.0.as_ptr()
+    }
+
+    /// Length of the first segment's data.
+    pub fn len(&self) -> usize {
+        // SAFETY: self owns a valid mbuf.
+        usize::from(unsafe { sys::shim_data_len(self.as_ptr()) })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The port the buffer was received on.
+    pub fn port(&self) -> u16 {
+        // SAFETY: self owns a valid mbuf.
+        unsafe { sys::shim_port(self.as_ptr()) }
+    }
+
+    /// Whether the frame is in one segment (sluice only forwards those).
+    pub fn is_contiguous(&self) -> bool {
+        // SAFETY: self owns a valid mbuf.
+        unsafe { sys::shim_is_contiguous(self.as_ptr()) != 0 }
+    }
+
+    /// Bytes of the first segment.
+    pub fn data(&self) -> &[u8] {
+        let len = self.len();
+        // SAFETY: the first segment's data pointer addresses `data_len` initialised bytes owned by this mbuf,
+        // valid while self is borrowed.
+        unsafe { std::slice::from_raw_parts(sys::shim_mtod(self.as_ptr()), len) }
+    }
+
+    /// Mutable bytes of the first segment.
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        let len = self.len();
+        // SAFETY: as data(); the exclusive borrow of self makes the slice unique.
+        unsafe { std::slice::from_raw_parts_mut(sys::shim_mtod(self.as_ptr()), len) }
+    }
+
+    /// Grows the data by `len` bytes at the front; false when the headroom is too small.
+    pub fn prepend(&mut self, len: u16) -> bool {
+        // SAFETY: self owns a valid mbuf; DPDK checks the headroom and returns NULL when it is too small.
+        !unsafe { sys::shim_prepend(self.as_ptr(), len) }.is_null()
+    }
+
+    /// Removes `len` bytes from the front; false when the data is shorter.
+    pub fn adj(&mut self, len: u16) -> bool {
+        // SAFETY: self owns a valid mbuf; DPDK checks the length.
+        !unsafe { sys::shim_adj(self.as_ptr(), len) }.is_null()
+    }
+
+    /// Grows the data by `len` bytes at the end; false when the tailroom is too small.
+    pub fn append(&mut self, len: u16) -> bool {
+        // SAFETY: self owns a valid mbuf; DPDK checks the tailroom.
+        !unsafe { sys::shim_append(self.as_ptr(), len) }.is_null()
+    }
+
+    /// Removes `len` bytes from the end; false when the data is shorter.
+    pub fn trim(&mut self, len: u16) -> bool {
+        // SAFETY: self owns a valid mbuf; DPDK checks the length.
+        unsafe { sys::shim_trim(self.as_ptr(), len) == 0 }
+    }
+
+    /// The device's RSS hash, when it set one.
+    pub fn rss_hash(&self) -> Option<u32> {
+        let mut hash = 0u32;
+        // SAFETY: self owns a valid mbuf; hash is a valid out pointer.
+        (unsafe { sys::shim_rss_hash(self.as_ptr(), &mut hash) } != 0).then_some(hash)
+    }
+
+    fn into_raw(self) -> *mut sys::rte_mbuf {
+        let raw = self.as_ptr();
+        std::mem::forget(self);
+        raw
+    }
+}
+
+impl Drop for Mbuf {
+    fn drop(&mut self) {
+        // SAFETY: self owns the mbuf and nothing uses it after this.
+        unsafe { sys::shim_pktmbuf_free(self.as_ptr()) }
+    }
+}
+
+impl Frame for Mbuf {
+    #[inline]
+    fn data(&self) -> &[u8] {
+        Mbuf::data(self)
+    }
+
+    #[inline]
+    fn data_mut(&mut self) -> &mut [u8] {
+        Mbuf::data_mut(self)
+    }
+
+    #[inline]
+    fn prepend(&mut self, len: usize) -> bool {
+        u16::try_from(len).is_ok_and(|len| Mbuf::prepend(self, len))
+    }
+
+    #[inline]
+    fn resize(&mut self, len: usize) -> bool {
+        let current = self.len();
+        match len.cmp(&current) {
+            std::cmp::Ordering::Equal => true,
+            std::cmp::Ordering::Greater => {
+                u16::try_from(len - current).is_ok_and(|extra| self.append(extra))
+            }
+            std::cmp::Ordering::Less => {
+                u16::try_from(current - len).is_ok_and(|cut| self.trim(cut))
+            }
+        }
+    }
+
+    #[inline]
+    fn rss_hash(&self) -> Option<u32> {
+        Mbuf::rss_hash(self)
+    }
+
+    #[inline]
+    fn prefetch(&self) {
+        // SAFETY: prefetching is a hint; any address is allowed, and this one is the frame's data.
+        unsafe { sys::shim_prefetch0(sys::shim_mtod(self.as_ptr()) as *const _) }
+    }
+}
+
+/// How to set a port up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortConfig {
+    pub rx_queues: u16,
+    pub tx_queues: u16,
+    pub rx_descriptors: u16,
+    pub tx_descriptors: u16,
+    /// Spread received flows over the rx queues with this Toeplitz key where the device can.
+    pub rss_key: Option<[u8; 40]>,
+    pub mtu: Option<u16>,
+    pub promiscuous: bool,
+}
+
+impl Default for PortConfig {
+    fn default() -> Self {
+        PortConfig {
+            rx_queues: 1,
+            tx_queues: 1,
+            rx_descriptors: 1024,
+            tx_descriptors: 1024,
+            rss_key: None,
+            mtu: None,
+            promiscuous: true,
+        }
+    }
+}
+
+/// What a device is and can do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub driver: String,
+    pub max_rx_queues: u16,
+    pub max_tx_queues: u16,
+    /// Flow types the device can hash for RSS (0: no RSS).
+    pub rss_offloads: u64,
+    pub rss_key_size: u8,
+}
+
+/// Port counters as the device reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortStats {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_missed: u64,
+    pub rx_errors: u64,
+    pub tx_errors: u64,
+    pub rx_no_mbuf: u64,
+}
+
+/// Link state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub up: bool,
+    pub speed_mbps: u32,
+}
+
+/// A configured, started port. Dropping it stops and closes the device (net_pcap writes its file then).
+#[derive(Debug)]
+pub struct Port {
+    id: u16,
+    rx_queues: u16,
+    tx_queues: u16,
+    rss: bool,
+}
+
+fn port_error(port: u16, operation: &'static str, code: c_int) -> DpdkError {
+    let code = if code < 0 { -code } else { last_error().0 };
+    DpdkError::Port {
+        port,
+        operation,
+        code,
+        message: error_text(code),
+    }
+}
+
+impl Port {
+    /// Configures port `id` with `config`, sets up its queues with buffers from `pool`, and starts it.
+    pub fn configure(
+        _eal: &Eal,
+        id: u16,
+        config: &PortConfig,
+        pool: &Mempool,
+    ) -> Result<Port, DpdkError> {
+        let info = device_info(id)?;
+        let mut conf = sys::rte_eth_conf::default();
+        let mut rss = false;
+        let mut key = config.rss_key.unwrap_or([0; 40]);
+        if config.rss_key.is_some() && info.rss_offloads != 0 && config.rx_queues > 1 {
+            rss = true;
+            conf.rxmode.mq_mode = sys::rte_eth_rx_mq_mode_RTE_ETH_MQ_RX_RSS;
+            conf.rx_adv_conf.rss_conf.rss_key = key.as_mut_ptr();
+            conf.rx_adv_conf.rss_conf.rss_key_len =
+                (info.rss_key_size as usize).min(key.len()) as u8;
+            conf.rx_adv_conf.rss_conf.rss_hf =
+                u64::from(sys::RTE_ETH_RSS_IP | sys::RTE_ETH_RSS_TCP | sys::RTE_ETH_RSS_UDP)
+                    & info.rss_offloads;
+        }
+        if let Some(mtu) = config.mtu {
+            conf.rxmode.mtu = u32::from(mtu);
+        }
+        // SAFETY: conf is a valid, fully initialised configuration; DPDK copies what it needs (including the key).
+        let result =
+            unsafe { sys::rte_eth_dev_configure(id, config.rx_queues, config.tx_queues, &conf) };
+        if result != 0 {
+            return Err(port_error(id, "configure", result));
+        }
+        let (mut rx_descriptors, mut tx_descriptors) =
+            (config.rx_descriptors, config.tx_descriptors);
+        // SAFETY: both pointers are valid for the call.
+        let result = unsafe {
+            sys::rte_eth_dev_adjust_nb_rx_tx_desc(id, &mut rx_descriptors, &mut tx_descriptors)
+        };
+        if result != 0 {
+            return Err(port_error(id, "adjusting descriptor counts", result));
+        }
+        // SAFETY: reading the port's socket has no precondition.
+        let socket = unsafe { sys::rte_eth_dev_socket_id(id) };
+        let socket = if socket < 0 { 0 } else { socket as u32 };
+        for queue in 0..config.rx_queues {
+            // SAFETY: the port is configured; a NULL rxconf selects the driver default; the pool outlives the port
+            // in every caller (it is created first and dropped after).
+            let result = unsafe {
+                sys::rte_eth_rx_queue_setup(
+                    id,
+                    queue,
+                    rx_descriptors,
+                    socket,
+                    std::ptr::null(),
+                    pool.as_ptr(),
+                )
+            };
+            if result != 0 {
+                return Err(port_error(id, "rx queue setup", result));
+            }
+        }
+        for queue in 0..config.tx_queues {
+            // SAFETY: the port is configured; a NULL txconf selects the driver default.
+            let result = unsafe {
+                sys::rte_eth_tx_queue_setup(id, queue, tx_descriptors, socket, std::ptr::null())
+            };
+            if result != 0 {
+                return Err(port_error(id, "tx queue setup", result));
+            }
+        }
+        if config.promiscuous {
+            // SAFETY: the port is configured. Devices without the mode (some vdevs) report an error we ignore.
+            unsafe {
+                sys::rte_eth_promiscuous_enable(id);
+            }
+        }
+        // SAFETY: the port and its queues are set up.
+        let result = unsafe { sys::rte_eth_dev_start(id) };
+        if result != 0 {
+            return Err(port_error(id, "start", result));
+        }
+        Ok(Port {
+            id,
+            rx_queues: config.rx_queues,
+            tx_queues: config.tx_queues,
+            rss,
+        })
+    }
+
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// Whether the device spreads received flows with the configured RSS key.
+    pub fn has_rss(&self) -> bool {
+        self.rss
+    }
+
+    /// The handle of rx queue `queue`, to be owned by one worker.
+    pub fn rx_queue(&self, queue: u16) -> Result<RxQueue, DpdkError> {
+        if queue >= self.rx_queues {
+            return Err(DpdkError::NoSuchQueue {
+                port: self.id,
+                queue,
+                available: self.rx_queues,
+                kind: "rx",
+            });
+        }
+        Ok(RxQueue {
+            port: self.id,
+            queue,
+        })
+    }
+
+    /// The handle of tx queue `queue`, to be owned by one worker; `pool` provides buffers for frames the worker
+    /// originates.
+    pub fn tx_queue(
+        &self,
+        queue: u16,
+        pool: &std::sync::Arc<Mempool>,
+    ) -> Result<TxQueue, DpdkError> {
+        if queue >= self.tx_queues {
+            return Err(DpdkError::NoSuchQueue {
+                port: self.id,
+                queue,
+                available: self.tx_queues,
+                kind: "tx",
+            });
+        }
+        Ok(TxQueue {
+            port: self.id,
+            queue,
+            pool: std::sync::Arc::clone(pool),
+        })
+    }
+
+    /// The port's MAC address.
+    pub fn mac_address(&self) -> Result<[u8; 6], DpdkError> {
+        let mut addr = sys::rte_ether_addr::default();
+        // SAFETY: addr is a valid out pointer.
+        let result = unsafe { sys::rte_eth_macaddr_get(self.id, &mut addr) };
+        if result != 0 {
+            return Err(port_error(self.id, "reading the MAC address", result));
+        }
+        Ok(addr.addr_bytes)
+    }
+
+    pub fn link(&self) -> Result<Link, DpdkError> {
+        let mut link = sys::rte_eth_link::default();
+        // SAFETY: link is a valid out pointer.
+        let result = unsafe { sys::rte_eth_link_get_nowait(self.id, &mut link) };
+        if result != 0 {
+            return Err(port_error(self.id, "reading the link", result));
+        }
+        Ok(Link {
+            up: link.link_status() != 0,
+            speed_mbps: link.link_speed,
+        })
+    }
+
+    pub fn stats(&self) -> Result<PortStats, DpdkError> {
+        let mut stats = sys::rte_eth_stats::default();
+        // SAFETY: stats is a valid out pointer.
+        let result = unsafe { sys::rte_eth_stats_get(self.id, &mut stats) };
+        if result != 0 {
+            return Err(port_error(self.id, "reading statistics", result));
+        }
+        Ok(PortStats {
+            rx_packets: stats.ipackets,
+            tx_packets: stats.opackets,
+            rx_bytes: stats.ibytes,
+            tx_bytes: stats.obytes,
+            rx_missed: stats.imissed,
+            rx_errors: stats.ierrors,
+            tx_errors: stats.oerrors,
+            rx_no_mbuf: stats.rx_nombuf,
+        })
+    }
+
+    pub fn device_info(&self) -> Result<DeviceInfo, DpdkError> {
+        device_info(self.id)
+    }
+}
+
+fn device_info(id: u16) -> Result<DeviceInfo, DpdkError> {
+    let mut info = sys::rte_eth_dev_info::default();
+    // SAFETY: info is a valid out pointer.
+    let result = unsafe { sys::rte_eth_dev_info_get(id, &mut info) };
+    if result != 0 {
+        return Err(port_error(id, "reading device information", result));
+    }
+    let driver = if info.driver_name.is_null() {
+        String::new()
+    } else {
+        // SAFETY: a non-NULL driver name is a static NUL-terminated string of the driver.
+        unsafe { CStr::from_ptr(info.driver_name) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    Ok(DeviceInfo {
+        driver,
+        max_rx_queues: info.max_rx_queues,
+        max_tx_queues: info.max_tx_queues,
+        rss_offloads: info.flow_type_rss_offloads,
+        rss_key_size: info.hash_key_size,
+    })
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        // SAFETY: the port was started by us; no queue handle is used after the port is dropped (workers are
+        // joined first by every caller).
+        unsafe {
+            sys::rte_eth_dev_stop(self.id);
+            sys::rte_eth_dev_close(self.id);
+        }
+    }
+}
+
+/// One rx queue of a port, owned by one worker.
+#[derive(Debug)]
+pub struct RxQueue {
+    port: u16,
+    queue: u16,
+}
+
+impl RxQueue {
+    /// Receives up to `max` frames into `burst`; returns how many. Never allocates.
+    #[inline]
+    pub fn rx_burst(&mut self, burst: &mut Burst<Mbuf>, max: usize) -> usize {
+        let room = burst.remaining_capacity().min(max).min(MAX_BURST);
+        let mut raw: [*mut sys::rte_mbuf; MAX_BURST] = [std::ptr::null_mut(); MAX_BURST];
+        // SAFETY: raw has room for `room` pointers; this queue is owned by one thread (RxQueue is not Sync or
+        // Clone).
+        let received =
+            unsafe { sys::shim_rx_burst(self.port, self.queue, raw.as_mut_ptr(), room as u16) };
+        for &mbuf in &raw[..usize::from(received)] {
+            if let Some(mbuf) = NonNull::new(mbuf) {
+                // SAFETY: the driver handed us ownership of each received mbuf.
+                burst.push(unsafe { Mbuf::from_raw(mbuf) });
+            }
+        }
+        usize::from(received)
+    }
+}
+
+impl RxQueueTrait for RxQueue {
+    type Frame = Mbuf;
+
+    #[inline]
+    fn rx_burst(&mut self, burst: &mut Burst<Mbuf>, max: usize) -> usize {
+        RxQueue::rx_burst(self, burst, max)
+    }
+}
+
+/// One tx queue of a port, owned by one worker.
+#[derive(Debug)]
+pub struct TxQueue {
+    port: u16,
+    queue: u16,
+    pool: std::sync::Arc<Mempool>,
+}
+
+impl TxQueue {
+    /// Sends frames from the front of `burst`, removing those the device took; returns how many. Never allocates.
+    #[inline]
+    pub fn tx_burst(&mut self, burst: &mut Burst<Mbuf>) -> usize {
+        let count = burst.len();
+        if count == 0 {
+            return 0;
+        }
+        let mut raw: ArrayVec<*mut sys::rte_mbuf, MAX_BURST> =
+            burst.iter().map(Mbuf::as_ptr).collect();
+        // SAFETY: raw holds `count` valid mbufs owned by `burst`; the queue is owned by one thread.
+        let sent = usize::from(unsafe {
+            sys::shim_tx_burst(self.port, self.queue, raw.as_mut_ptr(), count as u16)
+        });
+        // The device now owns the first `sent` mbufs: forget them without freeing.
+        for mbuf in burst.drain(..sent) {
+            let _ = mbuf.into_raw();
+        }
+        sent
+    }
+}
+
+impl TxQueueTrait for TxQueue {
+    type Frame = Mbuf;
+
+    #[inline]
+    fn tx_burst(&mut self, burst: &mut Burst<Mbuf>) -> usize {
+        TxQueue::tx_burst(self, burst)
+    }
+
+    #[inline]
+    fn alloc(&mut self) -> Option<Mbuf> {
+        Mbuf::alloc(&self.pool)
+    }
+}
+
+/// The calling thread's lcore id (`u32::MAX` for a thread DPDK does not know).
+pub fn lcore_id() -> u32 {
+    // SAFETY: reading the per-thread lcore id has no precondition.
+    unsafe { sys::shim_lcore_id() }
+}
+
+/// The time stamp counter.
+#[inline]
+pub fn tsc() -> u64 {
+    // SAFETY: rdtsc has no precondition.
+    unsafe { sys::shim_rdtsc() }
+}
+
+/// Ticks of [`tsc`] per second, as the EAL measured them.
+pub fn tsc_hz() -> u64 {
+    // SAFETY: valid after EAL init; before it DPDK returns 0, which callers treat as unknown.
+    unsafe { sys::shim_tsc_hz() }
+}
+
+/// Runs `work` on a new thread pinned to CPU `cpu` and registered with DPDK (so it gets an lcore id and the
+/// mempool caches); the thread unregisters when `work` returns.
+pub fn spawn_worker<T: Send + 'static>(
+    cpu: usize,
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<std::thread::JoinHandle<Result<T, DpdkError>>, DpdkError> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+                return Err(DpdkError::Worker(format!("could not pin to CPU {cpu}")));
+            }
+            // SAFETY: registering the calling thread has no precondition beyond a running EAL; failure is
+            // reported through the return value.
+            let registered = unsafe { sys::rte_thread_register() };
+            if registered != 0 {
+                return Err(DpdkError::Worker(format!(
+                    "could not register with DPDK: {}",
+                    last_error().1
+                )));
+            }
+            let result = work();
+            // SAFETY: the thread registered above and uses no DPDK per-lcore state after this.
+            unsafe { sys::rte_thread_unregister() };
+            Ok(result)
+        })
+        .map_err(|error| DpdkError::Worker(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vdev_names_are_read_from_both_argument_forms() {
+        let args: Vec<String> = [
+            "--no-huge",
+            "--vdev=net_ring0",
+            "--vdev",
+            "net_pcap1,rx_pcap=a.pcap",
+            "-m",
+            "64",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(requested_vdevs(&args), vec!["net_ring0", "net_pcap1"]);
+    }
+}

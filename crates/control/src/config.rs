@@ -1,1 +1,1073 @@
-//! The TOML configuration: parsing, validation with file/line/field errors, stable backend ids.
+//! The TOML configuration: what a network engineer writes, parsed strictly (unknown keys are errors), validated
+//! with errors that name the file, the line and the field and say what is allowed, and turned into the balancer's
+//! types. Backend ids stay stable across reloads through [`BackendIdRegistry`].
+//!
+//! The reference of every key, with defaults, is `config/README.md`; `config/*.toml` are commented examples.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use balancer::conntrack::Timeouts;
+use balancer::maglev::TableSize;
+use balancer::port_alloc::PortPartition;
+use balancer::service::{Backend, BackendId, ForwardingMode, SchedulerKind, ServiceKey};
+use balancer::snapshot::{GatewaySpec, PersistenceSpec, PortSpec, ServiceSpec, SnapshotSpec};
+use packet::ip_protocol;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub origin: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.origin, line, self.message),
+            None => write!(f, "{}: {}", self.origin, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// An address with a prefix length (`10.0.0.1/24`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl FromStr for Prefix {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (addr, len) = text.split_once('/').ok_or_else(|| {
+            format!("{text:?} needs a prefix length, as in 10.0.0.1/24 or fd00::1/64")
+        })?;
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} is not an IP address"))?;
+        let len: u8 = len
+            .parse()
+            .map_err(|_| format!("{len:?} is not a prefix length"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if len > max {
+            return Err(format!("prefix length {len} is longer than {max}"));
+        }
+        Ok(Prefix { addr, len })
+    }
+}
+
+fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!(
+            "{text:?} is not a MAC address (write it as 02:00:00:00:00:01)"
+        ));
+    }
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        *byte =
+            u8::from_str_radix(part, 16).map_err(|_| format!("{text:?} is not a MAC address"))?;
+    }
+    Ok(mac)
+}
+
+// ---- the file as written -------------------------------------------------------------------------------------
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    eal: RawEal,
+    #[serde(default)]
+    port: Vec<Spanned<RawPort>>,
+    #[serde(default)]
+    workers: RawWorkers,
+    #[serde(default)]
+    network: RawNetwork,
+    #[serde(default)]
+    service: Vec<Spanned<RawService>>,
+    pipe: Option<Spanned<RawPipe>>,
+    #[serde(default)]
+    control: RawControl,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEal {
+    #[serde(default)]
+    args: Vec<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawPort {
+    name: Spanned<String>,
+    device: Spanned<String>,
+    mtu: Option<Spanned<u16>>,
+    rx_descriptors: Option<u16>,
+    tx_descriptors: Option<u16>,
+    #[serde(default)]
+    addresses: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWorkers {
+    cores: Option<Spanned<Vec<usize>>>,
+    burst: Option<Spanned<usize>>,
+    mempool_size: Option<u32>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    #[serde(default)]
+    gateways: Vec<Spanned<RawGateway>>,
+    tunnel_source_v4: Option<Spanned<String>>,
+    tunnel_source_v6: Option<Spanned<String>>,
+    #[serde(default)]
+    local_addresses: Vec<Spanned<String>>,
+    local_port_range: Option<Spanned<[u16; 2]>>,
+    conntrack_capacity: Option<Spanned<usize>>,
+    maglev_table_size: Option<Spanned<u32>>,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    #[serde(default)]
+    kernel_exception_path: bool,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    port: String,
+    address: String,
+    mac: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    tcp_established: Option<u64>,
+    tcp_syn_sent: Option<u64>,
+    tcp_syn_recv: Option<u64>,
+    tcp_fin_wait: Option<u64>,
+    tcp_time_wait: Option<u64>,
+    tcp_close: Option<u64>,
+    tcp_close_wait: Option<u64>,
+    tcp_last_ack: Option<u64>,
+    tcp_listen: Option<u64>,
+    tcp_syn_ack: Option<u64>,
+    udp: Option<u64>,
+    icmp: Option<u64>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    vip: Spanned<String>,
+    port: Spanned<u16>,
+    #[serde(default = "default_protocol")]
+    protocol: Spanned<String>,
+    mode: Spanned<String>,
+    #[serde(default = "default_scheduler")]
+    scheduler: Spanned<String>,
+    persistence_timeout: Option<Spanned<u64>>,
+    persistence_netmask: Option<Spanned<u8>>,
+    #[serde(default)]
+    backend: Vec<Spanned<RawBackend>>,
+}
+
+fn default_protocol() -> Spanned<String> {
+    Spanned::new(0..0, "tcp".to_owned())
+}
+
+fn default_scheduler() -> Spanned<String> {
+    Spanned::new(0..0, "mh".to_owned())
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    address: Spanned<String>,
+    port: Option<Spanned<u16>>,
+    weight: Option<Spanned<i64>>,
+    mac: Option<Spanned<String>>,
+    health_check: Option<Spanned<RawHealthCheck>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    #[serde(rename = "type")]
+    kind: String,
+    connect_port: Option<u16>,
+    connect_timeout: Option<f64>,
+    delay_loop: Option<f64>,
+    retry: Option<u32>,
+    delay_before_retry: Option<f64>,
+    path: Option<String>,
+    status: Option<u16>,
+    on_failure: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawPipe {
+    from: String,
+    to: String,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    socket: Option<String>,
+    metrics: Option<String>,
+}
+
+// ---- the validated configuration ------------------------------------------------------------------------------
+
+/// One DPDK port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortConfig {
+    pub name: String,
+    /// A PCI address or a vdev string (`net_pcap0,rx_pcap=in.pcap,...`).
+    pub device: String,
+    pub mtu: u16,
+    pub rx_descriptors: u16,
+    pub tx_descriptors: u16,
+    pub addresses: Vec<Prefix>,
+}
+
+impl PortConfig {
+    /// The name DPDK gives the device: the vdev name before the first comma, or the PCI address.
+    pub fn device_name(&self) -> &str {
+        self.device.split(',').next().unwrap_or_default().trim()
+    }
+
+    /// Whether the device is a virtual device (created from `--vdev`).
+    pub fn is_vdev(&self) -> bool {
+        self.device_name().starts_with("net_") || self.device_name().starts_with("virtio_user")
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkersConfig {
+    pub cores: Vec<usize>,
+    pub burst: usize,
+    pub mempool_size: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayConfig {
+    pub port: String,
+    pub address: IpAddr,
+    pub mac: Option<[u8; 6]>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkConfig {
+    pub gateways: Vec<GatewayConfig>,
+    pub tunnel_source_v4: Option<IpAddr>,
+    pub tunnel_source_v6: Option<IpAddr>,
+    pub local_addresses: Vec<IpAddr>,
+    pub local_port_range: (u16, u16),
+    pub conntrack_capacity: usize,
+    pub maglev_table_size: TableSize,
+    pub timeouts: Timeouts,
+    pub kernel_exception_path: bool,
+}
+
+/// How a failed backend is taken out (keepalived: remove, or `inhibit_on_failure`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnFailure {
+    Remove,
+    Inhibit,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckKind {
+    Tcp,
+    Http { path: String, expected_status: u16 },
+}
+
+/// A backend's health check, with keepalived's knobs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    pub kind: CheckKind,
+    pub connect_port: Option<u16>,
+    pub connect_timeout: Duration,
+    pub delay_loop: Duration,
+    pub retry: u32,
+    pub delay_before_retry: Duration,
+    pub on_failure: OnFailure,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendConfig {
+    pub address: IpAddr,
+    pub port: u16,
+    pub weight: u32,
+    pub mac: Option<[u8; 6]>,
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceConfig {
+    pub key: ServiceKey,
+    pub mode: ForwardingMode,
+    pub scheduler: SchedulerKind,
+    pub persistence: Option<PersistenceSpec>,
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PipeConfig {
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ControlConfig {
+    pub socket: Option<String>,
+    pub metrics: Option<String>,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub origin: String,
+    pub eal_args: Vec<String>,
+    pub ports: Vec<PortConfig>,
+    pub workers: WorkersConfig,
+    pub network: NetworkConfig,
+    pub services: Vec<ServiceConfig>,
+    pub pipe: Option<PipeConfig>,
+    pub control: ControlConfig,
+    /// Accepted but worth a look (empty services, a small Maglev table, ...).
+    pub warnings: Vec<String>,
+}
+
+/// Builds errors with line numbers from spans of one text.
+struct Locator<'a> {
+    origin: &'a str,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn line(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
+    }
+
+    fn error_at(&self, span: &std::ops::Range<usize>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            origin: self.origin.to_owned(),
+            line: (span.end > 0).then(|| self.line(span.start)),
+            message: message.into(),
+        }
+    }
+
+    fn parse<T: FromStr<Err = String>>(
+        &self,
+        value: &Spanned<String>,
+        field: &str,
+    ) -> Result<T, ConfigError> {
+        value
+            .get_ref()
+            .parse()
+            .map_err(|error| self.error_at(&value.span(), format!("{field}: {error}")))
+    }
+
+    fn address(&self, value: &Spanned<String>, field: &str) -> Result<IpAddr, ConfigError> {
+        value.get_ref().parse().map_err(|_| {
+            self.error_at(
+                &value.span(),
+                format!(
+                    "{field}: {:?} is not an IPv4 or IPv6 address",
+                    value.get_ref()
+                ),
+            )
+        })
+    }
+}
+
+fn seconds(value: f64, field: &str) -> Result<Duration, String> {
+    if !(value.is_finite() && value >= 0.0) {
+        return Err(format!("{field} must be a number of seconds, 0 or more"));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+fn describe(key: &ServiceKey) -> String {
+    balancer::snapshot::describe_service(key)
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+            origin: origin.clone(),
+            line: None,
+            message: format!("cannot read the configuration: {error}"),
+        })?;
+        Config::parse(&text, &origin)
+    }
+
+    /// Parses and validates `text`, naming it `origin` in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let locator = Locator { origin, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError {
+            origin: origin.to_owned(),
+            line: error.span().map(|span| locator.line(span.start)),
+            message: error.message().trim().to_owned(),
+        })?;
+        let mut warnings = Vec::new();
+
+        let mut ports = Vec::new();
+        let mut port_names = HashSet::new();
+        for spanned in &raw.port {
+            let port = spanned.get_ref();
+            let name = port.name.get_ref().trim().to_owned();
+            if name.is_empty() || !port_names.insert(name.clone()) {
+                return Err(locator.error_at(
+                    &port.name.span(),
+                    format!("port name: {name:?} is empty or used twice; give every [[port]] its own name"),
+                ));
+            }
+            if port.device.get_ref().trim().is_empty() {
+                return Err(locator.error_at(
+                    &port.device.span(),
+                    "port device: give a PCI address or a vdev string",
+                ));
+            }
+            let mtu = port.mtu.as_ref().map_or(1500, |mtu| *mtu.get_ref());
+            if let Some(spanned_mtu) = &port.mtu {
+                if !(68..=9000).contains(&mtu) {
+                    return Err(
+                        locator.error_at(&spanned_mtu.span(), "port mtu: allowed 68 to 9000")
+                    );
+                }
+            }
+            let mut addresses = Vec::new();
+            for address in &port.addresses {
+                addresses.push(locator.parse::<Prefix>(address, "port addresses")?);
+            }
+            ports.push(PortConfig {
+                name,
+                device: port.device.get_ref().trim().to_owned(),
+                mtu,
+                rx_descriptors: port.rx_descriptors.unwrap_or(1024),
+                tx_descriptors: port.tx_descriptors.unwrap_or(1024),
+                addresses,
+            });
+        }
+
+        let cores = raw
+            .workers
+            .cores
+            .as_ref()
+            .map_or(vec![0], |cores| cores.get_ref().clone());
+        if let Some(spanned) = &raw.workers.cores {
+            let unique: HashSet<_> = cores.iter().collect();
+            if cores.is_empty() || unique.len() != cores.len() {
+                return Err(locator.error_at(
+                    &spanned.span(),
+                    "workers cores: list each CPU once, at least one (e.g. cores = [1, 2])",
+                ));
+            }
+        }
+        let burst = raw.workers.burst.as_ref().map_or(32, |b| *b.get_ref());
+        if let Some(spanned) = &raw.workers.burst {
+            if !(1..=dataplane_max_burst()).contains(&burst) {
+                return Err(locator.error_at(
+                    &spanned.span(),
+                    format!("workers burst: allowed 1 to {}", dataplane_max_burst()),
+                ));
+            }
+        }
+        let workers = WorkersConfig {
+            cores,
+            burst,
+            mempool_size: raw.workers.mempool_size.unwrap_or(16383),
+        };
+
+        let network = validate_network(&raw.network, &locator, &port_names, workers.cores.len())?;
+
+        let mut services = Vec::new();
+        let mut keys = HashSet::new();
+        for spanned in &raw.service {
+            let service = validate_service(spanned, &locator, &network, &mut warnings)?;
+            if !keys.insert(service.key) {
+                return Err(locator.error_at(
+                    &spanned.span(),
+                    format!("service {} is configured twice", describe(&service.key)),
+                ));
+            }
+            services.push(service);
+        }
+
+        let pipe = match &raw.pipe {
+            Some(spanned) => {
+                let pipe = spanned.get_ref();
+                for name in [&pipe.from, &pipe.to] {
+                    if !port_names.contains(name) {
+                        return Err(locator.error_at(
+                            &spanned.span(),
+                            format!("pipe: there is no [[port]] named {name:?}"),
+                        ));
+                    }
+                }
+                Some(PipeConfig {
+                    from: pipe.from.clone(),
+                    to: pipe.to.clone(),
+                })
+            }
+            None => None,
+        };
+        if pipe.is_none() && services.is_empty() {
+            return Err(ConfigError {
+                origin: origin.to_owned(),
+                line: None,
+                message: "nothing to do: add [[service]] entries, or a [pipe] between two ports"
+                    .into(),
+            });
+        }
+        if ports.is_empty() {
+            return Err(ConfigError {
+                origin: origin.to_owned(),
+                line: None,
+                message: "no [[port]]: name at least one DPDK device".into(),
+            });
+        }
+        let backend_count: usize = services.iter().map(|s| s.backends.len()).max().unwrap_or(0);
+        if backend_count > 0 && (network.maglev_table_size.get() as usize) < backend_count * 100 {
+            warnings.push(format!(
+                "maglev_table_size {} is under 100 slots per backend ({} backends): balance suffers",
+                network.maglev_table_size.get(),
+                backend_count
+            ));
+        }
+
+        Ok(Config {
+            origin: origin.to_owned(),
+            eal_args: raw.eal.args.clone(),
+            ports,
+            workers,
+            network,
+            services,
+            pipe,
+            control: ControlConfig {
+                socket: raw.control.socket.clone(),
+                metrics: raw.control.metrics.clone(),
+            },
+            warnings,
+        })
+    }
+
+    /// Index of the port named `name`.
+    pub fn port_index(&self, name: &str) -> Option<usize> {
+        self.ports.iter().position(|port| port.name == name)
+    }
+
+    /// The snapshot the workers forward with, given each port's MAC (from the device) and stable backend ids.
+    pub fn snapshot_spec(
+        &self,
+        port_macs: &[[u8; 6]],
+        registry: &mut BackendIdRegistry,
+    ) -> Result<SnapshotSpec, ConfigError> {
+        let error = |message: String| ConfigError {
+            origin: self.origin.clone(),
+            line: None,
+            message,
+        };
+        let ports = self
+            .ports
+            .iter()
+            .zip(port_macs.iter().chain(std::iter::repeat(&[0u8; 6])))
+            .map(|(port, mac)| PortSpec {
+                mac: *mac,
+                mtu: port.mtu,
+                addresses: port.addresses.iter().map(|p| (p.addr, p.len)).collect(),
+            })
+            .collect();
+        let mut gateways = Vec::new();
+        for gateway in &self.network.gateways {
+            let port = self
+                .port_index(&gateway.port)
+                .ok_or_else(|| error(format!("gateway port {:?} does not exist", gateway.port)))?;
+            gateways.push(GatewaySpec {
+                port: port as u16,
+                addr: gateway.address,
+                mac: gateway.mac,
+            });
+        }
+        let workers = self.workers.cores.len() as u16;
+        let (low, high) = self.network.local_port_range;
+        let local_ports = PortPartition::new(low, high, workers)
+            .map_err(|e| error(format!("local_port_range: {e}")))?;
+        let services = self
+            .services
+            .iter()
+            .map(|service| ServiceSpec {
+                key: service.key,
+                mode: service.mode,
+                scheduler: service.scheduler,
+                persistence: service.persistence,
+                backends: service
+                    .backends
+                    .iter()
+                    .map(|backend| Backend {
+                        id: registry.id(service.key, backend.address, backend.port),
+                        addr: backend.address,
+                        port: backend.port,
+                        weight: backend.weight,
+                        mac: backend.mac,
+                    })
+                    .collect(),
+            })
+            .collect();
+        registry.retain(self);
+        Ok(SnapshotSpec {
+            ports,
+            gateways,
+            tunnel_source_v4: self.network.tunnel_source_v4,
+            tunnel_source_v6: self.network.tunnel_source_v6,
+            local_addresses: self.network.local_addresses.clone(),
+            local_ports,
+            maglev_size: self.network.maglev_table_size,
+            services,
+            kernel_exception_path: self.network.kernel_exception_path,
+        })
+    }
+}
+
+fn dataplane_max_burst() -> usize {
+    64
+}
+
+fn validate_network(
+    raw: &RawNetwork,
+    locator: &Locator<'_>,
+    port_names: &HashSet<String>,
+    workers: usize,
+) -> Result<NetworkConfig, ConfigError> {
+    let mut gateways = Vec::new();
+    for spanned in &raw.gateways {
+        let gateway = spanned.get_ref();
+        if !port_names.contains(&gateway.port) {
+            return Err(locator.error_at(
+                &spanned.span(),
+                format!(
+                    "gateway port: there is no [[port]] named {:?}",
+                    gateway.port
+                ),
+            ));
+        }
+        let address = gateway.address.parse().map_err(|_| {
+            locator.error_at(
+                &spanned.span(),
+                format!(
+                    "gateway address: {:?} is not an IP address",
+                    gateway.address
+                ),
+            )
+        })?;
+        let mac = match &gateway.mac {
+            Some(text) => Some(
+                parse_mac(text)
+                    .map_err(|e| locator.error_at(&spanned.span(), format!("gateway mac: {e}")))?,
+            ),
+            None => None,
+        };
+        gateways.push(GatewayConfig {
+            port: gateway.port.clone(),
+            address,
+            mac,
+        });
+    }
+    let family = |value: &Option<Spanned<String>>,
+                  field: &str,
+                  v4: bool|
+     -> Result<Option<IpAddr>, ConfigError> {
+        let Some(value) = value else { return Ok(None) };
+        let addr = locator.address(value, field)?;
+        if addr.is_ipv4() != v4 {
+            return Err(locator.error_at(
+                &value.span(),
+                format!(
+                    "{field}: expected an {} address",
+                    if v4 { "IPv4" } else { "IPv6" }
+                ),
+            ));
+        }
+        Ok(Some(addr))
+    };
+    let tunnel_source_v4 = family(&raw.tunnel_source_v4, "tunnel_source_v4", true)?;
+    let tunnel_source_v6 = family(&raw.tunnel_source_v6, "tunnel_source_v6", false)?;
+    let mut local_addresses = Vec::new();
+    for value in &raw.local_addresses {
+        local_addresses.push(locator.address(value, "local_addresses")?);
+    }
+    let local_port_range = match &raw.local_port_range {
+        Some(spanned) => {
+            let [low, high] = *spanned.get_ref();
+            if low == 0 || low > high || usize::from(high - low) + 1 < workers {
+                return Err(locator.error_at(
+                    &spanned.span(),
+                    "local_port_range: [low, high] with 1 <= low <= high and at least one port per worker",
+                ));
+            }
+            (low, high)
+        }
+        None => (1024, 65535),
+    };
+    let conntrack_capacity = match &raw.conntrack_capacity {
+        Some(spanned) => {
+            let capacity = *spanned.get_ref();
+            if capacity == 0 || capacity > balancer::conntrack::ConnTable::MAX_CAPACITY {
+                return Err(locator.error_at(
+                    &spanned.span(),
+                    format!(
+                        "conntrack_capacity: allowed 1 to {} connections per worker",
+                        balancer::conntrack::ConnTable::MAX_CAPACITY
+                    ),
+                ));
+            }
+            capacity
+        }
+        None => 1 << 20,
+    };
+    let maglev_table_size = match &raw.maglev_table_size {
+        Some(spanned) => TableSize::new(*spanned.get_ref()).map_err(|error| {
+            locator.error_at(&spanned.span(), format!("maglev_table_size: {error}"))
+        })?,
+        None => TableSize::default(),
+    };
+    let mut timeouts = Timeouts::default();
+    let t = &raw.timeouts;
+    let set = |slot: &mut u64, value: Option<u64>| {
+        if let Some(seconds) = value {
+            *slot = seconds.saturating_mul(1000);
+        }
+    };
+    set(&mut timeouts.established, t.tcp_established);
+    set(&mut timeouts.syn_sent, t.tcp_syn_sent);
+    set(&mut timeouts.syn_recv, t.tcp_syn_recv);
+    set(&mut timeouts.fin_wait, t.tcp_fin_wait);
+    set(&mut timeouts.time_wait, t.tcp_time_wait);
+    set(&mut timeouts.close, t.tcp_close);
+    set(&mut timeouts.close_wait, t.tcp_close_wait);
+    set(&mut timeouts.last_ack, t.tcp_last_ack);
+    set(&mut timeouts.listen, t.tcp_listen);
+    set(&mut timeouts.synack, t.tcp_syn_ack);
+    set(&mut timeouts.udp, t.udp);
+    set(&mut timeouts.icmp, t.icmp);
+    Ok(NetworkConfig {
+        gateways,
+        tunnel_source_v4,
+        tunnel_source_v6,
+        local_addresses,
+        local_port_range,
+        conntrack_capacity,
+        maglev_table_size,
+        timeouts,
+        kernel_exception_path: raw.kernel_exception_path,
+    })
+}
+
+fn validate_service(
+    spanned: &Spanned<RawService>,
+    locator: &Locator<'_>,
+    network: &NetworkConfig,
+    warnings: &mut Vec<String>,
+) -> Result<ServiceConfig, ConfigError> {
+    let raw = spanned.get_ref();
+    let vip = locator.address(&raw.vip, "service vip")?;
+    let protocol = match raw.protocol.get_ref().as_str() {
+        "tcp" => ip_protocol::TCP,
+        "udp" => ip_protocol::UDP,
+        other => {
+            return Err(locator.error_at(
+                &raw.protocol.span(),
+                format!("service protocol: {other:?} is not allowed; use \"tcp\" or \"udp\""),
+            ))
+        }
+    };
+    let mode = match raw.mode.get_ref().as_str() {
+        "dr" => ForwardingMode::Dr,
+        "nat" => ForwardingMode::Nat,
+        "fullnat" => ForwardingMode::FullNat,
+        "tun" => ForwardingMode::Tun,
+        other => {
+            return Err(locator.error_at(
+                &raw.mode.span(),
+                format!("service mode: {other:?} is not allowed; use dr, nat, fullnat or tun"),
+            ))
+        }
+    };
+    let scheduler = match raw.scheduler.get_ref().as_str() {
+        "rr" => SchedulerKind::Rr,
+        "wrr" => SchedulerKind::Wrr,
+        "lc" => SchedulerKind::Lc,
+        "wlc" => SchedulerKind::Wlc,
+        "sed" => SchedulerKind::Sed,
+        "nq" => SchedulerKind::Nq,
+        "lblc" => SchedulerKind::Lblc,
+        "lblcr" => SchedulerKind::Lblcr,
+        "dh" => SchedulerKind::Dh,
+        "sh" => SchedulerKind::Sh,
+        "mh" => SchedulerKind::Mh,
+        other => {
+            return Err(locator.error_at(
+                &raw.scheduler.span(),
+                format!(
+                    "service scheduler: {other:?} is not allowed; use rr, wrr, lc, wlc, sed, nq, lblc, lblcr, dh, sh \
+                     or mh"
+                ),
+            ))
+        }
+    };
+    let port = *raw.port.get_ref();
+    let key = ServiceKey {
+        vip,
+        port,
+        protocol,
+    };
+    let name = describe(&key);
+    if port == 0 && !matches!(mode, ForwardingMode::Dr | ForwardingMode::Tun) {
+        return Err(locator.error_at(
+            &raw.port.span(),
+            format!("service {name}: port 0 (all ports) is allowed in dr and tun modes only"),
+        ));
+    }
+    let v4 = vip.is_ipv4();
+    let tunnel_source = if v4 {
+        network.tunnel_source_v4
+    } else {
+        network.tunnel_source_v6
+    };
+    if mode == ForwardingMode::Tun && tunnel_source.is_none() {
+        return Err(locator.error_at(
+            &raw.mode.span(),
+            format!(
+                "service {name}: tun mode needs [network] tunnel_source_v{} for its encapsulation",
+                if v4 { 4 } else { 6 }
+            ),
+        ));
+    }
+    if mode == ForwardingMode::FullNat && !network.local_addresses.iter().any(|a| a.is_ipv4() == v4)
+    {
+        return Err(locator.error_at(
+            &raw.mode.span(),
+            format!(
+                "service {name}: fullnat mode needs [network] local_addresses of the {} family",
+                if v4 { "IPv4" } else { "IPv6" }
+            ),
+        ));
+    }
+    let persistence = match &raw.persistence_timeout {
+        Some(timeout) => {
+            let netmask = raw.persistence_netmask.as_ref().map(|n| *n.get_ref());
+            let max = if v4 { 32 } else { 128 };
+            if let (Some(len), Some(spanned)) = (netmask, &raw.persistence_netmask) {
+                if len > max {
+                    return Err(locator.error_at(
+                        &spanned.span(),
+                        format!("service persistence_netmask: a prefix length up to {max}"),
+                    ));
+                }
+            }
+            Some(PersistenceSpec {
+                timeout_ms: timeout.get_ref().saturating_mul(1000),
+                prefix_v4: if v4 { netmask.unwrap_or(32) } else { 32 },
+                prefix_v6: if v4 { 128 } else { netmask.unwrap_or(128) },
+            })
+        }
+        None => None,
+    };
+    let mut backends = Vec::new();
+    let mut seen = HashSet::new();
+    for spanned_backend in &raw.backend {
+        let backend = spanned_backend.get_ref();
+        let address = locator.address(&backend.address, "backend address")?;
+        if address.is_ipv4() != v4 {
+            return Err(locator.error_at(
+                &backend.address.span(),
+                format!("backend address: {address} is not of the family of VIP {vip}; mix families in separate services"),
+            ));
+        }
+        let backend_port = backend.port.as_ref().map_or(port, |p| *p.get_ref());
+        if matches!(mode, ForwardingMode::Dr | ForwardingMode::Tun) && backend_port != port {
+            let span = backend
+                .port
+                .as_ref()
+                .map_or(backend.address.span(), |p| p.span());
+            return Err(locator.error_at(
+                &span,
+                format!(
+                    "backend port: {backend_port} differs from the service port {port}; {} cannot map ports (use nat \
+                     or fullnat, or drop the port)",
+                    raw.mode.get_ref()
+                ),
+            ));
+        }
+        if matches!(mode, ForwardingMode::Nat | ForwardingMode::FullNat) && backend_port == 0 {
+            return Err(locator.error_at(
+                &backend.address.span(),
+                "backend port: needs a port in nat and fullnat modes",
+            ));
+        }
+        let weight = match &backend.weight {
+            Some(spanned_weight) => {
+                let weight = *spanned_weight.get_ref();
+                if !(0..=65535).contains(&weight) {
+                    return Err(locator.error_at(
+                        &spanned_weight.span(),
+                        "backend weight: allowed 0 (drained) to 65535",
+                    ));
+                }
+                weight as u32
+            }
+            None => 1,
+        };
+        let mac = match &backend.mac {
+            Some(mac) => Some(
+                parse_mac(mac.get_ref())
+                    .map_err(|e| locator.error_at(&mac.span(), format!("backend mac: {e}")))?,
+            ),
+            None => None,
+        };
+        if !seen.insert((address, backend_port)) {
+            return Err(locator.error_at(
+                &spanned_backend.span(),
+                format!(
+                    "backend {}: listed twice in service {name}",
+                    balancer::snapshot::describe_endpoint(address, backend_port)
+                ),
+            ));
+        }
+        let health_check = match &backend.health_check {
+            Some(check) => Some(validate_health_check(check, locator)?),
+            None => None,
+        };
+        backends.push(BackendConfig {
+            address,
+            port: backend_port,
+            weight,
+            mac,
+            health_check,
+        });
+    }
+    if backends.is_empty() {
+        warnings.push(format!(
+            "service {name} has no backends: it will drop its traffic (counted)"
+        ));
+    }
+    Ok(ServiceConfig {
+        key,
+        mode,
+        scheduler,
+        persistence,
+        backends,
+    })
+}
+
+fn validate_health_check(
+    spanned: &Spanned<RawHealthCheck>,
+    locator: &Locator<'_>,
+) -> Result<HealthCheckConfig, ConfigError> {
+    let raw = spanned.get_ref();
+    let fail =
+        |message: String| locator.error_at(&spanned.span(), format!("health_check: {message}"));
+    let kind = match raw.kind.as_str() {
+        "tcp" => CheckKind::Tcp,
+        "http" => CheckKind::Http {
+            path: raw.path.clone().unwrap_or_else(|| "/".into()),
+            expected_status: raw.status.unwrap_or(200),
+        },
+        other => {
+            return Err(fail(format!(
+                "type {other:?} is not allowed; use \"tcp\" or \"http\""
+            )))
+        }
+    };
+    let on_failure = match raw.on_failure.as_deref().unwrap_or("remove") {
+        "remove" => OnFailure::Remove,
+        "inhibit" => OnFailure::Inhibit,
+        other => {
+            return Err(fail(format!(
+                "on_failure {other:?} is not allowed; use \"remove\" or \"inhibit\""
+            )))
+        }
+    };
+    Ok(HealthCheckConfig {
+        kind,
+        connect_port: raw.connect_port,
+        connect_timeout: seconds(raw.connect_timeout.unwrap_or(5.0), "connect_timeout")
+            .map_err(fail)?,
+        delay_loop: seconds(raw.delay_loop.unwrap_or(60.0), "delay_loop").map_err(fail)?,
+        retry: raw.retry.unwrap_or(1),
+        delay_before_retry: seconds(raw.delay_before_retry.unwrap_or(1.0), "delay_before_retry")
+            .map_err(fail)?,
+        on_failure,
+    })
+}
+
+/// Stable backend ids: the same (service, address, port) keeps its id across reloads; new backends get fresh ids;
+/// ids of removed backends are not given out again by this registry.
+#[derive(Debug, Default, Clone)]
+pub struct BackendIdRegistry {
+    ids: HashMap<(ServiceKey, IpAddr, u16), BackendId>,
+    next: u32,
+}
+
+impl BackendIdRegistry {
+    pub fn new() -> BackendIdRegistry {
+        BackendIdRegistry::default()
+    }
+
+    /// The id of a backend, assigning a fresh one the first time.
+    pub fn id(&mut self, service: ServiceKey, addr: IpAddr, port: u16) -> BackendId {
+        let next = &mut self.next;
+        *self.ids.entry((service, addr, port)).or_insert_with(|| {
+            let id = BackendId(*next);
+            *next += 1;
+            id
+        })
+    }
+
+    /// Forgets backends `config` no longer has.
+    pub fn retain(&mut self, config: &Config) {
+        let present: HashSet<(ServiceKey, IpAddr, u16)> = config
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(move |b| (s.key, b.address, b.port)))
+            .collect();
+        self.ids.retain(|key, _| present.contains(key));
+    }
+
+    /// One past the largest id given out: the size per-backend tables need.
+    pub fn id_bound(&self) -> u32 {
+        self.next
+    }
+
+    /// Every id in use, by backend.
+    pub fn ids(&self) -> BTreeMap<BackendId, (ServiceKey, IpAddr, u16)> {
+        self.ids.iter().map(|(key, id)| (*id, *key)).collect()
+    }
+}

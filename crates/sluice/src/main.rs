@@ -1,1 +1,77 @@
-fn main() {}
+//! The sluice binary: `run` forwards with a configuration, `check` validates one, `generate` writes test traffic
+//! as a pcap file.
+
+mod generate;
+mod pcap;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "A DPDK layer-4 load balancer: DR, NAT, FULLNAT and TUN, Maglev and the LVS schedulers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bring up the EAL and the ports of a configuration and forward until stopped.
+    Run(run::RunArgs),
+    /// Validate a configuration file and print what it describes.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Write client-to-VIP traffic (many TCP or UDP flows) into a pcap file.
+    Generate(generate::GenerateArgs),
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Check { config } => check(&config),
+        Command::Generate(args) => generate::generate(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("sluice: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> Result<(), String> {
+    let config = control::config::Config::load(path).map_err(|e| e.to_string())?;
+    for warning in &config.warnings {
+        println!("warning: {warning}");
+    }
+    println!(
+        "{}: {} ports, {} workers, {} services{}",
+        config.origin,
+        config.ports.len(),
+        config.workers.cores.len(),
+        config.services.len(),
+        if config.pipe.is_some() { ", pipe" } else { "" }
+    );
+    for service in &config.services {
+        println!(
+            "  {} {:?} {:?}: {} backends",
+            balancer::snapshot::describe_service(&service.key),
+            service.mode,
+            service.scheduler,
+            service.backends.len()
+        );
+    }
+    Ok(())
+}

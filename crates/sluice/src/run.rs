@@ -1,0 +1,399 @@
+//! `sluice run`: EAL and ports from the configuration, one pinned worker per configured core (rx and tx queue k of
+//! every port), either a plain port-to-port pipe or the balancer, until ctrl-c, a packet count or an idle timeout.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use balancer::conntrack::ConnTable;
+use balancer::decision::{DropReason, WorkerPlace, WorkerState, WorkerTables};
+use balancer::neighbor::NeighborTable;
+use balancer::persistence::PersistenceTable;
+use balancer::port_alloc::PortAllocator;
+use balancer::scheduler::LoadTable;
+use balancer::snapshot::Snapshot;
+use control::config::{BackendIdRegistry, Config};
+use crossbeam::channel::bounded;
+use crossbeam::queue::ArrayQueue;
+use dataplane::io::Burst;
+use dataplane::worker::{PortQueues, TableUpdates, Worker, WorkerConfig, WorkerStats};
+use dpdk::{spawn_worker, Eal, Mempool, Port, PortConfig, DEFAULT_DATA_ROOM, SOCKET_ANY};
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The configuration file (see config/README.md).
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Stop after the workers have received this many frames in all.
+    #[arg(long)]
+    max_packets: Option<u64>,
+    /// Stop once no frame has arrived for this many milliseconds (pcap-driven runs end this way).
+    #[arg(long)]
+    idle_exit_ms: Option<u64>,
+}
+
+/// Handoff ring size per worker.
+const HANDOFF_RING: usize = 4096;
+/// Per-backend tables are sized for ids below this many beyond the configured ones (room for reloads).
+const BACKEND_ID_HEADROOM: u32 = 1024;
+
+/// Counters the main thread watches to decide when to stop.
+struct Progress {
+    received: Vec<Arc<AtomicU64>>,
+}
+
+impl Progress {
+    fn total(&self) -> u64 {
+        self.received
+            .iter()
+            .map(|r| r.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+fn eal_arguments(config: &Config) -> Vec<String> {
+    let mut args = config.eal_args.clone();
+    let has_cores = args.iter().any(|arg| {
+        arg == "-l" || arg == "-c" || arg.starts_with("--lcores") || arg.starts_with("-l")
+    });
+    if !has_cores {
+        // The main thread only watches; it shares the first worker's CPU.
+        args.push("-l".into());
+        args.push(config.workers.cores[0].to_string());
+    }
+    for port in &config.ports {
+        if port.is_vdev() {
+            args.push(format!("--vdev={}", port.device));
+        } else {
+            args.push("-a".into());
+            args.push(port.device.clone());
+        }
+    }
+    args
+}
+
+pub fn run(args: RunArgs) -> Result<(), String> {
+    let config = Config::load(&args.config).map_err(|e| e.to_string())?;
+    for warning in &config.warnings {
+        log::warn!("{warning}");
+    }
+    let eal = Eal::init(&eal_arguments(&config)).map_err(|e| e.to_string())?;
+    let workers = config.workers.cores.len();
+    let pool = Arc::new(
+        Mempool::new(
+            "sluice",
+            config.workers.mempool_size,
+            256.min(config.workers.mempool_size / 4),
+            DEFAULT_DATA_ROOM,
+            SOCKET_ANY,
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    let result = {
+        let mut ports = Vec::new();
+        for port in &config.ports {
+            let id = eal.port_by_name(port.device_name()).ok_or_else(|| {
+                format!(
+                    "port {}: device {} did not become a DPDK port",
+                    port.name,
+                    port.device_name()
+                )
+            })?;
+            let port_config = PortConfig {
+                rx_queues: workers as u16,
+                tx_queues: workers as u16,
+                rx_descriptors: port.rx_descriptors,
+                tx_descriptors: port.tx_descriptors,
+                rss_key: (workers > 1).then_some(balancer::rss::SYMMETRIC_KEY),
+                mtu: None,
+                promiscuous: true,
+            };
+            let opened = Port::configure(&eal, id, &port_config, &pool)
+                .map_err(|e| format!("port {} ({}): {e}", port.name, port.device))?;
+            log::info!(
+                "port {} = {} (dpdk port {id}, {} rx/tx queues, rss {})",
+                port.name,
+                port.device_name(),
+                workers,
+                if opened.has_rss() { "on" } else { "off" }
+            );
+            ports.push(opened);
+        }
+        let outcome = match &config.pipe {
+            Some(pipe) => run_pipe(&config, &args, &ports, &pool, pipe),
+            None => run_balancer(&config, &args, &ports, &pool),
+        };
+        for (port, settings) in ports.iter().zip(&config.ports) {
+            if let Ok(stats) = port.stats() {
+                println!(
+                    "port {}: rx {} tx {} rx_missed {} rx_errors {} tx_errors {} rx_no_mbuf {}",
+                    settings.name,
+                    stats.rx_packets,
+                    stats.tx_packets,
+                    stats.rx_missed,
+                    stats.rx_errors,
+                    stats.tx_errors,
+                    stats.rx_no_mbuf
+                );
+            }
+        }
+        outcome
+        // Ports drop here: stopped and closed (net_pcap writes its output file).
+    };
+    println!("mempool: {} buffers in use", pool.in_use());
+    drop(pool);
+    drop(eal);
+    result
+}
+
+/// Installs the ctrl-c / SIGTERM handler and waits until it fires, `max_packets` frames arrived or rx was idle for
+/// `idle_exit_ms`.
+fn wait_for_stop(args: &RunArgs, progress: &Progress, stop: &Arc<AtomicBool>) {
+    let signal = Arc::clone(stop);
+    if let Err(error) = ctrlc::set_handler(move || signal.store(true, Ordering::SeqCst)) {
+        log::warn!("no ctrl-c handler: {error}");
+    }
+    let mut last_total = 0;
+    let mut last_change = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(5));
+        let total = progress.total();
+        if total != last_total {
+            last_total = total;
+            last_change = Instant::now();
+        }
+        if args.max_packets.is_some_and(|max| total >= max) {
+            break;
+        }
+        if args
+            .idle_exit_ms
+            .is_some_and(|idle| last_change.elapsed() >= Duration::from_millis(idle))
+        {
+            break;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+}
+
+fn millisecond_clock() -> impl FnMut() -> u64 {
+    let hz = dpdk::tsc_hz().max(1);
+    let per_ms = (hz / 1000).max(1);
+    move || dpdk::tsc() / per_ms
+}
+
+fn run_pipe(
+    config: &Config,
+    args: &RunArgs,
+    ports: &[Port],
+    pool: &Arc<Mempool>,
+    pipe: &control::config::PipeConfig,
+) -> Result<(), String> {
+    let from = config
+        .port_index(&pipe.from)
+        .ok_or("pipe: unknown from port")?;
+    let to = config.port_index(&pipe.to).ok_or("pipe: unknown to port")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut handles = Vec::new();
+    let mut progress = Progress { received: vec![] };
+    let started = Instant::now();
+    for (index, &cpu) in config.workers.cores.iter().enumerate() {
+        let mut rx = ports[from]
+            .rx_queue(index as u16)
+            .map_err(|e| e.to_string())?;
+        let mut tx = ports[to]
+            .tx_queue(index as u16, pool)
+            .map_err(|e| e.to_string())?;
+        let received = Arc::new(AtomicU64::new(0));
+        progress.received.push(Arc::clone(&received));
+        let stop = Arc::clone(&stop);
+        let burst_size = config.workers.burst;
+        let handle = spawn_worker(cpu, &format!("pipe-{index}"), move || {
+            let mut burst = Burst::new();
+            let (mut rx_total, mut tx_total, mut dropped) = (0u64, 0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let got = rx.rx_burst(&mut burst, burst_size);
+                if got == 0 {
+                    continue;
+                }
+                rx_total += got as u64;
+                received.store(rx_total, Ordering::Relaxed);
+                for _ in 0..4 {
+                    if burst.is_empty() {
+                        break;
+                    }
+                    tx_total += tx.tx_burst(&mut burst) as u64;
+                }
+                dropped += burst.len() as u64;
+                burst.clear();
+            }
+            (rx_total, tx_total, dropped)
+        })
+        .map_err(|e| e.to_string())?;
+        handles.push(handle);
+    }
+    wait_for_stop(args, &progress, &stop);
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut failure = None;
+    for (index, handle) in handles.into_iter().enumerate() {
+        match handle.join() {
+            Ok(Ok((rx, tx, dropped))) => {
+                println!("worker {index}: rx {rx} tx {tx} dropped tx_full={dropped}");
+            }
+            Ok(Err(error)) => failure = Some(error.to_string()),
+            Err(_) => failure = Some(format!("worker {index} panicked")),
+        }
+    }
+    println!(
+        "sluice: pipe {} -> {} stopped after {elapsed:.2} s",
+        pipe.from, pipe.to
+    );
+    failure.map_or(Ok(()), Err)
+}
+
+fn run_balancer(
+    config: &Config,
+    args: &RunArgs,
+    ports: &[Port],
+    pool: &Arc<Mempool>,
+) -> Result<(), String> {
+    let mut registry = BackendIdRegistry::new();
+    let macs: Vec<[u8; 6]> = ports
+        .iter()
+        .map(|port| port.mac_address().map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let spec = config
+        .snapshot_spec(&macs, &mut registry)
+        .map_err(|e| e.to_string())?;
+    let snapshot =
+        Arc::new(Snapshot::build(&spec, 1).map_err(|e| format!("{}: {e}", config.origin))?);
+    let workers = config.workers.cores.len();
+    let software_steering = workers > 1 && !ports.iter().all(Port::has_rss);
+    let neighbors = Arc::new(NeighborTable::new(65536));
+    let rings: Vec<_> = (0..workers)
+        .map(|_| Arc::new(ArrayQueue::new(HANDOFF_RING)))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut handles = Vec::new();
+    let mut stats: Vec<Arc<WorkerStats>> = Vec::new();
+    let mut progress = Progress { received: vec![] };
+    // The senders stay here: the control thread will publish through them.
+    let mut publishers = Vec::new();
+    let mut retired_receivers = Vec::new();
+    let started = Instant::now();
+    for (index, &cpu) in config.workers.cores.iter().enumerate() {
+        let capacity = config.network.conntrack_capacity;
+        let conns = if spec.local_addresses.is_empty() {
+            ConnTable::new(capacity, config.network.timeouts)
+        } else {
+            let local_ports =
+                PortAllocator::new(spec.local_ports, index as u16, &spec.local_addresses)
+                    .map_err(|e| format!("FULLNAT local ports: {e}"))?;
+            ConnTable::with_local_ports(capacity, config.network.timeouts, local_ports)
+        }
+        .map_err(|e| format!("connection table: {e}"))?;
+        let state = WorkerState {
+            place: WorkerPlace {
+                index: index as u16,
+                workers: workers as u16,
+                software_steering,
+            },
+            conns,
+            load: LoadTable::new((registry.id_bound() + BACKEND_ID_HEADROOM) as usize),
+            persistence: PersistenceTable::new(65536),
+            neighbors: Arc::clone(&neighbors),
+        };
+        let mut queues = Vec::new();
+        for port in ports {
+            queues.push(PortQueues {
+                rx: port.rx_queue(index as u16).map_err(|e| e.to_string())?,
+                tx: port
+                    .tx_queue(index as u16, pool)
+                    .map_err(|e| e.to_string())?,
+                mac: port.mac_address().map_err(|e| e.to_string())?,
+            });
+        }
+        let (publish, incoming) = bounded(4);
+        let (retired, retired_rx) = bounded(8);
+        publishers.push(publish);
+        retired_receivers.push(retired_rx);
+        let mut worker = Worker::new(
+            state,
+            WorkerTables::new(Arc::clone(&snapshot)),
+            queues,
+            None,
+            Arc::clone(&rings[index]),
+            rings.clone(),
+            TableUpdates { incoming, retired },
+            WorkerConfig {
+                burst: config.workers.burst,
+                ..WorkerConfig::default()
+            },
+        );
+        let worker_stats = worker.stats();
+        stats.push(Arc::clone(&worker_stats));
+        let received = Arc::new(AtomicU64::new(0));
+        progress.received.push(Arc::clone(&received));
+        let stop = Arc::clone(&stop);
+        let handle = spawn_worker(cpu, &format!("worker-{index}"), move || {
+            let mut clock = millisecond_clock();
+            while !stop.load(Ordering::Relaxed) {
+                worker.poll(clock());
+                received.store(worker_stats.rx.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            // One last turn flushes what is pending and drains the handoff ring.
+            worker.poll(clock());
+            worker.stats()
+        })
+        .map_err(|e| e.to_string())?;
+        handles.push(handle);
+    }
+    wait_for_stop(args, &progress, &stop);
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut failure = None;
+    for (index, handle) in handles.into_iter().enumerate() {
+        match handle.join() {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => failure = Some(format!("worker {index}: {error}")),
+            Err(_) => failure = Some(format!("worker {index} panicked")),
+        }
+    }
+    // Frames still in handoff rings go back to the pool.
+    for ring in &rings {
+        while ring.pop().is_some() {}
+    }
+    print_worker_stats(&stats, elapsed);
+    drop(publishers);
+    drop(retired_receivers);
+    failure.map_or(Ok(()), Err)
+}
+
+fn print_worker_stats(stats: &[Arc<WorkerStats>], elapsed: f64) {
+    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    let mut total_rx = 0;
+    let mut total_tx = 0;
+    for (index, worker) in stats.iter().enumerate() {
+        total_rx += load(&worker.rx);
+        total_tx += load(&worker.tx);
+        let drops: Vec<String> = DropReason::ALL
+            .iter()
+            .filter(|reason| worker.drops(**reason) > 0)
+            .map(|reason| format!("{}={}", reason.name(), worker.drops(*reason)))
+            .collect();
+        println!(
+            "worker {index}: rx {} tx {} forwarded {} answered {} handed_off {} handoffs_received {} untracked {} \
+             resolutions_sent {} connections {} drops {}",
+            load(&worker.rx),
+            load(&worker.tx),
+            load(&worker.forwarded),
+            load(&worker.answered),
+            load(&worker.handed_off),
+            load(&worker.handoffs_received),
+            load(&worker.untracked),
+            load(&worker.resolutions_sent),
+            load(&worker.connections),
+            if drops.is_empty() { "none".into() } else { drops.join(" ") }
+        );
+    }
+    println!("sluice: stopped after {elapsed:.2} s: rx {total_rx} tx {total_tx}");
+}

@@ -11,6 +11,9 @@ use crate::maglev::{MaglevError, MaglevTable, TableSize};
 use crate::port_alloc::PortPartition;
 use crate::service::{Backend, BackendId, ForwardingMode, SchedulerKind, ServiceKey};
 
+/// Backend ids must be below this (per-backend tables are indexed by id).
+pub const MAX_BACKEND_ID: usize = 1 << 20;
+
 /// Client-address affinity of a service (keepalived's `persistence_timeout`, ipvsadm `-p`/`-M`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PersistenceSpec {
@@ -84,6 +87,8 @@ pub enum SnapshotError {
     },
     #[error("backend id {0} is used twice")]
     DuplicateBackendId(u32),
+    #[error("backend id {0} is too large (ids are dense, below {MAX_BACKEND_ID})")]
+    BackendIdTooLarge(u32),
     #[error("gateway {addr} names port {port}, but there are only {ports} ports")]
     GatewayPort {
         addr: IpAddr,
@@ -156,7 +161,9 @@ pub struct Snapshot {
     pub generation: u64,
     services: Vec<Service>,
     by_key: HashMap<ServiceKey, u32>,
-    by_backend: HashMap<BackendId, BackendPlace>,
+    /// Indexed by backend id: ids are small and dense (the control plane hands them out in order), and this
+    /// lookup is on every packet of every tracked flow.
+    by_backend: Vec<Option<BackendPlace>>,
     /// NAT backends' (address, port, protocol) -> service index, to recognise their replies.
     nat_backends: HashMap<(IpAddr, u16, u8), u32>,
     /// (VIP, protocol) -> the service that takes fragments without ports: the all-ports service, else the only
@@ -202,7 +209,7 @@ impl Snapshot {
             generation,
             services: Vec::with_capacity(spec.services.len()),
             by_key: HashMap::new(),
-            by_backend: HashMap::new(),
+            by_backend: Vec::new(),
             nat_backends: HashMap::new(),
             fragment_services: HashMap::new(),
             owned,
@@ -256,7 +263,14 @@ impl Snapshot {
                     service: service_index,
                     index: index as u32,
                 };
-                if snapshot.by_backend.insert(backend.id, place).is_some() {
+                let slot = backend.id.0 as usize;
+                if slot >= MAX_BACKEND_ID {
+                    return Err(SnapshotError::BackendIdTooLarge(backend.id.0));
+                }
+                if snapshot.by_backend.len() <= slot {
+                    snapshot.by_backend.resize(slot + 1, None);
+                }
+                if snapshot.by_backend[slot].replace(place).is_some() {
                     return Err(SnapshotError::DuplicateBackendId(backend.id.0));
                 }
                 snapshot.max_backend_id = snapshot.max_backend_id.max(backend.id.0);
@@ -362,7 +376,7 @@ impl Snapshot {
     /// Where backend `id` is in this snapshot; `None` once it has been removed.
     #[inline]
     pub fn backend(&self, id: BackendId) -> Option<(&Service, &Backend, &Route)> {
-        let place = self.by_backend.get(&id)?;
+        let place = self.by_backend.get(id.0 as usize).copied().flatten()?;
         let service = &self.services[place.service as usize];
         let index = place.index as usize;
         Some((service, &service.backends[index], &service.routes[index]))

@@ -112,19 +112,25 @@ pub struct TableUpdates {
 
 /// Everything one worker owns.
 pub struct Worker<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
+    engine: Engine<R, T>,
+    handoffs: HandoffRing<R::Frame>,
+    updates: TableUpdates,
+    stats: Arc<WorkerStats>,
+    /// The burst being worked on; a field of its own so that handling its frames can borrow the engine.
+    received: Burst<R::Frame>,
+}
+
+/// What handles one frame: the balancing state, the ports' transmit side and the counters.
+struct Engine<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     state: WorkerState,
     tables: WorkerTables,
     ports: Vec<PortQueues<R, T>>,
     pending: Vec<Burst<R::Frame>>,
     kernel: Option<(T, Burst<R::Frame>)>,
-    handoffs: HandoffRing<R::Frame>,
     peers: Vec<HandoffRing<R::Frame>>,
-    updates: TableUpdates,
-    stats: Arc<WorkerStats>,
     counters: Counters,
     throttle: ResolutionThrottle,
     config: WorkerConfig,
-    received: Burst<R::Frame>,
 }
 
 impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
@@ -147,21 +153,23 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             .generation
             .store(tables.snapshot.generation, Ordering::Relaxed);
         Worker {
-            state,
-            tables,
-            ports,
-            pending,
-            kernel: kernel.map(|tx| (tx, Burst::new())),
+            engine: Engine {
+                state,
+                tables,
+                ports,
+                pending,
+                kernel: kernel.map(|tx| (tx, Burst::new())),
+                peers,
+                counters: Counters::default(),
+                throttle: ResolutionThrottle::new(1024, config.resolve_interval_ms),
+                config: WorkerConfig {
+                    burst: config.burst.clamp(1, MAX_BURST),
+                    ..config
+                },
+            },
             handoffs,
-            peers,
             updates,
             stats,
-            counters: Counters::default(),
-            throttle: ResolutionThrottle::new(1024, config.resolve_interval_ms),
-            config: WorkerConfig {
-                burst: config.burst.clamp(1, MAX_BURST),
-                ..config
-            },
             received: Burst::new(),
         }
     }
@@ -173,12 +181,12 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
 
     /// The worker's balancing state (connection table, counts), for inspection.
     pub fn state(&self) -> &WorkerState {
-        &self.state
+        &self.engine.state
     }
 
     /// The tables the worker forwards with now.
     pub fn tables(&self) -> &WorkerTables {
-        &self.tables
+        &self.engine.tables
     }
 
     /// Polls until `stop` is set, then flushes what is pending. `clock` gives milliseconds.
@@ -186,56 +194,84 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
         while !stop.load(Ordering::Relaxed) {
             self.poll(clock());
         }
-        self.flush_all();
+        self.engine.flush_all();
         self.publish();
     }
 
     /// One turn of the loop at time `now_ms`; returns how many frames it received from the ports.
     pub fn poll(&mut self, now_ms: u64) -> usize {
         self.take_new_tables();
+        let engine = &mut self.engine;
         let mut received_total = 0;
-        for port in 0..self.ports.len() {
-            let mut burst = std::mem::take(&mut self.received);
-            let limit = self.config.burst;
-            let received = self.ports[port].rx.rx_burst(&mut burst, limit);
+        for port in 0..engine.ports.len() {
+            let received = engine.ports[port]
+                .rx
+                .rx_burst(&mut self.received, engine.config.burst);
             received_total += received;
-            self.counters.rx += received as u64;
-            let mut frames = burst.drain(..);
+            engine.counters.rx += received as u64;
+            let mut frames = self.received.drain(..);
             let mut next = frames.next();
             while let Some(frame) = next {
                 next = frames.next();
                 if let Some(upcoming) = &next {
                     upcoming.prefetch();
                 }
-                self.handle(frame, port as u16, false, now_ms);
+                engine.handle(frame, port as u16, false, now_ms);
             }
-            drop(frames);
-            self.received = burst;
         }
-        for _ in 0..self.config.burst {
+        for _ in 0..engine.config.burst {
             let Some(handoff) = self.handoffs.pop() else {
                 break;
             };
-            self.counters.handoffs_received += 1;
-            self.handle(handoff.frame, handoff.ingress, true, now_ms);
+            engine.counters.handoffs_received += 1;
+            engine.handle(handoff.frame, handoff.ingress, true, now_ms);
         }
-        self.flush_all();
-        self.state.expire(now_ms, self.config.expire_budget);
+        engine.flush_all();
+        engine.state.expire(now_ms, engine.config.expire_budget);
         self.publish();
         received_total
     }
 
     fn take_new_tables(&mut self) {
         while let Ok(tables) = self.updates.incoming.try_recv() {
-            let old = std::mem::replace(&mut self.tables, tables);
+            let old = std::mem::replace(&mut self.engine.tables, tables);
             self.stats
                 .generation
-                .store(self.tables.snapshot.generation, Ordering::Release);
+                .store(self.engine.tables.snapshot.generation, Ordering::Release);
             // The control thread frees it; if it is gone we are shutting down and dropping here is fine.
             let _ = self.updates.retired.try_send(old);
         }
     }
 
+    fn publish(&mut self) {
+        let counters = &self.engine.counters;
+        let stats = &self.stats;
+        stats.rx.store(counters.rx, Ordering::Relaxed);
+        stats.tx.store(counters.tx, Ordering::Relaxed);
+        stats.rx_bytes.store(counters.rx_bytes, Ordering::Relaxed);
+        stats.forwarded.store(counters.forwarded, Ordering::Relaxed);
+        stats.answered.store(counters.answered, Ordering::Relaxed);
+        stats
+            .handed_off
+            .store(counters.handed_off, Ordering::Relaxed);
+        stats
+            .handoffs_received
+            .store(counters.handoffs_received, Ordering::Relaxed);
+        stats.to_kernel.store(counters.to_kernel, Ordering::Relaxed);
+        stats.untracked.store(counters.untracked, Ordering::Relaxed);
+        stats
+            .resolutions_sent
+            .store(counters.resolutions_sent, Ordering::Relaxed);
+        for (published, &count) in stats.drops.iter().zip(counters.drops.iter()) {
+            published.store(count, Ordering::Relaxed);
+        }
+        stats
+            .connections
+            .store(self.engine.state.conns.len() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     fn handle(&mut self, mut frame: R::Frame, ingress: u16, handed_off: bool, now_ms: u64) {
         self.counters.rx_bytes += frame.data().len() as u64;
         let layout = match packet::parse_frame(frame.data()) {
@@ -433,33 +469,6 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 );
             }
         }
-    }
-
-    fn publish(&mut self) {
-        let counters = &self.counters;
-        let stats = &self.stats;
-        stats.rx.store(counters.rx, Ordering::Relaxed);
-        stats.tx.store(counters.tx, Ordering::Relaxed);
-        stats.rx_bytes.store(counters.rx_bytes, Ordering::Relaxed);
-        stats.forwarded.store(counters.forwarded, Ordering::Relaxed);
-        stats.answered.store(counters.answered, Ordering::Relaxed);
-        stats
-            .handed_off
-            .store(counters.handed_off, Ordering::Relaxed);
-        stats
-            .handoffs_received
-            .store(counters.handoffs_received, Ordering::Relaxed);
-        stats.to_kernel.store(counters.to_kernel, Ordering::Relaxed);
-        stats.untracked.store(counters.untracked, Ordering::Relaxed);
-        stats
-            .resolutions_sent
-            .store(counters.resolutions_sent, Ordering::Relaxed);
-        for (published, &count) in stats.drops.iter().zip(counters.drops.iter()) {
-            published.store(count, Ordering::Relaxed);
-        }
-        stats
-            .connections
-            .store(self.state.conns.len() as u64, Ordering::Relaxed);
     }
 }
 

@@ -1,6 +1,7 @@
 //! The sluice binary: `run` forwards with a configuration, `check` validates one, `generate` writes test traffic
-//! as a pcap file.
+//! as a pcap file, `bench` measures the worker path in process.
 
+mod bench;
 mod generate;
 mod pcap;
 mod run;
@@ -30,6 +31,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Measure the worker path (parse, decide, rewrite, tx) on one core with an in-process traffic generator.
+    Bench(bench::BenchArgs),
     /// Write client-to-VIP traffic (many TCP or UDP flows) into a pcap file.
     Generate(generate::GenerateArgs),
 }
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Check { config } => check(&config),
         Command::Generate(args) => generate::generate(args),
+        Command::Bench(args) => bench::bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

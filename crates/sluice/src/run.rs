@@ -31,6 +31,9 @@ pub struct RunArgs {
     /// Stop once no frame has arrived for this many milliseconds (pcap-driven runs end this way).
     #[arg(long)]
     idle_exit_ms: Option<u64>,
+    /// Stop after this many milliseconds (benchmarks).
+    #[arg(long)]
+    duration_ms: Option<u64>,
 }
 
 /// Handoff ring size per worker.
@@ -155,7 +158,8 @@ fn wait_for_stop(args: &RunArgs, progress: &Progress, stop: &Arc<AtomicBool>) {
         log::warn!("no ctrl-c handler: {error}");
     }
     let mut last_total = 0;
-    let mut last_change = Instant::now();
+    let started = Instant::now();
+    let mut last_change = started;
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(5));
         let total = progress.total();
@@ -164,6 +168,12 @@ fn wait_for_stop(args: &RunArgs, progress: &Progress, stop: &Arc<AtomicBool>) {
             last_change = Instant::now();
         }
         if args.max_packets.is_some_and(|max| total >= max) {
+            break;
+        }
+        if args
+            .duration_ms
+            .is_some_and(|limit| started.elapsed() >= Duration::from_millis(limit))
+        {
             break;
         }
         if args
@@ -235,9 +245,11 @@ fn run_pipe(
     wait_for_stop(args, &progress, &stop);
     let elapsed = started.elapsed().as_secs_f64();
     let mut failure = None;
+    let mut total_rx = 0;
     for (index, handle) in handles.into_iter().enumerate() {
         match handle.join() {
             Ok(Ok((rx, tx, dropped))) => {
+                total_rx += rx;
                 println!("worker {index}: rx {rx} tx {tx} dropped tx_full={dropped}");
             }
             Ok(Err(error)) => failure = Some(error.to_string()),
@@ -245,8 +257,10 @@ fn run_pipe(
         }
     }
     println!(
-        "sluice: pipe {} -> {} stopped after {elapsed:.2} s",
-        pipe.from, pipe.to
+        "sluice: pipe {} -> {} stopped after {elapsed:.2} s: rx {total_rx} rate {:.3} Mpps",
+        pipe.from,
+        pipe.to,
+        total_rx as f64 / elapsed / 1e6
     );
     failure.map_or(Ok(()), Err)
 }
@@ -395,5 +409,8 @@ fn print_worker_stats(stats: &[Arc<WorkerStats>], elapsed: f64) {
             if drops.is_empty() { "none".into() } else { drops.join(" ") }
         );
     }
-    println!("sluice: stopped after {elapsed:.2} s: rx {total_rx} tx {total_tx}");
+    println!(
+        "sluice: stopped after {elapsed:.2} s: rx {total_rx} tx {total_tx} rate {:.3} Mpps",
+        total_rx as f64 / elapsed / 1e6
+    );
 }

@@ -1,23 +1,9 @@
 //! `sluice bench`: the real worker path (parse, connection table, scheduler, rewrite, burst tx) fed by an
 //! in-process traffic generator on one pinned core, without a device, reporting Mpps and ns per packet.
 
-use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
-use balancer::conntrack::{ConnTable, Timeouts};
-use balancer::decision::{WorkerPlace, WorkerState, WorkerTables};
-use balancer::maglev::TableSize;
-use balancer::neighbor::NeighborTable;
-use balancer::persistence::PersistenceTable;
-use balancer::port_alloc::{PortAllocator, PortPartition};
-use balancer::scheduler::LoadTable;
-use balancer::service::{Backend, BackendId, ForwardingMode, SchedulerKind, ServiceKey};
-use balancer::snapshot::{PortSpec, ServiceSpec, Snapshot, SnapshotSpec};
-use crossbeam::channel::bounded;
-use crossbeam::queue::ArrayQueue;
-use dataplane::traffic::{frame_pool, CountingSink, TrafficSource, TrafficSpec};
-use dataplane::worker::{PortQueues, TableUpdates, Worker, WorkerConfig};
+use balancer::service::ForwardingMode;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -47,10 +33,6 @@ pub struct BenchArgs {
     burst: usize,
 }
 
-fn ip(text: &str) -> IpAddr {
-    text.parse().expect("literal address")
-}
-
 pub fn bench(args: BenchArgs) -> Result<(), String> {
     let mode = match args.mode.as_str() {
         "dr" => ForwardingMode::Dr,
@@ -62,132 +44,14 @@ pub fn bench(args: BenchArgs) -> Result<(), String> {
     if !core_pin(args.cpu) {
         log::warn!("could not pin to CPU {}", args.cpu);
     }
-    let (vip, client, backend_net) = if args.v6 {
-        (ip("fd00::100"), ip("2001:db8::1"), "fd01::")
-    } else {
-        (ip("10.0.0.100"), ip("198.18.0.1"), "10.1.0.")
-    };
-    let backend_port = if matches!(mode, ForwardingMode::Nat | ForwardingMode::FullNat) {
-        8080
-    } else {
-        80
-    };
-    let backends = (0..8u32)
-        .map(|i| Backend {
-            id: BackendId(i),
-            addr: ip(&format!("{backend_net}{}", 11 + i)),
-            port: backend_port,
-            weight: 1,
-            mac: Some([2, 0xbe, 0, 0, 0, 11 + i as u8]),
-        })
-        .collect();
-    let spec = SnapshotSpec {
-        ports: vec![
-            PortSpec {
-                mac: [2, 0, 0, 0, 0, 1],
-                mtu: 1500,
-                addresses: vec![(ip("10.0.0.1"), 24), (ip("fd00::1"), 64)],
-            },
-            PortSpec {
-                mac: [2, 0, 0, 0, 0, 2],
-                mtu: 1500,
-                addresses: vec![(ip("10.1.0.1"), 24), (ip("fd01::1"), 64)],
-            },
-        ],
-        gateways: vec![
-            balancer::snapshot::GatewaySpec {
-                port: 0,
-                addr: ip("10.0.0.254"),
-                mac: Some([2, 0, 0, 0, 0, 0xfe]),
-            },
-            balancer::snapshot::GatewaySpec {
-                port: 0,
-                addr: ip("fd00::fe"),
-                mac: Some([2, 0, 0, 0, 0, 0xfe]),
-            },
-        ],
-        tunnel_source_v4: Some(ip("10.1.0.1")),
-        tunnel_source_v6: Some(ip("fd01::1")),
-        local_addresses: (0..16)
-            .map(|i| ip(&format!("{backend_net}{}", 200 + i)))
-            .collect(),
-        local_ports: PortPartition::new(1024, 65535, 1).map_err(|e| e.to_string())?,
-        maglev_size: TableSize::default(),
-        services: vec![ServiceSpec {
-            key: ServiceKey {
-                vip,
-                port: 80,
-                protocol: 6,
-            },
-            mode,
-            scheduler: SchedulerKind::Mh,
-            persistence: None,
-            backends,
-        }],
-        kernel_exception_path: false,
-    };
-    let snapshot = Arc::new(Snapshot::build(&spec, 1).map_err(|e| e.to_string())?);
-    let capacity = if args.new_connections {
-        1 << 20
-    } else {
-        (args.flows as usize * 2).max(1 << 16)
-    };
-    let local_ports = PortAllocator::new(spec.local_ports, 0, &spec.local_addresses)
-        .map_err(|e| e.to_string())?;
-    let state = WorkerState {
-        place: WorkerPlace {
-            index: 0,
-            workers: 1,
-            software_steering: false,
-        },
-        conns: ConnTable::with_local_ports(capacity, Timeouts::default(), local_ports)
-            .map_err(|e| e.to_string())?,
-        load: LoadTable::new(64),
-        persistence: PersistenceTable::new(16),
-        neighbors: Arc::new(NeighborTable::new(64)),
-    };
-    let pool = frame_pool(4096);
-    let traffic = TrafficSpec {
-        client_base: client,
-        vip,
-        vip_port: 80,
-        protocol: 6,
-        flows: args.flows.max(1),
-        frame_len: args.frame_len,
-        new_connections: args.new_connections,
-        src_mac: [2, 0, 0, 0, 0, 0xfe],
-        dst_mac: [2, 0, 0, 0, 0, 1],
-    };
-    let mut idle_source = TrafficSource::new(traffic, Arc::clone(&pool));
-    idle_source.limit = 0;
-    let ports = vec![
-        PortQueues {
-            rx: TrafficSource::new(traffic, Arc::clone(&pool)),
-            tx: CountingSink::new(Arc::clone(&pool)),
-            mac: [2, 0, 0, 0, 0, 1],
-        },
-        PortQueues {
-            rx: idle_source,
-            tx: CountingSink::new(Arc::clone(&pool)),
-            mac: [2, 0, 0, 0, 0, 2],
-        },
-    ];
-    let (_publish, incoming) = bounded(1);
-    let (retired, _retired_rx) = bounded(1);
-    let ring = Arc::new(ArrayQueue::new(64));
-    let mut worker = Worker::new(
-        state,
-        WorkerTables::new(snapshot),
-        ports,
-        None,
-        Arc::clone(&ring),
-        vec![ring],
-        TableUpdates { incoming, retired },
-        WorkerConfig {
-            burst: args.burst,
-            ..WorkerConfig::default()
-        },
-    );
+    let mut worker = dataplane::traffic::bench_worker(
+        mode,
+        args.v6,
+        args.flows,
+        args.frame_len,
+        args.new_connections,
+        args.burst,
+    )?;
     let stats = worker.stats();
     let clock_start = Instant::now();
     let now = || clock_start.elapsed().as_millis() as u64;

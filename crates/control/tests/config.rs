@@ -1,0 +1,193 @@
+//! The example files parse, and each kind of mistake is an error naming the line and the field.
+
+use std::path::Path;
+
+use balancer::service::{ForwardingMode, SchedulerKind};
+use control::config::{BackendIdRegistry, Config};
+use proptest::prelude::*;
+
+fn examples() -> Vec<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_example_validates() {
+    let files = examples();
+    assert!(files.len() >= 6, "{files:?}");
+    for file in files {
+        let config = Config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!config.ports.is_empty());
+        let macs = vec![[2, 0, 0, 0, 0, 1]; config.ports.len()];
+        let spec = config
+            .snapshot_spec(&macs, &mut BackendIdRegistry::new())
+            .unwrap();
+        balancer::snapshot::Snapshot::build(&spec, 1)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    }
+}
+
+const BASE: &str = r#"[[port]]
+name = "a"
+device = "net_ring0"
+addresses = ["10.0.0.1/24", "fd00::1/64"]
+"#;
+
+fn error_of(text: &str) -> String {
+    Config::parse(text, "test.toml").unwrap_err().to_string()
+}
+
+#[track_caller]
+fn assert_error(text: &str, line: usize, needles: &[&str]) {
+    let error = error_of(text);
+    assert!(error.starts_with(&format!("test.toml:{line}:")), "{error}");
+    for needle in needles {
+        assert!(error.contains(needle), "{error:?} lacks {needle:?}");
+    }
+}
+
+#[test]
+fn mistakes_name_the_line_and_the_field() {
+    assert_error(&format!("{BASE}bogus = 1\n"), 5, &["bogus"]);
+    assert_error(
+        &format!("{BASE}[[service]]\nvip = \"10.0.0.100\"\nport = 80\nmode = \"direct\"\n"),
+        8,
+        &["mode", "dr, nat, fullnat or tun"],
+    );
+    assert_error(
+        &format!("{BASE}[[service]]\nvip = \"10.0.0.100\"\nport = 80\nmode = \"dr\"\nscheduler = \"fastest\"\n"),
+        9,
+        &["scheduler", "wlc"],
+    );
+    assert_error(
+        &format!("{BASE}[[service]]\nvip = \"10.0.0.300\"\nport = 80\nmode = \"dr\"\n"),
+        6,
+        &["vip", "10.0.0.300"],
+    );
+    assert_error(
+        &format!("{BASE}[[service]]\nvip = \"10.0.0.100\"\nport = 80\nmode = \"dr\"\n[[service.backend]]\naddress = \"fd00::5\"\n"),
+        10,
+        &["family"],
+    );
+    assert_error(
+        &format!(
+            "{BASE}[[service]]\nvip = \"10.0.0.100\"\nport = 80\nmode = \"dr\"\n[[service.backend]]\naddress = \"10.0.0.5\"\nport = 8080\n"
+        ),
+        11,
+        &["backend port", "cannot map ports"],
+    );
+    assert_error(
+        &format!("{BASE}[[service]]\nvip = \"10.0.0.100\"\nport = 0\nmode = \"nat\"\n"),
+        7,
+        &["port 0"],
+    );
+    assert_error(
+        &format!("{BASE}[[service]]\nvip = \"10.0.0.100\"\nport = 80\nmode = \"fullnat\"\n"),
+        8,
+        &["local_addresses"],
+    );
+    assert_error(
+        &format!("{BASE}[[service]]\nvip = \"fd00::100\"\nport = 80\nmode = \"tun\"\n"),
+        8,
+        &["tunnel_source_v6"],
+    );
+    assert_error(
+        &format!("{BASE}[[service]]\nvip = \"10.0.0.100\"\nport = 80\nmode = \"dr\"\n[[service.backend]]\naddress = \"10.0.0.5\"\nweight = 70000\n"),
+        11,
+        &["weight", "65535"],
+    );
+    assert_error(&format!("{BASE}[workers]\ncores = [1, 1]\n"), 6, &["cores"]);
+    assert_error(
+        &format!("{BASE}[network]\nmaglev_table_size = 1000\n"),
+        6,
+        &["maglev_table_size"],
+    );
+    assert_error(
+        &format!("{BASE}[pipe]\nfrom = \"a\"\nto = \"z\"\n"),
+        5,
+        &["\"z\""],
+    );
+    let duplicate = format!(
+        "{BASE}[[service]]\nvip = \"10.0.0.100\"\nport = 80\nmode = \"dr\"\n[[service]]\nvip = \"10.0.0.100\"\nport = 80\nmode = \"dr\"\n"
+    );
+    assert!(error_of(&duplicate).contains("configured twice"));
+    assert!(error_of(BASE).contains("nothing to do"));
+}
+
+#[test]
+fn defaults_apply() {
+    let config = Config::parse(
+        &format!("{BASE}[[service]]\nvip = \"10.0.0.100\"\nport = 80\nmode = \"nat\"\n[[service.backend]]\naddress = \"10.0.0.5\"\n"),
+        "test.toml",
+    )
+    .unwrap();
+    let service = &config.services[0];
+    assert_eq!(service.scheduler, SchedulerKind::Mh);
+    assert_eq!(service.mode, ForwardingMode::Nat);
+    assert_eq!(service.backends[0].port, 80);
+    assert_eq!(service.backends[0].weight, 1);
+    assert_eq!(config.workers.cores, vec![0]);
+    assert_eq!(config.network.maglev_table_size.get(), 65537);
+    assert_eq!(config.network.timeouts.established, 900_000);
+    assert_eq!(config.network.local_port_range, (1024, 65535));
+}
+
+#[test]
+fn backend_ids_survive_reloads() {
+    let text = |backends: &[&str]| {
+        let mut text =
+            format!("{BASE}[[service]]\nvip = \"10.0.0.100\"\nport = 80\nmode = \"dr\"\n");
+        for backend in backends {
+            text.push_str(&format!("[[service.backend]]\naddress = \"{backend}\"\n"));
+        }
+        text
+    };
+    let mut registry = BackendIdRegistry::new();
+    let macs = [[0u8; 6]];
+    let ids = |spec: &balancer::snapshot::SnapshotSpec| -> Vec<(std::net::IpAddr, u32)> {
+        spec.services[0]
+            .backends
+            .iter()
+            .map(|b| (b.addr, b.id.0))
+            .collect()
+    };
+    let first = Config::parse(&text(&["10.0.0.5", "10.0.0.6"]), "a").unwrap();
+    let before = ids(&first.snapshot_spec(&macs, &mut registry).unwrap());
+    let second = Config::parse(&text(&["10.0.0.6", "10.0.0.7"]), "a").unwrap();
+    let after = ids(&second.snapshot_spec(&macs, &mut registry).unwrap());
+    let id_of = |list: &[(std::net::IpAddr, u32)], addr: &str| {
+        list.iter()
+            .find(|(a, _)| *a == addr.parse::<std::net::IpAddr>().unwrap())
+            .unwrap()
+            .1
+    };
+    assert_eq!(
+        id_of(&before, "10.0.0.6"),
+        id_of(&after, "10.0.0.6"),
+        "kept backend keeps its id"
+    );
+    let new = id_of(&after, "10.0.0.7");
+    assert!(
+        new != id_of(&before, "10.0.0.5") && new != id_of(&before, "10.0.0.6"),
+        "removed ids are not reused"
+    );
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,300}") {
+        let _ = Config::parse(&text, "fuzz.toml");
+    }
+
+    #[test]
+    fn arbitrary_values_in_a_valid_shape_never_panic(vip in "\\PC{0,20}", port in any::<i64>(), weight in any::<i64>(), mode in "[a-z]{0,8}") {
+        let text = format!("{BASE}[[service]]\nvip = {vip:?}\nport = {port}\nmode = {mode:?}\n[[service.backend]]\naddress = \"10.0.0.5\"\nweight = {weight}\n");
+        let _ = Config::parse(&text, "fuzz.toml");
+    }
+}

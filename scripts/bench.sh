@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Throughput figures in one command: builds sluice in release mode, then measures in the same run
+#   1. the DPDK pipe (sluice run with a [pipe]) between two net_null ports on one core, beside dpdk-testpmd's io
+#      forwarding on the same vdevs and core;
+#   2. the balancer's worker path per mode, family and flow count with the in-process generator (sluice bench),
+#      beside dpdk-testpmd macswap on net_null as the ceiling of one core doing the least per packet;
+# and writes bench/RESULTS.md and bench/results.csv.
+#
+# Usage: scripts/bench.sh [seconds per run, default 5]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_PER_RUN="${1:-5}"
+OUT_MD=bench/RESULTS.md
+OUT_CSV=bench/results.csv
+WORKER_CPU=1
+if [ "$(nproc)" -lt 2 ]; then WORKER_CPU=0; fi
+
+cargo build --release -q -p sluice
+SLUICE="${CARGO_TARGET_DIR:-target}/release/sluice"
+
+free_pages=$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)
+if [ "${free_pages:-0}" -ge 256 ]; then
+    EAL_MEMORY='"--in-memory"'
+    TESTPMD_MEMORY=(--in-memory)
+    MEMORY_NOTE="hugepages ($free_pages free 2 MB pages)"
+else
+    EAL_MEMORY='"--no-huge", "-m", "1024", "--no-shconf"'
+    TESTPMD_MEMORY=(--no-huge -m 1024 --no-shconf)
+    MEMORY_NOTE="no hugepages (--no-huge)"
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+cat > "$work/pipe.toml" <<EOF
+[eal]
+args = [$EAL_MEMORY, "--no-pci", "--no-telemetry", "-l", "0"]
+[[port]]
+name = "in"
+device = "net_null0"
+[[port]]
+name = "out"
+device = "net_null1"
+[workers]
+cores = [$WORKER_CPU]
+burst = 32
+[pipe]
+from = "in"
+to = "out"
+EOF
+
+duration_ms=$((SECONDS_PER_RUN * 1000))
+sluice_pipe=$("$SLUICE" run --config "$work/pipe.toml" --duration-ms "$duration_ms" 2>/dev/null | sed -n 's/.*rate \([0-9.]*\) Mpps.*/\1/p')
+
+testpmd_rate() {
+    local mode=$1
+    local packets
+    packets=$( (echo start; sleep "$SECONDS_PER_RUN"; echo stop; sleep 1; echo quit) |
+        dpdk-testpmd "${TESTPMD_MEMORY[@]}" --no-pci --no-telemetry -l "0,$WORKER_CPU" \
+            --vdev=net_null0 --vdev=net_null1 -- -i --forward-mode="$mode" --nb-cores=1 --burst=32 2>/dev/null |
+        grep -A2 'Accumulated forward statistics' | sed -n 's/.*RX-packets: *\([0-9]*\).*/\1/p' | head -1)
+    awk -v p="${packets:-0}" -v s="$SECONDS_PER_RUN" 'BEGIN { printf "%.3f", p / s / 1e6 }'
+}
+testpmd_io=$(testpmd_rate io)
+testpmd_macswap=$(testpmd_rate macswap)
+ratio=$(awk -v a="$sluice_pipe" -v b="$testpmd_io" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
+
+echo "mode,family,flows,frame_len,new_connections,mpps,ns_per_packet" > "$OUT_CSV"
+rows=""
+run_bench() {
+    local line mpps ns
+    line=$("$SLUICE" bench --cpu "$WORKER_CPU" --seconds "$SECONDS_PER_RUN" "$@" 2>/dev/null | tail -1)
+    mpps=$(echo "$line" | sed -n 's/.*: \([0-9.]*\) Mpps.*/\1/p')
+    ns=$(echo "$line" | sed -n 's/.*Mpps, \([0-9.]*\) ns\/packet.*/\1/p')
+    echo "$line" >&2
+    echo "$mpps,$ns"
+}
+for mode in dr nat fullnat tun; do
+    for family in ipv4 ipv6; do
+        v6=()
+        [ "$family" = ipv6 ] && v6=(--v6)
+        for flows in 1000 1000000; do
+            result=$(run_bench --mode "$mode" "${v6[@]}" --flows "$flows" --frame-len 60)
+            echo "$mode,$family,$flows,60,false,$result" >> "$OUT_CSV"
+            rows+="| $mode | $family | $flows | 64 | ${result%,*} | ${result#*,} | $(awk -v a="${result%,*}" -v b="$testpmd_macswap" 'BEGIN { printf "%.2f", a / b }') |"$'\n'
+        done
+    done
+    result=$(run_bench --mode "$mode" --flows 1000 --frame-len 1514)
+    echo "$mode,ipv4,1000,1514,false,$result" >> "$OUT_CSV"
+    rows+="| $mode | ipv4 | 1000 | 1518 | ${result%,*} | ${result#*,} | $(awk -v a="${result%,*}" -v b="$testpmd_macswap" 'BEGIN { printf "%.2f", a / b }') |"$'\n'
+    result=$(run_bench --mode "$mode" --new-connections --frame-len 60)
+    echo "$mode,ipv4,new,60,true,$result" >> "$OUT_CSV"
+    rows+="| $mode | ipv4 | every packet a new SYN | 64 | ${result%,*} | ${result#*,} | $(awk -v a="${result%,*}" -v b="$testpmd_macswap" 'BEGIN { printf "%.2f", a / b }') |"$'\n'
+done
+
+cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
+cat > "$OUT_MD" <<EOF
+sluice pipe on net_null, one core: **${sluice_pipe} Mpps**; dpdk-testpmd io forwarding on the same vdevs and core in the same run: **${testpmd_io} Mpps** (ratio ${ratio}). Command: \`scripts/bench.sh\`.
+
+# Benchmark results
+
+- Date: $(date -u +%Y-%m-%dT%H:%MZ)
+- Machine: ${cpu:-unknown CPU}, $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); DPDK $(pkg-config --modversion libdpdk); ${MEMORY_NOTE}
+- Command: \`scripts/bench.sh ${SECONDS_PER_RUN}\` (${SECONDS_PER_RUN} s per run, worker on CPU ${WORKER_CPU}); raw figures in \`bench/results.csv\`
+- The machine is shared and virtualised: treat differences under ~10% as noise.
+
+## The DPDK pipe, one core
+
+| forwarder | Mpps |
+|---|---|
+| sluice run, [pipe] net_null0 -> net_null1 | ${sluice_pipe} |
+| dpdk-testpmd --forward-mode=io, net_null0 <-> net_null1 | ${testpmd_io} |
+| dpdk-testpmd --forward-mode=macswap, net_null0 <-> net_null1 | ${testpmd_macswap} |
+
+net_null does no I/O: these are the cost of the poll loop, mbuf handling and bursts alone.
+
+## The balancer's worker path, one core (sluice bench)
+
+Every frame goes through the real worker: parse, service lookup, connection table, Maglev on a miss, the mode's
+rewrite with checksum updates, burst transmit. Frames come from the in-process generator and go to a counting sink
+(their cost is included); there is no device. 64-byte frames are 60 bytes plus FCS for IPv4; IPv6 TCP frames cannot
+be that short and are 74 bytes. "vs macswap" is the ratio to dpdk-testpmd macswap on net_null above.
+
+| mode | family | flows | frame (bytes on the wire) | Mpps | ns/packet | vs macswap |
+|---|---|---|---|---|---|---|
+${rows}
+Criterion micro-benchmarks (\`cargo bench -p packet\`, \`cargo bench -p balancer\`, \`cargo bench -p dataplane\`) are
+listed in bench/README.md with their last figures.
+EOF
+echo "wrote $OUT_MD and $OUT_CSV"

@@ -430,8 +430,8 @@ pub fn bench_worker(
         vip_port: 80,
         protocol: 6,
         flows: flows.max(1),
-        frame_len: frame_len,
-        new_connections: new_connections,
+        frame_len,
+        new_connections,
         src_mac: [2, 0, 0, 0, 0, 0xfe],
         dst_mac: [2, 0, 0, 0, 0, 1],
     };
@@ -462,7 +462,7 @@ pub fn bench_worker(
         vec![ring],
         TableUpdates { incoming, retired },
         WorkerConfig {
-            burst: burst,
+            burst,
             ..WorkerConfig::default()
         },
     );

@@ -222,6 +222,8 @@ pub struct TrafficSource {
     position: u64,
     stride: u64,
     pub generated: u64,
+    /// Frames allocated because the pool was empty (the worker dropped or kept that many).
+    pub replenished: u64,
     /// Stop after this many frames (`u64::MAX`: never).
     pub limit: u64,
 }
@@ -241,6 +243,7 @@ impl TrafficSource {
             position: 0,
             stride,
             generated: 0,
+            replenished: 0,
             limit: u64::MAX,
         }
     }
@@ -268,8 +271,13 @@ impl RxQueue for TrafficSource {
     fn rx_burst(&mut self, burst: &mut Burst<MemoryFrame>, max: usize) -> usize {
         let mut produced = 0;
         while produced < max && !burst.is_full() && self.generated < self.limit {
-            let Some(mut frame) = self.pool.pop() else {
-                break;
+            // Frames the worker drops are freed, not returned: replace them so the source never runs dry.
+            let mut frame = match self.pool.pop() {
+                Some(frame) => frame,
+                None => {
+                    self.replenished += 1;
+                    MemoryFrame::empty()
+                }
             };
             frame.reset();
             if !frame.resize(self.template.len()) {
@@ -330,7 +338,8 @@ impl TxQueue for CountingSink {
 
 /// A single worker over two in-process ports for benchmarks: port 0 receives `flows` flows of client traffic
 /// to one service of eight backends in `mode` (Maglev), port 1 receives nothing; both transmit into counting
-/// sinks. Returns the worker ready to poll.
+/// sinks. Ports have a 9000-byte MTU, so that TUN encapsulates even full-size frames. Returns the worker ready to
+/// poll.
 pub fn bench_worker(
     mode: ForwardingMode,
     v6: bool,
@@ -362,12 +371,12 @@ pub fn bench_worker(
         ports: vec![
             PortSpec {
                 mac: [2, 0, 0, 0, 0, 1],
-                mtu: 1500,
+                mtu: 9000,
                 addresses: vec![(ip("10.0.0.1"), 24), (ip("fd00::1"), 64)],
             },
             PortSpec {
                 mac: [2, 0, 0, 0, 0, 2],
-                mtu: 1500,
+                mtu: 9000,
                 addresses: vec![(ip("10.1.0.1"), 24), (ip("fd01::1"), 64)],
             },
         ],

@@ -651,3 +651,125 @@ fn two_workers_share_flows_by_software_rss() {
     );
     assert!(stdout.contains("mempool: 0 buffers in use"));
 }
+
+/// Two workers, FULLNAT: every request and every backend reply arrives on queue 0 (a device without RSS). Each
+/// reply must reach the worker that owns its local port, which maps it back to the client and sends it from its own
+/// queue. The test predicts each flow's owner (symmetric Toeplitz over the 4-tuple), backend (Maglev) and local port
+/// (the owner's allocator, in arrival order) with the balancer's public functions, and plays the backends.
+#[test]
+fn fullnat_replies_reach_the_worker_that_owns_the_local_port() {
+    use balancer::maglev::flow_hash;
+    use balancer::port_alloc::PortAllocator;
+    use balancer::rss::{queue_of, tuple_hash, SYMMETRIC_KEY};
+
+    let dir = tempdir();
+    let d = dir.path().display();
+    let a = addresses(false);
+    let text = config(dir.path(), "fullnat", false)
+        .replace(
+            &format!("net_pcap0,rx_pcap={d}/client-in.pcap,tx_pcap={d}/client-out.pcap"),
+            &format!("net_pcap0,rx_pcap={d}/requests.pcap,rx_pcap={d}/empty.pcap,tx_pcap={d}/c0.pcap,tx_pcap={d}/c1.pcap"),
+        )
+        .replace(
+            &format!("net_pcap1,rx_pcap={d}/backend-in.pcap,tx_pcap={d}/backend-out.pcap"),
+            &format!("net_pcap1,rx_pcap={d}/replies.pcap,rx_pcap={d}/empty.pcap,tx_pcap={d}/b0.pcap,tx_pcap={d}/b1.pcap"),
+        )
+        .replace("cores = [0]", "cores = [0, 1]");
+    let config = control::config::Config::parse(&text, "two.toml").unwrap();
+    let spec = config
+        .snapshot_spec(
+            &[[0; 6], [0; 6]],
+            &mut control::config::BackendIdRegistry::new(),
+        )
+        .unwrap();
+    let snapshot = balancer::snapshot::Snapshot::build(&spec, 1).unwrap();
+    let service = &snapshot.services()[0];
+    let mut allocators: Vec<_> = (0..2)
+        .map(|w| PortAllocator::new(spec.local_ports, w, &spec.local_addresses).unwrap())
+        .collect();
+
+    let flows = 256u32;
+    let mut requests = Vec::new();
+    let mut replies = Vec::new();
+    let mut expected_owner = HashMap::new();
+    for flow in 0..flows {
+        let (client, port) = (client_addr(&a, flow), 40_000 + flow as u16);
+        requests.push(tcp(
+            client,
+            port,
+            a.vip,
+            80,
+            "syn",
+            b"",
+            (GATEWAY_MAC, [0; 6]),
+        ));
+        let key = packet::FlowKey {
+            src_addr: client,
+            dst_addr: a.vip,
+            src_port: port,
+            dst_port: 80,
+            protocol: 6,
+        };
+        let owner = queue_of(tuple_hash(&SYMMETRIC_KEY, client, a.vip, port, 80, true), 2) as u16;
+        let backend = &service.backends[service.maglev.lookup(flow_hash(&key)).unwrap()];
+        let local = allocators[usize::from(owner)]
+            .allocate(&backend.addr)
+            .unwrap();
+        let payload = format!("reply {flow}").into_bytes();
+        replies.push(tcp(
+            backend.addr,
+            8080,
+            local.addr,
+            local.port,
+            "synack",
+            &payload,
+            ([2, 0xbe, 0, 0, 0, 11], [0; 6]),
+        ));
+        expected_owner.insert(flow, owner);
+    }
+    write_pcap(&dir.path().join("requests.pcap"), &requests);
+    write_pcap(&dir.path().join("replies.pcap"), &replies);
+    write_pcap(&dir.path().join("empty.pcap"), &[]);
+    let config_path = dir.path().join("two.toml");
+    std::fs::write(&config_path, &text).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .args(["--idle-exit-ms", "400"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut mapped = 0;
+    for (worker, file) in [(0u16, "c0.pcap"), (1, "c1.pcap")] {
+        for frame in read_pcap(&dir.path().join(file)) {
+            let s = seen(&frame);
+            let flow: u32 = String::from_utf8(s.payload.clone()).unwrap()[6..]
+                .parse()
+                .unwrap();
+            assert_eq!(
+                expected_owner[&flow], worker,
+                "reply of flow {flow} left from worker {worker}"
+            );
+            assert_eq!((s.src, s.sport), (a.vip, 80));
+            assert_eq!(
+                (s.dst, s.dport),
+                (client_addr(&a, flow), 40_000 + flow as u16)
+            );
+            mapped += 1;
+        }
+    }
+    assert_eq!(mapped, flows, "{stdout}");
+    let owned_by_1 = expected_owner.values().filter(|&&w| w == 1).count();
+    assert!(owned_by_1 > 50 && owned_by_1 < 206);
+    // Worker 0 handed worker 1 its requests and their replies.
+    assert!(
+        stdout.contains(&format!("handed_off {}", 2 * owned_by_1)),
+        "{stdout}"
+    );
+}

@@ -595,3 +595,129 @@ fn a_new_snapshot_is_picked_up_between_bursts() {
         2
     );
 }
+
+#[test]
+fn vlan_tags_are_kept() {
+    let mut rig = rig(&spec(ForwardingMode::Nat, 1, true), 1);
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, PORT0_MAC)
+        .single_vlan(etherparse::VlanId::try_new(42).unwrap())
+        .ipv4([10, 0, 0, 2], [10, 0, 0, 100], 60)
+        .tcp(5555, 80, 1, 1000)
+        .syn()
+        .write(&mut frame, b"tagged")
+        .unwrap();
+    rig.send(0, 0, frame);
+    rig.poll_all(1);
+    let out = rig.take(0, 1);
+    assert_eq!(out.len(), 1);
+    assert_eq!(&out[0][12..16], &[0x81, 0x00, 0x00, 42]);
+    let sliced = SlicedPacket::from_ethernet(&out[0]).unwrap();
+    let Some(TransportSlice::Tcp(tcp)) = sliced.transport else {
+        panic!()
+    };
+    assert_eq!(tcp.destination_port(), 8080);
+    assert_eq!(tcp.payload(), b"tagged");
+}
+
+#[test]
+fn tun_answers_too_big_instead_of_dropping_silently() {
+    let mut rig = rig(&spec(ForwardingMode::Tun, 1, true), 1);
+    for (client, vip, payload, mtu) in [
+        ("10.0.0.2", "10.0.0.100", 1450usize, 1480u32),
+        ("fd00::2", "fd00::100", 1430, 1460),
+    ] {
+        rig.send(
+            0,
+            0,
+            tcp_frame(ip(client), 7000, ip(vip), 80, true, &vec![7u8; payload]),
+        );
+        rig.poll_all(1);
+        assert!(rig.take(0, 1).is_empty(), "nothing goes to the backend");
+        let answers = rig.take(0, 0);
+        assert_eq!(answers.len(), 1);
+        let sliced = SlicedPacket::from_ethernet(&answers[0]).unwrap();
+        match sliced.transport.unwrap() {
+            TransportSlice::Icmpv4(icmp) => {
+                assert_eq!((icmp.type_u8(), icmp.code_u8()), (3, 4));
+                assert_eq!(
+                    u32::from(u16::from_be_bytes(
+                        icmp.bytes5to8()[2..4].try_into().unwrap()
+                    )),
+                    mtu
+                );
+            }
+            TransportSlice::Icmpv6(icmp) => {
+                assert_eq!(icmp.type_u8(), 2);
+                assert_eq!(u32::from_be_bytes(icmp.bytes5to8()), mtu);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(&answers[0][0..6], &CLIENT_MAC);
+    }
+    assert_eq!(rig.workers[0].stats().drops(DropReason::TooBig), 2);
+}
+
+#[test]
+fn neighbour_discovery_answers_and_resolves() {
+    let mut rig = rig(&spec(ForwardingMode::Dr, 1, false), 1);
+    // A client solicits the IPv6 VIP.
+    let mut solicitation = vec![0u8; 128];
+    let len = packet::build_neighbor_solicitation(
+        &mut solicitation,
+        CLIENT_MAC,
+        "fd00::2".parse().unwrap(),
+        "fd00::100".parse().unwrap(),
+        None,
+    )
+    .unwrap();
+    solicitation.truncate(len);
+    rig.send(0, 0, solicitation);
+    // A SYN to an IPv6 backend nobody has resolved.
+    rig.send(
+        0,
+        0,
+        tcp_frame(ip("fd00::2"), 9, ip("fd00::100"), 80, true, b""),
+    );
+    rig.poll_all(1);
+    let answers = rig.take(0, 0);
+    assert_eq!(answers.len(), 1);
+    let advert = packet::parse_frame(&answers[0]).unwrap();
+    assert_eq!(
+        advert.icmp,
+        packet::IcmpKind::NeighborAdvertisement {
+            target: "fd00::100".parse().unwrap(),
+            target_mac: Some(PORT0_MAC)
+        }
+    );
+    let requests = rig.take(0, 1);
+    assert_eq!(
+        requests.len(),
+        1,
+        "a neighbour solicitation for the backend"
+    );
+    let asked = packet::parse_frame(&requests[0]).unwrap();
+    assert!(
+        matches!(asked.icmp, packet::IcmpKind::NeighborSolicitation { .. }),
+        "{asked:?}"
+    );
+    assert_eq!(asked.flow.src_addr, ip("fd01::1"));
+    // The backend answers with an advertisement; the next SYN goes through to its MAC.
+    let backend_mac = [2, 0xbe, 0, 0, 1, 0x77];
+    // The backend's advertisement: our solicitation answered as the backend would.
+    let mut to_backend = requests[0].clone();
+    let na_len =
+        packet::answer_neighbor_solicitation(&mut to_backend, &asked, backend_mac).unwrap();
+    to_backend.truncate(na_len);
+    rig.send(0, 1, to_backend);
+    rig.poll_all(1);
+    rig.send(
+        0,
+        0,
+        tcp_frame(ip("fd00::2"), 9, ip("fd00::100"), 80, false, b""),
+    );
+    rig.poll_all(1);
+    let forwarded = rig.take(0, 1);
+    assert_eq!(forwarded.len(), 1);
+    assert_eq!(&forwarded[0][0..6], &backend_mac);
+}

@@ -144,8 +144,7 @@ struct RawNetwork {
     maglev_table_size: Option<Spanned<u32>>,
     #[serde(default)]
     timeouts: RawTimeouts,
-    #[serde(default)]
-    kernel_exception_path: bool,
+    kernel_exception_path: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -758,6 +757,17 @@ fn validate_network(
         })?,
         None => TableSize::default(),
     };
+    if let Some(spanned) = raw
+        .kernel_exception_path
+        .as_ref()
+        .filter(|value| *value.get_ref())
+    {
+        return Err(locator.error_at(
+            &spanned.span(),
+            "kernel_exception_path: handing foreign traffic to a kernel interface is not available yet; traffic \
+             that is not for our addresses is dropped and counted (not_ours). Remove the key or set it to false",
+        ));
+    }
     let mut timeouts = Timeouts::default();
     let t = &raw.timeouts;
     let set = |slot: &mut u64, value: Option<u64>| {
@@ -786,7 +796,7 @@ fn validate_network(
         conntrack_capacity,
         maglev_table_size,
         timeouts,
-        kernel_exception_path: raw.kernel_exception_path,
+        kernel_exception_path: false,
     })
 }
 

@@ -191,3 +191,15 @@ proptest! {
         let _ = Config::parse(&text, "fuzz.toml");
     }
 }
+
+#[test]
+fn the_kernel_exception_path_is_refused_until_it_exists() {
+    assert_error(
+        &format!("{BASE}[network]\nkernel_exception_path = true\n"),
+        6,
+        &["kernel_exception_path", "not_ours"],
+    );
+    let mut text = format!("{BASE}[network]\nkernel_exception_path = false\n");
+    text.push_str("[[service]]\nvip = \"10.0.0.100\"\nport = 80\nmode = \"dr\"\n");
+    assert!(Config::parse(&text, "ok.toml").is_ok());
+}

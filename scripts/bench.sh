@@ -124,7 +124,7 @@ be that short and are 74 bytes. "vs macswap" is the ratio to dpdk-testpmd macswa
 | mode | family | flows | frame (bytes on the wire) | Mpps | ns/packet | vs macswap |
 |---|---|---|---|---|---|---|
 ${rows}
-Criterion micro-benchmarks (\`cargo bench -p packet\`, \`cargo bench -p balancer\`, \`cargo bench -p dataplane\`) are
-listed in bench/README.md with their last figures.
 EOF
+# Criterion figures and the profile live in bench/micro.md (criterion runs take minutes; rerun them by hand).
+cat bench/micro.md >> "$OUT_MD"
 echo "wrote $OUT_MD and $OUT_CSV"

@@ -211,6 +211,7 @@ struct RawBackend {
 struct RawHealthCheck {
     #[serde(rename = "type")]
     kind: String,
+    connect_ip: Option<String>,
     connect_port: Option<u16>,
     connect_timeout: Option<f64>,
     delay_loop: Option<f64>,
@@ -305,6 +306,8 @@ pub enum CheckKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthCheckConfig {
     pub kind: CheckKind,
+    /// Check this address instead of the backend's (keepalived's `connect_ip`).
+    pub connect_ip: Option<IpAddr>,
     pub connect_port: Option<u16>,
     pub connect_timeout: Duration,
     pub delay_loop: Duration,
@@ -1025,8 +1028,16 @@ fn validate_health_check(
             )))
         }
     };
+    let connect_ip = match &raw.connect_ip {
+        Some(text) => Some(
+            text.parse()
+                .map_err(|_| fail(format!("connect_ip {text:?} is not an IP address")))?,
+        ),
+        None => None,
+    };
     Ok(HealthCheckConfig {
         kind,
+        connect_ip,
         connect_port: raw.connect_port,
         connect_timeout: seconds(raw.connect_timeout.unwrap_or(5.0), "connect_timeout")
             .map_err(fail)?,

@@ -2,6 +2,7 @@
 //! as a pcap file, `bench` measures the worker path in process.
 
 mod bench;
+mod control_loop;
 mod generate;
 mod pcap;
 mod run;

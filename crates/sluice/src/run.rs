@@ -1,6 +1,7 @@
 //! `sluice run`: EAL and ports from the configuration, one pinned worker per configured core (rx and tx queue k of
 //! every port), either a plain port-to-port pipe or the balancer, until ctrl-c, a packet count or an idle timeout.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,6 +15,9 @@ use balancer::port_alloc::PortAllocator;
 use balancer::scheduler::LoadTable;
 use balancer::snapshot::Snapshot;
 use control::config::{BackendIdRegistry, Config};
+use control::health::HealthChecker;
+
+use crate::control_loop::{health_specs, reload_signal, ControlLoop};
 use crossbeam::channel::bounded;
 use crossbeam::queue::ArrayQueue;
 use dataplane::io::Burst;
@@ -150,38 +154,62 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     result
 }
 
-/// Installs the ctrl-c / SIGTERM handler and waits until it fires, `max_packets` frames arrived or rx was idle for
-/// `idle_exit_ms`.
-fn wait_for_stop(args: &RunArgs, progress: &Progress, stop: &Arc<AtomicBool>) {
+/// The conditions `run` stops on besides ctrl-c: a frame count, an idle time, a duration.
+struct StopConditions<'a> {
+    args: &'a RunArgs,
+    progress: &'a Progress,
+    started: Instant,
+    last_total: u64,
+    last_change: Instant,
+}
+
+impl<'a> StopConditions<'a> {
+    fn new(args: &'a RunArgs, progress: &'a Progress) -> StopConditions<'a> {
+        let now = Instant::now();
+        StopConditions {
+            args,
+            progress,
+            started: now,
+            last_total: 0,
+            last_change: now,
+        }
+    }
+
+    fn reached(&mut self) -> bool {
+        let total = self.progress.total();
+        if total != self.last_total {
+            self.last_total = total;
+            self.last_change = Instant::now();
+        }
+        let args = self.args;
+        args.max_packets.is_some_and(|max| total >= max)
+            || args
+                .duration_ms
+                .is_some_and(|limit| self.started.elapsed() >= Duration::from_millis(limit))
+            || args
+                .idle_exit_ms
+                .is_some_and(|idle| self.last_change.elapsed() >= Duration::from_millis(idle))
+    }
+}
+
+/// ctrl-c (SIGINT) and SIGTERM set `stop`; SIGHUP is left to the reload handler.
+fn install_stop_handler(stop: &Arc<AtomicBool>) {
     let signal = Arc::clone(stop);
     if let Err(error) = ctrlc::set_handler(move || signal.store(true, Ordering::SeqCst)) {
         log::warn!("no ctrl-c handler: {error}");
     }
-    let mut last_total = 0;
-    let started = Instant::now();
-    let mut last_change = started;
-    while !stop.load(Ordering::SeqCst) {
+    if let Err(error) = signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(stop))
+    {
+        log::warn!("no SIGTERM handler: {error}");
+    }
+}
+
+/// Waits until ctrl-c, SIGTERM or one of the stop conditions.
+fn wait_for_stop(args: &RunArgs, progress: &Progress, stop: &Arc<AtomicBool>) {
+    install_stop_handler(stop);
+    let mut conditions = StopConditions::new(args, progress);
+    while !stop.load(Ordering::SeqCst) && !conditions.reached() {
         std::thread::sleep(Duration::from_millis(5));
-        let total = progress.total();
-        if total != last_total {
-            last_total = total;
-            last_change = Instant::now();
-        }
-        if args.max_packets.is_some_and(|max| total >= max) {
-            break;
-        }
-        if args
-            .duration_ms
-            .is_some_and(|limit| started.elapsed() >= Duration::from_millis(limit))
-        {
-            break;
-        }
-        if args
-            .idle_exit_ms
-            .is_some_and(|idle| last_change.elapsed() >= Duration::from_millis(idle))
-        {
-            break;
-        }
     }
     stop.store(true, Ordering::SeqCst);
 }
@@ -362,7 +390,39 @@ fn run_balancer(
         .map_err(|e| e.to_string())?;
         handles.push(handle);
     }
-    wait_for_stop(args, &progress, &stop);
+    let mut control = ControlLoop {
+        config: config.clone(),
+        registry,
+        port_macs: macs,
+        generation: snapshot.generation,
+        publishers,
+        retired: retired_receivers,
+        stats: stats.clone(),
+        down: HashSet::new(),
+        health: None,
+    };
+    let checks = health_specs(&control.config, &mut control.registry);
+    if !checks.is_empty() {
+        log::info!("health checks: {} backends", checks.len());
+        control.health = Some(HealthChecker::start(checks));
+    }
+    let reload = reload_signal();
+    install_stop_handler(&stop);
+    log::info!(
+        "forwarding with {workers} workers; SIGHUP reloads {}, ctrl-c stops",
+        args.config.display()
+    );
+    let mut conditions = StopConditions::new(args, &progress);
+    while !stop.load(Ordering::SeqCst) && !conditions.reached() {
+        std::thread::sleep(Duration::from_millis(5));
+        if reload.swap(false, Ordering::SeqCst) {
+            log::info!("SIGHUP: reloading {}", args.config.display());
+            control.reload(&args.config);
+        }
+        control.apply_health_events();
+        control.collect_retired();
+    }
+    stop.store(true, Ordering::SeqCst);
     let elapsed = started.elapsed().as_secs_f64();
     let mut failure = None;
     for (index, handle) in handles.into_iter().enumerate() {
@@ -377,8 +437,7 @@ fn run_balancer(
         while ring.pop().is_some() {}
     }
     print_worker_stats(&stats, elapsed);
-    drop(publishers);
-    drop(retired_receivers);
+    drop(control);
     failure.map_or(Ok(()), Err)
 }
 

@@ -1,0 +1,230 @@
+//! The control thread of `sluice run`: it owns the running configuration and the backends' health, builds a new
+//! snapshot off the data path whenever either changes (a SIGHUP reload, a health-check verdict), publishes it to
+//! every worker over its bounded queue, takes retired tables back (so nothing is freed on a worker), and measures
+//! how long the workers took to adopt it.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use balancer::decision::WorkerTables;
+use balancer::service::BackendId;
+use balancer::snapshot::{Snapshot, SnapshotSpec};
+use control::config::{BackendIdRegistry, Config, OnFailure};
+use control::health::{HealthCheckSpec, HealthChecker, HealthEvent};
+use crossbeam::channel::{Receiver as ChannelReceiver, Sender};
+use dataplane::worker::WorkerStats;
+
+/// Everything the control thread owns.
+pub struct ControlLoop {
+    pub config: Config,
+    pub registry: BackendIdRegistry,
+    pub port_macs: Vec<[u8; 6]>,
+    pub generation: u64,
+    pub publishers: Vec<Sender<WorkerTables>>,
+    pub retired: Vec<ChannelReceiver<WorkerTables>>,
+    pub stats: Vec<Arc<WorkerStats>>,
+    /// Backends the health checks hold down.
+    pub down: HashSet<BackendId>,
+    pub health: Option<(HealthChecker, Receiver<HealthEvent>)>,
+}
+
+/// The snapshot spec of `config` with the health verdicts applied: a backend that is down is removed, or set to
+/// weight 0 when its check says `on_failure = "inhibit"`.
+pub fn effective_spec(
+    config: &Config,
+    port_macs: &[[u8; 6]],
+    registry: &mut BackendIdRegistry,
+    down: &HashSet<BackendId>,
+) -> Result<SnapshotSpec, String> {
+    let mut spec = config
+        .snapshot_spec(port_macs, registry)
+        .map_err(|e| e.to_string())?;
+    for (service, configured) in spec.services.iter_mut().zip(&config.services) {
+        let mut kept = Vec::with_capacity(service.backends.len());
+        for (mut backend, settings) in service.backends.drain(..).zip(&configured.backends) {
+            if down.contains(&backend.id) {
+                let inhibit = settings
+                    .health_check
+                    .as_ref()
+                    .is_some_and(|check| check.on_failure == OnFailure::Inhibit);
+                if !inhibit {
+                    continue;
+                }
+                backend.weight = 0;
+            }
+            kept.push(backend);
+        }
+        service.backends = kept;
+    }
+    Ok(spec)
+}
+
+/// The health checks `config` asks for, keyed by backend id.
+pub fn health_specs(
+    config: &Config,
+    registry: &mut BackendIdRegistry,
+) -> Vec<(u32, HealthCheckSpec)> {
+    let mut specs = Vec::new();
+    for service in &config.services {
+        for backend in &service.backends {
+            if let Some(check) = &backend.health_check {
+                let id = registry.id(service.key, backend.address, backend.port);
+                specs.push((
+                    id.0,
+                    HealthCheckSpec {
+                        target: SocketAddr::new(backend.address, backend.port),
+                        config: check.clone(),
+                    },
+                ));
+            }
+        }
+    }
+    specs
+}
+
+impl ControlLoop {
+    /// Builds the current snapshot and publishes it to every worker; returns how long the workers took to use it
+    /// (`None` if they did not within a second, for instance while stopping).
+    pub fn publish(&mut self) -> Result<Option<Duration>, String> {
+        let spec = effective_spec(
+            &self.config,
+            &self.port_macs,
+            &mut self.registry,
+            &self.down,
+        )?;
+        let generation = self.generation + 1;
+        let snapshot = Arc::new(Snapshot::build(&spec, generation).map_err(|e| e.to_string())?);
+        // Scheduler state is built here too: workers only swap a pointer.
+        let tables: Vec<WorkerTables> = self
+            .publishers
+            .iter()
+            .map(|_| WorkerTables::new(Arc::clone(&snapshot)))
+            .collect();
+        self.generation = generation;
+        let published = Instant::now();
+        for (publisher, tables) in self.publishers.iter().zip(tables) {
+            if publisher
+                .send_timeout(tables, Duration::from_millis(100))
+                .is_err()
+            {
+                return Err("a worker is not taking new tables".into());
+            }
+        }
+        let deadline = published + Duration::from_secs(1);
+        loop {
+            self.collect_retired();
+            let adopted = self
+                .stats
+                .iter()
+                .all(|stats| stats.generation.load(Ordering::Acquire) >= generation);
+            if adopted {
+                return Ok(Some(published.elapsed()));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            // The control thread may share a CPU with a worker: give it the processor rather than spin.
+            std::thread::sleep(Duration::from_micros(20));
+        }
+    }
+
+    /// Frees tables the workers handed back.
+    pub fn collect_retired(&self) {
+        for retired in &self.retired {
+            while retired.try_recv().is_ok() {}
+        }
+    }
+
+    /// Validates the file at `path` and, when it is good, applies its services and network settings. Ports, workers
+    /// and EAL arguments need a restart: a change there is reported and not applied.
+    pub fn reload(&mut self, path: &Path) {
+        let new = match Config::load(path) {
+            Ok(config) => config,
+            Err(error) => {
+                log::error!("reload refused, the running configuration stays: {error}");
+                return;
+            }
+        };
+        if new.ports != self.config.ports
+            || new.workers != self.config.workers
+            || new.eal_args != self.config.eal_args
+        {
+            log::warn!("reload: ports, workers and [eal] changes need a restart; applying services and network only");
+        }
+        let mut applied = new.clone();
+        applied.ports = self.config.ports.clone();
+        applied.workers = self.config.workers.clone();
+        applied.eal_args = self.config.eal_args.clone();
+        let previous = std::mem::replace(&mut self.config, applied);
+        match self.publish() {
+            Ok(took) => {
+                log::info!(
+                    "reload: generation {} with {} services in use{}",
+                    self.generation,
+                    self.config.services.len(),
+                    took.map_or(String::new(), |t| format!(" after {} us", t.as_micros()))
+                );
+                let specs = health_specs(&self.config, &mut self.registry);
+                if let Some((checker, _)) = &self.health {
+                    checker.update(specs);
+                } else if !specs.is_empty() {
+                    self.health = Some(HealthChecker::start(specs));
+                }
+            }
+            Err(error) => {
+                log::error!("reload refused ({error}); the running configuration stays");
+                self.config = previous;
+            }
+        }
+    }
+
+    /// Applies health verdicts that arrived; republishes when one changed the table.
+    pub fn apply_health_events(&mut self) {
+        let Some((_, events)) = &self.health else {
+            return;
+        };
+        let mut changed = false;
+        while let Ok(event) = events.try_recv() {
+            let id = BackendId(event.key);
+            changed |= if event.up {
+                self.down.remove(&id)
+            } else {
+                self.down.insert(id)
+            };
+            log::info!(
+                "backend id {}: {} ({})",
+                event.key,
+                if event.up { "up" } else { "down" },
+                event.reason
+            );
+        }
+        if changed {
+            match self.publish() {
+                Ok(took) => log::info!(
+                    "generation {} published after a health change{}",
+                    self.generation,
+                    took.map_or(String::new(), |t| format!(
+                        ", in use after {} us",
+                        t.as_micros()
+                    ))
+                ),
+                Err(error) => log::error!("health change not applied: {error}"),
+            }
+        }
+    }
+}
+
+/// Registers SIGHUP: the returned flag is set when one arrives.
+pub fn reload_signal() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    if let Err(error) = signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&flag))
+    {
+        log::warn!("no SIGHUP reload: {error}");
+    }
+    flag
+}

@@ -1,0 +1,193 @@
+//! The control thread through the real binary: SIGHUP reloads (a broken file is refused and the running
+//! configuration stays; a good one is applied and adopted by the workers), and a failing health check takes its
+//! backend out of the table.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn write_empty_pcap(path: &Path) {
+    let mut out = Vec::new();
+    out.extend(0xa1b2_c3d4u32.to_le_bytes());
+    out.extend(2u16.to_le_bytes());
+    out.extend(4u16.to_le_bytes());
+    out.extend([0u8; 8]);
+    out.extend(65535u32.to_le_bytes());
+    out.extend(1u32.to_le_bytes());
+    std::fs::write(path, out).unwrap();
+}
+
+fn config(dir: &Path, backends: &str) -> String {
+    format!(
+        r#"[eal]
+args = ["--no-huge", "-m", "256", "--no-pci", "--no-shconf", "--no-telemetry"]
+
+[[port]]
+name = "client"
+device = "net_pcap0,rx_pcap={d}/empty.pcap,tx_pcap={d}/c.pcap"
+addresses = ["10.0.0.1/24"]
+
+[[port]]
+name = "backend"
+device = "net_pcap1,rx_pcap={d}/empty.pcap,tx_pcap={d}/b.pcap"
+addresses = ["10.1.0.1/24"]
+
+[[service]]
+vip = "10.0.0.100"
+port = 80
+mode = "dr"
+{backends}
+"#,
+        d = dir.display()
+    )
+}
+
+const TWO_BACKENDS: &str =
+    "[[service.backend]]\naddress = \"10.1.0.11\"\n[[service.backend]]\naddress = \"10.1.0.12\"\n";
+
+/// Collects a child's stderr lines as they come, so a test can wait for one.
+fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().unwrap();
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receive
+}
+
+/// Waits for a line containing `needle`, keeping every line read into `log`.
+fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str, log: &mut String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !log.contains(needle) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                log.push_str(&line);
+                log.push('\n');
+            }
+            Err(_) => panic!("no {needle:?} in:\n{log}"),
+        }
+    }
+}
+
+fn sighup(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn sighup_reload_refuses_a_broken_file_and_applies_a_good_one() {
+    let dir = tempfile::tempdir().unwrap();
+    write_empty_pcap(&dir.path().join("empty.pcap"));
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, config(dir.path(), TWO_BACKENDS)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stderr_lines(&mut child);
+    let mut log = String::new();
+    wait_for_line(&lines, "SIGHUP reloads", &mut log);
+    std::fs::write(
+        &path,
+        config(
+            dir.path(),
+            "[[service.backend]]\naddress = \"10.1.0.11\"\nweight = -3\n",
+        ),
+    )
+    .unwrap();
+    sighup(child.id());
+    wait_for_line(
+        &lines,
+        "reload refused, the running configuration stays",
+        &mut log,
+    );
+    assert!(
+        log.contains("sluice.toml:20") && log.contains("weight"),
+        "{log}"
+    );
+    let three = format!("{TWO_BACKENDS}[[service.backend]]\naddress = \"10.1.0.13\"\n");
+    std::fs::write(&path, config(dir.path(), &three)).unwrap();
+    sighup(child.id());
+    wait_for_line(
+        &lines,
+        "reload: generation 2 with 1 services in use after",
+        &mut log,
+    );
+    // SIGTERM stops it cleanly.
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{log}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("mempool: 0 buffers in use"), "{stdout}");
+}
+
+#[test]
+fn health_checks_take_backends_out_and_back() {
+    let dir = tempfile::tempdir().unwrap();
+    write_empty_pcap(&dir.path().join("empty.pcap"));
+    // Backend 10.1.0.11 is checked on a listener this test opens, closes and reopens; 10.1.0.12 on a closed port.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let backends = format!(
+        "[[service.backend]]\naddress = \"10.1.0.11\"\n[service.backend.health_check]\ntype = \"tcp\"\nconnect_ip = \"127.0.0.1\"\n\
+         connect_port = {port}\nconnect_timeout = 0.2\ndelay_loop = 0.1\nretry = 2\ndelay_before_retry = 0.05\n\
+         [[service.backend]]\naddress = \"10.1.0.12\"\n[service.backend.health_check]\ntype = \"http\"\nconnect_ip = \"127.0.0.1\"\n\
+         connect_port = {closed}\nconnect_timeout = 0.2\ndelay_loop = 0.1\non_failure = \"inhibit\"\n"
+    );
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, config(dir.path(), &backends)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stderr_lines(&mut child);
+    let mut log = String::new();
+    wait_for_line(&lines, "health checks: 2 backends", &mut log);
+    wait_for_line(&lines, "backend id 1: down", &mut log);
+    assert!(!log.contains("backend id 0: down"), "{log}");
+    drop(listener);
+    wait_for_line(&lines, "backend id 0: down", &mut log);
+    assert!(log.contains("2 consecutive failures"), "{log}");
+    let _reopened = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    wait_for_line(&lines, "backend id 0: up", &mut log);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success(), "{log}");
+    let stderr = log;
+    assert!(
+        stderr.contains("published after a health change, in use after"),
+        "{stderr}"
+    );
+}

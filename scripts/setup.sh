@@ -8,8 +8,8 @@ packages=(
     dpdk dpdk-dev libdpdk-dev      # DPDK 22.11: libraries, PMDs, headers, dpdk-testpmd
     clang libclang-dev             # bindgen
     libpcap-dev                    # net_pcap vdev
-    iproute2 iputils-ping          # network namespaces for end-to-end tests
-    python3                        # plots and helper scripts
+    iproute2 iputils-ping ethtool  # network namespaces and veth links for the end-to-end tests
+    python3                        # the end-to-end tests' HTTP backends and client, demo summaries
 )
 
 sudo_cmd=()

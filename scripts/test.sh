@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, and every test (unit, property, fuzz smoke, DPDK vdev end-to-end).
+# The whole test suite: formatting, lints, every test (unit, property, fuzz smoke, DPDK vdev end-to-end), and real
+# TCP traffic through sluice in network namespaces for every forwarding mode.
 # Run scripts/setup.sh once before.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,3 +8,4 @@ export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace --no-fail-fast
+bash scripts/netns/e2e.sh

@@ -173,6 +173,10 @@ pub struct Forward {
     pub backend: Option<BackendId>,
     /// Forwarded without a connection entry (connection table full, DR/TUN): counted.
     pub untracked: bool,
+    /// A backend's reply on its way to the client (NAT, FULLNAT), rather than a client's request.
+    pub reply: bool,
+    /// The first frame of a connection this frame opened.
+    pub opened: bool,
 }
 
 /// What to do with one frame.
@@ -438,7 +442,9 @@ impl WorkerState {
             Ok(id) => {
                 let conn = *self.conns.get(id)?;
                 self.load.connection_opened(conn.backend, conn.is_active());
-                Some(forward_request(snapshot, service, &conn, layout, false))
+                Some(opened(forward_request(
+                    snapshot, service, &conn, layout, false,
+                )))
             }
             Err(error) => {
                 let untracked = Conn {
@@ -578,6 +584,7 @@ impl WorkerState {
                     },
                     None,
                     true,
+                    true,
                 );
             }
             Fragment::Later { .. } => return Action::Drop(DropReason::FragmentUnsupported),
@@ -609,6 +616,7 @@ impl WorkerState {
             },
             Some(conn.backend),
             false,
+            true,
         )
     }
 
@@ -655,6 +663,7 @@ impl WorkerState {
             },
             Some(conn.backend),
             false,
+            true,
         )
     }
 
@@ -735,7 +744,7 @@ impl WorkerState {
                         }
                     }
                 };
-                forward(*route, rewrite, Some(conn.backend), false)
+                forward(*route, rewrite, Some(conn.backend), false, false)
             }
             Direction::Reply => {
                 let Some(route) = snapshot.route(client.src_addr) else {
@@ -755,7 +764,7 @@ impl WorkerState {
                         return Action::Drop(DropReason::IcmpErrorUnknownFlow)
                     }
                 };
-                forward(route, rewrite, Some(conn.backend), false)
+                forward(route, rewrite, Some(conn.backend), false, true)
             }
         }
     }
@@ -803,7 +812,13 @@ fn not_ours(snapshot: &Snapshot) -> Action {
     }
 }
 
-fn forward(route: Route, rewrite: Rewrite, backend: Option<BackendId>, untracked: bool) -> Action {
+fn forward(
+    route: Route,
+    rewrite: Rewrite,
+    backend: Option<BackendId>,
+    untracked: bool,
+    reply: bool,
+) -> Action {
     Action::Forward(Forward {
         port: route.port,
         next_hop: route.next_hop,
@@ -811,7 +826,20 @@ fn forward(route: Route, rewrite: Rewrite, backend: Option<BackendId>, untracked
         rewrite,
         backend,
         untracked,
+        reply,
+        opened: false,
     })
+}
+
+/// `action` marked as the first frame of a new connection.
+fn opened(action: Action) -> Action {
+    match action {
+        Action::Forward(forward) => Action::Forward(Forward {
+            opened: true,
+            ..forward
+        }),
+        other => other,
+    }
 }
 
 /// The forward of a client's frame to `conn`'s backend, by the service's mode.
@@ -867,5 +895,5 @@ fn forward_request(
             }
         }
     };
-    forward(route, rewrite, Some(conn.backend), untracked)
+    forward(route, rewrite, Some(conn.backend), untracked, false)
 }

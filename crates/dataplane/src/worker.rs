@@ -58,6 +58,28 @@ impl Default for WorkerConfig {
     }
 }
 
+/// Backends whose traffic is counted per worker (ids at or above are not).
+pub const COUNTED_BACKENDS: usize = 4096;
+
+/// One backend's traffic through one worker, as ipvsadm --stats shows it.
+#[derive(Debug, Default)]
+pub struct BackendCounters {
+    pub connections: AtomicU64,
+    pub packets_in: AtomicU64,
+    pub packets_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+/// Adds to a counter only this worker writes: a plain load and store, no locked instruction.
+#[inline]
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(by),
+        Ordering::Relaxed,
+    );
+}
+
 /// Counters of one worker, written only by it and read by anyone.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
@@ -74,6 +96,8 @@ pub struct WorkerStats {
     pub drops: [AtomicU64; DropReason::COUNT],
     pub connections: AtomicU64,
     pub generation: AtomicU64,
+    /// Indexed by backend id, below [`COUNTED_BACKENDS`].
+    pub backends: Box<[BackendCounters]>,
 }
 
 impl WorkerStats {
@@ -129,6 +153,7 @@ struct Engine<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     kernel: Option<(T, Burst<R::Frame>)>,
     peers: Vec<HandoffRing<R::Frame>>,
     counters: Counters,
+    stats: Arc<WorkerStats>,
     throttle: ResolutionThrottle,
     config: WorkerConfig,
 }
@@ -148,7 +173,12 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
         config: WorkerConfig,
     ) -> Worker<R, T> {
         let pending = ports.iter().map(|_| Burst::new()).collect();
-        let stats = Arc::new(WorkerStats::default());
+        let stats = Arc::new(WorkerStats {
+            backends: (0..COUNTED_BACKENDS)
+                .map(|_| BackendCounters::default())
+                .collect(),
+            ..WorkerStats::default()
+        });
         stats
             .generation
             .store(tables.snapshot.generation, Ordering::Relaxed);
@@ -161,6 +191,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 kernel: kernel.map(|tx| (tx, Burst::new())),
                 peers,
                 counters: Counters::default(),
+                stats: Arc::clone(&stats),
                 throttle: ResolutionThrottle::new(1024, config.resolve_interval_ms),
                 config: WorkerConfig {
                     burst: config.burst.clamp(1, MAX_BURST),
@@ -351,6 +382,22 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         }
         if forward.untracked {
             self.counters.untracked += 1;
+        }
+        if let Some(backend) = forward
+            .backend
+            .and_then(|id| self.stats.backends.get(id.0 as usize))
+        {
+            let bytes = frame.data().len() as u64;
+            if forward.reply {
+                bump(&backend.packets_out, 1);
+                bump(&backend.bytes_out, bytes);
+            } else {
+                bump(&backend.packets_in, 1);
+                bump(&backend.bytes_in, bytes);
+            }
+            if forward.opened {
+                bump(&backend.connections, 1);
+            }
         }
         self.counters.forwarded += 1;
         self.enqueue(port, frame);

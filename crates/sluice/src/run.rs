@@ -437,6 +437,7 @@ fn run_balancer(
         while ring.pop().is_some() {}
     }
     print_worker_stats(&stats, elapsed);
+    print_service_stats(&control.config, &mut control.registry, &stats);
     drop(control);
     failure.map_or(Ok(()), Err)
 }
@@ -472,4 +473,64 @@ fn print_worker_stats(stats: &[Arc<WorkerStats>], elapsed: f64) {
         "sluice: stopped after {elapsed:.2} s: rx {total_rx} tx {total_tx} rate {:.3} Mpps",
         total_rx as f64 / elapsed / 1e6
     );
+}
+
+/// The services and backends with their traffic summed over the workers, in the layout of `ipvsadm -Ln --stats`.
+fn print_service_stats(
+    config: &Config,
+    registry: &mut BackendIdRegistry,
+    stats: &[Arc<WorkerStats>],
+) {
+    println!("IP Virtual Server (sluice)");
+    println!("Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes");
+    println!("  -> RemoteAddress:Port");
+    for service in &config.services {
+        let rows: Vec<(String, [u64; 5])> = service
+            .backends
+            .iter()
+            .map(|backend| {
+                let id = registry.id(service.key, backend.address, backend.port);
+                let mut sums = [0u64; 5];
+                for worker in stats {
+                    if let Some(counters) = worker.backends.get(id.0 as usize) {
+                        for (sum, counter) in sums.iter_mut().zip([
+                            &counters.connections,
+                            &counters.packets_in,
+                            &counters.packets_out,
+                            &counters.bytes_in,
+                            &counters.bytes_out,
+                        ]) {
+                            *sum += counter.load(Ordering::Relaxed);
+                        }
+                    }
+                }
+                (
+                    balancer::snapshot::describe_endpoint(backend.address, backend.port),
+                    sums,
+                )
+            })
+            .collect();
+        let mut total = [0u64; 5];
+        for (_, sums) in &rows {
+            for (t, s) in total.iter_mut().zip(sums) {
+                *t += s;
+            }
+        }
+        let protocol = if service.key.protocol == 17 {
+            "UDP"
+        } else {
+            "TCP"
+        };
+        let vip = balancer::snapshot::describe_endpoint(service.key.vip, service.key.port);
+        println!(
+            "{protocol}  {vip:<33}{:>6} {:>8} {:>8} {:>8} {:>8}",
+            total[0], total[1], total[2], total[3], total[4]
+        );
+        for (name, sums) in rows {
+            println!(
+                "  -> {name:<33}{:>6} {:>8} {:>8} {:>8} {:>8}",
+                sums[0], sums[1], sums[2], sums[3], sums[4]
+            );
+        }
+    }
 }

@@ -420,6 +420,18 @@ fn every_mode_in_both_families() {
                 "{label}: {per_backend:?}"
             );
             assert!(result.client_out.is_empty());
+            // The ipvsadm-style summary counts the service's connections and packets.
+            let service_line = result
+                .stdout
+                .lines()
+                .find(|line| line.starts_with("TCP  "))
+                .unwrap_or_else(|| panic!("{label}: no service line in {}", result.stdout));
+            let columns: Vec<&str> = service_line.split_whitespace().collect();
+            assert_eq!(
+                columns[2..4],
+                [FLOWS.to_string(), (FLOWS * PER_FLOW).to_string()],
+                "{label}: {service_line}"
+            );
         }
     }
 }

@@ -30,6 +30,10 @@ pub struct ControlLoop {
     pub stats: Vec<Arc<WorkerStats>>,
     /// Backends the health checks hold down.
     pub down: HashSet<BackendId>,
+    /// Backends drained by `sluice ctl drain` (weight 0 until undrained or a reload).
+    pub drained: HashSet<BackendId>,
+    /// The snapshot the workers were last given.
+    pub snapshot: Option<Arc<Snapshot>>,
     pub health: Option<(HealthChecker, Receiver<HealthEvent>)>,
 }
 
@@ -106,6 +110,7 @@ impl ControlLoop {
             .map(|_| WorkerTables::new(Arc::clone(&snapshot)))
             .collect();
         self.generation = generation;
+        self.snapshot = Some(Arc::clone(&snapshot));
         let published = Instant::now();
         for (publisher, tables) in self.publishers.iter().zip(tables) {
             if publisher
@@ -142,45 +147,92 @@ impl ControlLoop {
 
     /// Validates the file at `path` and, when it is good, applies its services and network settings. Ports, workers
     /// and EAL arguments need a restart: a change there is reported and not applied.
-    pub fn reload(&mut self, path: &Path) {
-        let new = match Config::load(path) {
-            Ok(config) => config,
-            Err(error) => {
-                log::error!("reload refused, the running configuration stays: {error}");
-                return;
-            }
-        };
+    pub fn reload(&mut self, path: &Path) -> Result<String, String> {
+        let new = Config::load(path)
+            .map_err(|error| format!("reload refused, the running configuration stays: {error}"))?;
+        let mut note = String::new();
         if new.ports != self.config.ports
             || new.workers != self.config.workers
             || new.eal_args != self.config.eal_args
         {
-            log::warn!("reload: ports, workers and [eal] changes need a restart; applying services and network only");
+            note = "; ports, workers and [eal] changes need a restart and were not applied".into();
         }
-        let mut applied = new.clone();
+        let mut applied = new;
         applied.ports = self.config.ports.clone();
         applied.workers = self.config.workers.clone();
         applied.eal_args = self.config.eal_args.clone();
         let previous = std::mem::replace(&mut self.config, applied);
+        // A reload restates every weight: drains made by hand end.
+        let drained = std::mem::take(&mut self.drained);
         match self.publish() {
             Ok(took) => {
-                log::info!(
-                    "reload: generation {} with {} services in use{}",
-                    self.generation,
-                    self.config.services.len(),
-                    took.map_or(String::new(), |t| format!(" after {} us", t.as_micros()))
-                );
                 let specs = health_specs(&self.config, &mut self.registry);
                 if let Some((checker, _)) = &self.health {
                     checker.update(specs);
                 } else if !specs.is_empty() {
                     self.health = Some(HealthChecker::start(specs));
                 }
+                Ok(format!(
+                    "reload: generation {} with {} services in use{}{note}",
+                    self.generation,
+                    self.config.services.len(),
+                    took.map_or(String::new(), |t| format!(" after {} us", t.as_micros()))
+                ))
             }
             Err(error) => {
-                log::error!("reload refused ({error}); the running configuration stays");
                 self.config = previous;
+                self.drained = drained;
+                Err(format!(
+                    "reload refused ({error}); the running configuration stays"
+                ))
             }
         }
+    }
+
+    /// Drains (weight 0: no new flows, existing ones stay) or undrains the backend at `address`, in every service
+    /// that has it.
+    pub fn set_drained(&mut self, address: SocketAddr, drained: bool) -> Result<String, String> {
+        let ids: Vec<BackendId> = self
+            .config
+            .services
+            .iter()
+            .flat_map(|service| {
+                service
+                    .backends
+                    .iter()
+                    .filter(|b| b.address == address.ip() && b.port == address.port())
+                    .map(move |b| (service.key, b.address, b.port))
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|(key, addr, port)| self.registry.id(key, addr, port))
+            .collect();
+        if ids.is_empty() {
+            return Err(format!("no backend {address} in any service"));
+        }
+        for id in &ids {
+            if drained {
+                self.drained.insert(*id);
+            } else {
+                self.drained.remove(id);
+            }
+        }
+        let took = self.publish()?;
+        Ok(format!(
+            "{} {address} in {} services: generation {}{}",
+            if drained { "drained" } else { "undrained" },
+            ids.len(),
+            self.generation,
+            took.map_or(String::new(), |t| format!(
+                " in use after {} us",
+                t.as_micros()
+            ))
+        ))
+    }
+
+    /// The snapshot the workers were last given.
+    pub fn current_snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.snapshot.clone()
     }
 
     /// Applies health verdicts that arrived; republishes when one changed the table.

@@ -3,6 +3,7 @@
 
 mod bench;
 mod control_loop;
+mod ctl;
 mod generate;
 mod pcap;
 mod run;
@@ -34,6 +35,15 @@ enum Command {
     },
     /// Measure the worker path (parse, decide, rewrite, tx) on one core with an in-process traffic generator.
     Bench(bench::BenchArgs),
+    /// Talk to a running sluice over its control socket: list, stats, rate, conns, reload, drain ADDR:PORT,
+    /// undrain ADDR:PORT, trace CLIENT:PORT VIP:PORT [tcp|udp].
+    Ctl {
+        /// The control socket ([control] socket in the configuration).
+        #[arg(long, short, default_value = "/run/sluice.sock")]
+        socket: PathBuf,
+        #[arg(required = true, num_args = 1..)]
+        command: Vec<String>,
+    },
     /// Write client-to-VIP traffic (many TCP or UDP flows) into a pcap file.
     Generate(generate::GenerateArgs),
 }
@@ -46,6 +56,7 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Generate(args) => generate::generate(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Ctl { socket, command } => ctl::client(&socket, &command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

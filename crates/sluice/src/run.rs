@@ -18,6 +18,7 @@ use control::config::{BackendIdRegistry, Config};
 use control::health::HealthChecker;
 
 use crate::control_loop::{health_specs, reload_signal, ControlLoop};
+use crate::ctl::Endpoints;
 use crossbeam::channel::bounded;
 use crossbeam::queue::ArrayQueue;
 use dataplane::io::Burst;
@@ -399,8 +400,14 @@ fn run_balancer(
         retired: retired_receivers,
         stats: stats.clone(),
         down: HashSet::new(),
+        drained: HashSet::new(),
+        snapshot: Some(Arc::clone(&snapshot)),
         health: None,
     };
+    let mut endpoints = Endpoints::open(
+        config.control.socket.as_deref(),
+        config.control.metrics.as_deref(),
+    )?;
     let checks = health_specs(&control.config, &mut control.registry);
     if !checks.is_empty() {
         log::info!("health checks: {} backends", checks.len());
@@ -417,8 +424,12 @@ fn run_balancer(
         std::thread::sleep(Duration::from_millis(5));
         if reload.swap(false, Ordering::SeqCst) {
             log::info!("SIGHUP: reloading {}", args.config.display());
-            control.reload(&args.config);
+            match control.reload(&args.config) {
+                Ok(message) => log::info!("{message}"),
+                Err(error) => log::error!("{error}"),
+            }
         }
+        endpoints.serve(&mut control, &args.config);
         control.apply_health_events();
         control.collect_retired();
     }
@@ -437,7 +448,11 @@ fn run_balancer(
         while ring.pop().is_some() {}
     }
     print_worker_stats(&stats, elapsed);
-    print_service_stats(&control.config, &mut control.registry, &stats);
+    print!(
+        "{}",
+        service_stats(&control.config, &mut control.registry, &stats)
+    );
+    drop(endpoints);
     drop(control);
     failure.map_or(Ok(()), Err)
 }
@@ -476,14 +491,19 @@ fn print_worker_stats(stats: &[Arc<WorkerStats>], elapsed: f64) {
 }
 
 /// The services and backends with their traffic summed over the workers, in the layout of `ipvsadm -Ln --stats`.
-fn print_service_stats(
+pub fn service_stats(
     config: &Config,
     registry: &mut BackendIdRegistry,
     stats: &[Arc<WorkerStats>],
-) {
-    println!("IP Virtual Server (sluice)");
-    println!("Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes");
-    println!("  -> RemoteAddress:Port");
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "IP Virtual Server (sluice)");
+    let _ = writeln!(
+        out,
+        "Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes"
+    );
+    let _ = writeln!(out, "  -> RemoteAddress:Port");
     for service in &config.services {
         let rows: Vec<(String, [u64; 5])> = service
             .backends
@@ -522,15 +542,18 @@ fn print_service_stats(
             "TCP"
         };
         let vip = balancer::snapshot::describe_endpoint(service.key.vip, service.key.port);
-        println!(
+        let _ = writeln!(
+            out,
             "{protocol}  {vip:<33}{:>6} {:>8} {:>8} {:>8} {:>8}",
             total[0], total[1], total[2], total[3], total[4]
         );
         for (name, sums) in rows {
-            println!(
+            let _ = writeln!(
+                out,
                 "  -> {name:<33}{:>6} {:>8} {:>8} {:>8} {:>8}",
                 sums[0], sums[1], sums[2], sums[3], sums[4]
             );
         }
     }
+    out
 }

@@ -191,3 +191,138 @@ fn health_checks_take_backends_out_and_back() {
         "{stderr}"
     );
 }
+
+fn ctl(socket: &Path, command: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .args(command)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn ctl_and_metrics_through_the_running_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    write_empty_pcap(&dir.path().join("empty.pcap"));
+    let traffic = dir.path().join("traffic.pcap");
+    let generated = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["generate", "--out"])
+        .arg(&traffic)
+        .args([
+            "--flows",
+            "50",
+            "--frames",
+            "500",
+            "--client",
+            "198.51.100.1",
+        ])
+        .output()
+        .unwrap();
+    assert!(generated.status.success());
+    let socket = dir.path().join("ctl.sock");
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let backends = "[[service.backend]]\naddress = \"10.1.0.11\"\nmac = \"02:be:00:00:00:0b\"\n\
+                    [[service.backend]]\naddress = \"10.1.0.12\"\nmac = \"02:be:00:00:00:0c\"\n";
+    let text = config(dir.path(), backends).replace(
+        &format!("net_pcap0,rx_pcap={}/empty.pcap", dir.path().display()),
+        &format!("net_pcap0,rx_pcap={}", traffic.display()),
+    ) + &format!(
+        "[control]\nsocket = \"{}\"\nmetrics = \"127.0.0.1:{metrics_port}\"\n",
+        socket.display()
+    );
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, &text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stderr_lines(&mut child);
+    let mut log = String::new();
+    wait_for_line(&lines, "SIGHUP reloads", &mut log);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let (ok, list) = ctl(&socket, &["list"]);
+    assert!(ok, "{list}");
+    assert!(
+        list.contains("TCP  10.0.0.100:80 mh")
+            && list.contains("10.1.0.11:80")
+            && list.contains("Route"),
+        "{list}"
+    );
+    // All 500 frames are in before the counters are read.
+    let mut stats = String::new();
+    for _ in 0..100 {
+        stats = ctl(&socket, &["stats"]).1;
+        if stats.contains("     50      500") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        stats.contains("TCP  10.0.0.100:80") && stats.contains("     50      500"),
+        "{stats}"
+    );
+    assert!(ctl(&socket, &["rate"]).1.contains("first sample"));
+    assert!(ctl(&socket, &["rate"]).1.contains("InPPS"));
+    assert!(ctl(&socket, &["conns"]).1.contains("total: 50 connections"));
+    let (ok, trace) = ctl(&socket, &["trace", "198.51.100.1:10000", "10.0.0.100:80"]);
+    assert!(
+        ok && trace.contains("Maglev slot") && trace.contains("-> backend 10.1.0.1"),
+        "{trace}"
+    );
+    let (ok, drained) = ctl(&socket, &["drain", "10.1.0.11:80"]);
+    assert!(
+        ok && drained.contains("drained 10.1.0.11:80 in 1 services: generation 2"),
+        "{drained}"
+    );
+    assert!(ctl(&socket, &["list"]).1.contains("0      drained"));
+    let (ok, _) = ctl(&socket, &["drain", "10.9.9.9:80"]);
+    assert!(!ok, "an unknown backend is refused");
+    let (ok, reloaded) = ctl(&socket, &["reload"]);
+    assert!(
+        ok && reloaded.contains("reload: generation 3"),
+        "{reloaded}"
+    );
+
+    let mut scrape = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    std::io::Write::write_all(&mut scrape, b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut scrape, &mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.0 200 OK"), "{body}");
+    assert!(
+        body.contains("sluice_worker_rx_packets_total{worker=\"0\"} 500"),
+        "{body}"
+    );
+    assert!(body.contains(
+        "sluice_backend_packets_in_total{service=\"tcp://10.0.0.100:80\",backend=\"10.1.0.11:80\"}"
+    ));
+    assert!(body.contains("sluice_worker_drops_total{worker=\"0\",reason=\"malformed\"} 0"));
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("mempool: 0 buffers in use"));
+    assert!(!socket.exists(), "the control socket is removed at exit");
+}

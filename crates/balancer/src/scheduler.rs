@@ -116,8 +116,9 @@ pub const LOCALITY_SLOTS: usize = 4096;
 const LBLCR_SET: usize = 4;
 /// lblc/lblcr entries unused this long are forgotten (IPVS's `lblc_expiration` default, 24 hours).
 pub const LOCALITY_EXPIRY_MS: u64 = 24 * 60 * 60 * 1000;
-/// lblcr drops the most loaded server of a set unchanged this long (IPVS: 6 minutes).
-pub const LBLCR_SHRINK_MS: u64 = 6 * 60 * 1000;
+/// lblcr drops the most loaded server of a set unchanged this long (IPVS's `lblcr_expiration` default, 24 hours;
+/// the 6-minute `ENTRY_TIMEOUT` there only reclaims whole entries when its table overflows).
+pub const LBLCR_SHRINK_MS: u64 = 24 * 60 * 60 * 1000;
 
 #[derive(Clone, Copy, Debug)]
 struct LocalitySlot {

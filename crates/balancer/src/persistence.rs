@@ -44,7 +44,9 @@ impl PersistenceTable {
     pub fn new(capacity: usize) -> PersistenceTable {
         let capacity = capacity.max(1);
         PersistenceTable {
-            index: HashMap::with_capacity(capacity),
+            // Twice the entries: hashbrown then always rehashes in place over tombstones instead of growing, so
+            // no insert allocates.
+            index: HashMap::with_capacity(capacity * 2),
             slots: vec![None; capacity],
             free: (0..capacity as u32).rev().collect(),
             hand: 0,

@@ -230,6 +230,37 @@ impl ControlLoop {
         ))
     }
 
+    /// Applies `change` to the running configuration (not to the file: a reload restores the file's) and publishes
+    /// it; a change the snapshot refuses leaves everything as it was.
+    pub fn edit(
+        &mut self,
+        change: impl FnOnce(&mut Config) -> Result<String, String>,
+    ) -> Result<String, String> {
+        let mut edited = self.config.clone();
+        let message = change(&mut edited)?;
+        let previous = std::mem::replace(&mut self.config, edited);
+        match self.publish() {
+            Ok(took) => {
+                let specs = health_specs(&self.config, &mut self.registry);
+                if let Some((checker, _)) = &self.health {
+                    checker.update(specs);
+                }
+                Ok(format!(
+                    "{message}: generation {}{}",
+                    self.generation,
+                    took.map_or(String::new(), |t| format!(
+                        " in use after {} us",
+                        t.as_micros()
+                    ))
+                ))
+            }
+            Err(error) => {
+                self.config = previous;
+                Err(format!("refused ({error}); nothing changed"))
+            }
+        }
+    }
+
     /// The snapshot the workers were last given.
     pub fn current_snapshot(&self) -> Option<Arc<Snapshot>> {
         self.snapshot.clone()

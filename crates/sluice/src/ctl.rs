@@ -115,8 +115,16 @@ impl Endpoints {
                 Err(_) => format!("error: {backend:?} is not ADDRESS:PORT (write IPv6 as [addr]:port)\n"),
             },
             ["trace", client, vip, rest @ ..] => trace(control, client, vip, rest.first().copied()),
+            [verb @ ("add-service" | "remove-service" | "add-backend" | "remove-backend" | "set-weight"), rest @ ..] => {
+                match edit(control, verb, rest) {
+                    Ok(message) => format!("{message}\n"),
+                    Err(error) => format!("error: {error}\n"),
+                }
+            }
             _ => "error: commands are list, stats, rate, conns, reload, drain ADDR:PORT, undrain ADDR:PORT, \
-                  trace CLIENT:PORT VIP:PORT [tcp|udp]\n"
+                  trace CLIENT:PORT VIP:PORT [tcp|udp], add-service VIP:PORT tcp|udp MODE [SCHEDULER], \
+                  remove-service VIP:PORT tcp|udp, add-backend VIP:PORT tcp|udp ADDR:PORT [WEIGHT], \
+                  remove-backend VIP:PORT tcp|udp ADDR:PORT, set-weight VIP:PORT tcp|udp ADDR:PORT WEIGHT\n"
                 .into(),
         }
     }
@@ -184,6 +192,147 @@ fn sample(stats: &[std::sync::Arc<WorkerStats>]) -> Vec<[u64; 4]> {
         }
     }
     sums
+}
+
+fn parse_service(vip: &str, protocol: &str) -> Result<balancer::service::ServiceKey, String> {
+    let vip: SocketAddr = vip
+        .parse()
+        .map_err(|_| format!("{vip:?} is not VIP:PORT"))?;
+    let protocol = match protocol {
+        "tcp" => 6,
+        "udp" => 17,
+        other => return Err(format!("protocol {other:?}: tcp or udp")),
+    };
+    Ok(balancer::service::ServiceKey {
+        vip: vip.ip(),
+        port: vip.port(),
+        protocol,
+    })
+}
+
+/// ipvsadm's -A/-D/-a/-d/-e on the running configuration.
+fn edit(control: &mut ControlLoop, verb: &str, args: &[&str]) -> Result<String, String> {
+    use balancer::service::{ForwardingMode, SchedulerKind};
+    use control::config::{BackendConfig, ServiceConfig};
+    let (Some(vip), Some(protocol)) = (args.first(), args.get(1)) else {
+        return Err(format!("{verb}: give VIP:PORT and tcp|udp first"));
+    };
+    let key = parse_service(vip, protocol)?;
+    let name = describe_service(&key);
+    let backend_at = |index: usize| -> Result<SocketAddr, String> {
+        let text = args
+            .get(index)
+            .ok_or_else(|| format!("{verb}: give the backend as ADDR:PORT"))?;
+        text.parse()
+            .map_err(|_| format!("{text:?} is not ADDR:PORT"))
+    };
+    let weight_at = |index: usize, default: u32| -> Result<u32, String> {
+        match args.get(index) {
+            None => Ok(default),
+            Some(text) => text
+                .parse::<u32>()
+                .ok()
+                .filter(|w| *w <= 65535)
+                .ok_or_else(|| format!("weight {text:?}: 0 to 65535")),
+        }
+    };
+    match verb {
+        "add-service" => {
+            let mode = match args.get(2).copied() {
+                Some("dr") => ForwardingMode::Dr,
+                Some("nat") => ForwardingMode::Nat,
+                Some("fullnat") => ForwardingMode::FullNat,
+                Some("tun") => ForwardingMode::Tun,
+                other => return Err(format!("mode {other:?}: dr, nat, fullnat or tun")),
+            };
+            let scheduler = match args.get(3).copied().unwrap_or("mh") {
+                "rr" => SchedulerKind::Rr,
+                "wrr" => SchedulerKind::Wrr,
+                "lc" => SchedulerKind::Lc,
+                "wlc" => SchedulerKind::Wlc,
+                "sed" => SchedulerKind::Sed,
+                "nq" => SchedulerKind::Nq,
+                "lblc" => SchedulerKind::Lblc,
+                "lblcr" => SchedulerKind::Lblcr,
+                "dh" => SchedulerKind::Dh,
+                "sh" => SchedulerKind::Sh,
+                "mh" => SchedulerKind::Mh,
+                other => return Err(format!(
+                    "scheduler {other:?} is not one of rr wrr lc wlc sed nq lblc lblcr dh sh mh"
+                )),
+            };
+            control.edit(|config| {
+                if config.services.iter().any(|s| s.key == key) {
+                    return Err(format!("service {name} exists"));
+                }
+                config.services.push(ServiceConfig {
+                    key,
+                    mode,
+                    scheduler,
+                    persistence: None,
+                    backends: vec![],
+                });
+                Ok(format!("added service {name}"))
+            })
+        }
+        "remove-service" => control.edit(|config| {
+            let before = config.services.len();
+            config.services.retain(|s| s.key != key);
+            if config.services.len() == before {
+                return Err(format!("no service {name}"));
+            }
+            Ok(format!("removed service {name}"))
+        }),
+        "add-backend" | "remove-backend" | "set-weight" => {
+            let backend = backend_at(2)?;
+            let weight = weight_at(3, 1)?;
+            if verb == "set-weight" && args.get(3).is_none() {
+                return Err("set-weight: give the weight".into());
+            }
+            control.edit(|config| {
+                let service = config
+                    .services
+                    .iter_mut()
+                    .find(|s| s.key == key)
+                    .ok_or_else(|| format!("no service {name}"))?;
+                let position = service
+                    .backends
+                    .iter()
+                    .position(|b| b.address == backend.ip() && b.port == backend.port());
+                match (verb, position) {
+                    ("add-backend", Some(_)) => Err(format!("{backend} is already in {name}")),
+                    ("add-backend", None) => {
+                        let maps_ports =
+                            matches!(service.mode, ForwardingMode::Nat | ForwardingMode::FullNat);
+                        if !maps_ports && backend.port() != key.port {
+                            return Err(format!(
+                                "{:?} cannot map ports: the backend port must be {}",
+                                service.mode, key.port
+                            ));
+                        }
+                        service.backends.push(BackendConfig {
+                            address: backend.ip(),
+                            port: backend.port(),
+                            weight,
+                            mac: None,
+                            health_check: None,
+                        });
+                        Ok(format!("added {backend} to {name} with weight {weight}"))
+                    }
+                    ("remove-backend", Some(index)) => {
+                        service.backends.remove(index);
+                        Ok(format!("removed {backend} from {name}"))
+                    }
+                    ("set-weight", Some(index)) => {
+                        service.backends[index].weight = weight;
+                        Ok(format!("{backend} in {name} now has weight {weight}"))
+                    }
+                    _ => Err(format!("{backend} is not in {name}")),
+                }
+            })
+        }
+        _ => Err(format!("unknown command {verb}")),
+    }
 }
 
 /// `ipvsadm -Ln`: services, schedulers, backends, forwarding method and weight as the workers use them.

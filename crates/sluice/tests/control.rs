@@ -296,11 +296,57 @@ fn ctl_and_metrics_through_the_running_binary() {
     assert!(ctl(&socket, &["list"]).1.contains("0      drained"));
     let (ok, _) = ctl(&socket, &["drain", "10.9.9.9:80"]);
     assert!(!ok, "an unknown backend is refused");
-    let (ok, reloaded) = ctl(&socket, &["reload"]);
-    assert!(
-        ok && reloaded.contains("reload: generation 3"),
-        "{reloaded}"
+    // ipvsadm's edits on the running configuration.
+    let (ok, added) = ctl(
+        &socket,
+        &["add-backend", "10.0.0.100:80", "tcp", "10.1.0.13:80", "3"],
     );
+    assert!(
+        ok && added.contains("added 10.1.0.13:80 to tcp://10.0.0.100:80 with weight 3"),
+        "{added}"
+    );
+    assert!(ctl(&socket, &["list"]).1.contains("10.1.0.13:80"));
+    let (ok, refused) = ctl(
+        &socket,
+        &["add-backend", "10.0.0.100:80", "tcp", "10.1.0.14:8080"],
+    );
+    assert!(!ok && refused.contains("cannot map ports"), "{refused}");
+    let (ok, refused) = ctl(
+        &socket,
+        &["add-backend", "10.0.0.100:80", "tcp", "[fd01::1]:80"],
+    );
+    assert!(!ok && refused.contains("nothing changed"), "{refused}");
+    assert!(
+        ctl(
+            &socket,
+            &["set-weight", "10.0.0.100:80", "tcp", "10.1.0.13:80", "5"]
+        )
+        .0
+    );
+    assert!(ctl(&socket, &["list"])
+        .1
+        .contains("10.1.0.13:80                Route   5"));
+    assert!(
+        ctl(
+            &socket,
+            &["remove-backend", "10.0.0.100:80", "tcp", "10.1.0.13:80"]
+        )
+        .0
+    );
+    assert!(!ctl(&socket, &["list"]).1.contains("10.1.0.13:80"));
+    let (ok, added) = ctl(
+        &socket,
+        &["add-service", "10.0.0.101:53", "udp", "dr", "wrr"],
+    );
+    assert!(
+        ok && added.contains("added service udp://10.0.0.101:53"),
+        "{added}"
+    );
+    assert!(ctl(&socket, &["list"]).1.contains("UDP  10.0.0.101:53 wrr"));
+    assert!(ctl(&socket, &["remove-service", "10.0.0.101:53", "udp"]).0);
+    assert!(!ctl(&socket, &["remove-service", "10.0.0.101:53", "udp"]).0);
+    let (ok, reloaded) = ctl(&socket, &["reload"]);
+    assert!(ok && reloaded.contains("reload: generation"), "{reloaded}");
 
     let mut scrape = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
     std::io::Write::write_all(&mut scrape, b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();

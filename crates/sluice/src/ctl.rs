@@ -257,9 +257,11 @@ fn edit(control: &mut ControlLoop, verb: &str, args: &[&str]) -> Result<String, 
                 "dh" => SchedulerKind::Dh,
                 "sh" => SchedulerKind::Sh,
                 "mh" => SchedulerKind::Mh,
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "scheduler {other:?} is not one of rr wrr lc wlc sed nq lblc lblcr dh sh mh"
-                )),
+                ))
+                }
             };
             control.edit(|config| {
                 if config.services.iter().any(|s| s.key == key) {

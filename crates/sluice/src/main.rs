@@ -5,6 +5,7 @@ mod bench;
 mod control_loop;
 mod ctl;
 mod generate;
+mod keepalived;
 mod pcap;
 mod run;
 
@@ -44,6 +45,11 @@ enum Command {
         #[arg(required = true, num_args = 1..)]
         command: Vec<String>,
     },
+    /// Print the sluice configuration equivalent to a keepalived.conf's virtual servers (notes on stderr).
+    ImportKeepalived {
+        /// The keepalived configuration file.
+        file: PathBuf,
+    },
     /// Write client-to-VIP traffic (many TCP or UDP flows) into a pcap file.
     Generate(generate::GenerateArgs),
 }
@@ -57,6 +63,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::generate(args),
         Command::Bench(args) => bench::bench(args),
         Command::Ctl { socket, command } => ctl::client(&socket, &command),
+        Command::ImportKeepalived { file } => keepalived::import(&file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,140 @@
+//! `sluice import-keepalived` through the binary: a keepalived.conf becomes a configuration sluice accepts, and
+//! what cannot be carried over is named with its line.
+
+use std::process::Command;
+
+use balancer::service::{ForwardingMode, SchedulerKind};
+use control::config::{CheckKind, Config, OnFailure};
+
+const KEEPALIVED: &str = r#"! Configuration File for keepalived
+global_defs {
+   router_id LVS_DEVEL
+}
+
+vrrp_instance VI_1 {
+    state MASTER
+    interface eth0
+    virtual_router_id 51
+}
+
+virtual_server 192.0.2.10 80 {
+    delay_loop 6
+    lb_algo wrr
+    lb_kind DR
+    persistence_timeout 50
+    persistence_granularity 255.255.255.0
+    protocol TCP
+    sorry_server 192.0.2.99 80
+
+    real_server 192.0.2.21 80 {
+        weight 3
+        inhibit_on_failure
+        TCP_CHECK {
+            connect_timeout 3
+            retry 3
+            delay_before_retry 2
+        }
+    }
+    real_server 192.0.2.22 80 {
+        weight 1
+        HTTP_GET {
+            url {
+              path /healthz
+              status_code 204
+              digest 9b3a0c85a887a256d6939da88aabd8cd
+            }
+            connect_timeout 2
+            nb_get_retry 2
+        }
+    }
+}
+
+virtual_server 192.0.2.11 53 {
+    lb_algo fo
+    lb_kind NAT
+    protocol UDP
+    real_server 10.1.0.5 5353 {
+        weight 0
+    }
+}
+
+virtual_server fwmark 7 {
+    lb_kind DR
+}
+"#;
+
+#[test]
+fn a_keepalived_configuration_imports() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keepalived.conf");
+    std::fs::write(&path, KEEPALIVED).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("import-keepalived")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let toml = String::from_utf8(output.stdout).unwrap();
+    let notes = String::from_utf8(output.stderr).unwrap();
+    let config = Config::parse(&toml, "imported.toml").unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    assert_eq!(config.services.len(), 2);
+    let web = &config.services[0];
+    assert_eq!(
+        (web.mode, web.scheduler),
+        (ForwardingMode::Dr, SchedulerKind::Wrr)
+    );
+    let persistence = web.persistence.unwrap();
+    assert_eq!(
+        (persistence.timeout_ms, persistence.prefix_v4),
+        (50_000, 24)
+    );
+    assert_eq!(web.backends.len(), 2);
+    assert_eq!(web.backends[0].weight, 3);
+    let check = web.backends[0].health_check.as_ref().unwrap();
+    assert_eq!(check.kind, CheckKind::Tcp);
+    assert_eq!((check.retry, check.on_failure), (3, OnFailure::Inhibit));
+    assert_eq!(check.delay_loop, std::time::Duration::from_secs(6));
+    assert_eq!(check.delay_before_retry, std::time::Duration::from_secs(2));
+    let http = web.backends[1].health_check.as_ref().unwrap();
+    assert_eq!(
+        http.kind,
+        CheckKind::Http {
+            path: "/healthz".into(),
+            expected_status: 204
+        }
+    );
+    assert_eq!((http.retry, http.on_failure), (2, OnFailure::Remove));
+    let dns = &config.services[1];
+    assert_eq!(
+        (dns.mode, dns.scheduler, dns.key.protocol),
+        (ForwardingMode::Nat, SchedulerKind::Mh, 17)
+    );
+    assert_eq!((dns.backends[0].port, dns.backends[0].weight), (5353, 0));
+    for expected in [
+        "line 2: `global_defs` is not carried over",
+        "line 6: `vrrp_instance` is not carried over",
+        "line 19: `sorry_server` in virtual_server 192.0.2.10 80 is not carried over",
+        "url `digest` is not carried over",
+        "lb_algo fo has no sluice equivalent",
+        "virtual_server fwmark 7 is not carried over",
+    ] {
+        assert!(
+            notes.contains(expected),
+            "{expected:?} missing from:\n{notes}"
+        );
+    }
+}
+
+#[test]
+fn unbalanced_braces_are_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.conf");
+    std::fs::write(&path, "virtual_server 10.0.0.1 80 {\n lb_kind DR\n}\n}\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("import-keepalived")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("closes nothing"));
+}

@@ -134,11 +134,35 @@ pub struct TableUpdates {
     pub retired: Sender<WorkerTables>,
 }
 
+/// A question about one flow, for `sluice ctl trace`: the flow as it reaches us, and the persistence key (masked
+/// client, service) when its service is persistent.
+#[derive(Clone, Copy, Debug)]
+pub struct TraceQuery {
+    pub flow: packet::FlowKey,
+    pub persistence: Option<(IpAddr, balancer::service::ServiceKey)>,
+}
+
+/// What one worker knows about a traced flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceAnswer {
+    pub worker: u16,
+    /// The connection entry: its backend, TCP state name and milliseconds left.
+    pub connection: Option<(balancer::service::BackendId, &'static str, u64)>,
+    pub persistent_backend: Option<balancer::service::BackendId>,
+}
+
+/// The channels a worker answers trace queries on, between bursts.
+pub struct TraceChannel {
+    pub queries: Receiver<TraceQuery>,
+    pub answers: Sender<TraceAnswer>,
+}
+
 /// Everything one worker owns.
 pub struct Worker<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     engine: Engine<R, T>,
     handoffs: HandoffRing<R::Frame>,
     updates: TableUpdates,
+    trace: Option<TraceChannel>,
     stats: Arc<WorkerStats>,
     /// The burst being worked on; a field of its own so that handling its frames can borrow the engine.
     received: Burst<R::Frame>,
@@ -200,12 +224,18 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             },
             handoffs,
             updates,
+            trace: None,
             stats,
             received: Burst::new(),
         }
     }
 
     /// This worker's counters.
+    /// Answers trace queries from `channel` (checked once per poll).
+    pub fn answer_traces(&mut self, channel: TraceChannel) {
+        self.trace = Some(channel);
+    }
+
     pub fn stats(&self) -> Arc<WorkerStats> {
         Arc::clone(&self.stats)
     }
@@ -232,6 +262,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
     /// One turn of the loop at time `now_ms`; returns how many frames it received from the ports.
     pub fn poll(&mut self, now_ms: u64) -> usize {
         self.take_new_tables();
+        self.answer_trace_queries(now_ms);
         let engine = &mut self.engine;
         let mut received_total = 0;
         for port in 0..engine.ports.len() {
@@ -261,6 +292,29 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
         engine.state.expire(now_ms, engine.config.expire_budget);
         self.publish();
         received_total
+    }
+
+    fn answer_trace_queries(&mut self, now_ms: u64) {
+        let Some(channel) = &self.trace else { return };
+        while let Ok(query) = channel.queries.try_recv() {
+            let state = &mut self.engine.state;
+            let connection = state.conns.lookup(&query.flow, now_ms).and_then(|hit| {
+                let conn = state.conns.get(hit.id)?;
+                Some((
+                    conn.backend,
+                    conn.tcp_state.name(),
+                    conn.expires_at.saturating_sub(now_ms),
+                ))
+            });
+            let persistent_backend = query
+                .persistence
+                .and_then(|(client, service)| state.persistence.lookup(client, service, now_ms));
+            let _ = channel.answers.try_send(TraceAnswer {
+                worker: state.place.index,
+                connection,
+                persistent_backend,
+            });
+        }
     }
 
     fn take_new_tables(&mut self) {

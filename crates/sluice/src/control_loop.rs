@@ -35,6 +35,9 @@ pub struct ControlLoop {
     /// The snapshot the workers were last given.
     pub snapshot: Option<Arc<Snapshot>>,
     pub health: Option<(HealthChecker, Receiver<HealthEvent>)>,
+    /// Per worker: where trace queries go; and where every worker answers.
+    pub trace_queries: Vec<Sender<dataplane::worker::TraceQuery>>,
+    pub trace_answers: ChannelReceiver<dataplane::worker::TraceAnswer>,
 }
 
 /// The snapshot spec of `config` with the health verdicts applied: a backend that is down is removed, or set to

@@ -451,9 +451,62 @@ fn trace(control: &mut ControlLoop, client: &str, vip: &str, protocol: Option<&s
     if service.persistence.is_some() {
         out.push_str("persistence: a client with a live affinity entry keeps its backend\n");
     }
-    out.push_str(
-        "an existing flow keeps the backend of its connection entry, on the worker that owns it\n",
-    );
+    // Ask every worker what it holds for this flow.
+    let persistence = service.persistence.map(|spec| {
+        (
+            balancer::snapshot::mask_address(flow.src_addr, spec.prefix_v4, spec.prefix_v6),
+            service.key,
+        )
+    });
+    while control.trace_answers.try_recv().is_ok() {}
+    let query = dataplane::worker::TraceQuery { flow, persistence };
+    let asked = control
+        .trace_queries
+        .iter()
+        .filter(|queries| queries.try_send(query).is_ok())
+        .count();
+    let deadline = Instant::now() + Duration::from_millis(300);
+    let mut answers = Vec::new();
+    while answers.len() < asked {
+        match control.trace_answers.recv_deadline(deadline) {
+            Ok(answer) => answers.push(answer),
+            Err(_) => break,
+        }
+    }
+    answers.sort_by_key(|answer| answer.worker);
+    let name_of = |id: balancer::service::BackendId| {
+        snapshot
+            .backend(id)
+            .map_or(format!("backend id {} (removed)", id.0), |(_, b, _)| {
+                describe_endpoint(b.addr, b.port)
+            })
+    };
+    let mut held = false;
+    for answer in &answers {
+        if let Some((backend, state, left_ms)) = answer.connection {
+            held = true;
+            out.push_str(&format!(
+                "worker {}: connection entry -> {} (state {state}, expires in {} s): the flow stays there\n",
+                answer.worker,
+                name_of(backend),
+                left_ms / 1000
+            ));
+        }
+        if let Some(backend) = answer.persistent_backend {
+            out.push_str(&format!(
+                "worker {}: persistence entry for the client -> {}: new connections go there\n",
+                answer.worker,
+                name_of(backend)
+            ));
+        }
+    }
+    if !held {
+        out.push_str(&format!(
+            "no worker holds a connection entry for it ({} of {} answered)\n",
+            answers.len(),
+            asked
+        ));
+    }
     out
 }
 

@@ -22,7 +22,9 @@ use crate::ctl::Endpoints;
 use crossbeam::channel::bounded;
 use crossbeam::queue::ArrayQueue;
 use dataplane::io::Burst;
-use dataplane::worker::{PortQueues, TableUpdates, Worker, WorkerConfig, WorkerStats};
+use dataplane::worker::{
+    PortQueues, TableUpdates, TraceChannel, Worker, WorkerConfig, WorkerStats,
+};
 use dpdk::{spawn_worker, Eal, Mempool, Port, PortConfig, DEFAULT_DATA_ROOM, SOCKET_ANY};
 
 #[derive(clap::Args)]
@@ -323,6 +325,8 @@ fn run_balancer(
     // The senders stay here: the control thread will publish through them.
     let mut publishers = Vec::new();
     let mut retired_receivers = Vec::new();
+    let mut trace_queries = Vec::new();
+    let (trace_answers_tx, trace_answers) = bounded(64);
     let started = Instant::now();
     for (index, &cpu) in config.workers.cores.iter().enumerate() {
         let capacity = config.network.conntrack_capacity;
@@ -373,6 +377,12 @@ fn run_balancer(
                 ..WorkerConfig::default()
             },
         );
+        let (query_tx, query_rx) = bounded(8);
+        trace_queries.push(query_tx);
+        worker.answer_traces(TraceChannel {
+            queries: query_rx,
+            answers: trace_answers_tx.clone(),
+        });
         let worker_stats = worker.stats();
         stats.push(Arc::clone(&worker_stats));
         let received = Arc::new(AtomicU64::new(0));
@@ -403,6 +413,8 @@ fn run_balancer(
         drained: HashSet::new(),
         snapshot: Some(Arc::clone(&snapshot)),
         health: None,
+        trace_queries,
+        trace_answers,
     };
     let mut endpoints = Endpoints::open(
         config.control.socket.as_deref(),

@@ -288,6 +288,16 @@ fn ctl_and_metrics_through_the_running_binary() {
         ok && trace.contains("Maglev slot") && trace.contains("-> backend 10.1.0.1"),
         "{trace}"
     );
+    // The generator's first flow (client 198.51.100.1, port 10000) is in worker 0's table, on the Maglev backend.
+    assert!(
+        trace.contains("worker 0: connection entry -> 10.1.0.1"),
+        "{trace}"
+    );
+    let (ok, untracked) = ctl(&socket, &["trace", "198.51.100.1:999", "10.0.0.100:80"]);
+    assert!(
+        ok && untracked.contains("no worker holds a connection entry"),
+        "{untracked}"
+    );
     let (ok, drained) = ctl(&socket, &["drain", "10.1.0.11:80"]);
     assert!(
         ok && drained.contains("drained 10.1.0.11:80 in 1 services: generation 2"),

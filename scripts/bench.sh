@@ -79,7 +79,7 @@ for mode in dr nat fullnat tun; do
     for family in ipv4 ipv6; do
         v6=()
         [ "$family" = ipv6 ] && v6=(--v6)
-        for flows in 1000 1000000; do
+        for flows in 1000 100000 1000000; do
             result=$(run_bench --mode "$mode" "${v6[@]}" --flows "$flows" --frame-len 60)
             echo "$mode,$family,$flows,60,false,$result" >> "$OUT_CSV"
             rows+="| $mode | $family | $flows | 64 | ${result%,*} | ${result#*,} | $(awk -v a="${result%,*}" -v b="$testpmd_macswap" 'BEGIN { printf "%.2f", a / b }') |"$'\n'
@@ -92,6 +92,53 @@ for mode in dr nat fullnat tun; do
     echo "$mode,ipv4,new,60,true,$result" >> "$OUT_CSV"
     rows+="| $mode | ipv4 | every packet a new SYN | 64 | ${result%,*} | ${result#*,} | $(awk -v a="${result%,*}" -v b="$testpmd_macswap" 'BEGIN { printf "%.2f", a / b }') |"$'\n'
 done
+
+# Ten million concurrent flows (DR, IPv4): the connection table at 10M entries.
+result=$(run_bench --mode dr --flows 10000000 --frame-len 60)
+echo "dr,ipv4,10000000,60,false,$result" >> "$OUT_CSV"
+rows+="| dr | ipv4 | 10000000 | 64 | ${result%,*} | ${result#*,} | $(awk -v a="${result%,*}" -v b="$testpmd_macswap" 'BEGIN { printf "%.2f", a / b }') |"$'\n'
+
+# Scaling from one worker to two: workers share nothing on the packet path, so two independent workers (one
+# process per core) show what a second core adds on this machine.
+one=$(run_bench --mode dr --flows 1000 --frame-len 60)
+one=${one%,*}
+two=0
+if [ "$(nproc)" -ge 2 ]; then
+    "$SLUICE" bench --mode dr --flows 1000 --cpu 0 --seconds "$SECONDS_PER_RUN" 2> /dev/null | tail -1 > "$work/w0" &
+    "$SLUICE" bench --mode dr --flows 1000 --cpu 1 --seconds "$SECONDS_PER_RUN" 2> /dev/null | tail -1 > "$work/w1" &
+    wait
+    two=$(cat "$work/w0" "$work/w1" | sed -n 's/.*: \([0-9.]*\) Mpps.*/\1/p' | awk '{ s += $1 } END { printf "%.2f", s }')
+fi
+echo "workers,mpps" > bench/scaling.csv
+echo "1,$one" >> bench/scaling.csv
+echo "2,$two" >> bench/scaling.csv
+
+# Plots, when gnuplot is there (scripts/setup.sh installs it).
+if command -v gnuplot > /dev/null; then
+    for mode in dr nat fullnat tun; do
+        awk -F, -v m="$mode" '$1 == m && $2 == "ipv4" && $4 == 60 && $5 == "false" { print $3, $6 }' "$OUT_CSV" | sort -n > "$work/$mode.dat"
+    done
+    gnuplot <<GNUPLOT
+set terminal png size 900,540
+set output "bench/mpps-vs-flows.png"
+set title "sluice worker path, one core, IPv4, 64-byte frames"
+set xlabel "concurrent flows"
+set ylabel "Mpps"
+set logscale x
+set grid
+set key top right
+plot "$work/dr.dat" using 1:2 with linespoints title "dr", "$work/nat.dat" using 1:2 with linespoints title "nat", "$work/fullnat.dat" using 1:2 with linespoints title "fullnat", "$work/tun.dat" using 1:2 with linespoints title "tun"
+set output "bench/mpps-vs-workers.png"
+set title "sluice worker path, DR, IPv4, 1K flows: one and two workers"
+set xlabel "workers"
+unset logscale x
+set xtics 1
+set xrange [0.5:2.5]
+set yrange [0:*]
+set datafile separator ","
+plot "bench/scaling.csv" every ::1 using 1:2 with linespoints title "Mpps"
+GNUPLOT
+fi
 
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
 cat > "$OUT_MD" <<EOF
@@ -124,6 +171,21 @@ be that short and are 74 bytes. "vs macswap" is the ratio to dpdk-testpmd macswa
 | mode | family | flows | frame (bytes on the wire) | Mpps | ns/packet | vs macswap |
 |---|---|---|---|---|---|---|
 ${rows}
+## Scaling
+
+| workers | Mpps (DR, IPv4, 1K flows, 64 bytes) |
+|---|---|
+| 1 | ${one} |
+| 2 | ${two} |
+
+Two workers are two pinned cores running the worker path side by side; on this 2-core virtual machine the second
+core also carries the operating system. Plots: \`bench/mpps-vs-flows.png\`, \`bench/mpps-vs-workers.png\`.
+
+## Not measured here
+
+Cross-process traffic (dpdk-testpmd generating into sluice over net_memif) is not in this run: testpmd's txonly
+engine does not drain what sluice sends back, so sluice's transmit ring fills; a generator that also receives
+(pktgen-dpdk, TRex) is needed, see bench/README.md.
 EOF
 # Criterion figures and the profile live in bench/micro.md (criterion runs take minutes; rerun them by hand).
 cat bench/micro.md >> "$OUT_MD"

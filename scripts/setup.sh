@@ -10,6 +10,7 @@ packages=(
     libpcap-dev                    # net_pcap vdev
     iproute2 iputils-ping ethtool  # network namespaces and veth links for the end-to-end tests
     python3                        # the end-to-end tests' HTTP backends and client, demo summaries
+    gnuplot-nox                    # benchmark plots
 )
 
 sudo_cmd=()

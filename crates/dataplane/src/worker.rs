@@ -420,6 +420,15 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         if port >= self.ports.len() {
             return self.drop_frame(DropReason::NoRoute);
         }
+        // A connection is counted when it is opened, even if this first frame waits for neighbour resolution.
+        if forward.opened {
+            if let Some(backend) = forward
+                .backend
+                .and_then(|id| self.stats.backends.get(id.0 as usize))
+            {
+                bump(&backend.connections, 1);
+            }
+        }
         let Some(next_hop_mac) = forward
             .mac
             .or_else(|| self.state.neighbors.lookup(forward.next_hop))
@@ -448,9 +457,6 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
             } else {
                 bump(&backend.packets_in, 1);
                 bump(&backend.bytes_in, bytes);
-            }
-            if forward.opened {
-                bump(&backend.connections, 1);
             }
         }
         self.counters.forwarded += 1;

@@ -18,6 +18,11 @@ if [ "$(nproc)" -lt 2 ]; then WORKER_CPU=0; fi
 cargo build --release -q -p sluice
 SLUICE="${CARGO_TARGET_DIR:-target}/release/sluice"
 
+# Reserve 2 MB hugepages when there are too few and we may (scripts/setup.sh does the same).
+free_pages=$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)
+if [ "${free_pages:-0}" -lt 256 ] && [ -w /proc/sys/vm/nr_hugepages ]; then
+    echo $(($(cat /proc/sys/vm/nr_hugepages) + 512)) > /proc/sys/vm/nr_hugepages || true
+fi
 free_pages=$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)
 if [ "${free_pages:-0}" -ge 256 ]; then
     EAL_MEMORY='"--in-memory"'
@@ -154,20 +159,25 @@ if [ "$(nproc)" -ge 2 ]; then
     done
 fi
 
-# Scaling from one worker to two: workers share nothing on the packet path, so two independent workers (one
-# process per core) show what a second core adds on this machine.
-one=$(run_bench --mode dr --flows 1000 --frame-len 60)
-one=${one%,*}
-two=0
-if [ "$(nproc)" -ge 2 ]; then
-    "$SLUICE" bench --mode dr --flows 1000 --cpu 0 --seconds "$SECONDS_PER_RUN" 2> /dev/null | tail -1 > "$work/w0" &
-    "$SLUICE" bench --mode dr --flows 1000 --cpu 1 --seconds "$SECONDS_PER_RUN" 2> /dev/null | tail -1 > "$work/w1" &
-    wait
-    two=$(cat "$work/w0" "$work/w1" | sed -n 's/.*: \([0-9.]*\) Mpps.*/\1/p' | awk '{ s += $1 } END { printf "%.2f", s }')
-fi
-echo "workers,mpps" > bench/scaling.csv
-echo "1,$one" >> bench/scaling.csv
-echo "2,$two" >> bench/scaling.csv
+# Scaling from one worker to two, per mode: workers share nothing on the packet path, so two independent workers
+# (one process per core) show what a second core adds on this machine.
+echo "mode,workers,mpps" > bench/scaling.csv
+scaling_rows=""
+for mode in dr nat fullnat tun; do
+    one=$(run_bench --mode "$mode" --flows 1000 --frame-len 60)
+    one=${one%,*}
+    two=0
+    if [ "$(nproc)" -ge 2 ]; then
+        "$SLUICE" bench --mode "$mode" --flows 1000 --cpu 0 --seconds "$SECONDS_PER_RUN" 2> /dev/null | tail -1 > "$work/w0" &
+        "$SLUICE" bench --mode "$mode" --flows 1000 --cpu 1 --seconds "$SECONDS_PER_RUN" 2> /dev/null | tail -1 > "$work/w1" &
+        wait
+        two=$(cat "$work/w0" "$work/w1" | sed -n 's/.*: \([0-9.]*\) Mpps.*/\1/p' | awk '{ s += $1 } END { printf "%.2f", s }')
+    fi
+    echo "$mode,1,$one" >> bench/scaling.csv
+    echo "$mode,2,$two" >> bench/scaling.csv
+    scaling_rows+="| $mode | $one | $two |"$'\n'
+    awk -F, -v m="$mode" '$1 == m { print $2, $3 }' bench/scaling.csv > "$work/scaling-$mode.dat"
+done
 
 # Plots, when gnuplot is there (scripts/setup.sh installs it).
 if command -v gnuplot > /dev/null; then
@@ -185,14 +195,13 @@ set grid
 set key top right
 plot "$work/dr.dat" using 1:2 with linespoints title "dr", "$work/nat.dat" using 1:2 with linespoints title "nat", "$work/fullnat.dat" using 1:2 with linespoints title "fullnat", "$work/tun.dat" using 1:2 with linespoints title "tun"
 set output "bench/mpps-vs-workers.png"
-set title "sluice worker path, DR, IPv4, 1K flows: one and two workers"
+set title "sluice worker path, IPv4, 1K flows, 64-byte frames: one and two workers"
 set xlabel "workers"
 unset logscale x
 set xtics 1
 set xrange [0.5:2.5]
 set yrange [0:*]
-set datafile separator ","
-plot "bench/scaling.csv" every ::1 using 1:2 with linespoints title "Mpps"
+plot "$work/scaling-dr.dat" using 1:2 with linespoints title "dr", "$work/scaling-nat.dat" using 1:2 with linespoints title "nat", "$work/scaling-fullnat.dat" using 1:2 with linespoints title "fullnat", "$work/scaling-tun.dat" using 1:2 with linespoints title "tun"
 GNUPLOT
 fi
 
@@ -237,10 +246,11 @@ ceiling is the memif transfer itself.
 
 ## Scaling
 
-| workers | Mpps (DR, IPv4, 1K flows, 64 bytes) |
-|---|---|
-| 1 | ${one} |
-| 2 | ${two} |
+Mpps, IPv4, 1K flows, 64-byte frames:
+
+| mode | one worker | two workers |
+|---|---|---|
+${scaling_rows}
 
 Two workers are two pinned cores running the worker path side by side; on this 2-core virtual machine the second
 core also carries the operating system. Plots: \`bench/mpps-vs-flows.png\`, \`bench/mpps-vs-workers.png\`.

@@ -33,6 +33,42 @@ pub enum SchedulerKind {
     Mh,
 }
 
+impl ForwardingMode {
+    /// The mode named as in configurations and ipvsadm's vocabulary: `dr`, `nat`, `fullnat`, `tun`.
+    pub fn from_name(name: &str) -> Option<ForwardingMode> {
+        match name {
+            "dr" => Some(ForwardingMode::Dr),
+            "nat" => Some(ForwardingMode::Nat),
+            "fullnat" => Some(ForwardingMode::FullNat),
+            "tun" => Some(ForwardingMode::Tun),
+            _ => None,
+        }
+    }
+}
+
+impl SchedulerKind {
+    /// Every scheduler's name, as IPVS names them.
+    pub const NAMES: &'static str = "rr, wrr, lc, wlc, sed, nq, lblc, lblcr, dh, sh or mh";
+
+    /// The scheduler named `name` (IPVS names).
+    pub fn from_name(name: &str) -> Option<SchedulerKind> {
+        Some(match name {
+            "rr" => SchedulerKind::Rr,
+            "wrr" => SchedulerKind::Wrr,
+            "lc" => SchedulerKind::Lc,
+            "wlc" => SchedulerKind::Wlc,
+            "sed" => SchedulerKind::Sed,
+            "nq" => SchedulerKind::Nq,
+            "lblc" => SchedulerKind::Lblc,
+            "lblcr" => SchedulerKind::Lblcr,
+            "dh" => SchedulerKind::Dh,
+            "sh" => SchedulerKind::Sh,
+            "mh" => SchedulerKind::Mh,
+            _ => return None,
+        })
+    }
+}
+
 /// A backend's identity that stays the same across configuration changes for as long as the backend exists.
 ///
 /// The control plane assigns it; per-core state (connection counts, statistics) is indexed by it so that a new

@@ -821,40 +821,25 @@ fn validate_service(
             ))
         }
     };
-    let mode = match raw.mode.get_ref().as_str() {
-        "dr" => ForwardingMode::Dr,
-        "nat" => ForwardingMode::Nat,
-        "fullnat" => ForwardingMode::FullNat,
-        "tun" => ForwardingMode::Tun,
-        other => {
-            return Err(locator.error_at(
-                &raw.mode.span(),
-                format!("service mode: {other:?} is not allowed; use dr, nat, fullnat or tun"),
-            ))
-        }
-    };
-    let scheduler = match raw.scheduler.get_ref().as_str() {
-        "rr" => SchedulerKind::Rr,
-        "wrr" => SchedulerKind::Wrr,
-        "lc" => SchedulerKind::Lc,
-        "wlc" => SchedulerKind::Wlc,
-        "sed" => SchedulerKind::Sed,
-        "nq" => SchedulerKind::Nq,
-        "lblc" => SchedulerKind::Lblc,
-        "lblcr" => SchedulerKind::Lblcr,
-        "dh" => SchedulerKind::Dh,
-        "sh" => SchedulerKind::Sh,
-        "mh" => SchedulerKind::Mh,
-        other => {
-            return Err(locator.error_at(
-                &raw.scheduler.span(),
-                format!(
-                    "service scheduler: {other:?} is not allowed; use rr, wrr, lc, wlc, sed, nq, lblc, lblcr, dh, sh \
-                     or mh"
-                ),
-            ))
-        }
-    };
+    let mode = ForwardingMode::from_name(raw.mode.get_ref()).ok_or_else(|| {
+        locator.error_at(
+            &raw.mode.span(),
+            format!(
+                "service mode: {:?} is not allowed; use dr, nat, fullnat or tun",
+                raw.mode.get_ref()
+            ),
+        )
+    })?;
+    let scheduler = SchedulerKind::from_name(raw.scheduler.get_ref()).ok_or_else(|| {
+        locator.error_at(
+            &raw.scheduler.span(),
+            format!(
+                "service scheduler: {:?} is not allowed; use {}",
+                raw.scheduler.get_ref(),
+                SchedulerKind::NAMES
+            ),
+        )
+    })?;
     let port = *raw.port.get_ref();
     let key = ServiceKey {
         vip,

@@ -238,31 +238,14 @@ fn edit(control: &mut ControlLoop, verb: &str, args: &[&str]) -> Result<String, 
     };
     match verb {
         "add-service" => {
-            let mode = match args.get(2).copied() {
-                Some("dr") => ForwardingMode::Dr,
-                Some("nat") => ForwardingMode::Nat,
-                Some("fullnat") => ForwardingMode::FullNat,
-                Some("tun") => ForwardingMode::Tun,
-                other => return Err(format!("mode {other:?}: dr, nat, fullnat or tun")),
-            };
-            let scheduler = match args.get(3).copied().unwrap_or("mh") {
-                "rr" => SchedulerKind::Rr,
-                "wrr" => SchedulerKind::Wrr,
-                "lc" => SchedulerKind::Lc,
-                "wlc" => SchedulerKind::Wlc,
-                "sed" => SchedulerKind::Sed,
-                "nq" => SchedulerKind::Nq,
-                "lblc" => SchedulerKind::Lblc,
-                "lblcr" => SchedulerKind::Lblcr,
-                "dh" => SchedulerKind::Dh,
-                "sh" => SchedulerKind::Sh,
-                "mh" => SchedulerKind::Mh,
-                other => {
-                    return Err(format!(
-                    "scheduler {other:?} is not one of rr wrr lc wlc sed nq lblc lblcr dh sh mh"
-                ))
-                }
-            };
+            let mode = args
+                .get(2)
+                .and_then(|name| ForwardingMode::from_name(name))
+                .ok_or("the mode is dr, nat, fullnat or tun")?;
+            let scheduler_name = args.get(3).copied().unwrap_or("mh");
+            let scheduler = SchedulerKind::from_name(scheduler_name).ok_or_else(|| {
+                format!("scheduler {scheduler_name:?}: use {}", SchedulerKind::NAMES)
+            })?;
             control.edit(|config| {
                 if config.services.iter().any(|s| s.key == key) {
                     return Err(format!("service {name} exists"));

@@ -595,7 +595,22 @@ impl WorkerState {
                 return Action::Handoff { worker: owner };
             }
         }
-        let Some(hit) = self.conns.lookup(&flow, now_ms) else {
+        self.reply_to_client(snapshot, layout, now_ms, |client| Rewrite::Source {
+            addr: client.dst_addr,
+            port: client.dst_port,
+        })
+    }
+
+    /// A backend's reply on the worker that owns its connection: accounted, and sent back towards the client with
+    /// `rewrite` (made from the client's flow key); dropped when no connection holds it.
+    fn reply_to_client(
+        &mut self,
+        snapshot: &Snapshot,
+        layout: &FrameLayout,
+        now_ms: u64,
+        rewrite: impl FnOnce(&FlowKey) -> Rewrite,
+    ) -> Action {
+        let Some(hit) = self.conns.lookup(&layout.flow, now_ms) else {
             return Action::Drop(DropReason::NoConnection);
         };
         let Some(conn) = self.conns.get(hit.id).copied() else {
@@ -610,10 +625,7 @@ impl WorkerState {
         };
         forward(
             route,
-            Rewrite::Source {
-                addr: conn.client.dst_addr,
-                port: conn.client.dst_port,
-            },
+            rewrite(&conn.client),
             Some(conn.backend),
             false,
             true,
@@ -640,31 +652,14 @@ impl WorkerState {
                 None => return Action::Drop(DropReason::NoConnection),
             }
         }
-        let Some(hit) = self.conns.lookup(&flow, now_ms) else {
-            return Action::Drop(DropReason::NoConnection);
-        };
-        let Some(conn) = self.conns.get(hit.id).copied() else {
-            return Action::Drop(DropReason::NoConnection);
-        };
-        if hit.direction != Direction::Reply {
-            return Action::Drop(DropReason::NoConnection);
-        }
-        self.account(hit.id, Direction::Reply, layout.tcp_flags, now_ms);
-        let Some(route) = snapshot.route(conn.client.src_addr) else {
-            return Action::Drop(DropReason::NoRoute);
-        };
-        forward(
-            route,
+        self.reply_to_client(snapshot, layout, now_ms, |client| {
             Rewrite::SourceAndDestination {
-                src: conn.client.dst_addr,
-                src_port: conn.client.dst_port,
-                dst: conn.client.src_addr,
-                dst_port: conn.client.src_port,
-            },
-            Some(conn.backend),
-            false,
-            true,
-        )
+                src: client.dst_addr,
+                src_port: client.dst_port,
+                dst: client.src_addr,
+                dst_port: client.src_port,
+            }
+        })
     }
 
     /// An ICMP error quoting `inner` (the offending packet as its sender sent it).

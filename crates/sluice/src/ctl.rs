@@ -68,17 +68,15 @@ impl Endpoints {
         while let Some(Ok((stream, _))) =
             self.socket.as_ref().map(|(listener, _)| listener.accept())
         {
-            {
-                let _ = stream.set_nonblocking(false);
-                let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-                let mut reader = BufReader::new(&stream);
-                let mut line = String::new();
-                if reader.read_line(&mut line).is_err() {
-                    continue;
-                }
-                let answer = self.command(line.trim(), control, config_path);
-                let _ = (&stream).write_all(answer.as_bytes());
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+            let mut reader = BufReader::new(&stream);
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
             }
+            let answer = self.command(line.trim(), control, config_path);
+            let _ = (&stream).write_all(answer.as_bytes());
         }
         if let Some(listener) = &self.metrics {
             while let Ok((mut stream, _)) = listener.accept() {
@@ -147,10 +145,9 @@ impl Endpoints {
                             .0 as usize;
                         let (now_counts, before) = (sample.get(id), previous.get(id));
                         let rate = |i: usize| {
-                            let delta = now_counts.map_or(0, |c| c[i])
-                                - before
-                                    .map_or(0, |c| c[i])
-                                    .min(now_counts.map_or(0, |c| c[i]));
+                            let delta = now_counts
+                                .map_or(0, |c| c[i])
+                                .saturating_sub(before.map_or(0, |c| c[i]));
                             (delta as f64 / seconds) as u64
                         };
                         out.push_str(&format!(

@@ -64,9 +64,9 @@ impl Progress {
 
 fn eal_arguments(config: &Config) -> Vec<String> {
     let mut args = config.eal_args.clone();
-    let has_cores = args.iter().any(|arg| {
-        arg == "-l" || arg == "-c" || arg.starts_with("--lcores") || arg.starts_with("-l")
-    });
+    let has_cores = args
+        .iter()
+        .any(|arg| arg.starts_with("-l") || arg == "-c" || arg.starts_with("--lcores"));
     if !has_cores {
         // The main thread only watches; it shares the first worker's CPU.
         args.push("-l".into());

@@ -252,13 +252,18 @@ pub struct WorkerState {
 
 impl WorkerState {
     /// Removes dead connections (at most `budget` slots examined) and expired persistence entries, keeping the
-    /// connection counts right. Call once per burst.
+    /// connection counts right. The persistence table is swept only while it holds entries.
     pub fn expire(&mut self, now_ms: u64, budget: usize) -> usize {
+        if budget == 0 {
+            return 0;
+        }
         let load = &mut self.load;
         let removed = self.conns.expire(now_ms, budget, |conn| {
             load.connection_closed(conn.backend, conn.is_active())
         });
-        self.persistence.expire(now_ms, budget);
+        if !self.persistence.is_empty() {
+            self.persistence.expire(now_ms, budget);
+        }
         removed
     }
 

@@ -3,6 +3,7 @@
 
 pub mod conntrack;
 pub mod decision;
+pub mod expiry;
 pub mod maglev;
 pub mod neighbor;
 pub mod persistence;

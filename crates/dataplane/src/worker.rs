@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use balancer::decision::{Action, DropReason, Forward, Rewrite, WorkerState, WorkerTables};
+use balancer::expiry::ExpiryPacer;
 use balancer::neighbor::ResolutionThrottle;
 use crossbeam::channel::{Receiver, Sender};
 use crossbeam::queue::ArrayQueue;
@@ -41,8 +42,9 @@ pub struct WorkerConfig {
     pub burst: usize,
     /// Transmit attempts for a burst before the rest is dropped and counted.
     pub tx_attempts: u32,
-    /// Connection-table slots examined for expiry per poll.
-    pub expire_budget: usize,
+    /// Every connection-table slot passes under the expiry hand once in this many milliseconds; the sweep runs
+    /// at most once per millisecond, so idle polls cost nothing.
+    pub expire_sweep_ms: u64,
     /// Minimum interval between two resolution requests for one address.
     pub resolve_interval_ms: u64,
 }
@@ -52,7 +54,7 @@ impl Default for WorkerConfig {
         WorkerConfig {
             burst: 32,
             tx_attempts: 4,
-            expire_budget: 64,
+            expire_sweep_ms: 10_000,
             resolve_interval_ms: 1000,
         }
     }
@@ -179,6 +181,7 @@ struct Engine<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     counters: Counters,
     stats: Arc<WorkerStats>,
     throttle: ResolutionThrottle,
+    expiry: ExpiryPacer,
     config: WorkerConfig,
 }
 
@@ -197,6 +200,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
         config: WorkerConfig,
     ) -> Worker<R, T> {
         let pending = ports.iter().map(|_| Burst::new()).collect();
+        let expiry = ExpiryPacer::new(state.conns.capacity(), config.expire_sweep_ms);
         let stats = Arc::new(WorkerStats {
             backends: (0..COUNTED_BACKENDS)
                 .map(|_| BackendCounters::default())
@@ -217,6 +221,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 counters: Counters::default(),
                 stats: Arc::clone(&stats),
                 throttle: ResolutionThrottle::new(1024, config.resolve_interval_ms),
+                expiry,
                 config: WorkerConfig {
                     burst: config.burst.clamp(1, MAX_BURST),
                     ..config
@@ -289,7 +294,8 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             engine.handle(handoff.frame, handoff.ingress, true, now_ms);
         }
         engine.flush_all();
-        engine.state.expire(now_ms, engine.config.expire_budget);
+        let budget = engine.expiry.budget(now_ms);
+        engine.state.expire(now_ms, budget);
         self.publish();
         received_total
     }

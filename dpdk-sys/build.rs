@@ -88,7 +88,6 @@ fn main() {
         .allowlist_var("LCORE_ID_ANY")
         .opaque_type("rte_arp_hdr")
         .opaque_type("rte_arp_ipv4")
-        .opaque_type("rte_mbuf")
         .opaque_type("rte_mempool")
         .opaque_type("rte_l2tpv2_combined_msg_hdr")
         .derive_default(true)

@@ -55,3 +55,14 @@ int shim_errno(void) { return rte_errno; }
 uint64_t shim_rdtsc(void) { return rte_rdtsc(); }
 
 uint64_t shim_tsc_hz(void) { return rte_get_tsc_hz(); }
+
+void shim_mbuf_layout(uint32_t out[8]) {
+    out[0] = offsetof(struct rte_mbuf, buf_addr);
+    out[1] = offsetof(struct rte_mbuf, data_off);
+    out[2] = offsetof(struct rte_mbuf, nb_segs);
+    out[3] = offsetof(struct rte_mbuf, port);
+    out[4] = offsetof(struct rte_mbuf, ol_flags);
+    out[5] = offsetof(struct rte_mbuf, data_len);
+    out[6] = offsetof(struct rte_mbuf, hash);
+    out[7] = sizeof(struct rte_mbuf);
+}

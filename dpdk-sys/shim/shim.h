@@ -2,6 +2,7 @@
 #ifndef SLUICE_DPDK_SHIM_H
 #define SLUICE_DPDK_SHIM_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <rte_config.h>
 #include <rte_eal.h>
@@ -36,5 +37,7 @@ unsigned int shim_lcore_id(void);
 int shim_errno(void);
 uint64_t shim_rdtsc(void);
 uint64_t shim_tsc_hz(void);
+/* Offsets of the rte_mbuf fields Rust reads inline, and its size, as this compiler lays them out. */
+void shim_mbuf_layout(uint32_t out[8]);
 
 #endif

@@ -351,6 +351,17 @@ impl WorkerState {
             }
         }
 
+        // The common case first: a whole datagram to a service, found with one probe (a service's address is
+        // always an owned VIP).
+        if layout.fragment == Fragment::None {
+            if let Some((index, service)) =
+                snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)
+            {
+                return self.request_to(
+                    snapshot, schedulers, layout, index, service, handed_off, now_ms,
+                );
+            }
+        }
         if let Some(owned) = snapshot.owned(flow.dst_addr) {
             if owned.vip {
                 if let Some(action) = self.request(snapshot, schedulers, layout, handed_off, now_ms)
@@ -391,10 +402,34 @@ impl WorkerState {
         }
         let (service_index, service) =
             snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)?;
+        Some(self.request_to(
+            snapshot,
+            schedulers,
+            layout,
+            service_index,
+            service,
+            handed_off,
+            now_ms,
+        ))
+    }
+
+    /// A whole datagram to `service` (at `service_index` in the snapshot).
+    #[allow(clippy::too_many_arguments)]
+    fn request_to(
+        &mut self,
+        snapshot: &Snapshot,
+        schedulers: &mut [Option<IpvsScheduler>],
+        layout: &FrameLayout,
+        service_index: u32,
+        service: &Service,
+        handed_off: bool,
+        now_ms: u64,
+    ) -> Action {
+        let flow = layout.flow;
         if !handed_off && self.place.software_steering {
             let owner = self.request_owner(&flow);
             if owner != self.place.index {
-                return Some(Action::Handoff { worker: owner });
+                return Action::Handoff { worker: owner };
             }
         }
 
@@ -403,7 +438,7 @@ impl WorkerState {
                 if let Some(conn) = self.conns.get(hit.id).copied() {
                     if snapshot.backend(conn.backend).is_some() {
                         self.account(hit.id, Direction::Original, layout.tcp_flags, now_ms);
-                        return Some(forward_request(snapshot, service, &conn, layout, false));
+                        return forward_request(snapshot, service, &conn, layout, false);
                     }
                     // The backend was removed: the flow is scheduled again as a new one.
                     if let Some(dead) = self.conns.remove(hit.id) {
@@ -411,19 +446,19 @@ impl WorkerState {
                     }
                 }
             } else {
-                return Some(Action::Drop(DropReason::NoConnection));
+                return Action::Drop(DropReason::NoConnection);
             }
         }
 
         let schedules_any_packet = service.scheduler == SchedulerKind::Mh;
         let is_syn = layout.tcp_flags & (tcp_flags::SYN | tcp_flags::RST) == tcp_flags::SYN;
         if flow.protocol == packet::flow::ip_protocol::TCP && !is_syn && !schedules_any_packet {
-            return Some(Action::Drop(DropReason::NoConnection));
+            return Action::Drop(DropReason::NoConnection);
         }
 
         let Some(backend_index) = self.schedule(schedulers, service_index, service, &flow, now_ms)
         else {
-            return Some(Action::Drop(DropReason::NoBackend));
+            return Action::Drop(DropReason::NoBackend);
         };
         let backend = &service.backends[backend_index];
         let target = Target {
@@ -445,11 +480,11 @@ impl WorkerState {
             });
         match inserted {
             Ok(id) => {
-                let conn = *self.conns.get(id)?;
+                let Some(conn) = self.conns.get(id).copied() else {
+                    return Action::Drop(DropReason::ConnectionRejected);
+                };
                 self.load.connection_opened(conn.backend, conn.is_active());
-                Some(opened(forward_request(
-                    snapshot, service, &conn, layout, false,
-                )))
+                opened(forward_request(snapshot, service, &conn, layout, false))
             }
             Err(error) => {
                 let untracked = Conn {
@@ -469,13 +504,11 @@ impl WorkerState {
                 match (service.mode, error) {
                     // DR and TUN need no state to forward: keep the service up when the table is full.
                     (ForwardingMode::Dr | ForwardingMode::Tun, InsertError::TableFull) => {
-                        Some(forward_request(snapshot, service, &untracked, layout, true))
+                        forward_request(snapshot, service, &untracked, layout, true)
                     }
-                    (_, InsertError::TableFull) => Some(Action::Drop(DropReason::TableFull)),
-                    (_, InsertError::LocalPort(_)) => {
-                        Some(Action::Drop(DropReason::LocalPortsExhausted))
-                    }
-                    _ => Some(Action::Drop(DropReason::ConnectionRejected)),
+                    (_, InsertError::TableFull) => Action::Drop(DropReason::TableFull),
+                    (_, InsertError::LocalPort(_)) => Action::Drop(DropReason::LocalPortsExhausted),
+                    _ => Action::Drop(DropReason::ConnectionRejected),
                 }
             }
         }

@@ -2,7 +2,7 @@
 //! balancer owns, connected subnets and gateways. The control thread builds it off the data path and shares it
 //! read-only (`Arc<Snapshot>`); a worker swaps to a newer one between bursts and never sees a half-built table.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hashbrown::HashMap;
 use thiserror::Error;
@@ -155,21 +155,58 @@ pub struct BackendPlace {
     pub index: u32,
 }
 
+/// The key of the snapshot's per-packet maps: an address as 128 bits with port, protocol and family packed in one
+/// word, so that a probe hashes two integers instead of walking `IpAddr` enums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct PlaceKey {
+    addr: u128,
+    /// port << 16 | protocol << 8 | 1 for IPv6.
+    rest: u32,
+}
+
+impl PlaceKey {
+    #[inline]
+    fn new(addr: IpAddr, port: u16, protocol: u8) -> PlaceKey {
+        let (bits, v6) = match addr {
+            IpAddr::V4(v4) => (u128::from(u32::from(v4)), 0),
+            IpAddr::V6(v6) => (u128::from(v6), 1),
+        };
+        PlaceKey {
+            addr: bits,
+            rest: u32::from(port) << 16 | u32::from(protocol) << 8 | v6,
+        }
+    }
+
+    /// The key of an address alone (port and protocol zero).
+    #[inline]
+    fn address(addr: IpAddr) -> PlaceKey {
+        PlaceKey::new(addr, 0, 0)
+    }
+
+    fn ip(&self) -> IpAddr {
+        if self.rest & 1 == 1 {
+            IpAddr::V6(Ipv6Addr::from(self.addr))
+        } else {
+            IpAddr::V4(Ipv4Addr::from(self.addr as u32))
+        }
+    }
+}
+
 /// The read-only forwarding state of one configuration generation.
 #[derive(Debug)]
 pub struct Snapshot {
     pub generation: u64,
     services: Vec<Service>,
-    by_key: HashMap<ServiceKey, u32>,
+    by_key: HashMap<PlaceKey, u32>,
     /// Indexed by backend id: ids are small and dense (the control plane hands them out in order), and this
     /// lookup is on every packet of every tracked flow.
     by_backend: Vec<Option<BackendPlace>>,
     /// NAT backends' (address, port, protocol) -> service index, to recognise their replies.
-    nat_backends: HashMap<(IpAddr, u16, u8), u32>,
+    nat_backends: HashMap<PlaceKey, u32>,
     /// (VIP, protocol) -> the service that takes fragments without ports: the all-ports service, else the only
     /// service of the VIP and protocol; absent when that is ambiguous.
-    fragment_services: HashMap<(IpAddr, u8), u32>,
-    owned: HashMap<IpAddr, OwnedAddress>,
+    fragment_services: HashMap<PlaceKey, u32>,
+    owned: HashMap<PlaceKey, OwnedAddress>,
     ports: Vec<PortSpec>,
     gateways: Vec<GatewaySpec>,
     local_ports: PortPartition,
@@ -180,20 +217,29 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds generation `generation` from `spec`. Maglev tables are built here: call it off the data path.
     pub fn build(spec: &SnapshotSpec, generation: u64) -> Result<Snapshot, SnapshotError> {
-        let mut owned: HashMap<IpAddr, OwnedAddress> = HashMap::new();
+        let mut owned: HashMap<PlaceKey, OwnedAddress> = HashMap::new();
         for port in &spec.ports {
             for &(addr, _) in &port.addresses {
-                owned.entry(addr).or_default().port_address = true;
+                owned
+                    .entry(PlaceKey::address(addr))
+                    .or_default()
+                    .port_address = true;
             }
         }
         for &addr in &spec.local_addresses {
-            owned.entry(addr).or_default().local_address = true;
+            owned
+                .entry(PlaceKey::address(addr))
+                .or_default()
+                .local_address = true;
         }
         for addr in [spec.tunnel_source_v4, spec.tunnel_source_v6]
             .into_iter()
             .flatten()
         {
-            owned.entry(addr).or_default().tunnel_source = true;
+            owned
+                .entry(PlaceKey::address(addr))
+                .or_default()
+                .tunnel_source = true;
         }
         for gateway in &spec.gateways {
             if usize::from(gateway.port) >= spec.ports.len() {
@@ -223,14 +269,22 @@ impl Snapshot {
         for service_spec in &spec.services {
             let service_index = snapshot.services.len() as u32;
             let name = describe_service(&service_spec.key);
+            let key = service_spec.key;
             if snapshot
                 .by_key
-                .insert(service_spec.key, service_index)
+                .insert(
+                    PlaceKey::new(key.vip, key.port, key.protocol),
+                    service_index,
+                )
                 .is_some()
             {
                 return Err(SnapshotError::DuplicateService(name));
             }
-            snapshot.owned.entry(service_spec.key.vip).or_default().vip = true;
+            snapshot
+                .owned
+                .entry(PlaceKey::address(key.vip))
+                .or_default()
+                .vip = true;
             let vip_is_v4 = service_spec.key.vip.is_ipv4();
 
             let mut routes = Vec::with_capacity(service_spec.backends.len());
@@ -275,7 +329,7 @@ impl Snapshot {
                 }
                 snapshot.max_backend_id = snapshot.max_backend_id.max(backend.id.0);
                 if service_spec.mode == ForwardingMode::Nat {
-                    let key = (backend.addr, backend.port, service_spec.key.protocol);
+                    let key = PlaceKey::new(backend.addr, backend.port, service_spec.key.protocol);
                     if let Some(&other) = snapshot.nat_backends.get(&key) {
                         return Err(SnapshotError::SharedNatBackend {
                             backend: backend_name,
@@ -331,7 +385,9 @@ impl Snapshot {
         }
         for (key, (count, last, all_ports)) in per_vip {
             if let Some(index) = all_ports.or((count == 1).then_some(last)) {
-                snapshot.fragment_services.insert(key, index);
+                snapshot
+                    .fragment_services
+                    .insert(PlaceKey::new(key.0, 0, key.1), index);
             }
         }
         Ok(snapshot)
@@ -340,7 +396,9 @@ impl Snapshot {
     /// The service that takes fragments carrying no ports for `vip` over `protocol`.
     #[inline]
     pub fn fragment_service(&self, vip: IpAddr, protocol: u8) -> Option<(u32, &Service)> {
-        let index = *self.fragment_services.get(&(vip, protocol))?;
+        let index = *self
+            .fragment_services
+            .get(&PlaceKey::new(vip, 0, protocol))?;
         Some((index, &self.services[index as usize]))
     }
 
@@ -349,18 +407,8 @@ impl Snapshot {
     pub fn service_for(&self, vip: IpAddr, port: u16, protocol: u8) -> Option<(u32, &Service)> {
         let index = self
             .by_key
-            .get(&ServiceKey {
-                vip,
-                port,
-                protocol,
-            })
-            .or_else(|| {
-                self.by_key.get(&ServiceKey {
-                    vip,
-                    port: 0,
-                    protocol,
-                })
-            })?;
+            .get(&PlaceKey::new(vip, port, protocol))
+            .or_else(|| self.by_key.get(&PlaceKey::new(vip, 0, protocol)))?;
         Some((*index, &self.services[*index as usize]))
     }
 
@@ -390,19 +438,21 @@ impl Snapshot {
         port: u16,
         protocol: u8,
     ) -> Option<&Service> {
-        let index = self.nat_backends.get(&(addr, port, protocol))?;
+        let index = self
+            .nat_backends
+            .get(&PlaceKey::new(addr, port, protocol))?;
         Some(&self.services[*index as usize])
     }
 
     /// Whether, and as what, the balancer owns `addr`.
     #[inline]
     pub fn owned(&self, addr: IpAddr) -> Option<OwnedAddress> {
-        self.owned.get(&addr).copied()
+        self.owned.get(&PlaceKey::address(addr)).copied()
     }
 
     /// Every address the balancer answers ARP/ND for.
     pub fn owned_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        self.owned.keys().copied()
+        self.owned.keys().map(PlaceKey::ip)
     }
 
     /// The route to `addr`: the longest matching connected subnet, else the gateway of its family.

@@ -22,9 +22,24 @@ pub trait Frame: Send {
     fn rss_hash(&self) -> Option<u32> {
         None
     }
+    /// Whether the device verified the IPv4 header checksum and found it good (the parser then skips it).
+    #[inline]
+    fn ipv4_checksum_good(&self) -> bool {
+        false
+    }
     /// Hint that the frame's first bytes will be read soon.
     #[inline]
     fn prefetch(&self) {}
+    /// Hint that the frame's descriptor (where its length and data offset live) will be read soon.
+    #[inline]
+    fn prefetch_header(&self) {}
+    /// Frees every frame of `frames` at once, leaving it empty (devices return buffers to their pool in bulk).
+    fn free_burst(frames: &mut Burst<Self>)
+    where
+        Self: Sized,
+    {
+        frames.clear();
+    }
 }
 
 /// A worker's receive queue on one port.

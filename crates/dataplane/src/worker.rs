@@ -166,8 +166,12 @@ pub struct Worker<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     updates: TableUpdates,
     trace: Option<TraceChannel>,
     stats: Arc<WorkerStats>,
-    /// The burst being worked on; a field of its own so that handling its frames can borrow the engine.
+    /// The burst being worked on, and its frames' layouts: fields of their own so that handling the frames can
+    /// borrow the engine.
     received: Burst<R::Frame>,
+    layouts: Box<[FrameLayout]>,
+    /// Whether `layouts[i]` holds a good parse of frame i.
+    parsed: [bool; MAX_BURST],
 }
 
 /// What handles one frame: the balancing state, the ports' transmit side and the counters.
@@ -182,6 +186,8 @@ struct Engine<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     stats: Arc<WorkerStats>,
     throttle: ResolutionThrottle,
     expiry: ExpiryPacer,
+    /// Frames dropped this poll, freed together.
+    dropped: Burst<R::Frame>,
     config: WorkerConfig,
 }
 
@@ -222,6 +228,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 stats: Arc::clone(&stats),
                 throttle: ResolutionThrottle::new(1024, config.resolve_interval_ms),
                 expiry,
+                dropped: Burst::new(),
                 config: WorkerConfig {
                     burst: config.burst.clamp(1, MAX_BURST),
                     ..config
@@ -232,6 +239,8 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             trace: None,
             stats,
             received: Burst::new(),
+            layouts: vec![packet::EMPTY_LAYOUT; MAX_BURST].into_boxed_slice(),
+            parsed: [false; MAX_BURST],
         }
     }
 
@@ -276,14 +285,30 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 .rx_burst(&mut self.received, engine.config.burst);
             received_total += received;
             engine.counters.rx += received as u64;
-            let mut frames = self.received.drain(..);
-            let mut next = frames.next();
-            while let Some(frame) = next {
-                next = frames.next();
-                if let Some(upcoming) = &next {
-                    upcoming.prefetch();
+            if received == 0 {
+                continue;
+            }
+            // Stage the burst: bring every frame's headers in, parse them all, then decide and act on each.
+            for frame in &self.received {
+                frame.prefetch();
+            }
+            for ((frame, layout), parsed) in self
+                .received
+                .iter()
+                .zip(self.layouts.iter_mut())
+                .zip(self.parsed.iter_mut())
+            {
+                *parsed =
+                    packet::parse_frame_into(frame.data(), frame.ipv4_checksum_good(), layout)
+                        .is_ok();
+            }
+            for (index, frame) in self.received.drain(..).enumerate() {
+                if self.parsed[index] {
+                    engine.handle(frame, &self.layouts[index], port as u16, false, now_ms);
+                } else {
+                    engine.counters.rx_bytes += frame.data().len() as u64;
+                    engine.drop_frame(frame, DropReason::Malformed);
                 }
-                engine.handle(frame, port as u16, false, now_ms);
             }
         }
         for _ in 0..engine.config.burst {
@@ -291,9 +316,17 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 break;
             };
             engine.counters.handoffs_received += 1;
-            engine.handle(handoff.frame, handoff.ingress, true, now_ms);
+            let layout = &mut self.layouts[0];
+            let frame = handoff.frame;
+            if packet::parse_frame_into(frame.data(), frame.ipv4_checksum_good(), layout).is_ok() {
+                engine.handle(frame, layout, handoff.ingress, true, now_ms);
+            } else {
+                engine.counters.rx_bytes += frame.data().len() as u64;
+                engine.drop_frame(frame, DropReason::Malformed);
+            }
         }
         engine.flush_all();
+        R::Frame::free_burst(&mut engine.dropped);
         let budget = engine.expiry.budget(now_ms);
         engine.state.expire(now_ms, budget);
         self.publish();
@@ -363,55 +396,61 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
 }
 
 impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
-    fn handle(&mut self, mut frame: R::Frame, ingress: u16, handed_off: bool, now_ms: u64) {
+    fn handle(
+        &mut self,
+        mut frame: R::Frame,
+        layout: &FrameLayout,
+        ingress: u16,
+        handed_off: bool,
+        now_ms: u64,
+    ) {
         self.counters.rx_bytes += frame.data().len() as u64;
-        let layout = match packet::parse_frame(frame.data()) {
-            Ok(layout) => layout,
-            Err(_) => return self.drop_frame(DropReason::Malformed),
-        };
         let action = self
             .state
-            .decide(&mut self.tables, &layout, handed_off, now_ms);
+            .decide(&mut self.tables, layout, handed_off, now_ms);
         match action {
-            Action::Forward(forward) => self.forward(frame, &layout, forward, now_ms),
+            Action::Forward(forward) => self.forward(frame, layout, forward, now_ms),
             Action::AnswerArp => {
                 let mac = self.port_mac(ingress);
-                match packet::answer_arp(frame.data_mut(), &layout, mac) {
+                match packet::answer_arp(frame.data_mut(), layout, mac) {
                     Ok(()) => self.answer(frame, ingress),
-                    Err(_) => self.drop_frame(DropReason::RewriteFailed),
+                    Err(_) => self.drop_frame(frame, DropReason::RewriteFailed),
                 }
             }
-            Action::AnswerEcho => match packet::answer_echo(frame.data_mut(), &layout) {
+            Action::AnswerEcho => match packet::answer_echo(frame.data_mut(), layout) {
                 Ok(()) => self.answer(frame, ingress),
-                Err(_) => self.drop_frame(DropReason::RewriteFailed),
+                Err(_) => self.drop_frame(frame, DropReason::RewriteFailed),
             },
             Action::AnswerNeighborSolicitation => {
                 let mac = self.port_mac(ingress);
-                let answered = packet::answer_neighbor_solicitation(frame.data_mut(), &layout, mac);
+                let answered = packet::answer_neighbor_solicitation(frame.data_mut(), layout, mac);
                 match answered {
                     Ok(len) if frame.resize(len) => self.answer(frame, ingress),
-                    _ => self.drop_frame(DropReason::RewriteFailed),
+                    _ => self.drop_frame(frame, DropReason::RewriteFailed),
                 }
             }
-            Action::TooBig { from, mtu } => self.too_big(&frame, &layout, ingress, from, mtu),
+            Action::TooBig { from, mtu } => {
+                self.too_big(&frame, layout, ingress, from, mtu);
+                self.dropped_already_counted(frame);
+            }
             Action::ToKernel => match &mut self.kernel {
                 Some((_, pending)) => {
                     self.counters.to_kernel += 1;
-                    if pending.try_push(frame).is_err() {
-                        self.counters.drops[DropReason::TxFull.index()] += 1;
+                    if let Err(full) = pending.try_push(frame) {
+                        self.drop_frame(full.element(), DropReason::TxFull);
                     }
                 }
-                None => self.drop_frame(DropReason::NotOurs),
+                None => self.drop_frame(frame, DropReason::NotOurs),
             },
             Action::Handoff { worker } => match self.peers.get(usize::from(worker)) {
                 Some(ring) => match ring.push(Handoff { frame, ingress }) {
                     Ok(()) => self.counters.handed_off += 1,
-                    Err(_) => self.drop_frame(DropReason::HandoffFull),
+                    Err(Handoff { frame, .. }) => self.drop_frame(frame, DropReason::HandoffFull),
                 },
-                None => self.drop_frame(DropReason::HandoffFull),
+                None => self.drop_frame(frame, DropReason::HandoffFull),
             },
             Action::Consumed => {}
-            Action::Drop(reason) => self.drop_frame(reason),
+            Action::Drop(reason) => self.drop_frame(frame, reason),
         }
     }
 
@@ -424,7 +463,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     ) {
         let port = usize::from(forward.port);
         if port >= self.ports.len() {
-            return self.drop_frame(DropReason::NoRoute);
+            return self.drop_frame(frame, DropReason::NoRoute);
         }
         // A connection is counted when it is opened, even if this first frame waits for neighbour resolution.
         if forward.opened {
@@ -440,14 +479,14 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
             .or_else(|| self.state.neighbors.lookup(forward.next_hop))
         else {
             self.resolve(forward.port, forward.next_hop, now_ms);
-            return self.drop_frame(DropReason::NeighborUnresolved);
+            return self.drop_frame(frame, DropReason::NeighborUnresolved);
         };
         if rewrite(&mut frame, layout, forward.rewrite).is_err() {
-            return self.drop_frame(DropReason::RewriteFailed);
+            return self.drop_frame(frame, DropReason::RewriteFailed);
         }
         let source_mac = self.ports[port].mac;
         if packet::set_macs(frame.data_mut(), source_mac, next_hop_mac).is_err() {
-            return self.drop_frame(DropReason::RewriteFailed);
+            return self.drop_frame(frame, DropReason::RewriteFailed);
         }
         if forward.untracked {
             self.counters.untracked += 1;
@@ -488,10 +527,10 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
             .get_mut(port)
             .and_then(|queues| queues.tx.alloc())
         else {
-            return self.drop_frame(DropReason::TooBig);
+            return self.count_drop(DropReason::TooBig);
         };
         if !answer.resize(TOO_BIG_ROOM) {
-            return self.drop_frame(DropReason::TooBig);
+            return self.count_drop(DropReason::TooBig);
         }
         match packet::build_too_big(answer.data_mut(), original.data(), layout, from, mtu) {
             Ok(len) if answer.resize(len) => {
@@ -499,7 +538,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
                 self.counters.drops[DropReason::TooBig.index()] += 1;
                 self.answer(answer, ingress);
             }
-            _ => self.drop_frame(DropReason::TooBig),
+            _ => self.count_drop(DropReason::TooBig),
         }
     }
 
@@ -546,13 +585,31 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         if self.pending[port].is_full() {
             self.flush(port);
         }
-        if self.pending[port].try_push(frame).is_err() {
-            self.counters.drops[DropReason::TxFull.index()] += 1;
+        if let Err(full) = self.pending[port].try_push(frame) {
+            self.drop_frame(full.element(), DropReason::TxFull);
         }
     }
 
-    fn drop_frame(&mut self, reason: DropReason) {
+    /// Counts `frame` as dropped for `reason` and keeps it to be freed with the others at the end of the poll.
+    #[inline]
+    fn drop_frame(&mut self, frame: R::Frame, reason: DropReason) {
+        self.count_drop(reason);
+        self.dropped_already_counted(frame);
+    }
+
+    #[inline]
+    fn count_drop(&mut self, reason: DropReason) {
         self.counters.drops[reason.index()] += 1;
+    }
+
+    /// Keeps a frame whose fate is already counted, to be freed in bulk.
+    #[inline]
+    fn dropped_already_counted(&mut self, frame: R::Frame) {
+        if self.dropped.is_full() {
+            R::Frame::free_burst(&mut self.dropped);
+        }
+        // Cannot fail: the burst was emptied when full.
+        let _ = self.dropped.try_push(frame);
     }
 
     fn flush(&mut self, port: usize) {
@@ -606,7 +663,7 @@ fn transmit<T: TxQueue>(
     }
     if !pending.is_empty() {
         drops[DropReason::TxFull.index()] += pending.len() as u64;
-        pending.clear();
+        T::Frame::free_burst(pending);
     }
     sent
 }

@@ -4,9 +4,9 @@
 //! How the pieces fit:
 //! ```text
 //! let eal = Eal::init(&args)?;                                 // once per process
-//! let pool = Mempool::new("rx", 8191, 256, DEFAULT_DATA_ROOM, SOCKET_ANY)?;
+//! let pool = Arc::new(Mempool::new("rx", 8191, 256, DEFAULT_DATA_ROOM, SOCKET_ANY)?);
 //! let port = Port::configure(&eal, eal.port_by_name("net_ring0").unwrap(), &PortConfig::default(), &pool)?;
-//! let (mut rx, mut tx) = (port.rx_queue(0)?, port.tx_queue(0)?);   // one pair per worker
+//! let (mut rx, mut tx) = (port.rx_queue(0)?, port.tx_queue(0, &pool)?);   // one pair per worker
 //! spawn_worker(1, "worker-0", move || { /* rx.rx_burst(..) / tx.tx_burst(..) */ })?;
 //! ```
 //! Without hugepages pass `--no-huge -m 1024` to the EAL (plus `--in-memory` or a unique `--file-prefix` so that
@@ -23,7 +23,6 @@ use std::os::raw::{c_char, c_int};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use arrayvec::ArrayVec;
 use dataplane::io::{Burst, Frame, RxQueue as RxQueueTrait, TxQueue as TxQueueTrait, MAX_BURST};
 use dpdk_sys as sys;
 use thiserror::Error;
@@ -286,11 +285,21 @@ impl Drop for Mempool {
 }
 
 /// An owned packet buffer (single segment); dropping it returns it to its pool.
+///
+/// `repr(transparent)` over the mbuf pointer, so a burst of `Mbuf`s is the `struct rte_mbuf *` array the burst
+/// functions take: received and transmitted bursts pass without copying. The fields the data path reads (data
+/// offset and length, offload flags, RSS hash) are read inline from bindgen's layout of `struct rte_mbuf`, which
+/// a test checks against the C compiler's offsets.
 #[derive(Debug)]
+#[repr(transparent)]
 pub struct Mbuf(NonNull<sys::rte_mbuf>);
 
 // SAFETY: an mbuf is owned by exactly one Mbuf value; moving it to another thread moves that ownership.
 unsafe impl Send for Mbuf {}
+
+const OL_RSS_HASH: u64 = sys::RTE_MBUF_F_RX_RSS_HASH as u64;
+const OL_IP_CKSUM_MASK: u64 = sys::RTE_MBUF_F_RX_IP_CKSUM_MASK as u64;
+const OL_IP_CKSUM_GOOD: u64 = sys::RTE_MBUF_F_RX_IP_CKSUM_GOOD as u64;
 
 impl Mbuf {
     /// A new empty buffer from `pool`, or `None` when the pool is empty.
@@ -299,53 +308,61 @@ impl Mbuf {
         NonNull::new(unsafe { sys::shim_pktmbuf_alloc(pool.as_ptr()) }).map(Mbuf)
     }
 
-    /// Takes ownership of a raw mbuf.
-    ///
-    /// # Safety
-    /// `raw` must be a valid mbuf that nothing else owns or frees.
-    unsafe fn from_raw(raw: NonNull<sys::rte_mbuf>) -> Mbuf {
-        Mbuf(raw)
-    }
-
     fn as_ptr(&self) -> *mut sys::rte_mbuf {
         self.0.as_ptr()
     }
 
-    /// Length of the first segment's data.
-    pub fn len(&self) -> usize {
-        // SAFETY: self owns a valid mbuf.
-        usize::from(unsafe { sys::shim_data_len(self.as_ptr()) })
+    #[inline(always)]
+    fn header(&self) -> &sys::rte_mbuf {
+        // SAFETY: self owns a valid mbuf for its whole life; the shared borrow of self keeps it from changing.
+        unsafe { self.0.as_ref() }
     }
 
+    /// Length of the first segment's data.
+    #[inline]
+    pub fn len(&self) -> usize {
+        usize::from(self.header().data_len)
+    }
+
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The port the buffer was received on.
+    #[inline]
     pub fn port(&self) -> u16 {
-        // SAFETY: self owns a valid mbuf.
-        unsafe { sys::shim_port(self.as_ptr()) }
+        self.header().port
     }
 
     /// Whether the frame is in one segment (sluice only forwards those).
     pub fn is_contiguous(&self) -> bool {
-        // SAFETY: self owns a valid mbuf.
-        unsafe { sys::shim_is_contiguous(self.as_ptr()) != 0 }
+        self.header().nb_segs == 1
+    }
+
+    #[inline(always)]
+    fn data_ptr(&self) -> *mut u8 {
+        let header = self.header();
+        // buf_addr + data_off is rte_pktmbuf_mtod: the first byte of the frame inside the buffer.
+        header
+            .buf_addr
+            .cast::<u8>()
+            .wrapping_add(usize::from(header.data_off))
     }
 
     /// Bytes of the first segment.
+    #[inline]
     pub fn data(&self) -> &[u8] {
-        let len = self.len();
         // SAFETY: the first segment's data pointer addresses `data_len` initialised bytes owned by this mbuf,
         // valid while self is borrowed.
-        unsafe { std::slice::from_raw_parts(sys::shim_mtod(self.as_ptr()), len) }
+        unsafe { std::slice::from_raw_parts(self.data_ptr(), self.len()) }
     }
 
     /// Mutable bytes of the first segment.
+    #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
-        let len = self.len();
         // SAFETY: as data(); the exclusive borrow of self makes the slice unique.
-        unsafe { std::slice::from_raw_parts_mut(sys::shim_mtod(self.as_ptr()), len) }
+        unsafe { std::slice::from_raw_parts_mut(self.data_ptr(), self.len()) }
     }
 
     /// Grows the data by `len` bytes at the front; false when the headroom is too small.
@@ -373,16 +390,20 @@ impl Mbuf {
     }
 
     /// The device's RSS hash, when it set one.
+    #[inline]
     pub fn rss_hash(&self) -> Option<u32> {
-        let mut hash = 0u32;
-        // SAFETY: self owns a valid mbuf; hash is a valid out pointer.
-        (unsafe { sys::shim_rss_hash(self.as_ptr(), &mut hash) } != 0).then_some(hash)
+        let header = self.header();
+        if header.ol_flags & OL_RSS_HASH == 0 {
+            return None;
+        }
+        // SAFETY: `hash.rss` is the union member the driver writes when it sets RTE_MBUF_F_RX_RSS_HASH.
+        Some(unsafe { header.__bindgen_anon_2.hash.rss })
     }
 
-    fn into_raw(self) -> *mut sys::rte_mbuf {
-        let raw = self.as_ptr();
-        std::mem::forget(self);
-        raw
+    /// Whether the device verified the IPv4 header checksum and found it good.
+    #[inline]
+    pub fn ipv4_checksum_good(&self) -> bool {
+        self.header().ol_flags & OL_IP_CKSUM_MASK == OL_IP_CKSUM_GOOD
     }
 }
 
@@ -391,6 +412,18 @@ impl Drop for Mbuf {
         // SAFETY: self owns the mbuf and nothing uses it after this.
         unsafe { sys::shim_pktmbuf_free(self.as_ptr()) }
     }
+}
+
+/// Hints the CPU to load the cache line at `address` (any address: a prefetch never faults).
+#[inline(always)]
+fn prefetch_line(address: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is a hint with no architectural effect; it is defined for every address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(address.cast())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = address;
 }
 
 impl Frame for Mbuf {
@@ -429,9 +462,32 @@ impl Frame for Mbuf {
     }
 
     #[inline]
+    fn ipv4_checksum_good(&self) -> bool {
+        Mbuf::ipv4_checksum_good(self)
+    }
+
+    #[inline]
     fn prefetch(&self) {
-        // SAFETY: prefetching is a hint; any address is allowed, and this one is the frame's data.
-        unsafe { sys::shim_prefetch0(sys::shim_mtod(self.as_ptr()) as *const _) }
+        prefetch_line(self.data_ptr());
+    }
+
+    #[inline]
+    fn prefetch_header(&self) {
+        prefetch_line(self.as_ptr().cast());
+    }
+
+    fn free_burst(frames: &mut Burst<Mbuf>) {
+        let count = frames.len();
+        if count == 0 {
+            return;
+        }
+        // SAFETY: Mbuf is repr(transparent) over the mbuf pointer, so the burst is an array of `count` valid mbuf
+        // pointers this burst owns; after the bulk free the length is set to zero without running Drop, so no
+        // mbuf is freed twice.
+        unsafe {
+            sys::rte_pktmbuf_free_bulk(frames.as_mut_ptr().cast(), count as u32);
+            frames.set_len(0);
+        }
     }
 }
 
@@ -471,6 +527,8 @@ pub struct DeviceInfo {
     /// Flow types the device can hash for RSS (0: no RSS).
     pub rss_offloads: u64,
     pub rss_key_size: u8,
+    /// Receive offloads the device offers (`RTE_ETH_RX_OFFLOAD_*`).
+    pub rx_offloads: u64,
 }
 
 /// Port counters as the device reports them.
@@ -500,6 +558,8 @@ pub struct Port {
     rx_queues: u16,
     tx_queues: u16,
     rss: bool,
+    /// The pool the receive queues fill from: held so that no safe code can free it under a running port.
+    _pool: std::sync::Arc<Mempool>,
 }
 
 fn port_error(port: u16, operation: &'static str, code: c_int) -> DpdkError {
@@ -518,7 +578,7 @@ impl Port {
         _eal: &Eal,
         id: u16,
         config: &PortConfig,
-        pool: &Mempool,
+        pool: &std::sync::Arc<Mempool>,
     ) -> Result<Port, DpdkError> {
         let info = device_info(id)?;
         let mut conf = sys::rte_eth_conf::default();
@@ -537,6 +597,13 @@ impl Port {
         if let Some(mtu) = config.mtu {
             conf.rxmode.mtu = u32::from(mtu);
         }
+        // What the device can tell about each frame saves the worker work: a verified IPv4 header checksum, and
+        // the RSS hash when the device spreads flows.
+        let mut wanted = u64::from(sys::RTE_ETH_RX_OFFLOAD_IPV4_CKSUM);
+        if rss {
+            wanted |= u64::from(sys::RTE_ETH_RX_OFFLOAD_RSS_HASH);
+        }
+        conf.rxmode.offloads = wanted & info.rx_offloads;
         // SAFETY: conf is a valid, fully initialised configuration; DPDK copies what it needs (including the key).
         let result =
             unsafe { sys::rte_eth_dev_configure(id, config.rx_queues, config.tx_queues, &conf) };
@@ -556,8 +623,8 @@ impl Port {
         let socket = unsafe { sys::rte_eth_dev_socket_id(id) };
         let socket = if socket < 0 { 0 } else { socket as u32 };
         for queue in 0..config.rx_queues {
-            // SAFETY: the port is configured; a NULL rxconf selects the driver default; the pool outlives the port
-            // in every caller (it is created first and dropped after).
+            // SAFETY: the port is configured; a NULL rxconf selects the driver default; the port holds the pool, so
+            // it outlives the queues.
             let result = unsafe {
                 sys::rte_eth_rx_queue_setup(
                     id,
@@ -597,6 +664,7 @@ impl Port {
             rx_queues: config.rx_queues,
             tx_queues: config.tx_queues,
             rss,
+            _pool: std::sync::Arc::clone(pool),
         })
     }
 
@@ -716,6 +784,7 @@ fn device_info(id: u16) -> Result<DeviceInfo, DpdkError> {
         max_tx_queues: info.max_tx_queues,
         rss_offloads: info.flow_type_rss_offloads,
         rss_key_size: info.hash_key_size,
+        rx_offloads: info.rx_offload_capa,
     })
 }
 
@@ -738,22 +807,20 @@ pub struct RxQueue {
 }
 
 impl RxQueue {
-    /// Receives up to `max` frames into `burst`; returns how many. Never allocates.
+    /// Receives up to `max` frames into `burst`; returns how many. Never allocates or copies the pointers.
     #[inline]
     pub fn rx_burst(&mut self, burst: &mut Burst<Mbuf>, max: usize) -> usize {
+        let len = burst.len();
         let room = burst.remaining_capacity().min(max).min(MAX_BURST);
-        let mut raw: [*mut sys::rte_mbuf; MAX_BURST] = [std::ptr::null_mut(); MAX_BURST];
-        // SAFETY: raw has room for `room` pointers; this queue is owned by one thread (RxQueue is not Sync or
-        // Clone).
-        let received =
-            unsafe { sys::shim_rx_burst(self.port, self.queue, raw.as_mut_ptr(), room as u16) };
-        for &mbuf in &raw[..usize::from(received)] {
-            if let Some(mbuf) = NonNull::new(mbuf) {
-                // SAFETY: the driver handed us ownership of each received mbuf.
-                burst.push(unsafe { Mbuf::from_raw(mbuf) });
-            }
+        // SAFETY: Mbuf is repr(transparent) over a non-null mbuf pointer, so the burst's spare capacity is room
+        // for `room` such pointers; the driver writes `received` valid mbufs it hands over to us, and only those
+        // become part of the burst. This queue is owned by one thread (RxQueue is neither Sync nor Clone).
+        unsafe {
+            let spare = burst.as_mut_ptr().add(len).cast::<*mut sys::rte_mbuf>();
+            let received = sys::shim_rx_burst(self.port, self.queue, spare, room as u16);
+            burst.set_len(len + usize::from(received));
+            usize::from(received)
         }
-        usize::from(received)
     }
 }
 
@@ -775,24 +842,33 @@ pub struct TxQueue {
 }
 
 impl TxQueue {
-    /// Sends frames from the front of `burst`, removing those the device took; returns how many. Never allocates.
+    /// Sends frames from the front of `burst`, removing those the device took; returns how many. Never allocates
+    /// or copies the pointers.
     #[inline]
     pub fn tx_burst(&mut self, burst: &mut Burst<Mbuf>) -> usize {
         let count = burst.len();
         if count == 0 {
             return 0;
         }
-        let mut raw: ArrayVec<*mut sys::rte_mbuf, MAX_BURST> =
-            burst.iter().map(Mbuf::as_ptr).collect();
-        // SAFETY: raw holds `count` valid mbufs owned by `burst`; the queue is owned by one thread.
-        let sent = usize::from(unsafe {
-            sys::shim_tx_burst(self.port, self.queue, raw.as_mut_ptr(), count as u16)
-        });
-        // The device now owns the first `sent` mbufs: forget them without freeing.
-        for mbuf in burst.drain(..sent) {
-            let _ = mbuf.into_raw();
+        // SAFETY: the burst is an array of `count` valid mbuf pointers (Mbuf is repr(transparent)) that it owns.
+        // The device takes ownership of the first `sent`; those leave the burst without running Drop (the
+        // untaken rest moves to the front), so each mbuf keeps exactly one owner. The queue is owned by one
+        // thread.
+        unsafe {
+            let frames = burst.as_mut_ptr();
+            let sent = usize::from(sys::shim_tx_burst(
+                self.port,
+                self.queue,
+                frames.cast(),
+                count as u16,
+            ));
+            let rest = count - sent;
+            if sent > 0 && rest > 0 {
+                std::ptr::copy(frames.add(sent), frames, rest);
+            }
+            burst.set_len(rest);
+            sent
         }
-        sent
     }
 }
 
@@ -862,6 +938,25 @@ pub fn spawn_worker<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fields read inline must sit where the C compiler puts them in this DPDK's `struct rte_mbuf`.
+    #[test]
+    fn mbuf_layout_matches_the_c_compiler() {
+        let mut c = [0u32; 8];
+        // SAFETY: the shim writes exactly eight values into the array.
+        unsafe { sys::shim_mbuf_layout(c.as_mut_ptr()) };
+        let rust = [
+            std::mem::offset_of!(sys::rte_mbuf, buf_addr),
+            std::mem::offset_of!(sys::rte_mbuf, data_off),
+            std::mem::offset_of!(sys::rte_mbuf, nb_segs),
+            std::mem::offset_of!(sys::rte_mbuf, port),
+            std::mem::offset_of!(sys::rte_mbuf, ol_flags),
+            std::mem::offset_of!(sys::rte_mbuf, data_len),
+            std::mem::offset_of!(sys::rte_mbuf, __bindgen_anon_2),
+            std::mem::size_of::<sys::rte_mbuf>(),
+        ];
+        assert_eq!(rust.map(|offset| offset as u32), c);
+    }
 
     #[test]
     fn vdev_names_are_read_from_both_argument_forms() {

@@ -14,7 +14,10 @@ pub use answer::{
     build_neighbor_solicitation, build_too_big,
 };
 pub use flow::{ip_protocol, FlowKey};
-pub use parse::{parse_frame, ArpFacts, Fragment, FrameLayout, IcmpKind, ParseError, L3};
+pub use parse::{
+    parse_frame, parse_frame_into, ArpFacts, Fragment, FrameLayout, IcmpKind, ParseError,
+    EMPTY_LAYOUT, L3,
+};
 pub use rewrite::{
     decapsulate, encapsulate, rewrite_destination, rewrite_icmp_error_destination,
     rewrite_icmp_error_source, rewrite_source, set_macs, IPV4_HEADER_LEN, IPV6_HEADER_LEN,

@@ -199,6 +199,38 @@ pub(crate) fn read_mac(bytes: &[u8], at: usize) -> Result<[u8; 6], ParseError> {
 
 /// Classifies `frame` in one pass.
 pub fn parse_frame(frame: &[u8]) -> Result<FrameLayout, ParseError> {
+    let mut layout = EMPTY_LAYOUT;
+    parse_frame_into(frame, false, &mut layout)?;
+    Ok(layout)
+}
+
+/// An empty layout, to parse into with [`parse_frame_into`].
+pub const EMPTY_LAYOUT: FrameLayout = FrameLayout {
+    l2_len: 0,
+    vlan_tags: 0,
+    vlan_id: None,
+    l3: L3::Other(0),
+    l3_offset: 0,
+    l4_offset: 0,
+    l3_len: 0,
+    protocol: 0,
+    ttl: 0,
+    flow: UNSPECIFIED_FLOW,
+    fragment: Fragment::None,
+    tcp_flags: 0,
+    icmp: IcmpKind::None,
+    arp: None,
+};
+
+/// [`parse_frame`] into a layout the caller keeps (a worker parses a whole burst into one array, so nothing is
+/// copied). `ipv4_checksum_verified`: the device checked the IPv4 header checksum and found it good, so it is not
+/// summed again. On error `layout` holds partial facts and must not be used.
+#[inline]
+pub fn parse_frame_into(
+    frame: &[u8],
+    ipv4_checksum_verified: bool,
+    layout: &mut FrameLayout,
+) -> Result<(), ParseError> {
     if frame.len() > usize::from(u16::MAX) {
         return Err(ParseError::Unsupported("frame longer than 65535 bytes"));
     }
@@ -215,30 +247,27 @@ pub fn parse_frame(frame: &[u8]) -> Result<FrameLayout, ParseError> {
         offset += 4;
         ether_type = read_u16(frame, offset)?;
     }
-    let l2_len = offset + 2;
-    let mut layout = FrameLayout {
-        l2_len: l2_len as u16,
-        vlan_tags,
-        vlan_id,
-        l3: L3::Other(ether_type),
-        l3_offset: l2_len as u16,
-        l4_offset: l2_len as u16,
-        l3_len: 0,
-        protocol: 0,
-        ttl: 0,
-        flow: UNSPECIFIED_FLOW,
-        fragment: Fragment::None,
-        tcp_flags: 0,
-        icmp: IcmpKind::None,
-        arp: None,
-    };
+    let l2_len = offset as u16 + 2;
+    layout.l2_len = l2_len;
+    layout.vlan_tags = vlan_tags;
+    layout.vlan_id = vlan_id;
+    layout.l3 = L3::Other(ether_type);
+    layout.l3_offset = l2_len;
+    layout.l4_offset = l2_len;
+    layout.l3_len = 0;
+    layout.protocol = 0;
+    layout.ttl = 0;
+    layout.flow = UNSPECIFIED_FLOW;
+    layout.fragment = Fragment::None;
+    layout.tcp_flags = 0;
+    layout.icmp = IcmpKind::None;
+    layout.arp = None;
     match ether_type {
-        ethertype::ARP => parse_arp(frame, &mut layout)?,
-        ethertype::IPV4 => parse_ipv4(frame, &mut layout)?,
-        ethertype::IPV6 => parse_ipv6(frame, &mut layout)?,
-        _ => {}
+        ethertype::ARP => parse_arp(frame, layout),
+        ethertype::IPV4 => parse_ipv4(frame, layout, ipv4_checksum_verified),
+        ethertype::IPV6 => parse_ipv6(frame, layout),
+        _ => Ok(()),
     }
-    Ok(layout)
 }
 
 fn parse_arp(frame: &[u8], layout: &mut FrameLayout) -> Result<(), ParseError> {
@@ -260,7 +289,11 @@ fn parse_arp(frame: &[u8], layout: &mut FrameLayout) -> Result<(), ParseError> {
     Ok(())
 }
 
-fn parse_ipv4(frame: &[u8], layout: &mut FrameLayout) -> Result<(), ParseError> {
+fn parse_ipv4(
+    frame: &[u8],
+    layout: &mut FrameLayout,
+    checksum_verified: bool,
+) -> Result<(), ParseError> {
     let l3 = usize::from(layout.l3_offset);
     let first = read_u8(frame, l3)?;
     if first >> 4 != 4 {
@@ -282,7 +315,7 @@ fn parse_ipv4(frame: &[u8], layout: &mut FrameLayout) -> Result<(), ParseError> 
     if frame.len() < l3 + total {
         return Err(ParseError::Truncated);
     }
-    if checksum::fold(checksum::sum(header)) != 0xffff {
+    if !checksum_verified && checksum::fold(checksum::sum(header)) != 0xffff {
         return Err(ParseError::Malformed("IPv4 header checksum"));
     }
     let fragment_word = read_u16(header, 6)?;

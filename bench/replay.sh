@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# The headline benchmark: sluice against dpdk-testpmd --forward-mode=macswap on the same net_pcap replay
+# (infinite_rx: the pcap's frames are received forever, transmitted frames are dropped by the vdev), one worker on
+# the same CPU, in the same run, interleaved round by round. A user with a traffic generator measures the same
+# thing: how much of what the device path can move does the balancer keep.
+#
+# Usage: bench/replay.sh SLUICE OUT_CSV [seconds per run] [rounds] [flow counts...]
+# Writes one CSV row per (mode, family, flows, round) and prints a Markdown table of medians on stdout.
+set -euo pipefail
+SLUICE=$1
+OUT_CSV=$2
+SECONDS_PER_RUN=${3:-3}
+ROUNDS=${4:-3}
+shift 4 || true
+FLOWS=("${@:-1000 100000 1000000}")
+# shellcheck disable=SC2206
+FLOWS=(${FLOWS[*]})
+WORKER_CPU=1
+if [ "$(nproc)" -lt 2 ]; then WORKER_CPU=0; fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# A replay holds every frame of its pcap in mbufs at once: 1M frames need about 2.4 GB of 2 MB pages.
+want_pages=2048
+if [ -w /proc/sys/vm/nr_hugepages ] && [ "$(cat /proc/sys/vm/nr_hugepages)" -lt "$want_pages" ]; then
+    echo "$want_pages" > /proc/sys/vm/nr_hugepages || true
+fi
+
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+testpmd_rate() { # pcap mbufs
+    local packets
+    packets=$( (echo start; sleep "$SECONDS_PER_RUN"; echo stop; sleep 0.5; echo quit) |
+        dpdk-testpmd --in-memory --no-pci --no-telemetry -l "0,$WORKER_CPU" \
+            --vdev="net_pcap0,rx_pcap=$1,infinite_rx=1" -- -i --forward-mode=macswap --nb-cores=1 --burst=32 \
+            --total-num-mbufs="$2" 2> /dev/null |
+        grep -A2 'Accumulated forward statistics' | sed -n 's/.*RX-packets: *\([0-9]*\).*/\1/p' | head -1)
+    awk -v p="${packets:-0}" -v s="$SECONDS_PER_RUN" 'BEGIN { printf "%.3f", p / s / 1e6 }'
+}
+
+sluice_config() { # mode family pcap mbufs
+    local mode=$1 family=$2 pcap=$3 mbufs=$4 vip net port_addr backend1 backend2 tunnel local
+    if [ "$family" = ipv4 ]; then
+        vip=10.0.0.100 port_addr=10.0.0.1/16 backend1=10.0.1.11 backend2=10.0.1.12 tunnel=10.0.0.1 local=10.0.2.5
+    else
+        vip=2001:db8::100 port_addr=2001:db8::1/64 backend1=2001:db8::1:11 backend2=2001:db8::1:12
+        tunnel=2001:db8::1 local=2001:db8::2:5
+    fi
+    net="tunnel_source_${family/ip/}= \"$tunnel\""
+    net=${net/tunnel_source_v4=/tunnel_source_v4 =}
+    net=${net/tunnel_source_v6=/tunnel_source_v6 =}
+    cat <<CONF
+[eal]
+args = ["--in-memory", "--no-pci", "--no-telemetry", "-l", "0"]
+[[port]]
+name = "wan"
+device = "net_pcap0,rx_pcap=$pcap,infinite_rx=1"
+addresses = ["$port_addr"]
+[workers]
+cores = [$WORKER_CPU]
+burst = 32
+mempool_size = $mbufs
+[network]
+conntrack_capacity = 2097152
+$net
+local_addresses = ["$local"]
+[[service]]
+vip = "$vip"
+port = 80
+protocol = "tcp"
+mode = "$mode"
+[[service.backend]]
+address = "$backend1"
+mac = "02:be:00:00:00:01"
+[[service.backend]]
+address = "$backend2"
+mac = "02:be:00:00:00:02"
+CONF
+}
+
+sluice_rate() { # config
+    "$SLUICE" run --config "$1" --duration-ms $((SECONDS_PER_RUN * 1000)) 2>&1 |
+        sed -n 's/.*rate \([0-9.]*\) Mpps.*/\1/p' | tail -1
+}
+
+echo "mode,family,flows,round,sluice_mpps,testpmd_mpps" > "$OUT_CSV"
+echo "| flows | family | testpmd macswap Mpps | DR Mpps | ratio | NAT | ratio | FULLNAT | ratio | TUN | ratio |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
+for flows in "${FLOWS[@]}"; do
+    for family in ipv4 ipv6; do
+        frames=$((flows > 8192 ? flows : 8192))
+        mbufs=$((frames + 16384))
+        pcap="$work/replay-$family-$flows.pcap"
+        vip=10.0.0.100
+        [ "$family" = ipv6 ] && vip=2001:db8::100
+        "$SLUICE" generate --out "$pcap" --vip "$vip" --flows "$flows" --frames "$frames" \
+            --dst-mac 02:00:00:00:00:01 > /dev/null
+        for mode in dr nat fullnat tun; do
+            sluice_config "$mode" "$family" "$pcap" "$mbufs" > "$work/$mode.toml"
+        done
+        for round in $(seq "$ROUNDS"); do
+            reference=$(testpmd_rate "$pcap" "$mbufs")
+            echo "$reference" >> "$work/testpmd-$family-$flows"
+            for mode in dr nat fullnat tun; do
+                rate=$(sluice_rate "$work/$mode.toml")
+                rate=${rate:-0}
+                echo "$mode,$family,$flows,$round,$rate,$reference" >> "$OUT_CSV"
+                echo "$rate" >> "$work/$mode-$family-$flows"
+                echo "replay $family $flows flows round $round: testpmd $reference, sluice $mode $rate Mpps" >&2
+            done
+        done
+        reference=$(median < "$work/testpmd-$family-$flows")
+        row="| $flows | $family | $reference |"
+        for mode in dr nat fullnat tun; do
+            rate=$(median < "$work/$mode-$family-$flows")
+            row+=" $rate | $(awk -v a="$rate" -v b="$reference" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }') |"
+        done
+        echo "$row"
+        rm -f "$pcap"
+    done
+done

@@ -832,7 +832,7 @@ impl WorkerState {
         if self.place.workers <= 1 {
             return 0;
         }
-        let hash = rss::tuple_hash(&rss::SYMMETRIC_KEY, src, dst, src_port, dst_port, true);
+        let hash = rss::SYMMETRIC_TABLE.tuple_hash(src, dst, src_port, dst_port, true);
         rss::queue_of(hash, u32::from(self.place.workers)) as u16
     }
 }

@@ -1,0 +1,112 @@
+//! ICMP errors about tracked flows: steered to the flow's owner and rewritten like the flow they quote.
+
+use packet::FlowKey;
+
+use super::{forward, not_ours, Action, DropReason, Rewrite, WorkerState};
+use crate::conntrack::Direction;
+use crate::service::ForwardingMode;
+use crate::snapshot::Snapshot;
+
+impl WorkerState {
+    /// An ICMP error quoting `inner` (the offending packet as its sender sent it).
+    pub(super) fn icmp_error(
+        &mut self,
+        snapshot: &Snapshot,
+        outer: &FlowKey,
+        inner: &FlowKey,
+        handed_off: bool,
+        now_ms: u64,
+    ) -> Action {
+        let quoted_flow = inner.reversed();
+        let owned = snapshot.owned(outer.dst_addr);
+        let owner = match owned {
+            // About a reply we (or a DR/TUN backend) sent from the VIP: the flow's request owner.
+            Some(owned) if owned.vip => self.request_owner(&quoted_flow),
+            // About a FULLNAT request we sent from a local address.
+            Some(owned) if owned.local_address => {
+                match snapshot.local_ports().owner_of(inner.src_port) {
+                    Some(owner) => owner,
+                    None => return Action::Drop(DropReason::IcmpErrorUnknownFlow),
+                }
+            }
+            Some(_) => return Action::Drop(DropReason::IcmpUnsupported),
+            // About a NAT request we sent to a backend: steer like its replies.
+            None => match snapshot.nat_service_of_backend(
+                inner.dst_addr,
+                inner.dst_port,
+                inner.protocol,
+            ) {
+                Some(service) => self.owner_of_tuple(
+                    service.key.vip,
+                    inner.src_addr,
+                    service.key.port,
+                    inner.src_port,
+                ),
+                None => return not_ours(snapshot),
+            },
+        };
+        // NICs hash ICMP on addresses alone, so errors are steered whatever the device does.
+        if !handed_off && self.place.workers > 1 && owner != self.place.index {
+            return Action::Handoff { worker: owner };
+        }
+        let Some(hit) = self.conns.lookup(&quoted_flow, now_ms) else {
+            return Action::Drop(DropReason::IcmpErrorUnknownFlow);
+        };
+        let Some(conn) = self.conns.get(hit.id).copied() else {
+            return Action::Drop(DropReason::IcmpErrorUnknownFlow);
+        };
+        let client = conn.client;
+        let backend = conn.backend_endpoint;
+        match hit.direction {
+            Direction::Original => {
+                let Some((service, _, route)) = snapshot.backend(conn.backend) else {
+                    return Action::Drop(DropReason::IcmpErrorUnknownFlow);
+                };
+                let rewrite = match conn.mode {
+                    ForwardingMode::Dr => Rewrite::MacsOnly,
+                    ForwardingMode::Tun => match service.tunnel_source {
+                        Some(outer_src) => Rewrite::Encapsulate {
+                            outer_src,
+                            outer_dst: backend.addr,
+                        },
+                        None => return Action::Drop(DropReason::IcmpUnsupported),
+                    },
+                    ForwardingMode::Nat => Rewrite::IcmpError {
+                        destination: Some((backend.addr, backend.addr, backend.port)),
+                        source: None,
+                    },
+                    ForwardingMode::FullNat => {
+                        let Some(local) = conn.local else {
+                            return Action::Drop(DropReason::IcmpErrorUnknownFlow);
+                        };
+                        Rewrite::IcmpError {
+                            destination: Some((backend.addr, backend.addr, backend.port)),
+                            source: Some((local.addr, local.addr, local.port)),
+                        }
+                    }
+                };
+                forward(*route, rewrite, Some(conn.backend), false, false)
+            }
+            Direction::Reply => {
+                let Some(route) = snapshot.route(client.src_addr) else {
+                    return Action::Drop(DropReason::NoRoute);
+                };
+                let source = Some((client.dst_addr, client.dst_addr, client.dst_port));
+                let rewrite = match conn.mode {
+                    ForwardingMode::Nat => Rewrite::IcmpError {
+                        destination: None,
+                        source,
+                    },
+                    ForwardingMode::FullNat => Rewrite::IcmpError {
+                        destination: Some((client.src_addr, client.src_addr, client.src_port)),
+                        source,
+                    },
+                    ForwardingMode::Dr | ForwardingMode::Tun => {
+                        return Action::Drop(DropReason::IcmpErrorUnknownFlow)
+                    }
+                };
+                forward(route, rewrite, Some(conn.backend), false, true)
+            }
+        }
+    }
+}

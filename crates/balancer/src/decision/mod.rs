@@ -1,0 +1,272 @@
+//! The forwarding decision: from a parsed frame, the current snapshot and one worker's state to exactly one
+//! [`Action`]. Pure apart from the worker's own state (connection table, scheduler positions, connection counts,
+//! persistence, and the shared neighbour table learned from ARP/ND); the data plane carries the action out.
+//!
+//! Which worker owns a flow: requests belong to the worker whose RSS queue the symmetric Toeplitz hash of the
+//! client<->VIP 4-tuple selects (what a NIC programmed with [`rss::SYMMETRIC_KEY`] does by itself); NAT replies to
+//! the same worker (the hash is taken over VIP and client, as the request's); FULLNAT replies to the worker that
+//! owns the local port (see [`PortPartition`](crate::port_alloc::PortPartition)). A frame that reached another
+//! worker is handed over.
+//!
+//! Fragments: every fragment of a datagram goes to the backend the service's Maglev table gives for the hash of
+//! source address, destination address and protocol (Maglev's own rule), without connection tracking, so that
+//! later fragments, which carry no ports, follow the first. Fragmented FULLNAT traffic and later fragments of NAT
+//! replies cannot be mapped without reassembly: they are dropped and counted.
+
+mod arp;
+mod fragment;
+mod icmp;
+mod reply;
+mod request;
+mod verdict;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use packet::{FlowKey, Fragment, FrameLayout, IcmpKind, L3};
+
+use crate::conntrack::{ConnTable, Direction};
+use crate::neighbor::NeighborTable;
+use crate::persistence::PersistenceTable;
+use crate::rss;
+use crate::scheduler::{IpvsScheduler, LoadTable};
+use crate::service::{BackendId, SchedulerKind};
+use crate::snapshot::{Route, Snapshot};
+
+pub use verdict::{Action, DropReason, Forward, Rewrite};
+
+/// Tables published with each snapshot, one set per worker: the snapshot and the per-service scheduler state
+/// (round-robin positions and locality sets start afresh with each publication).
+#[derive(Debug)]
+pub struct WorkerTables {
+    pub snapshot: Arc<Snapshot>,
+    schedulers: Vec<Option<IpvsScheduler>>,
+}
+
+impl WorkerTables {
+    /// Builds the scheduler state of every non-Maglev service of `snapshot`. Allocates: call it off the data path.
+    pub fn new(snapshot: Arc<Snapshot>) -> WorkerTables {
+        let schedulers = snapshot
+            .services()
+            .iter()
+            .map(|service| match service.scheduler {
+                SchedulerKind::Mh => None,
+                kind => IpvsScheduler::new(kind, &service.backends).ok(),
+            })
+            .collect();
+        WorkerTables {
+            snapshot,
+            schedulers,
+        }
+    }
+}
+
+/// Who a worker is among its peers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerPlace {
+    pub index: u16,
+    pub workers: u16,
+    /// Requests must be steered in software: the devices do not spread them with the symmetric key.
+    pub software_steering: bool,
+}
+
+/// One worker's own balancing state.
+#[derive(Debug)]
+pub struct WorkerState {
+    pub place: WorkerPlace,
+    pub conns: ConnTable,
+    pub load: LoadTable,
+    pub persistence: PersistenceTable,
+    pub neighbors: Arc<NeighborTable>,
+}
+
+impl WorkerState {
+    /// Removes dead connections (at most `budget` slots examined) and expired persistence entries, keeping the
+    /// connection counts right. The persistence table is swept only while it holds entries.
+    pub fn expire(&mut self, now_ms: u64, budget: usize) -> usize {
+        if budget == 0 {
+            return 0;
+        }
+        let load = &mut self.load;
+        let removed = self.conns.expire(now_ms, budget, |conn| {
+            load.connection_closed(conn.backend, conn.is_active())
+        });
+        if !self.persistence.is_empty() {
+            self.persistence.expire(now_ms, budget);
+        }
+        removed
+    }
+
+    /// The forwarding decision for a frame that arrived on port `ingress`, parsed as `layout`. `handed_off` marks
+    /// a frame another worker passed on: it is never passed on again.
+    pub fn decide(
+        &mut self,
+        tables: &mut WorkerTables,
+        layout: &FrameLayout,
+        handed_off: bool,
+        now_ms: u64,
+    ) -> Action {
+        // Split the borrow: the snapshot is read, the schedulers advance. No reference count is touched per frame.
+        let WorkerTables {
+            snapshot,
+            schedulers,
+        } = tables;
+        let snapshot: &Snapshot = snapshot;
+        match layout.l3 {
+            L3::Arp => self.arp(snapshot, layout),
+            L3::Ipv4 | L3::Ipv6 => self.ip(snapshot, schedulers, layout, handed_off, now_ms),
+            L3::Other(_) => not_ours(snapshot),
+        }
+    }
+
+    fn ip(
+        &mut self,
+        snapshot: &Snapshot,
+        schedulers: &mut [Option<IpvsScheduler>],
+        layout: &FrameLayout,
+        handed_off: bool,
+        now_ms: u64,
+    ) -> Action {
+        let flow = layout.flow;
+        match layout.icmp {
+            IcmpKind::None => {}
+            IcmpKind::Error { inner, .. } => {
+                return self.icmp_error(snapshot, &flow, &inner, handed_off, now_ms)
+            }
+            IcmpKind::EchoRequest => {
+                return match snapshot.owned(flow.dst_addr) {
+                    Some(_) => Action::AnswerEcho,
+                    None => not_ours(snapshot),
+                }
+            }
+            IcmpKind::NeighborSolicitation { target } => {
+                return match snapshot.owned(IpAddr::V6(target)) {
+                    Some(_) => Action::AnswerNeighborSolicitation,
+                    None => Action::Drop(DropReason::NeighborNotForUs),
+                }
+            }
+            IcmpKind::NeighborAdvertisement { target, target_mac } => {
+                return match target_mac {
+                    Some(mac) => match self.neighbors.learn(IpAddr::V6(target), mac) {
+                        Ok(()) => Action::Consumed,
+                        Err(_) => Action::Drop(DropReason::NeighborTableFull),
+                    },
+                    None => Action::Drop(DropReason::NeighborNotForUs),
+                }
+            }
+            IcmpKind::EchoReply | IcmpKind::Other => {
+                return match snapshot.owned(flow.dst_addr) {
+                    Some(_) => Action::Drop(DropReason::IcmpUnsupported),
+                    None => not_ours(snapshot),
+                }
+            }
+        }
+
+        // The common case first: a whole datagram to a service, found with one probe (a service's address is
+        // always an owned VIP).
+        if layout.fragment == Fragment::None {
+            if let Some((index, service)) =
+                snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)
+            {
+                return self.request_to(
+                    snapshot, schedulers, layout, index, service, handed_off, now_ms,
+                );
+            }
+        }
+        if let Some(owned) = snapshot.owned(flow.dst_addr) {
+            if owned.vip {
+                if let Some(action) = self.request(snapshot, schedulers, layout, handed_off, now_ms)
+                {
+                    return action;
+                }
+            }
+            if owned.local_address {
+                return self.fullnat_reply(snapshot, layout, handed_off, now_ms);
+            }
+            return if snapshot.kernel_exception_path() {
+                Action::ToKernel
+            } else {
+                Action::Drop(DropReason::NoService)
+            };
+        }
+        if let Some(service) =
+            snapshot.nat_service_of_backend(flow.src_addr, flow.src_port, flow.protocol)
+        {
+            let (vip, vport) = (service.key.vip, service.key.port);
+            return self.nat_reply(snapshot, layout, vip, vport, handed_off, now_ms);
+        }
+        not_ours(snapshot)
+    }
+
+    /// Advances the connection's state and moves its backend between the active and inactive counts.
+    fn account(
+        &mut self,
+        id: crate::conntrack::ConnId,
+        direction: Direction,
+        flags: u8,
+        now_ms: u64,
+    ) {
+        let Some(transition) = self.conns.touch(id, direction, flags, now_ms) else {
+            return;
+        };
+        if transition.was_active != transition.is_active {
+            if let Some(conn) = self.conns.get(id) {
+                if transition.is_active {
+                    self.load.became_active(conn.backend);
+                } else {
+                    self.load.became_inactive(conn.backend);
+                }
+            }
+        }
+    }
+
+    fn request_owner(&self, flow: &FlowKey) -> u16 {
+        self.owner_of_tuple(flow.src_addr, flow.dst_addr, flow.src_port, flow.dst_port)
+    }
+
+    fn owner_of_tuple(&self, src: IpAddr, dst: IpAddr, src_port: u16, dst_port: u16) -> u16 {
+        if self.place.workers <= 1 {
+            return 0;
+        }
+        let hash = rss::SYMMETRIC_TABLE.tuple_hash(src, dst, src_port, dst_port, true);
+        rss::queue_of(hash, u32::from(self.place.workers)) as u16
+    }
+}
+
+pub(super) fn not_ours(snapshot: &Snapshot) -> Action {
+    if snapshot.kernel_exception_path() {
+        Action::ToKernel
+    } else {
+        Action::Drop(DropReason::NotOurs)
+    }
+}
+
+pub(super) fn forward(
+    route: Route,
+    rewrite: Rewrite,
+    backend: Option<BackendId>,
+    untracked: bool,
+    reply: bool,
+) -> Action {
+    Action::Forward(Forward {
+        port: route.port,
+        next_hop: route.next_hop,
+        mac: route.mac,
+        rewrite,
+        backend,
+        untracked,
+        reply,
+        opened: false,
+    })
+}
+
+/// `action` marked as the first frame of a new connection.
+pub(super) fn opened(action: Action) -> Action {
+    match action {
+        Action::Forward(forward) => Action::Forward(Forward {
+            opened: true,
+            ..forward
+        }),
+        other => other,
+    }
+}

@@ -1,0 +1,240 @@
+//! Client requests to a service: the connection table first, then the scheduler (Maglev or an IPVS scheduler, with
+//! persistence) for a new flow, and the forward by the service's mode.
+
+use packet::{FlowKey, Fragment, FrameLayout};
+
+use super::{forward, opened, Action, DropReason, Rewrite, WorkerState};
+use crate::conntrack::{tcp_flags, Conn, Direction, Endpoint, InsertError, Target};
+use crate::maglev::flow_hash;
+use crate::scheduler::IpvsScheduler;
+use crate::service::{ForwardingMode, SchedulerKind};
+use crate::snapshot::{mask_address, Service, Snapshot};
+
+impl WorkerState {
+    /// A frame to a VIP; `None` when no service of the VIP matches (the caller decides what else it may be).
+    pub(super) fn request(
+        &mut self,
+        snapshot: &Snapshot,
+        schedulers: &mut [Option<IpvsScheduler>],
+        layout: &FrameLayout,
+        handed_off: bool,
+        now_ms: u64,
+    ) -> Option<Action> {
+        let flow = layout.flow;
+        if layout.fragment != Fragment::None {
+            return Some(self.fragment_request(snapshot, layout));
+        }
+        let (service_index, service) =
+            snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)?;
+        Some(self.request_to(
+            snapshot,
+            schedulers,
+            layout,
+            service_index,
+            service,
+            handed_off,
+            now_ms,
+        ))
+    }
+
+    /// A whole datagram to `service` (at `service_index` in the snapshot).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn request_to(
+        &mut self,
+        snapshot: &Snapshot,
+        schedulers: &mut [Option<IpvsScheduler>],
+        layout: &FrameLayout,
+        service_index: u32,
+        service: &Service,
+        handed_off: bool,
+        now_ms: u64,
+    ) -> Action {
+        let flow = layout.flow;
+        if !handed_off && self.place.software_steering {
+            let owner = self.request_owner(&flow);
+            if owner != self.place.index {
+                return Action::Handoff { worker: owner };
+            }
+        }
+
+        if let Some(hit) = self.conns.lookup(&flow, now_ms) {
+            if hit.direction == Direction::Original {
+                if let Some(conn) = self.conns.get(hit.id).copied() {
+                    if snapshot.backend(conn.backend).is_some() {
+                        self.account(hit.id, Direction::Original, layout.tcp_flags, now_ms);
+                        return forward_request(snapshot, service, &conn, layout, false);
+                    }
+                    // The backend was removed: the flow is scheduled again as a new one.
+                    if let Some(dead) = self.conns.remove(hit.id) {
+                        self.load.connection_closed(dead.backend, dead.is_active());
+                    }
+                }
+            } else {
+                return Action::Drop(DropReason::NoConnection);
+            }
+        }
+
+        let schedules_any_packet = service.scheduler == SchedulerKind::Mh;
+        let is_syn = layout.tcp_flags & (tcp_flags::SYN | tcp_flags::RST) == tcp_flags::SYN;
+        if flow.protocol == packet::flow::ip_protocol::TCP && !is_syn && !schedules_any_packet {
+            return Action::Drop(DropReason::NoConnection);
+        }
+
+        let Some(backend_index) = self.schedule(schedulers, service_index, service, &flow, now_ms)
+        else {
+            return Action::Drop(DropReason::NoBackend);
+        };
+        let backend = &service.backends[backend_index];
+        let target = Target {
+            backend: backend.id,
+            addr: backend.addr,
+            port: if service.mode == ForwardingMode::Nat || service.mode == ForwardingMode::FullNat
+            {
+                backend.port
+            } else {
+                flow.dst_port
+            },
+            mode: service.mode,
+        };
+        let load = &mut self.load;
+        let inserted = self
+            .conns
+            .insert(now_ms, flow, target, layout.tcp_flags, |dead| {
+                load.connection_closed(dead.backend, dead.is_active())
+            });
+        match inserted {
+            Ok(id) => {
+                let Some(conn) = self.conns.get(id).copied() else {
+                    return Action::Drop(DropReason::ConnectionRejected);
+                };
+                self.load.connection_opened(conn.backend, conn.is_active());
+                opened(forward_request(snapshot, service, &conn, layout, false))
+            }
+            Err(error) => {
+                let untracked = Conn {
+                    client: flow,
+                    backend_endpoint: Endpoint {
+                        addr: target.addr,
+                        port: target.port,
+                    },
+                    local: None,
+                    expires_at: 0,
+                    backend: target.backend,
+                    packets_in: 0,
+                    packets_out: 0,
+                    mode: target.mode,
+                    tcp_state: crate::conntrack::TcpState::None,
+                };
+                match (service.mode, error) {
+                    // DR and TUN need no state to forward: keep the service up when the table is full.
+                    (ForwardingMode::Dr | ForwardingMode::Tun, InsertError::TableFull) => {
+                        forward_request(snapshot, service, &untracked, layout, true)
+                    }
+                    (_, InsertError::TableFull) => Action::Drop(DropReason::TableFull),
+                    (_, InsertError::LocalPort(_)) => Action::Drop(DropReason::LocalPortsExhausted),
+                    _ => Action::Drop(DropReason::ConnectionRejected),
+                }
+            }
+        }
+    }
+
+    pub(super) fn schedule(
+        &mut self,
+        schedulers: &mut [Option<IpvsScheduler>],
+        service_index: u32,
+        service: &Service,
+        flow: &FlowKey,
+        now_ms: u64,
+    ) -> Option<usize> {
+        let persistent_client = service
+            .persistence
+            .map(|spec| mask_address(flow.src_addr, spec.prefix_v4, spec.prefix_v6));
+        if let Some(client) = persistent_client {
+            if let Some(id) = self.persistence.lookup(client, service.key, now_ms) {
+                let place = service
+                    .backends
+                    .iter()
+                    .position(|backend| backend.id == id && backend.weight > 0);
+                if place.is_some() {
+                    return place;
+                }
+            }
+        }
+        let picked = match service.scheduler {
+            SchedulerKind::Mh => service.maglev.lookup(flow_hash(flow)),
+            _ => schedulers.get_mut(service_index as usize)?.as_mut()?.pick(
+                &service.backends,
+                &self.load,
+                flow,
+                now_ms,
+            ),
+        }?;
+        if let (Some(client), Some(spec)) = (persistent_client, service.persistence) {
+            // A full persistence table only loses affinity, never the flow.
+            let _ = self.persistence.record(
+                client,
+                service.key,
+                service.backends[picked].id,
+                now_ms.saturating_add(spec.timeout_ms),
+                now_ms,
+            );
+        }
+        Some(picked)
+    }
+}
+
+/// The forward of a client's frame to `conn`'s backend, by the service's mode.
+pub(super) fn forward_request(
+    snapshot: &Snapshot,
+    service: &Service,
+    conn: &Conn,
+    layout: &FrameLayout,
+    untracked: bool,
+) -> Action {
+    let backend = conn.backend_endpoint;
+    let route = match snapshot.backend(conn.backend) {
+        Some((_, _, route)) => *route,
+        None => match snapshot.route(backend.addr) {
+            Some(route) => route,
+            None => return Action::Drop(DropReason::NoRoute),
+        },
+    };
+    let rewrite = match conn.mode {
+        ForwardingMode::Dr => Rewrite::MacsOnly,
+        ForwardingMode::Nat => Rewrite::Destination {
+            addr: backend.addr,
+            port: backend.port,
+        },
+        ForwardingMode::FullNat => match conn.local {
+            Some(local) => Rewrite::SourceAndDestination {
+                src: local.addr,
+                src_port: local.port,
+                dst: backend.addr,
+                dst_port: backend.port,
+            },
+            None => return Action::Drop(DropReason::ConnectionRejected),
+        },
+        ForwardingMode::Tun => {
+            let Some(outer_src) = service.tunnel_source else {
+                return Action::Drop(DropReason::NoRoute);
+            };
+            let outer_len = if outer_src.is_ipv4() {
+                packet::IPV4_HEADER_LEN
+            } else {
+                packet::IPV6_HEADER_LEN
+            };
+            let mtu = snapshot.port(route.port).map_or(u16::MAX, |port| port.mtu);
+            if usize::from(layout.l3_len) + outer_len > usize::from(mtu) {
+                return Action::TooBig {
+                    from: conn.client.dst_addr,
+                    mtu: mtu.saturating_sub(outer_len as u16),
+                };
+            }
+            Rewrite::Encapsulate {
+                outer_src,
+                outer_dst: backend.addr,
+            }
+        }
+    };
+    forward(route, rewrite, Some(conn.backend), untracked, false)
+}

@@ -1,0 +1,180 @@
+//! The verdict of the forwarding decision: what to do with one frame, and why a dropped frame was dropped.
+
+use std::net::IpAddr;
+
+use crate::service::BackendId;
+
+/// Why a frame was dropped. Every drop is counted under one of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DropReason {
+    /// Not addressed to any of our addresses, and no kernel exception path.
+    NotOurs,
+    /// Addressed to us, but no service matches the port and protocol.
+    NoService,
+    /// The service has no backend available for a new flow.
+    NoBackend,
+    /// A TCP segment other than SYN with no connection (non-mh schedulers), or a reply with no connection.
+    NoConnection,
+    /// The connection table is full of established flows.
+    TableFull,
+    /// FULLNAT ran out of local ports for this backend.
+    LocalPortsExhausted,
+    /// No route (connected subnet or gateway) to the destination.
+    NoRoute,
+    /// An ICMP error quoting a flow we do not track.
+    IcmpErrorUnknownFlow,
+    /// ICMP other than echo requests to us and errors about our flows.
+    IcmpUnsupported,
+    /// A fragment that cannot be forwarded without reassembly.
+    FragmentUnsupported,
+    /// ARP or neighbour discovery not for us.
+    NeighborNotForUs,
+    /// The neighbour table is full.
+    NeighborTableFull,
+    /// A connection could not be tracked for another reason (see the connection table's errors).
+    ConnectionRejected,
+    /// Frames the parser rejected (counted by the data plane).
+    Malformed,
+    /// The next hop's MAC is not known yet; a resolution request was sent (counted by the data plane).
+    NeighborUnresolved,
+    /// The encapsulated frame would exceed the MTU and could not be answered (counted by the data plane).
+    TooBig,
+    /// The owner worker's handoff ring was full (counted by the data plane).
+    HandoffFull,
+    /// Transmit queue full after the bounded retries (counted by the data plane).
+    TxFull,
+    /// An answer or rewrite could not be applied (counted by the data plane).
+    RewriteFailed,
+}
+
+impl DropReason {
+    pub const COUNT: usize = 19;
+    pub const ALL: [DropReason; DropReason::COUNT] = [
+        DropReason::NotOurs,
+        DropReason::NoService,
+        DropReason::NoBackend,
+        DropReason::NoConnection,
+        DropReason::TableFull,
+        DropReason::LocalPortsExhausted,
+        DropReason::NoRoute,
+        DropReason::IcmpErrorUnknownFlow,
+        DropReason::IcmpUnsupported,
+        DropReason::FragmentUnsupported,
+        DropReason::NeighborNotForUs,
+        DropReason::NeighborTableFull,
+        DropReason::ConnectionRejected,
+        DropReason::Malformed,
+        DropReason::NeighborUnresolved,
+        DropReason::TooBig,
+        DropReason::HandoffFull,
+        DropReason::TxFull,
+        DropReason::RewriteFailed,
+    ];
+
+    /// Index into a per-reason counter array.
+    #[inline]
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Name for statistics and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::NotOurs => "not_ours",
+            DropReason::NoService => "no_service",
+            DropReason::NoBackend => "no_backend",
+            DropReason::NoConnection => "no_connection",
+            DropReason::TableFull => "table_full",
+            DropReason::LocalPortsExhausted => "local_ports_exhausted",
+            DropReason::NoRoute => "no_route",
+            DropReason::IcmpErrorUnknownFlow => "icmp_error_unknown_flow",
+            DropReason::IcmpUnsupported => "icmp_unsupported",
+            DropReason::FragmentUnsupported => "fragment_unsupported",
+            DropReason::NeighborNotForUs => "neighbor_not_for_us",
+            DropReason::NeighborTableFull => "neighbor_table_full",
+            DropReason::ConnectionRejected => "connection_rejected",
+            DropReason::Malformed => "malformed",
+            DropReason::NeighborUnresolved => "neighbor_unresolved",
+            DropReason::TooBig => "too_big",
+            DropReason::HandoffFull => "handoff_full",
+            DropReason::TxFull => "tx_full",
+            DropReason::RewriteFailed => "rewrite_failed",
+        }
+    }
+}
+
+/// The in-place change a forwarded frame needs besides its MAC addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rewrite {
+    /// DR: the MACs only.
+    MacsOnly,
+    /// NAT request: destination becomes the backend.
+    Destination { addr: IpAddr, port: u16 },
+    /// NAT reply: source becomes the VIP.
+    Source { addr: IpAddr, port: u16 },
+    /// FULLNAT, both directions.
+    SourceAndDestination {
+        src: IpAddr,
+        src_port: u16,
+        dst: IpAddr,
+        dst_port: u16,
+    },
+    /// TUN: IPv4-in-IPv4 or IPv6-in-IPv6 from `outer_src` to `outer_dst`.
+    Encapsulate {
+        outer_src: IpAddr,
+        outer_dst: IpAddr,
+    },
+    /// An ICMP error mapped like the flow it quotes: `destination` rewrites the outer destination and the quoted
+    /// source (address, port); `source` the outer source and the quoted destination.
+    IcmpError {
+        destination: Option<(IpAddr, IpAddr, u16)>,
+        source: Option<(IpAddr, IpAddr, u16)>,
+    },
+}
+
+/// A frame to send on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Forward {
+    /// Egress port index.
+    pub port: u16,
+    /// Whose MAC the frame goes to: the destination on a connected subnet, else the gateway.
+    pub next_hop: IpAddr,
+    /// The next hop's MAC when configured; otherwise the neighbour table has it (or it must be resolved).
+    pub mac: Option<[u8; 6]>,
+    pub rewrite: Rewrite,
+    /// The backend the frame belongs to, for per-backend statistics.
+    pub backend: Option<BackendId>,
+    /// Forwarded without a connection entry (connection table full, DR/TUN): counted.
+    pub untracked: bool,
+    /// A backend's reply on its way to the client (NAT, FULLNAT), rather than a client's request.
+    pub reply: bool,
+    /// The first frame of a connection this frame opened.
+    pub opened: bool,
+}
+
+/// What to do with one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Forward(Forward),
+    /// Answer this ARP request for one of our addresses, out of the port it came in on.
+    AnswerArp,
+    /// Answer this ICMP/ICMPv6 echo request, out of the port it came in on.
+    AnswerEcho,
+    /// Answer this neighbour solicitation for one of our addresses, out of the port it came in on.
+    AnswerNeighborSolicitation,
+    /// Answer the sender with ICMP fragmentation-needed / packet-too-big from `from`, with next-hop MTU `mtu`.
+    TooBig {
+        from: IpAddr,
+        mtu: u16,
+    },
+    /// Not ours: hand it to the kernel's exception interface.
+    ToKernel,
+    /// Another worker owns this flow.
+    Handoff {
+        worker: u16,
+    },
+    /// Used up by the decision itself (a learned ARP reply or neighbour advertisement).
+    Consumed,
+    Drop(DropReason),
+}

@@ -163,6 +163,9 @@ fn lane(spec: &SnapshotSpec, burst: usize, capacity: usize) -> Lane {
 impl Lane {
     /// Feeds `frames`, polls at `now` until they are all taken, and returns what left each port.
     fn run(&mut self, frames: &[Vec<u8>], now: u64) -> Vec<Vec<Vec<u8>>> {
+        // The expiry sweep runs on the first poll of a millisecond: run it before any frame in both lanes, so that
+        // both free the same dead connections (and FULLNAT ports) at the same point of the traffic.
+        self.worker.poll(now);
         self.inbox
             .lock()
             .unwrap()

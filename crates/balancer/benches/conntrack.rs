@@ -61,8 +61,8 @@ fn filled_table(entries: usize) -> ConnTable {
     }
     let after = resident_bytes();
     eprintln!(
-        "conntrack {entries} entries: slot {} B, computed {:.1} B/entry (slab + index), measured RSS growth {:.1} B/entry",
-        ConnTable::SLOT_BYTES,
+        "conntrack {entries} entries: entry {} B, computed {:.1} B/entry (slab + index), measured RSS growth {:.1} B/entry",
+        ConnTable::ENTRY_BYTES,
         table.memory_bytes() as f64 / entries as f64,
         after.saturating_sub(before) as f64 / entries as f64,
     );

@@ -395,7 +395,7 @@ impl WorkerState {
 
         if let Some(hit) = self.conns.lookup(&flow, now_ms) {
             if hit.direction == Direction::Original {
-                if let Some(conn) = self.conns.get(hit.id).copied() {
+                if let Some(conn) = self.conns.get(hit.id) {
                     if snapshot.backend(conn.backend).is_some() {
                         self.account(hit.id, Direction::Original, layout.tcp_flags, now_ms);
                         return Some(forward_request(snapshot, service, &conn, layout, false));
@@ -440,7 +440,7 @@ impl WorkerState {
             });
         match inserted {
             Ok(id) => {
-                let conn = *self.conns.get(id)?;
+                let conn = self.conns.get(id)?;
                 self.load.connection_opened(conn.backend, conn.is_active());
                 Some(opened(forward_request(
                     snapshot, service, &conn, layout, false,
@@ -456,8 +456,6 @@ impl WorkerState {
                     local: None,
                     expires_at: 0,
                     backend: target.backend,
-                    packets_in: 0,
-                    packets_out: 0,
                     mode: target.mode,
                     tcp_state: crate::conntrack::TcpState::None,
                 };
@@ -508,8 +506,6 @@ impl WorkerState {
             local: None,
             expires_at: 0,
             backend: backend.id,
-            packets_in: 0,
-            packets_out: 0,
             mode: service.mode,
             tcp_state: crate::conntrack::TcpState::None,
         };
@@ -613,7 +609,7 @@ impl WorkerState {
         let Some(hit) = self.conns.lookup(&layout.flow, now_ms) else {
             return Action::Drop(DropReason::NoConnection);
         };
-        let Some(conn) = self.conns.get(hit.id).copied() else {
+        let Some(conn) = self.conns.get(hit.id) else {
             return Action::Drop(DropReason::NoConnection);
         };
         if hit.direction != Direction::Reply {
@@ -706,7 +702,7 @@ impl WorkerState {
         let Some(hit) = self.conns.lookup(&quoted_flow, now_ms) else {
             return Action::Drop(DropReason::IcmpErrorUnknownFlow);
         };
-        let Some(conn) = self.conns.get(hit.id).copied() else {
+        let Some(conn) = self.conns.get(hit.id) else {
             return Action::Drop(DropReason::IcmpErrorUnknownFlow);
         };
         let client = conn.client;

@@ -1,10 +1,14 @@
-//! Connection table cost: hit and miss lookups at 1M and 10M connections, insert plus budgeted expiry under churn,
-//! and the memory a connection takes (computed from the layout and measured as resident set growth).
+//! Connection table cost: single-key hit and miss lookups at 1M and 10M connections, a staged burst lookup of 32
+//! random keys, insert plus budgeted expiry under churn, and the memory a connection takes (computed from the
+//! layout and measured as resident set growth).
+//!
+//! The lookup tables hold one-entry connections (DR to IPv4 backends) in a table sized for them
+//! (`with_two_entry_limit(n, 0)`); the churn table is a default one holding two-entry NAT connections.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 
-use balancer::conntrack::{ConnTable, Target, Timeouts};
+use balancer::conntrack::{ConnKey, ConnTable, Hit, Target, Timeouts};
 use balancer::service::{BackendId, ForwardingMode};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use packet::flow::ip_protocol;
@@ -12,6 +16,8 @@ use packet::FlowKey;
 
 /// Keys probed per lookup measurement, drawn across the whole table so most probes miss the CPU caches.
 const PROBES: usize = 1 << 16;
+/// Keys per staged burst: a receive burst.
+const BURST: usize = 32;
 
 /// A distinct client key per `n` (48 bits of address and port).
 fn key(n: u64) -> FlowKey {
@@ -24,12 +30,12 @@ fn key(n: u64) -> FlowKey {
     }
 }
 
-fn target() -> Target {
+fn target(mode: ForwardingMode) -> Target {
     Target {
         backend: BackendId(1),
         addr: IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1)),
         port: 8443,
-        mode: ForwardingMode::Nat,
+        mode,
     }
 }
 
@@ -51,34 +57,43 @@ fn scramble(i: u64) -> u64 {
     x
 }
 
-fn filled_table(entries: usize) -> ConnTable {
+/// A table of `connections` filled to capacity with `mode` connections, its memory reported per connection.
+fn filled_table(connections: usize, mode: ForwardingMode) -> ConnTable {
     let before = resident_bytes();
-    let mut table = ConnTable::new(entries, Timeouts::default()).expect("table");
-    for n in 0..entries as u64 {
+    let two_entry = match mode {
+        ForwardingMode::Dr | ForwardingMode::Tun => 0,
+        ForwardingMode::Nat | ForwardingMode::FullNat => connections,
+    };
+    let mut table =
+        ConnTable::with_two_entry_limit(connections, two_entry, Timeouts::default(), None)
+            .expect("table");
+    for n in 0..connections as u64 {
         table
-            .insert(0, key(n), target(), 0x02, |_| {})
+            .insert(0, key(n), target(mode), 0x02, |_| {})
             .expect("insert below capacity");
     }
     let after = resident_bytes();
     eprintln!(
-        "conntrack {entries} entries: slot {} B, computed {:.1} B/entry (slab + index), measured RSS growth {:.1} B/entry",
-        ConnTable::SLOT_BYTES,
-        table.memory_bytes() as f64 / entries as f64,
-        after.saturating_sub(before) as f64 / entries as f64,
+        "conntrack {connections} {mode:?} connections at capacity: entry {} B, computed {:.1} B/connection \
+         (entries + index + links + bitmap), measured RSS growth {:.1} B/connection",
+        ConnTable::ENTRY_BYTES,
+        table.memory_bytes() as f64 / connections as f64,
+        after.saturating_sub(before) as f64 / connections as f64,
     );
     table
 }
 
 fn lookups(c: &mut Criterion) {
-    for entries in [1_000_000usize, 10_000_000] {
-        let table = filled_table(entries);
+    drop(filled_table(1_000_000, ForwardingMode::Nat));
+    for connections in [1_000_000usize, 10_000_000] {
+        let table = filled_table(connections, ForwardingMode::Dr);
         let hits: Vec<FlowKey> = (0..PROBES as u64)
-            .map(|i| key(scramble(i) % entries as u64))
+            .map(|i| key(scramble(i) % connections as u64))
             .collect();
         let misses: Vec<FlowKey> = (0..PROBES as u64)
-            .map(|i| key(entries as u64 + scramble(i) % (1 << 40)))
+            .map(|i| key(connections as u64 + scramble(i) % (1 << 40)))
             .collect();
-        let mut group = c.benchmark_group(format!("conntrack/{}M", entries / 1_000_000));
+        let mut group = c.benchmark_group(format!("conntrack/{}M", connections / 1_000_000));
         group.throughput(Throughput::Elements(PROBES as u64));
         group.bench_function("lookup_hit", |b| {
             b.iter(|| {
@@ -100,6 +115,43 @@ fn lookups(c: &mut Criterion) {
                 found
             })
         });
+        // As a worker would: build each key of the burst and its hash, then one staged lookup of all of them.
+        group.bench_function("lookup_burst_32_hit", |b| {
+            b.iter(|| {
+                let mut found = 0usize;
+                let mut keys = [ConnKey::default(); BURST];
+                let mut hashes = [0u32; BURST];
+                let mut out: [Option<Hit>; BURST] = [None; BURST];
+                for burst in black_box(&hits).chunks(BURST) {
+                    for ((key, hash), flow) in keys.iter_mut().zip(hashes.iter_mut()).zip(burst) {
+                        *key = ConnKey::from_flow(flow);
+                        *hash = table.hash(key);
+                    }
+                    table.lookup_burst(&keys, &hashes, 1, &mut out);
+                    found += out.iter().filter(|hit| hit.is_some()).count();
+                }
+                assert_eq!(found, PROBES);
+                found
+            })
+        });
+        // The table's part alone: keys and hashes staged beforehand, as the parse stage of a worker leaves them.
+        let staged: Vec<ConnKey> = hits.iter().map(ConnKey::from_flow).collect();
+        let staged_hashes: Vec<u32> = staged.iter().map(|key| table.hash(key)).collect();
+        group.bench_function("lookup_burst_32_hit_staged", |b| {
+            b.iter(|| {
+                let mut found = 0usize;
+                let mut out: [Option<Hit>; BURST] = [None; BURST];
+                for (keys, hashes) in black_box(&staged)
+                    .chunks(BURST)
+                    .zip(black_box(&staged_hashes).chunks(BURST))
+                {
+                    table.lookup_burst(keys, hashes, 1, &mut out);
+                    found += out.iter().filter(|hit| hit.is_some()).count();
+                }
+                assert_eq!(found, PROBES);
+                found
+            })
+        });
         group.finish();
         drop(table);
     }
@@ -107,7 +159,8 @@ fn lookups(c: &mut Criterion) {
 
 /// Steady churn on a 1M table: 1000 new connections per millisecond of the caller's clock, each dead 500 ms
 /// after its SYN (SYN_RECV timeout lowered to 500 ms), and one expiry call with a budget of 4 slots after each
-/// insert, as a worker would do once per burst. About 500k connections are alive at any time.
+/// insert, as a worker would do once per burst. About 500k NAT connections (two entries each) are alive at any
+/// time.
 fn churn(c: &mut Criterion) {
     const CAPACITY: usize = 1_000_000;
     const BATCH: u64 = 4096;
@@ -121,12 +174,18 @@ fn churn(c: &mut Criterion) {
     // Warm to steady state.
     while next_key < 2 * CAPACITY as u64 {
         now = next_key / 1000;
-        let _ = table.insert(now, key(next_key), target(), 0x02, |_| {});
+        let _ = table.insert(
+            now,
+            key(next_key),
+            target(ForwardingMode::Nat),
+            0x02,
+            |_| {},
+        );
         table.expire(now, 4, |_| {});
         next_key += 1;
     }
     eprintln!(
-        "conntrack churn steady state: {} of {} slots in use, {:?}",
+        "conntrack churn steady state: {} of {} connections in use, {:?}",
         table.len(),
         CAPACITY,
         table.stats()
@@ -140,7 +199,13 @@ fn churn(c: &mut Criterion) {
                 let mut removed = 0usize;
                 for _ in 0..BATCH {
                     now = next_key / 1000;
-                    let _ = table.insert(now, key(next_key), target(), 0x02, |_| removed += 1);
+                    let _ = table.insert(
+                        now,
+                        key(next_key),
+                        target(ForwardingMode::Nat),
+                        0x02,
+                        |_| removed += 1,
+                    );
                     removed += table.expire(now, 4, |_| {});
                     next_key += 1;
                 }

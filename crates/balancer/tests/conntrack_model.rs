@@ -241,7 +241,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         return Err(TestCaseError::fail(format!("insert failed: {error}")));
                     }
                 };
-                let conn = *table.get(id).unwrap();
+                let conn = table.get(id).unwrap();
                 let state = if client.protocol == ip_protocol::TCP {
                     TcpState::None.next(Model::path(mode, Direction::Original), flags)
                 } else {

@@ -43,8 +43,6 @@ impl WorkerState {
             local: None,
             expires_at: 0,
             backend: backend.id,
-            packets_in: 0,
-            packets_out: 0,
             mode: service.mode,
             tcp_state: crate::conntrack::TcpState::None,
         };

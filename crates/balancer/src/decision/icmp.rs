@@ -52,7 +52,7 @@ impl WorkerState {
         let Some(hit) = self.conns.lookup(&quoted_flow, now_ms) else {
             return Action::Drop(DropReason::IcmpErrorUnknownFlow);
         };
-        let Some(conn) = self.conns.get(hit.id).copied() else {
+        let Some(conn) = self.conns.get(hit.id) else {
             return Action::Drop(DropReason::IcmpErrorUnknownFlow);
         };
         let client = conn.client;

@@ -63,7 +63,7 @@ impl WorkerState {
         let Some(hit) = self.conns.lookup(&layout.flow, now_ms) else {
             return Action::Drop(DropReason::NoConnection);
         };
-        let Some(conn) = self.conns.get(hit.id).copied() else {
+        let Some(conn) = self.conns.get(hit.id) else {
             return Action::Drop(DropReason::NoConnection);
         };
         if hit.direction != Direction::Reply {

@@ -59,7 +59,7 @@ impl WorkerState {
 
         if let Some(hit) = self.conns.lookup(&flow, now_ms) {
             if hit.direction == Direction::Original {
-                if let Some(conn) = self.conns.get(hit.id).copied() {
+                if let Some(conn) = self.conns.get(hit.id) {
                     if snapshot.backend(conn.backend).is_some() {
                         self.account(hit.id, Direction::Original, layout.tcp_flags, now_ms);
                         return forward_request(snapshot, service, &conn, layout, false);
@@ -104,7 +104,7 @@ impl WorkerState {
             });
         match inserted {
             Ok(id) => {
-                let Some(conn) = self.conns.get(id).copied() else {
+                let Some(conn) = self.conns.get(id) else {
                     return Action::Drop(DropReason::ConnectionRejected);
                 };
                 self.load.connection_opened(conn.backend, conn.is_active());
@@ -120,8 +120,6 @@ impl WorkerState {
                     local: None,
                     expires_at: 0,
                     backend: target.backend,
-                    packets_in: 0,
-                    packets_out: 0,
                     mode: target.mode,
                     tcp_state: crate::conntrack::TcpState::None,
                 };

@@ -1,0 +1,121 @@
+//! What the table hands out: a connection as a plain value ([`Conn`], rebuilt from its entries), where it lives
+//! ([`ConnId`]), what a lookup found ([`Hit`]) and what a packet did to it ([`Transition`]).
+
+use std::net::IpAddr;
+
+use packet::flow::ip_protocol;
+use packet::FlowKey;
+
+use super::tcp_state::{Direction, TcpState};
+use crate::service::{BackendId, ForwardingMode};
+
+/// An address and port (for ICMP echo the port is the echo identifier, as in [`FlowKey`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+/// Where a new connection goes: the scheduler's decision, fixed for the connection's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub backend: BackendId,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub mode: ForwardingMode,
+}
+
+/// One tracked connection: everything needed to rewrite its later packets without the scheduler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conn {
+    /// The client's key: client -> VIP:vport.
+    pub client: FlowKey,
+    /// The backend's address and port.
+    pub backend_endpoint: Endpoint,
+    /// FULLNAT only: the local address and port the backend sees as the source.
+    pub local: Option<Endpoint>,
+    /// When the connection dies, in the caller's milliseconds.
+    pub expires_at: u64,
+    pub backend: BackendId,
+    pub mode: ForwardingMode,
+    /// TCP state; stays [`TcpState::None`] for other protocols.
+    pub tcp_state: TcpState,
+}
+
+impl Conn {
+    /// The key of the reply direction as it reaches the balancer, for the modes where replies come back through
+    /// it: backend -> client (NAT), backend -> LIP:lport (FULLNAT).
+    pub fn reply_key(&self) -> Option<FlowKey> {
+        let destination = match self.mode {
+            ForwardingMode::Nat => Endpoint {
+                addr: self.client.src_addr,
+                port: self.client.src_port,
+            },
+            ForwardingMode::FullNat => self.local?,
+            ForwardingMode::Dr | ForwardingMode::Tun => return None,
+        };
+        Some(FlowKey {
+            src_addr: self.backend_endpoint.addr,
+            dst_addr: destination.addr,
+            src_port: self.backend_endpoint.port,
+            dst_port: destination.port,
+            protocol: self.client.protocol,
+        })
+    }
+
+    /// Whether IPVS would count the connection as active: TCP in ESTABLISHED, any other protocol always.
+    #[inline]
+    pub fn is_active(&self) -> bool {
+        is_active(self.client.protocol, self.tcp_state)
+    }
+
+    /// Whether the connection may be evicted to make room: anything but an established TCP flow.
+    #[inline]
+    pub fn is_evictable(&self) -> bool {
+        is_evictable(self.client.protocol, self.tcp_state)
+    }
+
+    /// Whether the connection is dead at `now`.
+    #[inline]
+    pub fn is_expired(&self, now: u64) -> bool {
+        self.expires_at <= now
+    }
+}
+
+#[inline]
+pub(super) fn is_active(protocol: u8, state: TcpState) -> bool {
+    protocol != ip_protocol::TCP || state.is_active()
+}
+
+#[inline]
+pub(super) fn is_evictable(protocol: u8, state: TcpState) -> bool {
+    protocol != ip_protocol::TCP || state != TcpState::Established
+}
+
+/// A connection's place in the table (its primary entry). Valid until the connection is removed (by expiry,
+/// eviction, an insert displacing it or [`super::ConnTable::remove`]); use it within the handling of one packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnId(pub(super) u32);
+
+impl ConnId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// A lookup hit: which connection, and which direction the key matched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hit {
+    pub id: ConnId,
+    pub direction: Direction,
+}
+
+/// What a packet did to a connection's state, so a worker can move it between its backend's active and inactive
+/// counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub from: TcpState,
+    pub to: TcpState,
+    pub was_active: bool,
+    pub is_active: bool,
+}

@@ -1,0 +1,251 @@
+//! The key index: 64-byte buckets of eight 16-bit signatures and eight `u32` entry numbers, sized at
+//! construction to stay at most half full, probed linearly bucket by bucket.
+//!
+//! A key's home bucket comes from the high bits of its hash (multiply-shift range reduction, so the bucket count
+//! need not be a power of two and memory follows capacity closely), its signature from the low 16 bits. A lookup
+//! compares the eight signatures of the home bucket at once and the full key only in the candidate entries.
+//!
+//! When a bucket is full an insert moves on to the next one, and counts itself in the `overflow` of every full
+//! bucket it passes. A lookup moves on past a bucket only while that count is non-zero, and a removal decrements
+//! the counts along the same path, so deletion leaves no tombstones and lookups never degrade with churn. At half
+//! load with eight slots a bucket overflows rarely (about 2% of buckets at uniform hashing), so almost every
+//! lookup reads one bucket line.
+
+/// Slots per bucket.
+pub(super) const SLOTS: usize = 8;
+/// The signature of an empty slot; real signatures are never zero.
+const EMPTY: u16 = 0;
+
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+pub(super) struct Bucket {
+    sigs: [u16; SLOTS],
+    entries: [u32; SLOTS],
+    /// How many keys stored beyond this bucket passed it (full) on their way from a home at or before it.
+    overflow: u32,
+    _reserved: [u32; 3],
+}
+
+const _: () = assert!(std::mem::size_of::<Bucket>() == 64);
+
+impl Bucket {
+    const EMPTY: Bucket = Bucket {
+        sigs: [EMPTY; SLOTS],
+        entries: [0; SLOTS],
+        overflow: 0,
+        _reserved: [0; 3],
+    };
+
+    /// One bit per slot whose signature is `sig` (the compiler turns this into one vector compare).
+    #[inline(always)]
+    pub fn matching(&self, sig: u16) -> u32 {
+        let mut mask = 0u32;
+        for (i, &s) in self.sigs.iter().enumerate() {
+            mask |= u32::from(s == sig) << i;
+        }
+        mask
+    }
+
+    #[inline(always)]
+    pub fn entry(&self, slot: u32) -> u32 {
+        self.entries[slot as usize]
+    }
+
+    #[inline(always)]
+    pub fn overflowed(&self) -> bool {
+        self.overflow != 0
+    }
+}
+
+/// Where a hash leads: its home bucket and its signature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Probe {
+    pub bucket: usize,
+    pub sig: u16,
+}
+
+pub(super) struct Index {
+    buckets: Box<[Bucket]>,
+    len: usize,
+    /// Tests narrow every hash with this mask to force bucket and signature collisions.
+    #[cfg(test)]
+    pub hash_mask: u32,
+}
+
+impl Index {
+    /// An index for at most `keys` keys, never more than half full.
+    pub fn new(keys: usize) -> Index {
+        let buckets = (2 * keys).div_ceil(SLOTS).max(1);
+        Index {
+            buckets: vec![Bucket::EMPTY; buckets].into_boxed_slice(),
+            len: 0,
+            #[cfg(test)]
+            hash_mask: u32::MAX,
+        }
+    }
+
+    #[inline(always)]
+    pub fn probe(&self, hash: u32) -> Probe {
+        #[cfg(test)]
+        let hash = hash & self.hash_mask;
+        let bucket = ((u64::from(hash) * self.buckets.len() as u64) >> 32) as usize;
+        let sig = hash as u16;
+        Probe {
+            bucket,
+            sig: if sig == EMPTY { 1 } else { sig },
+        }
+    }
+
+    #[inline(always)]
+    pub fn bucket(&self, bucket: usize) -> &Bucket {
+        &self.buckets[bucket]
+    }
+
+    #[inline(always)]
+    pub fn next(&self, bucket: usize) -> usize {
+        if bucket + 1 == self.buckets.len() {
+            0
+        } else {
+            bucket + 1
+        }
+    }
+
+    /// The entry holding the key of `hash`, as told by `is_key(entry)`, searching from bucket `from` (the home
+    /// bucket, or one past it when the caller already searched the home).
+    #[inline]
+    pub fn find_from(
+        &self,
+        mut bucket: usize,
+        sig: u16,
+        mut is_key: impl FnMut(u32) -> bool,
+    ) -> Option<u32> {
+        loop {
+            let b = &self.buckets[bucket];
+            let mut candidates = b.matching(sig);
+            while candidates != 0 {
+                let entry = b.entry(candidates.trailing_zeros());
+                if is_key(entry) {
+                    return Some(entry);
+                }
+                candidates &= candidates - 1;
+            }
+            if !b.overflowed() {
+                return None;
+            }
+            bucket = self.next(bucket);
+        }
+    }
+
+    #[inline]
+    pub fn find(&self, hash: u32, is_key: impl FnMut(u32) -> bool) -> Option<u32> {
+        let probe = self.probe(hash);
+        self.find_from(probe.bucket, probe.sig, is_key)
+    }
+
+    /// Adds `entry` under `hash`. The caller never adds more keys than the index was sized for, so a free slot
+    /// exists and the walk ends.
+    pub fn insert(&mut self, hash: u32, entry: u32) {
+        debug_assert!(self.len < self.buckets.len() * SLOTS);
+        let probe = self.probe(hash);
+        let mut bucket = probe.bucket;
+        loop {
+            let b = &mut self.buckets[bucket];
+            if let Some(slot) = b.sigs.iter().position(|&s| s == EMPTY) {
+                b.sigs[slot] = probe.sig;
+                b.entries[slot] = entry;
+                self.len += 1;
+                return;
+            }
+            b.overflow += 1;
+            bucket = self.next(bucket);
+        }
+    }
+
+    /// Removes `entry`, added under `hash`; false if it is not there (then nothing changed).
+    pub fn remove(&mut self, hash: u32, entry: u32) -> bool {
+        let probe = self.probe(hash);
+        // Find it first, so the overflow counts are only touched when the entry is really there.
+        let mut bucket = probe.bucket;
+        let mut passed = 0usize;
+        let slot = loop {
+            let b = &self.buckets[bucket];
+            let found = (0..SLOTS).find(|&s| b.sigs[s] == probe.sig && b.entries[s] == entry);
+            if let Some(slot) = found {
+                break slot;
+            }
+            if !b.overflowed() {
+                return false;
+            }
+            passed += 1;
+            bucket = self.next(bucket);
+        };
+        self.buckets[bucket].sigs[slot] = EMPTY;
+        let mut walk = probe.bucket;
+        for _ in 0..passed {
+            self.buckets[walk].overflow -= 1;
+            walk = self.next(walk);
+        }
+        self.len -= 1;
+        true
+    }
+
+    /// Keys held.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Slots in all buckets (constant for the index's life).
+    pub fn slots(&self) -> usize {
+        self.buckets.len() * SLOTS
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.buckets.len() * std::mem::size_of::<Bucket>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_chains_are_found_and_unwound() {
+        let mut index = Index::new(16);
+        index.hash_mask = 0; // every key: bucket 0, signature 1
+        let buckets = index.buckets.len();
+        assert_eq!(buckets, 4);
+        for entry in 0..20 {
+            index.insert(0, entry);
+        }
+        assert_eq!(index.buckets[0].overflow, 12);
+        assert_eq!(index.buckets[1].overflow, 4);
+        for entry in 0..20 {
+            assert_eq!(index.find(0, |e| e == entry), Some(entry));
+        }
+        assert_eq!(index.find(0, |_| false), None);
+        for entry in (0..20).rev() {
+            assert!(index.remove(0, entry));
+            assert!(!index.remove(0, entry));
+        }
+        assert_eq!(index.len(), 0);
+        assert!(index.buckets.iter().all(|b| b.overflow == 0));
+    }
+
+    #[test]
+    fn probing_wraps_around_the_last_bucket() {
+        let mut index = Index::new(8);
+        index.hash_mask = u32::MAX;
+        let last = u32::MAX; // home is the last bucket
+        assert_eq!(index.probe(last).bucket, index.buckets.len() - 1);
+        for entry in 0..12 {
+            index.insert(last, entry);
+        }
+        for entry in 0..12 {
+            assert_eq!(index.find(last, |e| e == entry), Some(entry));
+        }
+        assert!(index.remove(last, 3));
+        assert_eq!(index.find(last, |e| e == 3), None);
+        assert_eq!(index.find(last, |e| e == 11), Some(11));
+    }
+}

@@ -1,0 +1,262 @@
+//! The canonical connection key: both address families held as 16-byte addresses, packed into five `u64` words so
+//! that comparing two keys is five word compares and hashing them is three folded multiplies.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use packet::FlowKey;
+
+/// Family marker of an IPv4 key (the addresses are held v4-mapped, `::ffff:a.b.c.d`).
+const FAMILY_V4: u64 = 4;
+/// Family marker of an IPv6 key.
+const FAMILY_V6: u64 = 6;
+
+/// Bits of [`ConnKey::tail`] that belong to the key: ports, protocol and family. The entry that stores a key
+/// uses the 16 bits above for its own state, so key comparisons mask with this.
+pub(super) const TAIL_KEY_BITS: u64 = (1 << 48) - 1;
+
+/// A flow's five-tuple in the table's compact form: 40 bytes, no enum tags, hashed once per packet.
+///
+/// The family marker keeps an IPv4 flow apart from an IPv6 flow between the v4-mapped addresses of the same
+/// hosts, which would otherwise have the same 16-byte addresses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C, align(8))]
+pub struct ConnKey {
+    /// Source then destination address, each as two native-endian words of its 16 bytes.
+    pub(super) addrs: [u64; 4],
+    /// Source port (bits 0..16), destination port (16..32), protocol (32..40), family (40..48); the rest zero.
+    pub(super) tail: u64,
+}
+
+fn words(addr: IpAddr) -> [u64; 2] {
+    let octets = match addr {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    let (high, low) = octets.split_at(8);
+    [
+        u64::from_ne_bytes(high.try_into().expect("8 bytes")),
+        u64::from_ne_bytes(low.try_into().expect("8 bytes")),
+    ]
+}
+
+fn octets(words: [u64; 2]) -> [u8; 16] {
+    let mut octets = [0u8; 16];
+    octets[..8].copy_from_slice(&words[0].to_ne_bytes());
+    octets[8..].copy_from_slice(&words[1].to_ne_bytes());
+    octets
+}
+
+impl ConnKey {
+    /// The key of a packet from `src:src_port` to `dst:dst_port`. Mixed families are held as IPv6 (no such
+    /// flow exists on the wire; the table never creates one).
+    #[inline]
+    pub fn new(src: IpAddr, dst: IpAddr, src_port: u16, dst_port: u16, protocol: u8) -> ConnKey {
+        let family = if src.is_ipv4() && dst.is_ipv4() {
+            FAMILY_V4
+        } else {
+            FAMILY_V6
+        };
+        let [s0, s1] = words(src);
+        let [d0, d1] = words(dst);
+        ConnKey {
+            addrs: [s0, s1, d0, d1],
+            tail: u64::from(src_port)
+                | u64::from(dst_port) << 16
+                | u64::from(protocol) << 32
+                | family << 40,
+        }
+    }
+
+    /// The key of `flow`.
+    #[inline]
+    pub fn from_flow(flow: &FlowKey) -> ConnKey {
+        ConnKey::new(
+            flow.src_addr,
+            flow.dst_addr,
+            flow.src_port,
+            flow.dst_port,
+            flow.protocol,
+        )
+    }
+
+    /// The flow this key stands for.
+    pub fn to_flow(&self) -> FlowKey {
+        FlowKey {
+            src_addr: self.src_addr(),
+            dst_addr: self.dst_addr(),
+            src_port: self.src_port(),
+            dst_port: self.dst_port(),
+            protocol: self.protocol(),
+        }
+    }
+
+    pub fn is_ipv4(&self) -> bool {
+        (self.tail >> 40) & 0xff == FAMILY_V4
+    }
+
+    fn addr(&self, words: [u64; 2]) -> IpAddr {
+        let v6 = Ipv6Addr::from(octets(words));
+        match v6.to_ipv4_mapped() {
+            Some(v4) if self.is_ipv4() => IpAddr::V4(v4),
+            _ => IpAddr::V6(v6),
+        }
+    }
+
+    pub fn src_addr(&self) -> IpAddr {
+        self.addr([self.addrs[0], self.addrs[1]])
+    }
+
+    pub fn dst_addr(&self) -> IpAddr {
+        self.addr([self.addrs[2], self.addrs[3]])
+    }
+
+    pub fn src_port(&self) -> u16 {
+        self.tail as u16
+    }
+
+    pub fn dst_port(&self) -> u16 {
+        (self.tail >> 16) as u16
+    }
+
+    pub fn protocol(&self) -> u8 {
+        (self.tail >> 32) as u8
+    }
+
+    /// The key's hash under `seed`: three 64×64→128-bit multiplies folded to 64 bits (the wyhash/foldhash
+    /// mixer), then to 32. A per-table random seed keeps clients from aiming many flows at one bucket.
+    #[inline]
+    pub(super) fn hash_with(&self, seed: u64) -> u32 {
+        const P0: u64 = 0xa076_1d64_78bd_642f;
+        const P1: u64 = 0xe703_7ed1_a0b4_28db;
+        const P2: u64 = 0x8ebc_6af0_9c88_c6e3;
+        const P3: u64 = 0x5899_65cc_7537_4cc3;
+        const P4: u64 = 0x1d8e_4e27_c47d_124f;
+        let [s0, s1, d0, d1] = self.addrs;
+        let a = fold(s0 ^ seed ^ P0, s1 ^ P1);
+        let b = fold(d0 ^ seed ^ P2, d1 ^ P3);
+        let h = fold(a ^ self.tail ^ P4, b ^ seed ^ P1);
+        (h ^ (h >> 32)) as u32
+    }
+}
+
+/// The full 128-bit product of `a` and `b`, its halves xored: every input bit reaches most output bits.
+#[inline(always)]
+fn fold(a: u64, b: u64) -> u64 {
+    let product = u128::from(a) * u128::from(b);
+    (product as u64) ^ ((product >> 64) as u64)
+}
+
+impl From<&FlowKey> for ConnKey {
+    #[inline]
+    fn from(flow: &FlowKey) -> ConnKey {
+        ConnKey::from_flow(flow)
+    }
+}
+
+impl From<FlowKey> for ConnKey {
+    #[inline]
+    fn from(flow: FlowKey) -> ConnKey {
+        ConnKey::from_flow(&flow)
+    }
+}
+
+/// The IPv4 address `addr` as the `u32` a one-entry connection stores inline, when it is one.
+pub(super) fn ipv4_bits(addr: IpAddr) -> Option<u32> {
+    match addr {
+        IpAddr::V4(v4) => Some(u32::from(v4)),
+        IpAddr::V6(_) => None,
+    }
+}
+
+pub(super) fn ipv4_from_bits(bits: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(bits))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_both_families() {
+        let flows = [
+            FlowKey {
+                src_addr: "10.0.0.1".parse().unwrap(),
+                dst_addr: "192.0.2.1".parse().unwrap(),
+                src_port: 1234,
+                dst_port: 80,
+                protocol: 6,
+            },
+            FlowKey {
+                src_addr: "2001:db8::1".parse().unwrap(),
+                dst_addr: "2001:db8::2".parse().unwrap(),
+                src_port: 65535,
+                dst_port: 0,
+                protocol: 58,
+            },
+            FlowKey {
+                src_addr: "::ffff:10.0.0.1".parse().unwrap(),
+                dst_addr: "::ffff:192.0.2.1".parse().unwrap(),
+                src_port: 1234,
+                dst_port: 80,
+                protocol: 6,
+            },
+        ];
+        for flow in flows {
+            assert_eq!(ConnKey::from(flow).to_flow(), flow);
+        }
+        assert_ne!(ConnKey::from(flows[0]), ConnKey::from(flows[2]));
+        assert_eq!(ConnKey::from(flows[0]).tail & !TAIL_KEY_BITS, 0);
+    }
+
+    #[test]
+    fn hash_depends_on_every_field_and_the_seed() {
+        let base = ConnKey::new(
+            "10.0.0.1".parse().unwrap(),
+            "192.0.2.1".parse().unwrap(),
+            1000,
+            80,
+            6,
+        );
+        let variants = [
+            ConnKey::new(
+                "10.0.0.2".parse().unwrap(),
+                "192.0.2.1".parse().unwrap(),
+                1000,
+                80,
+                6,
+            ),
+            ConnKey::new(
+                "10.0.0.1".parse().unwrap(),
+                "192.0.2.2".parse().unwrap(),
+                1000,
+                80,
+                6,
+            ),
+            ConnKey::new(
+                "10.0.0.1".parse().unwrap(),
+                "192.0.2.1".parse().unwrap(),
+                1001,
+                80,
+                6,
+            ),
+            ConnKey::new(
+                "10.0.0.1".parse().unwrap(),
+                "192.0.2.1".parse().unwrap(),
+                1000,
+                81,
+                6,
+            ),
+            ConnKey::new(
+                "10.0.0.1".parse().unwrap(),
+                "192.0.2.1".parse().unwrap(),
+                1000,
+                80,
+                17,
+            ),
+        ];
+        for variant in variants {
+            assert_ne!(variant.hash_with(1), base.hash_with(1));
+        }
+        assert_ne!(base.hash_with(1), base.hash_with(2));
+    }
+}

@@ -1,0 +1,691 @@
+//! The table: entries, index and side arrays put together, with the policies of insertion, eviction, expiry and
+//! FULLNAT port ownership, and the single-key and burst lookups.
+
+use std::hash::BuildHasher;
+
+use packet::flow::ip_protocol;
+use packet::FlowKey;
+use thiserror::Error;
+
+use super::conn::{is_active, is_evictable, Conn, ConnId, Endpoint, Hit, Target, Transition};
+use super::entry::{Entry, Kind, NIL};
+use super::index::{Index, Probe};
+use super::key::{ipv4_bits, ipv4_from_bits, ConnKey};
+use super::lists::{ListId, Lists, Occupancy};
+use super::prefetch::prefetch;
+use super::tcp_state::{Direction, TcpState, Timeouts, TrackedPath};
+use crate::port_alloc::{LocalEndpoint, PortAllocator, PortError};
+use crate::service::{BackendId, ForwardingMode};
+
+/// A table that cannot be built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum TableConfigError {
+    #[error("a connection table needs a capacity of at least one")]
+    ZeroCapacity,
+    #[error("capacity {0} exceeds the largest supported ({max})", max = ConnTable::MAX_CAPACITY)]
+    CapacityTooLarge(usize),
+}
+
+/// Why a connection was not inserted. Each is a counted drop in the data plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum InsertError {
+    #[error("a live connection already has this key")]
+    Exists(ConnId),
+    #[error("the reply key is held by another live connection")]
+    ReplyKeyInUse(ConnId),
+    #[error("the reply key equals the client's key (backend and client share address and port)")]
+    ReplyIsClientKey,
+    #[error("table full of established connections")]
+    TableFull,
+    #[error("FULLNAT needs local addresses and this table has none")]
+    NoLocalAddresses,
+    #[error("FULLNAT local port: {0}")]
+    LocalPort(#[from] PortError),
+    #[error("NAT between address families: client and backend must both be IPv4 or both IPv6")]
+    FamilyMismatch,
+}
+
+/// Cumulative counts of what the table removed and why.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    pub inserted: u64,
+    pub expired: u64,
+    pub evicted: u64,
+    /// Dead entries removed because a new insert needed their key.
+    pub displaced: u64,
+    pub removed: u64,
+}
+
+/// Keys staged per round of [`ConnTable::lookup_burst`]: enough to cover a receive burst, small enough for the
+/// staging arrays to live on the stack.
+const BURST: usize = 64;
+
+/// How far down the eviction order an insert looks for a connection holding a secondary entry when those run
+/// out (tables built with fewer two-entry connections than connections only).
+const SECONDARY_VICTIM_SEARCH: usize = 32;
+
+/// One worker's connection table. See the module documentation for the layout and policies.
+pub struct ConnTable {
+    /// Primaries `0..capacity`, then the secondaries.
+    entries: Box<[Entry]>,
+    index: Index,
+    lists: Lists,
+    occupied: Occupancy,
+    capacity: usize,
+    /// Free-entry stacks, chained through [`Entry::link`]: the most recently freed line is reused first, while
+    /// it may still be cached.
+    free_primary: u32,
+    free_secondary: u32,
+    seed: u64,
+    len: usize,
+    /// The next primary entry the expiry clock hand examines.
+    hand: usize,
+    timeouts: Timeouts,
+    ports: Option<PortAllocator>,
+    stats: TableStats,
+}
+
+impl std::fmt::Debug for ConnTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnTable")
+            .field("len", &self.len)
+            .field("capacity", &self.capacity)
+            .field("two_entry_capacity", &self.two_entry_capacity())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl ConnTable {
+    /// The largest capacity: with as many secondary entries, every entry number stays below [`NIL`].
+    pub const MAX_CAPACITY: usize = (u32::MAX >> 1) as usize;
+
+    /// Bytes of one entry (one cache line).
+    pub const ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
+
+    /// A table of `capacity` connections without FULLNAT support, any of which may take two entries.
+    pub fn new(capacity: usize, timeouts: Timeouts) -> Result<Self, TableConfigError> {
+        Self::with_two_entry_limit(capacity, capacity, timeouts, None)
+    }
+
+    /// A table of `capacity` connections, any of which may take two entries, that hands FULLNAT flows local ports
+    /// from `ports`.
+    pub fn with_local_ports(
+        capacity: usize,
+        timeouts: Timeouts,
+        ports: PortAllocator,
+    ) -> Result<Self, TableConfigError> {
+        Self::with_two_entry_limit(capacity, capacity, timeouts, Some(ports))
+    }
+
+    /// A table of `capacity` connections of which at most `two_entry` (clamped to `capacity`) hold a second
+    /// entry: NAT and FULLNAT connections (their reply key) and DR or TUN connections to an IPv6 backend (its
+    /// address). A table for DR and TUN to IPv4 backends needs none, and then costs 88 bytes per connection
+    /// instead of 168. When the second entries run out, an insert that needs one evicts the oldest sacrificable
+    /// connection holding one (looking a short way down the eviction order) or fails with
+    /// [`InsertError::TableFull`].
+    pub fn with_two_entry_limit(
+        capacity: usize,
+        two_entry: usize,
+        timeouts: Timeouts,
+        ports: Option<PortAllocator>,
+    ) -> Result<Self, TableConfigError> {
+        if capacity == 0 {
+            return Err(TableConfigError::ZeroCapacity);
+        }
+        if capacity > Self::MAX_CAPACITY {
+            return Err(TableConfigError::CapacityTooLarge(capacity));
+        }
+        let secondary = two_entry.min(capacity);
+        let total = capacity + secondary;
+        // Two free stacks, each in ascending order.
+        let entries: Box<[Entry]> = (0..total)
+            .map(|i| {
+                let next = i + 1;
+                Entry::free(if next == capacity || next == total {
+                    NIL
+                } else {
+                    next as u32
+                })
+            })
+            .collect();
+        Ok(ConnTable {
+            entries,
+            // Every primary and every secondary may be indexed (spills are not, so this is an upper bound).
+            index: Index::new(total),
+            lists: Lists::new(capacity),
+            occupied: Occupancy::new(capacity),
+            capacity,
+            free_primary: 0,
+            free_secondary: if secondary > 0 { capacity as u32 } else { NIL },
+            seed: std::collections::hash_map::RandomState::new().hash_one(0x736c_7569_6365_u64),
+            len: 0,
+            hand: 0,
+            timeouts,
+            ports,
+            stats: TableStats::default(),
+        })
+    }
+
+    /// Live and not yet removed connections (dead ones count until removed).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// How many connections may hold a second entry at once.
+    pub fn two_entry_capacity(&self) -> usize {
+        self.entries.len() - self.capacity
+    }
+
+    /// How many keys the index can hold at most half full (stays the same for the table's life).
+    pub fn index_capacity_reserved(&self) -> usize {
+        self.index.slots()
+    }
+
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+
+    pub fn stats(&self) -> TableStats {
+        self.stats
+    }
+
+    /// The FULLNAT port allocator, if the table has one.
+    pub fn ports(&self) -> Option<&PortAllocator> {
+        self.ports.as_ref()
+    }
+
+    /// Memory this table holds, in bytes: entries, index buckets, list links and the occupancy bitmap.
+    pub fn memory_bytes(&self) -> usize {
+        self.entries.len() * Self::ENTRY_BYTES
+            + self.index.bytes()
+            + self.lists.bytes()
+            + self.occupied.bytes()
+    }
+
+    /// The hash of `key` in this table (seeded per table), for callers that stage keys for
+    /// [`ConnTable::lookup_burst`] or [`ConnTable::lookup_key`].
+    #[inline]
+    pub fn hash(&self, key: &ConnKey) -> u32 {
+        key.hash_with(self.seed)
+    }
+
+    /// Starts loading the index bucket of `hash`, ahead of a lookup of its key.
+    #[inline]
+    pub fn prefetch(&self, hash: u32) {
+        prefetch(self.index.bucket(self.index.probe(hash).bucket));
+    }
+
+    #[inline]
+    fn find(&self, key: &ConnKey, hash: u32) -> Option<u32> {
+        self.index
+            .find(hash, |entry| self.entries[entry as usize].matches(key))
+    }
+
+    /// The connection an indexed entry belongs to.
+    #[inline]
+    fn owner(&self, entry: u32) -> u32 {
+        let e = &self.entries[entry as usize];
+        if e.kind() == Kind::Reply {
+            e.link
+        } else {
+            entry
+        }
+    }
+
+    /// The hit an indexed entry stands for, if its connection is alive at `now`. Dead entries are invisible.
+    #[inline(always)]
+    fn hit(&self, entry: u32, now: u64) -> Option<Hit> {
+        let e = &self.entries[entry as usize];
+        if e.expires_at <= now {
+            return None;
+        }
+        Some(if e.kind() == Kind::Reply {
+            Hit {
+                id: ConnId(e.link),
+                direction: Direction::Reply,
+            }
+        } else {
+            Hit {
+                id: ConnId(entry),
+                direction: Direction::Original,
+            }
+        })
+    }
+
+    /// The live connection `key` belongs to, in either direction.
+    #[inline]
+    pub fn lookup(&self, key: &FlowKey, now: u64) -> Option<Hit> {
+        let key = ConnKey::from_flow(key);
+        self.lookup_key(&key, self.hash(&key), now)
+    }
+
+    /// [`ConnTable::lookup`] of a staged key and its [`ConnTable::hash`].
+    #[inline]
+    pub fn lookup_key(&self, key: &ConnKey, hash: u32, now: u64) -> Option<Hit> {
+        self.hit(self.find(key, hash)?, now)
+    }
+
+    /// Looks up every `keys[i]` (with `hashes[i]` from [`ConnTable::hash`]) into `out[i]`, exactly as
+    /// [`ConnTable::lookup_key`] would, but in stages so the cache misses of different keys overlap, in the shape
+    /// of `rte_hash_lookup_bulk`: prefetch every key's bucket, then compare signatures and prefetch the candidate
+    /// entries, then compare full keys and expiry.
+    ///
+    /// # Panics
+    /// When `hashes` is not as long as `keys` or `out` is shorter.
+    pub fn lookup_burst(
+        &self,
+        keys: &[ConnKey],
+        hashes: &[u32],
+        now: u64,
+        out: &mut [Option<Hit>],
+    ) {
+        assert_eq!(keys.len(), hashes.len(), "one hash per key");
+        assert!(out.len() >= keys.len(), "one output per key");
+        for ((keys, hashes), out) in keys
+            .chunks(BURST)
+            .zip(hashes.chunks(BURST))
+            .zip(out.chunks_mut(BURST))
+        {
+            let mut probes = [Probe { bucket: 0, sig: 0 }; BURST];
+            for (probe, &hash) in probes.iter_mut().zip(hashes) {
+                *probe = self.index.probe(hash);
+                prefetch(self.index.bucket(probe.bucket));
+            }
+            let mut candidates = [0u32; BURST];
+            for (mask, probe) in candidates.iter_mut().zip(&probes[..keys.len()]) {
+                let bucket = self.index.bucket(probe.bucket);
+                *mask = bucket.matching(probe.sig);
+                let mut pending = *mask;
+                while pending != 0 {
+                    prefetch(&self.entries[bucket.entry(pending.trailing_zeros()) as usize]);
+                    pending &= pending - 1;
+                }
+            }
+            for (i, (key, out)) in keys.iter().zip(out.iter_mut()).enumerate() {
+                let probe = probes[i];
+                let bucket = self.index.bucket(probe.bucket);
+                let mut pending = candidates[i];
+                let mut found = None;
+                while pending != 0 {
+                    let entry = bucket.entry(pending.trailing_zeros());
+                    if self.entries[entry as usize].matches(key) {
+                        found = Some(entry);
+                        break;
+                    }
+                    pending &= pending - 1;
+                }
+                if found.is_none() && bucket.overflowed() {
+                    // Rare: the key may live past a full home bucket.
+                    found =
+                        self.index
+                            .find_from(self.index.next(probe.bucket), probe.sig, |entry| {
+                                self.entries[entry as usize].matches(key)
+                            });
+                }
+                *out = found.and_then(|entry| self.hit(entry, now));
+            }
+        }
+    }
+
+    /// The primary entry of `id`, if a connection holds it.
+    #[inline]
+    fn primary(&self, id: ConnId) -> Option<&Entry> {
+        if id.index() >= self.capacity {
+            return None;
+        }
+        let entry = &self.entries[id.index()];
+        (entry.kind() == Kind::Original).then_some(entry)
+    }
+
+    /// The connection at `id` (dead or alive), rebuilt from its entries.
+    #[inline]
+    pub fn get(&self, id: ConnId) -> Option<Conn> {
+        self.primary(id).map(|entry| self.conn_of(entry))
+    }
+
+    fn conn_of(&self, entry: &Entry) -> Conn {
+        let mode = entry.mode();
+        let (backend_endpoint, local) = if entry.link == NIL {
+            let backend = Endpoint {
+                addr: ipv4_from_bits(entry.backend_v4),
+                port: entry.backend_port,
+            };
+            (backend, None)
+        } else {
+            // The second entry's key runs from the backend (to the local endpoint, for FULLNAT).
+            let second = self.entries[entry.link as usize].key();
+            let backend = Endpoint {
+                addr: second.src_addr(),
+                port: second.src_port(),
+            };
+            let local = (mode == ForwardingMode::FullNat).then(|| Endpoint {
+                addr: second.dst_addr(),
+                port: second.dst_port(),
+            });
+            (backend, local)
+        };
+        Conn {
+            client: entry.key().to_flow(),
+            backend_endpoint,
+            local,
+            expires_at: entry.expires_at,
+            backend: BackendId(entry.backend),
+            mode,
+            tcp_state: entry.state(),
+        }
+    }
+
+    /// Accounts one packet of connection `id` travelling in `direction` with TCP `flags` (ignored for other
+    /// protocols): advances the TCP state and pushes the expiry out by the new state's timeout. `None` when no
+    /// connection is at `id`.
+    #[inline]
+    pub fn touch(
+        &mut self,
+        id: ConnId,
+        direction: Direction,
+        flags: u8,
+        now: u64,
+    ) -> Option<Transition> {
+        self.primary(id)?;
+        let timeouts = self.timeouts;
+        let entry = &mut self.entries[id.index()];
+        let protocol = entry.protocol();
+        let from = entry.state();
+        let to = if protocol == ip_protocol::TCP {
+            from.next(TrackedPath::of(entry.mode(), direction), flags)
+        } else {
+            from
+        };
+        let expires_at = now.saturating_add(timeouts.for_protocol(protocol, to));
+        entry.set_state(to);
+        entry.expires_at = expires_at;
+        let second = entry.link;
+        if second != NIL {
+            // Keep the reply entry's mirror of the expiry true (harmless on a spill).
+            self.entries[second as usize].expires_at = expires_at;
+        }
+        let was_evictable = is_evictable(protocol, from);
+        if is_evictable(protocol, to) != was_evictable {
+            let (old, new) = if was_evictable {
+                (ListId::Evictable, ListId::Protected)
+            } else {
+                (ListId::Protected, ListId::Evictable)
+            };
+            self.lists.unlink(old, id.0);
+            self.lists.push_back(new, id.0);
+        }
+        Some(Transition {
+            from,
+            to,
+            was_active: is_active(protocol, from),
+            is_active: is_active(protocol, to),
+        })
+    }
+
+    /// Tracks a new connection from its first packet (`client` key, TCP `flags`) to `target`. For FULLNAT the
+    /// table allocates the local port. Dead connections holding either key, and one evicted connection when the
+    /// table is full, are removed first and passed to `on_removed`.
+    pub fn insert(
+        &mut self,
+        now: u64,
+        client: FlowKey,
+        target: Target,
+        flags: u8,
+        mut on_removed: impl FnMut(&Conn),
+    ) -> Result<ConnId, InsertError> {
+        if target.mode == ForwardingMode::Nat && client.src_addr.is_ipv4() != target.addr.is_ipv4()
+        {
+            return Err(InsertError::FamilyMismatch);
+        }
+        let client_key = ConnKey::from_flow(&client);
+        let client_hash = self.hash(&client_key);
+        if let Some(entry) = self.find(&client_key, client_hash) {
+            let owner = self.owner(entry);
+            if self.entries[entry as usize].expires_at > now {
+                return Err(InsertError::Exists(ConnId(owner)));
+            }
+            let dead = self.remove_conn(owner);
+            self.stats.displaced += 1;
+            on_removed(&dead);
+        }
+
+        let local = if target.mode == ForwardingMode::FullNat {
+            let ports = self.ports.as_mut().ok_or(InsertError::NoLocalAddresses)?;
+            let endpoint = ports.allocate(&target.addr)?;
+            Some(Endpoint {
+                addr: endpoint.addr,
+                port: endpoint.port,
+            })
+        } else {
+            None
+        };
+        let tcp_state = if client.protocol == ip_protocol::TCP {
+            TcpState::None.next(TrackedPath::of(target.mode, Direction::Original), flags)
+        } else {
+            TcpState::None
+        };
+        let conn = Conn {
+            client,
+            backend_endpoint: Endpoint {
+                addr: target.addr,
+                port: target.port,
+            },
+            local,
+            expires_at: now.saturating_add(self.timeouts.for_protocol(client.protocol, tcp_state)),
+            backend: target.backend,
+            mode: target.mode,
+            tcp_state,
+        };
+
+        let reply = conn.reply_key().map(|flow| {
+            let key = ConnKey::from_flow(&flow);
+            (flow, key, self.hash(&key))
+        });
+        if let Some((reply_flow, reply_key, reply_hash)) = reply {
+            if reply_flow == client {
+                self.release_local(local);
+                return Err(InsertError::ReplyIsClientKey);
+            }
+            if let Some(entry) = self.find(&reply_key, reply_hash) {
+                let owner = self.owner(entry);
+                if self.entries[entry as usize].expires_at > now {
+                    self.release_local(local);
+                    return Err(InsertError::ReplyKeyInUse(ConnId(owner)));
+                }
+                let dead = self.remove_conn(owner);
+                self.stats.displaced += 1;
+                on_removed(&dead);
+            }
+        }
+
+        // DR and TUN keep an IPv4 backend inline; anything else needs a second entry.
+        let inline_backend = match target.mode {
+            ForwardingMode::Dr | ForwardingMode::Tun => ipv4_bits(target.addr),
+            ForwardingMode::Nat | ForwardingMode::FullNat => None,
+        };
+        if self.free_primary == NIL {
+            let Some(victim) = self.lists.head(ListId::Evictable) else {
+                self.release_local(local);
+                return Err(InsertError::TableFull);
+            };
+            let evicted = self.remove_conn(victim);
+            self.stats.evicted += 1;
+            on_removed(&evicted);
+        }
+        if inline_backend.is_none() && self.free_secondary == NIL {
+            let Some(victim) = self.victim_with_secondary() else {
+                self.release_local(local);
+                return Err(InsertError::TableFull);
+            };
+            let evicted = self.remove_conn(victim);
+            self.stats.evicted += 1;
+            on_removed(&evicted);
+        }
+
+        let id = self.free_primary;
+        self.free_primary = self.entries[id as usize].link;
+        let mut primary = Entry::new(Kind::Original, &client_key, target.mode, tcp_state);
+        primary.expires_at = conn.expires_at;
+        primary.backend = target.backend.0;
+        match inline_backend {
+            Some(v4) => {
+                primary.backend_v4 = v4;
+                primary.backend_port = target.port;
+            }
+            None => {
+                let second_id = self.free_secondary;
+                self.free_secondary = self.entries[second_id as usize].link;
+                let (kind, key) = match reply {
+                    Some((_, key, _)) => (Kind::Reply, key),
+                    // An IPv6 backend of DR or TUN, as the source of a key that is never indexed.
+                    None => (
+                        Kind::Spill,
+                        ConnKey::new(target.addr, target.addr, target.port, 0, client.protocol),
+                    ),
+                };
+                let mut second = Entry::new(kind, &key, target.mode, tcp_state);
+                second.expires_at = conn.expires_at;
+                second.backend = target.backend.0;
+                second.link = id;
+                self.entries[second_id as usize] = second;
+                primary.link = second_id;
+                if let Some((_, _, reply_hash)) = reply {
+                    self.index.insert(reply_hash, second_id);
+                }
+            }
+        }
+        self.entries[id as usize] = primary;
+        self.index.insert(client_hash, id);
+        self.lists
+            .push_back(list_of(client.protocol, tcp_state), id);
+        self.occupied.set(id, true);
+        self.len += 1;
+        self.stats.inserted += 1;
+        Ok(ConnId(id))
+    }
+
+    /// The oldest sacrificable connection holding a second entry, within a short walk of the eviction order.
+    fn victim_with_secondary(&self) -> Option<u32> {
+        let mut at = self.lists.head(ListId::Evictable);
+        for _ in 0..SECONDARY_VICTIM_SEARCH {
+            let id = at?;
+            if self.entries[id as usize].link != NIL {
+                return Some(id);
+            }
+            at = self.lists.next(id);
+        }
+        None
+    }
+
+    /// Removes connection `id` now (for instance when its backend is removed with flushing), freeing its local
+    /// port. Returns what was removed.
+    pub fn remove(&mut self, id: ConnId) -> Option<Conn> {
+        self.primary(id)?;
+        self.stats.removed += 1;
+        Some(self.remove_conn(id.0))
+    }
+
+    /// Advances the expiry clock hand over at most `budget` primary entries, removing the dead connections it
+    /// passes and handing each to `on_removed`. Returns how many were removed. A full sweep takes
+    /// `capacity / budget` calls; free entries are skipped a bitmap word at a time without reading them, and an
+    /// empty table returns at once.
+    pub fn expire(&mut self, now: u64, budget: usize, mut on_removed: impl FnMut(&Conn)) -> usize {
+        let capacity = self.capacity;
+        let mut left = budget.min(capacity);
+        let mut removed = 0;
+        while left > 0 && self.len > 0 {
+            let slot = self.hand;
+            let free = self.occupied.free_run(slot).min(capacity - slot);
+            let step = if free == 0 { 1 } else { free.min(left) };
+            left -= step;
+            self.hand = if slot + step == capacity {
+                0
+            } else {
+                slot + step
+            };
+            if free == 0 && self.entries[slot].expires_at <= now {
+                let dead = self.remove_conn(slot as u32);
+                self.stats.expired += 1;
+                removed += 1;
+                on_removed(&dead);
+            }
+        }
+        removed
+    }
+
+    /// Every connection in the table, dead or alive, in entry order (for the control plane; not for the hot
+    /// path).
+    pub fn iter(&self) -> impl Iterator<Item = (ConnId, Conn)> + '_ {
+        self.entries[..self.capacity]
+            .iter()
+            .enumerate()
+            .filter(|(_, entry)| entry.kind() == Kind::Original)
+            .map(|(i, entry)| (ConnId(i as u32), self.conn_of(entry)))
+    }
+
+    fn release_local(&mut self, local: Option<Endpoint>) {
+        if let (Some(local), Some(ports)) = (local, self.ports.as_mut()) {
+            // The port came from this allocator a moment ago or with the connection, so it is allocated.
+            let _ = ports.release(LocalEndpoint {
+                addr: local.addr,
+                port: local.port,
+            });
+        }
+    }
+
+    /// Unindexes and frees connection `id` and its second entry, releasing its local port; returns what it held.
+    fn remove_conn(&mut self, id: u32) -> Conn {
+        let primary = self.entries[id as usize];
+        let conn = self.conn_of(&primary);
+        let removed = self.index.remove(self.hash(&primary.key()), id);
+        debug_assert!(removed, "a connection's client key is indexed");
+        let second_id = primary.link;
+        if second_id != NIL {
+            let second = self.entries[second_id as usize];
+            if second.kind() == Kind::Reply {
+                let removed = self.index.remove(self.hash(&second.key()), second_id);
+                debug_assert!(removed, "a reply key is indexed");
+            }
+            self.entries[second_id as usize] = Entry::free(self.free_secondary);
+            self.free_secondary = second_id;
+        }
+        self.release_local(conn.local);
+        self.lists
+            .unlink(list_of(primary.protocol(), primary.state()), id);
+        self.entries[id as usize] = Entry::free(self.free_primary);
+        self.free_primary = id;
+        self.occupied.set(id, false);
+        self.len -= 1;
+        conn
+    }
+
+    /// Keys in the index.
+    #[cfg(test)]
+    pub(super) fn indexed_keys(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Narrows every hash to `mask` to force collisions; only on an empty table.
+    #[cfg(test)]
+    pub(super) fn set_hash_mask(&mut self, mask: u32) {
+        assert!(self.is_empty());
+        self.index.hash_mask = mask;
+    }
+}
+
+fn list_of(protocol: u8, state: TcpState) -> ListId {
+    if is_evictable(protocol, state) {
+        ListId::Evictable
+    } else {
+        ListId::Protected
+    }
+}

@@ -1,0 +1,278 @@
+//! IPVS TCP connection states, their transitions per tracked path and the idle timeouts per state and protocol.
+//! Pure functions of their inputs: the table stores a state as one byte and asks this module what comes next.
+
+use packet::flow::ip_protocol;
+
+use crate::service::ForwardingMode;
+
+/// TCP header flag bits, as on the wire.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+/// The IPVS TCP connection states, in IPVS order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum TcpState {
+    None = 0,
+    Established,
+    SynSent,
+    SynRecv,
+    FinWait,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    SynAck,
+}
+
+/// The flag that drives a transition, by IPVS priority: RST over SYN over FIN over ACK.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FlagEvent {
+    Syn = 0,
+    Fin = 1,
+    Ack = 2,
+    Rst = 3,
+}
+
+impl FlagEvent {
+    fn from_flags(flags: u8) -> Option<FlagEvent> {
+        if flags & tcp_flags::RST != 0 {
+            Some(FlagEvent::Rst)
+        } else if flags & tcp_flags::SYN != 0 {
+            Some(FlagEvent::Syn)
+        } else if flags & tcp_flags::FIN != 0 {
+            Some(FlagEvent::Fin)
+        } else if flags & tcp_flags::ACK != 0 {
+            Some(FlagEvent::Ack)
+        } else {
+            None
+        }
+    }
+}
+
+/// Which of the three IPVS transition tables applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrackedPath {
+    /// The balancer sees the client's packets: NAT and FULLNAT original direction.
+    Input,
+    /// The balancer sees the backend's packets: NAT and FULLNAT reply direction.
+    Output,
+    /// The balancer sees only the client's packets: DR and TUN.
+    InputOnly,
+}
+
+use TcpState::{
+    Close as CL, CloseWait as CW, Established as ES, FinWait as FW, LastAck as LA, Listen as LI,
+    SynRecv as SR, SynSent as SS, TimeWait as TW,
+};
+
+/// Next state by [path][event][current state], the IPVS table (ip_vs_proto_tcp.c).
+/// Columns: NONE, ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT, TIME_WAIT, CLOSE, CLOSE_WAIT, LAST_ACK, LISTEN, SYNACK.
+const TRANSITIONS: [[[TcpState; 11]; 4]; 3] = [
+    // Input.
+    [
+        [SR, ES, ES, SR, SR, SR, SR, SR, SR, SR, SR], // SYN
+        [CL, CW, SS, TW, TW, TW, CL, CW, LA, LI, TW], // FIN
+        [CL, ES, SS, ES, FW, TW, CL, CW, CL, LI, ES], // ACK
+        [CL, CL, CL, SR, CL, CL, CL, CL, LA, LI, SR], // RST
+    ],
+    // Output.
+    [
+        [SS, ES, SS, SR, SS, SS, SS, SS, SS, LI, SR],
+        [TW, FW, SS, TW, FW, TW, CL, TW, LA, LI, TW],
+        [ES, ES, SS, ES, FW, TW, CL, CW, LA, ES, ES],
+        [CL, CL, SS, CL, CL, TW, CL, CL, CL, CL, CL],
+    ],
+    // Input only.
+    [
+        [SR, ES, ES, SR, SR, SR, SR, SR, SR, SR, SR],
+        [CL, FW, SS, TW, FW, TW, CL, CW, LA, LI, TW],
+        [CL, ES, SS, ES, FW, TW, CL, CW, CL, LI, ES],
+        [CL, CL, CL, SR, CL, CL, CL, CL, LA, LI, CL],
+    ],
+];
+
+impl TcpState {
+    /// The state after a segment with `flags` on `path`; flags that carry none of RST, SYN, FIN, ACK change
+    /// nothing.
+    #[inline]
+    pub fn next(self, path: TrackedPath, flags: u8) -> TcpState {
+        match FlagEvent::from_flags(flags) {
+            Some(event) => TRANSITIONS[path as usize][event as usize][self as usize],
+            None => self,
+        }
+    }
+
+    /// Whether IPVS counts a connection in this state as active (only ESTABLISHED).
+    #[inline]
+    pub fn is_active(self) -> bool {
+        self == TcpState::Established
+    }
+
+    /// Half-open states: the handshake is not complete.
+    pub fn is_half_open(self) -> bool {
+        matches!(
+            self,
+            TcpState::None
+                | TcpState::SynSent
+                | TcpState::SynRecv
+                | TcpState::SynAck
+                | TcpState::Listen
+        )
+    }
+
+    /// Closing states: one side has finished or reset.
+    pub fn is_closing(self) -> bool {
+        matches!(
+            self,
+            TcpState::FinWait
+                | TcpState::TimeWait
+                | TcpState::Close
+                | TcpState::CloseWait
+                | TcpState::LastAck
+        )
+    }
+
+    /// The name IPVS gives the state.
+    pub fn name(self) -> &'static str {
+        match self {
+            TcpState::None => "NONE",
+            TcpState::Established => "ESTABLISHED",
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRecv => "SYN_RECV",
+            TcpState::FinWait => "FIN_WAIT",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Close => "CLOSE",
+            TcpState::CloseWait => "CLOSE_WAIT",
+            TcpState::LastAck => "LAST_ACK",
+            TcpState::Listen => "LISTEN",
+            TcpState::SynAck => "SYNACK",
+        }
+    }
+}
+
+impl TcpState {
+    /// Every state, by its `repr(u8)` value.
+    const ALL: [TcpState; 11] = [
+        TcpState::None,
+        TcpState::Established,
+        TcpState::SynSent,
+        TcpState::SynRecv,
+        TcpState::FinWait,
+        TcpState::TimeWait,
+        TcpState::Close,
+        TcpState::CloseWait,
+        TcpState::LastAck,
+        TcpState::Listen,
+        TcpState::SynAck,
+    ];
+
+    /// The state stored as `byte` by `state as u8`; bytes the table never writes read as `None`.
+    #[inline]
+    pub(crate) fn from_byte(byte: u8) -> TcpState {
+        Self::ALL
+            .get(usize::from(byte))
+            .copied()
+            .unwrap_or(TcpState::None)
+    }
+}
+
+impl TrackedPath {
+    /// The transition table a packet travelling in `direction` of a `mode` connection goes through.
+    #[inline]
+    pub fn of(mode: ForwardingMode, direction: Direction) -> TrackedPath {
+        match (direction, mode) {
+            (Direction::Reply, _) => TrackedPath::Output,
+            (Direction::Original, ForwardingMode::Nat | ForwardingMode::FullNat) => {
+                TrackedPath::Input
+            }
+            (Direction::Original, ForwardingMode::Dr | ForwardingMode::Tun) => {
+                TrackedPath::InputOnly
+            }
+        }
+    }
+}
+
+/// Which way a packet travels relative to the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Client to service: the key the connection was created with (IPVS "input").
+    Original,
+    /// Backend to client, seen only in NAT and FULLNAT (IPVS "output").
+    Reply,
+}
+
+/// Idle timeouts in milliseconds, per TCP state and for UDP and ICMP. Defaults are the IPVS defaults; IPVS has
+/// no ICMP timeout of its own, ours defaults to 60 s. Protocols other than TCP and ICMP use the UDP timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub none: u64,
+    pub established: u64,
+    pub syn_sent: u64,
+    pub syn_recv: u64,
+    pub fin_wait: u64,
+    pub time_wait: u64,
+    pub close: u64,
+    pub close_wait: u64,
+    pub last_ack: u64,
+    pub listen: u64,
+    pub synack: u64,
+    pub udp: u64,
+    pub icmp: u64,
+}
+
+const SECOND: u64 = 1000;
+const MINUTE: u64 = 60 * SECOND;
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            none: 2 * SECOND,
+            established: 15 * MINUTE,
+            syn_sent: 2 * MINUTE,
+            syn_recv: MINUTE,
+            fin_wait: 2 * MINUTE,
+            time_wait: 2 * MINUTE,
+            close: 10 * SECOND,
+            close_wait: MINUTE,
+            last_ack: 30 * SECOND,
+            listen: 2 * MINUTE,
+            synack: 2 * MINUTE,
+            udp: 5 * MINUTE,
+            icmp: MINUTE,
+        }
+    }
+}
+
+impl Timeouts {
+    /// The timeout of a TCP connection in `state`.
+    pub fn tcp(&self, state: TcpState) -> u64 {
+        match state {
+            TcpState::None => self.none,
+            TcpState::Established => self.established,
+            TcpState::SynSent => self.syn_sent,
+            TcpState::SynRecv => self.syn_recv,
+            TcpState::FinWait => self.fin_wait,
+            TcpState::TimeWait => self.time_wait,
+            TcpState::Close => self.close,
+            TcpState::CloseWait => self.close_wait,
+            TcpState::LastAck => self.last_ack,
+            TcpState::Listen => self.listen,
+            TcpState::SynAck => self.synack,
+        }
+    }
+
+    /// The timeout of a connection of `protocol` in `state` (the state matters for TCP only).
+    pub fn for_protocol(&self, protocol: u8, state: TcpState) -> u64 {
+        match protocol {
+            ip_protocol::TCP => self.tcp(state),
+            ip_protocol::ICMP | ip_protocol::ICMPV6 => self.icmp,
+            _ => self.udp,
+        }
+    }
+}

@@ -1,0 +1,963 @@
+//! Unit tests of the table's behaviour through its public API, plus collision, tiny-table and churn cases that
+//! reach into the index.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use packet::flow::ip_protocol;
+use packet::FlowKey;
+
+use super::*;
+use crate::port_alloc::{LocalEndpoint, PortAllocator, PortError, PortPartition};
+use crate::service::{BackendId, ForwardingMode};
+
+const SYN: u8 = tcp_flags::SYN;
+const ACK: u8 = tcp_flags::ACK;
+const FIN_ACK: u8 = tcp_flags::FIN | tcp_flags::ACK;
+const SYN_ACK: u8 = tcp_flags::SYN | tcp_flags::ACK;
+const RST: u8 = tcp_flags::RST;
+
+fn v4(a: u8, b: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, a, b))
+}
+
+fn vip() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))
+}
+
+fn client_key(n: u16, protocol: u8) -> FlowKey {
+    FlowKey {
+        src_addr: v4(1, (n >> 8) as u8),
+        dst_addr: vip(),
+        src_port: 1024 + n,
+        dst_port: 80,
+        protocol,
+    }
+}
+
+fn target(mode: ForwardingMode) -> Target {
+    Target {
+        backend: BackendId(7),
+        addr: v4(9, 1),
+        port: 8080,
+        mode,
+    }
+}
+
+fn fullnat_table(capacity: usize) -> ConnTable {
+    let partition = PortPartition::new(10000, 10999, 1).unwrap();
+    let ports = PortAllocator::new(partition, 0, &[v4(200, 1)]).unwrap();
+    ConnTable::with_local_ports(capacity, Timeouts::default(), ports).unwrap()
+}
+
+fn ignore(_: &Conn) {}
+
+#[test]
+fn rejects_bad_capacity() {
+    assert_eq!(
+        ConnTable::new(0, Timeouts::default()).unwrap_err(),
+        TableConfigError::ZeroCapacity
+    );
+}
+
+#[test]
+fn nat_is_found_from_both_directions() {
+    let mut table = ConnTable::new(8, Timeouts::default()).unwrap();
+    let key = client_key(1, ip_protocol::TCP);
+    let id = table
+        .insert(0, key, target(ForwardingMode::Nat), SYN, ignore)
+        .unwrap();
+    assert_eq!(
+        table.lookup(&key, 1),
+        Some(Hit {
+            id,
+            direction: Direction::Original
+        })
+    );
+    let reply = FlowKey {
+        src_addr: v4(9, 1),
+        dst_addr: key.src_addr,
+        src_port: 8080,
+        dst_port: key.src_port,
+        protocol: 6,
+    };
+    assert_eq!(table.get(id).unwrap().reply_key(), Some(reply));
+    assert_eq!(
+        table.lookup(&reply, 1),
+        Some(Hit {
+            id,
+            direction: Direction::Reply
+        })
+    );
+    assert_eq!(table.lookup(&key.reversed(), 1), None);
+}
+
+#[test]
+fn fullnat_reply_is_keyed_by_local_endpoint() {
+    let mut table = fullnat_table(8);
+    let key = client_key(1, ip_protocol::TCP);
+    let id = table
+        .insert(0, key, target(ForwardingMode::FullNat), SYN, ignore)
+        .unwrap();
+    let conn = table.get(id).unwrap();
+    let local = conn.local.unwrap();
+    assert_eq!(
+        local,
+        Endpoint {
+            addr: v4(200, 1),
+            port: 10000
+        }
+    );
+    let reply = FlowKey {
+        src_addr: v4(9, 1),
+        dst_addr: local.addr,
+        src_port: 8080,
+        dst_port: local.port,
+        protocol: 6,
+    };
+    assert_eq!(
+        table.lookup(&reply, 1),
+        Some(Hit {
+            id,
+            direction: Direction::Reply
+        })
+    );
+    assert!(table.ports().unwrap().is_allocated(LocalEndpoint {
+        addr: local.addr,
+        port: local.port
+    }));
+}
+
+#[test]
+fn dr_and_tun_have_no_reply_key() {
+    let mut table = ConnTable::new(8, Timeouts::default()).unwrap();
+    for (n, mode) in [(1, ForwardingMode::Dr), (2, ForwardingMode::Tun)] {
+        let key = client_key(n, ip_protocol::TCP);
+        let id = table.insert(0, key, target(mode), SYN, ignore).unwrap();
+        assert_eq!(table.get(id).unwrap().reply_key(), None);
+        assert_eq!(table.lookup(&key, 0).unwrap().id, id);
+    }
+    assert_eq!(table.indexed_keys(), 2);
+}
+
+#[test]
+fn fullnat_without_local_addresses_is_an_error() {
+    let mut table = ConnTable::new(8, Timeouts::default()).unwrap();
+    let result = table.insert(
+        0,
+        client_key(1, 6),
+        target(ForwardingMode::FullNat),
+        SYN,
+        ignore,
+    );
+    assert_eq!(result, Err(InsertError::NoLocalAddresses));
+    assert!(table.is_empty());
+}
+
+#[test]
+fn nat_across_families_is_an_error() {
+    let mut table = ConnTable::new(8, Timeouts::default()).unwrap();
+    let mut six = target(ForwardingMode::Nat);
+    six.addr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    assert_eq!(
+        table.insert(0, client_key(1, 6), six, SYN, ignore),
+        Err(InsertError::FamilyMismatch)
+    );
+}
+
+#[test]
+fn duplicate_live_key_is_refused_and_dead_key_is_replaced() {
+    let mut table = ConnTable::new(8, Timeouts::default()).unwrap();
+    let key = client_key(1, ip_protocol::UDP);
+    let id = table
+        .insert(0, key, target(ForwardingMode::Nat), 0, ignore)
+        .unwrap();
+    assert_eq!(
+        table.insert(10, key, target(ForwardingMode::Nat), 0, ignore),
+        Err(InsertError::Exists(id))
+    );
+    let later = Timeouts::default().udp;
+    let mut removed = Vec::new();
+    table
+        .insert(later, key, target(ForwardingMode::Nat), 0, |c| {
+            removed.push(*c)
+        })
+        .unwrap();
+    assert_eq!(removed.len(), 1);
+    assert_eq!(table.len(), 1);
+    assert_eq!(table.stats().displaced, 1);
+}
+
+fn run(mode: ForwardingMode, steps: &[(Direction, u8)]) -> Vec<TcpState> {
+    let mut table = ConnTable::new(4, Timeouts::default()).unwrap();
+    let (first_dir, first_flags) = steps[0];
+    assert_eq!(first_dir, Direction::Original);
+    let id = table
+        .insert(0, client_key(1, 6), target(mode), first_flags, ignore)
+        .unwrap();
+    let mut states = vec![table.get(id).unwrap().tcp_state];
+    for &(direction, flags) in &steps[1..] {
+        let transition = table.touch(id, direction, flags, 1).unwrap();
+        states.push(transition.to);
+    }
+    states
+}
+
+use Direction::{Original as In, Reply as Out};
+
+#[test]
+fn nat_handshake_data_and_client_close() {
+    let states = run(
+        ForwardingMode::Nat,
+        &[
+            (In, SYN),
+            (Out, SYN_ACK),
+            (In, ACK),
+            (In, ACK),
+            (Out, ACK),
+            (In, FIN_ACK),
+            (Out, ACK),
+            (Out, FIN_ACK),
+            (In, ACK),
+        ],
+    );
+    use TcpState::*;
+    assert_eq!(
+        states,
+        vec![
+            SynRecv,
+            SynRecv,
+            Established,
+            Established,
+            Established,
+            CloseWait,
+            CloseWait,
+            TimeWait,
+            TimeWait
+        ]
+    );
+}
+
+#[test]
+fn nat_server_closes_first() {
+    let states = run(
+        ForwardingMode::Nat,
+        &[
+            (In, SYN),
+            (Out, SYN_ACK),
+            (In, ACK),
+            (Out, FIN_ACK),
+            (In, ACK),
+            (In, FIN_ACK),
+            (Out, ACK),
+        ],
+    );
+    use TcpState::*;
+    assert_eq!(
+        states,
+        vec![
+            SynRecv,
+            SynRecv,
+            Established,
+            FinWait,
+            FinWait,
+            TimeWait,
+            TimeWait
+        ]
+    );
+}
+
+#[test]
+fn dr_sees_only_the_client() {
+    let states = run(
+        ForwardingMode::Dr,
+        &[(In, SYN), (In, ACK), (In, ACK), (In, FIN_ACK), (In, ACK)],
+    );
+    use TcpState::*;
+    assert_eq!(
+        states,
+        vec![SynRecv, Established, Established, FinWait, FinWait]
+    );
+}
+
+#[test]
+fn rst_closes_from_any_established_path() {
+    use TcpState::*;
+    assert_eq!(
+        run(
+            ForwardingMode::Nat,
+            &[(In, SYN), (Out, SYN_ACK), (In, ACK), (In, RST)]
+        )
+        .last(),
+        Some(&Close)
+    );
+    assert_eq!(
+        run(
+            ForwardingMode::Nat,
+            &[(In, SYN), (Out, SYN_ACK), (In, ACK), (Out, RST)]
+        )
+        .last(),
+        Some(&Close)
+    );
+    assert_eq!(
+        run(ForwardingMode::Tun, &[(In, SYN), (In, ACK), (In, RST)]).last(),
+        Some(&Close)
+    );
+    // The backend refusing the connection.
+    assert_eq!(
+        run(ForwardingMode::Nat, &[(In, SYN), (Out, RST | ACK)]).last(),
+        Some(&Close)
+    );
+}
+
+#[test]
+fn mid_flow_ack_without_handshake_is_close_as_in_ipvs() {
+    assert_eq!(
+        run(ForwardingMode::Nat, &[(In, ACK)]),
+        vec![TcpState::Close]
+    );
+}
+
+#[test]
+fn flags_without_syn_fin_ack_rst_change_nothing() {
+    assert_eq!(
+        TcpState::Established.next(TrackedPath::Input, 0x08),
+        TcpState::Established
+    );
+}
+
+#[test]
+fn rst_has_priority_over_syn() {
+    assert_eq!(
+        TcpState::Established.next(TrackedPath::Input, SYN | RST),
+        TcpState::Close
+    );
+}
+
+#[test]
+fn expiry_follows_the_state_timeout() {
+    let timeouts = Timeouts::default();
+    let mut table = ConnTable::new(4, timeouts).unwrap();
+    let key = client_key(1, 6);
+    let id = table
+        .insert(1000, key, target(ForwardingMode::Nat), SYN, ignore)
+        .unwrap();
+    assert_eq!(table.get(id).unwrap().expires_at, 1000 + timeouts.syn_recv);
+    table.touch(id, Out, SYN_ACK, 2000).unwrap();
+    table.touch(id, In, ACK, 3000).unwrap();
+    assert_eq!(
+        table.get(id).unwrap().expires_at,
+        3000 + timeouts.established
+    );
+    table.touch(id, In, RST, 4000).unwrap();
+    assert_eq!(table.get(id).unwrap().expires_at, 4000 + timeouts.close);
+    assert!(table.lookup(&key, 4000 + timeouts.close - 1).is_some());
+    assert!(table.lookup(&key, 4000 + timeouts.close).is_none());
+
+    let udp = table
+        .insert(
+            0,
+            client_key(2, ip_protocol::UDP),
+            target(ForwardingMode::Nat),
+            0,
+            ignore,
+        )
+        .unwrap();
+    assert_eq!(table.get(udp).unwrap().expires_at, timeouts.udp);
+    let icmp = table
+        .insert(
+            0,
+            client_key(3, ip_protocol::ICMP),
+            target(ForwardingMode::Nat),
+            0,
+            ignore,
+        )
+        .unwrap();
+    assert_eq!(table.get(icmp).unwrap().expires_at, timeouts.icmp);
+}
+
+#[test]
+fn every_tcp_state_has_its_timeout() {
+    let t = Timeouts::default();
+    let expected = [
+        (TcpState::None, 2_000),
+        (TcpState::Established, 900_000),
+        (TcpState::SynSent, 120_000),
+        (TcpState::SynRecv, 60_000),
+        (TcpState::FinWait, 120_000),
+        (TcpState::TimeWait, 120_000),
+        (TcpState::Close, 10_000),
+        (TcpState::CloseWait, 60_000),
+        (TcpState::LastAck, 30_000),
+        (TcpState::Listen, 120_000),
+        (TcpState::SynAck, 120_000),
+    ];
+    for (state, ms) in expected {
+        assert_eq!(t.tcp(state), ms, "{}", state.name());
+    }
+    assert_eq!(t.udp, 300_000);
+}
+
+#[test]
+fn activity_changes_are_reported() {
+    let mut table = ConnTable::new(4, Timeouts::default()).unwrap();
+    let id = table
+        .insert(0, client_key(1, 6), target(ForwardingMode::Dr), SYN, ignore)
+        .unwrap();
+    assert!(!table.get(id).unwrap().is_active());
+    let t = table.touch(id, In, ACK, 1).unwrap();
+    assert!(!t.was_active && t.is_active);
+    let t = table.touch(id, In, FIN_ACK, 2).unwrap();
+    assert!(t.was_active && !t.is_active);
+    let udp = table
+        .insert(0, client_key(2, 17), target(ForwardingMode::Dr), 0, ignore)
+        .unwrap();
+    assert!(table.get(udp).unwrap().is_active());
+}
+
+#[test]
+fn eviction_takes_half_open_and_closing_before_established() {
+    let mut table = ConnTable::new(3, Timeouts::default()).unwrap();
+    let established = table
+        .insert(0, client_key(1, 6), target(ForwardingMode::Dr), SYN, ignore)
+        .unwrap();
+    table.touch(established, In, ACK, 0).unwrap();
+    let half_open = table
+        .insert(0, client_key(2, 6), target(ForwardingMode::Dr), SYN, ignore)
+        .unwrap();
+    let closing = table
+        .insert(0, client_key(3, 6), target(ForwardingMode::Dr), SYN, ignore)
+        .unwrap();
+    table.touch(closing, In, ACK, 0).unwrap();
+    table.touch(closing, In, FIN_ACK, 0).unwrap();
+
+    let mut evicted = Vec::new();
+    table
+        .insert(1, client_key(4, 6), target(ForwardingMode::Dr), SYN, |c| {
+            evicted.push(c.client)
+        })
+        .unwrap();
+    assert_eq!(
+        evicted,
+        vec![client_key(2, 6)],
+        "oldest sacrificable first: the half-open one"
+    );
+    assert!(table
+        .get(half_open)
+        .is_none_or(|c| c.client != client_key(2, 6)));
+    table
+        .insert(1, client_key(5, 6), target(ForwardingMode::Dr), SYN, |c| {
+            evicted.push(c.client)
+        })
+        .unwrap();
+    assert_eq!(evicted[1], client_key(3, 6), "then the closing one");
+    assert!(
+        table.lookup(&client_key(1, 6), 1).is_some(),
+        "established survives"
+    );
+    assert_eq!(table.stats().evicted, 2);
+}
+
+#[test]
+fn full_of_established_refuses_inserts() {
+    let mut table = ConnTable::new(2, Timeouts::default()).unwrap();
+    for n in 0..2 {
+        let id = table
+            .insert(0, client_key(n, 6), target(ForwardingMode::Dr), SYN, ignore)
+            .unwrap();
+        table.touch(id, In, ACK, 0).unwrap();
+    }
+    assert_eq!(
+        table.insert(0, client_key(9, 6), target(ForwardingMode::Dr), SYN, ignore),
+        Err(InsertError::TableFull)
+    );
+    assert_eq!(table.len(), 2);
+}
+
+#[test]
+fn full_table_with_fullnat_refusal_returns_the_port() {
+    let mut table = fullnat_table(1);
+    let id = table
+        .insert(
+            0,
+            client_key(0, 6),
+            target(ForwardingMode::FullNat),
+            SYN,
+            ignore,
+        )
+        .unwrap();
+    table.touch(id, In, ACK, 0).unwrap();
+    let before = table.ports().unwrap().available();
+    let result = table.insert(
+        0,
+        client_key(1, 6),
+        target(ForwardingMode::FullNat),
+        SYN,
+        ignore,
+    );
+    assert_eq!(result, Err(InsertError::TableFull));
+    assert_eq!(table.ports().unwrap().available(), before);
+}
+
+#[test]
+fn port_exhaustion_is_an_error() {
+    let partition = PortPartition::new(10000, 10001, 1).unwrap();
+    let ports = PortAllocator::new(partition, 0, &[v4(200, 1)]).unwrap();
+    let mut table = ConnTable::with_local_ports(8, Timeouts::default(), ports).unwrap();
+    for n in 0..2 {
+        table
+            .insert(
+                0,
+                client_key(n, 17),
+                target(ForwardingMode::FullNat),
+                0,
+                ignore,
+            )
+            .unwrap();
+    }
+    let result = table.insert(
+        0,
+        client_key(2, 17),
+        target(ForwardingMode::FullNat),
+        0,
+        ignore,
+    );
+    assert_eq!(result, Err(InsertError::LocalPort(PortError::Exhausted)));
+}
+
+#[test]
+fn expiry_frees_fullnat_ports_and_reports_entries() {
+    let mut table = fullnat_table(16);
+    let total = table.ports().unwrap().available();
+    for n in 0..10 {
+        table
+            .insert(
+                0,
+                client_key(n, 17),
+                target(ForwardingMode::FullNat),
+                0,
+                ignore,
+            )
+            .unwrap();
+    }
+    assert_eq!(table.ports().unwrap().available(), total - 10);
+    let mut reported = 0;
+    let mut removed = 0;
+    for _ in 0..4 {
+        removed += table.expire(Timeouts::default().udp, 4, |_| reported += 1);
+    }
+    assert_eq!((removed, reported), (10, 10));
+    assert!(table.is_empty());
+    assert_eq!(table.ports().unwrap().available(), total);
+    assert_eq!(table.stats().expired, 10);
+}
+
+#[test]
+fn expire_examines_at_most_the_budget() {
+    let mut table = ConnTable::new(100, Timeouts::default()).unwrap();
+    for n in 0..100 {
+        table
+            .insert(0, client_key(n, 17), target(ForwardingMode::Dr), 0, ignore)
+            .unwrap();
+    }
+    let dead = Timeouts::default().udp;
+    assert_eq!(table.expire(dead, 7, ignore), 7);
+    assert_eq!(table.expire(dead, 0, ignore), 0);
+    assert_eq!(table.expire(dead, 1000, ignore), 93);
+}
+
+#[test]
+fn remove_frees_slot_index_and_port() {
+    let mut table = fullnat_table(4);
+    let key = client_key(1, 6);
+    let id = table
+        .insert(0, key, target(ForwardingMode::FullNat), SYN, ignore)
+        .unwrap();
+    let reply = table.get(id).unwrap().reply_key().unwrap();
+    let total = table.ports().unwrap().available();
+    assert!(table.remove(id).is_some());
+    assert!(table.remove(id).is_none());
+    assert_eq!(table.lookup(&key, 0), None);
+    assert_eq!(table.lookup(&reply, 0), None);
+    assert_eq!(table.ports().unwrap().available(), total + 1);
+    assert_eq!(table.indexed_keys(), 0);
+}
+
+#[test]
+fn touch_on_a_vacant_or_foreign_id_is_none() {
+    let mut table = ConnTable::new(4, Timeouts::default()).unwrap();
+    assert_eq!(table.touch(ConnId(0), In, ACK, 0), None);
+    assert_eq!(table.touch(ConnId(99), In, ACK, 0), None);
+    assert!(table.get(ConnId(u32::MAX)).is_none());
+}
+
+/// A distinct UDP client key per `n`, spread over addresses and ports.
+fn spread_key(n: u32) -> FlowKey {
+    FlowKey {
+        src_addr: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (n >> 12))),
+        dst_addr: vip(),
+        src_port: 1024 + (n & 0xfff) as u16,
+        dst_port: 53,
+        protocol: ip_protocol::UDP,
+    }
+}
+
+fn nat_target() -> Target {
+    target(ForwardingMode::Nat)
+}
+
+/// Every key of every connection in `table`, with the hit it must give.
+fn expected_hits(table: &ConnTable) -> Vec<(FlowKey, Hit)> {
+    let mut out = Vec::new();
+    for (id, conn) in table.iter() {
+        out.push((
+            conn.client,
+            Hit {
+                id,
+                direction: Direction::Original,
+            },
+        ));
+        if let Some(reply) = conn.reply_key() {
+            out.push((
+                reply,
+                Hit {
+                    id,
+                    direction: Direction::Reply,
+                },
+            ));
+        }
+    }
+    out
+}
+
+fn assert_burst_agrees(table: &ConnTable, probes: &[FlowKey], now: u64) {
+    let keys: Vec<ConnKey> = probes.iter().map(ConnKey::from).collect();
+    let hashes: Vec<u32> = keys.iter().map(|k| table.hash(k)).collect();
+    let mut out = vec![None; keys.len()];
+    table.lookup_burst(&keys, &hashes, now, &mut out);
+    for (probe, burst) in probes.iter().zip(out) {
+        assert_eq!(burst, table.lookup(probe, now), "{probe:?}");
+    }
+}
+
+#[test]
+fn colliding_buckets_and_signatures_overflow_and_unwind() {
+    // Every key in one bucket with one signature; then one bucket, many signatures; then many buckets, one
+    // signature.
+    for mask in [0, 0x0000_ffff, 0xffff_0000] {
+        let mut table = ConnTable::new(64, Timeouts::default()).unwrap();
+        table.set_hash_mask(mask);
+        for n in 0..64 {
+            table
+                .insert(0, spread_key(n), nat_target(), 0, ignore)
+                .unwrap();
+        }
+        assert_eq!(table.indexed_keys(), 128);
+        let hits = expected_hits(&table);
+        assert_eq!(hits.len(), 128);
+        for (key, hit) in &hits {
+            assert_eq!(table.lookup(key, 1), Some(*hit), "mask {mask:#x}");
+        }
+        let probes: Vec<FlowKey> = hits
+            .iter()
+            .map(|(k, _)| *k)
+            .chain((1000..1040).map(spread_key))
+            .collect();
+        assert_burst_agrees(&table, &probes, 1);
+        // Remove every other connection; the rest stay found, the removed ones are gone.
+        for n in (0..64).step_by(2) {
+            let id = table.lookup(&spread_key(n), 1).unwrap().id;
+            table.remove(id).unwrap();
+        }
+        for n in 0..64 {
+            assert_eq!(table.lookup(&spread_key(n), 1).is_some(), n % 2 == 1);
+        }
+        assert_burst_agrees(&table, &probes, 1);
+        for n in (1..64).step_by(2) {
+            let id = table.lookup(&spread_key(n), 1).unwrap().id;
+            table.remove(id).unwrap();
+        }
+        assert_eq!(table.indexed_keys(), 0);
+        assert!(table.is_empty());
+    }
+}
+
+#[test]
+fn capacity_one_holds_one_connection_of_any_mode() {
+    let mut table = fullnat_table(1);
+    assert_eq!(table.index_capacity_reserved(), 8);
+    for (round, mode) in [
+        ForwardingMode::Nat,
+        ForwardingMode::FullNat,
+        ForwardingMode::Dr,
+        ForwardingMode::Tun,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let key = client_key(round as u16, ip_protocol::UDP);
+        let mut evicted = Vec::new();
+        let id = table
+            .insert(0, key, target(mode), 0, |c| evicted.push(c.client))
+            .unwrap();
+        assert_eq!(evicted.len(), usize::from(round > 0), "{mode:?}");
+        assert_eq!(table.len(), 1);
+        let conn = table.get(id).unwrap();
+        assert_eq!(conn.mode, mode);
+        assert_eq!(conn.backend_endpoint.addr, v4(9, 1));
+        assert_eq!(conn.backend_endpoint.port, 8080);
+        if let Some(reply) = conn.reply_key() {
+            assert_eq!(table.lookup(&reply, 0).unwrap().direction, Direction::Reply);
+        }
+        assert_eq!(
+            table.indexed_keys(),
+            1 + usize::from(conn.reply_key().is_some())
+        );
+    }
+    let id = table
+        .lookup(&client_key(3, ip_protocol::UDP), 0)
+        .unwrap()
+        .id;
+    table.remove(id).unwrap();
+    let established = table
+        .insert(
+            0,
+            client_key(9, 6),
+            target(ForwardingMode::Nat),
+            SYN,
+            ignore,
+        )
+        .unwrap();
+    table.touch(established, Out, SYN_ACK, 0).unwrap();
+    table.touch(established, In, ACK, 0).unwrap();
+    assert_eq!(
+        table.insert(
+            0,
+            client_key(10, 6),
+            target(ForwardingMode::Dr),
+            SYN,
+            ignore
+        ),
+        Err(InsertError::TableFull)
+    );
+}
+
+#[test]
+fn tiny_tables_fill_empty_and_refill() {
+    for capacity in 1..=9usize {
+        let mut table = ConnTable::new(capacity, Timeouts::default()).unwrap();
+        for round in 0..3u32 {
+            for n in 0..capacity as u32 {
+                let mode = [ForwardingMode::Nat, ForwardingMode::Dr][(n % 2) as usize];
+                table
+                    .insert(0, spread_key(round * 100 + n), target(mode), 0, ignore)
+                    .unwrap();
+            }
+            assert_eq!(table.len(), capacity);
+            for (key, hit) in expected_hits(&table) {
+                assert_eq!(table.lookup(&key, 1), Some(hit));
+            }
+            // One more evicts the oldest.
+            let mut evicted = Vec::new();
+            table
+                .insert(0, spread_key(round * 100 + 99), nat_target(), 0, |c| {
+                    evicted.push(c.client)
+                })
+                .unwrap();
+            assert_eq!(evicted, vec![spread_key(round * 100)]);
+            let removed = table.expire(Timeouts::default().udp, capacity, ignore);
+            assert_eq!(removed, capacity);
+            assert!(table.is_empty());
+            assert_eq!(table.indexed_keys(), 0);
+        }
+    }
+}
+
+#[test]
+fn churn_of_ten_times_capacity_keeps_lookups_exact() {
+    const CAPACITY: usize = 512;
+    let timeouts = Timeouts {
+        udp: 100,
+        ..Timeouts::default()
+    };
+    let mut table = ConnTable::new(CAPACITY, timeouts).unwrap();
+    let mut live = std::collections::VecDeque::new();
+    let mut gone = Vec::new();
+    for n in 0..(10 * CAPACITY) as u32 {
+        let now = u64::from(n) / 8;
+        let mode = [ForwardingMode::Nat, ForwardingMode::Dr, ForwardingMode::Tun][n as usize % 3];
+        let mut removed = Vec::new();
+        table
+            .insert(now, spread_key(n), target(mode), 0, |c| {
+                removed.push(c.client)
+            })
+            .unwrap();
+        table.expire(now, 4, |c| removed.push(c.client));
+        // Removing some by hand as well.
+        if n % 7 == 0 {
+            let id = table.lookup(&spread_key(n), now).unwrap().id;
+            removed.push(table.remove(id).unwrap().client);
+        }
+        live.push_back(spread_key(n));
+        for key in removed {
+            live.retain(|k| *k != key);
+            gone.push(key);
+        }
+        if n % 97 == 0 {
+            for key in &live {
+                let alive = table.get(table.lookup(key, 0).unwrap().id).unwrap();
+                assert_eq!(alive.client, *key);
+            }
+            for key in gone.iter().rev().take(64) {
+                assert_eq!(table.lookup(key, 0), None);
+            }
+            let probes: Vec<FlowKey> = live
+                .iter()
+                .chain(gone.iter().rev().take(64))
+                .copied()
+                .collect();
+            assert_burst_agrees(&table, &probes, now);
+        }
+    }
+    let expected_keys: usize = table
+        .iter()
+        .map(|(_, c)| 1 + usize::from(c.reply_key().is_some()))
+        .sum();
+    assert_eq!(table.indexed_keys(), expected_keys);
+    assert_eq!(table.len(), live.len());
+}
+
+#[test]
+fn dead_connections_are_invisible_to_every_lookup() {
+    let mut table = ConnTable::new(8, Timeouts::default()).unwrap();
+    let key = client_key(1, ip_protocol::UDP);
+    let id = table.insert(0, key, nat_target(), 0, ignore).unwrap();
+    let reply = table.get(id).unwrap().reply_key().unwrap();
+    let dead = Timeouts::default().udp;
+    for probe in [key, reply] {
+        assert!(table.lookup(&probe, dead - 1).is_some());
+        assert_eq!(table.lookup(&probe, dead), None);
+    }
+    assert_burst_agrees(&table, &[key, reply], dead);
+    // A touch keeps both directions alive together.
+    table.touch(id, Out, 0, 100).unwrap();
+    assert!(table.lookup(&key, dead).is_some());
+    assert!(table.lookup(&reply, dead).is_some());
+}
+
+#[test]
+fn ipv6_backends_of_dr_and_tun_take_a_second_entry() {
+    let mut table = ConnTable::new(4, Timeouts::default()).unwrap();
+    let backend = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9));
+    for (n, mode) in [(1, ForwardingMode::Dr), (2, ForwardingMode::Tun)] {
+        let client = FlowKey {
+            src_addr: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, n)),
+            dst_addr: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1)),
+            src_port: 4000,
+            dst_port: 443,
+            protocol: ip_protocol::TCP,
+        };
+        let target = Target {
+            backend: BackendId(3),
+            addr: backend,
+            port: 443,
+            mode,
+        };
+        let id = table.insert(0, client, target, SYN, ignore).unwrap();
+        let conn = table.get(id).unwrap();
+        assert_eq!(conn.client, client);
+        assert_eq!(
+            conn.backend_endpoint,
+            Endpoint {
+                addr: backend,
+                port: 443
+            }
+        );
+        assert_eq!(conn.reply_key(), None);
+    }
+    // The address entries are not indexed: only the two client keys are.
+    assert_eq!(table.indexed_keys(), 2);
+}
+
+#[test]
+fn a_table_without_two_entry_room_takes_ipv4_dr_only() {
+    let mut table = ConnTable::with_two_entry_limit(4, 0, Timeouts::default(), None).unwrap();
+    assert_eq!(table.two_entry_capacity(), 0);
+    for n in 0..4 {
+        table
+            .insert(
+                0,
+                client_key(n, ip_protocol::UDP),
+                target(ForwardingMode::Dr),
+                0,
+                ignore,
+            )
+            .unwrap();
+    }
+    assert_eq!(
+        table.insert(0, client_key(9, ip_protocol::UDP), nat_target(), 0, ignore),
+        Err(InsertError::TableFull)
+    );
+    // 64-byte entries, 16 bytes of half-full index, 8 bytes of list links and a bit of occupancy per connection.
+    let big = ConnTable::with_two_entry_limit(1 << 16, 0, Timeouts::default(), None).unwrap();
+    let per_connection = big.memory_bytes() as f64 / (1 << 16) as f64;
+    assert!(per_connection <= 88.2, "{per_connection}");
+    let default = ConnTable::new(1 << 16, Timeouts::default()).unwrap();
+    let per_connection = default.memory_bytes() as f64 / (1 << 16) as f64;
+    assert!(per_connection <= 168.2, "{per_connection}");
+}
+
+#[test]
+fn secondary_shortage_evicts_a_connection_holding_one() {
+    let mut table = ConnTable::with_two_entry_limit(4, 1, Timeouts::default(), None).unwrap();
+    table
+        .insert(
+            0,
+            client_key(1, ip_protocol::UDP),
+            target(ForwardingMode::Dr),
+            0,
+            ignore,
+        )
+        .unwrap();
+    table
+        .insert(0, client_key(2, ip_protocol::UDP), nat_target(), 0, ignore)
+        .unwrap();
+    let mut evicted = Vec::new();
+    table
+        .insert(0, client_key(3, ip_protocol::UDP), nat_target(), 0, |c| {
+            evicted.push(c.client)
+        })
+        .unwrap();
+    assert_eq!(evicted, vec![client_key(2, ip_protocol::UDP)]);
+    assert!(table.lookup(&client_key(1, ip_protocol::UDP), 0).is_some());
+    assert_eq!(table.stats().evicted, 1);
+}
+
+#[test]
+fn an_idle_sweep_skips_free_entries_and_finds_the_one_left() {
+    let mut table = ConnTable::new(1 << 12, Timeouts::default()).unwrap();
+    assert_eq!(table.expire(u64::MAX, 1 << 12, ignore), 0);
+    // One connection near the end: the hand reaches it through free words without stopping.
+    let mut id = None;
+    for n in 0..(1 << 12) {
+        let got = table
+            .insert(
+                0,
+                client_key(n, ip_protocol::UDP),
+                target(ForwardingMode::Dr),
+                0,
+                ignore,
+            )
+            .unwrap();
+        if n < (1 << 12) - 1 {
+            continue;
+        }
+        id = Some(got);
+    }
+    for n in 0..(1 << 12) - 1 {
+        let hit = table.lookup(&client_key(n, ip_protocol::UDP), 0).unwrap();
+        table.remove(hit.id).unwrap();
+    }
+    assert_eq!(table.len(), 1);
+    assert_eq!(table.expire(Timeouts::default().udp, 1 << 12, ignore), 1);
+    assert!(table.get(id.unwrap()).is_none());
+}

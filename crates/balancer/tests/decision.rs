@@ -149,7 +149,10 @@ impl Harness {
     }
 
     fn decide(&mut self, layout: &FrameLayout) -> Action {
-        self.state.decide(&mut self.tables, layout, false, NOW)
+        // Through the staged lookup, as the worker does.
+        let staged = self.state.stage(&layout.flow);
+        self.state
+            .decide(&mut self.tables, layout, Some(&staged), false, NOW)
     }
 }
 
@@ -603,7 +606,7 @@ fn two_workers_steer_requests_and_fullnat_replies_to_their_owner() {
                     1usize,
                     workers[1]
                         .state
-                        .decide(&mut workers[1].tables, &syn, true, NOW),
+                        .decide(&mut workers[1].tables, &syn, None, true, NOW),
                 )
             }
             action => (0, action),

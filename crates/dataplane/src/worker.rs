@@ -9,12 +9,14 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use balancer::decision::{Action, DropReason, Forward, Rewrite, WorkerState, WorkerTables};
+use balancer::decision::{
+    Action, DropReason, Forward, Rewrite, StagedKey, WorkerState, WorkerTables,
+};
 use balancer::expiry::ExpiryPacer;
 use balancer::neighbor::ResolutionThrottle;
 use crossbeam::channel::{Receiver, Sender};
 use crossbeam::queue::ArrayQueue;
-use packet::FrameLayout;
+use packet::{FrameLayout, L3};
 
 use crate::io::{Burst, Frame, RxQueue, TxQueue, MAX_BURST};
 
@@ -172,6 +174,8 @@ pub struct Worker<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     layouts: Box<[FrameLayout]>,
     /// Whether `layouts[i]` holds a good parse of frame i.
     parsed: [bool; MAX_BURST],
+    /// The staged connection lookup of frame i, for IP frames.
+    staged: [Option<StagedKey>; MAX_BURST],
 }
 
 /// What handles one frame: the balancing state, the ports' transmit side and the counters.
@@ -241,6 +245,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             received: Burst::new(),
             layouts: vec![packet::EMPTY_LAYOUT; MAX_BURST].into_boxed_slice(),
             parsed: [false; MAX_BURST],
+            staged: [None; MAX_BURST],
         }
     }
 
@@ -292,19 +297,35 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             for frame in &self.received {
                 frame.prefetch();
             }
-            for ((frame, layout), parsed) in self
+            for (((frame, layout), parsed), staged) in self
                 .received
                 .iter()
                 .zip(self.layouts.iter_mut())
                 .zip(self.parsed.iter_mut())
+                .zip(self.staged.iter_mut())
             {
                 *parsed =
                     packet::parse_frame_into(frame.data(), frame.ipv4_checksum_good(), layout)
                         .is_ok();
+                // Hash every IP frame's connection key and start loading its index bucket...
+                *staged = (*parsed && matches!(layout.l3, L3::Ipv4 | L3::Ipv6))
+                    .then(|| engine.state.stage(&layout.flow));
             }
+            // ...then, with the buckets on their way, the entries they point at...
+            for staged in self.staged[..received].iter().flatten() {
+                engine.state.stage_entries(staged);
+            }
+            // ...and only then decide, frame by frame, in order.
             for (index, frame) in self.received.drain(..).enumerate() {
                 if self.parsed[index] {
-                    engine.handle(frame, &self.layouts[index], port as u16, false, now_ms);
+                    engine.handle(
+                        frame,
+                        &self.layouts[index],
+                        self.staged[index].as_ref(),
+                        port as u16,
+                        false,
+                        now_ms,
+                    );
                 } else {
                     engine.counters.rx_bytes += frame.data().len() as u64;
                     engine.drop_frame(frame, DropReason::Malformed);
@@ -324,7 +345,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             let layout = &mut self.layouts[0];
             let frame = handoff.frame;
             if packet::parse_frame_into(frame.data(), frame.ipv4_checksum_good(), layout).is_ok() {
-                engine.handle(frame, layout, handoff.ingress, true, now_ms);
+                engine.handle(frame, layout, None, handoff.ingress, true, now_ms);
             } else {
                 engine.counters.rx_bytes += frame.data().len() as u64;
                 engine.drop_frame(frame, DropReason::Malformed);
@@ -405,6 +426,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         &mut self,
         mut frame: R::Frame,
         layout: &FrameLayout,
+        staged: Option<&StagedKey>,
         ingress: u16,
         handed_off: bool,
         now_ms: u64,
@@ -412,7 +434,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         self.counters.rx_bytes += frame.data().len() as u64;
         let action = self
             .state
-            .decide(&mut self.tables, layout, handed_off, now_ms);
+            .decide(&mut self.tables, layout, staged, handed_off, now_ms);
         match action {
             Action::Forward(forward) => self.forward(frame, layout, forward, now_ms),
             Action::AnswerArp => {

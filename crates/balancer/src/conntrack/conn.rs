@@ -42,7 +42,30 @@ pub struct Conn {
     pub tcp_state: TcpState,
 }
 
+/// What forwarding a client's packet needs from its connection: everything but the client's key and the expiry,
+/// read without rebuilding the key (the hot path of a request that hits its connection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Forwarding {
+    pub backend: BackendId,
+    pub mode: ForwardingMode,
+    /// The backend's address and port.
+    pub backend_endpoint: Endpoint,
+    /// FULLNAT only: the local address and port the backend sees as the source.
+    pub local: Option<Endpoint>,
+}
+
 impl Conn {
+    /// What forwarding the client's packets to the backend needs.
+    #[inline]
+    pub fn forwarding(&self) -> Forwarding {
+        Forwarding {
+            backend: self.backend,
+            mode: self.mode,
+            backend_endpoint: self.backend_endpoint,
+            local: self.local,
+        }
+    }
+
     /// The key of the reply direction as it reaches the balancer, for the modes where replies come back through
     /// it: backend -> client (NAT), backend -> LIP:lport (FULLNAT).
     pub fn reply_key(&self) -> Option<FlowKey> {

@@ -36,7 +36,7 @@ mod tcp_state;
 #[cfg(test)]
 mod tests;
 
-pub use conn::{Conn, ConnId, Endpoint, Hit, Target, Transition};
+pub use conn::{Conn, ConnId, Endpoint, Forwarding, Hit, Target, Transition};
 pub use key::ConnKey;
 pub use table::{ConnTable, InsertError, TableConfigError, TableStats};
 pub use tcp_state::{tcp_flags, Direction, TcpState, Timeouts, TrackedPath};

@@ -7,7 +7,9 @@ use packet::flow::ip_protocol;
 use packet::FlowKey;
 use thiserror::Error;
 
-use super::conn::{is_active, is_evictable, Conn, ConnId, Endpoint, Hit, Target, Transition};
+use super::conn::{
+    is_active, is_evictable, Conn, ConnId, Endpoint, Forwarding, Hit, Target, Transition,
+};
 use super::entry::{Entry, Kind, NIL};
 use super::index::{Index, Probe};
 use super::key::{ipv4_bits, ipv4_from_bits, ConnKey};
@@ -224,6 +226,19 @@ impl ConnTable {
         prefetch(self.index.bucket(self.index.probe(hash).bucket));
     }
 
+    /// Starts loading the entries whose signatures match `hash` in its home bucket: the second stage of a staged
+    /// lookup, once [`ConnTable::prefetch`] has brought the bucket in.
+    #[inline]
+    pub fn prefetch_candidates(&self, hash: u32) {
+        let probe = self.index.probe(hash);
+        let bucket = self.index.bucket(probe.bucket);
+        let mut pending = bucket.matching(probe.sig);
+        while pending != 0 {
+            prefetch(&self.entries[bucket.entry(pending.trailing_zeros()) as usize]);
+            pending &= pending - 1;
+        }
+    }
+
     #[inline]
     fn find(&self, key: &ConnKey, hash: u32) -> Option<u32> {
         self.index
@@ -352,9 +367,24 @@ impl ConnTable {
         self.primary(id).map(|entry| self.conn_of(entry))
     }
 
-    fn conn_of(&self, entry: &Entry) -> Conn {
+    /// What forwarding the client's packets of connection `id` needs, without the client key.
+    #[inline]
+    pub fn forwarding(&self, id: ConnId) -> Option<Forwarding> {
+        let entry = self.primary(id)?;
+        let (backend_endpoint, local) = self.endpoints_of(entry);
+        Some(Forwarding {
+            backend: BackendId(entry.backend),
+            mode: entry.mode(),
+            backend_endpoint,
+            local,
+        })
+    }
+
+    /// The backend endpoint and (FULLNAT) local endpoint of a connection's primary entry.
+    #[inline]
+    fn endpoints_of(&self, entry: &Entry) -> (Endpoint, Option<Endpoint>) {
         let mode = entry.mode();
-        let (backend_endpoint, local) = if entry.link == NIL {
+        if entry.link == NIL {
             let backend = Endpoint {
                 addr: ipv4_from_bits(entry.backend_v4),
                 port: entry.backend_port,
@@ -372,7 +402,12 @@ impl ConnTable {
                 port: second.dst_port(),
             });
             (backend, local)
-        };
+        }
+    }
+
+    fn conn_of(&self, entry: &Entry) -> Conn {
+        let mode = entry.mode();
+        let (backend_endpoint, local) = self.endpoints_of(entry);
         Conn {
             client: entry.key().to_flow(),
             backend_endpoint,

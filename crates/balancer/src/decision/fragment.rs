@@ -5,7 +5,7 @@ use packet::{Fragment, FrameLayout};
 
 use super::request::forward_request;
 use super::{Action, DropReason, WorkerState};
-use crate::conntrack::{Conn, Endpoint};
+use crate::conntrack::{Endpoint, Forwarding};
 use crate::maglev::address_hash;
 use crate::service::ForwardingMode;
 use crate::snapshot::Snapshot;
@@ -30,8 +30,7 @@ impl WorkerState {
             return Action::Drop(DropReason::NoBackend);
         };
         let backend = &service.backends[index];
-        let conn = Conn {
-            client: flow,
+        let conn = Forwarding {
             backend_endpoint: Endpoint {
                 addr: backend.addr,
                 port: if service.mode == ForwardingMode::Nat {
@@ -41,10 +40,8 @@ impl WorkerState {
                 },
             },
             local: None,
-            expires_at: 0,
             backend: backend.id,
             mode: service.mode,
-            tcp_state: crate::conntrack::TcpState::None,
         };
         forward_request(snapshot, service, &conn, layout, true)
     }

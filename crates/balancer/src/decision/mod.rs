@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use packet::{FlowKey, Fragment, FrameLayout, IcmpKind, L3};
 
-use crate::conntrack::{ConnTable, Direction};
+use crate::conntrack::{ConnKey, ConnTable, Direction, Hit};
 use crate::neighbor::NeighborTable;
 use crate::persistence::PersistenceTable;
 use crate::rss;
@@ -59,6 +59,14 @@ impl WorkerTables {
             schedulers,
         }
     }
+}
+
+/// A frame's connection key and its hash, computed ahead of the decision when the worker stages a burst (the
+/// index bucket is prefetched then, so that the decision's lookup finds it in cache).
+#[derive(Clone, Copy, Debug)]
+pub struct StagedKey {
+    key: ConnKey,
+    hash: u32,
 }
 
 /// Who a worker is among its peers.
@@ -97,12 +105,39 @@ impl WorkerState {
         removed
     }
 
-    /// The forwarding decision for a frame that arrived on port `ingress`, parsed as `layout`. `handed_off` marks
-    /// a frame another worker passed on: it is never passed on again.
+    /// Stages the connection lookup of a frame with `flow`: its key and hash, and a prefetch of its index
+    /// bucket. Pass the result to [`WorkerState::decide`] for the same frame.
+    #[inline]
+    pub fn stage(&self, flow: &FlowKey) -> StagedKey {
+        let key = ConnKey::from_flow(flow);
+        let hash = self.conns.hash(&key);
+        self.conns.prefetch(hash);
+        StagedKey { key, hash }
+    }
+
+    /// The second stage of a staged lookup: prefetches the connection entries the key's bucket points at.
+    #[inline]
+    pub fn stage_entries(&self, staged: &StagedKey) {
+        self.conns.prefetch_candidates(staged.hash);
+    }
+
+    /// The live connection of the frame's own flow, through its staged key when there is one.
+    #[inline]
+    fn lookup_frame(&self, flow: &FlowKey, staged: Option<&StagedKey>, now_ms: u64) -> Option<Hit> {
+        match staged {
+            Some(staged) => self.conns.lookup_key(&staged.key, staged.hash, now_ms),
+            None => self.conns.lookup(flow, now_ms),
+        }
+    }
+
+    /// The forwarding decision for a frame that arrived on port `ingress`, parsed as `layout`. `staged` is what
+    /// [`WorkerState::stage`] returned for `layout.flow`, if the worker staged it. `handed_off` marks a frame
+    /// another worker passed on: it is never passed on again.
     pub fn decide(
         &mut self,
         tables: &mut WorkerTables,
         layout: &FrameLayout,
+        staged: Option<&StagedKey>,
         handed_off: bool,
         now_ms: u64,
     ) -> Action {
@@ -114,7 +149,9 @@ impl WorkerState {
         let snapshot: &Snapshot = snapshot;
         match layout.l3 {
             L3::Arp => self.arp(snapshot, layout),
-            L3::Ipv4 | L3::Ipv6 => self.ip(snapshot, schedulers, layout, handed_off, now_ms),
+            L3::Ipv4 | L3::Ipv6 => {
+                self.ip(snapshot, schedulers, layout, staged, handed_off, now_ms)
+            }
             L3::Other(_) => not_ours(snapshot),
         }
     }
@@ -124,6 +161,7 @@ impl WorkerState {
         snapshot: &Snapshot,
         schedulers: &mut [Option<IpvsScheduler>],
         layout: &FrameLayout,
+        staged: Option<&StagedKey>,
         handed_off: bool,
         now_ms: u64,
     ) -> Action {
@@ -169,7 +207,7 @@ impl WorkerState {
                 snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)
             {
                 return self.request_to(
-                    snapshot, schedulers, layout, index, service, handed_off, now_ms,
+                    snapshot, schedulers, layout, staged, index, service, handed_off, now_ms,
                 );
             }
         }
@@ -181,7 +219,7 @@ impl WorkerState {
                 }
             }
             if owned.local_address {
-                return self.fullnat_reply(snapshot, layout, handed_off, now_ms);
+                return self.fullnat_reply(snapshot, layout, staged, handed_off, now_ms);
             }
             return if snapshot.kernel_exception_path() {
                 Action::ToKernel
@@ -193,7 +231,7 @@ impl WorkerState {
             snapshot.nat_service_of_backend(flow.src_addr, flow.src_port, flow.protocol)
         {
             let (vip, vport) = (service.key.vip, service.key.port);
-            return self.nat_reply(snapshot, layout, vip, vport, handed_off, now_ms);
+            return self.nat_reply(snapshot, layout, staged, vip, vport, handed_off, now_ms);
         }
         not_ours(snapshot)
     }

@@ -5,15 +5,17 @@ use std::net::IpAddr;
 
 use packet::{FlowKey, Fragment, FrameLayout};
 
-use super::{forward, Action, DropReason, Rewrite, WorkerState};
+use super::{forward, Action, DropReason, Rewrite, StagedKey, WorkerState};
 use crate::conntrack::Direction;
 use crate::snapshot::Snapshot;
 
 impl WorkerState {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn nat_reply(
         &mut self,
         snapshot: &Snapshot,
         layout: &FrameLayout,
+        staged: Option<&StagedKey>,
         vip: IpAddr,
         vport: u16,
         handed_off: bool,
@@ -45,7 +47,7 @@ impl WorkerState {
                 return Action::Handoff { worker: owner };
             }
         }
-        self.reply_to_client(snapshot, layout, now_ms, |client| Rewrite::Source {
+        self.reply_to_client(snapshot, layout, staged, now_ms, |client| Rewrite::Source {
             addr: client.dst_addr,
             port: client.dst_port,
         })
@@ -57,10 +59,11 @@ impl WorkerState {
         &mut self,
         snapshot: &Snapshot,
         layout: &FrameLayout,
+        staged: Option<&StagedKey>,
         now_ms: u64,
         rewrite: impl FnOnce(&FlowKey) -> Rewrite,
     ) -> Action {
-        let Some(hit) = self.conns.lookup(&layout.flow, now_ms) else {
+        let Some(hit) = self.lookup_frame(&layout.flow, staged, now_ms) else {
             return Action::Drop(DropReason::NoConnection);
         };
         let Some(conn) = self.conns.get(hit.id) else {
@@ -86,6 +89,7 @@ impl WorkerState {
         &mut self,
         snapshot: &Snapshot,
         layout: &FrameLayout,
+        staged: Option<&StagedKey>,
         handed_off: bool,
         now_ms: u64,
     ) -> Action {
@@ -102,7 +106,7 @@ impl WorkerState {
                 None => return Action::Drop(DropReason::NoConnection),
             }
         }
-        self.reply_to_client(snapshot, layout, now_ms, |client| {
+        self.reply_to_client(snapshot, layout, staged, now_ms, |client| {
             Rewrite::SourceAndDestination {
                 src: client.dst_addr,
                 src_port: client.dst_port,

@@ -3,8 +3,8 @@
 
 use packet::{FlowKey, Fragment, FrameLayout};
 
-use super::{forward, opened, Action, DropReason, Rewrite, WorkerState};
-use crate::conntrack::{tcp_flags, Conn, Direction, Endpoint, InsertError, Target};
+use super::{forward, opened, Action, DropReason, Rewrite, StagedKey, WorkerState};
+use crate::conntrack::{tcp_flags, Direction, Endpoint, Forwarding, InsertError, Target};
 use crate::maglev::flow_hash;
 use crate::scheduler::IpvsScheduler;
 use crate::service::{ForwardingMode, SchedulerKind};
@@ -30,6 +30,7 @@ impl WorkerState {
             snapshot,
             schedulers,
             layout,
+            None,
             service_index,
             service,
             handed_off,
@@ -44,6 +45,7 @@ impl WorkerState {
         snapshot: &Snapshot,
         schedulers: &mut [Option<IpvsScheduler>],
         layout: &FrameLayout,
+        staged: Option<&StagedKey>,
         service_index: u32,
         service: &Service,
         handed_off: bool,
@@ -57,9 +59,9 @@ impl WorkerState {
             }
         }
 
-        if let Some(hit) = self.conns.lookup(&flow, now_ms) {
+        if let Some(hit) = self.lookup_frame(&flow, staged, now_ms) {
             if hit.direction == Direction::Original {
-                if let Some(conn) = self.conns.get(hit.id) {
+                if let Some(conn) = self.conns.forwarding(hit.id) {
                     if snapshot.backend(conn.backend).is_some() {
                         self.account(hit.id, Direction::Original, layout.tcp_flags, now_ms);
                         return forward_request(snapshot, service, &conn, layout, false);
@@ -108,20 +110,23 @@ impl WorkerState {
                     return Action::Drop(DropReason::ConnectionRejected);
                 };
                 self.load.connection_opened(conn.backend, conn.is_active());
-                opened(forward_request(snapshot, service, &conn, layout, false))
+                opened(forward_request(
+                    snapshot,
+                    service,
+                    &conn.forwarding(),
+                    layout,
+                    false,
+                ))
             }
             Err(error) => {
-                let untracked = Conn {
-                    client: flow,
+                let untracked = Forwarding {
+                    backend: target.backend,
+                    mode: target.mode,
                     backend_endpoint: Endpoint {
                         addr: target.addr,
                         port: target.port,
                     },
                     local: None,
-                    expires_at: 0,
-                    backend: target.backend,
-                    mode: target.mode,
-                    tcp_state: crate::conntrack::TcpState::None,
                 };
                 match (service.mode, error) {
                     // DR and TUN need no state to forward: keep the service up when the table is full.
@@ -181,11 +186,11 @@ impl WorkerState {
     }
 }
 
-/// The forward of a client's frame to `conn`'s backend, by the service's mode.
+/// The forward of a client's frame to its connection's backend, by the service's mode.
 pub(super) fn forward_request(
     snapshot: &Snapshot,
     service: &Service,
-    conn: &Conn,
+    conn: &Forwarding,
     layout: &FrameLayout,
     untracked: bool,
 ) -> Action {
@@ -224,7 +229,7 @@ pub(super) fn forward_request(
             let mtu = snapshot.port(route.port).map_or(u16::MAX, |port| port.mtu);
             if usize::from(layout.l3_len) + outer_len > usize::from(mtu) {
                 return Action::TooBig {
-                    from: conn.client.dst_addr,
+                    from: layout.flow.dst_addr,
                     mtu: mtu.saturating_sub(outer_len as u16),
                 };
             }

@@ -192,21 +192,53 @@ impl PlaceKey {
     }
 }
 
+/// The hasher of [`PlaceKey`]s: one folded multiply over the key's words. The maps are filled from the
+/// configuration only; traffic merely probes them, so no client can choose keys that collide on insert.
+#[derive(Clone, Copy, Debug, Default)]
+struct PlaceHasher(u64);
+
+impl std::hash::Hasher for PlaceHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    #[inline]
+    fn write_u128(&mut self, value: u128) {
+        self.0 ^= (value as u64) ^ ((value >> 64) as u64).rotate_left(29);
+    }
+
+    #[inline]
+    fn write_u32(&mut self, value: u32) {
+        self.0 ^= u64::from(value) << 32;
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        let product = u128::from(self.0 ^ 0x243f_6a88_85a3_08d3) * 0x9e37_79b9_7f4a_7c15;
+        (product as u64) ^ ((product >> 64) as u64)
+    }
+}
+
+type PlaceMap<V> = HashMap<PlaceKey, V, std::hash::BuildHasherDefault<PlaceHasher>>;
+
 /// The read-only forwarding state of one configuration generation.
 #[derive(Debug)]
 pub struct Snapshot {
     pub generation: u64,
     services: Vec<Service>,
-    by_key: HashMap<PlaceKey, u32>,
+    by_key: PlaceMap<u32>,
     /// Indexed by backend id: ids are small and dense (the control plane hands them out in order), and this
     /// lookup is on every packet of every tracked flow.
     by_backend: Vec<Option<BackendPlace>>,
     /// NAT backends' (address, port, protocol) -> service index, to recognise their replies.
-    nat_backends: HashMap<PlaceKey, u32>,
+    nat_backends: PlaceMap<u32>,
     /// (VIP, protocol) -> the service that takes fragments without ports: the all-ports service, else the only
     /// service of the VIP and protocol; absent when that is ambiguous.
-    fragment_services: HashMap<PlaceKey, u32>,
-    owned: HashMap<PlaceKey, OwnedAddress>,
+    fragment_services: PlaceMap<u32>,
+    owned: PlaceMap<OwnedAddress>,
     ports: Vec<PortSpec>,
     gateways: Vec<GatewaySpec>,
     local_ports: PortPartition,
@@ -217,7 +249,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds generation `generation` from `spec`. Maglev tables are built here: call it off the data path.
     pub fn build(spec: &SnapshotSpec, generation: u64) -> Result<Snapshot, SnapshotError> {
-        let mut owned: HashMap<PlaceKey, OwnedAddress> = HashMap::new();
+        let mut owned: PlaceMap<OwnedAddress> = PlaceMap::default();
         for port in &spec.ports {
             for &(addr, _) in &port.addresses {
                 owned
@@ -254,10 +286,10 @@ impl Snapshot {
         let mut snapshot = Snapshot {
             generation,
             services: Vec::with_capacity(spec.services.len()),
-            by_key: HashMap::new(),
+            by_key: PlaceMap::default(),
             by_backend: Vec::new(),
-            nat_backends: HashMap::new(),
-            fragment_services: HashMap::new(),
+            nat_backends: PlaceMap::default(),
+            fragment_services: PlaceMap::default(),
             owned,
             ports: spec.ports.clone(),
             gateways: spec.gateways.clone(),

@@ -150,6 +150,15 @@ impl WorkerState {
         match layout.l3 {
             L3::Arp => self.arp(snapshot, layout),
             L3::Ipv4 | L3::Ipv6 => {
+                // The common case first: a whole datagram of a connection this worker tracks, forwarded from its
+                // entry without classifying the destination again.
+                if let Some(staged) = staged {
+                    if layout.fragment == Fragment::None && matches!(layout.icmp, IcmpKind::None) {
+                        if let Some(action) = self.established(snapshot, layout, staged, now_ms) {
+                            return action;
+                        }
+                    }
+                }
                 self.ip(snapshot, schedulers, layout, staged, handed_off, now_ms)
             }
             L3::Other(_) => not_ours(snapshot),

@@ -8,7 +8,7 @@ use crate::conntrack::{tcp_flags, Direction, Endpoint, Forwarding, InsertError, 
 use crate::maglev::flow_hash;
 use crate::scheduler::IpvsScheduler;
 use crate::service::{ForwardingMode, SchedulerKind};
-use crate::snapshot::{mask_address, Service, Snapshot};
+use crate::snapshot::{mask_address, Route, Service, Snapshot};
 
 impl WorkerState {
     /// A frame to a VIP; `None` when no service of the VIP matches (the caller decides what else it may be).
@@ -36,6 +36,30 @@ impl WorkerState {
             handed_off,
             now_ms,
         ))
+    }
+
+    /// A client's frame of a connection this worker tracks, forwarded from the entry alone. `None` when the frame
+    /// is not that (no connection, a reply, or a backend gone from the snapshot): the full decision takes it then.
+    ///
+    /// Equivalent to [`WorkerState::request_to`] for these frames: a connection in this worker's table was opened
+    /// here, so this worker owns the flow; its backend is in the snapshot, so its service is too (backend ids
+    /// belong to one service).
+    pub(super) fn established(
+        &mut self,
+        snapshot: &Snapshot,
+        layout: &FrameLayout,
+        staged: &StagedKey,
+        now_ms: u64,
+    ) -> Option<Action> {
+        let hit = self
+            .conns
+            .lookup_key(&staged.key, staged.hash, now_ms)
+            .filter(|hit| hit.direction == Direction::Original)?;
+        let conn = self.conns.forwarding(hit.id)?;
+        let (service, _, route) = snapshot.backend(conn.backend)?;
+        let route = *route;
+        self.account(hit.id, Direction::Original, layout.tcp_flags, now_ms);
+        Some(forward_on(snapshot, service, &conn, route, layout, false))
     }
 
     /// A whole datagram to `service` (at `service_index` in the snapshot).
@@ -194,14 +218,27 @@ pub(super) fn forward_request(
     layout: &FrameLayout,
     untracked: bool,
 ) -> Action {
-    let backend = conn.backend_endpoint;
     let route = match snapshot.backend(conn.backend) {
         Some((_, _, route)) => *route,
-        None => match snapshot.route(backend.addr) {
+        None => match snapshot.route(conn.backend_endpoint.addr) {
             Some(route) => route,
             None => return Action::Drop(DropReason::NoRoute),
         },
     };
+    forward_on(snapshot, service, conn, route, layout, untracked)
+}
+
+/// The forward of a client's frame to its connection's backend over `route`, by the service's mode.
+#[inline]
+fn forward_on(
+    snapshot: &Snapshot,
+    service: &Service,
+    conn: &Forwarding,
+    route: Route,
+    layout: &FrameLayout,
+    untracked: bool,
+) -> Action {
+    let backend = conn.backend_endpoint;
     let rewrite = match conn.mode {
         ForwardingMode::Dr => Rewrite::MacsOnly,
         ForwardingMode::Nat => Rewrite::Destination {

@@ -670,7 +670,7 @@ fn icmp_errors_follow_the_flow_they_quote() {
     assert_eq!(
         mapped.rewrite,
         Rewrite::IcmpError {
-            destination: Some((backend, backend, 8080)),
+            destination: Some((backend, 8080)),
             source: None
         }
     );
@@ -694,7 +694,7 @@ fn icmp_errors_follow_the_flow_they_quote() {
         mapped.rewrite,
         Rewrite::IcmpError {
             destination: None,
-            source: Some((vip(false), vip(false), 80))
+            source: Some((vip(false), 80))
         }
     );
     assert_eq!(mapped.port, CLIENT_PORT);

@@ -736,23 +736,11 @@ fn rewrite<F: Frame>(
             destination,
             source,
         } => {
-            if let Some((outer_dst, inner_src, inner_src_port)) = destination {
-                packet::rewrite_icmp_error_destination(
-                    frame.data_mut(),
-                    layout,
-                    outer_dst,
-                    inner_src,
-                    inner_src_port,
-                )?;
+            if let Some((addr, port)) = destination {
+                packet::rewrite_icmp_error_destination(frame.data_mut(), layout, addr, addr, port)?;
             }
-            if let Some((outer_src, inner_dst, inner_dst_port)) = source {
-                packet::rewrite_icmp_error_source(
-                    frame.data_mut(),
-                    layout,
-                    outer_src,
-                    inner_dst,
-                    inner_dst_port,
-                )?;
+            if let Some((addr, port)) = source {
+                packet::rewrite_icmp_error_source(frame.data_mut(), layout, addr, addr, port)?;
             }
             Ok(())
         }

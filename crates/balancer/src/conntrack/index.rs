@@ -36,14 +36,25 @@ impl Bucket {
         _reserved: [0; 3],
     };
 
-    /// One bit per slot whose signature is `sig` (the compiler turns this into one vector compare).
+    /// One bit per slot whose signature is `sig`. Four 16-bit lanes per 64-bit word are compared at once
+    /// (SWAR): a lane equal to `sig` is zero after the XOR, and the exact zero-lane test (no borrow crosses lanes)
+    /// sets only its top bit.
     #[inline(always)]
     pub fn matching(&self, sig: u16) -> u32 {
-        let mut mask = 0u32;
-        for (i, &s) in self.sigs.iter().enumerate() {
-            mask |= u32::from(s == sig) << i;
-        }
-        mask
+        const LOW15: u64 = 0x7fff_7fff_7fff_7fff;
+        let pattern = u64::from(sig) * 0x0001_0001_0001_0001;
+        let lanes = |words: [u16; 4]| {
+            let word = u64::from(words[0])
+                | u64::from(words[1]) << 16
+                | u64::from(words[2]) << 32
+                | u64::from(words[3]) << 48;
+            let x = word ^ pattern;
+            let zero = !(((x & LOW15) + LOW15) | x | LOW15);
+            // Gather the four lane flags (bits 15, 31, 47, 63) into bits 60..64, then down to 0..4.
+            (zero.wrapping_mul(0x0000_2000_4000_8001) >> 60) as u32
+        };
+        let [a, b, c, d, e, f, g, h] = self.sigs;
+        lanes([a, b, c, d]) | lanes([e, f, g, h]) << 4
     }
 
     #[inline(always)]
@@ -207,6 +218,25 @@ impl Index {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The lane-parallel compare flags exactly the slots a plain loop finds.
+        #[test]
+        fn matching_flags_exactly_the_equal_signatures(
+            sigs in proptest::array::uniform8(prop_oneof![Just(0u16), Just(1), Just(2), Just(0x8000), Just(0xffff), any::<u16>()]),
+            sig in prop_oneof![Just(1u16), Just(2), Just(0x8000), Just(0xffff), any::<u16>()],
+        ) {
+            let mut bucket = Bucket::EMPTY;
+            bucket.sigs = sigs;
+            let expected = sigs
+                .iter()
+                .enumerate()
+                .fold(0u32, |mask, (i, &s)| mask | u32::from(s == sig) << i);
+            prop_assert_eq!(bucket.matching(sig), expected);
+        }
+    }
+
     use super::*;
 
     #[test]

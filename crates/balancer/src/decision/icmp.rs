@@ -72,7 +72,7 @@ impl WorkerState {
                         None => return Action::Drop(DropReason::IcmpUnsupported),
                     },
                     ForwardingMode::Nat => Rewrite::IcmpError {
-                        destination: Some((backend.addr, backend.addr, backend.port)),
+                        destination: Some((backend.addr, backend.port)),
                         source: None,
                     },
                     ForwardingMode::FullNat => {
@@ -80,8 +80,8 @@ impl WorkerState {
                             return Action::Drop(DropReason::IcmpErrorUnknownFlow);
                         };
                         Rewrite::IcmpError {
-                            destination: Some((backend.addr, backend.addr, backend.port)),
-                            source: Some((local.addr, local.addr, local.port)),
+                            destination: Some((backend.addr, backend.port)),
+                            source: Some((local.addr, local.port)),
                         }
                     }
                 };
@@ -91,14 +91,14 @@ impl WorkerState {
                 let Some(route) = snapshot.route(client.src_addr) else {
                     return Action::Drop(DropReason::NoRoute);
                 };
-                let source = Some((client.dst_addr, client.dst_addr, client.dst_port));
+                let source = Some((client.dst_addr, client.dst_port));
                 let rewrite = match conn.mode {
                     ForwardingMode::Nat => Rewrite::IcmpError {
                         destination: None,
                         source,
                     },
                     ForwardingMode::FullNat => Rewrite::IcmpError {
-                        destination: Some((client.src_addr, client.src_addr, client.src_port)),
+                        destination: Some((client.src_addr, client.src_port)),
                         source,
                     },
                     ForwardingMode::Dr | ForwardingMode::Tun => {

@@ -288,6 +288,7 @@ pub(super) fn not_ours(snapshot: &Snapshot) -> Action {
     }
 }
 
+#[inline(always)]
 pub(super) fn forward(
     route: Route,
     rewrite: Rewrite,

@@ -44,6 +44,7 @@ impl WorkerState {
     /// Equivalent to [`WorkerState::request_to`] for these frames: a connection in this worker's table was opened
     /// here, so this worker owns the flow; its backend is in the snapshot, so its service is too (backend ids
     /// belong to one service).
+    #[inline(always)]
     pub(super) fn established(
         &mut self,
         snapshot: &Snapshot,
@@ -229,7 +230,7 @@ pub(super) fn forward_request(
 }
 
 /// The forward of a client's frame to its connection's backend over `route`, by the service's mode.
-#[inline]
+#[inline(always)]
 fn forward_on(
     snapshot: &Snapshot,
     service: &Service,

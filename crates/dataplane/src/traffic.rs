@@ -22,7 +22,7 @@ use balancer::snapshot::{GatewaySpec, PortSpec, ServiceSpec, Snapshot, SnapshotS
 use crossbeam::channel::bounded;
 
 use crate::io::{Burst, Frame, RxQueue, TxQueue};
-use crate::worker::{PortQueues, TableUpdates, Worker, WorkerConfig};
+use crate::worker::{HandoffLinks, PortQueues, TableUpdates, Worker, WorkerConfig};
 
 /// What to generate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -461,14 +461,12 @@ pub fn bench_worker(
     // The publisher is dropped: a benchmark worker never gets new tables.
     let (_publish, incoming) = bounded(1);
     let (retired, _retired_rx) = bounded(1);
-    let ring = Arc::new(ArrayQueue::new(64));
     let worker = Worker::new(
         state,
         WorkerTables::new(snapshot),
         ports,
         None,
-        Arc::clone(&ring),
-        vec![ring],
+        HandoffLinks::alone(),
         TableUpdates { incoming, retired },
         WorkerConfig {
             burst,

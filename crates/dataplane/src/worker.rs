@@ -9,25 +9,18 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use arrayvec::ArrayVec;
 use balancer::decision::{
     Action, DropReason, Forward, Rewrite, StagedKey, WorkerState, WorkerTables,
 };
 use balancer::expiry::ExpiryPacer;
 use balancer::neighbor::ResolutionThrottle;
 use crossbeam::channel::{Receiver, Sender};
-use crossbeam::queue::ArrayQueue;
 use packet::{FrameLayout, L3};
 
 use crate::io::{Burst, Frame, RxQueue, TxQueue, MAX_BURST};
 
-/// A frame passed to the worker that owns its flow, with the port it arrived on.
-pub struct Handoff<F> {
-    pub frame: F,
-    pub ingress: u16,
-}
-
-/// The ring a worker receives handed-off frames on.
-pub type HandoffRing<F> = Arc<ArrayQueue<Handoff<F>>>;
+pub use crate::handoff::{handoff_mesh, Handoff, HandoffLinks};
 
 /// A worker's queues on one port.
 pub struct PortQueues<R, T> {
@@ -164,7 +157,6 @@ pub struct TraceChannel {
 /// Everything one worker owns.
 pub struct Worker<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     engine: Engine<R, T>,
-    handoffs: HandoffRing<R::Frame>,
     updates: TableUpdates,
     trace: Option<TraceChannel>,
     stats: Arc<WorkerStats>,
@@ -172,6 +164,8 @@ pub struct Worker<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     /// borrow the engine.
     received: Burst<R::Frame>,
     layouts: Box<[FrameLayout]>,
+    /// Frames other workers handed over, received in bulk.
+    handed: ArrayVec<Handoff<R::Frame>, MAX_BURST>,
     /// Whether `layouts[i]` holds a good parse of frame i.
     parsed: [bool; MAX_BURST],
     /// The staged connection lookup of frame i, for IP frames.
@@ -185,7 +179,7 @@ struct Engine<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     ports: Vec<PortQueues<R, T>>,
     pending: Vec<Burst<R::Frame>>,
     kernel: Option<(T, Burst<R::Frame>)>,
-    peers: Vec<HandoffRing<R::Frame>>,
+    handoffs: HandoffLinks<R::Frame>,
     counters: Counters,
     stats: Arc<WorkerStats>,
     throttle: ResolutionThrottle,
@@ -196,16 +190,15 @@ struct Engine<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
 }
 
 impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
-    /// A worker over `ports` (index = port number in the snapshot). `peers[i]` is worker i's handoff ring (this
-    /// worker's own included, as `handoffs`).
+    /// A worker over `ports` (index = port number in the snapshot), exchanging frames with its peers over
+    /// `handoffs` (its element of [`handoff_mesh`], or [`HandoffLinks::alone`]).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         state: WorkerState,
         tables: WorkerTables,
         ports: Vec<PortQueues<R, T>>,
         kernel: Option<T>,
-        handoffs: HandoffRing<R::Frame>,
-        peers: Vec<HandoffRing<R::Frame>>,
+        handoffs: HandoffLinks<R::Frame>,
         updates: TableUpdates,
         config: WorkerConfig,
     ) -> Worker<R, T> {
@@ -227,7 +220,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 ports,
                 pending,
                 kernel: kernel.map(|tx| (tx, Burst::new())),
-                peers,
+                handoffs,
                 counters: Counters::default(),
                 stats: Arc::clone(&stats),
                 throttle: ResolutionThrottle::new(1024, config.resolve_interval_ms),
@@ -238,12 +231,12 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                     ..config
                 },
             },
-            handoffs,
             updates,
             trace: None,
             stats,
             received: Burst::new(),
             layouts: vec![packet::EMPTY_LAYOUT; MAX_BURST].into_boxed_slice(),
+            handed: ArrayVec::new(),
             parsed: [false; MAX_BURST],
             staged: [None; MAX_BURST],
         }
@@ -332,16 +325,12 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 }
             }
         }
-        // An empty ring costs two loads here; popping from it would cost a full fence.
-        for _ in 0..if self.handoffs.is_empty() {
-            0
-        } else {
-            engine.config.burst
-        } {
-            let Some(handoff) = self.handoffs.pop() else {
-                break;
-            };
-            engine.counters.handoffs_received += 1;
+        let handed = &mut self.handed;
+        let received = engine
+            .handoffs
+            .receive(engine.config.burst, |handoff| handed.push(handoff));
+        engine.counters.handoffs_received += received as u64;
+        for handoff in self.handed.drain(..) {
             let layout = &mut self.layouts[0];
             let frame = handoff.frame;
             if packet::parse_frame_into(frame.data(), frame.ipv4_checksum_good(), layout).is_ok() {
@@ -469,13 +458,14 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
                 }
                 None => self.drop_frame(frame, DropReason::NotOurs),
             },
-            Action::Handoff { worker } => match self.peers.get(usize::from(worker)) {
-                Some(ring) => match ring.push(Handoff { frame, ingress }) {
-                    Ok(()) => self.counters.handed_off += 1,
-                    Err(Handoff { frame, .. }) => self.drop_frame(frame, DropReason::HandoffFull),
-                },
-                None => self.drop_frame(frame, DropReason::HandoffFull),
-            },
+            Action::Handoff { worker } => {
+                if let Err(refused) = self
+                    .handoffs
+                    .send(usize::from(worker), Handoff { frame, ingress })
+                {
+                    self.drop_frame(refused.frame, DropReason::HandoffFull);
+                }
+            }
             Action::Consumed => {}
             Action::Drop(reason) => self.drop_frame(frame, reason),
         }
@@ -651,6 +641,14 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     }
 
     fn flush_all(&mut self) {
+        let (counters, dropped) = (&mut self.counters, &mut self.dropped);
+        counters.handed_off += self.handoffs.flush(|refused| {
+            counters.drops[DropReason::HandoffFull.index()] += 1;
+            if dropped.is_full() {
+                R::Frame::free_burst(dropped);
+            }
+            let _ = dropped.try_push(refused.frame);
+        }) as u64;
         for port in 0..self.ports.len() {
             if !self.pending[port].is_empty() {
                 self.flush(port);

@@ -17,10 +17,9 @@ use balancer::scheduler::LoadTable;
 use balancer::service::{Backend, BackendId, ForwardingMode, SchedulerKind, ServiceKey};
 use balancer::snapshot::{PortSpec, ServiceSpec, Snapshot, SnapshotSpec};
 use crossbeam::channel::{bounded, Receiver, Sender};
-use crossbeam::queue::ArrayQueue;
 use dataplane::io::memory::{Inbox, MemoryFrame, MemoryRx, MemoryTx, Outbox};
 use dataplane::io::Frame;
-use dataplane::worker::{PortQueues, TableUpdates, Worker, WorkerConfig};
+use dataplane::worker::{HandoffLinks, PortQueues, TableUpdates, Worker, WorkerConfig};
 use etherparse::PacketBuilder;
 use proptest::prelude::*;
 
@@ -137,14 +136,12 @@ fn lane(spec: &SnapshotSpec, burst: usize, capacity: usize) -> Lane {
         .collect();
     let (updates, incoming) = bounded(8);
     let (retired, retired_rx) = bounded(8);
-    let ring = Arc::new(ArrayQueue::new(64));
     let worker = Worker::new(
         state,
         WorkerTables::new(Arc::new(Snapshot::build(spec, 1).unwrap())),
         ports,
         None,
-        Arc::clone(&ring),
-        vec![ring],
+        HandoffLinks::alone(),
         TableUpdates { incoming, retired },
         WorkerConfig {
             burst,

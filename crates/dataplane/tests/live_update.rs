@@ -19,11 +19,12 @@ use balancer::scheduler::LoadTable;
 use balancer::service::{Backend, BackendId, ForwardingMode, SchedulerKind, ServiceKey};
 use balancer::snapshot::{PortSpec, ServiceSpec, Snapshot, SnapshotSpec};
 use crossbeam::channel::bounded;
-use crossbeam::queue::ArrayQueue;
 use dataplane::io::memory::MemoryFrame;
 use dataplane::io::{Burst, Frame, TxQueue};
 use dataplane::traffic::{frame_pool, FramePool, TrafficSource, TrafficSpec};
-use dataplane::worker::{PortQueues, TableUpdates, Worker, WorkerConfig, WorkerStats};
+use dataplane::worker::{
+    HandoffLinks, PortQueues, TableUpdates, Worker, WorkerConfig, WorkerStats,
+};
 
 const BACKENDS: u8 = 6;
 /// Backends 0..REMOVABLE come and go; the others stay (and are reweighted).
@@ -152,7 +153,6 @@ fn updates_under_traffic_lose_nothing_and_move_no_established_flow() {
     ];
     let (publish, incoming) = bounded(4);
     let (retired, retired_rx) = bounded(16);
-    let ring = Arc::new(ArrayQueue::new(64));
     let state = WorkerState {
         place: WorkerPlace {
             index: 0,
@@ -169,8 +169,7 @@ fn updates_under_traffic_lose_nothing_and_move_no_established_flow() {
         WorkerTables::new(first),
         ports,
         None,
-        Arc::clone(&ring),
-        vec![ring],
+        HandoffLinks::alone(),
         TableUpdates { incoming, retired },
         WorkerConfig::default(),
     );

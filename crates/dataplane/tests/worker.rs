@@ -14,10 +14,9 @@ use balancer::scheduler::LoadTable;
 use balancer::service::{Backend, BackendId, ForwardingMode, SchedulerKind, ServiceKey};
 use balancer::snapshot::{PortSpec, ServiceSpec, Snapshot, SnapshotSpec};
 use crossbeam::channel::bounded;
-use crossbeam::queue::ArrayQueue;
 use dataplane::io::memory::{Inbox, MemoryFrame, MemoryRx, MemoryTx, Outbox};
 use dataplane::io::Frame;
-use dataplane::worker::{PortQueues, TableUpdates, Worker, WorkerConfig};
+use dataplane::worker::{handoff_mesh, PortQueues, TableUpdates, Worker, WorkerConfig};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 
 const CLIENT_MAC: [u8; 6] = [2, 0xc1, 0, 0, 0, 1];
@@ -101,9 +100,7 @@ fn rig(spec: &SnapshotSpec, workers: u16) -> Rig {
     let neighbors = Arc::new(NeighborTable::new(256));
     neighbors.learn(ip("10.0.0.2"), CLIENT_MAC).unwrap();
     neighbors.learn(ip("fd00::2"), CLIENT_MAC).unwrap();
-    let rings: Vec<_> = (0..workers)
-        .map(|_| Arc::new(ArrayQueue::new(1024)))
-        .collect();
+    let mut mesh = handoff_mesh(usize::from(workers), 1024).into_iter();
     let mut rig = Rig {
         workers: vec![],
         inboxes: vec![],
@@ -153,8 +150,7 @@ fn rig(spec: &SnapshotSpec, workers: u16) -> Rig {
             WorkerTables::new(Arc::clone(&snapshot)),
             ports,
             None,
-            Arc::clone(&rings[usize::from(index)]),
-            rings.clone(),
+            mesh.next().expect("one set of links per worker"),
             TableUpdates {
                 incoming: receive,
                 retired,

@@ -20,10 +20,9 @@ use control::health::HealthChecker;
 use crate::control_loop::{health_specs, reload_signal, ControlLoop};
 use crate::ctl::Endpoints;
 use crossbeam::channel::bounded;
-use crossbeam::queue::ArrayQueue;
 use dataplane::io::Burst;
 use dataplane::worker::{
-    PortQueues, TableUpdates, TraceChannel, Worker, WorkerConfig, WorkerStats,
+    handoff_mesh, PortQueues, TableUpdates, TraceChannel, Worker, WorkerConfig, WorkerStats,
 };
 use dpdk::{spawn_worker, Eal, Mempool, Port, PortConfig, DEFAULT_DATA_ROOM, SOCKET_ANY};
 
@@ -315,9 +314,6 @@ fn run_balancer(
     let workers = config.workers.cores.len();
     let software_steering = workers > 1 && !ports.iter().all(Port::has_rss);
     let neighbors = Arc::new(NeighborTable::new(65536));
-    let rings: Vec<_> = (0..workers)
-        .map(|_| Arc::new(ArrayQueue::new(HANDOFF_RING)))
-        .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
     let mut stats: Vec<Arc<WorkerStats>> = Vec::new();
@@ -328,7 +324,8 @@ fn run_balancer(
     let mut trace_queries = Vec::new();
     let (trace_answers_tx, trace_answers) = bounded(64);
     let started = Instant::now();
-    for (index, &cpu) in config.workers.cores.iter().enumerate() {
+    let mesh = handoff_mesh(workers, HANDOFF_RING);
+    for ((index, &cpu), handoffs) in config.workers.cores.iter().enumerate().zip(mesh) {
         let capacity = config.network.conntrack_capacity;
         let conns = if spec.local_addresses.is_empty() {
             ConnTable::new(capacity, config.network.timeouts)
@@ -369,8 +366,7 @@ fn run_balancer(
             WorkerTables::new(Arc::clone(&snapshot)),
             queues,
             None,
-            Arc::clone(&rings[index]),
-            rings.clone(),
+            handoffs,
             TableUpdates { incoming, retired },
             WorkerConfig {
                 burst: config.workers.burst,
@@ -455,10 +451,7 @@ fn run_balancer(
             Err(_) => failure = Some(format!("worker {index} panicked")),
         }
     }
-    // Frames still in handoff rings go back to the pool.
-    for ring in &rings {
-        while ring.pop().is_some() {}
-    }
+    // Frames still in handoff rings went back to the pool when the workers (the rings' two ends) were dropped.
     print_worker_stats(&stats, elapsed);
     print!(
         "{}",

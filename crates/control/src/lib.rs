@@ -1,3 +1,4 @@
 //! Configuration, the control thread, table publication, health checks and statistics. No DPDK dependency.
 pub mod config;
 pub mod health;
+pub mod protocol;

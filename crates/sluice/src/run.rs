@@ -72,6 +72,12 @@ fn eal_arguments(config: &Config) -> Vec<String> {
         args.push("-l".into());
         args.push(config.workers.cores[0].to_string());
     }
+    // Hugepage files are unlinked as soon as they are mapped: nothing is left in hugetlbfs after any exit, kill -9
+    // included (sluice has no secondary processes to share them with).
+    let chosen = |name: &str| args.iter().any(|arg| arg.starts_with(name));
+    if !chosen("--no-huge") && !chosen("--in-memory") && !chosen("--huge-unlink") {
+        args.push("--huge-unlink".into());
+    }
     for port in &config.ports {
         if port.is_vdev() {
             args.push(format!("--vdev={}", port.device));

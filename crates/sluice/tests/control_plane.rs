@@ -550,3 +550,46 @@ fn a_failed_metrics_bind_at_start_leaves_no_worker_and_no_file() {
     assert!(status.success(), "{log}");
     assert!(!socket.exists());
 }
+
+fn free_hugepages() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("HugePages_Free:"))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn hugepage_files_are_gone_even_after_kill_9() {
+    // Needs 2 MiB hugepages mounted at /dev/hugepages (scripts/setup.sh reserves them).
+    if free_hugepages() < 64 || !Path::new("/dev/hugepages").is_dir() {
+        eprintln!("skipped: fewer than 64 free hugepages or no /dev/hugepages");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_empty_pcap(&dir.path().join("empty.pcap"));
+    let prefix = format!("sluice-test-{}", std::process::id());
+    let text = config(dir.path(), "[[service.backend]]\naddress = \"10.1.0.11\"\n").replace(
+        r#"args = ["--no-huge", "-m", "256", "--no-pci", "--no-shconf", "--no-telemetry"]"#,
+        &format!(
+            r#"args = ["-m", "64", "--no-pci", "--no-telemetry", "--file-prefix", "{prefix}"]"#
+        ),
+    );
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut sluice = Sluice::start(&path);
+    sluice.wait_for("SIGHUP reloads", Duration::from_secs(20));
+    let ours = || {
+        std::fs::read_dir("/dev/hugepages")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
+            .count()
+    };
+    assert_eq!(ours(), 0, "hugepage files while running");
+    sluice.child.kill().unwrap();
+    sluice.child.wait().unwrap();
+    assert_eq!(ours(), 0, "hugepage files after kill -9");
+    let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{prefix}"));
+}

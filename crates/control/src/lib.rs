@@ -1,4 +1,5 @@
 //! Configuration, the control thread, table publication, health checks and statistics. No DPDK dependency.
 pub mod config;
 pub mod health;
+pub mod keepalived;
 pub mod protocol;

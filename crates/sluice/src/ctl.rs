@@ -14,7 +14,7 @@ use balancer::maglev::flow_hash;
 use balancer::service::{ForwardingMode, SchedulerKind, ServiceKey};
 use balancer::snapshot::{describe_endpoint, describe_service};
 use control::protocol::Request;
-use crossbeam::channel::Receiver;
+use crossbeam::channel::{Receiver, RecvTimeoutError};
 use dataplane::worker::WorkerStats;
 use packet::FlowKey;
 
@@ -26,39 +26,36 @@ const JOBS_PER_TURN: usize = 64;
 
 /// The control socket and the metrics endpoint of a running sluice.
 pub struct Endpoints {
-    /// Bound at start-up, served from the first [`Endpoints::serve`] on.
-    listeners: Option<Listeners>,
-    serving: Option<(Server, Receiver<Job>)>,
+    /// Dropping it stops the accepting threads and removes the socket file.
+    _server: Server,
+    jobs: Receiver<Job>,
     /// (when, per backend id: packets in, packets out, bytes in, bytes out) for --rate.
     last_sample: Option<(Instant, Vec<[u64; 4]>)>,
 }
 
 impl Endpoints {
-    /// Binds the control socket and the metrics listener the configuration names; nothing is served yet.
+    /// Binds the control socket and the metrics listener the configuration names and starts accepting: requests
+    /// wait in a queue until the control loop's first [`Endpoints::serve`].
     pub fn open(socket: Option<&str>, metrics: Option<SocketAddr>) -> Result<Endpoints, String> {
+        let (server, jobs) = Listeners::bind(socket, metrics)?.start()?;
         Ok(Endpoints {
-            listeners: Some(Listeners::bind(socket, metrics)?),
-            serving: None,
+            _server: server,
+            jobs,
             last_sample: None,
         })
     }
 
     /// Answers the requests that are complete, waiting up to 5 ms for the first: the control loop's pause.
     pub fn serve(&mut self, control: &mut ControlLoop, config_path: &Path) {
-        if let Some(listeners) = self.listeners.take() {
-            match listeners.start() {
-                Ok(serving) => self.serving = Some(serving),
-                Err(error) => log::error!("control socket and metrics not served: {error}"),
-            }
-        }
         let pause = Duration::from_millis(5);
-        let Some((_, jobs)) = &self.serving else {
-            std::thread::sleep(pause);
-            return;
-        };
-        let jobs = jobs.clone();
-        let Ok(first) = jobs.recv_timeout(pause) else {
-            return;
+        let first = match self.jobs.recv_timeout(pause) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => return,
+            // Neither endpoint is configured: nothing will ever come.
+            Err(RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(pause);
+                return;
+            }
         };
         let mut job = Some(first);
         for _ in 0..JOBS_PER_TURN {
@@ -71,7 +68,7 @@ impl Endpoints {
             };
             // A channel of one, for this answer only: never blocks; a client that gave up is not waited for.
             let _ = reply.try_send(answer);
-            job = jobs.try_recv().ok();
+            job = self.jobs.try_recv().ok();
         }
     }
 

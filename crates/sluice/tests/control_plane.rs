@@ -180,14 +180,37 @@ fn http(port: u16, request: &str) -> (String, Duration) {
 fn reloads_with_out_of_range_values_are_refused_and_forwarding_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     write_empty_pcap(&dir.path().join("empty.pcap"));
+    // The client port is a null device: frames arrive without end, so the worker's rx counter shows it polling.
+    let config = |dir: &Path, rest: &str| {
+        config(dir, rest).replace(
+            &format!(
+                "net_pcap0,rx_pcap={d}/empty.pcap,tx_pcap={d}/c.pcap",
+                d = dir.display()
+            ),
+            "net_null0",
+        )
+    };
     let socket = dir.path().join("ctl.sock");
-    let control = format!("[control]\nsocket = \"{}\"\n", socket.display());
+    let metrics = free_port();
+    let control = format!(
+        "[control]\nsocket = \"{}\"\nmetrics = \"{metrics}\"\n",
+        socket.display()
+    );
+    let received = || {
+        let (scrape, _) = http(metrics, "GET /metrics HTTP/1.0\r\n\r\n");
+        scrape
+            .lines()
+            .find_map(|line| line.strip_prefix("sluice_worker_rx_packets_total{worker=\"0\"} "))
+            .and_then(|count| count.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no rx counter in {scrape}"))
+    };
     let backend = "[[service.backend]]\naddress = \"10.1.0.11\"\n";
     let good = config(dir.path(), &format!("{backend}{control}"));
     let path = dir.path().join("sluice.toml");
     std::fs::write(&path, &good).unwrap();
     let mut sluice = Sluice::start(&path);
     sluice.wait_for("SIGHUP reloads", Duration::from_secs(20));
+    let before = received();
     let check = "[service.backend.health_check]\ntype = \"tcp\"\nconnect_ip = \"127.0.0.1\"\nconnect_port = 9\n";
     let bad: Vec<(String, &str)> = vec![
         (format!("{backend}{check}delay_loop = 1e30\n"), "delay_loop"),
@@ -243,7 +266,13 @@ fn reloads_with_out_of_range_values_are_refused_and_forwarding_goes_on() {
             "{answer}"
         );
     }
-    // Still running, still on generation 1, and the workers still take new tables: a good reload is adopted.
+    // Still running, still on generation 1, the worker still receiving, and it still takes new tables: a good
+    // reload is adopted.
+    let after = received();
+    assert!(
+        after > before,
+        "the worker stopped receiving: {before} then {after}"
+    );
     let (list, _) = ctl(&socket, "list");
     assert!(
         list.contains("generation 1") && list.contains("10.1.0.11:80"),

@@ -27,6 +27,8 @@ pub const READ_DEADLINE: Duration = Duration::from_secs(2);
 pub const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
 /// For writing the answer.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(2);
+/// How long a refused metrics connection is read from before it is closed.
+const REFUSAL_DRAIN: Duration = Duration::from_millis(5);
 /// How often an accepting thread looks at the stop flag.
 const POLL_INTERVAL_MS: i32 = 50;
 /// Connection threads only parse and copy bytes.
@@ -131,6 +133,20 @@ impl Listeners {
                         b"too many connections\n",
                         false,
                     ));
+                    // Closing with the request unread would reset the connection and lose the 503: take what has
+                    // arrived (a few milliseconds at most) first.
+                    let _ = stream.shutdown(std::net::Shutdown::Write);
+                    let until = Instant::now() + REFUSAL_DRAIN;
+                    let mut scratch = [0u8; 1024];
+                    while let Some(left) = until
+                        .checked_duration_since(Instant::now())
+                        .filter(|left| !left.is_zero())
+                    {
+                        let _ = stream.set_read_timeout(Some(left));
+                        if !matches!(stream.read(&mut scratch), Ok(n) if n > 0) {
+                            break;
+                        }
+                    }
                 },
             )?);
         }

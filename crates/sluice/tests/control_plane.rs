@@ -622,3 +622,45 @@ fn hugepage_files_are_gone_even_after_kill_9() {
     assert_eq!(ours(), 0, "hugepage files after kill -9");
     let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{prefix}"));
 }
+
+#[test]
+fn connections_beyond_the_bound_are_refused_at_once_and_service_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    write_empty_pcap(&dir.path().join("empty.pcap"));
+    let metrics = free_port();
+    let rest = format!("[[service.backend]]\naddress = \"10.1.0.11\"\n[control]\nmetrics = \"127.0.0.1:{metrics}\"\n");
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, config(dir.path(), &rest)).unwrap();
+    let mut sluice = Sluice::start(&path);
+    sluice.wait_for("SIGHUP reloads", Duration::from_secs(20));
+    // 512 (the bound) idle connections are held; the next one is answered 503 at once instead of waiting.
+    // In batches, so that the listen backlog (128) never overflows and every one of them is accepted.
+    let mut idle: Vec<TcpStream> = Vec::new();
+    for _ in 0..8 {
+        idle.extend((0..64).map(|_| TcpStream::connect(("127.0.0.1", metrics)).unwrap()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (refused, took) = http(metrics, "GET /metrics HTTP/1.0\r\n\r\n");
+    assert!(
+        refused.starts_with("HTTP/1.0 503 Service Unavailable"),
+        "{refused}"
+    );
+    assert!(took < Duration::from_millis(100), "{took:?}");
+    drop(idle);
+    // The slots free as the held connections close.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (answer, _) = http(metrics, "GET /metrics HTTP/1.0\r\n\r\n");
+        if answer.starts_with("HTTP/1.0 200 OK") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still refused: {answer}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (took, status, log) = sluice.terminate();
+    assert!(
+        status.success() && took < Duration::from_secs(2),
+        "{took:?} {log}"
+    );
+}

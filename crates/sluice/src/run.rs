@@ -346,8 +346,11 @@ fn run_balancer(
     ports: &[Port],
     pool: &Arc<Mempool>,
 ) -> Result<(), String> {
-    // Everything the workers and the control loop depend on is opened before the first worker polls.
+    // Everything the workers and the control loop depend on is opened before the first worker polls; from the
+    // moment the socket file exists, ctrl-c and SIGTERM end the run through the path that removes it.
     let mut endpoints = Endpoints::open(config.control.socket.as_deref(), config.control.metrics)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    install_stop_handler(&stop);
     let mut registry = BackendIdRegistry::new();
     let macs: Vec<[u8; 6]> = ports
         .iter()
@@ -364,7 +367,6 @@ fn run_balancer(
     let rings: Vec<_> = (0..workers)
         .map(|_| Arc::new(ArrayQueue::new(HANDOFF_RING)))
         .collect();
-    let stop = Arc::new(AtomicBool::new(false));
     let mut handles = Workers::new(&stop);
     let mut stats: Vec<Arc<WorkerStats>> = Vec::new();
     let mut progress = Progress { received: vec![] };
@@ -469,7 +471,6 @@ fn run_balancer(
         control.health = Some(HealthChecker::start(checks));
     }
     let reload = reload_signal();
-    install_stop_handler(&stop);
     log::info!(
         "forwarding with {workers} workers; SIGHUP reloads {}, ctrl-c stops",
         args.config.display()

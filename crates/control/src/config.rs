@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -116,8 +116,8 @@ struct RawPort {
     name: Spanned<String>,
     device: Spanned<String>,
     mtu: Option<Spanned<u16>>,
-    rx_descriptors: Option<u16>,
-    tx_descriptors: Option<u16>,
+    rx_descriptors: Option<Spanned<u16>>,
+    tx_descriptors: Option<Spanned<u16>>,
     #[serde(default)]
     addresses: Vec<Spanned<String>>,
 }
@@ -127,7 +127,7 @@ struct RawPort {
 struct RawWorkers {
     cores: Option<Spanned<Vec<usize>>>,
     burst: Option<Spanned<usize>>,
-    mempool_size: Option<u32>,
+    mempool_size: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -158,18 +158,18 @@ struct RawGateway {
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct RawTimeouts {
-    tcp_established: Option<u64>,
-    tcp_syn_sent: Option<u64>,
-    tcp_syn_recv: Option<u64>,
-    tcp_fin_wait: Option<u64>,
-    tcp_time_wait: Option<u64>,
-    tcp_close: Option<u64>,
-    tcp_close_wait: Option<u64>,
-    tcp_last_ack: Option<u64>,
-    tcp_listen: Option<u64>,
-    tcp_syn_ack: Option<u64>,
-    udp: Option<u64>,
-    icmp: Option<u64>,
+    tcp_established: Option<Spanned<u64>>,
+    tcp_syn_sent: Option<Spanned<u64>>,
+    tcp_syn_recv: Option<Spanned<u64>>,
+    tcp_fin_wait: Option<Spanned<u64>>,
+    tcp_time_wait: Option<Spanned<u64>>,
+    tcp_close: Option<Spanned<u64>>,
+    tcp_close_wait: Option<Spanned<u64>>,
+    tcp_last_ack: Option<Spanned<u64>>,
+    tcp_listen: Option<Spanned<u64>>,
+    tcp_syn_ack: Option<Spanned<u64>>,
+    udp: Option<Spanned<u64>>,
+    icmp: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -232,8 +232,8 @@ struct RawPipe {
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct RawControl {
-    socket: Option<String>,
-    metrics: Option<String>,
+    socket: Option<Spanned<String>>,
+    metrics: Option<Spanned<String>>,
 }
 
 // ---- the validated configuration ------------------------------------------------------------------------------
@@ -342,8 +342,10 @@ pub struct PipeConfig {
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct ControlConfig {
+    /// The control socket's path.
     pub socket: Option<String>,
-    pub metrics: Option<String>,
+    /// Where the metrics endpoint listens (a bare port means 127.0.0.1).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A validated configuration.
@@ -407,11 +409,46 @@ impl Locator<'_> {
     }
 }
 
-fn seconds(value: f64, field: &str) -> Result<Duration, String> {
-    if !(value.is_finite() && value >= 0.0) {
-        return Err(format!("{field} must be a number of seconds, 0 or more"));
+/// The ranges of the values that are numbers of seconds or counts; `config/README.md` lists the same.
+pub mod limits {
+    /// Connection-table and persistence timeouts, in seconds (IPVS's own limit: INT_MAX jiffies at HZ=1000).
+    pub const TIMEOUT_SECONDS: std::ops::RangeInclusive<u64> = 1..=2_147_483;
+    /// A health check's `connect_timeout`: the whole probe (connect, send, status line).
+    pub const CONNECT_TIMEOUT: std::ops::RangeInclusive<f64> = 0.001..=3600.0;
+    /// A health check's `delay_loop`.
+    pub const DELAY_LOOP: std::ops::RangeInclusive<f64> = 0.01..=86_400.0;
+    /// A health check's `delay_before_retry`.
+    pub const DELAY_BEFORE_RETRY: std::ops::RangeInclusive<f64> = 0.0..=3600.0;
+    /// A health check's `retry`.
+    pub const RETRY: std::ops::RangeInclusive<u32> = 1..=100;
+    /// An HTTP check's expected status.
+    pub const STATUS: std::ops::RangeInclusive<u16> = 100..=599;
+    /// The longest HTTP check path.
+    pub const PATH_BYTES: usize = 1024;
+    /// Ring sizes.
+    pub const DESCRIPTORS: std::ops::RangeInclusive<u16> = 32..=32_768;
+    /// Mbufs in the shared pool.
+    pub const MEMPOOL_SIZE: std::ops::RangeInclusive<u32> = 1023..=16_777_215;
+    /// Worker CPUs are lcore ids below DPDK's RTE_MAX_LCORE.
+    pub const MAX_CORE: usize = 127;
+    /// A Unix socket path fits `sun_path` (108 bytes with its terminating zero).
+    pub const SOCKET_PATH_BYTES: usize = 107;
+}
+
+/// `value` seconds as a duration, refused outside `range` (and never NaN or infinite).
+fn seconds(
+    value: f64,
+    field: &str,
+    range: std::ops::RangeInclusive<f64>,
+) -> Result<Duration, String> {
+    if !(value.is_finite() && range.contains(&value)) {
+        return Err(format!(
+            "{field} = {value}: allowed {} to {} seconds",
+            range.start(),
+            range.end()
+        ));
     }
-    Ok(Duration::from_secs_f64(value))
+    Duration::try_from_secs_f64(value).map_err(|error| format!("{field} = {value}: {error}"))
 }
 
 fn describe(key: &ServiceKey) -> String {
@@ -469,12 +506,25 @@ impl Config {
             for address in &port.addresses {
                 addresses.push(locator.parse::<Prefix>(address, "port addresses")?);
             }
+            let descriptors = |value: &Option<Spanned<u16>>, field: &str| match value {
+                Some(spanned) if !limits::DESCRIPTORS.contains(spanned.get_ref()) => Err(locator
+                    .error_at(
+                        &spanned.span(),
+                        format!(
+                            "port {field}: allowed {} to {}",
+                            limits::DESCRIPTORS.start(),
+                            limits::DESCRIPTORS.end()
+                        ),
+                    )),
+                Some(spanned) => Ok(*spanned.get_ref()),
+                None => Ok(1024),
+            };
             ports.push(PortConfig {
                 name,
                 device: port.device.get_ref().trim().to_owned(),
                 mtu,
-                rx_descriptors: port.rx_descriptors.unwrap_or(1024),
-                tx_descriptors: port.tx_descriptors.unwrap_or(1024),
+                rx_descriptors: descriptors(&port.rx_descriptors, "rx_descriptors")?,
+                tx_descriptors: descriptors(&port.tx_descriptors, "tx_descriptors")?,
                 addresses,
             });
         }
@@ -492,6 +542,15 @@ impl Config {
                     "workers cores: list each CPU once, at least one (e.g. cores = [1, 2])",
                 ));
             }
+            if let Some(core) = cores.iter().find(|core| **core > limits::MAX_CORE) {
+                return Err(locator.error_at(
+                    &spanned.span(),
+                    format!(
+                        "workers cores: CPU {core} is beyond DPDK's lcore ids (0 to {})",
+                        limits::MAX_CORE
+                    ),
+                ));
+            }
         }
         let burst = raw.workers.burst.as_ref().map_or(32, |b| *b.get_ref());
         if let Some(spanned) = &raw.workers.burst {
@@ -502,10 +561,24 @@ impl Config {
                 ));
             }
         }
+        let mempool_size = match &raw.workers.mempool_size {
+            Some(spanned) if !limits::MEMPOOL_SIZE.contains(spanned.get_ref()) => {
+                return Err(locator.error_at(
+                    &spanned.span(),
+                    format!(
+                        "workers mempool_size: allowed {} to {} buffers",
+                        limits::MEMPOOL_SIZE.start(),
+                        limits::MEMPOOL_SIZE.end()
+                    ),
+                ))
+            }
+            Some(spanned) => *spanned.get_ref(),
+            None => 16383,
+        };
         let workers = WorkersConfig {
             cores,
             burst,
-            mempool_size: raw.workers.mempool_size.unwrap_or(16383),
+            mempool_size,
         };
 
         let network = validate_network(&raw.network, &locator, &port_names, workers.cores.len())?;
@@ -573,10 +646,7 @@ impl Config {
             network,
             services,
             pipe,
-            control: ControlConfig {
-                socket: raw.control.socket.clone(),
-                metrics: raw.control.metrics.clone(),
-            },
+            control: validate_control(&raw.control, &locator, &mut warnings)?,
             warnings,
         })
     }
@@ -773,23 +843,43 @@ fn validate_network(
     }
     let mut timeouts = Timeouts::default();
     let t = &raw.timeouts;
-    let set = |slot: &mut u64, value: Option<u64>| {
-        if let Some(seconds) = value {
-            *slot = seconds.saturating_mul(1000);
+    let set = |slot: &mut u64, value: &Option<Spanned<u64>>, field: &str| {
+        if let Some(spanned) = value {
+            let seconds = *spanned.get_ref();
+            if !limits::TIMEOUT_SECONDS.contains(&seconds) {
+                return Err(locator.error_at(
+                    &spanned.span(),
+                    format!(
+                        "timeouts {field}: allowed {} to {} seconds",
+                        limits::TIMEOUT_SECONDS.start(),
+                        limits::TIMEOUT_SECONDS.end()
+                    ),
+                ));
+            }
+            *slot = seconds * 1000;
         }
+        Ok(())
     };
-    set(&mut timeouts.established, t.tcp_established);
-    set(&mut timeouts.syn_sent, t.tcp_syn_sent);
-    set(&mut timeouts.syn_recv, t.tcp_syn_recv);
-    set(&mut timeouts.fin_wait, t.tcp_fin_wait);
-    set(&mut timeouts.time_wait, t.tcp_time_wait);
-    set(&mut timeouts.close, t.tcp_close);
-    set(&mut timeouts.close_wait, t.tcp_close_wait);
-    set(&mut timeouts.last_ack, t.tcp_last_ack);
-    set(&mut timeouts.listen, t.tcp_listen);
-    set(&mut timeouts.synack, t.tcp_syn_ack);
-    set(&mut timeouts.udp, t.udp);
-    set(&mut timeouts.icmp, t.icmp);
+    set(
+        &mut timeouts.established,
+        &t.tcp_established,
+        "tcp_established",
+    )?;
+    set(&mut timeouts.syn_sent, &t.tcp_syn_sent, "tcp_syn_sent")?;
+    set(&mut timeouts.syn_recv, &t.tcp_syn_recv, "tcp_syn_recv")?;
+    set(&mut timeouts.fin_wait, &t.tcp_fin_wait, "tcp_fin_wait")?;
+    set(&mut timeouts.time_wait, &t.tcp_time_wait, "tcp_time_wait")?;
+    set(&mut timeouts.close, &t.tcp_close, "tcp_close")?;
+    set(
+        &mut timeouts.close_wait,
+        &t.tcp_close_wait,
+        "tcp_close_wait",
+    )?;
+    set(&mut timeouts.last_ack, &t.tcp_last_ack, "tcp_last_ack")?;
+    set(&mut timeouts.listen, &t.tcp_listen, "tcp_listen")?;
+    set(&mut timeouts.synack, &t.tcp_syn_ack, "tcp_syn_ack")?;
+    set(&mut timeouts.udp, &t.udp, "udp")?;
+    set(&mut timeouts.icmp, &t.icmp, "icmp")?;
     Ok(NetworkConfig {
         gateways,
         tunnel_source_v4,
@@ -878,8 +968,23 @@ fn validate_service(
             ),
         ));
     }
+    if let (None, Some(_)) = (&raw.persistence_timeout, &raw.persistence_netmask) {
+        warnings.push(format!(
+            "service {name}: persistence_netmask has no effect without persistence_timeout"
+        ));
+    }
     let persistence = match &raw.persistence_timeout {
         Some(timeout) => {
+            if !limits::TIMEOUT_SECONDS.contains(timeout.get_ref()) {
+                return Err(locator.error_at(
+                    &timeout.span(),
+                    format!(
+                        "service persistence_timeout: allowed {} to {} seconds",
+                        limits::TIMEOUT_SECONDS.start(),
+                        limits::TIMEOUT_SECONDS.end()
+                    ),
+                ));
+            }
             let netmask = raw.persistence_netmask.as_ref().map(|n| *n.get_ref());
             let max = if v4 { 32 } else { 128 };
             if let (Some(len), Some(spanned)) = (netmask, &raw.persistence_netmask) {
@@ -891,7 +996,7 @@ fn validate_service(
                 }
             }
             Some(PersistenceSpec {
-                timeout_ms: timeout.get_ref().saturating_mul(1000),
+                timeout_ms: timeout.get_ref() * 1000,
                 prefix_v4: if v4 { netmask.unwrap_or(32) } else { 32 },
                 prefix_v6: if v4 { 128 } else { netmask.unwrap_or(128) },
             })
@@ -960,7 +1065,7 @@ fn validate_service(
             ));
         }
         let health_check = match &backend.health_check {
-            Some(check) => Some(validate_health_check(check, locator)?),
+            Some(check) => Some(validate_health_check(check, locator, warnings)?),
             None => None,
         };
         backends.push(BackendConfig {
@@ -988,16 +1093,47 @@ fn validate_service(
 fn validate_health_check(
     spanned: &Spanned<RawHealthCheck>,
     locator: &Locator<'_>,
+    warnings: &mut Vec<String>,
 ) -> Result<HealthCheckConfig, ConfigError> {
     let raw = spanned.get_ref();
     let fail =
         |message: String| locator.error_at(&spanned.span(), format!("health_check: {message}"));
     let kind = match raw.kind.as_str() {
-        "tcp" => CheckKind::Tcp,
-        "http" => CheckKind::Http {
-            path: raw.path.clone().unwrap_or_else(|| "/".into()),
-            expected_status: raw.status.unwrap_or(200),
-        },
+        "tcp" => {
+            if raw.path.is_some() || raw.status.is_some() {
+                let line = locator.line(spanned.span().start);
+                warnings.push(format!(
+                    "{}:{line}: health_check: path and status apply to http checks; this tcp check ignores them",
+                    locator.origin
+                ));
+            }
+            CheckKind::Tcp
+        }
+        "http" => {
+            let path = raw.path.clone().unwrap_or_else(|| "/".into());
+            if !path.starts_with('/')
+                || path.len() > limits::PATH_BYTES
+                || !path.bytes().all(|byte| byte.is_ascii_graphic())
+            {
+                return Err(fail(format!(
+                    "path {path:?}: an absolute path of at most {} printable ASCII characters without spaces \
+                     (percent-encode the others)",
+                    limits::PATH_BYTES
+                )));
+            }
+            let expected_status = raw.status.unwrap_or(200);
+            if !limits::STATUS.contains(&expected_status) {
+                return Err(fail(format!(
+                    "status {expected_status}: allowed {} to {}",
+                    limits::STATUS.start(),
+                    limits::STATUS.end()
+                )));
+            }
+            CheckKind::Http {
+                path,
+                expected_status,
+            }
+        }
         other => {
             return Err(fail(format!(
                 "type {other:?} is not allowed; use \"tcp\" or \"http\""
@@ -1020,18 +1156,92 @@ fn validate_health_check(
         ),
         None => None,
     };
+    if raw.connect_port == Some(0) {
+        return Err(fail("connect_port: allowed 1 to 65535".into()));
+    }
+    let retry = raw.retry.unwrap_or(1);
+    if !limits::RETRY.contains(&retry) {
+        return Err(fail(format!(
+            "retry = {retry}: allowed {} to {} consecutive failures",
+            limits::RETRY.start(),
+            limits::RETRY.end()
+        )));
+    }
     Ok(HealthCheckConfig {
         kind,
         connect_ip,
         connect_port: raw.connect_port,
-        connect_timeout: seconds(raw.connect_timeout.unwrap_or(5.0), "connect_timeout")
-            .map_err(fail)?,
-        delay_loop: seconds(raw.delay_loop.unwrap_or(60.0), "delay_loop").map_err(fail)?,
-        retry: raw.retry.unwrap_or(1),
-        delay_before_retry: seconds(raw.delay_before_retry.unwrap_or(1.0), "delay_before_retry")
-            .map_err(fail)?,
+        connect_timeout: seconds(
+            raw.connect_timeout.unwrap_or(5.0),
+            "connect_timeout",
+            limits::CONNECT_TIMEOUT,
+        )
+        .map_err(fail)?,
+        delay_loop: seconds(
+            raw.delay_loop.unwrap_or(60.0),
+            "delay_loop",
+            limits::DELAY_LOOP,
+        )
+        .map_err(fail)?,
+        retry,
+        delay_before_retry: seconds(
+            raw.delay_before_retry.unwrap_or(1.0),
+            "delay_before_retry",
+            limits::DELAY_BEFORE_RETRY,
+        )
+        .map_err(fail)?,
         on_failure,
     })
+}
+
+/// The control socket's path and the metrics address: a bare port listens on loopback; a wildcard address is
+/// accepted with a warning (the endpoint then answers every interface).
+fn validate_control(
+    raw: &RawControl,
+    locator: &Locator<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<ControlConfig, ConfigError> {
+    let socket = match &raw.socket {
+        Some(spanned) => {
+            let path = spanned.get_ref();
+            if path.is_empty() || path.len() > limits::SOCKET_PATH_BYTES || path.contains('\0') {
+                return Err(locator.error_at(
+                    &spanned.span(),
+                    format!(
+                        "control socket: a path of 1 to {} bytes (a Unix socket's limit)",
+                        limits::SOCKET_PATH_BYTES
+                    ),
+                ));
+            }
+            Some(path.clone())
+        }
+        None => None,
+    };
+    let metrics = match &raw.metrics {
+        Some(spanned) => {
+            let text = spanned.get_ref().trim();
+            let address = match text.parse::<u16>() {
+                Ok(port) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+                Err(_) => text.parse::<SocketAddr>().map_err(|_| {
+                    locator.error_at(
+                        &spanned.span(),
+                        format!(
+                            "control metrics: {text:?} is not PORT (on 127.0.0.1) or ADDRESS:PORT (IPv6 as [addr]:port)"
+                        ),
+                    )
+                })?,
+            };
+            if address.ip().is_unspecified() {
+                warnings.push(format!(
+                    "control metrics {address}: a wildcard address serves the metrics on every interface; \
+                     name a loopback or management address unless that is meant"
+                ));
+            }
+            Some(address)
+        }
+        None => None,
+    };
+    Ok(ControlConfig { socket, metrics })
 }
 
 /// Stable backend ids: the same (service, address, port) keeps its id across reloads; new backends get fresh ids;

@@ -2,11 +2,12 @@
 //! failures (spaced by `delay_before_retry`) before a backend is declared down, one success to bring it back.
 //!
 //! The schedule is a pure state machine ([`CheckState`]) driven by results and instants, so it is tested without
-//! sockets. [`HealthChecker`] runs every check from one thread (a queue ordered by due time; each probe is a short
-//! blocking connect bounded by `connect_timeout`), so hundreds of backends cost one thread, and reports changes over
-//! a channel. A backend starts up: it receives traffic until the checks prove it down (keepalived without `alpha`).
+//! sockets. [`HealthChecker`] schedules every check from one thread and runs each probe on a short-lived thread of
+//! its own, bounded as a whole (connect, request, status line) by `connect_timeout`: a backend that hangs or dribbles
+//! delays no other backend's verdict. Changes are reported over a channel. A backend starts up: it receives traffic
+//! until the checks prove it down (keepalived without `alpha`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -86,13 +87,26 @@ impl CheckState {
     }
 }
 
-/// Runs one probe; `Err` says why it failed.
+/// Runs one probe; `Err` says why it failed. The whole probe (connect, send the request, read the status line) is
+/// bounded by `connect_timeout`, whatever the backend does: a backend dribbling one byte at a time fails it.
 pub fn probe(spec: &HealthCheckSpec) -> Result<(), String> {
     let target = SocketAddr::new(
         spec.config.connect_ip.unwrap_or(spec.target.ip()),
         spec.config.connect_port.unwrap_or(spec.target.port()),
     );
     let timeout = spec.config.connect_timeout.max(Duration::from_millis(1));
+    let deadline = Instant::now() + timeout;
+    let left = |phase: &str| {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())
+            .ok_or_else(|| {
+                format!(
+                    "{phase} {target}: not complete within connect_timeout ({} ms)",
+                    timeout.as_millis()
+                )
+            })
+    };
     let mut stream = TcpStream::connect_timeout(&target, timeout)
         .map_err(|error| format!("connect to {target}: {error}"))?;
     match &spec.config.kind {
@@ -101,24 +115,42 @@ pub fn probe(spec: &HealthCheckSpec) -> Result<(), String> {
             path,
             expected_status,
         } => {
-            stream
-                .set_read_timeout(Some(timeout))
-                .and_then(|()| stream.set_write_timeout(Some(timeout)))
-                .map_err(|error| error.to_string())?;
             let request = format!(
                 "GET {path} HTTP/1.0\r\nHost: {}\r\nConnection: close\r\n\r\n",
                 target.ip()
             );
-            stream
-                .write_all(request.as_bytes())
-                .map_err(|error| format!("HTTP request to {target}: {error}"))?;
-            // The status line is all we need; read at most 1 KiB.
+            let mut sent = 0;
+            let bytes = request.as_bytes();
+            while sent < bytes.len() {
+                stream
+                    .set_write_timeout(Some(left("HTTP request to")?))
+                    .map_err(|error| error.to_string())?;
+                match stream.write(&bytes[sent..]) {
+                    Ok(0) => return Err(format!("HTTP request to {target}: connection closed")),
+                    Ok(n) => sent += n,
+                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(error) => return Err(format!("HTTP request to {target}: {error}")),
+                }
+            }
+            // The status line is all we need; read at most 1 KiB, all of it before the deadline.
             let mut head = [0u8; 1024];
             let mut filled = 0;
             while filled < head.len() && !head[..filled].contains(&b'\n') {
+                stream
+                    .set_read_timeout(Some(left("HTTP answer from")?))
+                    .map_err(|error| error.to_string())?;
                 match stream.read(&mut head[filled..]) {
                     Ok(0) => break,
                     Ok(n) => filled += n,
+                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(error)
+                        if matches!(
+                            error.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        left("HTTP answer from")?;
+                    }
                     Err(error) => return Err(format!("HTTP answer from {target}: {error}")),
                 }
             }
@@ -140,29 +172,34 @@ pub fn probe(spec: &HealthCheckSpec) -> Result<(), String> {
     }
 }
 
-enum Command {
+enum Message {
     Update(Vec<(u32, HealthCheckSpec)>),
     Stop,
+    /// A probe finished: the check's key, the round it was started for, and its result.
+    Probed(u32, u64, Result<(), String>),
 }
 
-/// The checking thread.
+/// The scheduling thread. Every probe runs on a thread of its own, so a backend that hangs delays only its own
+/// verdict; the scheduler never waits for a probe, and stopping it never waits for one either (a probe that is still
+/// running ends by its own deadline and its result is dropped).
 pub struct HealthChecker {
-    commands: Sender<Command>,
+    messages: Sender<Message>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl HealthChecker {
     /// Starts checking `specs` (keyed by the caller's backend key); changes arrive on the returned receiver.
     pub fn start(specs: Vec<(u32, HealthCheckSpec)>) -> (HealthChecker, Receiver<HealthEvent>) {
-        let (commands, command_rx) = mpsc::channel();
+        let (messages, message_rx) = mpsc::channel();
         let (events, event_rx) = mpsc::channel();
+        let probes = messages.clone();
         let thread = std::thread::Builder::new()
             .name("health".into())
-            .spawn(move || run(specs, command_rx, events))
+            .spawn(move || run(specs, message_rx, probes, events))
             .expect("spawning the health-check thread");
         (
             HealthChecker {
-                commands,
+                messages,
                 thread: Some(thread),
             },
             event_rx,
@@ -171,16 +208,16 @@ impl HealthChecker {
 
     /// Replaces the set of checks; a check whose spec is unchanged keeps its state and schedule.
     pub fn update(&self, specs: Vec<(u32, HealthCheckSpec)>) {
-        let _ = self.commands.send(Command::Update(specs));
+        let _ = self.messages.send(Message::Update(specs));
     }
 
-    /// Stops the thread and waits for it (at most one probe's connect timeout).
+    /// Stops the scheduler and waits for it; it does not wait for probes in flight.
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
-        let _ = self.commands.send(Command::Stop);
+        let _ = self.messages.send(Message::Stop);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -196,59 +233,97 @@ impl Drop for HealthChecker {
 struct Check {
     spec: HealthCheckSpec,
     state: CheckState,
+    /// Bumped when a probe starts; a result for an older round (or a replaced spec) is ignored.
+    round: u64,
+    in_flight: bool,
 }
+
+/// Probe threads get a small stack: they only connect, write and read a status line.
+const PROBE_STACK: usize = 64 * 1024;
 
 fn run(
     specs: Vec<(u32, HealthCheckSpec)>,
-    commands: Receiver<Command>,
+    messages: Receiver<Message>,
+    probes: Sender<Message>,
     events: Sender<HealthEvent>,
 ) {
     let mut checks: HashMap<u32, Check> = HashMap::new();
+    let mut rounds = 0u64;
     apply(&mut checks, specs, Instant::now());
     loop {
         let now = Instant::now();
-        // Due checks, earliest first.
-        let mut due: BTreeMap<Instant, Vec<u32>> = BTreeMap::new();
-        for (&key, check) in &checks {
-            due.entry(check.state.next_check).or_default().push(key);
+        // Start every probe that is due and not already running.
+        let mut next: Option<Instant> = None;
+        for (&key, check) in checks.iter_mut() {
+            if check.in_flight {
+                continue;
+            }
+            if check.state.next_check <= now {
+                rounds += 1;
+                check.round = rounds;
+                check.in_flight = true;
+                let spec = check.spec.clone();
+                let results = probes.clone();
+                let round = rounds;
+                let spawned = std::thread::Builder::new()
+                    .name("health-probe".into())
+                    .stack_size(PROBE_STACK)
+                    .spawn(move || {
+                        let _ = results.send(Message::Probed(key, round, probe(&spec)));
+                    });
+                if let Err(error) = spawned {
+                    // Out of threads: count it as a failed probe rather than stop checking.
+                    check.in_flight = false;
+                    let reason = format!("cannot start a probe: {error}");
+                    record(key, check, Err(reason), &events);
+                }
+            } else {
+                next = Some(next.map_or(check.state.next_check, |n| n.min(check.state.next_check)));
+            }
         }
-        let next = due.keys().next().copied();
-        if let Some(when) = next.filter(|&when| when <= now) {
-            for key in due.remove(&when).unwrap_or_default() {
-                let Some(check) = checks.get_mut(&key) else {
-                    continue;
-                };
-                let result = probe(&check.spec);
-                let config = check.spec.config.clone();
-                if let Some(up) = check.state.record(result.is_ok(), &config, Instant::now()) {
-                    let reason = match &result {
-                        Ok(()) => format!("{} answers again", check.spec.target),
-                        Err(error) => format!(
-                            "{error} ({} consecutive failures)",
-                            check.state.consecutive_failures()
-                        ),
-                    };
-                    log::info!(
-                        "backend {}: {} ({reason})",
-                        check.spec.target,
-                        if up { "up" } else { "down" }
-                    );
-                    if events.send(HealthEvent { key, up, reason }).is_err() {
+        let wait = next.map_or(Duration::from_secs(1), |when| {
+            when.saturating_duration_since(Instant::now())
+        });
+        match messages.recv_timeout(wait) {
+            Ok(Message::Update(specs)) => apply(&mut checks, specs, Instant::now()),
+            Ok(Message::Probed(key, round, result)) => {
+                if let Some(check) = checks.get_mut(&key).filter(|check| check.round == round) {
+                    check.in_flight = false;
+                    if !record(key, check, result, &events) {
                         return;
                     }
                 }
             }
-            continue;
-        }
-        let wait = next.map_or(Duration::from_secs(1), |when| {
-            when.saturating_duration_since(now)
-        });
-        match commands.recv_timeout(wait) {
-            Ok(Command::Update(specs)) => apply(&mut checks, specs, Instant::now()),
-            Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => return,
             Err(RecvTimeoutError::Timeout) => {}
         }
     }
+}
+
+/// Records a probe's result; sends an event when the verdict changed. `false` when nobody listens any more.
+fn record(
+    key: u32,
+    check: &mut Check,
+    result: Result<(), String>,
+    events: &Sender<HealthEvent>,
+) -> bool {
+    let config = &check.spec.config;
+    let Some(up) = check.state.record(result.is_ok(), config, Instant::now()) else {
+        return true;
+    };
+    let reason = match &result {
+        Ok(()) => format!("{} answers again", check.spec.target),
+        Err(error) => format!(
+            "{error} ({} consecutive failures)",
+            check.state.consecutive_failures()
+        ),
+    };
+    log::info!(
+        "backend {}: {} ({reason})",
+        check.spec.target,
+        if up { "up" } else { "down" }
+    );
+    events.send(HealthEvent { key, up, reason }).is_ok()
 }
 
 fn apply(checks: &mut HashMap<u32, Check>, specs: Vec<(u32, HealthCheckSpec)>, now: Instant) {
@@ -259,6 +334,8 @@ fn apply(checks: &mut HashMap<u32, Check>, specs: Vec<(u32, HealthCheckSpec)>, n
             _ => Check {
                 spec,
                 state: CheckState::new(now),
+                round: 0,
+                in_flight: false,
             },
         };
         next.insert(key, check);

@@ -1,3 +1,6 @@
 //! Configuration, the control thread, table publication, health checks and statistics. No DPDK dependency.
 pub mod config;
+pub mod fuzzing;
 pub mod health;
+pub mod keepalived;
+pub mod protocol;

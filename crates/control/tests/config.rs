@@ -203,3 +203,141 @@ fn the_kernel_exception_path_is_refused_until_it_exists() {
     text.push_str("[[service]]\nvip = \"10.0.0.100\"\nport = 80\nmode = \"dr\"\n");
     assert!(Config::parse(&text, "ok.toml").is_ok());
 }
+
+const SERVICE: &str = "[[service]]\nvip = \"10.0.0.100\"\nport = 80\nmode = \"dr\"\n";
+
+/// A service whose one backend has a health check with `settings` (one per line, after the type).
+fn with_check(settings: &str) -> String {
+    format!(
+        "{BASE}{SERVICE}[[service.backend]]\naddress = \"10.0.0.5\"\n[service.backend.health_check]\ntype = \"http\"\n{settings}\n"
+    )
+}
+
+#[test]
+fn every_value_is_checked_against_its_range() {
+    // The values that used to reach Duration::from_secs_f64 and abort sluice.
+    for (setting, needle) in [
+        ("delay_loop = 1e30", "delay_loop"),
+        ("delay_loop = 0", "delay_loop"),
+        ("delay_loop = -1", "delay_loop"),
+        ("delay_loop = inf", "delay_loop"),
+        ("delay_loop = nan", "delay_loop"),
+        ("connect_timeout = 1e30", "connect_timeout"),
+        ("connect_timeout = 0", "connect_timeout"),
+        ("connect_timeout = 3601", "connect_timeout"),
+        ("delay_before_retry = 1e30", "delay_before_retry"),
+        ("delay_before_retry = -0.5", "delay_before_retry"),
+        ("retry = 0", "retry"),
+        ("retry = 101", "retry"),
+        ("connect_port = 0", "connect_port"),
+        ("status = 99", "status"),
+        ("status = 600", "status"),
+        ("path = \"health\"", "path"),
+        ("path = \"/a b\"", "path"),
+        ("path = \"/a\\r\\nX: y\"", "path"),
+    ] {
+        let error = error_of(&with_check(setting));
+        assert!(
+            error.starts_with("test.toml:11:") && error.contains(needle),
+            "{setting}: {error}"
+        );
+    }
+    let accepted = Config::parse(
+        &with_check(
+            "delay_loop = 0.01\nconnect_timeout = 3600\ndelay_before_retry = 0\nretry = 100",
+        ),
+        "ok.toml",
+    )
+    .unwrap();
+    let check = accepted.services[0].backends[0]
+        .health_check
+        .clone()
+        .unwrap();
+    assert_eq!(check.delay_loop, std::time::Duration::from_millis(10));
+    assert_eq!(check.connect_timeout, std::time::Duration::from_secs(3600));
+
+    for (text, line, needles) in [
+        (format!("{BASE}{SERVICE}[network.timeouts]\ntcp_established = 0\n"), 10, &["tcp_established", "1 to"][..]),
+        (format!("{BASE}{SERVICE}[network.timeouts]\nudp = 18446744073709551615\n"), 10, &["udp"][..]),
+        (
+            format!("{BASE}[[service]]\nvip = \"10.0.0.100\"\nport = 80\nmode = \"dr\"\npersistence_timeout = 9999999999\n"),
+            9,
+            &["persistence_timeout"][..],
+        ),
+        (format!("{BASE}rx_descriptors = 0\n{SERVICE}"), 5, &["rx_descriptors"][..]),
+        (format!("{BASE}tx_descriptors = 65535\n{SERVICE}"), 5, &["tx_descriptors"][..]),
+        (format!("{BASE}{SERVICE}[workers]\nmempool_size = 0\n"), 10, &["mempool_size"][..]),
+        (format!("{BASE}{SERVICE}[workers]\ncores = [4096]\n"), 10, &["cores", "4096"][..]),
+        (format!("{BASE}{SERVICE}[control]\nmetrics = \"nowhere\"\n"), 10, &["metrics"][..]),
+        (format!("{BASE}{SERVICE}[control]\nmetrics = \"127.0.0.1:99999\"\n"), 10, &["metrics"][..]),
+        (format!("{BASE}{SERVICE}[control]\nsocket = \"\"\n"), 10, &["socket"][..]),
+        (format!("{BASE}{SERVICE}[control]\nsocket = \"/{}\"\n", "s".repeat(200)), 10, &["socket"][..]),
+    ] {
+        assert_error(&text, line, needles);
+    }
+}
+
+#[test]
+fn metrics_default_to_loopback_and_wildcards_are_warned_about() {
+    let config = Config::parse(
+        &format!("{BASE}{SERVICE}[control]\nmetrics = \"9100\"\n"),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        config.control.metrics,
+        Some("127.0.0.1:9100".parse().unwrap())
+    );
+    assert!(
+        !config.warnings.iter().any(|w| w.contains("metrics")),
+        "{:?}",
+        config.warnings
+    );
+    for wildcard in ["0.0.0.0:9100", "[::]:9100"] {
+        let config = Config::parse(
+            &format!("{BASE}{SERVICE}[control]\nmetrics = \"{wildcard}\"\n"),
+            "t.toml",
+        )
+        .unwrap();
+        assert!(
+            config.warnings.iter().any(|w| w.contains("wildcard")),
+            "{wildcard}: {:?}",
+            config.warnings
+        );
+    }
+    let config = Config::parse(
+        &format!("{BASE}[[service]]\nvip = \"10.0.0.100\"\nport = 80\nmode = \"dr\"\npersistence_netmask = 24\n"),
+        "t.toml",
+    )
+    .unwrap();
+    assert!(
+        config
+            .warnings
+            .iter()
+            .any(|w| w.contains("persistence_netmask")),
+        "{:?}",
+        config.warnings
+    );
+}
+
+proptest! {
+    /// Any number in any health-check duration, and any integer in any timeout, is accepted or refused: never a
+    /// panic, and what is accepted builds a snapshot.
+    #[test]
+    fn any_number_in_a_duration_is_an_answer_not_a_panic(
+        field in prop_oneof![Just("delay_loop"), Just("connect_timeout"), Just("delay_before_retry")],
+        value in prop_oneof![any::<f64>(), -1e3f64..1e5],
+        timeout in any::<u64>(),
+    ) {
+        let value = if value.is_nan() { "nan".to_owned() } else if value.is_infinite() {
+            if value > 0.0 { "inf".to_owned() } else { "-inf".to_owned() }
+        } else { format!("{value:?}") };
+        let text = format!(
+            "{BASE}{SERVICE}[[service.backend]]\naddress = \"10.0.0.5\"\n[service.backend.health_check]\ntype = \"tcp\"\n{field} = {value}\n[network.timeouts]\nudp = {timeout}\n"
+        );
+        if let Ok(config) = Config::parse(&text, "fuzz.toml") {
+            let spec = config.snapshot_spec(&[[2, 0, 0, 0, 0, 1]], &mut BackendIdRegistry::new()).unwrap();
+            balancer::snapshot::Snapshot::build(&spec, 1).unwrap();
+        }
+    }
+}

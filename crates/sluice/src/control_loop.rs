@@ -153,17 +153,28 @@ impl ControlLoop {
     pub fn reload(&mut self, path: &Path) -> Result<String, String> {
         let new = Config::load(path)
             .map_err(|error| format!("reload refused, the running configuration stays: {error}"))?;
+        // What `sluice check` would print, in the log and in the answer.
+        let mut warnings = String::new();
+        for warning in &new.warnings {
+            log::warn!("reload: {warning}");
+            warnings.push_str(&format!("\nwarning: {warning}"));
+        }
+        let changes = describe_changes(&self.config, &new);
         let mut note = String::new();
         if new.ports != self.config.ports
             || new.workers != self.config.workers
             || new.eal_args != self.config.eal_args
+            || new.control != self.config.control
         {
-            note = "; ports, workers and [eal] changes need a restart and were not applied".into();
+            note =
+                "; ports, workers, [eal] and [control] changes need a restart and were not applied"
+                    .into();
         }
         let mut applied = new;
         applied.ports = self.config.ports.clone();
         applied.workers = self.config.workers.clone();
         applied.eal_args = self.config.eal_args.clone();
+        applied.control = self.config.control.clone();
         let previous = std::mem::replace(&mut self.config, applied);
         // A reload restates every weight: drains made by hand end.
         let drained = std::mem::take(&mut self.drained);
@@ -176,7 +187,7 @@ impl ControlLoop {
                     self.health = Some(HealthChecker::start(specs));
                 }
                 Ok(format!(
-                    "reload: generation {} with {} services in use{}{note}",
+                    "reload: generation {} with {} services in use{}{note}; applied: {changes}{warnings}",
                     self.generation,
                     self.config.services.len(),
                     took.map_or(String::new(), |t| format!(" after {} us", t.as_micros()))
@@ -302,6 +313,84 @@ impl ControlLoop {
                 Err(error) => log::error!("health change not applied: {error}"),
             }
         }
+    }
+}
+
+/// What a reload from `old` to `new` changes in services, backends and network settings, in one line.
+pub fn describe_changes(old: &Config, new: &Config) -> String {
+    use balancer::snapshot::{describe_endpoint, describe_service};
+    let mut parts = Vec::new();
+    for service in &new.services {
+        let name = describe_service(&service.key);
+        let Some(before) = old.services.iter().find(|s| s.key == service.key) else {
+            parts.push(format!(
+                "service {name} added with {} backends",
+                service.backends.len()
+            ));
+            continue;
+        };
+        if (before.mode, before.scheduler, before.persistence)
+            != (service.mode, service.scheduler, service.persistence)
+        {
+            parts.push(format!(
+                "service {name} now {:?} {:?}{}",
+                service.mode,
+                service.scheduler,
+                service.persistence.map_or(String::new(), |p| format!(
+                    " persistent {} s",
+                    p.timeout_ms / 1000
+                ))
+            ));
+        }
+        for backend in &service.backends {
+            let endpoint = describe_endpoint(backend.address, backend.port);
+            match before
+                .backends
+                .iter()
+                .find(|b| (b.address, b.port) == (backend.address, backend.port))
+            {
+                None => parts.push(format!(
+                    "backend {endpoint} added to {name} (weight {})",
+                    backend.weight
+                )),
+                Some(previous) if previous.weight != backend.weight => parts.push(format!(
+                    "backend {endpoint} in {name}: weight {} -> {}",
+                    previous.weight, backend.weight
+                )),
+                Some(previous) if previous != backend => {
+                    parts.push(format!("backend {endpoint} in {name}: settings changed"))
+                }
+                Some(_) => {}
+            }
+        }
+        for backend in &before.backends {
+            if !service
+                .backends
+                .iter()
+                .any(|b| (b.address, b.port) == (backend.address, backend.port))
+            {
+                parts.push(format!(
+                    "backend {} removed from {name}",
+                    describe_endpoint(backend.address, backend.port)
+                ));
+            }
+        }
+    }
+    for service in &old.services {
+        if !new.services.iter().any(|s| s.key == service.key) {
+            parts.push(format!(
+                "service {} removed",
+                describe_service(&service.key)
+            ));
+        }
+    }
+    if old.network != new.network {
+        parts.push("[network] settings changed".into());
+    }
+    if parts.is_empty() {
+        "nothing changed".into()
+    } else {
+        parts.join(", ")
     }
 }
 

@@ -1,129 +1,110 @@
 //! Operating a running sluice: the control socket (a Unix socket, mode 0600, one text command per connection) that
-//! `sluice ctl` talks to, and the Prometheus text endpoint. Both are served by the control thread between its other
-//! duties, never by a worker.
+//! `sluice ctl` talks to, and the Prometheus text endpoint. Connections are read and written off the control thread
+//! (see `serve.rs`), each within its deadlines; the control thread gets complete requests over a queue and answers
+//! them between its other duties, never by a worker and never waiting for a client.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use balancer::maglev::flow_hash;
+use balancer::service::{ForwardingMode, SchedulerKind, ServiceKey};
 use balancer::snapshot::{describe_endpoint, describe_service};
+use control::protocol::Request;
+use crossbeam::channel::{Receiver, RecvTimeoutError};
 use dataplane::worker::WorkerStats;
 use packet::FlowKey;
 
 use crate::control_loop::ControlLoop;
+use crate::serve::{Job, Listeners, Server, Work};
 
-/// The listening sockets of the control thread.
+/// Requests handled per turn of the control loop before it looks at its other duties again.
+const JOBS_PER_TURN: usize = 64;
+
+/// The control socket and the metrics endpoint of a running sluice.
 pub struct Endpoints {
-    socket: Option<(UnixListener, PathBuf)>,
-    metrics: Option<TcpListener>,
+    /// Dropping it stops the accepting threads and removes the socket file.
+    _server: Server,
+    jobs: Receiver<Job>,
     /// (when, per backend id: packets in, packets out, bytes in, bytes out) for --rate.
     last_sample: Option<(Instant, Vec<[u64; 4]>)>,
 }
 
 impl Endpoints {
-    /// Opens the control socket and the metrics listener the configuration names.
-    pub fn open(socket: Option<&str>, metrics: Option<&str>) -> Result<Endpoints, String> {
-        let socket = match socket {
-            Some(path) => {
-                let path = PathBuf::from(path);
-                if UnixStream::connect(&path).is_ok() {
-                    return Err(format!(
-                        "control socket {}: another sluice is listening there",
-                        path.display()
-                    ));
-                }
-                let _ = std::fs::remove_file(&path);
-                let listener = UnixListener::bind(&path)
-                    .map_err(|e| format!("control socket {}: {e}", path.display()))?;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                    .map_err(|e| format!("control socket {}: {e}", path.display()))?;
-                listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-                Some((listener, path))
-            }
-            None => None,
-        };
-        let metrics = match metrics {
-            Some(address) => {
-                let listener = TcpListener::bind(address)
-                    .map_err(|e| format!("metrics listener {address}: {e}"))?;
-                listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-                Some(listener)
-            }
-            None => None,
-        };
+    /// Binds the control socket and the metrics listener the configuration names and starts accepting: requests
+    /// wait in a queue until the control loop's first [`Endpoints::serve`].
+    pub fn open(socket: Option<&str>, metrics: Option<SocketAddr>) -> Result<Endpoints, String> {
+        let (server, jobs) = Listeners::bind(socket, metrics)?.start()?;
         Ok(Endpoints {
-            socket,
-            metrics,
+            _server: server,
+            jobs,
             last_sample: None,
         })
     }
 
-    /// Serves whatever is waiting; never blocks for long (each client gets a short timeout).
+    /// Answers the requests that are complete, waiting up to 5 ms for the first: the control loop's pause.
     pub fn serve(&mut self, control: &mut ControlLoop, config_path: &Path) {
-        while let Some(Ok((stream, _))) =
-            self.socket.as_ref().map(|(listener, _)| listener.accept())
-        {
-            let _ = stream.set_nonblocking(false);
-            let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-            let mut reader = BufReader::new(&stream);
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
+        let pause = Duration::from_millis(5);
+        let first = match self.jobs.recv_timeout(pause) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => return,
+            // Neither endpoint is configured: nothing will ever come.
+            Err(RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(pause);
+                return;
             }
-            let answer = self.command(line.trim(), control, config_path);
-            let _ = (&stream).write_all(answer.as_bytes());
-        }
-        if let Some(listener) = &self.metrics {
-            while let Ok((mut stream, _)) = listener.accept() {
-                let _ = stream.set_nonblocking(false);
-                let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-                let mut request = [0u8; 1024];
-                let _ = stream.read(&mut request);
-                let body = metrics(control);
-                let _ = write!(
-                    stream,
-                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-            }
+        };
+        let mut job = Some(first);
+        for _ in 0..JOBS_PER_TURN {
+            let Some(Job { work, reply }) = job.take() else {
+                break;
+            };
+            let answer = match work {
+                Work::Control(request) => self.command(request, control, config_path),
+                Work::Metrics => metrics(control),
+            };
+            // A channel of one, for this answer only: never blocks; a client that gave up is not waited for.
+            let _ = reply.try_send(answer);
+            job = self.jobs.try_recv().ok();
         }
     }
 
-    fn command(&mut self, line: &str, control: &mut ControlLoop, config_path: &Path) -> String {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["list"] => list(control),
-            ["stats"] => crate::run::service_stats(&control.config, &mut control.registry, &control.stats),
-            ["rate"] => self.rate(control),
-            ["conns"] => connections(&control.stats),
-            ["reload"] => match control.reload(config_path) {
-                Ok(message) => format!("{message}\n"),
-                Err(error) => format!("error: {error}\n"),
-            },
-            ["drain", backend] | ["undrain", backend] => match backend.parse::<SocketAddr>() {
-                Ok(address) => match control.set_drained(address, words[0] == "drain") {
-                    Ok(message) => format!("{message}\n"),
-                    Err(error) => format!("error: {error}\n"),
-                },
-                Err(_) => format!("error: {backend:?} is not ADDRESS:PORT (write IPv6 as [addr]:port)\n"),
-            },
-            ["trace", client, vip, rest @ ..] => trace(control, client, vip, rest.first().copied()),
-            [verb @ ("add-service" | "remove-service" | "add-backend" | "remove-backend" | "set-weight"), rest @ ..] => {
-                match edit(control, verb, rest) {
-                    Ok(message) => format!("{message}\n"),
-                    Err(error) => format!("error: {error}\n"),
-                }
+    fn command(
+        &mut self,
+        request: Request,
+        control: &mut ControlLoop,
+        config_path: &Path,
+    ) -> String {
+        let outcome = |result: Result<String, String>| match result {
+            Ok(message) => format!("{message}\n"),
+            Err(error) => format!("error: {error}\n"),
+        };
+        match request {
+            Request::List => list(control),
+            Request::Stats => {
+                crate::run::service_stats(&control.config, &mut control.registry, &control.stats)
             }
-            _ => "error: commands are list, stats, rate, conns, reload, drain ADDR:PORT, undrain ADDR:PORT, \
-                  trace CLIENT:PORT VIP:PORT [tcp|udp], add-service VIP:PORT tcp|udp MODE [SCHEDULER], \
-                  remove-service VIP:PORT tcp|udp, add-backend VIP:PORT tcp|udp ADDR:PORT [WEIGHT], \
-                  remove-backend VIP:PORT tcp|udp ADDR:PORT, set-weight VIP:PORT tcp|udp ADDR:PORT WEIGHT\n"
-                .into(),
+            Request::Rate => self.rate(control),
+            Request::Conns => connections(&control.stats),
+            Request::Reload => {
+                let result = control.reload(config_path);
+                match &result {
+                    Ok(message) => log::info!("ctl: {message}"),
+                    Err(error) => log::error!("ctl: {error}"),
+                }
+                outcome(result)
+            }
+            Request::Drain(address) => outcome(control.set_drained(address, true)),
+            Request::Undrain(address) => outcome(control.set_drained(address, false)),
+            Request::Trace {
+                client,
+                vip,
+                protocol,
+            } => trace(control, client, vip, protocol),
+            edit_request => outcome(edit(control, edit_request)),
         }
     }
 
@@ -170,14 +151,6 @@ impl Endpoints {
     }
 }
 
-impl Drop for Endpoints {
-    fn drop(&mut self) {
-        if let Some((_, path)) = &self.socket {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
 fn sample(stats: &[std::sync::Arc<WorkerStats>]) -> Vec<[u64; 4]> {
     let mut sums = vec![[0u64; 4]; dataplane::worker::COUNTED_BACKENDS];
     for worker in stats {
@@ -191,58 +164,21 @@ fn sample(stats: &[std::sync::Arc<WorkerStats>]) -> Vec<[u64; 4]> {
     sums
 }
 
-fn parse_service(vip: &str, protocol: &str) -> Result<balancer::service::ServiceKey, String> {
-    let vip: SocketAddr = vip
-        .parse()
-        .map_err(|_| format!("{vip:?} is not VIP:PORT"))?;
-    let protocol = match protocol {
-        "tcp" => 6,
-        "udp" => 17,
-        other => return Err(format!("protocol {other:?}: tcp or udp")),
-    };
-    Ok(balancer::service::ServiceKey {
-        vip: vip.ip(),
-        port: vip.port(),
-        protocol,
-    })
-}
-
 /// ipvsadm's -A/-D/-a/-d/-e on the running configuration.
-fn edit(control: &mut ControlLoop, verb: &str, args: &[&str]) -> Result<String, String> {
-    use balancer::service::{ForwardingMode, SchedulerKind};
+fn edit(control: &mut ControlLoop, request: Request) -> Result<String, String> {
     use control::config::{BackendConfig, ServiceConfig};
-    let (Some(vip), Some(protocol)) = (args.first(), args.get(1)) else {
-        return Err(format!("{verb}: give VIP:PORT and tcp|udp first"));
-    };
-    let key = parse_service(vip, protocol)?;
-    let name = describe_service(&key);
-    let backend_at = |index: usize| -> Result<SocketAddr, String> {
-        let text = args
-            .get(index)
-            .ok_or_else(|| format!("{verb}: give the backend as ADDR:PORT"))?;
-        text.parse()
-            .map_err(|_| format!("{text:?} is not ADDR:PORT"))
-    };
-    let weight_at = |index: usize, default: u32| -> Result<u32, String> {
-        match args.get(index) {
-            None => Ok(default),
-            Some(text) => text
-                .parse::<u32>()
-                .ok()
-                .filter(|w| *w <= 65535)
-                .ok_or_else(|| format!("weight {text:?}: 0 to 65535")),
-        }
-    };
-    match verb {
-        "add-service" => {
-            let mode = args
-                .get(2)
-                .and_then(|name| ForwardingMode::from_name(name))
-                .ok_or("the mode is dr, nat, fullnat or tun")?;
-            let scheduler_name = args.get(3).copied().unwrap_or("mh");
-            let scheduler = SchedulerKind::from_name(scheduler_name).ok_or_else(|| {
-                format!("scheduler {scheduler_name:?}: use {}", SchedulerKind::NAMES)
-            })?;
+    match request {
+        Request::AddService {
+            key,
+            mode,
+            scheduler,
+        } => {
+            let name = describe_service(&key);
+            if key.port == 0 && !matches!(mode, ForwardingMode::Dr | ForwardingMode::Tun) {
+                return Err(format!(
+                    "service {name}: port 0 (all ports) is allowed in dr and tun modes only"
+                ));
+            }
             control.edit(|config| {
                 if config.services.iter().any(|s| s.key == key) {
                     return Err(format!("service {name} exists"));
@@ -257,64 +193,92 @@ fn edit(control: &mut ControlLoop, verb: &str, args: &[&str]) -> Result<String, 
                 Ok(format!("added service {name}"))
             })
         }
-        "remove-service" => control.edit(|config| {
-            let before = config.services.len();
-            config.services.retain(|s| s.key != key);
-            if config.services.len() == before {
-                return Err(format!("no service {name}"));
-            }
-            Ok(format!("removed service {name}"))
-        }),
-        "add-backend" | "remove-backend" | "set-weight" => {
-            let backend = backend_at(2)?;
-            let weight = weight_at(3, 1)?;
-            if verb == "set-weight" && args.get(3).is_none() {
-                return Err("set-weight: give the weight".into());
-            }
+        Request::RemoveService { key } => {
+            let name = describe_service(&key);
             control.edit(|config| {
-                let service = config
-                    .services
-                    .iter_mut()
-                    .find(|s| s.key == key)
-                    .ok_or_else(|| format!("no service {name}"))?;
-                let position = service
-                    .backends
-                    .iter()
-                    .position(|b| b.address == backend.ip() && b.port == backend.port());
-                match (verb, position) {
-                    ("add-backend", Some(_)) => Err(format!("{backend} is already in {name}")),
-                    ("add-backend", None) => {
-                        let maps_ports =
-                            matches!(service.mode, ForwardingMode::Nat | ForwardingMode::FullNat);
-                        if !maps_ports && backend.port() != key.port {
-                            return Err(format!(
-                                "{:?} cannot map ports: the backend port must be {}",
-                                service.mode, key.port
-                            ));
-                        }
-                        service.backends.push(BackendConfig {
-                            address: backend.ip(),
-                            port: backend.port(),
-                            weight,
-                            mac: None,
-                            health_check: None,
-                        });
-                        Ok(format!("added {backend} to {name} with weight {weight}"))
-                    }
-                    ("remove-backend", Some(index)) => {
-                        service.backends.remove(index);
-                        Ok(format!("removed {backend} from {name}"))
-                    }
-                    ("set-weight", Some(index)) => {
-                        service.backends[index].weight = weight;
-                        Ok(format!("{backend} in {name} now has weight {weight}"))
-                    }
-                    _ => Err(format!("{backend} is not in {name}")),
+                let before = config.services.len();
+                config.services.retain(|s| s.key != key);
+                if config.services.len() == before {
+                    return Err(format!("no service {name}"));
                 }
+                Ok(format!("removed service {name}"))
             })
         }
-        _ => Err(format!("unknown command {verb}")),
+        Request::AddBackend {
+            key,
+            backend,
+            weight,
+        } => edit_backend(control, key, backend, |service, position| {
+            let name = describe_service(&key);
+            if position.is_some() {
+                return Err(format!("{backend} is already in {name}"));
+            }
+            let maps_ports = matches!(service.mode, ForwardingMode::Nat | ForwardingMode::FullNat);
+            if !maps_ports && backend.port() != key.port {
+                return Err(format!(
+                    "{:?} cannot map ports: the backend port must be {}",
+                    service.mode, key.port
+                ));
+            }
+            if maps_ports && backend.port() == 0 {
+                return Err("nat and fullnat backends need a port".into());
+            }
+            if backend.is_ipv4() != key.vip.is_ipv4() {
+                return Err(format!(
+                    "{backend} is not of the family of VIP {}; nothing changed",
+                    key.vip
+                ));
+            }
+            service.backends.push(BackendConfig {
+                address: backend.ip(),
+                port: backend.port(),
+                weight,
+                mac: None,
+                health_check: None,
+            });
+            Ok(format!("added {backend} to {name} with weight {weight}"))
+        }),
+        Request::RemoveBackend { key, backend } => {
+            edit_backend(control, key, backend, |service, position| {
+                let name = describe_service(&key);
+                let index = position.ok_or_else(|| format!("{backend} is not in {name}"))?;
+                service.backends.remove(index);
+                Ok(format!("removed {backend} from {name}"))
+            })
+        }
+        Request::SetWeight {
+            key,
+            backend,
+            weight,
+        } => edit_backend(control, key, backend, |service, position| {
+            let name = describe_service(&key);
+            let index = position.ok_or_else(|| format!("{backend} is not in {name}"))?;
+            service.backends[index].weight = weight;
+            Ok(format!("{backend} in {name} now has weight {weight}"))
+        }),
+        other => Err(format!("{other:?} is not an edit")),
     }
+}
+
+/// Applies `change` to the service `key`, given the position of `backend` in it.
+fn edit_backend(
+    control: &mut ControlLoop,
+    key: ServiceKey,
+    backend: SocketAddr,
+    change: impl FnOnce(&mut control::config::ServiceConfig, Option<usize>) -> Result<String, String>,
+) -> Result<String, String> {
+    control.edit(|config| {
+        let service = config
+            .services
+            .iter_mut()
+            .find(|s| s.key == key)
+            .ok_or_else(|| format!("no service {}", describe_service(&key)))?;
+        let position = service
+            .backends
+            .iter()
+            .position(|b| b.address == backend.ip() && b.port == backend.port());
+        change(service, position)
+    })
 }
 
 /// `ipvsadm -Ln`: services, schedulers, backends, forwarding method and weight as the workers use them.
@@ -383,15 +347,7 @@ fn connections(stats: &[std::sync::Arc<WorkerStats>]) -> String {
 }
 
 /// Which backend a new flow from `client` to `vip` goes to, and why.
-fn trace(control: &mut ControlLoop, client: &str, vip: &str, protocol: Option<&str>) -> String {
-    let (Ok(client), Ok(vip)) = (client.parse::<SocketAddr>(), vip.parse::<SocketAddr>()) else {
-        return "error: trace CLIENT:PORT VIP:PORT [tcp|udp]\n".into();
-    };
-    let protocol = match protocol.unwrap_or("tcp") {
-        "tcp" => 6,
-        "udp" => 17,
-        other => return format!("error: protocol {other:?}: tcp or udp\n"),
-    };
+fn trace(control: &mut ControlLoop, client: SocketAddr, vip: SocketAddr, protocol: u8) -> String {
     let Some(snapshot) = control.current_snapshot() else {
         return "error: no snapshot published yet\n".into();
     };
@@ -425,7 +381,7 @@ fn trace(control: &mut ControlLoop, client: &str, vip: &str, protocol: Option<&s
         }
         None => out.push_str("new flow: no backend available (all removed or drained)\n"),
     }
-    if service.scheduler != balancer::service::SchedulerKind::Mh {
+    if service.scheduler != SchedulerKind::Mh {
         out.push_str("the service's IPVS scheduler decides new TCP flows per worker; Maglev places fragments\n");
     }
     if service.persistence.is_some() {
@@ -590,6 +546,9 @@ pub fn client(socket: &Path, command: &[String]) -> Result<(), String> {
             socket.display()
         )
     })?;
+    // sluice answers within its own deadlines (a reload within a few seconds); this bounds a stuck peer.
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
     stream
         .write_all(format!("{}\n", command.join(" ")).as_bytes())
         .map_err(|e| e.to_string())?;

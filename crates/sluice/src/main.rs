@@ -8,6 +8,7 @@ mod generate;
 mod keepalived;
 mod pcap;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -71,6 +71,12 @@ fn eal_arguments(config: &Config) -> Vec<String> {
         args.push("-l".into());
         args.push(config.workers.cores[0].to_string());
     }
+    // Hugepage files are unlinked as soon as they are mapped: nothing is left in hugetlbfs after any exit, kill -9
+    // included (sluice has no secondary processes to share them with).
+    let chosen = |name: &str| args.iter().any(|arg| arg.starts_with(name));
+    if !chosen("--no-huge") && !chosen("--in-memory") && !chosen("--huge-unlink") {
+        args.push("--huge-unlink".into());
+    }
     for port in &config.ports {
         if port.is_vdev() {
             args.push(format!("--vdev={}", port.device));
@@ -156,6 +162,43 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     result
 }
 
+type WorkerHandle<T> = std::thread::JoinHandle<Result<T, dpdk::DpdkError>>;
+
+/// Worker threads that are stopped and joined however `run` returns: an error after the first one started must not
+/// leave a worker polling ports that are about to close.
+struct Workers<T> {
+    stop: Arc<AtomicBool>,
+    handles: Vec<WorkerHandle<T>>,
+}
+
+impl<T> Workers<T> {
+    fn new(stop: &Arc<AtomicBool>) -> Workers<T> {
+        Workers {
+            stop: Arc::clone(stop),
+            handles: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, handle: WorkerHandle<T>) {
+        self.handles.push(handle);
+    }
+
+    /// Stops every worker and waits for each.
+    fn join(mut self) -> Vec<std::thread::Result<Result<T, dpdk::DpdkError>>> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handles.drain(..).map(|handle| handle.join()).collect()
+    }
+}
+
+impl<T> Drop for Workers<T> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for handle in self.handles.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
 /// The conditions `run` stops on besides ctrl-c: a frame count, an idle time, a duration.
 struct StopConditions<'a> {
     args: &'a RunArgs,
@@ -234,7 +277,7 @@ fn run_pipe(
         .ok_or("pipe: unknown from port")?;
     let to = config.port_index(&pipe.to).ok_or("pipe: unknown to port")?;
     let stop = Arc::new(AtomicBool::new(false));
-    let mut handles = Vec::new();
+    let mut handles = Workers::new(&stop);
     let mut progress = Progress { received: vec![] };
     let started = Instant::now();
     for (index, &cpu) in config.workers.cores.iter().enumerate() {
@@ -270,14 +313,15 @@ fn run_pipe(
             (rx_total, tx_total, dropped)
         })
         .map_err(|e| e.to_string())?;
+        log::info!("worker {index} polling on CPU {cpu}");
         handles.push(handle);
     }
     wait_for_stop(args, &progress, &stop);
     let elapsed = started.elapsed().as_secs_f64();
     let mut failure = None;
     let mut total_rx = 0;
-    for (index, handle) in handles.into_iter().enumerate() {
-        match handle.join() {
+    for (index, handle) in handles.join().into_iter().enumerate() {
+        match handle {
             Ok(Ok((rx, tx, dropped))) => {
                 total_rx += rx;
                 println!("worker {index}: rx {rx} tx {tx} dropped tx_full={dropped}");
@@ -301,6 +345,11 @@ fn run_balancer(
     ports: &[Port],
     pool: &Arc<Mempool>,
 ) -> Result<(), String> {
+    // Everything the workers and the control loop depend on is opened before the first worker polls; from the
+    // moment the socket file exists, ctrl-c and SIGTERM end the run through the path that removes it.
+    let mut endpoints = Endpoints::open(config.control.socket.as_deref(), config.control.metrics)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    install_stop_handler(&stop);
     let mut registry = BackendIdRegistry::new();
     let macs: Vec<[u8; 6]> = ports
         .iter()
@@ -314,8 +363,7 @@ fn run_balancer(
     let workers = config.workers.cores.len();
     let software_steering = workers > 1 && !ports.iter().all(Port::has_rss);
     let neighbors = Arc::new(NeighborTable::new(65536));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut handles = Vec::new();
+    let mut handles = Workers::new(&stop);
     let mut stats: Vec<Arc<WorkerStats>> = Vec::new();
     let mut progress = Progress { received: vec![] };
     // The senders stay here: the control thread will publish through them.
@@ -395,6 +443,7 @@ fn run_balancer(
             worker.stats()
         })
         .map_err(|e| e.to_string())?;
+        log::info!("worker {index} polling on CPU {cpu}");
         handles.push(handle);
     }
     let mut control = ControlLoop {
@@ -412,24 +461,18 @@ fn run_balancer(
         trace_queries,
         trace_answers,
     };
-    let mut endpoints = Endpoints::open(
-        config.control.socket.as_deref(),
-        config.control.metrics.as_deref(),
-    )?;
     let checks = health_specs(&control.config, &mut control.registry);
     if !checks.is_empty() {
         log::info!("health checks: {} backends", checks.len());
         control.health = Some(HealthChecker::start(checks));
     }
     let reload = reload_signal();
-    install_stop_handler(&stop);
     log::info!(
         "forwarding with {workers} workers; SIGHUP reloads {}, ctrl-c stops",
         args.config.display()
     );
     let mut conditions = StopConditions::new(args, &progress);
     while !stop.load(Ordering::SeqCst) && !conditions.reached() {
-        std::thread::sleep(Duration::from_millis(5));
         if reload.swap(false, Ordering::SeqCst) {
             log::info!("SIGHUP: reloading {}", args.config.display());
             match control.reload(&args.config) {
@@ -444,8 +487,8 @@ fn run_balancer(
     stop.store(true, Ordering::SeqCst);
     let elapsed = started.elapsed().as_secs_f64();
     let mut failure = None;
-    for (index, handle) in handles.into_iter().enumerate() {
-        match handle.join() {
+    for (index, handle) in handles.join().into_iter().enumerate() {
+        match handle {
             Ok(Ok(_)) => {}
             Ok(Err(error)) => failure = Some(format!("worker {index}: {error}")),
             Err(_) => failure = Some(format!("worker {index} panicked")),

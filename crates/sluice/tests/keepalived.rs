@@ -138,3 +138,71 @@ fn unbalanced_braces_are_an_error() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("closes nothing"));
 }
+
+fn import(text: &str) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keepalived.conf");
+    std::fs::write(&path, text).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("import-keepalived")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_input_is_a_non_zero_exit_with_the_reason() {
+    for (text, needle) in [
+        (
+            "virtual_server 10.0.0.1 80 {\n lb_kind DR\n".to_owned(),
+            "line 1: this `{` is never closed",
+        ),
+        ("{".repeat(50_000), "nested deeper than 32"),
+        (
+            "virtual_server 10.0.0.1 80 {\n delay_loop 5s\n}\n".to_owned(),
+            "line 2: delay_loop \"5s\" is not a number of seconds",
+        ),
+        (
+            "virtual_server 10.0.0.1 80 {\n real_server 10.0.0.2 80 {\n  TCP_CHECK {\n   connect_timeout 1e30\n  }\n }\n}\n"
+                .to_owned(),
+            "connect_timeout",
+        ),
+        (
+            "virtual_server 10.0.0.1 80 {\n real_server 10.0.0.2 80\n real_server 10.0.0.2 80\n}\n".to_owned(),
+            "listed twice",
+        ),
+    ] {
+        let (code, stdout, stderr) = import(&text);
+        assert_eq!(code, Some(1), "{needle}: {stderr}");
+        assert!(stdout.is_empty(), "{stdout}");
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+    }
+}
+
+#[test]
+fn values_are_escaped_into_a_file_sluice_check_accepts() {
+    let (code, stdout, stderr) = import(
+        "virtual_server 10.0.0.1 80 {\n lb_kind FNAT\n real_server 10.0.0.2 8080 {\n  HTTP_GET {\n   url {\n    path /a\"b\\c\n   }\n  }\n }\n}\n",
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains(r#"path = "/a\"b\\c""#), "{stdout}");
+    assert!(stderr.contains("local_addresses"), "{stderr}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, &stdout).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}

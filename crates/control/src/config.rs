@@ -120,6 +120,7 @@ struct RawPort {
     tx_descriptors: Option<u16>,
     #[serde(default)]
     addresses: Vec<Spanned<String>>,
+    kernel_interface: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -128,6 +129,9 @@ struct RawWorkers {
     cores: Option<Spanned<Vec<usize>>>,
     burst: Option<Spanned<usize>>,
     mempool_size: Option<u32>,
+    idle: Option<Spanned<String>>,
+    idle_polls: Option<Spanned<u32>>,
+    idle_sleep_us: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -248,6 +252,8 @@ pub struct PortConfig {
     pub rx_descriptors: u16,
     pub tx_descriptors: u16,
     pub addresses: Vec<Prefix>,
+    /// The kernel interface (a `net_tap`) of the exception path: `kernel_interface`, or `sl-<name>`.
+    pub kernel_interface: String,
 }
 
 impl PortConfig {
@@ -267,6 +273,56 @@ pub struct WorkersConfig {
     pub cores: Vec<usize>,
     pub burst: usize,
     pub mempool_size: u32,
+    pub idle: IdleConfig,
+}
+
+/// What a worker does when its queues are empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdleMode {
+    /// Spin: the lowest latency, a whole core per worker.
+    Poll,
+    /// After `polls` empty polls in a row, a CPU pause per empty poll, then sleeps of `sleep_us`.
+    Adaptive,
+}
+
+/// `[workers] idle`, `idle_polls`, `idle_sleep_us`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdleConfig {
+    pub mode: IdleMode,
+    pub polls: u32,
+    pub sleep_us: u64,
+}
+
+impl Default for IdleConfig {
+    fn default() -> Self {
+        IdleConfig {
+            mode: IdleMode::Poll,
+            polls: 256,
+            sleep_us: 100,
+        }
+    }
+}
+
+/// The default kernel interface name of a port: `sl-` and the port's name, cut to the 15 bytes Linux allows.
+pub fn default_kernel_interface(port: &str) -> String {
+    let mut name = format!("sl-{port}");
+    while name.len() > MAX_INTERFACE_NAME {
+        name.pop();
+    }
+    name
+}
+
+/// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
+pub const MAX_INTERFACE_NAME: usize = 15;
+
+fn valid_interface_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_INTERFACE_NAME
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -442,6 +498,7 @@ impl Config {
 
         let mut ports = Vec::new();
         let mut port_names = HashSet::new();
+        let mut kernel_interfaces = HashSet::new();
         for spanned in &raw.port {
             let port = spanned.get_ref();
             let name = port.name.get_ref().trim().to_owned();
@@ -469,6 +526,37 @@ impl Config {
             for address in &port.addresses {
                 addresses.push(locator.parse::<Prefix>(address, "port addresses")?);
             }
+            let kernel_interface = match &port.kernel_interface {
+                Some(spanned) => {
+                    let name = spanned.get_ref().trim();
+                    if !valid_interface_name(name) {
+                        return Err(locator.error_at(
+                            &spanned.span(),
+                            format!(
+                                "port kernel_interface: {name:?} is not a Linux interface name (1 to \
+                                 {MAX_INTERFACE_NAME} letters, digits, '-', '_' or '.')"
+                            ),
+                        ));
+                    }
+                    name.to_owned()
+                }
+                None => default_kernel_interface(&name),
+            };
+            if !kernel_interfaces.insert(kernel_interface.clone()) {
+                return Err(locator.error_at(
+                    &port.name.span(),
+                    format!("port kernel_interface: {kernel_interface:?} is used by two ports"),
+                ));
+            }
+            if !valid_interface_name(&kernel_interface) {
+                return Err(locator.error_at(
+                    &port.name.span(),
+                    format!(
+                        "port name: {name:?} does not make a kernel interface name ({kernel_interface:?}); \
+                         set kernel_interface"
+                    ),
+                ));
+            }
             ports.push(PortConfig {
                 name,
                 device: port.device.get_ref().trim().to_owned(),
@@ -476,6 +564,7 @@ impl Config {
                 rx_descriptors: port.rx_descriptors.unwrap_or(1024),
                 tx_descriptors: port.tx_descriptors.unwrap_or(1024),
                 addresses,
+                kernel_interface,
             });
         }
 
@@ -506,6 +595,7 @@ impl Config {
             cores,
             burst,
             mempool_size: raw.workers.mempool_size.unwrap_or(16383),
+            idle: validate_idle(&raw.workers, &locator)?,
         };
 
         let network = validate_network(&raw.network, &locator, &port_names, workers.cores.len())?;
@@ -760,17 +850,10 @@ fn validate_network(
         })?,
         None => TableSize::default(),
     };
-    if let Some(spanned) = raw
+    let kernel_exception_path = raw
         .kernel_exception_path
         .as_ref()
-        .filter(|value| *value.get_ref())
-    {
-        return Err(locator.error_at(
-            &spanned.span(),
-            "kernel_exception_path: handing foreign traffic to a kernel interface is not available yet; traffic \
-             that is not for our addresses is dropped and counted (not_ours). Remove the key or set it to false",
-        ));
-    }
+        .is_some_and(|value| *value.get_ref());
     let mut timeouts = Timeouts::default();
     let t = &raw.timeouts;
     let set = |slot: &mut u64, value: Option<u64>| {
@@ -799,8 +882,53 @@ fn validate_network(
         conntrack_capacity,
         maglev_table_size,
         timeouts,
-        kernel_exception_path: false,
+        kernel_exception_path,
     })
+}
+
+fn validate_idle(raw: &RawWorkers, locator: &Locator<'_>) -> Result<IdleConfig, ConfigError> {
+    let mut idle = IdleConfig::default();
+    if let Some(spanned) = &raw.idle {
+        idle.mode = match spanned.get_ref().as_str() {
+            "poll" => IdleMode::Poll,
+            "adaptive" => IdleMode::Adaptive,
+            other => {
+                return Err(locator.error_at(
+                    &spanned.span(),
+                    format!("workers idle: {other:?} is not allowed; use \"poll\" or \"adaptive\""),
+                ))
+            }
+        };
+    }
+    if let Some(spanned) = &raw.idle_polls {
+        idle.polls = *spanned.get_ref();
+        if !(1..=1_000_000).contains(&idle.polls) {
+            return Err(
+                locator.error_at(&spanned.span(), "workers idle_polls: allowed 1 to 1000000")
+            );
+        }
+    }
+    if let Some(spanned) = &raw.idle_sleep_us {
+        idle.sleep_us = *spanned.get_ref();
+        if !(1..=10_000).contains(&idle.sleep_us) {
+            return Err(locator.error_at(
+                &spanned.span(),
+                "workers idle_sleep_us: allowed 1 to 10000 microseconds",
+            ));
+        }
+    }
+    let tuned = raw
+        .idle_polls
+        .as_ref()
+        .map(Spanned::span)
+        .or(raw.idle_sleep_us.as_ref().map(Spanned::span));
+    if let (IdleMode::Poll, Some(span)) = (idle.mode, tuned) {
+        return Err(locator.error_at(
+            &span,
+            "workers idle_polls / idle_sleep_us only apply with idle = \"adaptive\"",
+        ));
+    }
+    Ok(idle)
 }
 
 fn validate_service(

@@ -1,11 +1,14 @@
 //! The sluice binary: `run` forwards with a configuration, `check` validates one, `generate` writes test traffic
 //! as a pcap file, `bench` measures the worker path in process.
 
+mod announce;
 mod bench;
 mod control_loop;
 mod ctl;
+mod exception;
 mod generate;
 mod keepalived;
+mod netlink;
 mod pcap;
 mod run;
 

@@ -80,6 +80,7 @@ fn eal_arguments(config: &Config) -> Vec<String> {
             args.push(port.device.clone());
         }
     }
+    args.extend(crate::exception::tap_vdev_arguments(config));
     args
 }
 
@@ -130,10 +131,27 @@ pub fn run(args: RunArgs) -> Result<(), String> {
             );
             ports.push(opened);
         }
+        let taps = if crate::exception::enabled(&config) {
+            Some(open_taps(&eal, &config, &ports, &pool)?)
+        } else {
+            None
+        };
         let outcome = match &config.pipe {
             Some(pipe) => run_pipe(&config, &args, &ports, &pool, pipe),
-            None => run_balancer(&config, &args, &ports, &pool),
+            None => run_balancer(&config, &args, &ports, &pool, taps.as_ref()),
         };
+        if let Some(taps) = &taps {
+            for (tap, interface) in taps.ports.iter().zip(&taps.interfaces) {
+                if let Ok(stats) = tap.stats() {
+                    println!(
+                        "kernel interface {}: to kernel {} from kernel {} tx_errors {}",
+                        interface.name, stats.tx_packets, stats.rx_packets, stats.tx_errors
+                    );
+                }
+            }
+        }
+        // The taps close before the data ports: the kernel interfaces and their addresses go.
+        drop(taps);
         for (port, settings) in ports.iter().zip(&config.ports) {
             if let Ok(stats) = port.stats() {
                 println!(
@@ -155,6 +173,48 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     drop(pool);
     drop(eal);
     result
+}
+
+/// Opens each data port's tap (created by the EAL), one queue pair per worker, and gives its kernel side the
+/// port's MAC and addresses.
+fn open_taps(
+    eal: &Eal,
+    config: &Config,
+    ports: &[Port],
+    pool: &Arc<Mempool>,
+) -> Result<crate::exception::Taps, String> {
+    let workers = config.workers.cores.len() as u16;
+    let mut taps = Vec::new();
+    let mut macs = Vec::new();
+    for (index, (port, settings)) in ports.iter().zip(&config.ports).enumerate() {
+        let name = crate::exception::tap_device_name(index);
+        let id = eal.port_by_name(&name).ok_or_else(|| {
+            format!(
+                "port {}: the kernel interface {} ({name}) did not become a DPDK port",
+                settings.name, settings.kernel_interface
+            )
+        })?;
+        let tap_config = PortConfig {
+            rx_queues: workers,
+            tx_queues: workers,
+            rx_descriptors: 512,
+            tx_descriptors: 512,
+            rss_key: None,
+            mtu: None,
+            promiscuous: false,
+        };
+        taps.push(
+            Port::configure(eal, id, &tap_config, pool)
+                .map_err(|e| format!("port {}: kernel interface {name}: {e}", settings.name))?,
+        );
+        macs.push(port.mac_address().map_err(|e| e.to_string())?);
+    }
+    let mut netlink = crate::netlink::Netlink::open()?;
+    let interfaces = crate::exception::set_up(config, &macs, &mut netlink)?;
+    Ok(crate::exception::Taps {
+        ports: taps,
+        interfaces,
+    })
 }
 
 /// The conditions `run` stops on besides ctrl-c: a frame count, an idle time, a duration.
@@ -301,6 +361,7 @@ fn run_balancer(
     args: &RunArgs,
     ports: &[Port],
     pool: &Arc<Mempool>,
+    taps: Option<&crate::exception::Taps>,
 ) -> Result<(), String> {
     let mut registry = BackendIdRegistry::new();
     let macs: Vec<[u8; 6]> = ports
@@ -327,6 +388,8 @@ fn run_balancer(
     let mut retired_receivers = Vec::new();
     let mut trace_queries = Vec::new();
     let (trace_answers_tx, trace_answers) = bounded(64);
+    let mut beats = Vec::new();
+    let mut kernel_stats = Vec::new();
     let started = Instant::now();
     for (index, &cpu) in config.workers.cores.iter().enumerate() {
         let capacity = config.network.conntrack_capacity;
@@ -377,6 +440,19 @@ fn run_balancer(
                 ..WorkerConfig::default()
             },
         );
+        if let Some(taps) = taps {
+            let mut kernel_queues = Vec::new();
+            for tap in &taps.ports {
+                kernel_queues.push(Some(dataplane::kernel::KernelQueues {
+                    rx: tap.rx_queue(index as u16).map_err(|e| e.to_string())?,
+                    tx: tap
+                        .tx_queue(index as u16, pool)
+                        .map_err(|e| e.to_string())?,
+                }));
+            }
+            worker.attach_kernel_path(dataplane::kernel::KernelPath::new(kernel_queues));
+            kernel_stats.extend(worker.kernel_stats());
+        }
         let (query_tx, query_rx) = bounded(8);
         trace_queries.push(query_tx);
         worker.answer_traces(TraceChannel {
@@ -388,11 +464,19 @@ fn run_balancer(
         let received = Arc::new(AtomicU64::new(0));
         progress.received.push(Arc::clone(&received));
         let stop = Arc::clone(&stop);
+        let beat = Arc::new(AtomicU64::new(0));
+        beats.push(Arc::clone(&beat));
+        let idle_policy = idle_policy(&config.workers.idle);
         let handle = spawn_worker(cpu, &format!("worker-{index}"), move || {
             let mut clock = millisecond_clock();
+            let mut idle = dataplane::idle::Idle::new(idle_policy);
+            let mut turns = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                worker.poll(clock());
+                let found = worker.poll(clock());
                 received.store(worker_stats.rx.load(Ordering::Relaxed), Ordering::Relaxed);
+                turns += 1;
+                beat.store(turns, Ordering::Relaxed);
+                idle.after_poll(found);
             }
             // One last turn flushes what is pending and drains the handoff ring.
             worker.poll(clock());
@@ -425,6 +509,30 @@ fn run_balancer(
         log::info!("health checks: {} backends", checks.len());
         control.health = Some(HealthChecker::start(checks));
     }
+    let mut announcer = taps.map(|taps| {
+        let reserved = config
+            .ports
+            .iter()
+            .flat_map(|port| port.addresses.iter().map(|prefix| prefix.addr))
+            .collect();
+        match crate::netlink::Netlink::open() {
+            Ok(netlink) => Ok(crate::announce::Announcer::new(
+                netlink,
+                taps.interfaces.clone(),
+                reserved,
+            )),
+            Err(error) => Err(error),
+        }
+    });
+    let mut announcer = match announcer.take() {
+        Some(Ok(announcer)) => Some(announcer),
+        Some(Err(error)) => {
+            stop.store(true, Ordering::SeqCst);
+            return Err(format!("VIP announcement: {error}"));
+        }
+        None => None,
+    };
+    let mut liveness = crate::announce::Liveness::new(beats);
     let reload = reload_signal();
     install_stop_handler(&stop);
     log::info!(
@@ -444,6 +552,20 @@ fn run_balancer(
         endpoints.serve(&mut control, &args.config);
         control.apply_health_events();
         control.collect_retired();
+        if let Some(announcer) = &mut announcer {
+            let wanted = match (&control.snapshot, liveness.all_alive(Instant::now())) {
+                (Some(snapshot), true) => crate::announce::servable_vips(snapshot),
+                _ => Default::default(),
+            };
+            for change in announcer.update(&wanted) {
+                log::info!("{change}");
+            }
+        }
+    }
+    if let Some(announcer) = &mut announcer {
+        for change in announcer.withdraw_all() {
+            log::info!("stopping: {change}");
+        }
     }
     stop.store(true, Ordering::SeqCst);
     let elapsed = started.elapsed().as_secs_f64();
@@ -460,6 +582,18 @@ fn run_balancer(
         while ring.pop().is_some() {}
     }
     print_worker_stats(&stats, elapsed);
+    for (index, kernel) in kernel_stats.iter().enumerate() {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        println!(
+            "worker {index} kernel path: to_kernel {} copied {} from_kernel {} to_kernel_dropped {} \
+             from_kernel_dropped {}",
+            load(&kernel.to_kernel),
+            load(&kernel.copied),
+            load(&kernel.from_kernel),
+            load(&kernel.to_kernel_dropped),
+            load(&kernel.from_kernel_dropped)
+        );
+    }
     print!(
         "{}",
         service_stats(&control.config, &mut control.registry, &stats)
@@ -467,6 +601,16 @@ fn run_balancer(
     drop(endpoints);
     drop(control);
     failure.map_or(Ok(()), Err)
+}
+
+fn idle_policy(idle: &control::config::IdleConfig) -> dataplane::idle::IdlePolicy {
+    match idle.mode {
+        control::config::IdleMode::Poll => dataplane::idle::IdlePolicy::Poll,
+        control::config::IdleMode::Adaptive => dataplane::idle::IdlePolicy::Adaptive {
+            polls: idle.polls,
+            sleep: Duration::from_micros(idle.sleep_us),
+        },
+    }
 }
 
 fn print_worker_stats(stats: &[Arc<WorkerStats>], elapsed: f64) {

@@ -1,0 +1,92 @@
+//! The kernel exception path of `sluice run`: one DPDK `net_tap` per data port, whose kernel side carries the
+//! port's MAC and addresses, so that the node's own traffic (BGP and BFD with the router, ssh, the kernel's ARP and
+//! neighbour discovery) works through the data port while sluice owns the device.
+//!
+//! The taps are created with the EAL (`--vdev=net_tap_sl<N>,iface=<name>`); when sluice exits, however it exits,
+//! the kernel removes them with their addresses. IP forwarding is turned off on them: the kernel never routes
+//! between sluice's ports for anyone.
+
+use control::config::Config;
+
+use crate::netlink::{interface_index, Netlink};
+
+/// The DPDK device name of port `index`'s tap.
+pub fn tap_device_name(index: usize) -> String {
+    format!("net_tap_sl{index}")
+}
+
+/// The `--vdev` arguments of the taps, when the configuration asks for the exception path.
+pub fn tap_vdev_arguments(config: &Config) -> Vec<String> {
+    if !enabled(config) {
+        return Vec::new();
+    }
+    config
+        .ports
+        .iter()
+        .enumerate()
+        .map(|(index, port)| {
+            format!(
+                "--vdev={},iface={}",
+                tap_device_name(index),
+                port.kernel_interface
+            )
+        })
+        .collect()
+}
+
+/// Whether `config` runs the exception path (the balancer with `kernel_exception_path = true`).
+pub fn enabled(config: &Config) -> bool {
+    config.network.kernel_exception_path && config.pipe.is_none()
+}
+
+/// The taps of a running balancer: their DPDK ports (closing them removes the interfaces) and the interfaces.
+pub struct Taps {
+    pub ports: Vec<dpdk::Port>,
+    pub interfaces: Vec<KernelInterface>,
+}
+
+/// One port's kernel interface once it exists.
+#[derive(Clone, Debug)]
+pub struct KernelInterface {
+    pub name: String,
+    pub index: u32,
+}
+
+/// Gives each port's kernel interface the port's MAC and addresses, brings it up and turns forwarding off on it.
+pub fn set_up(
+    config: &Config,
+    macs: &[[u8; 6]],
+    netlink: &mut Netlink,
+) -> Result<Vec<KernelInterface>, String> {
+    let mut interfaces = Vec::new();
+    for (port, mac) in config.ports.iter().zip(macs) {
+        let name = &port.kernel_interface;
+        let index = interface_index(name)
+            .map_err(|error| format!("port {}: kernel interface: {error}", port.name))?;
+        netlink
+            .set_mac_and_up(index, *mac)
+            .map_err(|error| format!("port {}: {name}: {error}", port.name))?;
+        for family in ["ipv4", "ipv6"] {
+            let path = format!("/proc/sys/net/{family}/conf/{name}/forwarding");
+            if std::path::Path::new(&path).exists() {
+                std::fs::write(&path, "0")
+                    .map_err(|error| format!("port {}: {path}: {error}", port.name))?;
+            }
+        }
+        for prefix in &port.addresses {
+            netlink
+                .add_address(index, prefix.addr, prefix.len)
+                .map_err(|error| format!("port {}: {name}: {error}", port.name))?;
+        }
+        log::info!(
+            "port {}: kernel interface {name} (ifindex {index}) with the port's MAC and {} addresses",
+            port.name,
+            port.addresses.len()
+        );
+        interfaces.push(KernelInterface {
+            name: name.clone(),
+            index,
+        });
+    }
+    Ok(interfaces)
+}

@@ -284,6 +284,12 @@ ms=$(wait_next_hops 2 30) || fail "the router never had both next hops"
 echo "cluster: router has both next hops ($ms ms after the nodes announced)"
 ns rt ip route show "$VIP"
 
+# Both nodes built the same Maglev table.
+d1=$("$SLUICE" ctl --socket "$STATE/n1/ctl.sock" list | awk '$1 == "TCP" { print $NF }')
+d2=$("$SLUICE" ctl --socket "$STATE/n2/ctl.sock" list | awk '$1 == "TCP" { print $NF }')
+[ -n "$d1" ] && [ "$d1" = "$d2" ] || fail "the nodes' Maglev tables differ: $d1 / $d2"
+echo "cluster: both nodes' Maglev table digest $d1"
+
 # 2. New connections spread over both nodes.
 read -r a b <<< "$(spread 200)"
 check_share "spread" "$a" "$b"

@@ -3,6 +3,7 @@
 
 mod announce;
 mod bench;
+mod cluster;
 mod control_loop;
 mod ctl;
 mod exception;
@@ -80,6 +81,9 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> Result<(), String> {
     let config = control::config::Config::load(path).map_err(|e| e.to_string())?;
     for warning in &config.warnings {
+        println!("warning: {warning}");
+    }
+    for warning in cluster::cluster_warnings(&config) {
         println!("warning: {warning}");
     }
     println!(

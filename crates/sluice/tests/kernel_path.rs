@@ -331,6 +331,18 @@ fn the_node_talks_through_its_tap_and_the_vip_shares_fate_with_sluice() {
         "the kernel resolved its peer: {neighbours}"
     );
 
+    // `ctl list` shows the digest of the service's Maglev table, to compare nodes at a glance.
+    let list = ctl(dir.path(), &["list"]);
+    let digest = list
+        .split_whitespace()
+        .skip_while(|word| *word != "maglev")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no digest in {list}"));
+    assert!(
+        digest.len() == 16 && digest.chars().all(|c| c.is_ascii_hexdigit()),
+        "{list}"
+    );
+
     // The service loses its only backend: the VIP comes off the tap; a backend again: it goes back.
     ctl(
         dir.path(),
@@ -413,5 +425,56 @@ fn a_clean_stop_withdraws_the_vip_and_counts_the_kernel_path() {
     assert!(
         bed.tap_addresses().is_none(),
         "the tap is gone after a clean stop"
+    );
+}
+
+#[test]
+fn check_warns_about_services_that_hold_per_node_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.toml");
+    std::fs::write(
+        &path,
+        r#"[[port]]
+name = "lan"
+device = "net_null0"
+addresses = ["10.0.0.1/24"]
+[network]
+kernel_exception_path = true
+[[service]]
+vip = "10.0.0.100"
+port = 80
+mode = "dr"
+[[service.backend]]
+address = "10.0.0.11"
+[[service]]
+vip = "10.0.0.101"
+port = 80
+mode = "nat"
+scheduler = "rr"
+[[service.backend]]
+address = "10.0.0.12"
+"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("only mh services"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(warnings[0].contains("10.0.0.101:80"), "{text}");
+    assert!(
+        warnings[0].contains("scheduler rr") && warnings[0].contains("NAT"),
+        "{text}"
     );
 }

@@ -8,7 +8,7 @@
 #   node n1 10.88.0.1      node n2 10.88.0.2        be1 .11      be2 .12      be3 .13   (HTTP, VIP on lo: DR)
 #   sluice on net_af_packet, BIRD on sluice's tap (sl-lan), AS 65001, BGP + BFD to the router
 #
-# VIP 10.200.0.100:80, DR, scheduler mh, HTTP health checks. Checks, with the figures printed as it goes:
+# VIP 10.200.0.100:80, DR and then TUN (IP-in-IP from the node's address), scheduler mh, HTTP health checks. Checks, with the figures printed as it goes:
 #  1. the router has a route to the VIP with both nodes as next hops;
 #  2. new connections spread over both nodes;
 #  3. kill -9 of node n1 removes its next hop within 1 s, and keep-alive connections that went through it carry on
@@ -18,7 +18,7 @@
 #  5. n1 comes back and takes its share of new connections again.
 # Then everything it created is removed, and it checks that nothing is left.
 #
-# Usage: scripts/netns/cluster.sh      (root; needs bird2 and frr, installed by scripts/setup.sh)
+# Usage: scripts/netns/cluster.sh [dr tun]     (root; needs bird2 and frr, installed by scripts/setup.sh)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -32,6 +32,8 @@ for tool in bird birdc /usr/lib/frr/zebra /usr/lib/frr/bgpd /usr/lib/frr/bfdd; d
 done
 
 P=slc-
+MODES=("$@")
+[ ${#MODES[@]} -eq 0 ] && MODES=(dr tun)
 NAMESPACES=(sw rt cl n1 n2 be1 be2 be3)
 STATE=/tmp/slc-cluster
 VIP=10.200.0.100
@@ -45,14 +47,23 @@ ns() { ip netns exec "$P$1" "${@:2}"; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 teardown() {
+    if [ -n "${KEEP_LOGS:-}" ] && [ -d "$STATE" ]; then
+        mkdir -p "$KEEP_LOGS/${MODE:-none}"
+        cp -r "$STATE"/n1 "$STATE"/n2 "$KEEP_LOGS/${MODE:-none}/" 2> /dev/null || true
+    fi
     if [ -f "$STATE/pids" ]; then
         while read -r pid; do kill "$pid" 2> /dev/null || true; done < "$STATE/pids"
         # A stopped sluice takes its tap away itself; give it a moment before what is left is killed.
-        for _ in $(seq 20); do
-            alive=0
-            while read -r pid; do kill -0 "$pid" 2> /dev/null && alive=1; done < "$STATE/pids"
-            [ "$alive" = 0 ] && break
+        for _ in $(seq 50); do
+            alive=""
+            while read -r pid; do kill -0 "$pid" 2> /dev/null && alive="$alive $pid"; done < "$STATE/pids"
+            [ -z "$alive" ] && break
             sleep 0.1
+        done
+        for pid in $alive; do
+            echo "cluster: still running 5 s after SIGTERM: $pid $(cat /proc/$pid/comm 2> /dev/null)" >&2
+            for t in /proc/$pid/task/*; do echo "  $(cat $t/comm) $(cat $t/wchan) $(cat $t/stat | cut -d' ' -f3)"; done >&2
+            tail -n 3 "$STATE"/n*/sluice.err >&2 || true
         done
     fi
     for name in "${NAMESPACES[@]}"; do
@@ -65,7 +76,7 @@ teardown() {
 }
 
 fail() {
-    echo "cluster: FAILED: $*" >&2
+    echo "cluster ${MODE:-}: FAILED: $*" >&2
     for node in n1 n2; do
         echo "--- $node sluice log" >&2
         grep -v '^EAL' "$STATE/$node/sluice.err" 2> /dev/null | tail -20 >&2 || true
@@ -117,9 +128,20 @@ topology_up() {
     for i in 1 2 3; do
         link "be$i" lan
         ip -n "${P}be$i" addr add "10.88.0.1$i/24" dev lan
-        ip -n "${P}be$i" addr add "$VIP/32" dev lo
         ip -n "${P}be$i" route add default via 10.88.0.254
         ns "be$i" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2
+        if [ "$MODE" = tun ]; then
+            # The VIP on a TUN device fed by a userspace IP-in-IP endpoint (no ipip module here).
+            ns "be$i" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+            ip netns exec "${P}be$i" python3 scripts/netns/decap.py "tun$i" > "$STATE/decap$i.log" 2>&1 &
+            echo $! >> "$STATE/pids"
+            for _ in $(seq 50); do grep -q ready "$STATE/decap$i.log" 2> /dev/null && break; sleep 0.1; done
+            ip -n "${P}be$i" addr add "$VIP/32" dev "tun$i"
+            ip -n "${P}be$i" link set "tun$i" up
+            ns "be$i" sysctl -qw "net.ipv4.conf.tun$i.rp_filter=0"
+        else
+            ip -n "${P}be$i" addr add "$VIP/32" dev lo
+        fi
         backend_start "$i"
     done
 }
@@ -188,12 +210,13 @@ cores = [$core]
 idle = "adaptive"
 [network]
 kernel_exception_path = true
+$([ "$MODE" = tun ] && echo "tunnel_source_v4 = \"$addr\"")
 [control]
 socket = "$STATE/$node/ctl.sock"
 [[service]]
 vip = "$VIP"
 port = 80
-mode = "dr"
+mode = "$MODE"
 scheduler = "mh"
 EOF
     for i in 1 2 3; do
@@ -266,12 +289,13 @@ spread() {
 check_share() {
     local label=$1 a=$2 b=$3 total
     total=$((a + b))
-    echo "cluster: $label: n1 $a, n2 $b of $total new connections"
+    echo "cluster $MODE: $label: n1 $a, n2 $b of $total new connections"
     [ "$total" -gt 0 ] || fail "$label: no connection counted"
     [ $((a * 100 / total)) -ge 20 ] && [ $((b * 100 / total)) -ge 20 ] || fail "$label: uneven spread $a / $b"
 }
 
-started=$(date +%s)
+scenario() {
+    MODE=$1
 teardown
 trap teardown EXIT
 topology_up
@@ -281,14 +305,19 @@ node_up n2 10.88.0.2 "$(($(nproc) > 1 ? 1 : 0))"
 
 # 1. Both next hops.
 ms=$(wait_next_hops 2 30) || fail "the router never had both next hops"
-echo "cluster: router has both next hops ($ms ms after the nodes announced)"
+echo "cluster $MODE: router has both next hops ($ms ms after the nodes announced)"
 ns rt ip route show "$VIP"
 
-# Both nodes built the same Maglev table.
-d1=$("$SLUICE" ctl --socket "$STATE/n1/ctl.sock" list | awk '$1 == "TCP" { print $NF }')
-d2=$("$SLUICE" ctl --socket "$STATE/n2/ctl.sock" list | awk '$1 == "TCP" { print $NF }')
+# Both nodes built the same Maglev table (once their health checks agree).
+digest() { "$SLUICE" ctl --socket "$STATE/$1/ctl.sock" list | awk '$1 == "TCP" { print $NF }'; }
+for _ in $(seq 50); do
+    d1=$(digest n1)
+    d2=$(digest n2)
+    [ -n "$d1" ] && [ "$d1" = "$d2" ] && break
+    sleep 0.1
+done
 [ -n "$d1" ] && [ "$d1" = "$d2" ] || fail "the nodes' Maglev tables differ: $d1 / $d2"
-echo "cluster: both nodes' Maglev table digest $d1"
+echo "cluster $MODE: both nodes' Maglev table digest $d1"
 
 # 2. New connections spread over both nodes.
 read -r a b <<< "$(spread 200)"
@@ -309,13 +338,13 @@ sleep 1
 kill -9 "$(cat "$STATE/n1/sluice.pid")"
 wait "$(cat "$STATE/n1/sluice.pid")" 2> /dev/null || true
 ms=$(wait_next_hops 1 5) || fail "n1's next hop stayed after kill -9"
-echo "cluster: kill -9 n1: its next hop left the router's route in $ms ms"
+echo "cluster $MODE: kill -9 n1: its next hop left the router's route in $ms ms"
 [ "$ms" -le 1000 ] || fail "next hop removal took $ms ms (more than 1 s)"
 sleep 3
 touch "$STATE/stop"
 wait "$hold_pid" || fail "the long-lived client failed: $(cat "$STATE/hold.err")"
 held=$(cat "$STATE/hold.out")
-echo "cluster: long-lived connections across n1's death ($through_n1 of 40 went through n1): $held"
+echo "cluster $MODE: long-lived connections across n1's death ($through_n1 of 40 went through n1): $held"
 python3 -c 'import json,sys; r=json.loads(sys.argv[1]); sys.exit(0 if r["broken"] == 0 and r["moved"] == 0 else 1)' \
     "$held" || fail "connections broke or moved: $held $(cat "$STATE/hold.err")"
 
@@ -328,26 +357,34 @@ while ns n2 ip -br addr show dev sl-lan | grep -q "$VIP/32"; do
 done
 off_tap=$(now_ms)
 ms=$(wait_next_hops 0 5) || fail "the router kept the VIP's route"
-echo "cluster: all backends down: VIP off n2's tap $((off_tap - stopped)) ms after the backends stopped" \
+echo "cluster $MODE: all backends down: VIP off n2's tap $((off_tap - stopped)) ms after the backends stopped" \
     "(health checks), route gone from the router $ms ms later"
 [ "$ms" -le 1000 ] || fail "withdrawal took $ms ms (more than 1 s)"
 backend_start 2
 started_be=$(now_ms)
 ms=$(wait_next_hops 1 10) || fail "the VIP was not announced again after a backend recovered"
-echo "cluster: a backend back: route on the router again $((($(now_ms) - started_be))) ms after it started"
+echo "cluster $MODE: a backend back: route on the router again $((($(now_ms) - started_be))) ms after it started"
 
 # 5. n1 comes back (BIRD kept running; sluice makes a new tap) and takes its share.
 backend_start 1
 backend_start 3
 sluice_start n1
 ms=$(wait_next_hops 2 30) || fail "n1 did not come back into the route"
-echo "cluster: n1 restarted: both next hops again after $ms ms"
+echo "cluster $MODE: n1 restarted: both next hops again after $ms ms"
 sleep 1
 read -r a b <<< "$(spread 200)"
 check_share "after n1 rejoined" "$a" "$b"
 
 teardown
 trap - EXIT
+}
+
+started=$(date +%s)
+for mode in "${MODES[@]}"; do
+    case "$mode" in dr | tun) ;; *) echo "cluster: unknown mode $mode (dr or tun)" >&2; exit 2 ;; esac
+    scenario "$mode"
+done
 left=$(ip netns list | grep "^$P" || true)
 [ -z "$left" ] || { echo "cluster: FAILED: namespaces left: $left" >&2; exit 1; }
-echo "cluster: passed in $(($(date +%s) - started)) s; nothing left behind"
+[ ! -e /var/run/dpdk/slc-n1 ] && [ ! -e /var/run/dpdk/slc-n2 ] || { echo "cluster: FAILED: DPDK runtime files left" >&2; exit 1; }
+echo "cluster: ${MODES[*]} passed in $(($(date +%s) - started)) s; nothing left behind"

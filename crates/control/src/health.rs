@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -115,10 +115,22 @@ pub fn probe(spec: &HealthCheckSpec) -> Result<(), String> {
             // The status line is all we need; read at most 1 KiB.
             let mut head = [0u8; 1024];
             let mut filled = 0;
+            let deadline = Instant::now() + timeout;
             while filled < head.len() && !head[..filled].contains(&b'\n') {
                 match stream.read(&mut head[filled..]) {
                     Ok(0) => break,
                     Ok(n) => filled += n,
+                    // A signal to the process (DPDK's tap driver raises SIGIO for every frame the kernel sends
+                    // it) interrupts a read with a timeout: read again for what is left of the timeout.
+                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            return Err(format!("HTTP answer from {target}: timed out"));
+                        }
+                        stream
+                            .set_read_timeout(Some(left))
+                            .map_err(|error| error.to_string())?;
+                    }
                     Err(error) => return Err(format!("HTTP answer from {target}: {error}")),
                 }
             }
@@ -237,6 +249,13 @@ fn run(
                         return;
                     }
                 }
+            }
+            // Probes that time out can keep checks due back to back: look at the commands between rounds, or a
+            // stop would wait for a quiet moment that never comes.
+            match commands.try_recv() {
+                Ok(Command::Update(specs)) => apply(&mut checks, specs, Instant::now()),
+                Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty) => {}
             }
             continue;
         }

@@ -16,6 +16,7 @@
 #  4. every backend failing its health check: the VIP is withdrawn (off the tap, off the router) within 1 s of
 #     the verdict, and announced again when one backend recovers;
 #  5. n1 comes back and takes its share of new connections again.
+# With FLOOD_SECONDS=N it then floods n1 for N s and reports what happened to BGP and BFD (a measurement).
 # Then everything it created is removed, and it checks that nothing is left.
 #
 # Usage: scripts/netns/cluster.sh [dr tun]     (root; needs bird2 and frr, installed by scripts/setup.sh)
@@ -34,14 +35,16 @@ done
 P=slc-
 MODES=("$@")
 [ ${#MODES[@]} -eq 0 ] && MODES=(dr tun)
-NAMESPACES=(sw rt cl n1 n2 be1 be2 be3)
+NAMESPACES=(sw rt cl n1 n2 be1 be2 be3 fl)
 STATE=/tmp/slc-cluster
 VIP=10.200.0.100
 URL=http://$VIP/
-cargo build -q -p sluice
+# SLUICE_PROFILE=release runs the optimised build (the flood measurement wants it).
+PROFILE=${SLUICE_PROFILE:-debug}
+if [ "$PROFILE" = release ]; then cargo build -q --release -p sluice; else cargo build -q -p sluice; fi
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
-SLUICE="$TARGET_DIR/debug/sluice"
+SLUICE="$TARGET_DIR/$PROFILE/sluice"
 
 ns() { ip netns exec "$P$1" "${@:2}"; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
@@ -72,7 +75,7 @@ teardown() {
             ip netns del "$P$name" 2> /dev/null || true
         fi
     done
-    rm -rf /var/run/dpdk/slc-n1 /var/run/dpdk/slc-n2 "$STATE"
+    rm -rf /var/run/dpdk/slc-n1 /var/run/dpdk/slc-n2 /var/run/dpdk/slc-fl "$STATE"
 }
 
 fail() {
@@ -125,6 +128,8 @@ topology_up() {
         ns "$node" sysctl -qw net.ipv4.conf.lan.arp_ignore=8 net.ipv4.conf.lan.rp_filter=1 \
             net.ipv6.conf.lan.disable_ipv6=1
     done
+    # A traffic generator on the LAN, for the flood.
+    link fl lan
     for i in 1 2 3; do
         link "be$i" lan
         ip -n "${P}be$i" addr add "10.88.0.1$i/24" dev lan
@@ -231,6 +236,29 @@ retry = 1
 delay_before_retry = 0.1
 EOF
     done
+    # A UDP service (discard) for the flood: balancer traffic that keeps the worker busy. Its backends are checked
+    # on the HTTP port, so that the VIP goes when every HTTP server does.
+    cat << EOF
+[[service]]
+vip = "$VIP"
+port = 9
+protocol = "udp"
+mode = "$MODE"
+scheduler = "mh"
+EOF
+    for i in 1 2; do
+        cat << EOF
+[[service.backend]]
+address = "10.88.0.1$i"
+[service.backend.health_check]
+type = "tcp"
+connect_port = 80
+connect_timeout = 0.3
+delay_loop = 0.2
+retry = 1
+delay_before_retry = 0.1
+EOF
+    done
 }
 
 sluice_start() {
@@ -292,6 +320,58 @@ check_share() {
     echo "cluster $MODE: $label: n1 $a, n2 $b of $total new connections"
     [ "$total" -gt 0 ] || fail "$label: no connection counted"
     [ $((a * 100 / total)) -ge 20 ] && [ $((b * 100 / total)) -ge 20 ] || fail "$label: uneven spread $a / $b"
+}
+
+# bgp_drops: how many times the router's BGP session with n1 has dropped; bfd_up: the BFD session's uptime (s).
+bgp_drops() {
+    vtysh_rt -c "show ip bgp neighbors 10.88.0.1 json" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["10.88.0.1"].get("connectionsDropped", 0))'
+}
+bfd_up() {
+    vtysh_rt -c "show bfd peers json" |
+        python3 -c 'import json,sys; print(next((p.get("uptime", 0) for p in json.load(sys.stdin) if p["peer"] == "10.88.0.1" and p["status"] == "up"), -1))'
+}
+udp_in() { "$SLUICE" ctl --socket "$STATE/n1/ctl.sock" stats | awk '$1 == "UDP" { print $4 }'; }
+
+# flood_measure: UDP to the VIP from a generator on the LAN (dpdk-testpmd txonly on net_af_packet), as fast as it
+# goes, at n1 for FLOOD_SECONDS; reports the offered and forwarded rates and whether the BGP and BFD sessions with
+# the router and n1's next hop stayed up. A measurement, not a check (run it with FLOOD_SECONDS=10): on
+# net_af_packet there is no receive queue of its own for control traffic, so once the flood overflows the port's
+# ring, BGP and BFD frames are lost with the rest; and on two shared cores the generator, the bridge and the
+# routing daemons compete for the CPU with the worker.
+flood_measure() {
+    local seconds=$FLOOD_SECONDS mac drops_before bfd_before in_before lost=0 start
+    mac=$(ip -n "${P}n1" -br link show dev lan | awk '{ print $3 }')
+    drops_before=$(bgp_drops)
+    bfd_before=$(bfd_up)
+    in_before=$(udp_in)
+    ip netns exec "${P}fl" dpdk-testpmd -l 0,1 --no-huge -m 256 --no-pci --no-shconf \
+        --no-telemetry --file-prefix slc-fl --vdev=net_af_packet0,iface=lan -- --forward-mode=txonly \
+        --eth-peer="0,$mac" --tx-ip=10.99.0.77,$VIP --tx-udp=4000,9 --txpkts=64 --nb-cores=1 --total-num-mbufs=8192 --stats-period=1 < /dev/null \
+        > "$STATE/flood.out" 2>&1 &
+    local flood=$!
+    echo "$flood" >> "$STATE/pids"
+    start=$(now_ms)
+    while [ $(($(now_ms) - start)) -lt $((seconds * 1000)) ]; do
+        [ "$(next_hops)" = 2 ] || lost=$((lost + 1))
+        sleep 0.1
+    done
+    local in_after drops_after bfd_after
+    in_after=$(udp_in)
+    drops_after=$(bgp_drops)
+    bfd_after=$(bfd_up)
+    kill -INT "$flood"
+    wait "$flood" 2> /dev/null || true
+    local offered
+    offered=$(grep -o 'TX-packets: *[0-9]*' "$STATE/flood.out" | tail -n 1 | grep -o '[0-9]*$')
+    echo "cluster $MODE: flood at n1 for $seconds s: offered $((${offered:-0} / seconds)) pps, n1 forwarded" \
+        "$(((in_after - in_before) / seconds)) pps; BGP drops $drops_before -> $drops_after, BFD uptime" \
+        "$bfd_before -> $bfd_after s, samples without both next hops: $lost"
+    if [ "$drops_after" = "$drops_before" ] && [ "$bfd_after" -ge $((bfd_before + seconds - 1)) ] && [ "$lost" = 0 ]; then
+        echo "cluster $MODE: flood: BGP and BFD stayed up"
+    else
+        echo "cluster $MODE: flood: BGP or BFD went down (see above)"
+    fi
 }
 
 scenario() {
@@ -375,6 +455,7 @@ sleep 1
 read -r a b <<< "$(spread 200)"
 check_share "after n1 rejoined" "$a" "$b"
 
+if [ "$MODE" = dr ] && [ -n "${FLOOD_SECONDS:-}" ]; then flood_measure; fi
 teardown
 trap - EXIT
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 const NODE_ADDR: &str = "10.77.0.1";
 const PEER_ADDR: &str = "10.77.0.254";
 const VIP: &str = "10.77.0.100";
+const VIP6: &str = "fd77::100";
 const TAP: &str = "slc-up";
 
 /// Two namespaces joined by a veth pair made inside them; removed (with whatever runs in them) on drop.
@@ -117,7 +118,7 @@ args = ["--no-huge", "-m", "256", "--no-pci", "--no-shconf", "--no-telemetry", "
 [[port]]
 name = "up"
 device = "net_af_packet0,iface=cxa"
-addresses = ["{NODE_ADDR}/24"]
+addresses = ["{NODE_ADDR}/24", "fd77::1/64"]
 kernel_interface = "{TAP}"
 [workers]
 cores = [{core}]
@@ -132,6 +133,12 @@ port = 80
 mode = "dr"
 [[service.backend]]
 address = "10.77.0.11"
+[[service]]
+vip = "{VIP6}"
+port = 80
+mode = "dr"
+[[service.backend]]
+address = "fd77::11"
 "#,
             core = if num_cores() > 1 { 1 } else { 0 },
             socket = dir.join("ctl.sock").display()
@@ -298,6 +305,8 @@ fn the_node_talks_through_its_tap_and_the_vip_shares_fate_with_sluice() {
         "{addresses}"
     );
     assert!(addresses.contains(&format!("{VIP}/32")), "{addresses}");
+    assert!(addresses.contains(&format!("{VIP6}/128")), "{addresses}");
+    assert!(addresses.contains("fd77::1/64"), "{addresses}");
     let port_mac = ok(&["ip", "-n", &bed.node, "-br", "link", "show", "dev", "cxa"]);
     let tap_mac = ok(&["ip", "-n", &bed.node, "-br", "link", "show", "dev", TAP]);
     let mac_of = |line: &str| {
@@ -371,6 +380,27 @@ fn the_node_talks_through_its_tap_and_the_vip_shares_fate_with_sluice() {
         "the VIP did not come back: {:?}",
         bed.tap_addresses()
     );
+
+    // The IPv6 service too: its VIP leaves while the IPv4 one stays.
+    ctl(
+        dir.path(),
+        &[
+            "remove-backend",
+            &format!("[{VIP6}]:80"),
+            "tcp",
+            "[fd77::11]:80",
+        ],
+    );
+    let gone = within(Duration::from_secs(1), || {
+        bed.tap_addresses()
+            .is_some_and(|a| !a.contains(&format!("{VIP6}/128")))
+    });
+    assert!(
+        gone.is_some(),
+        "the IPv6 VIP stayed: {:?}",
+        bed.tap_addresses()
+    );
+    assert!(bed.tap_addresses().unwrap().contains(&format!("{VIP}/32")));
 
     // Killed outright, sluice takes the tap (and so the VIP and the node's address) with it.
     ok(&["kill", "-9", &pid.to_string()]);

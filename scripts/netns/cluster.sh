@@ -15,7 +15,10 @@
 #     through n2 to the same backend, none broken;
 #  4. every backend failing its health check: the VIP is withdrawn (off the tap, off the router) within 1 s of
 #     the verdict, and announced again when one backend recovers;
-#  5. n1 comes back and takes its share of new connections again.
+#  5. n1 comes back and takes its share of new connections again;
+#  6. (DR) a third node joins while keep-alive connections run: with the router's plain ECMP group some of them move
+#     (to the new node and between the old ones: reported, and none breaks); with a resilient next-hop group none
+#     moves, and the new node takes its share of new connections.
 # With FLOOD_SECONDS=N it then floods n1 for N s and reports what happened to BGP and BFD (a measurement).
 # Then everything it created is removed, and it checks that nothing is left.
 #
@@ -35,7 +38,7 @@ done
 P=slc-
 MODES=("$@")
 [ ${#MODES[@]} -eq 0 ] && MODES=(dr tun)
-NAMESPACES=(sw rt cl n1 n2 be1 be2 be3 fl)
+NAMESPACES=(sw rt cl n1 n2 n3 be1 be2 be3 fl)
 STATE=/tmp/slc-cluster
 VIP=10.200.0.100
 URL=http://$VIP/
@@ -75,7 +78,7 @@ teardown() {
             ip netns del "$P$name" 2> /dev/null || true
         fi
     done
-    rm -rf /var/run/dpdk/slc-n1 /var/run/dpdk/slc-n2 /var/run/dpdk/slc-fl "$STATE"
+    rm -rf /var/run/dpdk/slc-n1 /var/run/dpdk/slc-n2 /var/run/dpdk/slc-n3 /var/run/dpdk/slc-fl "$STATE"
 }
 
 fail() {
@@ -123,7 +126,7 @@ topology_up() {
         net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 net.ipv4.conf.lan.rp_filter=0
     # Nodes: sluice owns "lan" through net_af_packet; the node's kernel must not answer on it (its addresses are on
     # sluice's tap). On a NIC bound to DPDK there is no such kernel interface.
-    for node in n1 n2; do
+    for node in n1 n2 n3; do
         link "$node" lan
         ns "$node" sysctl -qw net.ipv4.conf.lan.arp_ignore=8 net.ipv4.conf.lan.rp_filter=1 \
             net.ipv6.conf.lan.disable_ipv6=1
@@ -185,6 +188,7 @@ router bgp 65000
  neighbor SLUICE timers connect 1
  neighbor 10.88.0.1 peer-group SLUICE
  neighbor 10.88.0.2 peer-group SLUICE
+ neighbor 10.88.0.3 peer-group SLUICE
  address-family ipv4 unicast
   neighbor SLUICE activate
   maximum-paths 8
@@ -374,6 +378,75 @@ flood_measure() {
     fi
 }
 
+# hold_start N: N keep-alive connections from the client, sending until hold_stop; waits until all are open.
+hold_start() {
+    rm -f "$STATE/ready" "$STATE/stop"
+    ns cl python3 scripts/netns/cluster_client.py hold "$URL" "$1" "$STATE/ready" "$STATE/stop" \
+        > "$STATE/hold.out" 2> "$STATE/hold.err" &
+    hold_pid=$!
+    echo "$hold_pid" >> "$STATE/pids"
+    for _ in $(seq 100); do [ -f "$STATE/ready" ] && break; sleep 0.1; done
+    [ -f "$STATE/ready" ] || fail "the long-lived connections did not open: $(cat "$STATE/hold.err")"
+}
+
+# hold_stop: stops them and sets HELD to their summary; fails if one broke or moved to another backend.
+hold_stop() {
+    touch "$STATE/stop"
+    wait "$hold_pid" || fail "the long-lived client failed: $(cat "$STATE/hold.err")"
+    python3 -c 'import json,sys; r=json.loads(sys.argv[1]); sys.exit(0 if r["broken"] == 0 and r["moved"] == 0 else 1)' \
+        "$(cat "$STATE/hold.out")" || fail "connections broke or moved: $(cat "$STATE/hold.out") $(cat "$STATE/hold.err")"
+    HELD=$(cat "$STATE/hold.out")
+}
+
+# third_node: n3 joins under live connections, with the router's plain ECMP group and then a resilient one.
+third_node() {
+    local core b1 b2 b3 moved_old moved_new
+    core=$(($(nproc) > 1 ? 1 : 0))
+    # Plain ECMP (FRR's multipath route, hash-threshold).
+    hold_start 30
+    b1=$(conns n1)
+    b2=$(conns n2)
+    node_up n3 10.88.0.3 "$core"
+    wait_next_hops 3 30 > /dev/null || fail "n3 never joined the route"
+    sleep 2
+    moved_old=$(($(conns n1) - b1 + $(conns n2) - b2))
+    moved_new=$(conns n3)
+    hold_stop
+    echo "cluster $MODE: n3 joins a plain ECMP group under 30 live connections: $moved_new moved to n3," \
+        "$moved_old between n1 and n2, none broken: $HELD"
+    # Resilient: a next-hop group of the kernel's, installed beside FRR's route with a better metric.
+    kill "$(cat "$STATE/n3/sluice.pid")"
+    wait "$(cat "$STATE/n3/sluice.pid")" 2> /dev/null || true
+    wait_next_hops 2 5 > /dev/null || fail "n3's next hop stayed after it stopped"
+    ip -n "${P}rt" nexthop add id 60001 via 10.88.0.1 dev lan
+    ip -n "${P}rt" nexthop add id 60002 via 10.88.0.2 dev lan
+    ip -n "${P}rt" nexthop add id 60003 via 10.88.0.3 dev lan
+    ip -n "${P}rt" nexthop add id 60000 group 60001/60002 type resilient buckets 128 idle_timer 1
+    ip -n "${P}rt" route add "$VIP/32" nhid 60000 metric 5
+    hold_start 30
+    b1=$(conns n1)
+    b2=$(conns n2)
+    sluice_start n3
+    ip -n "${P}rt" nexthop replace id 60000 group 60001/60002/60003 type resilient buckets 128 idle_timer 1
+    sleep 3
+    moved_old=$(($(conns n1) - b1 + $(conns n2) - b2))
+    moved_new=$(conns n3)
+    hold_stop
+    echo "cluster $MODE: n3 joins a resilient group under 30 live connections: $moved_new moved to n3," \
+        "$moved_old between n1 and n2: $HELD"
+    [ "$moved_old" = 0 ] && [ "$moved_new" = 0 ] || fail "live connections moved in a resilient group"
+    b1=$(conns n1)
+    b2=$(conns n2)
+    b3=$(conns n3)
+    out=$(ns cl python3 scripts/netns/client.py count "$URL" 300) || fail "requests failed: $out"
+    b1=$(($(conns n1) - b1))
+    b2=$(($(conns n2) - b2))
+    b3=$(($(conns n3) - b3))
+    echo "cluster $MODE: new connections with n3 in the resilient group: n1 $b1, n2 $b2, n3 $b3 of 300"
+    [ $((b3 * 100 / 300)) -ge 20 ] || fail "n3 took less than a fifth of new connections: $b3 of 300"
+    ip -n "${P}rt" route del "$VIP/32" nhid 60000 metric 5
+}
+
 scenario() {
     MODE=$1
 teardown
@@ -455,6 +528,7 @@ sleep 1
 read -r a b <<< "$(spread 200)"
 check_share "after n1 rejoined" "$a" "$b"
 
+if [ "$MODE" = dr ]; then third_node; fi
 if [ "$MODE" = dr ] && [ -n "${FLOOD_SECONDS:-}" ]; then flood_measure; fi
 teardown
 trap - EXIT
@@ -467,5 +541,5 @@ for mode in "${MODES[@]}"; do
 done
 left=$(ip netns list | grep "^$P" || true)
 [ -z "$left" ] || { echo "cluster: FAILED: namespaces left: $left" >&2; exit 1; }
-[ ! -e /var/run/dpdk/slc-n1 ] && [ ! -e /var/run/dpdk/slc-n2 ] || { echo "cluster: FAILED: DPDK runtime files left" >&2; exit 1; }
+[ ! -e /var/run/dpdk/slc-n1 ] && [ ! -e /var/run/dpdk/slc-n2 ] && [ ! -e /var/run/dpdk/slc-n3 ] || { echo "cluster: FAILED: DPDK runtime files left" >&2; exit 1; }
 echo "cluster: ${MODES[*]} passed in $(($(date +%s) - started)) s; nothing left behind"

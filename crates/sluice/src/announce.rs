@@ -90,6 +90,11 @@ impl Announcer {
         }
     }
 
+    /// The VIPs on the interfaces now.
+    pub fn announced(&self) -> &BTreeSet<IpAddr> {
+        &self.announced
+    }
+
     /// Makes the announced set `wanted`; returns what changed, for the log. A VIP that could not be added is not
     /// counted as announced (it is tried again on the next call); one that could not be removed stays counted.
     pub fn update(&mut self, wanted: &BTreeSet<IpAddr>) -> Vec<String> {

@@ -587,6 +587,13 @@ fn metrics(control: &mut ControlLoop) -> String {
     if let Some(snapshot) = control.snapshot.as_deref() {
         out.push_str(&crate::cluster::digest_metrics(snapshot));
     }
+    let vips = control
+        .config
+        .services
+        .iter()
+        .map(|service| service.key.vip)
+        .collect();
+    out.push_str(&control.cluster.metrics(&vips));
     out
 }
 

@@ -499,6 +499,11 @@ fn run_balancer(
         health: None,
         trace_queries,
         trace_answers,
+        cluster: crate::cluster::ClusterView {
+            kernel: kernel_stats.clone(),
+            announced: Default::default(),
+            announcing: taps.is_some(),
+        },
     };
     let mut endpoints = Endpoints::open(
         config.control.socket.as_deref(),
@@ -559,6 +564,9 @@ fn run_balancer(
             };
             for change in announcer.update(&wanted) {
                 log::info!("{change}");
+            }
+            if announcer.announced() != &control.cluster.announced {
+                control.cluster.announced = announcer.announced().clone();
             }
         }
     }

@@ -127,6 +127,7 @@ idle = "adaptive"
 kernel_exception_path = true
 [control]
 socket = "{socket}"
+metrics = "127.0.0.1:9100"
 [[service]]
 vip = "{VIP}"
 port = 80
@@ -255,6 +256,27 @@ fn ctl(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The Prometheus text from sluice's metrics endpoint in the node's namespace.
+fn metrics(bed: &Bed) -> String {
+    let out = bed.node(&[
+        "python3",
+        "-c",
+        "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9100/metrics',timeout=5).read().decode())",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of the sample named exactly `series` in `text`.
+fn sample(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
 /// A one-shot TCP echo server in the node's kernel on the BGP port, and a client in the peer that talks to it.
 fn bgp_like_exchange(bed: &Bed) {
     let server = format!(
@@ -352,6 +374,16 @@ fn the_node_talks_through_its_tap_and_the_vip_shares_fate_with_sluice() {
         "{list}"
     );
 
+    // The metrics show the exception path's traffic, the announced VIPs and the Maglev digest.
+    let text = metrics(&bed);
+    let announced = format!("sluice_vip_announced{{vip=\"{VIP}\"}}");
+    assert_eq!(sample(&text, &announced), Some(1), "{text}");
+    let to_kernel = "sluice_kernel_frames_total{worker=\"0\",direction=\"to_kernel\"}";
+    assert!(sample(&text, to_kernel).unwrap_or(0) >= 3, "{text}");
+    let from_kernel = "sluice_kernel_frames_total{worker=\"0\",direction=\"from_kernel\"}";
+    assert!(sample(&text, from_kernel).unwrap_or(0) >= 3, "{text}");
+    assert!(text.contains(&format!("digest=\"{digest}\"")), "{text}");
+
     // The service loses its only backend: the VIP comes off the tap; a backend again: it goes back.
     ctl(
         dir.path(),
@@ -367,6 +399,7 @@ fn the_node_talks_through_its_tap_and_the_vip_shares_fate_with_sluice() {
             .is_some_and(|a| !a.contains(&format!("{VIP}/32")))
     });
     assert!(gone.is_some(), "the VIP stayed: {:?}", bed.tap_addresses());
+    assert_eq!(sample(&metrics(&bed), &announced), Some(0));
     ctl(
         dir.path(),
         &["add-backend", &format!("{VIP}:80"), "tcp", "10.77.0.12:80"],

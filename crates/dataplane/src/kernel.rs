@@ -158,11 +158,6 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> KernelPath<R, T> {
         got
     }
 
-    /// The number of data ports this path covers.
-    pub fn ports(&self) -> usize {
-        self.queues.len()
-    }
-
     fn flush_port(&mut self, index: usize) {
         let Some(Some(queues)) = self.queues.get_mut(index) else {
             return;

@@ -149,6 +149,7 @@ struct RawNetwork {
     #[serde(default)]
     timeouts: RawTimeouts,
     kernel_exception_path: Option<Spanned<bool>>,
+    kernel_device: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -343,6 +344,17 @@ pub struct NetworkConfig {
     pub maglev_table_size: TableSize,
     pub timeouts: Timeouts,
     pub kernel_exception_path: bool,
+    /// The device of the kernel interfaces.
+    pub kernel_device: KernelDevice,
+}
+
+/// What DPDK device makes a port's kernel interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelDevice {
+    /// `net_tap`: works everywhere.
+    Tap,
+    /// `virtio_user` over vhost-net: faster, needs `/dev/vhost-net`.
+    VirtioUser,
 }
 
 /// How a failed backend is taken out (keepalived: remove, or `inhibit_on_failure`).
@@ -854,6 +866,21 @@ fn validate_network(
         .kernel_exception_path
         .as_ref()
         .is_some_and(|value| *value.get_ref());
+    let kernel_device = match &raw.kernel_device {
+        None => KernelDevice::Tap,
+        Some(spanned) => match spanned.get_ref().as_str() {
+            "tap" => KernelDevice::Tap,
+            "virtio_user" => KernelDevice::VirtioUser,
+            other => {
+                return Err(locator.error_at(
+                    &spanned.span(),
+                    format!(
+                        "kernel_device: {other:?} is not allowed; use \"tap\" or \"virtio_user\""
+                    ),
+                ))
+            }
+        },
+    };
     let mut timeouts = Timeouts::default();
     let t = &raw.timeouts;
     let set = |slot: &mut u64, value: Option<u64>| {
@@ -883,6 +910,7 @@ fn validate_network(
         maglev_table_size,
         timeouts,
         kernel_exception_path,
+        kernel_device,
     })
 }
 

@@ -232,6 +232,30 @@ fn the_kernel_exception_path_names_one_interface_per_port() {
 }
 
 #[test]
+fn the_kernel_device_is_tap_or_virtio_user() {
+    use control::config::KernelDevice;
+    let parse = |extra: &str| {
+        Config::parse(
+            &format!("{BASE}[network]\nkernel_exception_path = true\n{extra}{SERVICE}"),
+            "ok.toml",
+        )
+    };
+    assert_eq!(parse("").unwrap().network.kernel_device, KernelDevice::Tap);
+    assert_eq!(
+        parse("kernel_device = \"virtio_user\"\n")
+            .unwrap()
+            .network
+            .kernel_device,
+        KernelDevice::VirtioUser
+    );
+    assert_error(
+        &format!("{BASE}[network]\nkernel_device = \"vhost\"\n"),
+        6,
+        &["kernel_device", "virtio_user"],
+    );
+}
+
+#[test]
 fn the_idle_mode_is_poll_or_adaptive() {
     let config = Config::parse(&format!("{BASE}{SERVICE}"), "ok.toml").unwrap();
     assert_eq!(config.workers.idle.mode, control::config::IdleMode::Poll);

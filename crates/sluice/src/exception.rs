@@ -2,36 +2,56 @@
 //! port's MAC and addresses, so that the node's own traffic (BGP and BFD with the router, ssh, the kernel's ARP and
 //! neighbour discovery) works through the data port while sluice owns the device.
 //!
-//! The taps are created with the EAL (`--vdev=net_tap_sl<N>,iface=<name>`); when sluice exits, however it exits,
-//! the kernel removes them with their addresses. IP forwarding is turned off on them: the kernel never routes
+//! The taps are created with the EAL (`--vdev=net_tap_sl<N>,iface=<name>`, or with `kernel_device = "virtio_user"`
+//! `--vdev=virtio_user<N>,path=/dev/vhost-net,...`, whose vhost-net backend makes a kernel tap of that name); when
+//! sluice exits, however it exits, the kernel removes them with their addresses. IP forwarding is turned off on them: the kernel never routes
 //! between sluice's ports for anyone.
 
-use control::config::Config;
+use control::config::{Config, KernelDevice};
+
+/// vhost-net, which `virtio_user` needs for a kernel interface.
+pub const VHOST_NET: &str = "/dev/vhost-net";
 
 use crate::netlink::{interface_index, Netlink};
 
-/// The DPDK device name of port `index`'s tap.
-pub fn tap_device_name(index: usize) -> String {
-    format!("net_tap_sl{index}")
+/// The DPDK device name of port `index`'s kernel interface.
+pub fn tap_device_name(config: &Config, index: usize) -> String {
+    match config.network.kernel_device {
+        KernelDevice::Tap => format!("net_tap_sl{index}"),
+        KernelDevice::VirtioUser => format!("virtio_user{index}"),
+    }
 }
 
-/// The `--vdev` arguments of the taps, when the configuration asks for the exception path.
-pub fn tap_vdev_arguments(config: &Config) -> Vec<String> {
+/// The `--vdev` arguments of the kernel interfaces, when the configuration asks for the exception path; an error
+/// when `virtio_user` is asked for and this machine has no vhost-net.
+pub fn tap_vdev_arguments(config: &Config) -> Result<Vec<String>, String> {
     if !enabled(config) {
-        return Vec::new();
+        return Ok(Vec::new());
     }
-    config
+    if config.network.kernel_device == KernelDevice::VirtioUser
+        && !std::path::Path::new(VHOST_NET).exists()
+    {
+        return Err(format!(
+            "kernel_device = \"virtio_user\" needs {VHOST_NET} (modprobe vhost_net); this machine has none: use \
+             kernel_device = \"tap\""
+        ));
+    }
+    let queues = config.workers.cores.len();
+    Ok(config
         .ports
         .iter()
         .enumerate()
         .map(|(index, port)| {
-            format!(
-                "--vdev={},iface={}",
-                tap_device_name(index),
-                port.kernel_interface
-            )
+            let name = tap_device_name(config, index);
+            match config.network.kernel_device {
+                KernelDevice::Tap => format!("--vdev={name},iface={}", port.kernel_interface),
+                KernelDevice::VirtioUser => format!(
+                    "--vdev={name},path={VHOST_NET},queues={queues},queue_size=1024,iface={}",
+                    port.kernel_interface
+                ),
+            }
         })
-        .collect()
+        .collect())
 }
 
 /// Whether `config` runs the exception path (the balancer with `kernel_exception_path = true`).

@@ -62,7 +62,7 @@ impl Progress {
     }
 }
 
-fn eal_arguments(config: &Config) -> Vec<String> {
+fn eal_arguments(config: &Config) -> Result<Vec<String>, String> {
     let mut args = config.eal_args.clone();
     let has_cores = args
         .iter()
@@ -80,8 +80,8 @@ fn eal_arguments(config: &Config) -> Vec<String> {
             args.push(port.device.clone());
         }
     }
-    args.extend(crate::exception::tap_vdev_arguments(config));
-    args
+    args.extend(crate::exception::tap_vdev_arguments(config)?);
+    Ok(args)
 }
 
 pub fn run(args: RunArgs) -> Result<(), String> {
@@ -89,7 +89,7 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     for warning in &config.warnings {
         log::warn!("{warning}");
     }
-    let eal = Eal::init(&eal_arguments(&config)).map_err(|e| e.to_string())?;
+    let eal = Eal::init(&eal_arguments(&config)?).map_err(|e| e.to_string())?;
     let workers = config.workers.cores.len();
     let pool = Arc::new(
         Mempool::new(
@@ -187,7 +187,7 @@ fn open_taps(
     let mut taps = Vec::new();
     let mut macs = Vec::new();
     for (index, (port, settings)) in ports.iter().zip(&config.ports).enumerate() {
-        let name = crate::exception::tap_device_name(index);
+        let name = crate::exception::tap_device_name(config, index);
         let id = eal.port_by_name(&name).ok_or_else(|| {
             format!(
                 "port {}: the kernel interface {} ({name}) did not become a DPDK port",

@@ -111,6 +111,11 @@ impl Bed {
     }
 
     fn start_sluice(&mut self, dir: &Path) -> (u32, Receiver<String>) {
+        self.start_sluice_with(dir, "")
+    }
+
+    /// sluice with `network` added to its `[network]` table.
+    fn start_sluice_with(&mut self, dir: &Path, network: &str) -> (u32, Receiver<String>) {
         let prefix = self.node.clone();
         let config = format!(
             r#"[eal]
@@ -125,6 +130,7 @@ cores = [{core}]
 idle = "adaptive"
 [network]
 kernel_exception_path = true
+{network}
 [control]
 socket = "{socket}"
 metrics = "127.0.0.1:9100"
@@ -540,4 +546,25 @@ address = "10.0.0.12"
         warnings[0].contains("scheduler rr") && warnings[0].contains("NAT"),
         "{text}"
     );
+}
+
+#[test]
+fn virtio_user_kernel_interfaces_need_vhost_net() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bed = Bed::new("c");
+    let (_, lines) = bed.start_sluice_with(dir.path(), "kernel_device = \"virtio_user\"");
+    let mut log = String::new();
+    if Path::new("/dev/vhost-net").exists() {
+        // Where vhost-net exists, the kernel interface is a virtio_user one, and the node's traffic goes through it.
+        wait_for_line(&lines, &format!("announced {VIP}"), &mut log);
+        assert!(bed
+            .tap_addresses()
+            .is_some_and(|a| a.contains(&format!("{NODE_ADDR}/24"))));
+        bgp_like_exchange(&bed);
+    } else {
+        wait_for_line(&lines, "needs /dev/vhost-net", &mut log);
+        let status = bed.children[0].wait().unwrap();
+        assert!(!status.success(), "{log}");
+        assert!(bed.tap_addresses().is_none());
+    }
 }

@@ -11,6 +11,7 @@ packages=(
     iproute2 iputils-ping ethtool  # network namespaces and veth links for the end-to-end tests
     python3                        # the end-to-end tests' HTTP backends and client, demo summaries
     gnuplot-nox                    # benchmark plots
+    bird2 frr                      # the cluster test bed: BIRD on the nodes, FRR (zebra, bgpd, bfdd) on the router
 )
 
 sudo_cmd=()
@@ -30,6 +31,16 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
     echo "setup.sh: system packages present"
 fi
+
+# The cluster test starts its own BIRD and FRR daemons in network namespaces: the packages' system services are
+# not wanted (they would hold the BGP port and the control sockets of the root namespace).
+for service in bird frr; do
+    if command -v systemctl > /dev/null && [ -d /run/systemd/system ]; then
+        "${sudo_cmd[@]}" systemctl disable --now "$service" > /dev/null 2>&1 || true
+    elif [ -x "/etc/init.d/$service" ]; then
+        "${sudo_cmd[@]}" "/etc/init.d/$service" stop > /dev/null 2>&1 || true
+    fi
+done
 
 if ! command -v cargo >/dev/null; then
     echo "setup.sh: no Rust toolchain found: install one with rustup (https://rustup.rs), then rerun" >&2

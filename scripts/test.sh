@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every test (unit, property, fuzz smoke, DPDK vdev end-to-end), and real
-# TCP traffic through sluice in network namespaces for every forwarding mode.
+# TCP traffic through sluice in network namespaces for every forwarding mode, and two sluice nodes behind an ECMP
+# router (FRR, BIRD, BGP with BFD) losing and regaining a node.
 # Run scripts/setup.sh once before.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,3 +10,4 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace --no-fail-fast
 bash scripts/netns/e2e.sh
+bash scripts/netns/cluster.sh

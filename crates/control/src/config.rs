@@ -120,6 +120,7 @@ struct RawPort {
     tx_descriptors: Option<Spanned<u16>>,
     #[serde(default)]
     addresses: Vec<Spanned<String>>,
+    kernel_interface: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -128,6 +129,9 @@ struct RawWorkers {
     cores: Option<Spanned<Vec<usize>>>,
     burst: Option<Spanned<usize>>,
     mempool_size: Option<Spanned<u32>>,
+    idle: Option<Spanned<String>>,
+    idle_polls: Option<Spanned<u32>>,
+    idle_sleep_us: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -145,6 +149,7 @@ struct RawNetwork {
     #[serde(default)]
     timeouts: RawTimeouts,
     kernel_exception_path: Option<Spanned<bool>>,
+    kernel_device: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -248,6 +253,8 @@ pub struct PortConfig {
     pub rx_descriptors: u16,
     pub tx_descriptors: u16,
     pub addresses: Vec<Prefix>,
+    /// The kernel interface (a `net_tap`) of the exception path: `kernel_interface`, or `sl-<name>`.
+    pub kernel_interface: String,
 }
 
 impl PortConfig {
@@ -267,6 +274,56 @@ pub struct WorkersConfig {
     pub cores: Vec<usize>,
     pub burst: usize,
     pub mempool_size: u32,
+    pub idle: IdleConfig,
+}
+
+/// What a worker does when its queues are empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdleMode {
+    /// Spin: the lowest latency, a whole core per worker.
+    Poll,
+    /// After `polls` empty polls in a row, a CPU pause per empty poll, then sleeps of `sleep_us`.
+    Adaptive,
+}
+
+/// `[workers] idle`, `idle_polls`, `idle_sleep_us`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdleConfig {
+    pub mode: IdleMode,
+    pub polls: u32,
+    pub sleep_us: u64,
+}
+
+impl Default for IdleConfig {
+    fn default() -> Self {
+        IdleConfig {
+            mode: IdleMode::Poll,
+            polls: 256,
+            sleep_us: 100,
+        }
+    }
+}
+
+/// The default kernel interface name of a port: `sl-` and the port's name, cut to the 15 bytes Linux allows.
+pub fn default_kernel_interface(port: &str) -> String {
+    let mut name = format!("sl-{port}");
+    while name.len() > MAX_INTERFACE_NAME {
+        name.pop();
+    }
+    name
+}
+
+/// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
+pub const MAX_INTERFACE_NAME: usize = 15;
+
+fn valid_interface_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_INTERFACE_NAME
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -287,6 +344,17 @@ pub struct NetworkConfig {
     pub maglev_table_size: TableSize,
     pub timeouts: Timeouts,
     pub kernel_exception_path: bool,
+    /// The device of the kernel interfaces.
+    pub kernel_device: KernelDevice,
+}
+
+/// What DPDK device makes a port's kernel interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelDevice {
+    /// `net_tap`: works everywhere.
+    Tap,
+    /// `virtio_user` over vhost-net: faster, needs `/dev/vhost-net`.
+    VirtioUser,
 }
 
 /// How a failed backend is taken out (keepalived: remove, or `inhibit_on_failure`).
@@ -479,6 +547,7 @@ impl Config {
 
         let mut ports = Vec::new();
         let mut port_names = HashSet::new();
+        let mut kernel_interfaces = HashSet::new();
         for spanned in &raw.port {
             let port = spanned.get_ref();
             let name = port.name.get_ref().trim().to_owned();
@@ -519,6 +588,37 @@ impl Config {
                 Some(spanned) => Ok(*spanned.get_ref()),
                 None => Ok(1024),
             };
+            let kernel_interface = match &port.kernel_interface {
+                Some(spanned) => {
+                    let name = spanned.get_ref().trim();
+                    if !valid_interface_name(name) {
+                        return Err(locator.error_at(
+                            &spanned.span(),
+                            format!(
+                                "port kernel_interface: {name:?} is not a Linux interface name (1 to \
+                                 {MAX_INTERFACE_NAME} letters, digits, '-', '_' or '.')"
+                            ),
+                        ));
+                    }
+                    name.to_owned()
+                }
+                None => default_kernel_interface(&name),
+            };
+            if !kernel_interfaces.insert(kernel_interface.clone()) {
+                return Err(locator.error_at(
+                    &port.name.span(),
+                    format!("port kernel_interface: {kernel_interface:?} is used by two ports"),
+                ));
+            }
+            if !valid_interface_name(&kernel_interface) {
+                return Err(locator.error_at(
+                    &port.name.span(),
+                    format!(
+                        "port name: {name:?} does not make a kernel interface name ({kernel_interface:?}); \
+                         set kernel_interface"
+                    ),
+                ));
+            }
             ports.push(PortConfig {
                 name,
                 device: port.device.get_ref().trim().to_owned(),
@@ -526,6 +626,7 @@ impl Config {
                 rx_descriptors: descriptors(&port.rx_descriptors, "rx_descriptors")?,
                 tx_descriptors: descriptors(&port.tx_descriptors, "tx_descriptors")?,
                 addresses,
+                kernel_interface,
             });
         }
 
@@ -579,6 +680,7 @@ impl Config {
             cores,
             burst,
             mempool_size,
+            idle: validate_idle(&raw.workers, &locator)?,
         };
 
         let network = validate_network(&raw.network, &locator, &port_names, workers.cores.len())?;
@@ -830,17 +932,25 @@ fn validate_network(
         })?,
         None => TableSize::default(),
     };
-    if let Some(spanned) = raw
+    let kernel_exception_path = raw
         .kernel_exception_path
         .as_ref()
-        .filter(|value| *value.get_ref())
-    {
-        return Err(locator.error_at(
-            &spanned.span(),
-            "kernel_exception_path: handing foreign traffic to a kernel interface is not available yet; traffic \
-             that is not for our addresses is dropped and counted (not_ours). Remove the key or set it to false",
-        ));
-    }
+        .is_some_and(|value| *value.get_ref());
+    let kernel_device = match &raw.kernel_device {
+        None => KernelDevice::Tap,
+        Some(spanned) => match spanned.get_ref().as_str() {
+            "tap" => KernelDevice::Tap,
+            "virtio_user" => KernelDevice::VirtioUser,
+            other => {
+                return Err(locator.error_at(
+                    &spanned.span(),
+                    format!(
+                        "kernel_device: {other:?} is not allowed; use \"tap\" or \"virtio_user\""
+                    ),
+                ))
+            }
+        },
+    };
     let mut timeouts = Timeouts::default();
     let t = &raw.timeouts;
     let set = |slot: &mut u64, value: &Option<Spanned<u64>>, field: &str| {
@@ -889,8 +999,54 @@ fn validate_network(
         conntrack_capacity,
         maglev_table_size,
         timeouts,
-        kernel_exception_path: false,
+        kernel_exception_path,
+        kernel_device,
     })
+}
+
+fn validate_idle(raw: &RawWorkers, locator: &Locator<'_>) -> Result<IdleConfig, ConfigError> {
+    let mut idle = IdleConfig::default();
+    if let Some(spanned) = &raw.idle {
+        idle.mode = match spanned.get_ref().as_str() {
+            "poll" => IdleMode::Poll,
+            "adaptive" => IdleMode::Adaptive,
+            other => {
+                return Err(locator.error_at(
+                    &spanned.span(),
+                    format!("workers idle: {other:?} is not allowed; use \"poll\" or \"adaptive\""),
+                ))
+            }
+        };
+    }
+    if let Some(spanned) = &raw.idle_polls {
+        idle.polls = *spanned.get_ref();
+        if !(1..=1_000_000).contains(&idle.polls) {
+            return Err(
+                locator.error_at(&spanned.span(), "workers idle_polls: allowed 1 to 1000000")
+            );
+        }
+    }
+    if let Some(spanned) = &raw.idle_sleep_us {
+        idle.sleep_us = *spanned.get_ref();
+        if !(1..=10_000).contains(&idle.sleep_us) {
+            return Err(locator.error_at(
+                &spanned.span(),
+                "workers idle_sleep_us: allowed 1 to 10000 microseconds",
+            ));
+        }
+    }
+    let tuned = raw
+        .idle_polls
+        .as_ref()
+        .map(Spanned::span)
+        .or(raw.idle_sleep_us.as_ref().map(Spanned::span));
+    if let (IdleMode::Poll, Some(span)) = (idle.mode, tuned) {
+        return Err(locator.error_at(
+            &span,
+            "workers idle_polls / idle_sleep_us only apply with idle = \"adaptive\"",
+        ));
+    }
+    Ok(idle)
 }
 
 fn validate_service(

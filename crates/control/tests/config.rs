@@ -192,19 +192,97 @@ proptest! {
     }
 }
 
+const SERVICE: &str = "[[service]]\nvip = \"10.0.0.100\"\nport = 80\nmode = \"dr\"\n";
+
 #[test]
-fn the_kernel_exception_path_is_refused_until_it_exists() {
-    assert_error(
-        &format!("{BASE}[network]\nkernel_exception_path = true\n"),
-        6,
-        &["kernel_exception_path", "not_ours"],
+fn the_kernel_exception_path_names_one_interface_per_port() {
+    let text = format!("{BASE}[network]\nkernel_exception_path = true\n{SERVICE}");
+    let config = Config::parse(&text, "ok.toml").unwrap();
+    assert!(config.network.kernel_exception_path);
+    assert_eq!(config.ports[0].kernel_interface, "sl-a");
+    let named = BASE.replace(
+        "device = \"net_ring0\"",
+        "device = \"net_ring0\"\nkernel_interface = \"exc0\"",
     );
-    let mut text = format!("{BASE}[network]\nkernel_exception_path = false\n");
-    text.push_str("[[service]]\nvip = \"10.0.0.100\"\nport = 80\nmode = \"dr\"\n");
-    assert!(Config::parse(&text, "ok.toml").is_ok());
+    assert_eq!(
+        Config::parse(&format!("{named}{SERVICE}"), "ok.toml")
+            .unwrap()
+            .ports[0]
+            .kernel_interface,
+        "exc0"
+    );
+    // A long port name is cut to the 15 bytes Linux allows.
+    let long = BASE.replace("name = \"a\"", "name = \"a-very-long-port-name\"");
+    assert_eq!(
+        Config::parse(&format!("{long}{SERVICE}"), "ok.toml")
+            .unwrap()
+            .ports[0]
+            .kernel_interface,
+        "sl-a-very-long-"
+    );
+    let bad = BASE.replace(
+        "device = \"net_ring0\"",
+        "device = \"net_ring0\"\nkernel_interface = \"no/slash\"",
+    );
+    assert_error(&bad, 4, &["kernel_interface", "no/slash"]);
+    let twice = format!(
+        "{BASE}kernel_interface = \"x\"\n[[port]]\nname = \"b\"\ndevice = \"net_ring1\"\nkernel_interface = \"x\"\n"
+    );
+    assert_error(&twice, 7, &["kernel_interface", "two ports"]);
 }
 
-const SERVICE: &str = "[[service]]\nvip = \"10.0.0.100\"\nport = 80\nmode = \"dr\"\n";
+#[test]
+fn the_kernel_device_is_tap_or_virtio_user() {
+    use control::config::KernelDevice;
+    let parse = |extra: &str| {
+        Config::parse(
+            &format!("{BASE}[network]\nkernel_exception_path = true\n{extra}{SERVICE}"),
+            "ok.toml",
+        )
+    };
+    assert_eq!(parse("").unwrap().network.kernel_device, KernelDevice::Tap);
+    assert_eq!(
+        parse("kernel_device = \"virtio_user\"\n")
+            .unwrap()
+            .network
+            .kernel_device,
+        KernelDevice::VirtioUser
+    );
+    assert_error(
+        &format!("{BASE}[network]\nkernel_device = \"vhost\"\n"),
+        6,
+        &["kernel_device", "virtio_user"],
+    );
+}
+
+#[test]
+fn the_idle_mode_is_poll_or_adaptive() {
+    let config = Config::parse(&format!("{BASE}{SERVICE}"), "ok.toml").unwrap();
+    assert_eq!(config.workers.idle.mode, control::config::IdleMode::Poll);
+    let adaptive = format!(
+        "{BASE}[workers]\nidle = \"adaptive\"\nidle_polls = 10\nidle_sleep_us = 50\n{SERVICE}"
+    );
+    let idle = Config::parse(&adaptive, "ok.toml").unwrap().workers.idle;
+    assert_eq!(
+        (idle.mode, idle.polls, idle.sleep_us),
+        (control::config::IdleMode::Adaptive, 10, 50)
+    );
+    assert_error(
+        &format!("{BASE}[workers]\nidle = \"nap\"\n"),
+        6,
+        &["idle", "adaptive"],
+    );
+    assert_error(
+        &format!("{BASE}[workers]\nidle = \"adaptive\"\nidle_sleep_us = 0\n"),
+        7,
+        &["idle_sleep_us", "1 to 10000"],
+    );
+    assert_error(
+        &format!("{BASE}[workers]\nidle_polls = 5\n"),
+        6,
+        &["only apply"],
+    );
+}
 
 /// A service whose one backend has a health check with `settings` (one per line, after the type).
 fn with_check(settings: &str) -> String {

@@ -208,3 +208,49 @@ fn updates_keep_unchanged_checks_and_stop_is_prompt() {
         started.elapsed()
     );
 }
+
+#[test]
+fn stop_is_prompt_even_when_slow_probes_keep_checks_due() {
+    // A server that accepts and never answers: every HTTP probe waits out its timeout, longer than the delays, so
+    // some check is always due.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop_server = Arc::new(AtomicBool::new(false));
+    let server = serve(
+        listener,
+        true,
+        Arc::new(AtomicU16::new(0)),
+        Arc::clone(&stop_server),
+    );
+    let http = CheckKind::Http {
+        path: "/".into(),
+        expected_status: 200,
+    };
+    let specs = (1..=4)
+        .map(|key| {
+            (
+                key,
+                HealthCheckSpec {
+                    target: addr,
+                    config: config(http.clone(), 1),
+                },
+            )
+        })
+        .collect();
+    let (checker, events) = HealthChecker::start(specs);
+    wait_for(&events, false, Duration::from_secs(5));
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let started = Instant::now();
+    thread::spawn(move || {
+        checker.stop();
+        let _ = done_tx.send(());
+    });
+    let stopped = done.recv_timeout(Duration::from_secs(3));
+    stop_server.store(true, Ordering::SeqCst);
+    let _ = server.join();
+    assert!(
+        stopped.is_ok(),
+        "stop still waiting after {:?}",
+        started.elapsed()
+    );
+}

@@ -1,6 +1,8 @@
 //! The worker burst loop, generic over packet I/O so that it runs on DPDK ports and on in-memory frames alike.
 pub mod handoff;
+pub mod idle;
 pub mod io;
+pub mod kernel;
 pub mod traffic;
 pub mod worker;
 

@@ -19,6 +19,7 @@ use crossbeam::channel::{Receiver, Sender};
 use packet::{FrameLayout, L3};
 
 use crate::io::{Burst, Frame, RxQueue, TxQueue, MAX_BURST};
+use crate::kernel::{kernel_wants_copy, KernelPath};
 
 pub use crate::handoff::{handoff_mesh, Handoff, HandoffLinks};
 
@@ -180,6 +181,8 @@ struct Engine<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     pending: Vec<Burst<R::Frame>>,
     kernel: Option<(T, Burst<R::Frame>)>,
     handoffs: HandoffLinks<R::Frame>,
+    /// The per-port kernel exception path (`crate::kernel`), when attached.
+    exception: Option<KernelPath<R, T>>,
     counters: Counters,
     stats: Arc<WorkerStats>,
     throttle: ResolutionThrottle,
@@ -221,6 +224,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 pending,
                 kernel: kernel.map(|tx| (tx, Burst::new())),
                 handoffs,
+                exception: None,
                 counters: Counters::default(),
                 stats: Arc::clone(&stats),
                 throttle: ResolutionThrottle::new(1024, config.resolve_interval_ms),
@@ -252,6 +256,17 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
         Arc::clone(&self.stats)
     }
 
+    /// Hands frames that are not balancer traffic to each port's kernel interface, copies ARP and neighbour
+    /// discovery to it, and sends what the kernel sends out of the port (see [`crate::kernel`]).
+    pub fn attach_kernel_path(&mut self, path: KernelPath<R, T>) {
+        self.engine.exception = Some(path);
+    }
+
+    /// The exception path's counters, when one is attached.
+    pub fn kernel_stats(&self) -> Option<Arc<crate::kernel::KernelStats>> {
+        self.engine.exception.as_ref().map(KernelPath::stats)
+    }
+
     /// The worker's balancing state (connection table, counts), for inspection.
     pub fn state(&self) -> &WorkerState {
         &self.engine.state
@@ -276,7 +291,8 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
         self.take_new_tables();
         self.answer_trace_queries(now_ms);
         let engine = &mut self.engine;
-        let mut received_total = 0;
+        // Control traffic first: what the kernel sends leaves ahead of this turn's data.
+        let mut received_total = engine.send_kernel_frames();
         for port in 0..engine.ports.len() {
             let received = engine.ports[port]
                 .rx
@@ -421,6 +437,11 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         now_ms: u64,
     ) {
         self.counters.rx_bytes += frame.data().len() as u64;
+        if let Some(path) = &mut self.exception {
+            if !handed_off && kernel_wants_copy(layout) {
+                path.copy_to_kernel(&frame, ingress);
+            }
+        }
         let action = self
             .state
             .decide(&mut self.tables, layout, staged, handed_off, now_ms);
@@ -449,6 +470,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
                 self.too_big(&frame, layout, ingress, from, mtu);
                 self.dropped_already_counted(frame);
             }
+            Action::ToKernel if self.exception.is_some() => self.hand_to_kernel(frame, ingress),
             Action::ToKernel => match &mut self.kernel {
                 Some((_, pending)) => {
                     self.counters.to_kernel += 1;
@@ -592,6 +614,30 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         }
     }
 
+    /// Frames for the kernel go to the ingress port's kernel interface; a port without one drops them.
+    fn hand_to_kernel(&mut self, frame: R::Frame, ingress: u16) {
+        if let Some(path) = &mut self.exception {
+            match path.queue_for_kernel(frame, ingress) {
+                Ok(()) => self.counters.to_kernel += 1,
+                Err(frame) => self.drop_frame(frame, DropReason::NotOurs),
+            }
+            return;
+        }
+        self.drop_frame(frame, DropReason::NotOurs);
+    }
+
+    /// Sends what the kernel interfaces have for each port straight out of the port; returns how many frames.
+    fn send_kernel_frames(&mut self) -> usize {
+        let Some(path) = &mut self.exception else {
+            return 0;
+        };
+        let mut received = 0;
+        for (index, queues) in self.ports.iter_mut().enumerate() {
+            received += path.send_port_frames(index, &mut queues.tx);
+        }
+        received
+    }
+
     fn port_mac(&self, port: u16) -> [u8; 6] {
         self.ports
             .get(usize::from(port))
@@ -653,6 +699,9 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
             if !self.pending[port].is_empty() {
                 self.flush(port);
             }
+        }
+        if let Some(path) = &mut self.exception {
+            path.flush();
         }
         if let Some((tx, pending)) = &mut self.kernel {
             if !pending.is_empty() {

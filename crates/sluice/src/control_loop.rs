@@ -38,6 +38,8 @@ pub struct ControlLoop {
     /// Per worker: where trace queries go; and where every worker answers.
     pub trace_queries: Vec<Sender<dataplane::worker::TraceQuery>>,
     pub trace_answers: ChannelReceiver<dataplane::worker::TraceAnswer>,
+    /// The exception path's counters and the announced VIPs (`crate::cluster`).
+    pub cluster: crate::cluster::ClusterView,
 }
 
 /// The snapshot spec of `config` with the health verdicts applied: a backend that is down is removed, or set to

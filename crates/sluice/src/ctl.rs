@@ -295,8 +295,13 @@ fn list(control: &mut ControlLoop) -> String {
         let persistent = service.persistence.map_or(String::new(), |p| {
             format!(" persistent {}", p.timeout_ms / 1000)
         });
+        let digest = control
+            .snapshot
+            .as_deref()
+            .and_then(|snapshot| crate::cluster::maglev_digest(snapshot, &service.key))
+            .map_or(String::new(), |digest| format!(" maglev {digest}"));
         out.push_str(&format!(
-            "{protocol}  {} {}{persistent}\n",
+            "{protocol}  {} {}{persistent}{digest}\n",
             describe_endpoint(service.key.vip, service.key.port),
             format!("{:?}", service.scheduler).to_lowercase()
         ));
@@ -535,6 +540,16 @@ fn metrics(control: &mut ControlLoop) -> String {
             }
         }
     }
+    if let Some(snapshot) = control.snapshot.as_deref() {
+        out.push_str(&crate::cluster::digest_metrics(snapshot));
+    }
+    let vips = control
+        .config
+        .services
+        .iter()
+        .map(|service| service.key.vip)
+        .collect();
+    out.push_str(&control.cluster.metrics(&vips));
     out
 }
 

@@ -1,11 +1,15 @@
 //! The sluice binary: `run` forwards with a configuration, `check` validates one, `generate` writes test traffic
 //! as a pcap file, `bench` measures the worker path in process.
 
+mod announce;
 mod bench;
+mod cluster;
 mod control_loop;
 mod ctl;
+mod exception;
 mod generate;
 mod keepalived;
+mod netlink;
 mod pcap;
 mod run;
 mod serve;
@@ -78,6 +82,9 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> Result<(), String> {
     let config = control::config::Config::load(path).map_err(|e| e.to_string())?;
     for warning in &config.warnings {
+        println!("warning: {warning}");
+    }
+    for warning in cluster::cluster_warnings(&config) {
         println!("warning: {warning}");
     }
     println!(

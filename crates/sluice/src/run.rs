@@ -61,7 +61,7 @@ impl Progress {
     }
 }
 
-fn eal_arguments(config: &Config) -> Vec<String> {
+fn eal_arguments(config: &Config) -> Result<Vec<String>, String> {
     let mut args = config.eal_args.clone();
     let has_cores = args
         .iter()
@@ -85,7 +85,8 @@ fn eal_arguments(config: &Config) -> Vec<String> {
             args.push(port.device.clone());
         }
     }
-    args
+    args.extend(crate::exception::tap_vdev_arguments(config)?);
+    Ok(args)
 }
 
 pub fn run(args: RunArgs) -> Result<(), String> {
@@ -93,7 +94,7 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     for warning in &config.warnings {
         log::warn!("{warning}");
     }
-    let eal = Eal::init(&eal_arguments(&config)).map_err(|e| e.to_string())?;
+    let eal = Eal::init(&eal_arguments(&config)?).map_err(|e| e.to_string())?;
     let workers = config.workers.cores.len();
     let pool = Arc::new(
         Mempool::new(
@@ -135,10 +136,27 @@ pub fn run(args: RunArgs) -> Result<(), String> {
             );
             ports.push(opened);
         }
+        let taps = if crate::exception::enabled(&config) {
+            Some(open_taps(&eal, &config, &ports, &pool)?)
+        } else {
+            None
+        };
         let outcome = match &config.pipe {
             Some(pipe) => run_pipe(&config, &args, &ports, &pool, pipe),
-            None => run_balancer(&config, &args, &ports, &pool),
+            None => run_balancer(&config, &args, &ports, &pool, taps.as_ref()),
         };
+        if let Some(taps) = &taps {
+            for (tap, interface) in taps.ports.iter().zip(&taps.interfaces) {
+                if let Ok(stats) = tap.stats() {
+                    println!(
+                        "kernel interface {}: to kernel {} from kernel {} tx_errors {}",
+                        interface.name, stats.tx_packets, stats.rx_packets, stats.tx_errors
+                    );
+                }
+            }
+        }
+        // The taps close before the data ports: the kernel interfaces and their addresses go.
+        drop(taps);
         for (port, settings) in ports.iter().zip(&config.ports) {
             if let Ok(stats) = port.stats() {
                 println!(
@@ -197,6 +215,48 @@ impl<T> Drop for Workers<T> {
             let _ = handle.join();
         }
     }
+}
+
+/// Opens each data port's tap (created by the EAL), one queue pair per worker, and gives its kernel side the
+/// port's MAC and addresses.
+fn open_taps(
+    eal: &Eal,
+    config: &Config,
+    ports: &[Port],
+    pool: &Arc<Mempool>,
+) -> Result<crate::exception::Taps, String> {
+    let workers = config.workers.cores.len() as u16;
+    let mut taps = Vec::new();
+    let mut macs = Vec::new();
+    for (index, (port, settings)) in ports.iter().zip(&config.ports).enumerate() {
+        let name = crate::exception::tap_device_name(config, index);
+        let id = eal.port_by_name(&name).ok_or_else(|| {
+            format!(
+                "port {}: the kernel interface {} ({name}) did not become a DPDK port",
+                settings.name, settings.kernel_interface
+            )
+        })?;
+        let tap_config = PortConfig {
+            rx_queues: workers,
+            tx_queues: workers,
+            rx_descriptors: 512,
+            tx_descriptors: 512,
+            rss_key: None,
+            mtu: None,
+            promiscuous: false,
+        };
+        taps.push(
+            Port::configure(eal, id, &tap_config, pool)
+                .map_err(|e| format!("port {}: kernel interface {name}: {e}", settings.name))?,
+        );
+        macs.push(port.mac_address().map_err(|e| e.to_string())?);
+    }
+    let mut netlink = crate::netlink::Netlink::open()?;
+    let interfaces = crate::exception::set_up(config, &macs, &mut netlink)?;
+    Ok(crate::exception::Taps {
+        ports: taps,
+        interfaces,
+    })
 }
 
 /// The conditions `run` stops on besides ctrl-c: a frame count, an idle time, a duration.
@@ -344,6 +404,7 @@ fn run_balancer(
     args: &RunArgs,
     ports: &[Port],
     pool: &Arc<Mempool>,
+    taps: Option<&crate::exception::Taps>,
 ) -> Result<(), String> {
     // Everything the workers and the control loop depend on is opened before the first worker polls; from the
     // moment the socket file exists, ctrl-c and SIGTERM end the run through the path that removes it.
@@ -371,6 +432,8 @@ fn run_balancer(
     let mut retired_receivers = Vec::new();
     let mut trace_queries = Vec::new();
     let (trace_answers_tx, trace_answers) = bounded(64);
+    let mut beats = Vec::new();
+    let mut kernel_stats = Vec::new();
     let started = Instant::now();
     let mesh = handoff_mesh(workers, HANDOFF_RING);
     for ((index, &cpu), handoffs) in config.workers.cores.iter().enumerate().zip(mesh) {
@@ -421,6 +484,19 @@ fn run_balancer(
                 ..WorkerConfig::default()
             },
         );
+        if let Some(taps) = taps {
+            let mut kernel_queues = Vec::new();
+            for tap in &taps.ports {
+                kernel_queues.push(Some(dataplane::kernel::KernelQueues {
+                    rx: tap.rx_queue(index as u16).map_err(|e| e.to_string())?,
+                    tx: tap
+                        .tx_queue(index as u16, pool)
+                        .map_err(|e| e.to_string())?,
+                }));
+            }
+            worker.attach_kernel_path(dataplane::kernel::KernelPath::new(kernel_queues));
+            kernel_stats.extend(worker.kernel_stats());
+        }
         let (query_tx, query_rx) = bounded(8);
         trace_queries.push(query_tx);
         worker.answer_traces(TraceChannel {
@@ -432,11 +508,19 @@ fn run_balancer(
         let received = Arc::new(AtomicU64::new(0));
         progress.received.push(Arc::clone(&received));
         let stop = Arc::clone(&stop);
+        let beat = Arc::new(AtomicU64::new(0));
+        beats.push(Arc::clone(&beat));
+        let idle_policy = idle_policy(&config.workers.idle);
         let handle = spawn_worker(cpu, &format!("worker-{index}"), move || {
             let mut clock = millisecond_clock();
+            let mut idle = dataplane::idle::Idle::new(idle_policy);
+            let mut turns = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                worker.poll(clock());
+                let found = worker.poll(clock());
                 received.store(worker_stats.rx.load(Ordering::Relaxed), Ordering::Relaxed);
+                turns += 1;
+                beat.store(turns, Ordering::Relaxed);
+                idle.after_poll(found);
             }
             // One last turn flushes what is pending and drains the handoff ring.
             worker.poll(clock());
@@ -460,12 +544,41 @@ fn run_balancer(
         health: None,
         trace_queries,
         trace_answers,
+        cluster: crate::cluster::ClusterView {
+            kernel: kernel_stats.clone(),
+            announced: Default::default(),
+            announcing: taps.is_some(),
+        },
     };
     let checks = health_specs(&control.config, &mut control.registry);
     if !checks.is_empty() {
         log::info!("health checks: {} backends", checks.len());
         control.health = Some(HealthChecker::start(checks));
     }
+    let mut announcer = taps.map(|taps| {
+        let reserved = config
+            .ports
+            .iter()
+            .flat_map(|port| port.addresses.iter().map(|prefix| prefix.addr))
+            .collect();
+        match crate::netlink::Netlink::open() {
+            Ok(netlink) => Ok(crate::announce::Announcer::new(
+                netlink,
+                taps.interfaces.clone(),
+                reserved,
+            )),
+            Err(error) => Err(error),
+        }
+    });
+    let mut announcer = match announcer.take() {
+        Some(Ok(announcer)) => Some(announcer),
+        Some(Err(error)) => {
+            stop.store(true, Ordering::SeqCst);
+            return Err(format!("VIP announcement: {error}"));
+        }
+        None => None,
+    };
+    let mut liveness = crate::announce::Liveness::new(beats);
     let reload = reload_signal();
     log::info!(
         "forwarding with {workers} workers; SIGHUP reloads {}, ctrl-c stops",
@@ -483,6 +596,23 @@ fn run_balancer(
         endpoints.serve(&mut control, &args.config);
         control.apply_health_events();
         control.collect_retired();
+        if let Some(announcer) = &mut announcer {
+            let wanted = match (&control.snapshot, liveness.all_alive(Instant::now())) {
+                (Some(snapshot), true) => crate::announce::servable_vips(snapshot),
+                _ => Default::default(),
+            };
+            for change in announcer.update(&wanted) {
+                log::info!("{change}");
+            }
+            if announcer.announced() != &control.cluster.announced {
+                control.cluster.announced = announcer.announced().clone();
+            }
+        }
+    }
+    if let Some(announcer) = &mut announcer {
+        for change in announcer.withdraw_all() {
+            log::info!("stopping: {change}");
+        }
     }
     stop.store(true, Ordering::SeqCst);
     let elapsed = started.elapsed().as_secs_f64();
@@ -496,6 +626,18 @@ fn run_balancer(
     }
     // Frames still in handoff rings went back to the pool when the workers (the rings' two ends) were dropped.
     print_worker_stats(&stats, elapsed);
+    for (index, kernel) in kernel_stats.iter().enumerate() {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        println!(
+            "worker {index} kernel path: to_kernel {} copied {} from_kernel {} to_kernel_dropped {} \
+             from_kernel_dropped {}",
+            load(&kernel.to_kernel),
+            load(&kernel.copied),
+            load(&kernel.from_kernel),
+            load(&kernel.to_kernel_dropped),
+            load(&kernel.from_kernel_dropped)
+        );
+    }
     print!(
         "{}",
         service_stats(&control.config, &mut control.registry, &stats)
@@ -503,6 +645,16 @@ fn run_balancer(
     drop(endpoints);
     drop(control);
     failure.map_or(Ok(()), Err)
+}
+
+fn idle_policy(idle: &control::config::IdleConfig) -> dataplane::idle::IdlePolicy {
+    match idle.mode {
+        control::config::IdleMode::Poll => dataplane::idle::IdlePolicy::Poll,
+        control::config::IdleMode::Adaptive => dataplane::idle::IdlePolicy::Adaptive {
+            polls: idle.polls,
+            sleep: Duration::from_micros(idle.sleep_us),
+        },
+    }
 }
 
 fn print_worker_stats(stats: &[Arc<WorkerStats>], elapsed: f64) {

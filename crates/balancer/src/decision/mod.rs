@@ -203,9 +203,11 @@ impl WorkerState {
             }
             IcmpKind::EchoReply | IcmpKind::Other => {
                 return match snapshot.owned(flow.dst_addr) {
+                    // The kernel's own pings and the ICMP it needs (errors about its sessions come as errors).
+                    Some(_) if snapshot.kernel_exception_path() => Action::ToKernel,
                     Some(_) => Action::Drop(DropReason::IcmpUnsupported),
                     None => not_ours(snapshot),
-                }
+                };
             }
         }
 

@@ -30,6 +30,7 @@ mod entry;
 mod index;
 mod key;
 mod lists;
+mod memory;
 mod prefetch;
 mod table;
 mod tcp_state;

@@ -12,6 +12,7 @@ use super::entry::{Entry, Kind, NIL};
 use super::index::{Index, Probe};
 use super::key::{ipv4_bits, ipv4_from_bits, ConnKey};
 use super::lists::{ListId, Lists, Occupancy};
+use super::memory::boxed_slice;
 use super::prefetch::prefetch;
 use super::tcp_state::{Direction, TcpState, Timeouts, TrackedPath};
 use crate::port_alloc::{LocalEndpoint, PortAllocator, PortError};
@@ -139,16 +140,14 @@ impl ConnTable {
         let secondary = two_entry.min(capacity);
         let total = capacity + secondary;
         // Two free stacks, each in ascending order.
-        let entries: Box<[Entry]> = (0..total)
-            .map(|i| {
-                let next = i + 1;
-                Entry::free(if next == capacity || next == total {
-                    NIL
-                } else {
-                    next as u32
-                })
+        let entries = boxed_slice(total, |i| {
+            let next = i + 1;
+            Entry::free(if next == capacity || next == total {
+                NIL
+            } else {
+                next as u32
             })
-            .collect();
+        });
         Ok(ConnTable {
             entries,
             // Every primary and every secondary may be indexed (spills are not, so this is an upper bound).

@@ -511,8 +511,11 @@ impl ConnTable {
             ForwardingMode::Dr | ForwardingMode::Tun => ipv4_bits(target.addr),
             ForwardingMode::Nat | ForwardingMode::FullNat => None,
         };
-        if self.free_primary == NIL {
-            let Some(victim) = self.lists.head(ListId::Evictable) else {
+        // Second entries first: evicting a connection that holds one frees a primary too. With as many second
+        // entries as connections they run out only when every primary is taken by a two-entry connection, and
+        // then this is the same victim as below.
+        if inline_backend.is_none() && self.free_secondary == NIL {
+            let Some(victim) = self.victim_with_secondary() else {
                 self.release_local(local);
                 return Err(InsertError::TableFull);
             };
@@ -520,8 +523,8 @@ impl ConnTable {
             self.stats.evicted += 1;
             on_removed(&evicted);
         }
-        if inline_backend.is_none() && self.free_secondary == NIL {
-            let Some(victim) = self.victim_with_secondary() else {
+        if self.free_primary == NIL {
+            let Some(victim) = self.lists.head(ListId::Evictable) else {
                 self.release_local(local);
                 return Err(InsertError::TableFull);
             };

@@ -930,6 +930,29 @@ fn secondary_shortage_evicts_a_connection_holding_one() {
     assert_eq!(evicted, vec![client_key(2, ip_protocol::UDP)]);
     assert!(table.lookup(&client_key(1, ip_protocol::UDP), 0).is_some());
     assert_eq!(table.stats().evicted, 1);
+
+    // Full as well: the one eviction for the second entry frees a primary too, so the older DR flow stays.
+    for n in [4, 5] {
+        table
+            .insert(
+                0,
+                client_key(n, ip_protocol::UDP),
+                target(ForwardingMode::Dr),
+                0,
+                ignore,
+            )
+            .unwrap();
+    }
+    assert_eq!(table.len(), 4);
+    evicted.clear();
+    table
+        .insert(0, client_key(6, ip_protocol::UDP), nat_target(), 0, |c| {
+            evicted.push(c.client)
+        })
+        .unwrap();
+    assert_eq!(evicted, vec![client_key(3, ip_protocol::UDP)]);
+    assert_eq!(table.len(), 4);
+    assert!(table.lookup(&client_key(1, ip_protocol::UDP), 0).is_some());
 }
 
 #[test]

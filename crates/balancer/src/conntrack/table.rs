@@ -98,7 +98,7 @@ impl std::fmt::Debug for ConnTable {
 }
 
 impl ConnTable {
-    /// The largest capacity: with as many secondary entries, every entry number stays below [`NIL`].
+    /// The largest capacity: with as many secondary entries, every entry number stays below `u32::MAX`, which marks "no entry".
     pub const MAX_CAPACITY: usize = (u32::MAX >> 1) as usize;
 
     /// Bytes of one entry (one cache line).

@@ -1014,7 +1014,7 @@ mod colliding {
 
     fn key(n: u32) -> FlowKey {
         let mut key = spread_key(n);
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             key.protocol = ip_protocol::TCP;
         }
         key

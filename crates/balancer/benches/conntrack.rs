@@ -50,6 +50,23 @@ fn resident_bytes() -> usize {
     pages * 4096
 }
 
+/// Anonymous memory of this process backed by transparent huge pages, in bytes (0 where unavailable).
+fn huge_page_bytes() -> usize {
+    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    rollup
+        .lines()
+        .find_map(|line| line.strip_prefix("AnonHugePages:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<usize>()
+                .ok()
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
 /// Scrambles `i` so consecutive probes land far apart (a bijection on 64 bits).
 fn scramble(i: u64) -> u64 {
     let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -75,10 +92,12 @@ fn filled_table(connections: usize, mode: ForwardingMode) -> ConnTable {
     let after = resident_bytes();
     eprintln!(
         "conntrack {connections} {mode:?} connections at capacity: entry {} B, computed {:.1} B/connection \
-         (entries + index + links + bitmap), measured RSS growth {:.1} B/connection",
+         (entries + index + links + bitmap), measured RSS growth {:.1} B/connection, {} MiB of the process \
+         on transparent huge pages",
         ConnTable::ENTRY_BYTES,
         table.memory_bytes() as f64 / connections as f64,
         after.saturating_sub(before) as f64 / connections as f64,
+        huge_page_bytes() >> 20,
     );
     table
 }
@@ -132,6 +151,16 @@ fn lookups(c: &mut Criterion) {
                 }
                 assert_eq!(found, PROBES);
                 found
+            })
+        });
+        // The key build and hash alone, for every probe.
+        group.bench_function("key_and_hash", |b| {
+            b.iter(|| {
+                let mut sum = 0u32;
+                for flow in black_box(&hits) {
+                    sum = sum.wrapping_add(table.hash(&ConnKey::from_flow(flow)));
+                }
+                sum
             })
         });
         // The table's part alone: keys and hashes staged beforehand, as the parse stage of a worker leaves them.

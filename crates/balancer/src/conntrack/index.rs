@@ -11,6 +11,8 @@
 //! load with eight slots a bucket overflows rarely (about 2% of buckets at uniform hashing), so almost every
 //! lookup reads one bucket line.
 
+use super::memory::boxed_slice;
+
 /// Slots per bucket.
 pub(super) const SLOTS: usize = 8;
 /// The signature of an empty slot; real signatures are never zero.
@@ -88,7 +90,7 @@ impl Index {
     pub fn new(keys: usize) -> Index {
         let buckets = (2 * keys).div_ceil(SLOTS).max(1);
         Index {
-            buckets: vec![Bucket::EMPTY; buckets].into_boxed_slice(),
+            buckets: boxed_slice(buckets, |_| Bucket::EMPTY),
             len: 0,
             #[cfg(test)]
             hash_mask: u32::MAX,

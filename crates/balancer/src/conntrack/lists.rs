@@ -3,6 +3,7 @@
 //! with. Both are written on insert, eviction, removal and class change, never on a plain hit.
 
 use super::entry::NIL;
+use super::memory::boxed_slice;
 
 /// Which list a connection is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,14 +43,10 @@ pub(super) struct Lists {
 impl Lists {
     pub fn new(capacity: usize) -> Lists {
         Lists {
-            links: vec![
-                Link {
-                    prev: NIL,
-                    next: NIL
-                };
-                capacity
-            ]
-            .into_boxed_slice(),
+            links: boxed_slice(capacity, |_| Link {
+                prev: NIL,
+                next: NIL,
+            }),
             evictable: Ends::EMPTY,
             protected: Ends::EMPTY,
         }

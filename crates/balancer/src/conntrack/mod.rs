@@ -10,6 +10,7 @@
 //!   plus for NAT and FULLNAT a second entry keyed by its reply key (and for DR or TUN to an IPv6 backend an
 //!   unindexed one holding the address); the two link to each other.
 //! - `lists.rs`: the eviction lists and the occupancy bitmap, in side arrays a plain hit never touches.
+//! - `memory.rs`: every array allocated once at construction, hinted for transparent huge pages on Linux.
 //!
 //! Memory per connection at capacity, index included: 88 bytes for a one-entry connection in a table sized for
 //! them ([`ConnTable::with_two_entry_limit`] with no two-entry connections), 168 bytes in a table where every
@@ -30,6 +31,7 @@ mod entry;
 mod index;
 mod key;
 mod lists;
+mod memory;
 mod prefetch;
 mod table;
 mod tcp_state;

@@ -14,6 +14,7 @@ use super::entry::{Entry, Kind, NIL};
 use super::index::{Index, Probe};
 use super::key::{ipv4_bits, ipv4_from_bits, ConnKey};
 use super::lists::{ListId, Lists, Occupancy};
+use super::memory::boxed_slice;
 use super::prefetch::prefetch;
 use super::tcp_state::{Direction, TcpState, Timeouts, TrackedPath};
 use crate::port_alloc::{LocalEndpoint, PortAllocator, PortError};
@@ -99,7 +100,7 @@ impl std::fmt::Debug for ConnTable {
 }
 
 impl ConnTable {
-    /// The largest capacity: with as many secondary entries, every entry number stays below [`NIL`].
+    /// The largest capacity: with as many secondary entries, every entry number stays below `u32::MAX`, which marks "no entry".
     pub const MAX_CAPACITY: usize = (u32::MAX >> 1) as usize;
 
     /// Bytes of one entry (one cache line).
@@ -141,16 +142,14 @@ impl ConnTable {
         let secondary = two_entry.min(capacity);
         let total = capacity + secondary;
         // Two free stacks, each in ascending order.
-        let entries: Box<[Entry]> = (0..total)
-            .map(|i| {
-                let next = i + 1;
-                Entry::free(if next == capacity || next == total {
-                    NIL
-                } else {
-                    next as u32
-                })
+        let entries = boxed_slice(total, |i| {
+            let next = i + 1;
+            Entry::free(if next == capacity || next == total {
+                NIL
+            } else {
+                next as u32
             })
-            .collect();
+        });
         Ok(ConnTable {
             entries,
             // Every primary and every secondary may be indexed (spills are not, so this is an upper bound).
@@ -547,8 +546,11 @@ impl ConnTable {
             ForwardingMode::Dr | ForwardingMode::Tun => ipv4_bits(target.addr),
             ForwardingMode::Nat | ForwardingMode::FullNat => None,
         };
-        if self.free_primary == NIL {
-            let Some(victim) = self.lists.head(ListId::Evictable) else {
+        // Second entries first: evicting a connection that holds one frees a primary too. With as many second
+        // entries as connections they run out only when every primary is taken by a two-entry connection, and
+        // then this is the same victim as below.
+        if inline_backend.is_none() && self.free_secondary == NIL {
+            let Some(victim) = self.victim_with_secondary() else {
                 self.release_local(local);
                 return Err(InsertError::TableFull);
             };
@@ -556,8 +558,8 @@ impl ConnTable {
             self.stats.evicted += 1;
             on_removed(&evicted);
         }
-        if inline_backend.is_none() && self.free_secondary == NIL {
-            let Some(victim) = self.victim_with_secondary() else {
+        if self.free_primary == NIL {
+            let Some(victim) = self.lists.head(ListId::Evictable) else {
                 self.release_local(local);
                 return Err(InsertError::TableFull);
             };

@@ -930,6 +930,29 @@ fn secondary_shortage_evicts_a_connection_holding_one() {
     assert_eq!(evicted, vec![client_key(2, ip_protocol::UDP)]);
     assert!(table.lookup(&client_key(1, ip_protocol::UDP), 0).is_some());
     assert_eq!(table.stats().evicted, 1);
+
+    // Full as well: the one eviction for the second entry frees a primary too, so the older DR flow stays.
+    for n in [4, 5] {
+        table
+            .insert(
+                0,
+                client_key(n, ip_protocol::UDP),
+                target(ForwardingMode::Dr),
+                0,
+                ignore,
+            )
+            .unwrap();
+    }
+    assert_eq!(table.len(), 4);
+    evicted.clear();
+    table
+        .insert(0, client_key(6, ip_protocol::UDP), nat_target(), 0, |c| {
+            evicted.push(c.client)
+        })
+        .unwrap();
+    assert_eq!(evicted, vec![client_key(3, ip_protocol::UDP)]);
+    assert_eq!(table.len(), 4);
+    assert!(table.lookup(&client_key(1, ip_protocol::UDP), 0).is_some());
 }
 
 #[test]
@@ -960,4 +983,111 @@ fn an_idle_sweep_skips_free_entries_and_finds_the_one_left() {
     assert_eq!(table.len(), 1);
     assert_eq!(table.expire(Timeouts::default().udp, 1 << 12, ignore), 1);
     assert!(table.get(id.unwrap()).is_none());
+}
+
+mod colliding {
+    //! The same random history on a table whose hashes are narrowed to a few bits (long overflow chains that
+    //! wrap around the index) and on a normal one: every answer must be the same.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Insert { key: u32, mode: usize },
+        Touch { key: u32, flags: u8 },
+        Remove { key: u32 },
+        Advance { ms: u64 },
+        Expire { budget: usize },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            5 => (0..80u32, 0..3usize).prop_map(|(key, mode)| Op::Insert { key, mode }),
+            2 => (0..80u32, prop::sample::select(vec![0u8, 0x02, 0x10, 0x11, 0x04])).prop_map(|(key, flags)| Op::Touch { key, flags }),
+            2 => (0..80u32).prop_map(|key| Op::Remove { key }),
+            1 => (0..400_000u64).prop_map(|ms| Op::Advance { ms }),
+            1 => (0..16usize).prop_map(|budget| Op::Expire { budget }),
+        ]
+    }
+
+    fn key(n: u32) -> FlowKey {
+        let mut key = spread_key(n);
+        if n.is_multiple_of(2) {
+            key.protocol = ip_protocol::TCP;
+        }
+        key
+    }
+
+    fn all_probes(tables: &[ConnTable; 2]) -> Vec<FlowKey> {
+        let mut probes: Vec<FlowKey> = (0..80).map(key).collect();
+        for table in tables {
+            for (_, conn) in table.iter() {
+                probes.extend(conn.reply_key());
+            }
+        }
+        probes
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn narrowed_hashes_change_no_answer(mask in prop::sample::select(vec![0u32, 0x3, 0xff, 0xc000_0003]), ops in proptest::collection::vec(op(), 1..150)) {
+            let partition = PortPartition::new(10000, 10063, 1).unwrap();
+            let make = || {
+                let ports = PortAllocator::new(partition, 0, &[v4(200, 1)]).unwrap();
+                ConnTable::with_local_ports(24, Timeouts::default(), ports).unwrap()
+            };
+            let mut tables = [make(), make()];
+            tables[1].set_hash_mask(mask);
+            let mut now = 0u64;
+            for op in ops {
+                let mut removed: [Vec<Conn>; 2] = [Vec::new(), Vec::new()];
+                let mut results = Vec::new();
+                for (table, removed) in tables.iter_mut().zip(removed.iter_mut()) {
+                    let result = match op {
+                        Op::Insert { key: n, mode } => {
+                            let mode = [ForwardingMode::Nat, ForwardingMode::FullNat, ForwardingMode::Dr][mode];
+                            format!("{:?}", table.insert(now, key(n), target(mode), SYN, |c| removed.push(*c)))
+                        }
+                        Op::Touch { key: n, flags } => {
+                            let hit = table.lookup(&key(n), now);
+                            format!("{:?}", hit.and_then(|hit| table.touch(hit.id, hit.direction, flags, now)))
+                        }
+                        Op::Remove { key: n } => {
+                            let hit = table.lookup(&key(n), 0);
+                            format!("{:?}", hit.and_then(|hit| table.remove(hit.id)))
+                        }
+                        Op::Advance { ms } => {
+                            format!("{ms}")
+                        }
+                        Op::Expire { budget } => {
+                            format!("{}", table.expire(now, budget, |c| removed.push(*c)))
+                        }
+                    };
+                    results.push(result);
+                }
+                if let Op::Advance { ms } = op {
+                    now += ms;
+                }
+                prop_assert_eq!(&results[0], &results[1]);
+                prop_assert_eq!(&removed[0], &removed[1]);
+                prop_assert_eq!(tables[0].len(), tables[1].len());
+                prop_assert_eq!(tables[0].indexed_keys(), tables[1].indexed_keys());
+                let probes = all_probes(&tables);
+                for probe in &probes {
+                    for at in [0, now] {
+                        let answer = tables[0].lookup(probe, at);
+                        prop_assert_eq!(answer, tables[1].lookup(probe, at));
+                        if let Some(hit) = answer {
+                            prop_assert_eq!(tables[0].get(hit.id), tables[1].get(hit.id));
+                        }
+                    }
+                }
+                assert_burst_agrees(&tables[1], &probes, now);
+            }
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! Services, backends, weighted Maglev, the LVS schedulers, the per-core connection table and the forwarding
 //! decision. No DPDK dependency: everything here runs and tests on plain memory.
+#![forbid(unsafe_code)]
 
 pub mod conntrack;
 pub mod decision;

@@ -1,4 +1,5 @@
 //! Configuration, the control thread, table publication, health checks and statistics. No DPDK dependency.
+#![forbid(unsafe_code)]
 pub mod config;
 pub mod fuzzing;
 pub mod health;

@@ -17,6 +17,7 @@
 //! EAL lcores launched by `rte_eal_remote_launch`: a registered thread gets an lcore id (so mempool per-lcore
 //! caches work), while the closure keeps Rust ownership of its queues and state, and the pinning is explicit (a
 //! thread spawned after `rte_eal_init` would otherwise inherit the main thread's affinity).
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_int};
@@ -414,9 +415,10 @@ impl Drop for Mbuf {
     }
 }
 
-/// Hints the CPU to load the cache line at `address` (any address: a prefetch never faults).
+/// Hints the CPU to load the cache line at `address` (any address: a prefetch never faults). Lent to the
+/// connection table as its prefetch hook.
 #[inline(always)]
-fn prefetch_line(address: *const u8) {
+pub fn prefetch_line(address: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: prefetch is a hint with no architectural effect; it is defined for every address.
     unsafe {
@@ -424,6 +426,21 @@ fn prefetch_line(address: *const u8) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = address;
+}
+
+/// Asks the kernel to back the 2 MiB-aligned part of the `bytes` bytes at `start` with transparent huge pages: a
+/// hint for large tables allocated and not yet touched (the connection table's memory hook). Failure (no THP, or
+/// THP `never`) changes nothing.
+pub fn advise_huge_pages(start: *mut u8, bytes: usize) {
+    const HUGE_PAGE: usize = 2 << 20;
+    let first = (start as usize).next_multiple_of(HUGE_PAGE);
+    let end = (start as usize).saturating_add(bytes) / HUGE_PAGE * HUGE_PAGE;
+    if end <= first {
+        return;
+    }
+    // SAFETY: MADV_HUGEPAGE only changes how the kernel backs pages in the range; it never changes their contents
+    // or whether they are mapped, and for a range that is not mapped the call fails with ENOMEM and does nothing.
+    unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE) };
 }
 
 impl Frame for Mbuf {

@@ -1,6 +1,7 @@
 //! Zero-copy classification and in-place rewrites for the frames sluice forwards: Ethernet and VLAN, ARP, IPv4,
 //! IPv6, TCP, UDP, ICMP and ICMPv6; RFC 1624 checksum updates; IP-in-IP encapsulation; the answers sluice sends
 //! itself. No DPDK dependency, no allocation, no panics on any input.
+#![forbid(unsafe_code)]
 
 pub mod answer;
 pub mod checksum;

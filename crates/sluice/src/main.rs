@@ -1,5 +1,6 @@
 //! The sluice binary: `run` forwards with a configuration, `check` validates one, `generate` writes test traffic
 //! as a pcap file, `bench` measures the worker path in process.
+#![forbid(unsafe_code)]
 
 mod announce;
 mod bench;

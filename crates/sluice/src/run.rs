@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use balancer::conntrack::ConnTable;
+use balancer::conntrack::{ConnTable, EdgeHooks};
 use balancer::decision::{DropReason, WorkerPlace, WorkerState, WorkerTables};
 use balancer::neighbor::NeighborTable;
 use balancer::persistence::PersistenceTable;
@@ -438,14 +438,25 @@ fn run_balancer(
     let mesh = handoff_mesh(workers, HANDOFF_RING);
     for ((index, &cpu), handoffs) in config.workers.cores.iter().enumerate().zip(mesh) {
         let capacity = config.network.conntrack_capacity;
-        let conns = if spec.local_addresses.is_empty() {
-            ConnTable::new(capacity, config.network.timeouts)
+        let local_ports = if spec.local_addresses.is_empty() {
+            None
         } else {
-            let local_ports =
+            Some(
                 PortAllocator::new(spec.local_ports, index as u16, &spec.local_addresses)
-                    .map_err(|e| format!("FULLNAT local ports: {e}"))?;
-            ConnTable::with_local_ports(capacity, config.network.timeouts, local_ports)
-        }
+                    .map_err(|e| format!("FULLNAT local ports: {e}"))?,
+            )
+        };
+        // Any connection may be NAT or FULLNAT after a reload, so every one may take its reply entry.
+        let conns = ConnTable::with_hooks(
+            capacity,
+            capacity,
+            config.network.timeouts,
+            local_ports,
+            EdgeHooks {
+                advise_memory: Some(dpdk::advise_huge_pages),
+                prefetch: Some(dpdk::prefetch_line),
+            },
+        )
         .map_err(|e| format!("connection table: {e}"))?;
         let state = WorkerState {
             place: WorkerPlace {

@@ -6,7 +6,9 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -30,7 +32,7 @@ pub const WRITE_DEADLINE: Duration = Duration::from_secs(2);
 /// How long a refused metrics connection is read from before it is closed.
 const REFUSAL_DRAIN: Duration = Duration::from_millis(5);
 /// How often an accepting thread looks at the stop flag.
-const POLL_INTERVAL_MS: i32 = 50;
+const POLL_INTERVAL_MS: u16 = 50;
 /// Connection threads only parse and copy bytes.
 const CONNECTION_STACK: usize = 128 * 1024;
 
@@ -197,7 +199,7 @@ macro_rules! connection {
 connection!(UnixStream);
 connection!(TcpStream);
 
-trait Accept: AsRawFd + Send + 'static {
+trait Accept: AsFd + Send + 'static {
     type Stream: Connection;
     fn accept_one(&self) -> std::io::Result<Self::Stream>;
 }
@@ -229,14 +231,8 @@ fn spawn_acceptor<L: Accept>(
         .name(name.into())
         .spawn(move || {
             while !stop.load(Ordering::SeqCst) {
-                let mut poll = libc::pollfd {
-                    fd: listener.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd for the duration of the call.
-                let ready = unsafe { libc::poll(&mut poll, 1, POLL_INTERVAL_MS) };
-                if ready <= 0 {
+                let mut ready = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+                if !matches!(poll(&mut ready, PollTimeout::from(POLL_INTERVAL_MS)), Ok(count) if count > 0) {
                     continue;
                 }
                 loop {

@@ -87,10 +87,10 @@ pub(super) struct Index {
 
 impl Index {
     /// An index for at most `keys` keys, never more than half full.
-    pub fn new(keys: usize) -> Index {
+    pub fn new(keys: usize, advise: Option<fn(*mut u8, usize)>) -> Index {
         let buckets = (2 * keys).div_ceil(SLOTS).max(1);
         Index {
-            buckets: boxed_slice(buckets, |_| Bucket::EMPTY),
+            buckets: boxed_slice(buckets, advise, |_| Bucket::EMPTY),
             len: 0,
             #[cfg(test)]
             hash_mask: u32::MAX,
@@ -243,7 +243,7 @@ mod tests {
 
     #[test]
     fn overflow_chains_are_found_and_unwound() {
-        let mut index = Index::new(16);
+        let mut index = Index::new(16, None);
         index.hash_mask = 0; // every key: bucket 0, signature 1
         let buckets = index.buckets.len();
         assert_eq!(buckets, 4);
@@ -266,7 +266,7 @@ mod tests {
 
     #[test]
     fn probing_wraps_around_the_last_bucket() {
-        let mut index = Index::new(8);
+        let mut index = Index::new(8, None);
         index.hash_mask = u32::MAX;
         let last = u32::MAX; // home is the last bucket
         assert_eq!(index.probe(last).bucket, index.buckets.len() - 1);

@@ -41,9 +41,9 @@ pub(super) struct Lists {
 }
 
 impl Lists {
-    pub fn new(capacity: usize) -> Lists {
+    pub fn new(capacity: usize, advise: Option<fn(*mut u8, usize)>) -> Lists {
         Lists {
-            links: boxed_slice(capacity, |_| Link {
+            links: boxed_slice(capacity, advise, |_| Link {
                 prev: NIL,
                 next: NIL,
             }),
@@ -162,7 +162,7 @@ mod tests {
 
     #[test]
     fn lists_keep_insertion_order_across_moves() {
-        let mut lists = Lists::new(8);
+        let mut lists = Lists::new(8, None);
         for id in [3, 1, 4, 5] {
             lists.push_back(ListId::Evictable, id);
         }

@@ -1,16 +1,14 @@
-//! A cache prefetch hint: the one place the table touches `core::arch`.
+//! Loading lines ahead of use. The table makes no `unsafe` call itself: the I/O edge hands in a real prefetch
+//! instruction ([`EdgeHooks::prefetch`](super::EdgeHooks)); without one (tests, benchmarks on plain memory) a line
+//! is brought in by an ordinary read whose value is discarded, which the CPU overlaps with the work that follows.
 
-/// Asks the CPU to start loading the cache line holding `value` into all cache levels. A hint only: no effect on
-/// what the program computes, a no-op on targets without a prefetch instruction here.
+/// Asks for the cache line holding `value`, through `hook` when the edge gave one.
 #[inline(always)]
-pub(super) fn prefetch<T>(value: &T) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: PREFETCHT0 never faults and never changes memory or architectural state; the pointer comes from
-        // a live reference anyway. SSE is part of the x86_64 baseline.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>((value as *const T).cast::<i8>()) };
+pub(super) fn prefetch<T: Copy>(hook: Option<fn(*const u8)>, value: &T) {
+    match hook {
+        Some(prefetch) => prefetch((value as *const T).cast::<u8>()),
+        None => {
+            std::hint::black_box(*value);
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
 }

@@ -14,7 +14,7 @@ use super::entry::{Entry, Kind, NIL};
 use super::index::{Index, Probe};
 use super::key::{ipv4_bits, ipv4_from_bits, ConnKey};
 use super::lists::{ListId, Lists, Occupancy};
-use super::memory::boxed_slice;
+use super::memory::{boxed_slice, EdgeHooks};
 use super::prefetch::prefetch;
 use super::tcp_state::{Direction, TcpState, Timeouts, TrackedPath};
 use crate::port_alloc::{LocalEndpoint, PortAllocator, PortError};
@@ -80,6 +80,8 @@ pub struct ConnTable {
     free_primary: u32,
     free_secondary: u32,
     seed: u64,
+    /// The edge's prefetch instruction, if it lent one.
+    prefetcher: Option<fn(*const u8)>,
     len: usize,
     /// The next primary entry the expiry clock hand examines.
     hand: usize,
@@ -133,6 +135,17 @@ impl ConnTable {
         timeouts: Timeouts,
         ports: Option<PortAllocator>,
     ) -> Result<Self, TableConfigError> {
+        Self::with_hooks(capacity, two_entry, timeouts, ports, EdgeHooks::default())
+    }
+
+    /// [`ConnTable::with_two_entry_limit`] with the I/O edge's hooks for memory advice and prefetching.
+    pub fn with_hooks(
+        capacity: usize,
+        two_entry: usize,
+        timeouts: Timeouts,
+        ports: Option<PortAllocator>,
+        hooks: EdgeHooks,
+    ) -> Result<Self, TableConfigError> {
         if capacity == 0 {
             return Err(TableConfigError::ZeroCapacity);
         }
@@ -142,7 +155,7 @@ impl ConnTable {
         let secondary = two_entry.min(capacity);
         let total = capacity + secondary;
         // Two free stacks, each in ascending order.
-        let entries = boxed_slice(total, |i| {
+        let entries = boxed_slice(total, hooks.advise_memory, |i| {
             let next = i + 1;
             Entry::free(if next == capacity || next == total {
                 NIL
@@ -153,13 +166,14 @@ impl ConnTable {
         Ok(ConnTable {
             entries,
             // Every primary and every secondary may be indexed (spills are not, so this is an upper bound).
-            index: Index::new(total),
-            lists: Lists::new(capacity),
+            index: Index::new(total, hooks.advise_memory),
+            lists: Lists::new(capacity, hooks.advise_memory),
             occupied: Occupancy::new(capacity),
             capacity,
             free_primary: 0,
             free_secondary: if secondary > 0 { capacity as u32 } else { NIL },
             seed: std::collections::hash_map::RandomState::new().hash_one(0x736c_7569_6365_u64),
+            prefetcher: hooks.prefetch,
             len: 0,
             hand: 0,
             timeouts,
@@ -222,7 +236,10 @@ impl ConnTable {
     /// Starts loading the index bucket of `hash`, ahead of a lookup of its key.
     #[inline]
     pub fn prefetch(&self, hash: u32) {
-        prefetch(self.index.bucket(self.index.probe(hash).bucket));
+        prefetch(
+            self.prefetcher,
+            self.index.bucket(self.index.probe(hash).bucket),
+        );
     }
 
     /// Starts loading the entries whose signatures match `hash` in its home bucket: the second stage of a staged
@@ -233,7 +250,10 @@ impl ConnTable {
         let bucket = self.index.bucket(probe.bucket);
         let mut pending = bucket.matching(probe.sig);
         while pending != 0 {
-            prefetch(&self.entries[bucket.entry(pending.trailing_zeros()) as usize]);
+            prefetch(
+                self.prefetcher,
+                &self.entries[bucket.entry(pending.trailing_zeros()) as usize],
+            );
             pending &= pending - 1;
         }
     }
@@ -312,7 +332,7 @@ impl ConnTable {
             let mut probes = [Probe { bucket: 0, sig: 0 }; BURST];
             for (probe, &hash) in probes.iter_mut().zip(hashes) {
                 *probe = self.index.probe(hash);
-                prefetch(self.index.bucket(probe.bucket));
+                prefetch(self.prefetcher, self.index.bucket(probe.bucket));
             }
             let mut candidates = [0u32; BURST];
             for (mask, probe) in candidates.iter_mut().zip(&probes[..keys.len()]) {
@@ -320,7 +340,10 @@ impl ConnTable {
                 *mask = bucket.matching(probe.sig);
                 let mut pending = *mask;
                 while pending != 0 {
-                    prefetch(&self.entries[bucket.entry(pending.trailing_zeros()) as usize]);
+                    prefetch(
+                        self.prefetcher,
+                        &self.entries[bucket.entry(pending.trailing_zeros()) as usize],
+                    );
                     pending &= pending - 1;
                 }
             }

@@ -446,7 +446,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
             .state
             .decide(&mut self.tables, layout, staged, handed_off, now_ms);
         match action {
-            Action::Forward(forward) => self.forward(frame, layout, forward, now_ms),
+            Action::Forward(ref forward) => self.forward(frame, layout, forward, now_ms),
             Action::AnswerArp => {
                 let mac = self.port_mac(ingress);
                 match packet::answer_arp(frame.data_mut(), layout, mac) {
@@ -497,7 +497,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         &mut self,
         mut frame: R::Frame,
         layout: &FrameLayout,
-        forward: Forward,
+        forward: &Forward,
         now_ms: u64,
     ) {
         let port = usize::from(forward.port);

@@ -374,7 +374,7 @@ impl ConnTable {
     }
 
     /// The primary entry of `id`, if a connection holds it.
-    #[inline]
+    #[inline(always)]
     fn primary(&self, id: ConnId) -> Option<&Entry> {
         if id.index() >= self.capacity {
             return None;
@@ -389,8 +389,16 @@ impl ConnTable {
         self.primary(id).map(|entry| self.conn_of(entry))
     }
 
+    /// The backend and mode of connection `id`: all a DR connection needs to forward, read from the primary entry
+    /// alone.
+    #[inline(always)]
+    pub fn backend_and_mode(&self, id: ConnId) -> Option<(BackendId, ForwardingMode)> {
+        let entry = self.primary(id)?;
+        Some((BackendId(entry.backend), entry.mode()))
+    }
+
     /// What forwarding the client's packets of connection `id` needs, without the client key.
-    #[inline]
+    #[inline(always)]
     pub fn forwarding(&self, id: ConnId) -> Option<Forwarding> {
         let entry = self.primary(id)?;
         let (backend_endpoint, local) = self.endpoints_of(entry);
@@ -403,7 +411,7 @@ impl ConnTable {
     }
 
     /// The backend endpoint and (FULLNAT) local endpoint of a connection's primary entry.
-    #[inline]
+    #[inline(always)]
     fn endpoints_of(&self, entry: &Entry) -> (Endpoint, Option<Endpoint>) {
         let mode = entry.mode();
         if entry.link == NIL {

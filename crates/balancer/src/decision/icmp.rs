@@ -85,7 +85,7 @@ impl WorkerState {
                         }
                     }
                 };
-                forward(*route, rewrite, Some(conn.backend), false, false)
+                forward(route, rewrite, Some(conn.backend), false, false)
             }
             Direction::Reply => {
                 let Some(route) = snapshot.route(client.src_addr) else {
@@ -105,7 +105,7 @@ impl WorkerState {
                         return Action::Drop(DropReason::IcmpErrorUnknownFlow)
                     }
                 };
-                forward(route, rewrite, Some(conn.backend), false, true)
+                forward(&route, rewrite, Some(conn.backend), false, true)
             }
         }
     }

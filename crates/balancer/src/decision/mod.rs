@@ -292,7 +292,7 @@ pub(super) fn not_ours(snapshot: &Snapshot) -> Action {
 
 #[inline(always)]
 pub(super) fn forward(
-    route: Route,
+    route: &Route,
     rewrite: Rewrite,
     backend: Option<BackendId>,
     untracked: bool,

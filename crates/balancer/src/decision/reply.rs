@@ -29,7 +29,7 @@ impl WorkerState {
                     return Action::Drop(DropReason::NoRoute);
                 };
                 return forward(
-                    route,
+                    &route,
                     Rewrite::Source {
                         addr: vip,
                         port: vport,
@@ -77,7 +77,7 @@ impl WorkerState {
             return Action::Drop(DropReason::NoRoute);
         };
         forward(
-            route,
+            &route,
             rewrite(&conn.client),
             Some(conn.backend),
             false,

@@ -56,10 +56,20 @@ impl WorkerState {
             .conns
             .lookup_key(&staged.key, staged.hash, now_ms)
             .filter(|hit| hit.direction == Direction::Original)?;
-        let conn = self.conns.forwarding(hit.id)?;
-        let (service, _, route) = snapshot.backend(conn.backend)?;
-        let route = *route;
+        let (backend, mode) = self.conns.backend_and_mode(hit.id)?;
+        let (service, _, route) = snapshot.backend(backend)?;
         self.account(hit.id, Direction::Original, layout.tcp_flags, now_ms);
+        if mode == ForwardingMode::Dr {
+            // The MACs are all DR changes: the backend's address is not even read.
+            return Some(forward(
+                route,
+                Rewrite::MacsOnly,
+                Some(backend),
+                false,
+                false,
+            ));
+        }
+        let conn = self.conns.forwarding(hit.id)?;
         Some(forward_on(snapshot, service, &conn, route, layout, false))
     }
 
@@ -226,7 +236,7 @@ pub(super) fn forward_request(
             None => return Action::Drop(DropReason::NoRoute),
         },
     };
-    forward_on(snapshot, service, conn, route, layout, untracked)
+    forward_on(snapshot, service, conn, &route, layout, untracked)
 }
 
 /// The forward of a client's frame to its connection's backend over `route`, by the service's mode.
@@ -235,11 +245,11 @@ fn forward_on(
     snapshot: &Snapshot,
     service: &Service,
     conn: &Forwarding,
-    route: Route,
+    route: &Route,
     layout: &FrameLayout,
     untracked: bool,
 ) -> Action {
-    let backend = conn.backend_endpoint;
+    let backend = &conn.backend_endpoint;
     let rewrite = match conn.mode {
         ForwardingMode::Dr => Rewrite::MacsOnly,
         ForwardingMode::Nat => Rewrite::Destination {

@@ -238,7 +238,7 @@ fn dr_rewrites_macs_only_and_keeps_every_packet_of_a_flow_on_one_backend() {
                 harness.tables.snapshot.backend(backend).unwrap().1.addr
             );
             assert_eq!(
-                first.mac,
+                first.mac(),
                 harness.tables.snapshot.backend(backend).unwrap().1.mac
             );
             per_backend[(backend.0 % 100 - 1) as usize] += 1;
@@ -285,7 +285,7 @@ fn nat_maps_requests_to_the_backend_and_replies_back_to_the_vip() {
             reply.next_hop,
             if v6 { ip("fd00::fe") } else { ip("10.0.0.254") }
         );
-        assert_eq!(reply.mac.is_some(), !v6);
+        assert_eq!(reply.mac().is_some(), !v6);
         // A reply for a flow nobody opened is dropped.
         assert_eq!(
             harness.decide(&tcp(addr, 8080, client(8, v6), 40000, ACK)),

@@ -306,18 +306,25 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             for frame in &self.received {
                 frame.prefetch();
             }
-            for (((frame, layout), parsed), staged) in self
+            for ((frame, layout), parsed) in self
                 .received
                 .iter()
                 .zip(self.layouts.iter_mut())
                 .zip(self.parsed.iter_mut())
-                .zip(self.staged.iter_mut())
             {
                 *parsed =
                     packet::parse_frame_into(frame.data(), frame.ipv4_checksum_good(), layout)
                         .is_ok();
-                // Hash every IP frame's connection key and start loading its index bucket...
-                *staged = (*parsed && matches!(layout.l3, L3::Ipv4 | L3::Ipv6))
+            }
+            // Hash every IP frame's connection key and start loading its index bucket (a loop of its own: reading a
+            // layout right after writing it would wait for the stores)...
+            for ((layout, &parsed), staged) in self
+                .layouts
+                .iter()
+                .zip(&self.parsed[..received])
+                .zip(self.staged.iter_mut())
+            {
+                *staged = (parsed && matches!(layout.l3, L3::Ipv4 | L3::Ipv6))
                     .then(|| engine.state.stage(&layout.flow));
             }
             // ...then, with the buckets on their way, the entries they point at...
@@ -514,7 +521,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
             }
         }
         let Some(next_hop_mac) = forward
-            .mac
+            .mac()
             .or_else(|| self.state.neighbors.lookup(forward.next_hop))
         else {
             self.resolve(forward.port, forward.next_hop, now_ms);

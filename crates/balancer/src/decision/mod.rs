@@ -301,7 +301,7 @@ pub(super) fn forward(
     Action::Forward(Forward {
         port: route.port,
         next_hop: route.next_hop,
-        mac: route.mac,
+        packed_mac: Forward::pack_mac(route.mac),
         rewrite,
         backend,
         untracked,

@@ -30,6 +30,15 @@ pub trait Frame: Send {
     /// Hint that the frame's first bytes will be read soon.
     #[inline]
     fn prefetch(&self) {}
+    /// Hint that the cache line at `address` will be read soon (any address: a prefetch never faults). The I/O
+    /// edge's own instruction, statically dispatched so that the staged lookups of a burst inline it.
+    #[inline]
+    fn prefetch_address(address: *const u8)
+    where
+        Self: Sized,
+    {
+        let _ = address;
+    }
     /// Hint that the frame's descriptor (where its length and data offset live) will be read soon.
     #[inline]
     fn prefetch_header(&self) {}

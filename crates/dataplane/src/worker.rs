@@ -324,12 +324,17 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 .zip(&self.parsed[..received])
                 .zip(self.staged.iter_mut())
             {
-                *staged = (parsed && matches!(layout.l3, L3::Ipv4 | L3::Ipv6))
-                    .then(|| engine.state.stage(&layout.flow));
+                *staged = (parsed && matches!(layout.l3, L3::Ipv4 | L3::Ipv6)).then(|| {
+                    engine
+                        .state
+                        .stage_with(&layout.flow, R::Frame::prefetch_address)
+                });
             }
             // ...then, with the buckets on their way, the entries they point at...
             for staged in self.staged[..received].iter().flatten() {
-                engine.state.stage_entries(staged);
+                engine
+                    .state
+                    .stage_entries_with(staged, R::Frame::prefetch_address);
             }
             // ...and only then decide, frame by frame, in order.
             for (index, frame) in self.received.drain(..).enumerate() {

@@ -488,6 +488,11 @@ impl Frame for Mbuf {
         prefetch_line(self.data_ptr());
     }
 
+    #[inline(always)]
+    fn prefetch_address(address: *const u8) {
+        prefetch_line(address);
+    }
+
     #[inline]
     fn prefetch_header(&self) {
         prefetch_line(self.as_ptr().cast());

@@ -242,6 +242,26 @@ impl ConnTable {
         );
     }
 
+    /// [`ConnTable::prefetch`] through the caller's own prefetch (statically dispatched, so it inlines).
+    #[inline(always)]
+    pub fn prefetch_with(&self, hash: u32, prefetch: impl Fn(*const u8)) {
+        let bucket: *const _ = self.index.bucket(self.index.probe(hash).bucket);
+        prefetch(bucket.cast());
+    }
+
+    /// [`ConnTable::prefetch_candidates`] through the caller's own prefetch.
+    #[inline(always)]
+    pub fn prefetch_candidates_with(&self, hash: u32, prefetch: impl Fn(*const u8)) {
+        let probe = self.index.probe(hash);
+        let bucket = self.index.bucket(probe.bucket);
+        let mut pending = bucket.matching(probe.sig);
+        while pending != 0 {
+            let entry: *const _ = &self.entries[bucket.entry(pending.trailing_zeros()) as usize];
+            prefetch(entry.cast());
+            pending &= pending - 1;
+        }
+    }
+
     /// Starts loading the entries whose signatures match `hash` in its home bucket: the second stage of a staged
     /// lookup, once [`ConnTable::prefetch`] has brought the bucket in.
     #[inline]

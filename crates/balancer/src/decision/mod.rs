@@ -115,10 +115,25 @@ impl WorkerState {
         StagedKey { key, hash }
     }
 
+    /// [`WorkerState::stage`] with the caller's prefetch instruction (the data plane's, inlined).
+    #[inline(always)]
+    pub fn stage_with(&self, flow: &FlowKey, prefetch: impl Fn(*const u8)) -> StagedKey {
+        let key = ConnKey::from_flow(flow);
+        let hash = self.conns.hash(&key);
+        self.conns.prefetch_with(hash, prefetch);
+        StagedKey { key, hash }
+    }
+
     /// The second stage of a staged lookup: prefetches the connection entries the key's bucket points at.
     #[inline]
     pub fn stage_entries(&self, staged: &StagedKey) {
         self.conns.prefetch_candidates(staged.hash);
+    }
+
+    /// [`WorkerState::stage_entries`] with the caller's prefetch instruction.
+    #[inline(always)]
+    pub fn stage_entries_with(&self, staged: &StagedKey, prefetch: impl Fn(*const u8)) {
+        self.conns.prefetch_candidates_with(staged.hash, prefetch);
     }
 
     /// The live connection of the frame's own flow, through its staged key when there is one.

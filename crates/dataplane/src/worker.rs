@@ -505,6 +505,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         }
     }
 
+    #[inline(always)]
     fn forward(
         &mut self,
         mut frame: R::Frame,
@@ -532,7 +533,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
             self.resolve(forward.port, forward.next_hop, now_ms);
             return self.drop_frame(frame, DropReason::NeighborUnresolved);
         };
-        if rewrite(&mut frame, layout, forward.rewrite).is_err() {
+        if rewrite(&mut frame, layout, &forward.rewrite).is_err() {
             return self.drop_frame(frame, DropReason::RewriteFailed);
         }
         let source_mac = self.ports[port].mac;
@@ -754,13 +755,14 @@ fn transmit<T: TxQueue>(
     sent
 }
 
-/// Applies `rewrite` to `frame` in place.
+/// Applies `rewrite` to `frame` in place (taken by reference: the verdict was just written, and copying it whole
+/// would wait on those stores).
 fn rewrite<F: Frame>(
     frame: &mut F,
     layout: &FrameLayout,
-    rewrite: Rewrite,
+    rewrite: &Rewrite,
 ) -> Result<(), packet::ParseError> {
-    match rewrite {
+    match *rewrite {
         Rewrite::MacsOnly => Ok(()),
         Rewrite::Destination { addr, port } => {
             packet::rewrite_destination(frame.data_mut(), layout, addr, port)

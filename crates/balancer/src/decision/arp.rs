@@ -11,6 +11,7 @@ const ARP_REQUEST: u16 = 1;
 const ARP_REPLY: u16 = 2;
 
 impl WorkerState {
+    #[inline(never)]
     pub(super) fn arp(&self, snapshot: &Snapshot, layout: &FrameLayout) -> Action {
         let Some(arp) = layout.arp else {
             return Action::Drop(DropReason::NeighborNotForUs);

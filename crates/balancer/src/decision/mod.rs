@@ -148,6 +148,10 @@ impl WorkerState {
     /// The forwarding decision for a frame that arrived on port `ingress`, parsed as `layout`. `staged` is what
     /// [`WorkerState::stage`] returned for `layout.flow`, if the worker staged it. `handed_off` marks a frame
     /// another worker passed on: it is never passed on again.
+    ///
+    /// Inlined into the data plane so that the common verdict stays in registers; the rare kinds of frames are
+    /// decided out of line.
+    #[inline(always)]
     pub fn decide(
         &mut self,
         tables: &mut WorkerTables,
@@ -180,6 +184,7 @@ impl WorkerState {
         }
     }
 
+    #[inline(never)]
     fn ip(
         &mut self,
         snapshot: &Snapshot,

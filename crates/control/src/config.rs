@@ -145,6 +145,7 @@ struct RawNetwork {
     local_addresses: Vec<Spanned<String>>,
     local_port_range: Option<Spanned<[u16; 2]>>,
     conntrack_capacity: Option<Spanned<usize>>,
+    conntrack_reply_entries: Option<Spanned<usize>>,
     maglev_table_size: Option<Spanned<u32>>,
     #[serde(default)]
     timeouts: RawTimeouts,
@@ -341,6 +342,9 @@ pub struct NetworkConfig {
     pub local_addresses: Vec<IpAddr>,
     pub local_port_range: (u16, u16),
     pub conntrack_capacity: usize,
+    /// How many of a worker's connections may hold a second entry (NAT and FULLNAT reply keys, IPv6 DR/TUN
+    /// backends); at most `conntrack_capacity`.
+    pub conntrack_reply_entries: usize,
     pub maglev_table_size: TableSize,
     pub timeouts: Timeouts,
     pub kernel_exception_path: bool,
@@ -731,6 +735,22 @@ impl Config {
                 message: "no [[port]]: name at least one DPDK device".into(),
             });
         }
+        let needs_reply_entries = services.iter().any(|service| {
+            matches!(service.mode, ForwardingMode::Nat | ForwardingMode::FullNat)
+                || service
+                    .backends
+                    .iter()
+                    .any(|backend| backend.address.is_ipv6())
+        });
+        if needs_reply_entries && network.conntrack_reply_entries < network.conntrack_capacity {
+            warnings.push(format!(
+                "conntrack_reply_entries {} is below conntrack_capacity {}: NAT and FULLNAT connections and \
+                 connections to IPv6 DR/TUN backends beyond {} per worker are refused (table_full)",
+                network.conntrack_reply_entries,
+                network.conntrack_capacity,
+                network.conntrack_reply_entries
+            ));
+        }
         let backend_count: usize = services.iter().map(|s| s.backends.len()).max().unwrap_or(0);
         if backend_count > 0 && (network.maglev_table_size.get() as usize) < backend_count * 100 {
             warnings.push(format!(
@@ -926,6 +946,18 @@ fn validate_network(
         }
         None => 1 << 20,
     };
+    let conntrack_reply_entries = match &raw.conntrack_reply_entries {
+        Some(spanned) if *spanned.get_ref() > conntrack_capacity => {
+            return Err(locator.error_at(
+                &spanned.span(),
+                format!(
+                    "conntrack_reply_entries: allowed 0 to conntrack_capacity ({conntrack_capacity})"
+                ),
+            ));
+        }
+        Some(spanned) => *spanned.get_ref(),
+        None => conntrack_capacity,
+    };
     let maglev_table_size = match &raw.maglev_table_size {
         Some(spanned) => TableSize::new(*spanned.get_ref()).map_err(|error| {
             locator.error_at(&spanned.span(), format!("maglev_table_size: {error}"))
@@ -997,6 +1029,7 @@ fn validate_network(
         local_addresses,
         local_port_range,
         conntrack_capacity,
+        conntrack_reply_entries,
         maglev_table_size,
         timeouts,
         kernel_exception_path,

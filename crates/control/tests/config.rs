@@ -419,3 +419,28 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn reply_entries_are_bounded_by_the_capacity_and_a_shortage_is_warned_about() {
+    let network = |settings: &str| {
+        format!("{BASE}[network]\nconntrack_capacity = 1000\n{settings}\n[[service]]\nvip = \"10.0.0.100\"\nport = 80\nmode = \"nat\"\n[[service.backend]]\naddress = \"10.0.0.11\"\n")
+    };
+    let error = error_of(&network("conntrack_reply_entries = 1001"));
+    assert!(error.contains("conntrack_reply_entries"), "{error}");
+    let full = Config::parse(&network(""), "t.toml").unwrap();
+    assert_eq!(full.network.conntrack_reply_entries, 1000);
+    assert!(!full
+        .warnings
+        .iter()
+        .any(|w| w.contains("conntrack_reply_entries")));
+    let short = Config::parse(&network("conntrack_reply_entries = 0"), "t.toml").unwrap();
+    assert_eq!(short.network.conntrack_reply_entries, 0);
+    assert!(
+        short
+            .warnings
+            .iter()
+            .any(|w| w.contains("conntrack_reply_entries 0")),
+        "{:?}",
+        short.warnings
+    );
+}

@@ -446,10 +446,9 @@ fn run_balancer(
                     .map_err(|e| format!("FULLNAT local ports: {e}"))?,
             )
         };
-        // Any connection may be NAT or FULLNAT after a reload, so every one may take its reply entry.
         let conns = ConnTable::with_hooks(
             capacity,
-            capacity,
+            config.network.conntrack_reply_entries,
             config.network.timeouts,
             local_ports,
             EdgeHooks {

@@ -42,6 +42,20 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 replay_table=$(bash bench/replay.sh "$SLUICE" bench/replay.csv "$SECONDS_PER_RUN" "$ROUNDS" 1000 100000 1000000)
+profile_section="perf is not installed: no profile (apt-get install linux-perf, then bench/profile.sh)."
+if command -v perf > /dev/null; then
+    profile_section="Share of the worker thread's samples (\`perf record -e cpu-clock\` on its CPU), DR, 64-byte replay, by stage:
+
+| stage | 1K flows |
+|---|---|
+$(bash bench/profile.sh "$SLUICE" dr 1000)
+
+| stage | 1M flows |
+|---|---|
+$(bash bench/profile.sh "$SLUICE" dr 1000000)
+
+Rerun with \`bench/profile.sh target/release/sluice MODE FLOWS\`."
+fi
 
 cat > "$work/pipe.toml" <<EOF
 [eal]
@@ -229,6 +243,10 @@ the medians. The pcap of N flows holds max(N, 8192) frames, cycling over the flo
 first pass is a connection-table hit. \`bench/replay.sh\` runs this alone.
 
 ${replay_table}
+
+## Where a worker's time goes
+
+${profile_section}
 
 sluice pipe on net_null, one core: **${sluice_pipe} Mpps**; dpdk-testpmd io forwarding on the same vdevs and core in the same run: **${testpmd_io} Mpps** (ratio ${ratio}).
 

@@ -762,13 +762,13 @@ fn rewrite<F: Frame>(
     layout: &FrameLayout,
     rewrite: &Rewrite,
 ) -> Result<(), packet::ParseError> {
-    match *rewrite {
+    match rewrite {
         Rewrite::MacsOnly => Ok(()),
         Rewrite::Destination { addr, port } => {
-            packet::rewrite_destination(frame.data_mut(), layout, addr, port)
+            packet::rewrite_destination(frame.data_mut(), layout, addr, *port)
         }
         Rewrite::Source { addr, port } => {
-            packet::rewrite_source(frame.data_mut(), layout, addr, port)
+            packet::rewrite_source(frame.data_mut(), layout, addr, *port)
         }
         Rewrite::SourceAndDestination {
             src,
@@ -776,8 +776,8 @@ fn rewrite<F: Frame>(
             dst,
             dst_port,
         } => {
-            packet::rewrite_source(frame.data_mut(), layout, src, src_port)?;
-            packet::rewrite_destination(frame.data_mut(), layout, dst, dst_port)
+            packet::rewrite_source(frame.data_mut(), layout, src, *src_port)?;
+            packet::rewrite_destination(frame.data_mut(), layout, dst, *dst_port)
         }
         Rewrite::Encapsulate {
             outer_src,
@@ -791,17 +791,23 @@ fn rewrite<F: Frame>(
             if !frame.prepend(outer) {
                 return Err(packet::ParseError::Truncated);
             }
-            packet::encapsulate(frame.data_mut(), layout, outer_src, outer_dst)
+            packet::encapsulate(frame.data_mut(), layout, *outer_src, *outer_dst)
         }
         Rewrite::IcmpError {
             destination,
             source,
         } => {
             if let Some((addr, port)) = destination {
-                packet::rewrite_icmp_error_destination(frame.data_mut(), layout, addr, addr, port)?;
+                packet::rewrite_icmp_error_destination(
+                    frame.data_mut(),
+                    layout,
+                    *addr,
+                    *addr,
+                    *port,
+                )?;
             }
             if let Some((addr, port)) = source {
-                packet::rewrite_icmp_error_source(frame.data_mut(), layout, addr, addr, port)?;
+                packet::rewrite_icmp_error_source(frame.data_mut(), layout, *addr, *addr, *port)?;
             }
             Ok(())
         }

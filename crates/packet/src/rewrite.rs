@@ -28,7 +28,7 @@ fn write_u16(frame: &mut [u8], at: usize, value: u16) -> Result<(), ParseError> 
 
 /// An address as bytes without allocation: (buffer, length).
 #[inline]
-fn address_octets(addr: IpAddr) -> ([u8; 16], usize) {
+fn address_octets(addr: &IpAddr) -> ([u8; 16], usize) {
     let mut bytes = [0u8; 16];
     match addr {
         IpAddr::V4(v4) => {
@@ -72,7 +72,7 @@ fn replace_address(
     kind: L3,
     l3: usize,
     end: End,
-    addr: IpAddr,
+    addr: &IpAddr,
 ) -> Result<(u64, u64), ParseError> {
     let (offset, len) = address_offset(kind, end)?;
     let (new, new_len) = address_octets(addr);
@@ -96,7 +96,7 @@ fn rewrite_end(
     frame: &mut [u8],
     layout: &FrameLayout,
     end: End,
-    addr: IpAddr,
+    addr: &IpAddr,
     port: u16,
 ) -> Result<(), ParseError> {
     let l3 = usize::from(layout.l3_offset);
@@ -139,23 +139,25 @@ fn rewrite_end(
     }
 }
 
-/// NAT of the destination: address and (TCP/UDP) port, checksums updated incrementally.
+/// NAT of the destination: address and (TCP/UDP) port, checksums updated incrementally. The address is borrowed:
+/// callers hand it straight from their verdict, and copying a just-written address would wait on its stores.
 #[inline]
 pub fn rewrite_destination(
     frame: &mut [u8],
     layout: &FrameLayout,
-    addr: IpAddr,
+    addr: &IpAddr,
     port: u16,
 ) -> Result<(), ParseError> {
     rewrite_end(frame, layout, End::Destination, addr, port)
 }
 
-/// NAT of the source: address and (TCP/UDP) port, checksums updated incrementally.
+/// NAT of the source: address and (TCP/UDP) port, checksums updated incrementally (the address borrowed, as for
+/// [`rewrite_destination`]).
 #[inline]
 pub fn rewrite_source(
     frame: &mut [u8],
     layout: &FrameLayout,
-    addr: IpAddr,
+    addr: &IpAddr,
     port: u16,
 ) -> Result<(), ParseError> {
     rewrite_end(frame, layout, End::Source, addr, port)
@@ -194,14 +196,14 @@ fn rewrite_icmp_error(
     if frame.len() < end_of_packet || end_of_packet < l4 + 8 {
         return Err(ParseError::Truncated);
     }
-    replace_address(frame, layout.l3, l3, end, outer)?;
+    replace_address(frame, layout.l3, l3, end, &outer)?;
     let inner_end = if end == End::Source {
         End::Destination
     } else {
         End::Source
     };
     let (offset, len) = address_offset(layout.l3, inner_end)?;
-    let (new, new_len) = address_octets(inner_addr);
+    let (new, new_len) = address_octets(&inner_addr);
     if new_len != len {
         return Err(ParseError::Malformed(
             "address family differs from the packet's",

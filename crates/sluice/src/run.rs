@@ -468,6 +468,7 @@ fn run_balancer(
             load: LoadTable::new((registry.id_bound() + BACKEND_ID_HEADROOM) as usize),
             persistence: PersistenceTable::new(65536),
             neighbors: Arc::clone(&neighbors),
+            exceptions: balancer::exceptions::ExceptionTable::disabled(),
         };
         let mut queues = Vec::new();
         for port in ports {

@@ -1,0 +1,349 @@
+//! Connection exceptions: the flows whose backend is no longer the one the current Maglev table gives them, shared
+//! between the nodes of a cluster so that a flow a router moves to another node keeps its backend even when the
+//! backend set changed since it began.
+//!
+//! Three parts, none of them on the per-frame path except one probe:
+//! - [`ExceptionScan`] walks one worker's connection table in pieces (a slot budget per turn, between bursts) after
+//!   a service's table changed, and reports each connection whose backend differs from the new table's choice;
+//! - [`ExceptionTable`] is the bounded side table a worker keeps of what its peers reported, consulted only when a
+//!   frame that is not a SYN finds no connection (the caller turns a match into a normal connection entry);
+//! - [`owner_worker`] says which worker of a node owns a flow, so that a received exception goes to that worker.
+
+use std::net::IpAddr;
+
+use hashbrown::HashMap;
+use packet::FlowKey;
+
+use crate::conntrack::ConnTable;
+use crate::maglev::{flow_hash, MaglevTable};
+use crate::rss;
+use crate::service::{SchedulerKind, ServiceKey};
+use crate::snapshot::{Service, Snapshot};
+
+/// A connection whose backend differs from what the current table gives its flow. The service is the one the flow's
+/// destination (VIP, port, protocol) names, as the data path finds it; the backend is named by address and port,
+/// which every node agrees on (backend ids are local to a node).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnException {
+    /// The client's direction of the flow (client -> VIP).
+    pub flow: FlowKey,
+    pub backend_addr: IpAddr,
+    pub backend_port: u16,
+    /// The sender's snapshot generation when it found the exception (for diagnosis; generations are per node).
+    pub generation: u64,
+    /// Milliseconds the connection had left when the exception was found or last sent.
+    pub lifetime_ms: u32,
+}
+
+/// Whether any Maglev service's table differs between `old` and `new` (by service key; a service that appeared or
+/// went away counts): only then do connections need checking. Compares whole tables: call it off the data path,
+/// once per new snapshot.
+pub fn maglev_tables_differ(old: &Snapshot, new: &Snapshot) -> bool {
+    fn maglev(snapshot: &Snapshot) -> Vec<(ServiceKey, &MaglevTable)> {
+        snapshot
+            .services()
+            .iter()
+            .filter(|service| service.scheduler == SchedulerKind::Mh)
+            .map(|service| (service.key, &service.maglev))
+            .collect()
+    }
+    let (mut before, mut after) = (maglev(old), maglev(new));
+    before.sort_unstable_by_key(|(key, _)| *key);
+    after.sort_unstable_by_key(|(key, _)| *key);
+    before.len() != after.len()
+        || before
+            .iter()
+            .zip(&after)
+            .any(|((a_key, a_table), (b_key, b_table))| a_key != b_key || a_table != b_table)
+}
+
+/// The worker of `workers` that owns requests of `flow` (the symmetric RSS hash of the 4-tuple, as the decision
+/// steers them).
+pub fn owner_worker(flow: &FlowKey, workers: u16) -> u16 {
+    if workers <= 1 {
+        return 0;
+    }
+    let hash = rss::SYMMETRIC_TABLE.tuple_hash(
+        flow.src_addr,
+        flow.dst_addr,
+        flow.src_port,
+        flow.dst_port,
+        true,
+    );
+    rss::queue_of(hash, u32::from(workers)) as u16
+}
+
+/// A walk of one worker's connection table for exceptions, in pieces.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExceptionScan {
+    /// The next primary slot to examine; `None` when no scan is under way.
+    next_slot: Option<usize>,
+    /// Exceptions reported by the scan under way.
+    found: u64,
+}
+
+/// How far a [`ExceptionScan::step`] got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanProgress {
+    Idle,
+    /// The walk goes on at the next step.
+    Running,
+    /// The walk reached the end of the table in this step, having reported this many exceptions in all.
+    Finished {
+        found: u64,
+    },
+}
+
+impl ExceptionScan {
+    /// Starts the walk again from the first slot: a newer table supersedes whatever was under way.
+    pub fn restart(&mut self) {
+        self.next_slot = Some(0);
+        self.found = 0;
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.next_slot.is_some()
+    }
+
+    /// Examines at most `budget` slots of `conns` and calls `report` for each live connection, of a Maglev service
+    /// of `snapshot`, whose backend is still in the snapshot but is not the one the service's table gives its flow.
+    /// When `report` refuses one (its queue is full), the walk stops there and resumes with it next time.
+    pub fn step(
+        &mut self,
+        conns: &ConnTable,
+        snapshot: &Snapshot,
+        now_ms: u64,
+        budget: usize,
+        mut report: impl FnMut(ConnException) -> bool,
+    ) -> ScanProgress {
+        let Some(start) = self.next_slot else {
+            return ScanProgress::Idle;
+        };
+        let mut resume = start.saturating_add(budget).min(conns.capacity());
+        for (id, conn) in conns.iter_slots(start, budget) {
+            if conn.is_expired(now_ms) {
+                continue;
+            }
+            let Some(exception) = exception_of(
+                snapshot,
+                &conn.client,
+                conn.backend,
+                conn.expires_at,
+                now_ms,
+            ) else {
+                continue;
+            };
+            if !report(exception) {
+                resume = id.index();
+                break;
+            }
+            self.found += 1;
+        }
+        if resume >= conns.capacity() {
+            self.next_slot = None;
+            ScanProgress::Finished { found: self.found }
+        } else {
+            self.next_slot = Some(resume);
+            ScanProgress::Running
+        }
+    }
+}
+
+/// The exception of a connection of `flow` to `backend`, if the snapshot's table now gives the flow another
+/// backend while this one is still in the service.
+fn exception_of(
+    snapshot: &Snapshot,
+    flow: &FlowKey,
+    backend: crate::service::BackendId,
+    expires_at: u64,
+    now_ms: u64,
+) -> Option<ConnException> {
+    let (service, record, _) = snapshot.backend(backend)?;
+    if service.scheduler != SchedulerKind::Mh {
+        return None;
+    }
+    let chosen = service.maglev.lookup_id(flow_hash(flow))?;
+    if chosen == backend {
+        return None;
+    }
+    Some(ConnException {
+        flow: *flow,
+        backend_addr: record.addr,
+        backend_port: record.port,
+        generation: snapshot.generation,
+        lifetime_ms: expires_at.saturating_sub(now_ms).min(u64::from(u32::MAX)) as u32,
+    })
+}
+
+/// What a peer said about one flow: its backend, until when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Remembered {
+    backend_addr: IpAddr,
+    backend_port: u16,
+    expires_at: u64,
+}
+
+/// Counters of a side table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExceptionTableStats {
+    /// Exceptions stored (new or refreshed).
+    pub stored: u64,
+    /// Exceptions refused because the table was full of live ones.
+    pub refused_full: u64,
+    /// Frames that found no connection but an exception, and became a connection to its backend.
+    pub used: u64,
+}
+
+/// One worker's bounded side table of its peers' exceptions. Allocated once at its capacity: storing never
+/// allocates, a full table refuses (and counts) what does not fit once the expired entries are gone.
+#[derive(Debug)]
+pub struct ExceptionTable {
+    entries: HashMap<FlowKey, Remembered>,
+    capacity: usize,
+    stats: ExceptionTableStats,
+}
+
+impl ExceptionTable {
+    /// A table for at most `capacity` exceptions; 0 makes a table that stores nothing (exceptions off).
+    pub fn new(capacity: usize) -> ExceptionTable {
+        ExceptionTable {
+            entries: HashMap::with_capacity(capacity),
+            capacity,
+            stats: ExceptionTableStats::default(),
+        }
+    }
+
+    /// A table that stores nothing and never allocates.
+    pub fn disabled() -> ExceptionTable {
+        ExceptionTable::new(0)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn stats(&self) -> ExceptionTableStats {
+        self.stats
+    }
+
+    /// Stores (or refreshes) `exception`, received at `now_ms`. Between bursts only: a full table is swept of
+    /// expired entries, which walks it.
+    pub fn store(&mut self, exception: &ConnException, now_ms: u64) -> bool {
+        if exception.lifetime_ms == 0 {
+            return false;
+        }
+        let remembered = Remembered {
+            backend_addr: exception.backend_addr,
+            backend_port: exception.backend_port,
+            expires_at: now_ms.saturating_add(u64::from(exception.lifetime_ms)),
+        };
+        if let Some(entry) = self.entries.get_mut(&exception.flow) {
+            *entry = remembered;
+            self.stats.stored += 1;
+            return true;
+        }
+        if self.entries.len() >= self.capacity {
+            self.entries.retain(|_, entry| entry.expires_at > now_ms);
+            if self.entries.len() >= self.capacity {
+                self.stats.refused_full += 1;
+                return false;
+            }
+        }
+        self.entries.insert(exception.flow, remembered);
+        self.stats.stored += 1;
+        true
+    }
+
+    /// For a frame of `flow` to `service` that is not a SYN and found no connection: the index in
+    /// `service.backends` of the backend a peer said the flow has, if it is still there. The entry is taken out:
+    /// the caller makes a connection of it.
+    #[inline]
+    pub fn take(&mut self, flow: &FlowKey, service: &Service, now_ms: u64) -> Option<usize> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let remembered = self.entries.remove(flow)?;
+        if remembered.expires_at <= now_ms {
+            return None;
+        }
+        let index = service.backends.iter().position(|backend| {
+            backend.addr == remembered.backend_addr && backend.port == remembered.backend_port
+        })?;
+        self.stats.used += 1;
+        Some(index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn flow(client: u32, port: u16) -> FlowKey {
+        FlowKey {
+            src_addr: IpAddr::V4(Ipv4Addr::from(client)),
+            dst_addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 100)),
+            src_port: port,
+            dst_port: 80,
+            protocol: 6,
+        }
+    }
+
+    fn exception(flow: FlowKey, backend: u8, lifetime_ms: u32) -> ConnException {
+        ConnException {
+            flow,
+            backend_addr: IpAddr::V4(Ipv4Addr::new(10, 1, 0, backend)),
+            backend_port: 80,
+            generation: 1,
+            lifetime_ms,
+        }
+    }
+
+    #[test]
+    fn a_disabled_table_stores_nothing() {
+        let mut table = ExceptionTable::disabled();
+        assert!(!table.store(&exception(flow(1, 1), 1, 1000), 0));
+        assert_eq!(table.stats().refused_full, 1);
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn a_full_table_makes_room_from_expired_entries_only() {
+        let mut table = ExceptionTable::new(2);
+        assert!(table.store(&exception(flow(1, 1), 1, 100), 0));
+        assert!(table.store(&exception(flow(2, 1), 1, 1000), 0));
+        assert!(!table.store(&exception(flow(3, 1), 1, 1000), 50));
+        assert!(table.store(&exception(flow(3, 1), 1, 1000), 100));
+        assert_eq!(table.len(), 2);
+        // Refreshing a present entry needs no room.
+        assert!(table.store(&exception(flow(2, 1), 2, 1000), 100));
+    }
+
+    proptest! {
+        /// Whatever is stored, the table never holds more than its capacity, and never more than was stored.
+        #[test]
+        fn the_table_stays_within_its_capacity(
+            capacity in 0usize..16,
+            stores in proptest::collection::vec((0u32..32, 1u16..4, 0u32..200, 0u64..400), 0..200),
+        ) {
+            let mut table = ExceptionTable::new(capacity);
+            let mut now = 0;
+            for (client, port, lifetime, advance) in stores {
+                now += advance;
+                table.store(&exception(flow(client, port), 1, lifetime), now);
+                prop_assert!(table.len() <= capacity);
+            }
+        }
+    }
+}

@@ -160,6 +160,8 @@ pub struct Worker<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     engine: Engine<R, T>,
     updates: TableUpdates,
     trace: Option<TraceChannel>,
+    /// Connection exceptions shared with the cluster's other nodes (`crate::exceptions`), when configured.
+    exceptions: Option<crate::exceptions::ExceptionSync>,
     stats: Arc<WorkerStats>,
     /// The burst being worked on, and its frames' layouts: fields of their own so that handling the frames can
     /// borrow the engine.
@@ -237,6 +239,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             },
             updates,
             trace: None,
+            exceptions: None,
             stats,
             received: Burst::new(),
             layouts: vec![packet::EMPTY_LAYOUT; MAX_BURST].into_boxed_slice(),
@@ -250,6 +253,22 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
     /// Answers trace queries from `channel` (checked once per poll).
     pub fn answer_traces(&mut self, channel: TraceChannel) {
         self.trace = Some(channel);
+    }
+
+    /// Shares connection exceptions over `links` (between bursts); returns the counters of it.
+    pub fn share_exceptions(
+        &mut self,
+        links: crate::exceptions::ExceptionLinks,
+    ) -> Arc<crate::exceptions::ExceptionStats> {
+        let sync = crate::exceptions::ExceptionSync::new(links);
+        let stats = sync.stats();
+        self.exceptions = Some(sync);
+        stats
+    }
+
+    /// The worker's balancing state, to give it a side table of exceptions before it runs.
+    pub fn state_mut(&mut self) -> &mut WorkerState {
+        &mut self.engine.state
     }
 
     pub fn stats(&self) -> Arc<WorkerStats> {
@@ -290,6 +309,10 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
     pub fn poll(&mut self, now_ms: u64) -> usize {
         self.take_new_tables();
         self.answer_trace_queries(now_ms);
+        if let Some(sync) = &mut self.exceptions {
+            let engine = &mut self.engine;
+            sync.between_bursts(&mut engine.state, &engine.tables.snapshot, now_ms);
+        }
         let engine = &mut self.engine;
         // Control traffic first: what the kernel sends leaves ahead of this turn's data.
         let mut received_total = engine.send_kernel_frames();
@@ -390,6 +413,9 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
     fn take_new_tables(&mut self) {
         while let Ok(tables) = self.updates.incoming.try_recv() {
             let old = std::mem::replace(&mut self.engine.tables, tables);
+            if let Some(sync) = &mut self.exceptions {
+                sync.tables_changed(&old.snapshot, &self.engine.tables.snapshot);
+            }
             self.stats
                 .generation
                 .store(self.engine.tables.snapshot.generation, Ordering::Release);

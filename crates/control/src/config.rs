@@ -101,6 +101,7 @@ struct RawConfig {
     pipe: Option<Spanned<RawPipe>>,
     #[serde(default)]
     control: RawControl,
+    sync: Option<Spanned<crate::sync_config::RawSync>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -427,6 +428,8 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     pub pipe: Option<PipeConfig>,
     pub control: ControlConfig,
+    /// Connection exceptions shared with peers (`crate::sync_config`); `None` when the section is absent.
+    pub sync: Option<crate::sync_config::SyncConfig>,
     /// Accepted but worth a look (empty services, a small Maglev table, ...).
     pub warnings: Vec<String>,
 }
@@ -749,6 +752,13 @@ impl Config {
             services,
             pipe,
             control: validate_control(&raw.control, &locator, &mut warnings)?,
+            sync: match &raw.sync {
+                Some(section) => Some(
+                    crate::sync_config::SyncConfig::validate(section.get_ref())
+                        .map_err(|message| locator.error_at(&section.span(), message))?,
+                ),
+                None => None,
+            },
             warnings,
         })
     }

@@ -15,9 +15,9 @@ use hashbrown::HashMap;
 use packet::FlowKey;
 
 use crate::conntrack::ConnTable;
-use crate::maglev::{flow_hash, MaglevTable};
+use crate::maglev::flow_hash;
 use crate::rss;
-use crate::service::{SchedulerKind, ServiceKey};
+use crate::service::SchedulerKind;
 use crate::snapshot::{Service, Snapshot};
 
 /// A connection whose backend differs from what the current table gives its flow. The service is the one the flow's
@@ -36,25 +36,21 @@ pub struct ConnException {
 }
 
 /// Whether any Maglev service's table differs between `old` and `new` (by service key; a service that appeared or
-/// went away counts): only then do connections need checking. Compares whole tables: call it off the data path,
-/// once per new snapshot.
+/// went away counts): only then do connections need checking. Compares whole tables without allocating: a worker
+/// calls it once per new snapshot, between bursts.
 pub fn maglev_tables_differ(old: &Snapshot, new: &Snapshot) -> bool {
-    fn maglev(snapshot: &Snapshot) -> Vec<(ServiceKey, &MaglevTable)> {
+    fn maglev(snapshot: &Snapshot) -> impl Iterator<Item = &Service> + '_ {
         snapshot
             .services()
             .iter()
             .filter(|service| service.scheduler == SchedulerKind::Mh)
-            .map(|service| (service.key, &service.maglev))
-            .collect()
     }
-    let (mut before, mut after) = (maglev(old), maglev(new));
-    before.sort_unstable_by_key(|(key, _)| *key);
-    after.sort_unstable_by_key(|(key, _)| *key);
-    before.len() != after.len()
-        || before
-            .iter()
-            .zip(&after)
-            .any(|((a_key, a_table), (b_key, b_table))| a_key != b_key || a_table != b_table)
+    maglev(old).count() != maglev(new).count()
+        || maglev(new).any(|service| {
+            maglev(old)
+                .find(|before| before.key == service.key)
+                .is_none_or(|before| before.maglev != service.maglev)
+        })
 }
 
 /// The worker of `workers` that owns requests of `flow` (the symmetric RSS hash of the 4-tuple, as the decision

@@ -8,6 +8,7 @@
 //! It also keeps the health of the sync per peer (messages and bytes sent and received, refusals, the last hello and
 //! the peer's table digest) and warns when a peer's digest differs from ours for longer than a reload takes.
 
+use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,6 +19,7 @@ use balancer::snapshot::Snapshot;
 use control::sync_config::SyncConfig;
 use crossbeam::channel::{bounded, Receiver, Sender};
 use dataplane::exceptions::{ExceptionLinks, ExceptionStats};
+use packet::FlowKey;
 use sha2::{Digest, Sha256};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -85,6 +87,10 @@ pub struct SyncNode {
     found: Receiver<ConnException>,
     to_workers: Vec<Sender<ConnException>>,
     rounds: Vec<Round>,
+    /// The peers' exceptions, until they expire: a node that joins gets them with ours, so that a flow whose node
+    /// died before the newcomer said hello still finds its backend there. Bounded; the newest are kept.
+    relayed: HashMap<FlowKey, (ConnException, Instant)>,
+    relay_capacity: usize,
     digest: u64,
     last_hello: Option<Instant>,
     /// Received exceptions a worker's queue had no room for.
@@ -160,6 +166,7 @@ impl SyncNode {
                 wants_full_set: false,
             })
             .collect();
+        let relay_capacity = config.side_table.saturating_mul(workers.max(1));
         let node = SyncNode {
             config,
             socket,
@@ -169,6 +176,8 @@ impl SyncNode {
             found,
             to_workers,
             rounds: Vec::new(),
+            relayed: HashMap::new(),
+            relay_capacity,
             digest: 0,
             last_hello: None,
             dropped_for_workers: 0,
@@ -228,6 +237,7 @@ impl SyncNode {
             .is_none_or(|last| now.duration_since(last) >= HELLO_INTERVAL)
         {
             self.last_hello = Some(now);
+            self.relayed.retain(|_, (_, expires)| *expires > now);
             for index in 0..self.peers.len() {
                 self.send(index, Kind::Hello, &[], now);
             }
@@ -302,6 +312,12 @@ impl SyncNode {
             peer.health.received_exceptions += message.exceptions.len() as u64;
             let workers = self.to_workers.len() as u16;
             for exception in &message.exceptions {
+                if self.relayed.len() < self.relay_capacity
+                    || self.relayed.contains_key(&exception.flow)
+                {
+                    let expires = now + Duration::from_millis(u64::from(exception.lifetime_ms));
+                    self.relayed.insert(exception.flow, (*exception, expires));
+                }
                 let owner = usize::from(owner_worker(&exception.flow, workers));
                 let delivered = self
                     .to_workers
@@ -354,6 +370,7 @@ impl SyncNode {
                 .rounds
                 .iter()
                 .flat_map(|round| round.exceptions.iter())
+                .chain(self.relayed.values())
                 .filter(|(_, expires)| *expires > now)
                 .map(|(exception, expires)| ConnException {
                     lifetime_ms: remaining_ms(*expires, now),

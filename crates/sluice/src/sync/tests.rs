@@ -76,29 +76,33 @@ fn turn_until(nodes: &mut [&mut SyncNode], mut done: impl FnMut() -> bool) {
 }
 
 #[test]
-fn exceptions_reach_the_peer_and_a_new_node_gets_the_full_set() {
-    let (a_addr, b_addr) = (free_address(), free_address());
-    let (mut a, a_links) = SyncNode::open(config(a_addr, vec![b_addr]), 1).unwrap();
-    let (mut b, b_links) = SyncNode::open(config(b_addr, vec![a_addr]), 1).unwrap();
+fn exceptions_reach_the_peer_and_a_new_node_gets_the_full_set_even_from_a_dead_one() {
+    let (a_addr, b_addr, c_addr) = (free_address(), free_address(), free_address());
+    let (mut a, a_links) = SyncNode::open(config(a_addr, vec![b_addr, c_addr]), 1).unwrap();
+    let (mut b, b_links) = SyncNode::open(config(b_addr, vec![a_addr, c_addr]), 2).unwrap();
     for i in 0..45 {
         a_links[0].found.send(exception(i)).unwrap();
     }
     let mut received = Vec::new();
     turn_until(&mut [&mut a, &mut b], || {
-        received.extend(b_links[0].incoming.try_iter());
+        received.extend(b_links.iter().flat_map(|links| links.incoming.try_iter()));
         received.len() >= 45
     });
-    assert_eq!(received.len(), 45, "45 exceptions in 3 datagrams");
-    assert_eq!(received[0].flow, exception(0).flow);
-    // A third node restarts in b's place (a new boot id): it says hello and gets the whole set again.
-    drop(b);
-    let (mut b2, b2_links) = SyncNode::open(config(b_addr, vec![a_addr]), 1).unwrap();
-    let mut again = 0;
-    turn_until(&mut [&mut a, &mut b2], || {
-        again += b2_links[0].incoming.try_iter().count();
-        again >= 45
+    assert_eq!(
+        received.len(),
+        45,
+        "45 exceptions in 3 datagrams, to the worker owning each flow"
+    );
+    assert!(received.contains(&exception(0)));
+    // a dies; c joins and says hello: b sends it b's own exceptions (none) and a's, which it relays.
+    drop(a);
+    let (mut c, c_links) = SyncNode::open(config(c_addr, vec![a_addr, b_addr]), 1).unwrap();
+    let mut relayed = 0;
+    turn_until(&mut [&mut b, &mut c], || {
+        relayed += c_links[0].incoming.try_iter().count();
+        relayed >= 45
     });
-    assert!(again >= 45, "the full set after a hello: {again}");
+    assert_eq!(relayed, 45, "the full set, a's exceptions relayed by b");
 }
 
 #[test]

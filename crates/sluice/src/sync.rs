@@ -77,6 +77,13 @@ struct Round {
     interval: Duration,
 }
 
+/// A peer's exception kept for newcomers: which peer said it (it is not sent back there), until when.
+struct Relayed {
+    exception: ConnException,
+    from: usize,
+    expires: Instant,
+}
+
 /// The node's side of the sync.
 pub struct SyncNode {
     config: SyncConfig,
@@ -89,7 +96,7 @@ pub struct SyncNode {
     rounds: Vec<Round>,
     /// The peers' exceptions, until they expire: a node that joins gets them with ours, so that a flow whose node
     /// died before the newcomer said hello still finds its backend there. Bounded; the newest are kept.
-    relayed: HashMap<FlowKey, (ConnException, Instant)>,
+    relayed: HashMap<FlowKey, Relayed>,
     relay_capacity: usize,
     digest: u64,
     last_hello: Option<Instant>,
@@ -237,7 +244,7 @@ impl SyncNode {
             .is_none_or(|last| now.duration_since(last) >= HELLO_INTERVAL)
         {
             self.last_hello = Some(now);
-            self.relayed.retain(|_, (_, expires)| *expires > now);
+            self.relayed.retain(|_, relayed| relayed.expires > now);
             for index in 0..self.peers.len() {
                 self.send(index, Kind::Hello, &[], now);
             }
@@ -316,7 +323,12 @@ impl SyncNode {
                     || self.relayed.contains_key(&exception.flow)
                 {
                     let expires = now + Duration::from_millis(u64::from(exception.lifetime_ms));
-                    self.relayed.insert(exception.flow, (*exception, expires));
+                    let relayed = Relayed {
+                        exception: *exception,
+                        from: index,
+                        expires,
+                    };
+                    self.relayed.insert(exception.flow, relayed);
                 }
                 let owner = usize::from(owner_worker(&exception.flow, workers));
                 let delivered = self
@@ -366,14 +378,21 @@ impl SyncNode {
             if !std::mem::take(&mut self.peers[index].wants_full_set) {
                 continue;
             }
-            let everything: Vec<ConnException> = self
+            let ours = self
                 .rounds
                 .iter()
                 .flat_map(|round| round.exceptions.iter())
-                .chain(self.relayed.values())
+                .map(|(exception, expires)| (exception, *expires));
+            let theirs = self
+                .relayed
+                .values()
+                .filter(|relayed| relayed.from != index)
+                .map(|relayed| (&relayed.exception, relayed.expires));
+            let everything: Vec<ConnException> = ours
+                .chain(theirs)
                 .filter(|(_, expires)| *expires > now)
                 .map(|(exception, expires)| ConnException {
-                    lifetime_ms: remaining_ms(*expires, now),
+                    lifetime_ms: remaining_ms(expires, now),
                     ..*exception
                 })
                 .collect();

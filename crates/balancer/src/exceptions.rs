@@ -196,8 +196,14 @@ pub struct ExceptionTableStats {
 pub struct ExceptionTable {
     entries: HashMap<FlowKey, Remembered>,
     capacity: usize,
+    /// When a full table was last swept of expired entries: at most once per [`FULL_SWEEP_INTERVAL_MS`], so that
+    /// a table full of live entries refuses in constant time rather than walking itself for each refusal.
+    last_full_sweep_ms: Option<u64>,
     stats: ExceptionTableStats,
 }
+
+/// How often a full side table may be swept of expired entries.
+pub const FULL_SWEEP_INTERVAL_MS: u64 = 1000;
 
 impl ExceptionTable {
     /// A table for at most `capacity` exceptions; 0 makes a table that stores nothing (exceptions off).
@@ -205,6 +211,7 @@ impl ExceptionTable {
         ExceptionTable {
             entries: HashMap::with_capacity(capacity),
             capacity,
+            last_full_sweep_ms: None,
             stats: ExceptionTableStats::default(),
         }
     }
@@ -231,7 +238,7 @@ impl ExceptionTable {
     }
 
     /// Stores (or refreshes) `exception`, received at `now_ms`. Between bursts only: a full table is swept of
-    /// expired entries, which walks it.
+    /// expired entries (which walks it) at most once a second; between sweeps it refuses.
     pub fn store(&mut self, exception: &ConnException, now_ms: u64) -> bool {
         if exception.lifetime_ms == 0 {
             return false;
@@ -247,7 +254,13 @@ impl ExceptionTable {
             return true;
         }
         if self.entries.len() >= self.capacity {
-            self.entries.retain(|_, entry| entry.expires_at > now_ms);
+            let sweep_due = self
+                .last_full_sweep_ms
+                .is_none_or(|last| now_ms.saturating_sub(last) >= FULL_SWEEP_INTERVAL_MS);
+            if sweep_due {
+                self.last_full_sweep_ms = Some(now_ms);
+                self.entries.retain(|_, entry| entry.expires_at > now_ms);
+            }
             if self.entries.len() >= self.capacity {
                 self.stats.refused_full += 1;
                 return false;
@@ -318,12 +331,15 @@ mod tests {
     fn a_full_table_makes_room_from_expired_entries_only() {
         let mut table = ExceptionTable::new(2);
         assert!(table.store(&exception(flow(1, 1), 1, 100), 0));
-        assert!(table.store(&exception(flow(2, 1), 1, 1000), 0));
+        assert!(table.store(&exception(flow(2, 1), 1, 5000), 0));
         assert!(!table.store(&exception(flow(3, 1), 1, 1000), 50));
-        assert!(table.store(&exception(flow(3, 1), 1, 1000), 100));
+        // The first entry has expired, but the last sweep was less than a second ago.
+        assert!(!table.store(&exception(flow(3, 1), 1, 1000), 500));
+        assert!(table.store(&exception(flow(3, 1), 1, 1000), 1050));
         assert_eq!(table.len(), 2);
+        assert_eq!(table.stats().refused_full, 2);
         // Refreshing a present entry needs no room.
-        assert!(table.store(&exception(flow(2, 1), 2, 1000), 100));
+        assert!(table.store(&exception(flow(2, 1), 2, 1000), 1100));
     }
 
     proptest! {

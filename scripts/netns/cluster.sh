@@ -470,6 +470,7 @@ third_node() {
 
 scenario() {
     MODE=$1
+    SYNC=off
 teardown
 trap teardown EXIT
 topology_up

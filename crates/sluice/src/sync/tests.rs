@@ -166,6 +166,33 @@ fn a_forged_replayed_stale_or_unknown_message_changes_nothing() {
     assert_eq!(health(&b).received_messages, 1);
 }
 
+#[test]
+fn a_peer_whose_digest_differs_longer_than_a_reload_takes_is_flagged() {
+    let (a_addr, b_addr) = (free_address(), free_address());
+    let (mut a, _a_links) = SyncNode::open(config(a_addr, vec![b_addr]), 1).unwrap();
+    let (mut b, _b_links) = SyncNode::open(config(b_addr, vec![a_addr]), 1).unwrap();
+    a.digest = 1;
+    b.digest = 2;
+    turn_until(&mut [&mut a, &mut b], || false);
+    let start = Instant::now();
+    a.turn(start);
+    let health = |a: &SyncNode| a.peers().next().map(|(_, health)| health.clone()).unwrap();
+    assert_eq!(health(&a).digest, Some(2));
+    assert!(health(&a).last_hello.is_some());
+    let since = health(&a).digest_differs_since.expect("the digests differ");
+    assert!(!health(&a).warned, "not within the grace of a reload");
+    a.turn(since + super::DIGEST_GRACE + Duration::from_millis(1));
+    assert!(health(&a).warned, "flagged (and logged) past the grace");
+    assert!(a
+        .describe(Instant::now())
+        .contains("digest 0000000000000002"));
+    // The same tables again: the flag goes.
+    a.digest = 2;
+    a.turn(Instant::now() + super::DIGEST_GRACE * 2);
+    assert_eq!(health(&a).digest_differs_since, None);
+    assert!(!health(&a).warned);
+}
+
 /// A byte inside the first record (its client address).
 const HEADER_FLOW_BYTE: usize = sync_wire::HEADER_BYTES + 15;
 

@@ -266,11 +266,6 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
         stats
     }
 
-    /// The worker's balancing state, to give it a side table of exceptions before it runs.
-    pub fn state_mut(&mut self) -> &mut WorkerState {
-        &mut self.engine.state
-    }
-
     pub fn stats(&self) -> Arc<WorkerStats> {
         Arc::clone(&self.stats)
     }

@@ -8,8 +8,14 @@
 //! - [`ExceptionTable`] is the bounded side table a worker keeps of what its peers reported, consulted only when a
 //!   frame that is not a SYN finds no connection (the caller turns a match into a normal connection entry);
 //! - [`owner_worker`] says which worker of a node owns a flow, so that a received exception goes to that worker.
+//!
+//! Without peers, optionally (off by default), the side table also remembers the previous snapshot for a grace
+//! period after a Maglev table changed: a non-SYN frame without a connection whose slot changed hands goes to the
+//! previous table's backend. Its cost: a flow that began elsewhere *after* the change (by the new table) and that
+//! a router moves here during the grace period is sent to the old backend, and breaks.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use hashbrown::HashMap;
 use packet::FlowKey;
@@ -188,6 +194,8 @@ pub struct ExceptionTableStats {
     pub refused_full: u64,
     /// Frames that found no connection but an exception, and became a connection to its backend.
     pub used: u64,
+    /// Frames that found neither, and went to the remembered previous table's backend (the grace period).
+    pub used_previous: u64,
 }
 
 /// One worker's bounded side table of its peers' exceptions. Allocated once at its capacity: storing never
@@ -199,6 +207,8 @@ pub struct ExceptionTable {
     /// When a full table was last swept of expired entries: at most once per [`FULL_SWEEP_INTERVAL_MS`], so that
     /// a table full of live entries refuses in constant time rather than walking itself for each refusal.
     last_full_sweep_ms: Option<u64>,
+    /// The snapshot before the last Maglev change, and until when it is consulted (the grace period).
+    previous: Option<(Arc<Snapshot>, u64)>,
     stats: ExceptionTableStats,
 }
 
@@ -212,6 +222,7 @@ impl ExceptionTable {
             entries: HashMap::with_capacity(capacity),
             capacity,
             last_full_sweep_ms: None,
+            previous: None,
             stats: ExceptionTableStats::default(),
         }
     }
@@ -271,22 +282,67 @@ impl ExceptionTable {
         true
     }
 
+    /// Consults `previous` for non-SYN misses until `until_ms` (the grace period). The caller keeps its own
+    /// reference and releases it off the data path after [`ExceptionTable::forget_previous`].
+    pub fn remember_previous(&mut self, previous: Arc<Snapshot>, until_ms: u64) {
+        self.previous = Some((previous, until_ms));
+    }
+
+    /// Drops the remembered snapshot once its grace period is over (or at once with `now_ms` = `u64::MAX`);
+    /// returns whether there was one to drop.
+    pub fn forget_previous(&mut self, now_ms: u64) -> bool {
+        match &self.previous {
+            Some((_, until)) if now_ms >= *until => {
+                self.previous = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn remembers_previous(&self) -> bool {
+        self.previous.is_some()
+    }
+
     /// For a frame of `flow` to `service` that is not a SYN and found no connection: the index in
-    /// `service.backends` of the backend a peer said the flow has, if it is still there. The entry is taken out:
-    /// the caller makes a connection of it.
+    /// `service.backends` of the backend a peer said the flow has, if it is still there (the entry is taken out:
+    /// the caller makes a connection of it); else, within a grace period, the backend the previous table gave the
+    /// flow, when its slot changed hands and that backend is still in the service.
     #[inline]
     pub fn take(&mut self, flow: &FlowKey, service: &Service, now_ms: u64) -> Option<usize> {
-        if self.entries.is_empty() {
+        if !self.entries.is_empty() {
+            if let Some(remembered) = self.entries.remove(flow) {
+                if remembered.expires_at > now_ms {
+                    let index = service.backends.iter().position(|backend| {
+                        backend.addr == remembered.backend_addr
+                            && backend.port == remembered.backend_port
+                    });
+                    if index.is_some() {
+                        self.stats.used += 1;
+                        return index;
+                    }
+                }
+            }
+        }
+        let (previous, until) = self.previous.as_ref()?;
+        if now_ms >= *until {
             return None;
         }
-        let remembered = self.entries.remove(flow)?;
-        if remembered.expires_at <= now_ms {
+        let (_, before) = previous.service_for(flow.dst_addr, flow.dst_port, flow.protocol)?;
+        if before.scheduler != SchedulerKind::Mh {
             return None;
         }
-        let index = service.backends.iter().position(|backend| {
-            backend.addr == remembered.backend_addr && backend.port == remembered.backend_port
-        })?;
-        self.stats.used += 1;
+        let hash = flow_hash(flow);
+        let old = before.backends.get(before.maglev.lookup(hash)?)?;
+        let now = service.backends.get(service.maglev.lookup(hash)?)?;
+        if (old.addr, old.port) == (now.addr, now.port) {
+            return None;
+        }
+        let index = service
+            .backends
+            .iter()
+            .position(|backend| backend.addr == old.addr && backend.port == old.port)?;
+        self.stats.used_previous += 1;
         Some(index)
     }
 }

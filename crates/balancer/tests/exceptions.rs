@@ -96,9 +96,13 @@ impl Node {
 
     /// The backend address a frame of `flow` with `flags` goes to.
     fn send(&mut self, flow: FlowKey, flags: u8) -> IpAddr {
+        self.send_at(flow, flags, NOW)
+    }
+
+    fn send_at(&mut self, flow: FlowKey, flags: u8, now_ms: u64) -> IpAddr {
         match self
             .state
-            .decide(&mut self.tables, &layout(flow, flags), None, false, NOW)
+            .decide(&mut self.tables, &layout(flow, flags), None, false, now_ms)
         {
             Action::Forward(forward) => forward.next_hop,
             other => panic!("expected a forward, got {other:?}"),
@@ -253,6 +257,57 @@ fn connections_to_a_removed_backend_are_not_exceptions() {
         "{} exceptions",
         exceptions.len()
     );
+}
+
+#[test]
+fn the_previous_table_keeps_old_flows_for_its_grace_period_and_costs_new_ones() {
+    let (before, after) = (spec(4), spec(5));
+    let mut a = Node::new(&before, 0);
+    let flows: Vec<FlowKey> = (0..600).map(flow).collect();
+    let first: Vec<IpAddr> = flows.iter().map(|&f| a.send(f, SYN)).collect();
+    let previous = Arc::new(Snapshot::build(&before, 1).unwrap());
+    let table_after = Snapshot::build(&after, 2).unwrap();
+    let service = &table_after.services()[0];
+    let by_new_table =
+        |f: &FlowKey| service.backends[service.maglev.lookup(flow_hash(f)).unwrap()].addr;
+    let moved: Vec<usize> = (0..flows.len())
+        .filter(|&i| by_new_table(&flows[i]) != first[i])
+        .collect();
+    assert!(!moved.is_empty());
+
+    // Node B, no peers, a grace period of 1 s: every old flow keeps its backend within it...
+    let mut b = Node::new(&after, 0);
+    b.state
+        .exceptions
+        .remember_previous(Arc::clone(&previous), NOW + 1000);
+    for (f, backend) in flows.iter().zip(&first) {
+        assert_eq!(b.send_at(*f, ACK, NOW + 10), *backend);
+    }
+    assert_eq!(
+        b.state.exceptions.stats().used_previous as usize,
+        moved.len()
+    );
+    // ...a SYN is scheduled by the new table...
+    let fresh = flow(100_000 + moved[0] as u32);
+    assert_eq!(b.send_at(fresh, SYN, NOW + 10), by_new_table(&fresh));
+    // ...and the cost: a flow that began on another node after the change (by the new table) and that a router
+    // moves here within the grace period is sent to the previous table's backend when its slot changed.
+    let late: Vec<FlowKey> = (200_000..200_600).map(flow).collect();
+    let misrouted = late
+        .iter()
+        .filter(|f| b.send_at(**f, ACK, NOW + 20) != by_new_table(f))
+        .count();
+    assert!(
+        misrouted > 0,
+        "the grace period misroutes some new flows that move"
+    );
+    // After the grace period, a miss goes by the new table, and the previous table is dropped.
+    let mut c = Node::new(&after, 0);
+    c.state.exceptions.remember_previous(previous, NOW + 1000);
+    let f = flows[moved[0]];
+    assert_eq!(c.send_at(f, ACK, NOW + 1000), by_new_table(&f));
+    assert!(c.state.exceptions.forget_previous(NOW + 1000));
+    assert!(!c.state.exceptions.remembers_previous());
 }
 
 proptest! {

@@ -419,3 +419,12 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_previous_table_grace_is_held_to_its_range() {
+    assert_error(
+        &format!("{BASE}[network]\nprevious_table_grace = 601.0\n"),
+        6,
+        &["previous_table_grace", "0 to 600"],
+    );
+}

@@ -5,6 +5,7 @@ pub mod handoff;
 pub mod idle;
 pub mod io;
 pub mod kernel;
+pub mod previous_table;
 pub mod traffic;
 pub mod worker;
 

@@ -198,3 +198,71 @@ fn the_worker_scans_within_its_budget_and_stores_what_peers_send() {
     assert_eq!(stats.stored.load(Ordering::Relaxed), 1);
     assert_eq!(stats.held.load(Ordering::Relaxed), 1);
 }
+
+#[test]
+fn the_worker_keeps_the_previous_tables_for_the_grace_period_and_then_retires_them() {
+    let first = Arc::new(Snapshot::build(&spec(4), 1).unwrap());
+    let state = WorkerState {
+        place: WorkerPlace {
+            index: 0,
+            workers: 1,
+            software_steering: false,
+        },
+        conns: ConnTable::new(CAPACITY, Timeouts::default()).unwrap(),
+        load: LoadTable::new(16),
+        persistence: PersistenceTable::new(16),
+        neighbors: Arc::new(NeighborTable::new(16)),
+        exceptions: ExceptionTable::disabled(),
+    };
+    let ports = vec![PortQueues {
+        rx: MemoryRx {
+            inbox: Arc::new(Mutex::new(VecDeque::new())),
+        },
+        tx: MemoryTx {
+            outbox: Arc::new(Mutex::new(Vec::new())),
+            capacity: 64,
+            pool: 0,
+        },
+        mac: [2, 0, 0, 0, 0, 1],
+    }];
+    let (publish, incoming) = bounded(4);
+    let (retired, retired_rx) = bounded(4);
+    let mut worker = Worker::new(
+        state,
+        WorkerTables::new(first),
+        ports,
+        None,
+        HandoffLinks::alone(),
+        TableUpdates { incoming, retired },
+        WorkerConfig {
+            previous_table_grace_ms: 1000,
+            ..WorkerConfig::default()
+        },
+    );
+    // Same tables: retired at once, nothing remembered.
+    publish
+        .send(WorkerTables::new(Arc::new(
+            Snapshot::build(&spec(4), 2).unwrap(),
+        )))
+        .unwrap();
+    worker.poll(10);
+    assert_eq!(retired_rx.try_iter().count(), 1);
+    assert!(!worker.state().exceptions.remembers_previous());
+    // A changed table: the old tables stay with the worker for the grace period...
+    publish
+        .send(WorkerTables::new(Arc::new(
+            Snapshot::build(&spec(5), 3).unwrap(),
+        )))
+        .unwrap();
+    worker.poll(20);
+    assert_eq!(retired_rx.try_iter().count(), 0);
+    assert!(worker.state().exceptions.remembers_previous());
+    worker.poll(1019);
+    assert!(worker.state().exceptions.remembers_previous());
+    // ...and go back to the control thread (freed there, not here) when it ends.
+    worker.poll(1020);
+    let back: Vec<WorkerTables> = retired_rx.try_iter().collect();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].snapshot.generation, 2);
+    assert!(!worker.state().exceptions.remembers_previous());
+}

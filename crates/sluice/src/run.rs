@@ -497,6 +497,7 @@ fn run_balancer(
             TableUpdates { incoming, retired },
             WorkerConfig {
                 burst: config.workers.burst,
+                previous_table_grace_ms: config.network.previous_table_grace.as_millis() as u64,
                 ..WorkerConfig::default()
             },
         );

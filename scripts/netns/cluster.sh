@@ -22,9 +22,10 @@
 # With FLOOD_SECONDS=N it then floods n1 for N s and reports what happened to BGP and BFD (a measurement).
 # Then everything it created is removed, and it checks that nothing is left.
 #
-# With the mode "exceptions" (run by scripts/test.sh on its own), connection exceptions shared between nodes: long-lived
-# connections through n1 and n2, a backend added and within a second n1 killed and n3 started; the connections that
-# broke are counted with [sync] off and on, side by side (on: none may break).
+# With the mode "exceptions" (run by scripts/test.sh on its own, about 1.5 min), connection exceptions shared between
+# nodes: long-lived connections through n1 and n2, a backend added (then, in a second round, removed) and within a
+# second n1 killed and n3 started; the connections that broke are counted with [sync] off and on, side by side (on:
+# none may break but those to a removed backend).
 #
 # Usage: scripts/netns/cluster.sh [dr tun exceptions]   (root; needs bird2 and frr, installed by scripts/setup.sh)
 set -euo pipefail
@@ -558,12 +559,15 @@ trap - EXIT
 
 ctl() { "$SLUICE" ctl --socket "$STATE/$1/ctl.sock" "${@:2}"; }
 
-# exceptions_run off|on: DR, n1 and n2 with be1 and be2 (be3 taken out by ctl) under 60 long-lived connections; then
-# be3 joins the service on both nodes (a third of the Maglev slots change hands), and within a second n1 is killed
-# and n3 (configured with all three) starts. Flows move from n1 to n2 and n3, and between n2 and n3 when n3 enters
-# the router's plain ECMP group. Sets BROKE to how many connections broke or reached another backend.
+# exceptions_run off|on add|remove: DR, n1 and n2 under 60 long-lived connections; then a backend change on both
+# nodes: "add" starts with be1 and be2 (be3 taken out by ctl) and adds be3 (a third of the Maglev slots change
+# hands); "remove" starts with all three and removes be3 (its own connections are lost: it is out of the service).
+# Within a second n1 is killed and n3 (with the same backends) starts. Flows move from n1 to n2 and n3, and between
+# n2 and n3 when n3 enters the router's plain ECMP group. Sets BROKE to how many connections broke or reached
+# another backend, and LOST to how many of them had the removed backend.
 exceptions_run() {
     SYNC=$1
+    local change=$2
     MODE=dr
     teardown
     trap teardown EXIT
@@ -572,7 +576,9 @@ exceptions_run() {
     node_up n1 10.88.0.1 0
     node_up n2 10.88.0.2 "$(($(nproc) > 1 ? 1 : 0))"
     wait_next_hops 2 30 > /dev/null || fail "the router never had both next hops"
-    for node in n1 n2; do ctl "$node" remove-backend "$VIP:80" tcp 10.88.0.13:80 > /dev/null; done
+    if [ "$change" = add ]; then
+        for node in n1 n2; do ctl "$node" remove-backend "$VIP:80" tcp 10.88.0.13:80 > /dev/null; done
+    fi
     rm -f "$STATE/ready" "$STATE/stop"
     ns cl python3 scripts/netns/cluster_client.py hold "$URL" 60 "$STATE/ready" "$STATE/stop" \
         > "$STATE/hold.out" 2> "$STATE/hold.err" &
@@ -583,7 +589,7 @@ exceptions_run() {
     sleep 1
     local changed core
     changed=$(now_ms)
-    for node in n1 n2; do ctl "$node" add-backend "$VIP:80" tcp 10.88.0.13:80 > /dev/null; done
+    for node in n1 n2; do ctl "$node" "$change-backend" "$VIP:80" tcp 10.88.0.13:80 > /dev/null; done
     sleep 0.2
     kill -9 "$(cat "$STATE/n1/sluice.pid")"
     wait "$(cat "$STATE/n1/sluice.pid")" 2> /dev/null || true
@@ -592,6 +598,8 @@ exceptions_run() {
     node_config n3 10.88.0.3 "$core" > "$STATE/n3/sluice.toml"
     local killed_and_started=$(($(now_ms) - changed))
     sluice_start n3
+    # n3 gets the same backends as n1 and n2 before BIRD announces it (it has no connection yet).
+    [ "$change" = remove ] && ctl n3 remove-backend "$VIP:80" tcp 10.88.0.13:80 > /dev/null
     bird_start n3 10.88.0.3
     local settled
     settled=$(now_ms)
@@ -605,7 +613,10 @@ exceptions_run() {
     wait "$hold_pid" || fail "the long-lived client failed: $(cat "$STATE/hold.err")"
     HELD=$(cat "$STATE/hold.out")
     BROKE=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(r["broken"] + r["moved"])' "$HELD")
-    echo "cluster exceptions $SYNC: be3 added, n1 killed and n3 started $killed_and_started ms later: $HELD"
+    LOST=0
+    [ "$change" = remove ] && LOST=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).count("be3"))' "$STATE/ready")
+    echo "cluster exceptions $SYNC: be3 ${change/%e/}ed, n1 killed and n3 started $killed_and_started ms later" \
+        "($LOST connections had be3): $HELD"
     if [ "$SYNC" = on ]; then
         echo "cluster exceptions on: n2: $(ctl n2 sync | tr '\n' ' ')"
         echo "cluster exceptions on: n3: $(ctl n3 sync | tr '\n' ' ')"
@@ -615,14 +626,18 @@ exceptions_run() {
 }
 
 exceptions_scenario() {
-    exceptions_run off
-    local off=$BROKE off_held=$HELD
-    exceptions_run on
-    local on=$BROKE
-    echo "cluster exceptions: connections broken by a backend change with a node change, of 60:" \
-        "exceptions off $off, exceptions on $on"
-    [ "$on" = 0 ] || fail "with exceptions on, $on connections broke: $HELD"
-    [ "$off" -gt 0 ] || echo "cluster exceptions: (off broke none this time: no moved flow had a changed slot: $off_held)"
+    local change off on off_lost on_lost
+    for change in add remove; do
+        exceptions_run off "$change"
+        off=$BROKE off_lost=$LOST
+        exceptions_run on "$change"
+        on=$BROKE on_lost=$LOST
+        local lost=""
+        [ "$change" = remove ] && lost=" (of them to be3, which left the service: off $off_lost, on $on_lost)"
+        echo "cluster exceptions: be3 ${change/%e/}ed with a node change: connections broken of 60:" \
+            "exceptions off $off, exceptions on $on$lost"
+        [ "$on" = "$on_lost" ] || fail "with exceptions on, $((on - on_lost)) connections broke that were not to be3: $HELD"
+    done
 }
 
 started=$(date +%s)

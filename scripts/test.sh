@@ -11,3 +11,4 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace --no-fail-fast
 bash scripts/netns/e2e.sh
 bash scripts/netns/cluster.sh
+bash scripts/netns/cluster.sh exceptions

@@ -22,7 +22,12 @@
 # With FLOOD_SECONDS=N it then floods n1 for N s and reports what happened to BGP and BFD (a measurement).
 # Then everything it created is removed, and it checks that nothing is left.
 #
-# Usage: scripts/netns/cluster.sh [dr tun]     (root; needs bird2 and frr, installed by scripts/setup.sh)
+# With the mode "exceptions" (run by scripts/test.sh on its own, about 1.5 min), connection exceptions shared between
+# nodes: long-lived connections through n1 and n2, a backend added (then, in a second round, removed) and within a
+# second n1 killed and n3 started; the connections that broke are counted with [sync] off and on, side by side (on:
+# none may break but those to a removed backend).
+#
+# Usage: scripts/netns/cluster.sh [dr tun exceptions]   (root; needs bird2 and frr, installed by scripts/setup.sh)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -205,6 +210,22 @@ EOF
 
 vtysh_rt() { ns rt vtysh --vty_socket "$STATE/frr" "$@"; }
 
+# sync_section ADDR: with SYNC=on, the [sync] section of the node at ADDR: connection exceptions shared with the
+# other nodes of the LAN (UDP 7100, through the kernel exception path like BGP).
+sync_section() {
+    [ "${SYNC:-off}" = on ] || return 0
+    local peers=""
+    for other in 10.88.0.1 10.88.0.2 10.88.0.3; do
+        [ "$other" = "$1" ] || peers="$peers\"$other:7100\", "
+    done
+    cat << EOF
+[sync]
+listen = "0.0.0.0:7100"
+peers = [${peers%, }]
+key = "5c1ce5ecc0ffee00112233445566778899aabbccddeeff00"
+EOF
+}
+
 node_config() {
     local node=$1 addr=$2 core=$3
     cat << EOF
@@ -222,6 +243,7 @@ kernel_exception_path = true
 $([ "$MODE" = tun ] && echo "tunnel_source_v4 = \"$addr\"")
 [control]
 socket = "$STATE/$node/ctl.sock"
+$(sync_section "$addr")
 [[service]]
 vip = "$VIP"
 port = 80
@@ -449,6 +471,7 @@ third_node() {
 
 scenario() {
     MODE=$1
+    SYNC=off
 teardown
 trap teardown EXIT
 topology_up
@@ -534,10 +557,96 @@ teardown
 trap - EXIT
 }
 
+ctl() { "$SLUICE" ctl --socket "$STATE/$1/ctl.sock" "${@:2}"; }
+
+# exceptions_run off|on add|remove: DR, n1 and n2 under 60 long-lived connections; then a backend change on both
+# nodes: "add" starts with be1 and be2 (be3 taken out by ctl) and adds be3 (a third of the Maglev slots change
+# hands); "remove" starts with all three and removes be3 (its own connections are lost: it is out of the service).
+# Within a second n1 is killed and n3 (with the same backends) starts. Flows move from n1 to n2 and n3, and between
+# n2 and n3 when n3 enters the router's plain ECMP group. Sets BROKE to how many connections broke or reached
+# another backend, and LOST to how many of them had the removed backend.
+exceptions_run() {
+    SYNC=$1
+    local change=$2
+    MODE=dr
+    teardown
+    trap teardown EXIT
+    topology_up
+    router_up
+    node_up n1 10.88.0.1 0
+    node_up n2 10.88.0.2 "$(($(nproc) > 1 ? 1 : 0))"
+    wait_next_hops 2 30 > /dev/null || fail "the router never had both next hops"
+    if [ "$change" = add ]; then
+        for node in n1 n2; do ctl "$node" remove-backend "$VIP:80" tcp 10.88.0.13:80 > /dev/null; done
+    fi
+    rm -f "$STATE/ready" "$STATE/stop"
+    ns cl python3 scripts/netns/cluster_client.py hold "$URL" 60 "$STATE/ready" "$STATE/stop" \
+        > "$STATE/hold.out" 2> "$STATE/hold.err" &
+    hold_pid=$!
+    echo "$hold_pid" >> "$STATE/pids"
+    for _ in $(seq 100); do [ -f "$STATE/ready" ] && break; sleep 0.1; done
+    [ -f "$STATE/ready" ] || fail "the long-lived connections did not open: $(cat "$STATE/hold.err")"
+    sleep 1
+    local changed core
+    changed=$(now_ms)
+    for node in n1 n2; do ctl "$node" "$change-backend" "$VIP:80" tcp 10.88.0.13:80 > /dev/null; done
+    sleep 0.2
+    kill -9 "$(cat "$STATE/n1/sluice.pid")"
+    wait "$(cat "$STATE/n1/sluice.pid")" 2> /dev/null || true
+    core=$(($(nproc) > 1 ? 1 : 0))
+    mkdir -p "$STATE/n3"
+    node_config n3 10.88.0.3 "$core" > "$STATE/n3/sluice.toml"
+    local killed_and_started=$(($(now_ms) - changed))
+    sluice_start n3
+    # n3 gets the same backends as n1 and n2 before BIRD announces it (it has no connection yet).
+    [ "$change" = remove ] && ctl n3 remove-backend "$VIP:80" tcp 10.88.0.13:80 > /dev/null
+    bird_start n3 10.88.0.3
+    local settled
+    settled=$(now_ms)
+    until ns rt ip route show "$VIP" | grep -q "via 10.88.0.3" && ! ns rt ip route show "$VIP" | grep -q "via 10.88.0.1 "; do
+        [ $(($(now_ms) - settled)) -gt 30000 ] && fail "the route never settled on n2 and n3"
+        sleep 0.05
+    done
+    echo "cluster exceptions $SYNC: the route is on n2 and n3 $(($(now_ms) - changed)) ms after the change"
+    sleep 3
+    touch "$STATE/stop"
+    wait "$hold_pid" || fail "the long-lived client failed: $(cat "$STATE/hold.err")"
+    HELD=$(cat "$STATE/hold.out")
+    BROKE=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(r["broken"] + r["moved"])' "$HELD")
+    LOST=0
+    [ "$change" = remove ] && LOST=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).count("be3"))' "$STATE/ready")
+    echo "cluster exceptions $SYNC: be3 ${change/%e/}ed, n1 killed and n3 started $killed_and_started ms later" \
+        "($LOST connections had be3): $HELD"
+    if [ "$SYNC" = on ]; then
+        echo "cluster exceptions on: n2: $(ctl n2 sync | tr '\n' ' ')"
+        echo "cluster exceptions on: n3: $(ctl n3 sync | tr '\n' ' ')"
+    fi
+    teardown
+    trap - EXIT
+}
+
+exceptions_scenario() {
+    local change off on off_lost on_lost
+    for change in add remove; do
+        exceptions_run off "$change"
+        off=$BROKE off_lost=$LOST
+        exceptions_run on "$change"
+        on=$BROKE on_lost=$LOST
+        local lost=""
+        [ "$change" = remove ] && lost=" (of them to be3, which left the service: off $off_lost, on $on_lost)"
+        echo "cluster exceptions: be3 ${change/%e/}ed with a node change: connections broken of 60:" \
+            "exceptions off $off, exceptions on $on$lost"
+        [ "$on" = "$on_lost" ] || fail "with exceptions on, $((on - on_lost)) connections broke that were not to be3: $HELD"
+    done
+}
+
 started=$(date +%s)
 for mode in "${MODES[@]}"; do
-    case "$mode" in dr | tun) ;; *) echo "cluster: unknown mode $mode (dr or tun)" >&2; exit 2 ;; esac
-    scenario "$mode"
+    case "$mode" in
+        dr | tun) scenario "$mode" ;;
+        exceptions) exceptions_scenario ;;
+        *) echo "cluster: unknown mode $mode (dr, tun or exceptions)" >&2; exit 2 ;;
+    esac
 done
 left=$(ip netns list | grep "^$P" || true)
 [ -z "$left" ] || { echo "cluster: FAILED: namespaces left: $left" >&2; exit 1; }

@@ -4,6 +4,7 @@
 
 pub mod conntrack;
 pub mod decision;
+pub mod exceptions;
 pub mod expiry;
 pub mod maglev;
 pub mod neighbor;

@@ -138,6 +138,7 @@ impl Harness {
                 load: LoadTable::new(1024),
                 persistence: PersistenceTable::new(1024),
                 neighbors: Arc::new(NeighborTable::new(256)),
+                exceptions: balancer::exceptions::ExceptionTable::disabled(),
             },
             tables: WorkerTables::new(snapshot),
         }
@@ -734,6 +735,7 @@ fn a_full_table_keeps_dr_forwarding_and_refuses_nat() {
                 load: LoadTable::new(64),
                 persistence: PersistenceTable::new(64),
                 neighbors: Arc::new(NeighborTable::new(64)),
+                exceptions: balancer::exceptions::ExceptionTable::disabled(),
             },
             tables: WorkerTables::new(snapshot),
         };

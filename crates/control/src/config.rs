@@ -101,6 +101,7 @@ struct RawConfig {
     pipe: Option<Spanned<RawPipe>>,
     #[serde(default)]
     control: RawControl,
+    sync: Option<Spanned<crate::sync_config::RawSync>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -151,6 +152,7 @@ struct RawNetwork {
     timeouts: RawTimeouts,
     kernel_exception_path: Option<Spanned<bool>>,
     kernel_device: Option<Spanned<String>>,
+    previous_table_grace: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -350,6 +352,9 @@ pub struct NetworkConfig {
     pub kernel_exception_path: bool,
     /// The device of the kernel interfaces.
     pub kernel_device: KernelDevice,
+    /// After a Maglev table changes, how long the previous table answers for non-SYN frames without a connection
+    /// (for nodes without `[sync]` peers; zero: off).
+    pub previous_table_grace: Duration,
 }
 
 /// What DPDK device makes a port's kernel interface.
@@ -431,6 +436,8 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     pub pipe: Option<PipeConfig>,
     pub control: ControlConfig,
+    /// Connection exceptions shared with peers (`crate::sync_config`); `None` when the section is absent.
+    pub sync: Option<crate::sync_config::SyncConfig>,
     /// Accepted but worth a look (empty services, a small Maglev table, ...).
     pub warnings: Vec<String>,
 }
@@ -503,6 +510,8 @@ pub mod limits {
     pub const MEMPOOL_SIZE: std::ops::RangeInclusive<u32> = 1023..=16_777_215;
     /// Worker CPUs are lcore ids below DPDK's RTE_MAX_LCORE.
     pub const MAX_CORE: usize = 127;
+    /// Seconds the previous Maglev table may be remembered after a change.
+    pub const PREVIOUS_TABLE_GRACE: std::ops::RangeInclusive<f64> = 0.0..=600.0;
     /// A Unix socket path fits `sun_path` (108 bytes with its terminating zero).
     pub const SOCKET_PATH_BYTES: usize = 107;
 }
@@ -769,6 +778,13 @@ impl Config {
             services,
             pipe,
             control: validate_control(&raw.control, &locator, &mut warnings)?,
+            sync: match &raw.sync {
+                Some(section) => Some(
+                    crate::sync_config::SyncConfig::validate(section.get_ref())
+                        .map_err(|message| locator.error_at(&section.span(), message))?,
+                ),
+                None => None,
+            },
             warnings,
         })
     }
@@ -968,6 +984,15 @@ fn validate_network(
         .kernel_exception_path
         .as_ref()
         .is_some_and(|value| *value.get_ref());
+    let previous_table_grace = match &raw.previous_table_grace {
+        Some(spanned) => seconds(
+            *spanned.get_ref(),
+            "previous_table_grace",
+            limits::PREVIOUS_TABLE_GRACE,
+        )
+        .map_err(|message| locator.error_at(&spanned.span(), message))?,
+        None => Duration::ZERO,
+    };
     let kernel_device = match &raw.kernel_device {
         None => KernelDevice::Tap,
         Some(spanned) => match spanned.get_ref().as_str() {
@@ -1034,6 +1059,7 @@ fn validate_network(
         timeouts,
         kernel_exception_path,
         kernel_device,
+        previous_table_grace,
     })
 }
 

@@ -17,6 +17,8 @@ pub enum Request {
     Stats,
     Rate,
     Conns,
+    /// The health of the connection-exception sync with the peers.
+    Sync,
     Reload,
     Drain(SocketAddr),
     Undrain(SocketAddr),
@@ -112,13 +114,14 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
         endpoint(text, "backend")
     };
     let request = match verb {
-        "list" | "stats" | "rate" | "conns" | "reload" => {
+        "list" | "stats" | "rate" | "conns" | "sync" | "reload" => {
             at_most(0)?;
             match verb {
                 "list" => Request::List,
                 "stats" => Request::Stats,
                 "rate" => Request::Rate,
                 "conns" => Request::Conns,
+                "sync" => Request::Sync,
                 _ => Request::Reload,
             }
         }

@@ -444,3 +444,12 @@ fn reply_entries_are_bounded_by_the_capacity_and_a_shortage_is_warned_about() {
         short.warnings
     );
 }
+
+#[test]
+fn the_previous_table_grace_is_held_to_its_range() {
+    assert_error(
+        &format!("{BASE}[network]\nprevious_table_grace = 601.0\n"),
+        6,
+        &["previous_table_grace", "0 to 600"],
+    );
+}

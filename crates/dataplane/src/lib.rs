@@ -1,9 +1,11 @@
 //! The worker burst loop, generic over packet I/O so that it runs on DPDK ports and on in-memory frames alike.
 #![forbid(unsafe_code)]
+pub mod exceptions;
 pub mod handoff;
 pub mod idle;
 pub mod io;
 pub mod kernel;
+pub mod previous_table;
 pub mod traffic;
 pub mod worker;
 

@@ -431,6 +431,7 @@ pub fn bench_worker(
         load: LoadTable::new(64),
         persistence: PersistenceTable::new(16),
         neighbors: Arc::new(NeighborTable::new(64)),
+        exceptions: balancer::exceptions::ExceptionTable::disabled(),
     };
     let pool = frame_pool(4096);
     let traffic = TrafficSpec {

@@ -43,6 +43,9 @@ pub struct WorkerConfig {
     pub expire_sweep_ms: u64,
     /// Minimum interval between two resolution requests for one address.
     pub resolve_interval_ms: u64,
+    /// After a Maglev table changes, how long the previous tables answer for non-SYN frames without a connection
+    /// (`crate::previous_table`); 0: not at all.
+    pub previous_table_grace_ms: u64,
 }
 
 impl Default for WorkerConfig {
@@ -52,6 +55,7 @@ impl Default for WorkerConfig {
             tx_attempts: 4,
             expire_sweep_ms: 10_000,
             resolve_interval_ms: 1000,
+            previous_table_grace_ms: 0,
         }
     }
 }
@@ -160,6 +164,9 @@ pub struct Worker<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     engine: Engine<R, T>,
     updates: TableUpdates,
     trace: Option<TraceChannel>,
+    /// Connection exceptions shared with the cluster's other nodes (`crate::exceptions`), when configured.
+    exceptions: Option<crate::exceptions::ExceptionSync>,
+    previous: crate::previous_table::PreviousTable,
     stats: Arc<WorkerStats>,
     /// The burst being worked on, and its frames' layouts: fields of their own so that handling the frames can
     /// borrow the engine.
@@ -237,6 +244,8 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             },
             updates,
             trace: None,
+            exceptions: None,
+            previous: crate::previous_table::PreviousTable::new(config.previous_table_grace_ms),
             stats,
             received: Burst::new(),
             layouts: vec![packet::EMPTY_LAYOUT; MAX_BURST].into_boxed_slice(),
@@ -250,6 +259,17 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
     /// Answers trace queries from `channel` (checked once per poll).
     pub fn answer_traces(&mut self, channel: TraceChannel) {
         self.trace = Some(channel);
+    }
+
+    /// Shares connection exceptions over `links` (between bursts); returns the counters of it.
+    pub fn share_exceptions(
+        &mut self,
+        links: crate::exceptions::ExceptionLinks,
+    ) -> Arc<crate::exceptions::ExceptionStats> {
+        let sync = crate::exceptions::ExceptionSync::new(links);
+        let stats = sync.stats();
+        self.exceptions = Some(sync);
+        stats
     }
 
     pub fn stats(&self) -> Arc<WorkerStats> {
@@ -288,8 +308,15 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
 
     /// One turn of the loop at time `now_ms`; returns how many frames it received from the ports.
     pub fn poll(&mut self, now_ms: u64) -> usize {
-        self.take_new_tables();
+        self.take_new_tables(now_ms);
+        if let Some(kept) = self.previous.expired(&mut self.engine.state, now_ms) {
+            let _ = self.updates.retired.try_send(kept);
+        }
         self.answer_trace_queries(now_ms);
+        if let Some(sync) = &mut self.exceptions {
+            let engine = &mut self.engine;
+            sync.between_bursts(&mut engine.state, &engine.tables.snapshot, now_ms);
+        }
         let engine = &mut self.engine;
         // Control traffic first: what the kernel sends leaves ahead of this turn's data.
         let mut received_total = engine.send_kernel_frames();
@@ -399,14 +426,23 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
         }
     }
 
-    fn take_new_tables(&mut self) {
+    fn take_new_tables(&mut self, now_ms: u64) {
         while let Ok(tables) = self.updates.incoming.try_recv() {
             let old = std::mem::replace(&mut self.engine.tables, tables);
+            if let Some(sync) = &mut self.exceptions {
+                sync.tables_changed(&old.snapshot, &self.engine.tables.snapshot);
+            }
             self.stats
                 .generation
                 .store(self.engine.tables.snapshot.generation, Ordering::Release);
+            let engine = &mut self.engine;
+            let retire = self
+                .previous
+                .replaced(old, &engine.tables, &mut engine.state, now_ms);
             // The control thread frees it; if it is gone we are shutting down and dropping here is fine.
-            let _ = self.updates.retired.try_send(old);
+            if let Some(old) = retire {
+                let _ = self.updates.retired.try_send(old);
+            }
         }
     }
 

@@ -112,6 +112,7 @@ fn lane(spec: &SnapshotSpec, burst: usize, capacity: usize) -> Lane {
         load: LoadTable::new(256),
         persistence: PersistenceTable::new(64),
         neighbors,
+        exceptions: balancer::exceptions::ExceptionTable::disabled(),
     };
     let inbox: Inbox = Arc::new(Mutex::new(VecDeque::new()));
     let outboxes: Vec<Outbox> = (0..2).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();

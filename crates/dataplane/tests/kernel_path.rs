@@ -117,6 +117,7 @@ fn rig() -> Rig {
         load: LoadTable::new(16),
         persistence: PersistenceTable::new(16),
         neighbors: Arc::clone(&neighbors),
+        exceptions: balancer::exceptions::ExceptionTable::disabled(),
     };
     let ports: Vec<Side> = (0..2).map(|_| side()).collect();
     let port_queues = ports

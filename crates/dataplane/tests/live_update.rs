@@ -163,6 +163,7 @@ fn updates_under_traffic_lose_nothing_and_move_no_established_flow() {
         load: LoadTable::new(16),
         persistence: PersistenceTable::new(16),
         neighbors: Arc::new(NeighborTable::new(16)),
+        exceptions: balancer::exceptions::ExceptionTable::disabled(),
     };
     let mut worker = Worker::new(
         state,

@@ -121,6 +121,7 @@ fn rig(spec: &SnapshotSpec, workers: u16) -> Rig {
             load: LoadTable::new(256),
             persistence: PersistenceTable::new(256),
             neighbors: Arc::clone(&neighbors),
+            exceptions: balancer::exceptions::ExceptionTable::disabled(),
         };
         let mut inboxes = vec![];
         let mut outboxes = vec![];

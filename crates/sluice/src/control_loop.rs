@@ -40,6 +40,8 @@ pub struct ControlLoop {
     pub trace_answers: ChannelReceiver<dataplane::worker::TraceAnswer>,
     /// The exception path's counters and the announced VIPs (`crate::cluster`).
     pub cluster: crate::cluster::ClusterView,
+    /// Connection exceptions shared with the peers (`crate::sync`), when `[sync]` is configured.
+    pub sync: Option<crate::sync::SyncNode>,
 }
 
 /// The snapshot spec of `config` with the health verdicts applied: a backend that is down is removed, or set to
@@ -116,6 +118,9 @@ impl ControlLoop {
             .collect();
         self.generation = generation;
         self.snapshot = Some(Arc::clone(&snapshot));
+        if let Some(sync) = &mut self.sync {
+            sync.set_snapshot(&snapshot);
+        }
         let published = Instant::now();
         for (publisher, tables) in self.publishers.iter().zip(tables) {
             if publisher
@@ -167,9 +172,10 @@ impl ControlLoop {
             || new.workers != self.config.workers
             || new.eal_args != self.config.eal_args
             || new.control != self.config.control
+            || new.sync != self.config.sync
         {
             note =
-                "; ports, workers, [eal] and [control] changes need a restart and were not applied"
+                "; ports, workers, [eal], [control] and [sync] changes need a restart and were not applied"
                     .into();
         }
         let mut applied = new;
@@ -177,6 +183,7 @@ impl ControlLoop {
         applied.workers = self.config.workers.clone();
         applied.eal_args = self.config.eal_args.clone();
         applied.control = self.config.control.clone();
+        applied.sync = self.config.sync.clone();
         let previous = std::mem::replace(&mut self.config, applied);
         // A reload restates every weight: drains made by hand end.
         let drained = std::mem::take(&mut self.drained);

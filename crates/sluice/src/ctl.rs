@@ -89,6 +89,10 @@ impl Endpoints {
             }
             Request::Rate => self.rate(control),
             Request::Conns => connections(&control.stats),
+            Request::Sync => match &control.sync {
+                Some(sync) => sync.describe(Instant::now()),
+                None => "sync: not configured (no [sync] section)\n".into(),
+            },
             Request::Reload => {
                 let result = control.reload(config_path);
                 match &result {
@@ -550,6 +554,9 @@ fn metrics(control: &mut ControlLoop) -> String {
         .map(|service| service.key.vip)
         .collect();
     out.push_str(&control.cluster.metrics(&vips));
+    if let Some(sync) = &control.sync {
+        out.push_str(&sync.metrics(Instant::now()));
+    }
     out
 }
 

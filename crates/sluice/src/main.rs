@@ -14,6 +14,8 @@ mod netlink;
 mod pcap;
 mod run;
 mod serve;
+mod sync;
+mod sync_wire;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,7 +44,7 @@ enum Command {
     },
     /// Measure the worker path (parse, decide, rewrite, tx) on one core with an in-process traffic generator.
     Bench(bench::BenchArgs),
-    /// Talk to a running sluice over its control socket: list, stats, rate, conns, reload, drain ADDR:PORT,
+    /// Talk to a running sluice over its control socket: list, stats, rate, conns, sync, reload, drain ADDR:PORT,
     /// undrain ADDR:PORT, trace CLIENT:PORT VIP:PORT [tcp|udp].
     Ctl {
         /// The control socket ([control] socket in the configuration).

@@ -436,6 +436,8 @@ fn run_balancer(
     let mut kernel_stats = Vec::new();
     let started = Instant::now();
     let mesh = handoff_mesh(workers, HANDOFF_RING);
+    let (mut sync, mut exception_links) = crate::sync::open(config, workers)?;
+    let mut exception_stats = Vec::new();
     for ((index, &cpu), handoffs) in config.workers.cores.iter().enumerate().zip(mesh) {
         let capacity = config.network.conntrack_capacity;
         let local_ports = if spec.local_addresses.is_empty() {
@@ -467,6 +469,9 @@ fn run_balancer(
             load: LoadTable::new((registry.id_bound() + BACKEND_ID_HEADROOM) as usize),
             persistence: PersistenceTable::new(65536),
             neighbors: Arc::clone(&neighbors),
+            exceptions: balancer::exceptions::ExceptionTable::new(
+                config.sync.as_ref().map_or(0, |sync| sync.side_table),
+            ),
         };
         let mut queues = Vec::new();
         for port in ports {
@@ -491,6 +496,7 @@ fn run_balancer(
             TableUpdates { incoming, retired },
             WorkerConfig {
                 burst: config.workers.burst,
+                previous_table_grace_ms: config.network.previous_table_grace.as_millis() as u64,
                 ..WorkerConfig::default()
             },
         );
@@ -506,6 +512,9 @@ fn run_balancer(
             }
             worker.attach_kernel_path(dataplane::kernel::KernelPath::new(kernel_queues));
             kernel_stats.extend(worker.kernel_stats());
+        }
+        if let Some(links) = exception_links.get_mut(index).and_then(Option::take) {
+            exception_stats.push(worker.share_exceptions(links));
         }
         let (query_tx, query_rx) = bounded(8);
         trace_queries.push(query_tx);
@@ -559,6 +568,11 @@ fn run_balancer(
             announced: Default::default(),
             announcing: taps.is_some(),
         },
+        sync: sync.take().map(|mut node| {
+            node.set_snapshot(&snapshot);
+            node.watch_workers(exception_stats);
+            node
+        }),
     };
     let checks = health_specs(&control.config, &mut control.registry);
     if !checks.is_empty() {
@@ -606,6 +620,9 @@ fn run_balancer(
         endpoints.serve(&mut control, &args.config);
         control.apply_health_events();
         control.collect_retired();
+        if let Some(sync) = &mut control.sync {
+            sync.turn(Instant::now());
+        }
         if let Some(announcer) = &mut announcer {
             let wanted = match (&control.snapshot, liveness.all_alive(Instant::now())) {
                 (Some(snapshot), true) => crate::announce::servable_vips(snapshot),

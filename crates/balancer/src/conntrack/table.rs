@@ -720,6 +720,22 @@ impl ConnTable {
             .map(|(i, entry)| (ConnId(i as u32), self.conn_of(entry)))
     }
 
+    /// The connections in primary slots `start..start + slots` (clamped to the capacity): a walk of the table in
+    /// pieces, so that a scan between bursts never holds the worker for more than its budget.
+    pub fn iter_slots(
+        &self,
+        start: usize,
+        slots: usize,
+    ) -> impl Iterator<Item = (ConnId, Conn)> + '_ {
+        let end = start.saturating_add(slots).min(self.capacity);
+        let start = start.min(end);
+        self.entries[start..end]
+            .iter()
+            .enumerate()
+            .filter(|(_, entry)| entry.kind() == Kind::Original)
+            .map(move |(i, entry)| (ConnId((start + i) as u32), self.conn_of(entry)))
+    }
+
     fn release_local(&mut self, local: Option<Endpoint>) {
         if let (Some(local), Some(ports)) = (local, self.ports.as_mut()) {
             // The port came from this allocator a moment ago or with the connection, so it is allocated.

@@ -86,6 +86,9 @@ pub struct WorkerState {
     pub load: LoadTable,
     pub persistence: PersistenceTable,
     pub neighbors: Arc<NeighborTable>,
+    /// What the cluster's other nodes said about flows whose backend the current table no longer gives
+    /// (`crate::exceptions`); consulted only for a frame that is not a SYN and finds no connection.
+    pub exceptions: crate::exceptions::ExceptionTable,
 }
 
 impl WorkerState {

@@ -117,7 +117,14 @@ impl WorkerState {
             return Action::Drop(DropReason::NoConnection);
         }
 
-        let Some(backend_index) = self.schedule(schedulers, service_index, service, &flow, now_ms)
+        // A flow another node began, whose backend the table no longer gives: the backend that node reported.
+        let excepted = if is_syn || !schedules_any_packet {
+            None
+        } else {
+            self.exceptions.take(&flow, service, now_ms)
+        };
+        let Some(backend_index) =
+            excepted.or_else(|| self.schedule(schedulers, service_index, service, &flow, now_ms))
         else {
             return Action::Drop(DropReason::NoBackend);
         };

@@ -150,6 +150,7 @@ struct RawNetwork {
     timeouts: RawTimeouts,
     kernel_exception_path: Option<Spanned<bool>>,
     kernel_device: Option<Spanned<String>>,
+    vip_owner: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -346,6 +347,8 @@ pub struct NetworkConfig {
     pub kernel_exception_path: bool,
     /// The device of the kernel interfaces.
     pub kernel_device: KernelDevice,
+    /// Who puts the VIPs on the node (`crate::vip_owner`).
+    pub vip_owner: crate::vip_owner::VipOwner,
 }
 
 /// What DPDK device makes a port's kernel interface.
@@ -951,6 +954,20 @@ fn validate_network(
             }
         },
     };
+    let vip_owner = match &raw.vip_owner {
+        None => crate::vip_owner::VipOwner::default_for(kernel_exception_path),
+        Some(spanned) => {
+            let owner = crate::vip_owner::VipOwner::parse(spanned.get_ref())
+                .map_err(|error| locator.error_at(&spanned.span(), error))?;
+            if owner.needs_kernel_interface() && !kernel_exception_path {
+                return Err(locator.error_at(
+                    &spanned.span(),
+                    format!("vip_owner = \"{owner}\" puts VIPs on the kernel interfaces: it needs kernel_exception_path = true"),
+                ));
+            }
+            owner
+        }
+    };
     let mut timeouts = Timeouts::default();
     let t = &raw.timeouts;
     let set = |slot: &mut u64, value: &Option<Spanned<u64>>, field: &str| {
@@ -1001,6 +1018,7 @@ fn validate_network(
         timeouts,
         kernel_exception_path,
         kernel_device,
+        vip_owner,
     })
 }
 

@@ -5,3 +5,4 @@ pub mod fuzzing;
 pub mod health;
 pub mod keepalived;
 pub mod protocol;
+pub mod vip_owner;

@@ -3,8 +3,8 @@
 //! every worker over its bounded queue, takes retired tables back (so nothing is freed on a worker), and measures
 //! how long the workers took to adopt it.
 
-use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::collections::{BTreeSet, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
@@ -40,6 +40,9 @@ pub struct ControlLoop {
     pub trace_answers: ChannelReceiver<dataplane::worker::TraceAnswer>,
     /// The exception path's counters and the announced VIPs (`crate::cluster`).
     pub cluster: crate::cluster::ClusterView,
+    /// VIPs left out of the snapshot because keepalived has not put them on the kernel interface
+    /// (`crate::vip_owner`).
+    pub withheld: BTreeSet<IpAddr>,
 }
 
 /// The snapshot spec of `config` with the health verdicts applied: a backend that is down is removed, or set to
@@ -100,12 +103,13 @@ impl ControlLoop {
     /// Builds the current snapshot and publishes it to every worker; returns how long the workers took to use it
     /// (`None` if they did not within a second, for instance while stopping).
     pub fn publish(&mut self) -> Result<Option<Duration>, String> {
-        let spec = effective_spec(
+        let mut spec = effective_spec(
             &self.config,
             &self.port_macs,
             &mut self.registry,
             &self.down,
         )?;
+        crate::vip_owner::withhold(&mut spec, &self.withheld);
         let generation = self.generation + 1;
         let snapshot = Arc::new(Snapshot::build(&spec, generation).map_err(|e| e.to_string())?);
         // Scheduler state is built here too: workers only swap a pointer.
@@ -275,6 +279,16 @@ impl ControlLoop {
                 Err(format!("refused ({error}); nothing changed"))
             }
         }
+    }
+
+    /// Withholds exactly `withheld` from the workers (the VRRP VIPs this node does not own now) and publishes
+    /// when that changes anything.
+    pub fn set_withheld(&mut self, withheld: BTreeSet<IpAddr>) -> Result<Option<Duration>, String> {
+        if withheld == self.withheld {
+            return Ok(None);
+        }
+        let previous = std::mem::replace(&mut self.withheld, withheld);
+        self.publish().inspect_err(|_| self.withheld = previous)
     }
 
     /// The snapshot the workers were last given.

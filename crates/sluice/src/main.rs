@@ -14,6 +14,7 @@ mod netlink;
 mod pcap;
 mod run;
 mod serve;
+mod vip_owner;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

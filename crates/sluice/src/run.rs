@@ -16,6 +16,7 @@ use balancer::scheduler::LoadTable;
 use balancer::snapshot::Snapshot;
 use control::config::{BackendIdRegistry, Config};
 use control::health::HealthChecker;
+use control::vip_owner::VipOwner;
 
 use crate::control_loop::{health_specs, reload_signal, ControlLoop};
 use crate::ctl::Endpoints;
@@ -416,9 +417,12 @@ fn run_balancer(
         .iter()
         .map(|port| port.mac_address().map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
-    let spec = config
+    let mut spec = config
         .snapshot_spec(&macs, &mut registry)
         .map_err(|e| e.to_string())?;
+    // With VRRP no VIP is answered before keepalived is seen to have put it on the kernel interface.
+    let withheld = crate::vip_owner::vrrp_vips(config);
+    crate::vip_owner::withhold(&mut spec, &withheld);
     let snapshot =
         Arc::new(Snapshot::build(&spec, 1).map_err(|e| format!("{}: {e}", config.origin))?);
     let workers = config.workers.cores.len();
@@ -558,15 +562,25 @@ fn run_balancer(
         cluster: crate::cluster::ClusterView {
             kernel: kernel_stats.clone(),
             announced: Default::default(),
-            announcing: taps.is_some(),
+            announcing: taps.is_some() && config.network.vip_owner == VipOwner::Bgp,
         },
+        withheld,
     };
     let checks = health_specs(&control.config, &mut control.registry);
     if !checks.is_empty() {
         log::info!("health checks: {} backends", checks.len());
         control.health = Some(HealthChecker::start(checks));
     }
-    let mut announcer = taps.map(|taps| {
+    let mut vrrp_watch = match taps {
+        Some(taps) if config.network.vip_owner == VipOwner::Vrrp => Some(
+            crate::vip_owner::TapAddressWatch::open(&taps.interfaces)
+                .inspect_err(|_| stop.store(true, Ordering::SeqCst))
+                .map_err(|error| format!("following keepalived's VIPs: {error}"))?,
+        ),
+        _ => None,
+    };
+    let bgp_taps = taps.filter(|_| config.network.vip_owner == VipOwner::Bgp);
+    let mut announcer = bgp_taps.map(|taps| {
         let reserved = config
             .ports
             .iter()
@@ -607,6 +621,9 @@ fn run_balancer(
         endpoints.serve(&mut control, &args.config);
         control.apply_health_events();
         control.collect_retired();
+        if let Some(watch) = &mut vrrp_watch {
+            crate::vip_owner::follow(watch, &mut control);
+        }
         if let Some(announcer) = &mut announcer {
             let wanted = match (&control.snapshot, liveness.all_alive(Instant::now())) {
                 (Some(snapshot), true) => crate::announce::servable_vips(snapshot),

@@ -103,15 +103,17 @@ impl ControlLoop {
     /// Builds the current snapshot and publishes it to every worker; returns how long the workers took to use it
     /// (`None` if they did not within a second, for instance while stopping).
     pub fn publish(&mut self) -> Result<Option<Duration>, String> {
-        let mut spec = effective_spec(
+        let spec = effective_spec(
             &self.config,
             &self.port_macs,
             &mut self.registry,
             &self.down,
         )?;
-        crate::vip_owner::withhold(&mut spec, &self.withheld);
         let generation = self.generation + 1;
-        let snapshot = Arc::new(Snapshot::build(&spec, generation).map_err(|e| e.to_string())?);
+        let snapshot = Arc::new(
+            crate::vip_owner::build_snapshot(&spec, generation, &self.withheld)
+                .map_err(|e| e.to_string())?,
+        );
         // Scheduler state is built here too: workers only swap a pointer.
         let tables: Vec<WorkerTables> = self
             .publishers

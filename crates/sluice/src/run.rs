@@ -13,7 +13,6 @@ use balancer::neighbor::NeighborTable;
 use balancer::persistence::PersistenceTable;
 use balancer::port_alloc::PortAllocator;
 use balancer::scheduler::LoadTable;
-use balancer::snapshot::Snapshot;
 use control::config::{BackendIdRegistry, Config};
 use control::health::HealthChecker;
 use control::vip_owner::VipOwner;
@@ -417,14 +416,15 @@ fn run_balancer(
         .iter()
         .map(|port| port.mac_address().map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
-    let mut spec = config
+    let spec = config
         .snapshot_spec(&macs, &mut registry)
         .map_err(|e| e.to_string())?;
     // With VRRP no VIP is answered before keepalived is seen to have put it on the kernel interface.
     let withheld = crate::vip_owner::vrrp_vips(config);
-    crate::vip_owner::withhold(&mut spec, &withheld);
-    let snapshot =
-        Arc::new(Snapshot::build(&spec, 1).map_err(|e| format!("{}: {e}", config.origin))?);
+    let snapshot = Arc::new(
+        crate::vip_owner::build_snapshot(&spec, 1, &withheld)
+            .map_err(|e| format!("{}: {e}", config.origin))?,
+    );
     let workers = config.workers.cores.len();
     let software_steering = workers > 1 && !ports.iter().all(Port::has_rss);
     let neighbors = Arc::new(NeighborTable::new(65536));
@@ -573,12 +573,14 @@ fn run_balancer(
     }
     let mut vrrp_watch = match taps {
         Some(taps) if config.network.vip_owner == VipOwner::Vrrp => Some(
-            crate::vip_owner::TapAddressWatch::open(&taps.interfaces)
+            crate::vip_owner::quiet_kernel_arp(&taps.interfaces)
+                .and_then(|()| crate::vip_owner::TapAddressWatch::open(&taps.interfaces))
                 .inspect_err(|_| stop.store(true, Ordering::SeqCst))
                 .map_err(|error| format!("following keepalived's VIPs: {error}"))?,
         ),
         _ => None,
     };
+    let mut vrrp_ownership = crate::vip_owner::Ownership::default();
     let bgp_taps = taps.filter(|_| config.network.vip_owner == VipOwner::Bgp);
     let mut announcer = bgp_taps.map(|taps| {
         let reserved = config
@@ -622,7 +624,7 @@ fn run_balancer(
         control.apply_health_events();
         control.collect_retired();
         if let Some(watch) = &mut vrrp_watch {
-            crate::vip_owner::follow(watch, &mut control);
+            crate::vip_owner::follow(watch, &mut vrrp_ownership, &mut control);
         }
         if let Some(announcer) = &mut announcer {
             let wanted = match (&control.snapshot, liveness.all_alive(Instant::now())) {

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use balancer::snapshot::SnapshotSpec;
+use balancer::snapshot::{Snapshot, SnapshotError, SnapshotSpec};
 use control::config::Config;
 use control::vip_owner::VipOwner;
 use netlink_packet_core::{
@@ -44,13 +44,22 @@ pub fn vrrp_vips(config: &Config) -> BTreeSet<IpAddr> {
         .collect()
 }
 
-/// Leaves the services of the `withheld` VIPs out of `spec`: without a service a VIP is not an owned address of the
-/// snapshot, so the workers neither answer ARP/ND for it nor balance its traffic.
-pub fn withhold(spec: &mut SnapshotSpec, withheld: &BTreeSet<IpAddr>) {
-    if !withheld.is_empty() {
-        spec.services
-            .retain(|service| !withheld.contains(&service.key.vip));
+/// Builds generation `generation` of `spec` without the `withheld` VIPs: their services are left out, so that
+/// the workers neither answer ARP/ND for them nor balance their traffic, and they are marked so that their traffic
+/// is dropped (counted as `not_ours`) rather than handed to the kernel.
+pub fn build_snapshot(
+    spec: &SnapshotSpec,
+    generation: u64,
+    withheld: &BTreeSet<IpAddr>,
+) -> Result<Snapshot, SnapshotError> {
+    if withheld.is_empty() {
+        return Snapshot::build(spec, generation);
     }
+    let mut owned = spec.clone();
+    owned
+        .services
+        .retain(|service| !withheld.contains(&service.key.vip));
+    Ok(Snapshot::build(&owned, generation)?.with_withheld(withheld.iter().copied()))
 }
 
 /// Follows which of the VRRP VIPs are on sluice's kernel interfaces.
@@ -173,37 +182,79 @@ impl TapAddressWatch {
     }
 }
 
-/// Publishes a new snapshot when keepalived put a VIP on the kernel interface or took one off.
-pub fn follow(watch: &mut TapAddressWatch, control: &mut ControlLoop) {
-    let Some(owned) = watch.poll(Instant::now()) else {
-        return;
-    };
-    let on_interfaces = match owned {
-        Ok(addresses) => addresses,
-        Err(error) => {
+/// How long a VIP must have been on the kernel interface before sluice answers for it. When a node preempts, it
+/// becomes MASTER and puts the VIP on before the old MASTER has heard its advert and stepped down; the grace lets
+/// the old one go quiet first, so that no ARP request is answered by both nodes (measured in scripts/netns/vrrp.sh).
+/// Losing a VIP takes effect at once.
+pub const HANDOVER_GRACE: Duration = Duration::from_millis(100);
+
+/// The VIPs that have been on the kernel interfaces for [`HANDOVER_GRACE`], from the addresses the watch reports.
+#[derive(Default)]
+pub struct Ownership {
+    /// The addresses on the kernel interfaces, and since when.
+    present: std::collections::BTreeMap<IpAddr, Instant>,
+}
+
+impl Ownership {
+    /// Takes the addresses on the interfaces now (`at` is when they were read).
+    pub fn update(&mut self, on_interfaces: &BTreeSet<IpAddr>, at: Instant) {
+        self.present.retain(|addr, _| on_interfaces.contains(addr));
+        for &addr in on_interfaces {
+            self.present.entry(addr).or_insert(at);
+        }
+    }
+
+    /// Of `vips`, those not owned at `now`: absent, or present for less than the grace.
+    pub fn withheld(&self, vips: &BTreeSet<IpAddr>, now: Instant) -> BTreeSet<IpAddr> {
+        vips.iter()
+            .filter(|vip| {
+                !matches!(self.present.get(vip),
+                    Some(since) if now.duration_since(*since) >= HANDOVER_GRACE)
+            })
+            .copied()
+            .collect()
+    }
+}
+
+/// Stops the kernel answering ARP on the kernel interfaces (`arp_ignore = 8`): with VRRP it would answer for the VIP
+/// from the moment keepalived puts it there, grace or not. sluice answers for the port's addresses itself.
+pub fn quiet_kernel_arp(interfaces: &[KernelInterface]) -> Result<(), String> {
+    for interface in interfaces {
+        let path = format!("/proc/sys/net/ipv4/conf/{}/arp_ignore", interface.name);
+        std::fs::write(&path, "8").map_err(|error| format!("{path}: {error}"))?;
+    }
+    Ok(())
+}
+
+/// Follows keepalived: reads the interfaces' addresses when they changed and publishes a new snapshot when the set
+/// of owned VIPs changes.
+pub fn follow(watch: &mut TapAddressWatch, ownership: &mut Ownership, control: &mut ControlLoop) {
+    let now = Instant::now();
+    match watch.poll(now) {
+        None => {}
+        Some(Ok(addresses)) => ownership.update(&addresses, now),
+        Some(Err(error)) => {
             log::error!("following keepalived's VIPs: {error}");
             return;
         }
-    };
-    let withheld: BTreeSet<IpAddr> = vrrp_vips(&control.config)
-        .difference(&on_interfaces)
-        .copied()
-        .collect();
+    }
+    let withheld = ownership.withheld(&vrrp_vips(&control.config), now);
+    if withheld == control.withheld {
+        return;
+    }
     let gained: Vec<_> = control.withheld.difference(&withheld).copied().collect();
     let lost: Vec<_> = withheld.difference(&control.withheld).copied().collect();
     match control.set_withheld(withheld) {
         Ok(took) => {
+            let generation = control.generation;
+            let took = took.map_or("not confirmed".into(), |took| {
+                format!("in use after {} us", took.as_micros())
+            });
             for vip in gained {
-                log::info!("vrrp: {vip} is on the kernel interface: answering and balancing it (generation {})", control.generation);
+                log::info!("vrrp: {vip} is on the kernel interface: answering and balancing it (generation {generation}, {took})");
             }
             for vip in lost {
-                log::info!("vrrp: {vip} left the kernel interface: no longer answering for it (generation {})", control.generation);
-            }
-            if let Some(took) = took {
-                log::info!(
-                    "vrrp: ownership change in use after {} us",
-                    took.as_micros()
-                );
+                log::info!("vrrp: {vip} left the kernel interface: no longer answering for it (generation {generation}, {took})");
             }
         }
         Err(error) => log::error!("vrrp: ownership change not applied: {error}"),
@@ -242,16 +293,36 @@ address = "10.0.0.12"
         let vips = vrrp_vips(&config);
         assert_eq!(vips.len(), 2);
         let mut registry = control::config::BackendIdRegistry::new();
-        let mut spec = config
+        let spec = config
             .snapshot_spec(&[[2, 0, 0, 0, 0, 1]], &mut registry)
             .unwrap();
         let withheld: BTreeSet<IpAddr> = ["10.0.0.101".parse().unwrap()].into();
-        withhold(&mut spec, &withheld);
-        let snapshot = balancer::snapshot::Snapshot::build(&spec, 1).unwrap();
+        let snapshot = build_snapshot(&spec, 1, &withheld).unwrap();
+        assert!(snapshot.withheld("10.0.0.101".parse().unwrap()));
+        assert!(!snapshot.withheld("10.0.0.100".parse().unwrap()));
         assert!(snapshot.owned("10.0.0.100".parse().unwrap()).unwrap().vip);
         assert!(snapshot.owned("10.0.0.101".parse().unwrap()).is_none());
         // The port's own address stays answered whatever keepalived does.
         assert!(snapshot.owned("10.0.0.1".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn a_vip_is_owned_after_the_grace_and_lost_at_once() {
+        let vip: IpAddr = "10.0.0.100".parse().unwrap();
+        let vips: BTreeSet<IpAddr> = [vip].into();
+        let start = Instant::now();
+        let mut ownership = Ownership::default();
+        assert_eq!(ownership.withheld(&vips, start), vips);
+        ownership.update(&vips, start);
+        assert_eq!(ownership.withheld(&vips, start + HANDOVER_GRACE / 2), vips);
+        assert!(ownership.withheld(&vips, start + HANDOVER_GRACE).is_empty());
+        // Still there at the next read: the time it came stays.
+        ownership.update(&vips, start + HANDOVER_GRACE * 2);
+        assert!(ownership
+            .withheld(&vips, start + HANDOVER_GRACE * 2)
+            .is_empty());
+        ownership.update(&BTreeSet::new(), start + HANDOVER_GRACE * 3);
+        assert_eq!(ownership.withheld(&vips, start + HANDOVER_GRACE * 3), vips);
     }
 
     #[test]

@@ -160,8 +160,10 @@ pub fn convert(items: &[Item], target: &VrrpTarget) -> Option<(String, Vec<Strin
     let _ = writeln!(
         out,
         "\n# Fails while sluice is unreachable or has no backend that can take traffic for the VIPs: the instance\n\
-         # then goes to FAULT and gives the VIPs to the other node.\nvrrp_script {CHECK_NAME} {{\n    script {}\n    \
-         interval 1\n    fall 1\n    rise 2\n}}\n",
+         # then goes to FAULT and gives the VIPs to the other node. Three passes before the node takes them back\n\
+         # leave its health checks a round to agree with the other node's: with mh, connections keep their backend\n\
+         # only when both nodes built the same table.\nvrrp_script {CHECK_NAME} {{\n    script {}\n    \
+         interval 1\n    fall 1\n    rise 3\n}}\n",
         quote(&format!("{} {} {}", target.check_script, target.socket, vips.join(" ")))
     );
     for item in items {

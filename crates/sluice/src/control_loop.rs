@@ -178,7 +178,12 @@ impl ControlLoop {
                 "; ports, workers, [eal] and [control] changes need a restart and were not applied"
                     .into();
         }
+        if new.network.vip_owner != self.config.network.vip_owner {
+            // Following keepalived or announcing for BIRD is set up when sluice starts.
+            note.push_str("; vip_owner needs a restart and was not applied");
+        }
         let mut applied = new;
+        applied.network.vip_owner = self.config.network.vip_owner;
         applied.ports = self.config.ports.clone();
         applied.workers = self.config.workers.clone();
         applied.eal_args = self.config.eal_args.clone();

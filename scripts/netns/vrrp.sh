@@ -14,10 +14,10 @@
 #  1. n1 (MASTER) holds the VIP; exactly one node answers ARP for it;
 #  2. kill -9 of n1's sluice: the VIP moves to n2 within 3 x advert_int plus skew, the client's neighbour entry
 #     follows n2's gratuitous ARP, and n1's sluice restarted takes it back (preemption);
-#  3. SIGTERM to n1's keepalived: the VIP moves to n2; restarted, n1 takes it back;
+#  3. SIGTERM, then kill -9, to n1's keepalived: the VIP moves to n2; restarted, n1 takes it back;
 #  4. every backend unreachable from n1 (its health checks fail): n1's track script gives the VIP to n2; back
 #     when they are reachable again;
-#  5. keep-alive connections opened before the failovers carry on to the same backend through all of them;
+#  5. keep-alive connections opened before the failovers of 2 and 3 carry on to the same backend through them;
 #  6. no ARP request was answered by both nodes at once (sampled every 20 ms from the client throughout).
 # Then everything it created is removed, and it checks that nothing is left.
 #
@@ -260,22 +260,23 @@ arp_moved_ms() {
 }
 
 # failover LABEL FROM TO ACTION...: runs ACTION, waits for the VIP to move from FROM to TO (tap and ARP answers),
-# and prints the figures; sets MOVED_MS (the ARP answers' move).
+# and prints both times from the start of ACTION; sets MOVED_MS (the ARP answers' move: the takeover as the
+# client sees it).
 failover() {
     local label=$1 to=$3 start tap_ms
     shift 3
     start=$(now_ms)
     "$@"
-    tap_ms=$(wait_holder "$to" 15) || fail "$label: the VIP did not move to $to (holder $(holder))"
+    wait_holder "$to" 15 > /dev/null || fail "$label: the VIP did not move to $to (holder $(holder))"
+    tap_ms=$(($(now_ms) - start))
     MOVED_MS=$(arp_moved_ms "$start" "$(mac_of "$to")") || fail "$label: ARP answers did not move to $to"
     echo "vrrp: $label: VIP on $to's tap after $tap_ms ms, ARP answered by $to after $MOVED_MS ms"
 }
 
 kill_sluice() { kill -9 "$(cat "$STATE/$1/sluice.pid")"; wait "$(cat "$STATE/$1/sluice.pid")" 2> /dev/null || true; }
-stop_keepalived() {
-    kill "$(cat "$STATE/$1/keepalived.main")"
-    wait "$(cat "$STATE/$1/keepalived.main")" 2> /dev/null || true
-}
+# stop_keepalived NODE [SIGNAL]: signals keepalived's main process (reap_keepalived waits until it is gone).
+stop_keepalived() { kill "-${2:-TERM}" "$(cat "$STATE/$1/keepalived.main")"; }
+reap_keepalived() { wait "$(cat "$STATE/$1/keepalived.main")" 2> /dev/null || true; }
 block_backends() { for i in 1 2 3; do ip -n "$P$1" route add blackhole "10.77.0.1$i/32"; done; }
 unblock_backends() { for i in 1 2 3; do ip -n "$P$1" route del blackhole "10.77.0.1$i/32"; done; }
 
@@ -328,25 +329,34 @@ sleep 1
 # 3. n1's keepalived stops (SIGTERM); it comes back and preempts.
 failover "SIGTERM n1's keepalived" n1 n2 stop_keepalived n1
 keepalived_death_ms=$MOVED_MS
+reap_keepalived n1
 [ "$keepalived_death_ms" -le $((MASTER_DOWN_MS + 1000)) ] ||
     fail "takeover took $keepalived_death_ms ms (master down interval $MASTER_DOWN_MS ms)"
 sleep 1
 failover "n1's keepalived restarted (preempt)" n2 n1 keepalived_start n1
 sleep 1
+failover "kill -9 n1's keepalived" n1 n2 stop_keepalived n1 KILL
+keepalived_kill_ms=$MOVED_MS
+reap_keepalived n1
+sleep 1
+failover "n1's keepalived restarted again (preempt)" n2 n1 keepalived_start n1
+sleep 1
+
+# 5. The long-lived connections, across the six moves of the VIP so far. (Not across step 4: there n1's health
+# checks fail one backend at a time, and each verdict moves that backend's connections on n1 to the others, as
+# they would if the backend had really failed.)
+touch "$STATE/stop"
+wait "$hold_pid" || fail "the long-lived client failed: $(cat "$STATE/hold.err")"
+held=$(cat "$STATE/hold.out")
+echo "vrrp: long-lived connections across six moves of the VIP: $held"
+python3 -c 'import json,sys; r=json.loads(sys.argv[1]); sys.exit(0 if r["broken"] == 0 and r["moved"] == 0 else 1)' \
+    "$held" || fail "connections broke or moved: $held $(cat "$STATE/hold.err")"
 
 # 4. n1 loses every backend (its health checks fail): its track script gives the VIP away.
 failover "every backend unreachable from n1" n1 n2 block_backends n1
 sleep 1
 failover "n1's backends reachable again (preempt)" n2 n1 unblock_backends n1
 sleep 1
-
-# 5. The long-lived connections.
-touch "$STATE/stop"
-wait "$hold_pid" || fail "the long-lived client failed: $(cat "$STATE/hold.err")"
-held=$(cat "$STATE/hold.out")
-echo "vrrp: long-lived connections across the six moves of the VIP: $held"
-python3 -c 'import json,sys; r=json.loads(sys.argv[1]); sys.exit(0 if r["broken"] == 0 and r["moved"] == 0 else 1)' \
-    "$held" || fail "connections broke or moved: $held $(cat "$STATE/hold.err")"
 
 # 6. Never two nodes at once.
 touch "$STATE/arp.stop"
@@ -356,8 +366,9 @@ echo "vrrp: ARP samples from the client: $arp"
 python3 -c 'import json,sys; sys.exit(0 if json.loads(sys.argv[1])["two_at_once"] == 0 else 1)' "$arp" ||
     fail "both nodes answered ARP for the VIP at once: $arp"
 
-echo "vrrp: takeover on sluice death $sluice_death_ms ms, on keepalived stop $keepalived_death_ms ms" \
-    "(master down interval $MASTER_DOWN_MS ms)"
+echo "vrrp: takeover on sluice death $sluice_death_ms ms, on keepalived stop $keepalived_death_ms ms, on keepalived" \
+    "kill -9 $keepalived_kill_ms ms \
+(master down interval $MASTER_DOWN_MS ms)"
 teardown
 trap - EXIT
 left=$(ip netns list | grep "^$P" || true)

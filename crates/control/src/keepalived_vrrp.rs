@@ -157,6 +157,13 @@ pub fn convert(items: &[Item], target: &VrrpTarget) -> Option<(String, Vec<Strin
     }
     write_item(&mut out, &global, 0);
     let vips = virtual_addresses(items);
+    if vips.is_empty() {
+        notes.push(
+            "no vrrp_instance has a virtual_ipaddress: keepalived will move no VIP, and chk_sluice has none to \
+             check (it fails until one is added to its script line)"
+                .to_owned(),
+        );
+    }
     let _ = writeln!(
         out,
         "\n# Fails while sluice is unreachable or has no backend that can take traffic for the VIPs: the instance\n\

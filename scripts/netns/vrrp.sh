@@ -19,6 +19,7 @@
 #     when they are reachable again;
 #  5. keep-alive connections opened before the failovers of 2 and 3 carry on to the same backend through them;
 #  6. no ARP request was answered by both nodes at once (sampled every 20 ms from the client throughout).
+#  7. with `nopreempt` (and `state BACKUP`) in n1's file, n1 coming back leaves the VIP with n2.
 # Then everything it created is removed, and it checks that nothing is left.
 #
 # Usage: scripts/netns/vrrp.sh     (root; needs keepalived, installed by scripts/setup.sh)
@@ -119,7 +120,8 @@ topology_up() {
     done
 }
 
-# operator_file STATE PRIORITY: the keepalived.conf an LVS operator runs on a director (seed style).
+# operator_file STATE PRIORITY [LINE]: the keepalived.conf an LVS operator runs on a director (seed style); LINE
+# (nopreempt) goes into its vrrp_instance.
 operator_file() {
     cat << EOF
 ! Configuration File for keepalived
@@ -144,6 +146,7 @@ vrrp_instance VI_1 {
     interface eth0
     virtual_router_id 51
     priority $2
+    ${3:-}
     advert_int $ADVERT_INT
     authentication {
         auth_type PASS
@@ -357,6 +360,21 @@ failover "every backend unreachable from n1" n1 n2 block_backends n1
 sleep 1
 failover "n1's backends reachable again (preempt)" n2 n1 unblock_backends n1
 sleep 1
+
+# 7. nopreempt: n1's keepalived restarted from the operator's file with `state BACKUP` and `nopreempt` (imported the
+# same way) leaves the VIP with n2 although its priority is higher.
+operator_file BACKUP 150 nopreempt > "$STATE/n1/operator-nopreempt.conf"
+"$SLUICE" import-keepalived "$STATE/n1/operator-nopreempt.conf" --vrrp-out "$STATE/n1/keepalived-nopreempt.conf" \
+    --check-script "$ROOT/scripts/keepalived/sluice-vip-check" --socket "$STATE/n1/ctl.sock" > /dev/null 2>&1 ||
+    fail "importing the nopreempt file"
+grep -q '^ *nopreempt$' "$STATE/n1/keepalived-nopreempt.conf" || fail "nopreempt was not carried over"
+failover "SIGTERM n1's keepalived (before nopreempt)" n1 n2 stop_keepalived n1
+reap_keepalived n1
+cp "$STATE/n1/keepalived-nopreempt.conf" "$STATE/n1/keepalived.conf"
+keepalived_start n1
+sleep 6
+[ "$(holder)" = n2 ] || fail "n1 took the VIP back with nopreempt (holder $(holder))"
+echo "vrrp: nopreempt: n1 (priority 150) restarted, the VIP stayed on n2 for 6 s"
 
 # 6. Never two nodes at once.
 touch "$STATE/arp.stop"

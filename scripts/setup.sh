@@ -12,6 +12,7 @@ packages=(
     python3                        # the end-to-end tests' HTTP backends and client, demo summaries
     gnuplot-nox                    # benchmark plots
     bird2 frr                      # the cluster test bed: BIRD on the nodes, FRR (zebra, bgpd, bfdd) on the router
+    keepalived                     # the VRRP test bed: keepalived --vrrp on each node's tap
 )
 
 sudo_cmd=()
@@ -32,9 +33,10 @@ else
     echo "setup.sh: system packages present"
 fi
 
-# The cluster test starts its own BIRD and FRR daemons in network namespaces: the packages' system services are
-# not wanted (they would hold the BGP port and the control sockets of the root namespace).
-for service in bird frr; do
+# The cluster and VRRP tests start their own BIRD, FRR and keepalived daemons in network namespaces: the packages'
+# system services are not wanted (they would hold the BGP port, the control sockets and the VRRP instances of the
+# root namespace).
+for service in bird frr keepalived; do
     if command -v systemctl > /dev/null && [ -d /run/systemd/system ]; then
         "${sudo_cmd[@]}" systemctl disable --now "$service" > /dev/null 2>&1 || true
     elif [ -x "/etc/init.d/$service" ]; then

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every test (unit, property, fuzz smoke, DPDK vdev end-to-end), and real
 # TCP traffic through sluice in network namespaces for every forwarding mode, and two sluice nodes behind an ECMP
-# router (FRR, BIRD, BGP with BFD) losing and regaining a node.
+# router (FRR, BIRD, BGP with BFD) losing and regaining a node, and two sluice nodes in active-backup with keepalived's
+# VRRP failing over and back.
 # Run scripts/setup.sh once before.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,3 +13,4 @@ cargo test --workspace --no-fail-fast
 bash scripts/netns/e2e.sh
 bash scripts/netns/cluster.sh
 bash scripts/netns/cluster.sh exceptions
+bash scripts/netns/vrrp.sh

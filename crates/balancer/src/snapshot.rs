@@ -244,6 +244,9 @@ pub struct Snapshot {
     local_ports: PortPartition,
     kernel_exception_path: bool,
     max_backend_id: u32,
+    /// VIPs another node owns now (VRRP BACKUP): no service, not answered, and their traffic dropped rather than
+    /// given to the kernel (which may already hold the address and would reset the connections).
+    withheld: PlaceMap<()>,
 }
 
 impl Snapshot {
@@ -296,6 +299,7 @@ impl Snapshot {
             local_ports: spec.local_ports,
             kernel_exception_path: spec.kernel_exception_path,
             max_backend_id: 0,
+            withheld: PlaceMap::default(),
         };
 
         for service_spec in &spec.services {
@@ -474,6 +478,21 @@ impl Snapshot {
             .nat_backends
             .get(&PlaceKey::new(addr, port, protocol))?;
         Some(&self.services[*index as usize])
+    }
+
+    /// Marks `vips` as owned by another node now (their services are left out of the spec by the caller).
+    pub fn with_withheld(mut self, vips: impl IntoIterator<Item = IpAddr>) -> Snapshot {
+        self.withheld = vips
+            .into_iter()
+            .map(|vip| (PlaceKey::address(vip), ()))
+            .collect();
+        self
+    }
+
+    /// Whether `addr` is a VIP another node owns now.
+    #[inline]
+    pub fn withheld(&self, addr: IpAddr) -> bool {
+        !self.withheld.is_empty() && self.withheld.contains_key(&PlaceKey::address(addr))
     }
 
     /// Whether, and as what, the balancer owns `addr`.

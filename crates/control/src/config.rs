@@ -153,6 +153,7 @@ struct RawNetwork {
     kernel_exception_path: Option<Spanned<bool>>,
     kernel_device: Option<Spanned<String>>,
     previous_table_grace: Option<Spanned<f64>>,
+    vip_owner: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -355,6 +356,8 @@ pub struct NetworkConfig {
     /// After a Maglev table changes, how long the previous table answers for non-SYN frames without a connection
     /// (for nodes without `[sync]` peers; zero: off).
     pub previous_table_grace: Duration,
+    /// Who puts the VIPs on the node (`crate::vip_owner`).
+    pub vip_owner: crate::vip_owner::VipOwner,
 }
 
 /// What DPDK device makes a port's kernel interface.
@@ -1008,6 +1011,20 @@ fn validate_network(
             }
         },
     };
+    let vip_owner = match &raw.vip_owner {
+        None => crate::vip_owner::VipOwner::default_for(kernel_exception_path),
+        Some(spanned) => {
+            let owner = crate::vip_owner::VipOwner::parse(spanned.get_ref())
+                .map_err(|error| locator.error_at(&spanned.span(), error))?;
+            if owner.needs_kernel_interface() && !kernel_exception_path {
+                return Err(locator.error_at(
+                    &spanned.span(),
+                    format!("vip_owner = \"{owner}\" puts VIPs on the kernel interfaces: it needs kernel_exception_path = true"),
+                ));
+            }
+            owner
+        }
+    };
     let mut timeouts = Timeouts::default();
     let t = &raw.timeouts;
     let set = |slot: &mut u64, value: &Option<Spanned<u64>>, field: &str| {
@@ -1060,6 +1077,7 @@ fn validate_network(
         kernel_exception_path,
         kernel_device,
         previous_table_grace,
+        vip_owner,
     })
 }
 

@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use crate::config::Config;
+use crate::keepalived_vrrp::{is_vrrp_block, VrrpTarget};
 
 /// The deepest nesting of blocks accepted (keepalived's own files nest four deep).
 pub const MAX_DEPTH: usize = 32;
@@ -229,8 +230,37 @@ fn seconds(item: &Item, what: &str) -> Result<String, String> {
 }
 
 /// Converts `text`; returns the TOML and the messages about what was not carried over. The TOML is accepted by
-/// [`Config::parse`]; anything that would not be is an error naming the line.
+/// [`Config::parse`]; anything that would not be is an error naming the line. The VRRP half, if any, is left out
+/// (see [`convert_pair`]); its notes are returned.
 pub fn convert(text: &str) -> Result<(String, Vec<String>), String> {
+    let converted = convert_pair(text, &default_vrrp_target())?;
+    Ok((converted.sluice, converted.notes))
+}
+
+/// What a keepalived.conf becomes: sluice's configuration, and keepalived's VRRP-only configuration when the file
+/// has `vrrp_instance` blocks.
+#[derive(Debug)]
+pub struct Converted {
+    pub sluice: String,
+    pub keepalived: Option<String>,
+    pub notes: Vec<String>,
+}
+
+/// The imported port's kernel interface, the check script where the packaging puts it and the default control
+/// socket.
+pub fn default_vrrp_target() -> VrrpTarget {
+    VrrpTarget {
+        interface: crate::config::default_kernel_interface(IMPORTED_PORT),
+        check_script: "/usr/local/lib/sluice/sluice-vip-check".into(),
+        socket: "/run/sluice.sock".into(),
+    }
+}
+
+/// The name of the one port the imported configuration has.
+const IMPORTED_PORT: &str = "wan";
+
+/// Converts `text` into both halves; the VRRP half is bound to `target`.
+pub fn convert_pair(text: &str, target: &VrrpTarget) -> Result<Converted, String> {
     let items = parse(text)?;
     let mut out = String::new();
     let mut notes = Vec::new();
@@ -243,7 +273,7 @@ pub fn convert(text: &str) -> Result<(String, Vec<String>), String> {
         "# Set the EAL arguments, the ports (devices and addresses) and the workers before use.\n"
     );
     let _ = writeln!(out, "[eal]\nargs = [\"--in-memory\", \"-l\", \"0\"]\n");
-    let _ = writeln!(out, "[[port]]\nname = \"wan\"\ndevice = \"0000:00:00.0\"     # the NIC's PCI address\naddresses = []\n");
+    let _ = writeln!(out, "[[port]]\nname = \"{IMPORTED_PORT}\"\ndevice = \"0000:00:00.0\"     # the NIC's PCI address\naddresses = []\n");
     let mut services = String::new();
     let mut needs = Needs::default();
     for item in &items {
@@ -251,12 +281,21 @@ pub fn convert(text: &str) -> Result<(String, Vec<String>), String> {
             Some("virtual_server") => {
                 convert_service(item, &mut services, &mut notes, &mut needs)?
             }
-            Some(other) => notes.push(format!("line {}: `{other}` is not carried over (sluice balances; it does not do VRRP, global settings, groups or includes)", item.line)),
+            Some(keyword) if is_vrrp_block(keyword) => {}
+            Some(other) => notes.push(format!("line {}: `{other}` is not carried over (sluice balances; it does not do global settings, groups or includes)", item.line)),
             None => notes.push(format!("line {}: a block without a keyword is ignored", item.line)),
         }
     }
-    if needs.any() {
+    let vrrp = crate::keepalived_vrrp::convert(&items, target);
+    if needs.any() || vrrp.is_some() {
         let _ = writeln!(out, "[network]");
+        if vrrp.is_some() {
+            let _ = writeln!(
+                out,
+                "# keepalived (the VRRP half of this import) puts the VIPs on the port's kernel interface when it is \
+                 MASTER.\nkernel_exception_path = true\nvip_owner = \"vrrp\""
+            );
+        }
         let mut placeholder = |field: &str, value: &str, why: &str| {
             let _ = writeln!(out, "{field} = {value}   # a placeholder: set it");
             notes.push(format!(
@@ -285,13 +324,28 @@ pub fn convert(text: &str) -> Result<(String, Vec<String>), String> {
         }
         let _ = writeln!(out);
     }
+    if vrrp.is_some() {
+        let _ = writeln!(
+            out,
+            "[control]\n# keepalived's track script asks here whether the VIPs have a backend.\nsocket = {}\n",
+            toml_string(&target.socket)
+        );
+    }
     out.push_str(&services);
     if let Err(error) = Config::parse(&out, "the converted configuration") {
         return Err(format!(
             "the converted configuration would be refused: {error}"
         ));
     }
-    Ok((out, notes))
+    let keepalived = vrrp.map(|(keepalived, vrrp_notes)| {
+        notes.extend(vrrp_notes);
+        keepalived
+    });
+    Ok(Converted {
+        sluice: out,
+        keepalived,
+        notes,
+    })
 }
 
 /// What the services need in `[network]`.

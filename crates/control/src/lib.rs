@@ -4,5 +4,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod health;
 pub mod keepalived;
+pub mod keepalived_vrrp;
 pub mod protocol;
 pub mod sync_config;
+pub mod vip_owner;

@@ -453,3 +453,31 @@ fn the_previous_table_grace_is_held_to_its_range() {
         &["previous_table_grace", "0 to 600"],
     );
 }
+
+#[test]
+fn vip_owner_defaults_to_bgp_with_a_kernel_interface_and_vrrp_needs_one() {
+    use control::vip_owner::VipOwner;
+    let parse =
+        |network: &str| Config::parse(&format!("{BASE}[network]\n{network}{SERVICE}"), "t.toml");
+    assert_eq!(
+        parse("kernel_exception_path = true\n")
+            .unwrap()
+            .network
+            .vip_owner,
+        VipOwner::Bgp
+    );
+    assert_eq!(parse("").unwrap().network.vip_owner, VipOwner::Static);
+    assert_eq!(
+        parse("kernel_exception_path = true\nvip_owner = \"vrrp\"\n")
+            .unwrap()
+            .network
+            .vip_owner,
+        VipOwner::Vrrp
+    );
+    let error = parse("vip_owner = \"vrrp\"\n").unwrap_err().to_string();
+    assert!(error.contains("kernel_exception_path = true"), "{error}");
+    let error = parse("kernel_exception_path = true\nvip_owner = \"carp\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("\"static\", \"bgp\" or \"vrrp\""), "{error}");
+}

@@ -3,8 +3,8 @@
 //! every worker over its bounded queue, takes retired tables back (so nothing is freed on a worker), and measures
 //! how long the workers took to adopt it.
 
-use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::collections::{BTreeSet, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
@@ -42,6 +42,9 @@ pub struct ControlLoop {
     pub cluster: crate::cluster::ClusterView,
     /// Connection exceptions shared with the peers (`crate::sync`), when `[sync]` is configured.
     pub sync: Option<crate::sync::SyncNode>,
+    /// VIPs left out of the snapshot because keepalived has not put them on the kernel interface
+    /// (`crate::vip_owner`).
+    pub withheld: BTreeSet<IpAddr>,
 }
 
 /// The snapshot spec of `config` with the health verdicts applied: a backend that is down is removed, or set to
@@ -109,7 +112,10 @@ impl ControlLoop {
             &self.down,
         )?;
         let generation = self.generation + 1;
-        let snapshot = Arc::new(Snapshot::build(&spec, generation).map_err(|e| e.to_string())?);
+        let snapshot = Arc::new(
+            crate::vip_owner::build_snapshot(&spec, generation, &self.withheld)
+                .map_err(|e| e.to_string())?,
+        );
         // Scheduler state is built here too: workers only swap a pointer.
         let tables: Vec<WorkerTables> = self
             .publishers
@@ -178,7 +184,12 @@ impl ControlLoop {
                 "; ports, workers, [eal], [control] and [sync] changes need a restart and were not applied"
                     .into();
         }
+        if new.network.vip_owner != self.config.network.vip_owner {
+            // Following keepalived or announcing for BIRD is set up when sluice starts.
+            note.push_str("; vip_owner needs a restart and was not applied");
+        }
         let mut applied = new;
+        applied.network.vip_owner = self.config.network.vip_owner;
         applied.ports = self.config.ports.clone();
         applied.workers = self.config.workers.clone();
         applied.eal_args = self.config.eal_args.clone();
@@ -282,6 +293,16 @@ impl ControlLoop {
                 Err(format!("refused ({error}); nothing changed"))
             }
         }
+    }
+
+    /// Withholds exactly `withheld` from the workers (the VRRP VIPs this node does not own now) and publishes
+    /// when that changes anything.
+    pub fn set_withheld(&mut self, withheld: BTreeSet<IpAddr>) -> Result<Option<Duration>, String> {
+        if withheld == self.withheld {
+            return Ok(None);
+        }
+        let previous = std::mem::replace(&mut self.withheld, withheld);
+        self.publish().inspect_err(|_| self.withheld = previous)
     }
 
     /// The snapshot the workers were last given.

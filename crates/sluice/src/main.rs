@@ -16,6 +16,7 @@ mod run;
 mod serve;
 mod sync;
 mod sync_wire;
+mod vip_owner;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,10 +54,13 @@ enum Command {
         #[arg(required = true, num_args = 1..)]
         command: Vec<String>,
     },
-    /// Print the sluice configuration equivalent to a keepalived.conf's virtual servers (notes on stderr).
+    /// Print the sluice configuration equivalent to a keepalived.conf's virtual servers (notes on stderr), and
+    /// write its VRRP instances as a VRRP-only keepalived configuration bound to sluice's kernel interface.
     ImportKeepalived {
         /// The keepalived configuration file.
         file: PathBuf,
+        #[command(flatten)]
+        vrrp: keepalived::VrrpArgs,
     },
     /// Write client-to-VIP traffic (many TCP or UDP flows) into a pcap file.
     Generate(generate::GenerateArgs),
@@ -71,7 +75,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::generate(args),
         Command::Bench(args) => bench::bench(args),
         Command::Ctl { socket, command } => ctl::client(&socket, &command),
-        Command::ImportKeepalived { file } => keepalived::import(&file),
+        Command::ImportKeepalived { file, vrrp } => keepalived::import(&file, &vrrp),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,9 +13,9 @@ use balancer::neighbor::NeighborTable;
 use balancer::persistence::PersistenceTable;
 use balancer::port_alloc::PortAllocator;
 use balancer::scheduler::LoadTable;
-use balancer::snapshot::Snapshot;
 use control::config::{BackendIdRegistry, Config};
 use control::health::HealthChecker;
+use control::vip_owner::VipOwner;
 
 use crate::control_loop::{health_specs, reload_signal, ControlLoop};
 use crate::ctl::Endpoints;
@@ -419,8 +419,12 @@ fn run_balancer(
     let spec = config
         .snapshot_spec(&macs, &mut registry)
         .map_err(|e| e.to_string())?;
-    let snapshot =
-        Arc::new(Snapshot::build(&spec, 1).map_err(|e| format!("{}: {e}", config.origin))?);
+    // With VRRP no VIP is answered before keepalived is seen to have put it on the kernel interface.
+    let withheld = crate::vip_owner::vrrp_vips(config);
+    let snapshot = Arc::new(
+        crate::vip_owner::build_snapshot(&spec, 1, &withheld)
+            .map_err(|e| format!("{}: {e}", config.origin))?,
+    );
     let workers = config.workers.cores.len();
     let software_steering = workers > 1 && !ports.iter().all(Port::has_rss);
     let neighbors = Arc::new(NeighborTable::new(65536));
@@ -566,20 +570,32 @@ fn run_balancer(
         cluster: crate::cluster::ClusterView {
             kernel: kernel_stats.clone(),
             announced: Default::default(),
-            announcing: taps.is_some(),
+            announcing: taps.is_some() && config.network.vip_owner == VipOwner::Bgp,
         },
         sync: sync.take().map(|mut node| {
             node.set_snapshot(&snapshot);
             node.watch_workers(exception_stats);
             node
         }),
+        withheld,
     };
     let checks = health_specs(&control.config, &mut control.registry);
     if !checks.is_empty() {
         log::info!("health checks: {} backends", checks.len());
         control.health = Some(HealthChecker::start(checks));
     }
-    let mut announcer = taps.map(|taps| {
+    let mut vrrp_watch = match taps {
+        Some(taps) if config.network.vip_owner == VipOwner::Vrrp => Some(
+            crate::vip_owner::quiet_kernel_arp(&taps.interfaces)
+                .and_then(|()| crate::vip_owner::TapAddressWatch::open(&taps.interfaces))
+                .inspect_err(|_| stop.store(true, Ordering::SeqCst))
+                .map_err(|error| format!("following keepalived's VIPs: {error}"))?,
+        ),
+        _ => None,
+    };
+    let mut vrrp_ownership = crate::vip_owner::Ownership::default();
+    let bgp_taps = taps.filter(|_| config.network.vip_owner == VipOwner::Bgp);
+    let mut announcer = bgp_taps.map(|taps| {
         let reserved = config
             .ports
             .iter()
@@ -622,6 +638,9 @@ fn run_balancer(
         control.collect_retired();
         if let Some(sync) = &mut control.sync {
             sync.turn(Instant::now());
+        }
+        if let Some(watch) = &mut vrrp_watch {
+            crate::vip_owner::follow(watch, &mut vrrp_ownership, &mut control);
         }
         if let Some(announcer) = &mut announcer {
             let wanted = match (&control.snapshot, liveness.all_alive(Instant::now())) {

@@ -78,6 +78,7 @@ fn a_keepalived_configuration_imports() {
     let notes = String::from_utf8(output.stderr).unwrap();
     let config = Config::parse(&toml, "imported.toml").unwrap_or_else(|e| panic!("{e}\n{toml}"));
     assert_eq!(config.services.len(), 2);
+    assert_eq!(config.network.vip_owner, control::vip_owner::VipOwner::Vrrp);
     let web = &config.services[0];
     assert_eq!(
         (web.mode, web.scheduler),
@@ -111,8 +112,8 @@ fn a_keepalived_configuration_imports() {
     );
     assert_eq!((dns.backends[0].port, dns.backends[0].weight), (5353, 0));
     for expected in [
-        "line 2: `global_defs` is not carried over",
-        "line 6: `vrrp_instance` is not carried over",
+        "the file has VRRP instances: pass --vrrp-out FILE",
+        "line 8: vrrp_instance VI_1: interface eth0 becomes sluice's kernel interface sl-wan",
         "line 19: `sorry_server` in virtual_server 192.0.2.10 80 is not carried over",
         "url `digest` is not carried over",
         "lb_algo fo has no sluice equivalent",
@@ -123,6 +124,60 @@ fn a_keepalived_configuration_imports() {
             "{expected:?} missing from:\n{notes}"
         );
     }
+}
+
+#[test]
+fn a_master_and_a_backup_import_to_two_different_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut halves = Vec::new();
+    for (state, priority) in [("MASTER", 150), ("BACKUP", 100)] {
+        let path = dir.path().join(format!("{state}.conf"));
+        let text = KEEPALIVED
+            .replace(
+                "state MASTER",
+                &format!("state {state}\n    priority {priority}"),
+            )
+            .replace(
+                "virtual_router_id 51",
+                "virtual_router_id 51\n    virtual_ipaddress {\n        192.0.2.10\n    }",
+            );
+        std::fs::write(&path, text).unwrap();
+        let vrrp = dir.path().join(format!("{state}-vrrp.conf"));
+        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("import-keepalived")
+            .arg(&path)
+            .arg("--vrrp-out")
+            .arg(&vrrp)
+            .args(["--socket", "/run/sluice-test.sock"])
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        let toml = String::from_utf8(output.stdout).unwrap();
+        let config = Config::parse(&toml, "imported.toml").unwrap();
+        assert_eq!(
+            config.control.socket.as_deref(),
+            Some("/run/sluice-test.sock")
+        );
+        let keepalived = std::fs::read_to_string(&vrrp).unwrap();
+        assert!(
+            keepalived.contains(&format!("state {state}")),
+            "{keepalived}"
+        );
+        assert!(
+            keepalived.contains(&format!("priority {priority}")),
+            "{keepalived}"
+        );
+        assert!(keepalived.contains("interface sl-wan"), "{keepalived}");
+        assert!(
+            keepalived.contains("/run/sluice-test.sock 192.0.2.10"),
+            "{keepalived}"
+        );
+        assert!(!keepalived.contains("virtual_server"), "{keepalived}");
+        halves.push((toml, keepalived));
+    }
+    // The services are the same on both directors; the VRRP halves differ.
+    assert_eq!(halves[0].0, halves[1].0);
+    assert_ne!(halves[0].1, halves[1].1);
 }
 
 #[test]

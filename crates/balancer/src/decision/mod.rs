@@ -267,6 +267,10 @@ impl WorkerState {
             let (vip, vport) = (service.key.vip, service.key.port);
             return self.nat_reply(snapshot, layout, staged, vip, vport, handed_off, now_ms);
         }
+        if snapshot.withheld(flow.dst_addr) {
+            // A VIP another node owns now: the kernel must not see it (it may hold the address and reset).
+            return Action::Drop(DropReason::NotOurs);
+        }
         not_ours(snapshot)
     }
 

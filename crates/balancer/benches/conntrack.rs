@@ -8,7 +8,7 @@
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 
-use balancer::conntrack::{ConnKey, ConnTable, Hit, Target, Timeouts};
+use balancer::conntrack::{ConnKey, ConnTable, EdgeHooks, Hit, Target, Timeouts};
 use balancer::service::{BackendId, ForwardingMode};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use packet::flow::ip_protocol;
@@ -81,9 +81,13 @@ fn filled_table(connections: usize, mode: ForwardingMode) -> ConnTable {
         ForwardingMode::Dr | ForwardingMode::Tun => 0,
         ForwardingMode::Nat | ForwardingMode::FullNat => connections,
     };
-    let mut table =
-        ConnTable::with_two_entry_limit(connections, two_entry, Timeouts::default(), None)
-            .expect("table");
+    // As `sluice run` builds it: with the DPDK layer's huge-page advice and prefetch instruction.
+    let hooks = EdgeHooks {
+        advise_memory: Some(dpdk::advise_huge_pages),
+        prefetch: Some(dpdk::prefetch_line),
+    };
+    let mut table = ConnTable::with_hooks(connections, two_entry, Timeouts::default(), None, hooks)
+        .expect("table");
     for n in 0..connections as u64 {
         table
             .insert(0, key(n), target(mode), 0x02, |_| {})

@@ -417,6 +417,13 @@ impl ConnTable {
         Some((BackendId(entry.backend), entry.mode()))
     }
 
+    /// Whether IPVS counts connection `id` as active (TCP in ESTABLISHED, any other protocol always).
+    #[inline]
+    pub fn is_active(&self, id: ConnId) -> Option<bool> {
+        let entry = self.primary(id)?;
+        Some(is_active(entry.protocol(), entry.state()))
+    }
+
     /// What forwarding the client's packets of connection `id` needs, without the client key.
     #[inline(always)]
     pub fn forwarding(&self, id: ConnId) -> Option<Forwarding> {

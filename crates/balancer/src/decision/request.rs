@@ -148,17 +148,14 @@ impl WorkerState {
             });
         match inserted {
             Ok(id) => {
-                let Some(conn) = self.conns.get(id) else {
+                // What the new connection needs, read without rebuilding its client key.
+                let (Some(conn), Some(active)) =
+                    (self.conns.forwarding(id), self.conns.is_active(id))
+                else {
                     return Action::Drop(DropReason::ConnectionRejected);
                 };
-                self.load.connection_opened(conn.backend, conn.is_active());
-                opened(forward_request(
-                    snapshot,
-                    service,
-                    &conn.forwarding(),
-                    layout,
-                    false,
-                ))
+                self.load.connection_opened(conn.backend, active);
+                opened(forward_request(snapshot, service, &conn, layout, false))
             }
             Err(error) => {
                 let untracked = Forwarding {

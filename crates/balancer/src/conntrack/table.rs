@@ -532,15 +532,38 @@ impl ConnTable {
         client: FlowKey,
         target: Target,
         flags: u8,
+        on_removed: impl FnMut(&Conn),
+    ) -> Result<ConnId, InsertError> {
+        let client_key = ConnKey::from_flow(&client);
+        let client_hash = self.hash(&client_key);
+        self.insert_keyed(
+            now,
+            client,
+            &client_key,
+            client_hash,
+            target,
+            flags,
+            on_removed,
+        )
+    }
+
+    /// [`ConnTable::insert`] of a client key already built and hashed ([`ConnTable::hash`]) for its lookup.
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert_keyed(
+        &mut self,
+        now: u64,
+        client: FlowKey,
+        client_key: &ConnKey,
+        client_hash: u32,
+        target: Target,
+        flags: u8,
         mut on_removed: impl FnMut(&Conn),
     ) -> Result<ConnId, InsertError> {
         if target.mode == ForwardingMode::Nat && client.src_addr.is_ipv4() != target.addr.is_ipv4()
         {
             return Err(InsertError::FamilyMismatch);
         }
-        let client_key = ConnKey::from_flow(&client);
-        let client_hash = self.hash(&client_key);
-        if let Some(entry) = self.find(&client_key, client_hash) {
+        if let Some(entry) = self.find(client_key, client_hash) {
             let owner = self.owner(entry);
             if self.entries[entry as usize].expires_at > now {
                 return Err(InsertError::Exists(ConnId(owner)));
@@ -628,7 +651,7 @@ impl ConnTable {
 
         let id = self.free_primary;
         self.free_primary = self.entries[id as usize].link;
-        let mut primary = Entry::new(Kind::Original, &client_key, target.mode, tcp_state);
+        let mut primary = Entry::new(Kind::Original, client_key, target.mode, tcp_state);
         primary.expires_at = conn.expires_at;
         primary.backend = target.backend.0;
         match inline_backend {

@@ -33,6 +33,7 @@ use crate::scheduler::{IpvsScheduler, LoadTable};
 use crate::service::{BackendId, SchedulerKind};
 use crate::snapshot::{Route, Snapshot};
 
+use request::Established;
 pub use verdict::{Action, DropReason, Forward, Rewrite};
 
 /// Tables published with each snapshot, one set per worker: the snapshot and the per-service scheduler state
@@ -67,6 +68,9 @@ impl WorkerTables {
 pub struct StagedKey {
     key: ConnKey,
     hash: u32,
+    /// The table was searched for this key during this frame's decision and holds no live connection for it:
+    /// the later steps of the same decision need not search again.
+    missed: bool,
 }
 
 /// Who a worker is among its peers.
@@ -115,7 +119,11 @@ impl WorkerState {
         let key = ConnKey::from_flow(flow);
         let hash = self.conns.hash(&key);
         self.conns.prefetch(hash);
-        StagedKey { key, hash }
+        StagedKey {
+            key,
+            hash,
+            missed: false,
+        }
     }
 
     /// [`WorkerState::stage`] with the caller's prefetch instruction (the data plane's, inlined).
@@ -124,7 +132,11 @@ impl WorkerState {
         let key = ConnKey::from_flow(flow);
         let hash = self.conns.hash(&key);
         self.conns.prefetch_with(hash, prefetch);
-        StagedKey { key, hash }
+        StagedKey {
+            key,
+            hash,
+            missed: false,
+        }
     }
 
     /// The second stage of a staged lookup: prefetches the connection entries the key's bucket points at.
@@ -143,6 +155,7 @@ impl WorkerState {
     #[inline]
     fn lookup_frame(&self, flow: &FlowKey, staged: Option<&StagedKey>, now_ms: u64) -> Option<Hit> {
         match staged {
+            Some(staged) if staged.missed => None,
             Some(staged) => self.conns.lookup_key(&staged.key, staged.hash, now_ms),
             None => self.conns.lookup(flow, now_ms),
         }
@@ -174,13 +187,22 @@ impl WorkerState {
             L3::Ipv4 | L3::Ipv6 => {
                 // The common case first: a whole datagram of a connection this worker tracks, forwarded from its
                 // entry without classifying the destination again.
+                let mut after_miss = None;
                 if let Some(staged) = staged {
                     if layout.fragment == Fragment::None && matches!(layout.icmp, IcmpKind::None) {
-                        if let Some(action) = self.established(snapshot, layout, staged, now_ms) {
-                            return action;
+                        match self.established(snapshot, layout, staged, now_ms) {
+                            Established::Forwarded(action) => return action,
+                            Established::Missed => {
+                                after_miss = Some(StagedKey {
+                                    missed: true,
+                                    ..*staged
+                                })
+                            }
+                            Established::Other => {}
                         }
                     }
                 }
+                let staged = after_miss.as_ref().or(staged);
                 self.ip(snapshot, schedulers, layout, staged, handed_off, now_ms)
             }
             L3::Other(_) => not_ours(snapshot),

@@ -4,11 +4,19 @@
 use packet::{FlowKey, Fragment, FrameLayout};
 
 use super::{forward, opened, Action, DropReason, Rewrite, StagedKey, WorkerState};
-use crate::conntrack::{tcp_flags, Direction, Endpoint, Forwarding, InsertError, Target};
+use crate::conntrack::{tcp_flags, Conn, Direction, Endpoint, Forwarding, InsertError, Target};
 use crate::maglev::flow_hash;
 use crate::scheduler::IpvsScheduler;
 use crate::service::{ForwardingMode, SchedulerKind};
 use crate::snapshot::{mask_address, Route, Service, Snapshot};
+
+/// What [`WorkerState::established`] made of a frame.
+pub(super) enum Established {
+    Forwarded(Action),
+    Missed,
+    /// A reply, or a connection whose backend left the snapshot.
+    Other,
+}
 
 impl WorkerState {
     /// A frame to a VIP; `None` when no service of the VIP matches (the caller decides what else it may be).
@@ -38,8 +46,9 @@ impl WorkerState {
         ))
     }
 
-    /// A client's frame of a connection this worker tracks, forwarded from the entry alone. `None` when the frame
-    /// is not that (no connection, a reply, or a backend gone from the snapshot): the full decision takes it then.
+    /// A client's frame of a connection this worker tracks, forwarded from the entry alone; otherwise whether the
+    /// table holds no live connection for it at all (`Missed`) or one the full decision must look at (a reply, a
+    /// backend gone from the snapshot).
     ///
     /// Equivalent to [`WorkerState::request_to`] for these frames: a connection in this worker's table was opened
     /// here, so this worker owns the flow; its backend is in the snapshot, so its service is too (backend ids
@@ -51,17 +60,23 @@ impl WorkerState {
         layout: &FrameLayout,
         staged: &StagedKey,
         now_ms: u64,
-    ) -> Option<Action> {
-        let hit = self
-            .conns
-            .lookup_key(&staged.key, staged.hash, now_ms)
-            .filter(|hit| hit.direction == Direction::Original)?;
-        let (backend, mode) = self.conns.backend_and_mode(hit.id)?;
-        let (service, _, route) = snapshot.backend(backend)?;
+    ) -> Established {
+        let Some(hit) = self.conns.lookup_key(&staged.key, staged.hash, now_ms) else {
+            return Established::Missed;
+        };
+        if hit.direction != Direction::Original {
+            return Established::Other;
+        }
+        let Some((backend, mode)) = self.conns.backend_and_mode(hit.id) else {
+            return Established::Other;
+        };
+        let Some((service, _, route)) = snapshot.backend(backend) else {
+            return Established::Other;
+        };
         self.account(hit.id, Direction::Original, layout.tcp_flags, now_ms);
         if mode == ForwardingMode::Dr {
             // The MACs are all DR changes: the backend's address is not even read.
-            return Some(forward(
+            return Established::Forwarded(forward(
                 route,
                 Rewrite::MacsOnly,
                 Some(backend),
@@ -69,8 +84,12 @@ impl WorkerState {
                 false,
             ));
         }
-        let conn = self.conns.forwarding(hit.id)?;
-        Some(forward_on(snapshot, service, &conn, route, layout, false))
+        match self.conns.forwarding(hit.id) {
+            Some(conn) => {
+                Established::Forwarded(forward_on(snapshot, service, &conn, route, layout, false))
+            }
+            None => Established::Other,
+        }
     }
 
     /// A whole datagram to `service` (at `service_index` in the snapshot).
@@ -141,11 +160,22 @@ impl WorkerState {
             mode: service.mode,
         };
         let load = &mut self.load;
-        let inserted = self
-            .conns
-            .insert(now_ms, flow, target, layout.tcp_flags, |dead| {
-                load.connection_closed(dead.backend, dead.is_active())
-            });
+        let on_removed = |dead: &Conn| load.connection_closed(dead.backend, dead.is_active());
+        // The staged key is this frame's own flow, built and hashed already.
+        let inserted = match staged {
+            Some(staged) => self.conns.insert_keyed(
+                now_ms,
+                flow,
+                &staged.key,
+                staged.hash,
+                target,
+                layout.tcp_flags,
+                on_removed,
+            ),
+            None => self
+                .conns
+                .insert(now_ms, flow, target, layout.tcp_flags, on_removed),
+        };
         match inserted {
             Ok(id) => {
                 // What the new connection needs, read without rebuilding its client key.

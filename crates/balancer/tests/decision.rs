@@ -178,6 +178,7 @@ fn transport(
         l3_len: ip_len + l4_len + 100,
         protocol,
         ttl: 64,
+        source_routed: false,
         flow: FlowKey {
             src_addr: src,
             dst_addr: dst,

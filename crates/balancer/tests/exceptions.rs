@@ -157,6 +157,7 @@ fn layout(flow: FlowKey, flags: u8) -> FrameLayout {
         l3_len: 140,
         protocol: TCP,
         ttl: 64,
+        source_routed: false,
         flow,
         fragment: Fragment::None,
         tcp_flags: flags,

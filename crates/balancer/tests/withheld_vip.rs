@@ -89,6 +89,7 @@ fn segment(flags: u8) -> FrameLayout {
         l3_len: 140,
         protocol: TCP,
         ttl: 64,
+        source_routed: false,
         flow: FlowKey {
             src_addr: ip("10.0.0.50"),
             dst_addr: ip("10.0.0.100"),

@@ -84,6 +84,7 @@ fn syn(flow: FlowKey) -> FrameLayout {
         l3_len: 40,
         protocol: 6,
         ttl: 64,
+        source_routed: false,
         flow,
         fragment: Fragment::None,
         tcp_flags: tcp_flags::SYN,

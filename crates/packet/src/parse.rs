@@ -108,6 +108,9 @@ pub struct FrameLayout {
     pub protocol: u8,
     /// TTL or hop limit.
     pub ttl: u8,
+    /// An IPv4 packet carrying a loose or strict source route option: its sender picks the path, which no
+    /// router of ours should follow (Linux drops these by default, `accept_source_route = 0`).
+    pub source_routed: bool,
     /// Valid for IPv4 and IPv6; ICMP echo: the identifier in both ports; later fragments: ports 0.
     pub flow: FlowKey,
     pub fragment: Fragment,
@@ -215,6 +218,7 @@ pub const EMPTY_LAYOUT: FrameLayout = FrameLayout {
     l3_len: 0,
     protocol: 0,
     ttl: 0,
+    source_routed: false,
     flow: UNSPECIFIED_FLOW,
     fragment: Fragment::None,
     tcp_flags: 0,
@@ -257,6 +261,7 @@ pub fn parse_frame_into(
     layout.l3_len = 0;
     layout.protocol = 0;
     layout.ttl = 0;
+    layout.source_routed = false;
     layout.flow = UNSPECIFIED_FLOW;
     layout.fragment = Fragment::None;
     layout.tcp_flags = 0;
@@ -335,6 +340,8 @@ fn parse_ipv4(
     layout.l3 = L3::Ipv4;
     layout.l3_len = total as u16;
     layout.ttl = header[8];
+    // Options are rare: only a header longer than 20 bytes is walked.
+    layout.source_routed = header_len > 20 && ipv4_options_route_the_source(&header[20..])?;
     layout.protocol = header[9];
     layout.l4_offset = (l3 + header_len) as u16;
     layout.fragment = match (fragment_offset, more_fragments) {
@@ -353,6 +360,34 @@ fn parse_ipv4(
         return Ok(());
     }
     parse_transport(&frame[..l3 + total], layout)
+}
+
+/// IPv4 option types (RFC 791) that name the path: loose and strict source and record route.
+const LOOSE_SOURCE_ROUTE: u8 = 0x83;
+const STRICT_SOURCE_ROUTE: u8 = 0x89;
+
+/// Whether IPv4 `options` hold a source route. Other options (record route, timestamps, router alert) are left
+/// to the caller, who forwards them unchanged as LVS does. An option whose length runs past the header or is
+/// below 2 is malformed, as it is for every IP stack.
+fn ipv4_options_route_the_source(options: &[u8]) -> Result<bool, ParseError> {
+    let mut at = 0;
+    while let Some(&kind) = options.get(at) {
+        match kind {
+            // End of the option list.
+            0 => return Ok(false),
+            // No operation: one byte of padding.
+            1 => at += 1,
+            LOOSE_SOURCE_ROUTE | STRICT_SOURCE_ROUTE => return Ok(true),
+            _ => {
+                let length = usize::from(read_u8(options, at + 1)?);
+                if length < 2 || at + length > options.len() {
+                    return Err(ParseError::Malformed("IPv4 option length"));
+                }
+                at += length;
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// Walks IPv6 extension headers from `next` at `offset` up to `end`; returns (protocol, transport offset,

@@ -12,6 +12,10 @@
 //! source address, destination address and protocol (Maglev's own rule), without connection tracking, so that
 //! later fragments, which carry no ports, follow the first. Fragmented FULLNAT traffic and later fragments of NAT
 //! replies cannot be mapped without reassembly: they are dropped and counted.
+//!
+//! What a router would not forward is dropped by reason before anything else is decided: tagged frames (the ports
+//! are untagged) and source-routed IPv4 for every destination; a TTL of 0 or 1 and martian sources on the way to
+//! a backend (never on the way to the kernel, and the established path pays one compare of the TTL for it).
 
 mod arp;
 mod fragment;
@@ -169,13 +173,21 @@ impl WorkerState {
             schedulers,
         } = tables;
         let snapshot: &Snapshot = snapshot;
+        // Two compares on facts the parser already wrote; the reasons are told apart out of line.
+        if layout.vlan_tags != 0 || layout.source_routed {
+            return refused_whatever_its_destination(layout);
+        }
         match layout.l3 {
             L3::Arp => self.arp(snapshot, layout),
             L3::Ipv4 | L3::Ipv6 => {
                 // The common case first: a whole datagram of a connection this worker tracks, forwarded from its
-                // entry without classifying the destination again.
+                // entry without classifying the destination again. A frame at the end of its TTL takes the full
+                // decision, which drops it when it would be forwarded.
                 if let Some(staged) = staged {
-                    if layout.fragment == Fragment::None && matches!(layout.icmp, IcmpKind::None) {
+                    if layout.fragment == Fragment::None
+                        && matches!(layout.icmp, IcmpKind::None)
+                        && layout.ttl > 1
+                    {
                         if let Some(action) = self.established(snapshot, layout, staged, now_ms) {
                             return action;
                         }
@@ -201,7 +213,10 @@ impl WorkerState {
         match layout.icmp {
             IcmpKind::None => {}
             IcmpKind::Error { inner, .. } => {
-                return self.icmp_error(snapshot, &flow, &inner, handed_off, now_ms)
+                if layout.ttl <= 1 {
+                    return Action::Drop(DropReason::TtlExpired);
+                }
+                return self.icmp_error(snapshot, &flow, &inner, handed_off, now_ms);
             }
             IcmpKind::EchoRequest => {
                 return match snapshot.owned(flow.dst_addr) {
@@ -240,6 +255,9 @@ impl WorkerState {
             if let Some((index, service)) =
                 snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)
             {
+                if let Some(reason) = unforwardable_request(snapshot, layout) {
+                    return Action::Drop(reason);
+                }
                 return self.request_to(
                     snapshot, schedulers, layout, staged, index, service, handed_off, now_ms,
                 );
@@ -253,6 +271,9 @@ impl WorkerState {
                 }
             }
             if owned.local_address {
+                if layout.ttl <= 1 {
+                    return Action::Drop(DropReason::TtlExpired);
+                }
                 return self.fullnat_reply(snapshot, layout, staged, handed_off, now_ms);
             }
             return if snapshot.kernel_exception_path() {
@@ -264,6 +285,9 @@ impl WorkerState {
         if let Some(service) =
             snapshot.nat_service_of_backend(flow.src_addr, flow.src_port, flow.protocol)
         {
+            if layout.ttl <= 1 {
+                return Action::Drop(DropReason::TtlExpired);
+            }
             let (vip, vport) = (service.key.vip, service.key.port);
             return self.nat_reply(snapshot, layout, staged, vip, vport, handed_off, now_ms);
         }
@@ -307,6 +331,37 @@ impl WorkerState {
         let hash = rss::SYMMETRIC_TABLE.tuple_hash(src, dst, src_port, dst_port, true);
         rss::queue_of(hash, u32::from(self.place.workers)) as u16
     }
+}
+
+/// Why a frame is dropped whatever it is addressed to (the caller saw a VLAN tag or a source route).
+#[cold]
+#[inline(never)]
+fn refused_whatever_its_destination(layout: &FrameLayout) -> Action {
+    if layout.vlan_tags != 0 {
+        Action::Drop(DropReason::VlanTagged)
+    } else {
+        Action::Drop(DropReason::SourceRouted)
+    }
+}
+
+/// Why a client's frame to a service must not be forwarded nor open a connection: a TTL that a router would not
+/// forward (0 or 1; others pass unchanged, as in LVS), or a source that no client has (unspecified, loopback,
+/// multicast, broadcast, or one of our own addresses: a spoofed flow that would make us talk to ourselves or
+/// answer to a group). Asked only on the way to a new connection, never on the established path.
+pub(super) fn unforwardable_request(
+    snapshot: &Snapshot,
+    layout: &FrameLayout,
+) -> Option<DropReason> {
+    if layout.ttl <= 1 {
+        return Some(DropReason::TtlExpired);
+    }
+    let source = layout.flow.src_addr;
+    let martian = source.is_unspecified()
+        || source.is_loopback()
+        || source.is_multicast()
+        || matches!(source, IpAddr::V4(v4) if v4.is_broadcast())
+        || snapshot.owned(source).is_some();
+    martian.then_some(DropReason::MartianSource)
 }
 
 pub(super) fn not_ours(snapshot: &Snapshot) -> Action {

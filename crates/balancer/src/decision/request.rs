@@ -3,7 +3,9 @@
 
 use packet::{FlowKey, Fragment, FrameLayout};
 
-use super::{forward, opened, Action, DropReason, Rewrite, StagedKey, WorkerState};
+use super::{
+    forward, opened, unforwardable_request, Action, DropReason, Rewrite, StagedKey, WorkerState,
+};
 use crate::conntrack::{tcp_flags, Direction, Endpoint, Forwarding, InsertError, Target};
 use crate::maglev::flow_hash;
 use crate::scheduler::IpvsScheduler;
@@ -22,10 +24,16 @@ impl WorkerState {
     ) -> Option<Action> {
         let flow = layout.flow;
         if layout.fragment != Fragment::None {
+            if let Some(reason) = unforwardable_request(snapshot, layout) {
+                return Some(Action::Drop(reason));
+            }
             return Some(self.fragment_request(snapshot, layout));
         }
         let (service_index, service) =
             snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)?;
+        if let Some(reason) = unforwardable_request(snapshot, layout) {
+            return Some(Action::Drop(reason));
+        }
         Some(self.request_to(
             snapshot,
             schedulers,

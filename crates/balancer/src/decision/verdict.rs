@@ -46,10 +46,18 @@ pub enum DropReason {
     TxFull,
     /// An answer or rewrite could not be applied (counted by the data plane).
     RewriteFailed,
+    /// An 802.1Q or QinQ tagged frame: the ports are untagged.
+    VlanTagged,
+    /// An IPv4 packet with a loose or strict source route option.
+    SourceRouted,
+    /// A packet to forward with TTL or hop limit 0 or 1: a router would drop it too.
+    TtlExpired,
+    /// A new flow from a source no client has: unspecified, loopback, multicast, broadcast or one of our addresses.
+    MartianSource,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 19;
+    pub const COUNT: usize = 23;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::NotOurs,
         DropReason::NoService,
@@ -70,6 +78,10 @@ impl DropReason {
         DropReason::HandoffFull,
         DropReason::TxFull,
         DropReason::RewriteFailed,
+        DropReason::VlanTagged,
+        DropReason::SourceRouted,
+        DropReason::TtlExpired,
+        DropReason::MartianSource,
     ];
 
     /// Index into a per-reason counter array.
@@ -100,6 +112,10 @@ impl DropReason {
             DropReason::HandoffFull => "handoff_full",
             DropReason::TxFull => "tx_full",
             DropReason::RewriteFailed => "rewrite_failed",
+            DropReason::VlanTagged => "vlan_tagged",
+            DropReason::SourceRouted => "source_routed",
+            DropReason::TtlExpired => "ttl_expired",
+            DropReason::MartianSource => "martian_source",
         }
     }
 }

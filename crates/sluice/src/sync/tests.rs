@@ -273,6 +273,7 @@ fn cost_of_a_backend_change(connections: u32, after: usize) -> (u64, u64, u64) {
             l3_len: 40,
             protocol: 6,
             ttl: 64,
+            source_routed: false,
             flow,
             fragment: Fragment::None,
             tcp_flags: tcp_flags::SYN,

@@ -149,11 +149,21 @@ impl Harness {
         self.tables = WorkerTables::new(snapshot);
     }
 
+    /// The decision for `layout` arriving on the port that faces its source, as an honest frame does.
     fn decide(&mut self, layout: &FrameLayout) -> Action {
+        let ingress = self
+            .tables
+            .snapshot
+            .route(layout.flow.src_addr)
+            .map_or(0, |route| route.port);
+        self.decide_on(layout, ingress)
+    }
+
+    fn decide_on(&mut self, layout: &FrameLayout, ingress: u16) -> Action {
         // Through the staged lookup, as the worker does.
         let staged = self.state.stage(&layout.flow);
         self.state
-            .decide(&mut self.tables, layout, Some(&staged), false, NOW)
+            .decide(&mut self.tables, layout, Some(&staged), ingress, false, NOW)
     }
 }
 
@@ -608,7 +618,7 @@ fn two_workers_steer_requests_and_fullnat_replies_to_their_owner() {
                     1usize,
                     workers[1]
                         .state
-                        .decide(&mut workers[1].tables, &syn, None, true, NOW),
+                        .decide(&mut workers[1].tables, &syn, None, 0, true, NOW),
                 )
             }
             action => (0, action),

@@ -119,7 +119,7 @@ fn arp_request() -> FrameLayout {
 
 fn decide(state: &mut WorkerState, tables: &mut WorkerTables, layout: &FrameLayout) -> Action {
     let staged = state.stage(&layout.flow);
-    state.decide(tables, layout, Some(&staged), false, NOW)
+    state.decide(tables, layout, Some(&staged), 0, false, NOW)
 }
 
 #[test]

@@ -879,3 +879,117 @@ fn martian_sources_open_no_connection() {
     rig.poll_all(1);
     assert_eq!(rig.take(0, 1).len(), 1);
 }
+
+/// A NAT connection from 10.0.0.2:`client_port` to the VIP, opened on the worker: the request as it left.
+fn open_nat_connection(rig: &mut Rig, client_port: u16) -> Vec<u8> {
+    rig.send(
+        0,
+        0,
+        tcp_frame(ip("10.0.0.2"), client_port, ip("10.0.0.100"), 80, true, b""),
+    );
+    rig.poll_all(1);
+    rig.take(0, 1).pop().expect("the SYN reaches a backend")
+}
+
+/// A TCP segment from `src` to `dst` with `flags` set by `build`, in an Ethernet frame to the port.
+fn segment_v4(
+    src: (IpAddr, u16),
+    dst: (IpAddr, u16),
+    build: impl FnOnce(etherparse::PacketBuilderStep<etherparse::TcpHeader>, &mut Vec<u8>),
+) -> Vec<u8> {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src.0, dst.0) else {
+        unreachable!()
+    };
+    let mut out = Vec::new();
+    build(
+        PacketBuilder::ethernet2([2, 0xbe, 0, 0, 0, 11], PORT1_MAC)
+            .ipv4(s.octets(), d.octets(), 64)
+            .tcp(src.1, dst.1, 9, 1000),
+        &mut out,
+    );
+    out
+}
+
+#[test]
+fn a_spoofed_backend_reply_on_the_client_port_is_dropped_and_the_connection_untouched() {
+    let mut rig = rig(&spec(ForwardingMode::Nat, 1, true), 1);
+    let request = open_nat_connection(&mut rig, 31000);
+    let (client, backend, client_port, backend_port, ..) = read(&request);
+    // A blind reset claiming to be the backend's, sent from the client side.
+    let reset = segment_v4((backend, backend_port), (client, client_port), |b, out| {
+        b.rst().write(out, b"").unwrap()
+    });
+    rig.send(0, 0, reset);
+    rig.poll_all(1);
+    assert!(rig.take(0, 0).is_empty() && rig.take(0, 1).is_empty());
+    assert_eq!(rig.workers[0].stats().drops(DropReason::ReplyWrongPort), 1);
+    // The backend's own answer, from its side, still goes back to the client.
+    let answer = segment_v4((backend, backend_port), (client, client_port), |b, out| {
+        b.syn().ack(2).write(out, b"").unwrap()
+    });
+    rig.send(0, 1, answer);
+    rig.poll_all(1);
+    let back = rig.take(0, 0);
+    assert_eq!(back.len(), 1);
+    let (src, dst, sport, dport, ..) = read(&back[0]);
+    assert_eq!(
+        (src, sport, dst, dport),
+        (ip("10.0.0.100"), 80, client, client_port)
+    );
+}
+
+#[test]
+fn a_first_fragment_claiming_a_backend_is_not_relayed_without_a_connection() {
+    let mut rig = rig(&spec(ForwardingMode::Nat, 1, true), 1);
+    for port in [0, 1] {
+        // From a backend's address and service port to an arbitrary host, more fragments flag set.
+        let mut fragment = segment_v4(
+            (ip("10.1.0.11"), 8080),
+            (ip("198.51.100.9"), 5555),
+            |b, out| b.ack(1).write(out, b"relay me").unwrap(),
+        );
+        fragment[20] = 0x20;
+        fix_ipv4_checksum(&mut fragment);
+        rig.send(0, port, fragment);
+    }
+    rig.poll_all(1);
+    assert!(rig.take(0, 0).is_empty() && rig.take(0, 1).is_empty());
+    assert_eq!(rig.workers[0].stats().drops(DropReason::NoConnection), 2);
+}
+
+/// An ICMPv4 port unreachable from `from` to `to`, quoting the first 28 bytes of the IPv4 packet in `quoted`.
+fn port_unreachable(from: &str, to: &str, quoted: &[u8]) -> Vec<u8> {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (ip(from), ip(to)) else {
+        unreachable!()
+    };
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2([2, 0xbe, 0, 0, 0, 0xfe], PORT1_MAC)
+        .ipv4(s.octets(), d.octets(), 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
+        .write(&mut out, &quoted[14..14 + 28])
+        .unwrap();
+    out
+}
+
+#[test]
+fn an_icmp_error_is_taken_only_for_the_quoted_sender_and_from_the_side_it_concerns() {
+    let mut rig = rig(&spec(ForwardingMode::Nat, 1, true), 1);
+    let request = open_nat_connection(&mut rig, 32000);
+    // Addressed to the VIP, not to the client who sent the quoted request.
+    rig.send(0, 1, port_unreachable("10.1.0.254", "10.0.0.100", &request));
+    // Addressed right, but arriving from the client side while the request went to the backend side.
+    rig.send(0, 0, port_unreachable("10.1.0.254", "10.0.0.2", &request));
+    rig.poll_all(1);
+    assert!(rig.take(0, 0).is_empty() && rig.take(0, 1).is_empty());
+    let stats = rig.workers[0].stats();
+    assert_eq!(stats.drops(DropReason::IcmpErrorMisaddressed), 1);
+    assert_eq!(stats.drops(DropReason::IcmpErrorWrongPort), 1);
+    // From the backend side it reaches the client, mapped like the flow.
+    rig.send(0, 1, port_unreachable("10.1.0.254", "10.0.0.2", &request));
+    rig.poll_all(1);
+    let back = rig.take(0, 0);
+    assert_eq!(back.len(), 1);
+    assert_eq!(&back[0][0..6], &CLIENT_MAC);
+}

@@ -154,7 +154,8 @@ impl WorkerState {
 
     /// The forwarding decision for a frame that arrived on port `ingress`, parsed as `layout`. `staged` is what
     /// [`WorkerState::stage`] returned for `layout.flow`, if the worker staged it. `handed_off` marks a frame
-    /// another worker passed on: it is never passed on again.
+    /// another worker passed on: it is never passed on again. `ingress` is read only for replies and ICMP
+    /// errors, which must arrive on the side they come from.
     ///
     /// Inlined into the data plane so that the common verdict stays in registers; the rare kinds of frames are
     /// decided out of line.
@@ -164,6 +165,7 @@ impl WorkerState {
         tables: &mut WorkerTables,
         layout: &FrameLayout,
         staged: Option<&StagedKey>,
+        ingress: u16,
         handed_off: bool,
         now_ms: u64,
     ) -> Action {
@@ -193,19 +195,23 @@ impl WorkerState {
                         }
                     }
                 }
-                self.ip(snapshot, schedulers, layout, staged, handed_off, now_ms)
+                self.ip(
+                    snapshot, schedulers, layout, staged, ingress, handed_off, now_ms,
+                )
             }
             L3::Other(_) => not_ours(snapshot),
         }
     }
 
     #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
     fn ip(
         &mut self,
         snapshot: &Snapshot,
         schedulers: &mut [Option<IpvsScheduler>],
         layout: &FrameLayout,
         staged: Option<&StagedKey>,
+        ingress: u16,
         handed_off: bool,
         now_ms: u64,
     ) -> Action {
@@ -216,7 +222,7 @@ impl WorkerState {
                 if layout.ttl <= 1 {
                     return Action::Drop(DropReason::TtlExpired);
                 }
-                return self.icmp_error(snapshot, &flow, &inner, handed_off, now_ms);
+                return self.icmp_error(snapshot, &flow, &inner, ingress, handed_off, now_ms);
             }
             IcmpKind::EchoRequest => {
                 return match snapshot.owned(flow.dst_addr) {
@@ -274,7 +280,7 @@ impl WorkerState {
                 if layout.ttl <= 1 {
                     return Action::Drop(DropReason::TtlExpired);
                 }
-                return self.fullnat_reply(snapshot, layout, staged, handed_off, now_ms);
+                return self.fullnat_reply(snapshot, layout, staged, ingress, handed_off, now_ms);
             }
             return if snapshot.kernel_exception_path() {
                 Action::ToKernel
@@ -289,7 +295,9 @@ impl WorkerState {
                 return Action::Drop(DropReason::TtlExpired);
             }
             let (vip, vport) = (service.key.vip, service.key.port);
-            return self.nat_reply(snapshot, layout, staged, vip, vport, handed_off, now_ms);
+            return self.nat_reply(
+                snapshot, layout, staged, vip, vport, ingress, handed_off, now_ms,
+            );
         }
         if snapshot.withheld(flow.dst_addr) {
             // A VIP another node owns now: the kernel must not see it (it may hold the address and reset).

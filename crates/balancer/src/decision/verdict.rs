@@ -54,10 +54,16 @@ pub enum DropReason {
     TtlExpired,
     /// A new flow from a source no client has: unspecified, loopback, multicast, broadcast or one of our addresses.
     MartianSource,
+    /// A NAT or FULLNAT reply that arrived on another port than the one facing the connection's backend.
+    ReplyWrongPort,
+    /// An ICMP error not addressed to the sender of the packet it quotes.
+    IcmpErrorMisaddressed,
+    /// An ICMP error that arrived on another side than the one the packet it quotes went to.
+    IcmpErrorWrongPort,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 23;
+    pub const COUNT: usize = 26;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::NotOurs,
         DropReason::NoService,
@@ -82,6 +88,9 @@ impl DropReason {
         DropReason::SourceRouted,
         DropReason::TtlExpired,
         DropReason::MartianSource,
+        DropReason::ReplyWrongPort,
+        DropReason::IcmpErrorMisaddressed,
+        DropReason::IcmpErrorWrongPort,
     ];
 
     /// Index into a per-reason counter array.
@@ -116,6 +125,9 @@ impl DropReason {
             DropReason::SourceRouted => "source_routed",
             DropReason::TtlExpired => "ttl_expired",
             DropReason::MartianSource => "martian_source",
+            DropReason::ReplyWrongPort => "reply_wrong_port",
+            DropReason::IcmpErrorMisaddressed => "icmp_error_misaddressed",
+            DropReason::IcmpErrorWrongPort => "icmp_error_wrong_port",
         }
     }
 }

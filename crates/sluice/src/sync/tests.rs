@@ -280,7 +280,7 @@ fn cost_of_a_backend_change(connections: u32, after: usize) -> (u64, u64, u64) {
             icmp: IcmpKind::None,
             arp: None,
         };
-        let action = state.decide(&mut tables, &layout, None, false, 1000);
+        let action = state.decide(&mut tables, &layout, None, 0, false, 1000);
         assert!(matches!(action, Action::Forward(_)), "{action:?}");
     }
     assert_eq!(state.conns.len(), connections as usize);

@@ -764,8 +764,12 @@ fn a_full_table_keeps_dr_forwarding_and_refuses_nat() {
                     .1
                     .backend_endpoint;
                 forwarded(harness.decide(&tcp(backend.addr, backend.port, src, 1, SYN | ACK)));
+                forwarded(harness.decide(&tcp(src, 1, vip(false), 80, ACK)));
+                // Established only once the backend speaks after its SYN-ACK (secure_tcp).
+                forwarded(harness.decide(&tcp(backend.addr, backend.port, src, 1, ACK)));
+            } else {
+                forwarded(harness.decide(&tcp(src, 1, vip(false), 80, ACK)));
             }
-            forwarded(harness.decide(&tcp(src, 1, vip(false), 80, ACK)));
         }
         let overflow = harness.decide(&tcp(client(99, false), 1, vip(false), 80, SYN));
         match overflow {

@@ -216,13 +216,14 @@ fn nat_handshake_data_and_client_close() {
         ],
     );
     use TcpState::*;
+    // secure_tcp: ESTABLISHED only once the backend sends after its SYN-ACK.
     assert_eq!(
         states,
         vec![
             SynRecv,
-            SynRecv,
-            Established,
-            Established,
+            SynAck,
+            SynAck,
+            SynAck,
             Established,
             CloseWait,
             CloseWait,
@@ -233,6 +234,28 @@ fn nat_handshake_data_and_client_close() {
 }
 
 #[test]
+fn two_spoofed_packets_leave_a_half_open_entry_that_a_new_client_evicts() {
+    for mode in [ForwardingMode::Nat, ForwardingMode::FullNat] {
+        let mut table = fullnat_table(1);
+        // A SYN and an ACK from a client that never hears the backend (a spoofed source).
+        let spoofed = table
+            .insert(0, client_key(0, 6), target(mode), SYN, ignore)
+            .unwrap();
+        table.touch(spoofed, In, ACK, 1).unwrap();
+        assert_eq!(table.get(spoofed).unwrap().tcp_state, TcpState::SynRecv);
+        assert_eq!(
+            table.get(spoofed).unwrap().expires_at,
+            1 + Timeouts::default().syn_recv
+        );
+        // The table is full of it, yet an honest client gets in.
+        table
+            .insert(2, client_key(1, 6), target(mode), SYN, ignore)
+            .unwrap();
+        assert!(table.lookup(&client_key(0, 6), 2).is_none(), "{mode:?}");
+    }
+}
+
+#[test]
 fn nat_server_closes_first() {
     let states = run(
         ForwardingMode::Nat,
@@ -240,6 +263,7 @@ fn nat_server_closes_first() {
             (In, SYN),
             (Out, SYN_ACK),
             (In, ACK),
+            (Out, ACK),
             (Out, FIN_ACK),
             (In, ACK),
             (In, FIN_ACK),
@@ -251,7 +275,8 @@ fn nat_server_closes_first() {
         states,
         vec![
             SynRecv,
-            SynRecv,
+            SynAck,
+            SynAck,
             Established,
             FinWait,
             FinWait,
@@ -338,7 +363,9 @@ fn expiry_follows_the_state_timeout() {
         .unwrap();
     assert_eq!(table.get(id).unwrap().expires_at, 1000 + timeouts.syn_recv);
     table.touch(id, Out, SYN_ACK, 2000).unwrap();
-    table.touch(id, In, ACK, 3000).unwrap();
+    table.touch(id, In, ACK, 2500).unwrap();
+    assert_eq!(table.get(id).unwrap().expires_at, 2500 + timeouts.synack);
+    table.touch(id, Out, ACK, 3000).unwrap();
     assert_eq!(
         table.get(id).unwrap().expires_at,
         3000 + timeouts.established
@@ -480,7 +507,9 @@ fn full_table_with_fullnat_refusal_returns_the_port() {
             ignore,
         )
         .unwrap();
+    table.touch(id, Out, SYN_ACK, 0).unwrap();
     table.touch(id, In, ACK, 0).unwrap();
+    table.touch(id, Out, ACK, 0).unwrap();
     let before = table.ports().unwrap().available();
     let result = table.insert(
         0,
@@ -724,6 +753,7 @@ fn capacity_one_holds_one_connection_of_any_mode() {
         .unwrap();
     table.touch(established, Out, SYN_ACK, 0).unwrap();
     table.touch(established, In, ACK, 0).unwrap();
+    table.touch(established, Out, ACK, 0).unwrap();
     assert_eq!(
         table.insert(
             0,

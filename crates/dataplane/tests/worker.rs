@@ -993,3 +993,30 @@ fn an_icmp_error_is_taken_only_for_the_quoted_sender_and_from_the_side_it_concer
     assert_eq!(back.len(), 1);
     assert_eq!(&back[0][0..6], &CLIENT_MAC);
 }
+
+#[test]
+fn ipv6_with_a_type_0_routing_header_is_dropped_as_source_routed() {
+    let mut rig = rig(&spec(ForwardingMode::Dr, 1, true), 1);
+    let syn = tcp_frame(ip("fd00::2"), 4004, ip("fd00::100"), 80, true, b"");
+    // A routing header (next header TCP, length 2: 24 bytes) of `kind`, segments left 1, one address, inserted
+    // after the fixed header. The TCP checksum does not cover extension headers.
+    let with_routing_header = |kind: u8| {
+        let mut out = syn[..54].to_vec();
+        out[20] = 43;
+        let payload = u16::from_be_bytes([out[18], out[19]]) + 24;
+        out[18..20].copy_from_slice(&payload.to_be_bytes());
+        out.extend_from_slice(&[6, 2, kind, 1, 0, 0, 0, 0]);
+        out.extend_from_slice(&ip6_octets("fd00::100"));
+        out.extend_from_slice(&syn[54..]);
+        out
+    };
+    rig.send(0, 0, with_routing_header(0));
+    rig.poll_all(1);
+    assert!(rig.take(0, 1).is_empty());
+    assert_eq!(rig.workers[0].stats().drops(DropReason::SourceRouted), 1);
+    assert_eq!(rig.workers[0].state().conns.len(), 0);
+}
+
+fn ip6_octets(text: &str) -> [u8; 16] {
+    text.parse::<std::net::Ipv6Addr>().unwrap().octets()
+}

@@ -108,8 +108,9 @@ pub struct FrameLayout {
     pub protocol: u8,
     /// TTL or hop limit.
     pub ttl: u8,
-    /// An IPv4 packet carrying a loose or strict source route option: its sender picks the path, which no
-    /// router of ours should follow (Linux drops these by default, `accept_source_route = 0`).
+    /// An IPv4 packet carrying a loose or strict source route option, or an IPv6 packet with a type 0 routing
+    /// header: its sender picks the path, which no router of ours should follow (Linux drops these by default,
+    /// `accept_source_route = 0`; RFC 5095 deprecates the IPv6 one).
     pub source_routed: bool,
     /// Valid for IPv4 and IPv6; ICMP echo: the identifier in both ports; later fragments: ports 0.
     pub flow: FlowKey,
@@ -391,16 +392,20 @@ fn ipv4_options_route_the_source(options: &[u8]) -> Result<bool, ParseError> {
 }
 
 /// Walks IPv6 extension headers from `next` at `offset` up to `end`; returns (protocol, transport offset,
-/// fragment state).
+/// fragment state, whether a type 0 routing header names the path: the IPv6 source route, deprecated by RFC 5095).
 fn walk_ipv6_extensions(
     packet: &[u8],
     mut next: u8,
     mut offset: usize,
-) -> Result<(u8, usize, Fragment), ParseError> {
+) -> Result<(u8, usize, Fragment, bool), ParseError> {
     let mut fragment = Fragment::None;
+    let mut source_routed = false;
     for _ in 0..MAX_EXTENSION_HEADERS {
         match next {
             0 | 43 | 60 => {
+                if next == 43 && read_u8(packet, offset + 2)? == 0 {
+                    source_routed = true;
+                }
                 let length = (usize::from(read_u8(packet, offset + 1)?) + 1) * 8;
                 next = read_u8(packet, offset)?;
                 offset += length;
@@ -425,7 +430,7 @@ fn walk_ipv6_extensions(
                 if offset > packet.len() {
                     return Err(ParseError::Truncated);
                 }
-                return Ok((next, offset, fragment));
+                return Ok((next, offset, fragment, source_routed));
             }
         }
     }
@@ -449,8 +454,9 @@ fn parse_ipv6(frame: &[u8], layout: &mut FrameLayout) -> Result<(), ParseError> 
         ));
     }
     let packet = frame.get(l3..l3 + total).ok_or(ParseError::Truncated)?;
-    let (protocol, l4, fragment) = walk_ipv6_extensions(packet, header[6], 40)?;
+    let (protocol, l4, fragment, source_routed) = walk_ipv6_extensions(packet, header[6], 40)?;
     layout.l3 = L3::Ipv6;
+    layout.source_routed = source_routed;
     layout.l3_len = total as u16;
     layout.ttl = header[7];
     layout.protocol = protocol;
@@ -645,7 +651,7 @@ fn quoted_ipv6(packet: &[u8], at: usize) -> Result<IcmpKind, ParseError> {
         return Err(ParseError::Malformed("quoted IPv6 version"));
     }
     let quoted = &packet[at..];
-    let (protocol, inner_l4, _) = walk_ipv6_extensions(quoted, header[6], 40)?;
+    let (protocol, inner_l4, _, _) = walk_ipv6_extensions(quoted, header[6], 40)?;
     let (src_port, dst_port) = quoted_ports(quoted, inner_l4, protocol, true)?;
     Ok(IcmpKind::Error {
         inner: FlowKey {

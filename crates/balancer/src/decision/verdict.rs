@@ -48,7 +48,7 @@ pub enum DropReason {
     RewriteFailed,
     /// An 802.1Q or QinQ tagged frame: the ports are untagged.
     VlanTagged,
-    /// An IPv4 packet with a loose or strict source route option.
+    /// An IPv4 packet with a loose or strict source route option, or IPv6 with a type 0 routing header.
     SourceRouted,
     /// A packet to forward with TTL or hop limit 0 or 1: a router would drop it too.
     TtlExpired,

@@ -14,8 +14,9 @@
 //! replies cannot be mapped without reassembly: they are dropped and counted.
 //!
 //! What a router would not forward is dropped by reason before anything else is decided: tagged frames (the ports
-//! are untagged) and source-routed IPv4 for every destination; a TTL of 0 or 1 and martian sources on the way to
-//! a backend (never on the way to the kernel, and the established path pays one compare of the TTL for it).
+//! are untagged) and source-routed IPv4 for every destination; a TTL of 0 or 1 on the way to a backend (never on
+//! the way to the kernel: the established path pays one compare for it); martian sources when a frame would open
+//! a connection (a probe of the owned addresses that established connections never pay).
 
 mod arp;
 mod fragment;
@@ -261,8 +262,8 @@ impl WorkerState {
             if let Some((index, service)) =
                 snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)
             {
-                if let Some(reason) = unforwardable_request(snapshot, layout) {
-                    return Action::Drop(reason);
+                if layout.ttl <= 1 {
+                    return Action::Drop(DropReason::TtlExpired);
                 }
                 return self.request_to(
                     snapshot, schedulers, layout, staged, index, service, handed_off, now_ms,
@@ -352,24 +353,16 @@ fn refused_whatever_its_destination(layout: &FrameLayout) -> Action {
     }
 }
 
-/// Why a client's frame to a service must not be forwarded nor open a connection: a TTL that a router would not
-/// forward (0 or 1; others pass unchanged, as in LVS), or a source that no client has (unspecified, loopback,
-/// multicast, broadcast, or one of our own addresses: a spoofed flow that would make us talk to ourselves or
-/// answer to a group). Asked only on the way to a new connection, never on the established path.
-pub(super) fn unforwardable_request(
-    snapshot: &Snapshot,
-    layout: &FrameLayout,
-) -> Option<DropReason> {
-    if layout.ttl <= 1 {
-        return Some(DropReason::TtlExpired);
-    }
-    let source = layout.flow.src_addr;
-    let martian = source.is_unspecified()
+/// Whether `source` is one no client has: unspecified, loopback, multicast, broadcast, or one of our own
+/// addresses (a spoofed flow that would make us talk to ourselves or answer to a group). Asked only when a frame
+/// would open a connection (and for every fragment, which opens none): it costs a probe of the owned addresses,
+/// which frames of established connections must not pay.
+pub(super) fn martian_source(snapshot: &Snapshot, source: IpAddr) -> bool {
+    source.is_unspecified()
         || source.is_loopback()
         || source.is_multicast()
         || matches!(source, IpAddr::V4(v4) if v4.is_broadcast())
-        || snapshot.owned(source).is_some();
-    martian.then_some(DropReason::MartianSource)
+        || snapshot.owned(source).is_some()
 }
 
 pub(super) fn not_ours(snapshot: &Snapshot) -> Action {

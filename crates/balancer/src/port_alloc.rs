@@ -5,10 +5,13 @@
 //! ranges, so every worker gets a share of the same size whatever the range and `n`). A reply to `LIP:lport` is
 //! steered to worker `lport % n` in O(1) by [`PortPartition::owner_of`], without consulting any state.
 //!
-//! Ports are handed out first-in first-out: a released port goes to the back of the queue, so the longest possible
-//! time passes before the same `LIP:lport` is used again, which keeps a new flow clear of a backend still holding
-//! the old one in TIME_WAIT.
+//! Ports are drawn unpredictably, so that nobody can guess the `LIP:lport` of a flow and forge its backend's
+//! replies: each allocator starts from a random order of its ports, and each allocation takes a port at random
+//! among the older half of the free queue. A released port goes to the back of the queue, so at least half the
+//! free ports are handed out before the same `LIP:lport` is used again, which keeps a new flow clear of a backend
+//! still holding the old one in TIME_WAIT. Both are O(1) and allocation-free.
 
+use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 
 use thiserror::Error;
@@ -155,10 +158,14 @@ impl AddressPool {
         }
     }
 
-    fn take(&mut self) -> Option<u16> {
+    /// A free port drawn at random (from `random`) among the older half of the free queue.
+    fn take(&mut self, random: u64) -> Option<u16> {
         if self.free == 0 {
             return None;
         }
+        let older_half = self.free.div_ceil(2);
+        let drawn = (self.head + (random % older_half as u64) as usize) % self.ring.len();
+        self.ring.swap(self.head, drawn);
         let port = self.ring[self.head];
         self.head = (self.head + 1) % self.ring.len();
         self.free -= 1;
@@ -183,6 +190,27 @@ pub struct PortAllocator {
     pools: Vec<AddressPool>,
     /// Where the next allocation starts looking, so flows spread over the local addresses.
     next_pool: usize,
+    /// xorshift64* state, seeded from the OS's randomness: which free port an allocation takes.
+    random: u64,
+}
+
+/// The next number of the xorshift64* generator at `state` (Vigna, 2016): a few cycles, good enough to make
+/// ports unguessable from outside (only the backend sees them).
+fn next_random(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+/// A seed from the OS's randomness (the standard library keys its hash maps with it), never zero.
+fn random_seed() -> u64 {
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+        | 1
 }
 
 impl std::fmt::Debug for PortAllocator {
@@ -200,11 +228,22 @@ impl std::fmt::Debug for PortAllocator {
 }
 
 impl PortAllocator {
-    /// The allocator of `worker` under `partition`, over `local_addrs`.
+    /// The allocator of `worker` under `partition`, over `local_addrs`, drawing from the OS's randomness.
     pub fn new(
         partition: PortPartition,
         worker: u16,
         local_addrs: &[IpAddr],
+    ) -> Result<Self, PortConfigError> {
+        Self::with_seed(partition, worker, local_addrs, random_seed())
+    }
+
+    /// [`PortAllocator::new`] drawing from `seed`: the same seed hands out the same ports in the same order (for
+    /// tests that compare two tables; sluice itself always uses [`PortAllocator::new`]).
+    pub fn with_seed(
+        partition: PortPartition,
+        worker: u16,
+        local_addrs: &[IpAddr],
+        seed: u64,
     ) -> Result<Self, PortConfigError> {
         if worker >= partition.workers {
             return Err(PortConfigError::WorkerOutOfRange {
@@ -215,7 +254,9 @@ impl PortAllocator {
         if local_addrs.is_empty() {
             return Err(PortConfigError::NoLocalAddress);
         }
-        let ports: Box<[u16]> = partition.ports_of(worker).collect();
+        // xorshift never leaves zero: keep the seed odd.
+        let mut random = seed | 1;
+        let mut ports: Box<[u16]> = partition.ports_of(worker).collect();
         if ports.is_empty() {
             return Err(PortConfigError::NoPortsForWorker {
                 worker,
@@ -226,6 +267,11 @@ impl PortAllocator {
         }
         let mut pools: Vec<AddressPool> = Vec::with_capacity(local_addrs.len());
         for &addr in local_addrs {
+            // Each address starts from its own random order (Fisher-Yates).
+            for index in (1..ports.len()).rev() {
+                let other = (next_random(&mut random) % (index as u64 + 1)) as usize;
+                ports.swap(index, other);
+            }
             if pools.iter().any(|pool| pool.addr == addr) {
                 return Err(PortConfigError::DuplicateAddress(addr));
             }
@@ -242,6 +288,7 @@ impl PortAllocator {
             worker,
             pools,
             next_pool: 0,
+            random,
         })
     }
 
@@ -254,7 +301,7 @@ impl PortAllocator {
             if pool.addr.is_ipv4() != peer.is_ipv4() {
                 continue;
             }
-            if let Some(port) = pool.take() {
+            if let Some(port) = pool.take(next_random(&mut self.random)) {
                 self.next_pool = (index + 1) % pools;
                 return Ok(LocalEndpoint {
                     addr: pool.addr,
@@ -379,10 +426,9 @@ mod tests {
         let mut ports = PortAllocator::new(partition, 1, &[v4(1)]).unwrap();
         assert_eq!(ports.available(), 5);
         let taken: Vec<_> = (0..5).map(|_| ports.allocate(&v4(9)).unwrap()).collect();
-        assert_eq!(
-            taken.iter().map(|e| e.port).collect::<Vec<_>>(),
-            vec![5001, 5003, 5005, 5007, 5009]
-        );
+        let mut drawn: Vec<_> = taken.iter().map(|e| e.port).collect();
+        drawn.sort_unstable();
+        assert_eq!(drawn, vec![5001, 5003, 5005, 5007, 5009]);
         assert_eq!(ports.allocate(&v4(9)), Err(PortError::Exhausted));
         ports.release(taken[2]).unwrap();
         assert_eq!(ports.allocate(&v4(9)).unwrap(), taken[2]);
@@ -422,15 +468,34 @@ mod tests {
     }
 
     #[test]
-    fn released_ports_are_reused_last() {
-        let partition = PortPartition::new(100, 103, 1).unwrap();
-        let mut ports = PortAllocator::new(partition, 0, &[v4(1)]).unwrap();
-        let first = ports.allocate(&v4(9)).unwrap();
-        ports.release(first).unwrap();
-        let next: Vec<u16> = (0..4)
-            .map(|_| ports.allocate(&v4(9)).unwrap().port)
-            .collect();
-        assert_eq!(next, vec![101, 102, 103, 100]);
+    fn a_released_port_waits_for_half_the_free_ports() {
+        let partition = PortPartition::new(100, 199, 1).unwrap();
+        for _ in 0..20 {
+            let mut ports = PortAllocator::new(partition, 0, &[v4(1)]).unwrap();
+            let first = ports.allocate(&v4(9)).unwrap();
+            ports.release(first).unwrap();
+            // 100 free, the released one last: the next 50 draws come from the older half.
+            for _ in 0..50 {
+                assert_ne!(ports.allocate(&v4(9)).unwrap(), first);
+            }
+        }
+    }
+
+    #[test]
+    fn ports_are_drawn_unpredictably() {
+        let partition = PortPartition::new(1024, 65535, 1).unwrap();
+        let draw = || {
+            let mut ports = PortAllocator::new(partition, 0, &[v4(1)]).unwrap();
+            (0..16)
+                .map(|_| ports.allocate(&v4(9)).unwrap().port)
+                .collect::<Vec<_>>()
+        };
+        let (one, other) = (draw(), draw());
+        // Two allocators (two starts of sluice) draw different sequences, and neither counts up from the bottom.
+        assert_ne!(one, other);
+        assert_ne!(one, (1024..1040).collect::<Vec<u16>>());
+        let ascending = one.windows(2).filter(|pair| pair[1] == pair[0] + 1).count();
+        assert!(ascending < 4, "{one:?}");
     }
 
     #[test]

@@ -149,11 +149,21 @@ impl Harness {
         self.tables = WorkerTables::new(snapshot);
     }
 
+    /// The decision for `layout` arriving on the port that faces its source, as an honest frame does.
     fn decide(&mut self, layout: &FrameLayout) -> Action {
+        let ingress = self
+            .tables
+            .snapshot
+            .route(layout.flow.src_addr)
+            .map_or(0, |route| route.port);
+        self.decide_on(layout, ingress)
+    }
+
+    fn decide_on(&mut self, layout: &FrameLayout, ingress: u16) -> Action {
         // Through the staged lookup, as the worker does.
         let staged = self.state.stage(&layout.flow);
         self.state
-            .decide(&mut self.tables, layout, Some(&staged), false, NOW)
+            .decide(&mut self.tables, layout, Some(&staged), ingress, false, NOW)
     }
 }
 
@@ -178,6 +188,7 @@ fn transport(
         l3_len: ip_len + l4_len + 100,
         protocol,
         ttl: 64,
+        source_routed: false,
         flow: FlowKey {
             src_addr: src,
             dst_addr: dst,
@@ -607,7 +618,7 @@ fn two_workers_steer_requests_and_fullnat_replies_to_their_owner() {
                     1usize,
                     workers[1]
                         .state
-                        .decide(&mut workers[1].tables, &syn, None, true, NOW),
+                        .decide(&mut workers[1].tables, &syn, None, 0, true, NOW),
                 )
             }
             action => (0, action),
@@ -753,8 +764,12 @@ fn a_full_table_keeps_dr_forwarding_and_refuses_nat() {
                     .1
                     .backend_endpoint;
                 forwarded(harness.decide(&tcp(backend.addr, backend.port, src, 1, SYN | ACK)));
+                forwarded(harness.decide(&tcp(src, 1, vip(false), 80, ACK)));
+                // Established only once the backend speaks after its SYN-ACK (secure_tcp).
+                forwarded(harness.decide(&tcp(backend.addr, backend.port, src, 1, ACK)));
+            } else {
+                forwarded(harness.decide(&tcp(src, 1, vip(false), 80, ACK)));
             }
-            forwarded(harness.decide(&tcp(src, 1, vip(false), 80, ACK)));
         }
         let overflow = harness.decide(&tcp(client(99, false), 1, vip(false), 80, SYN));
         match overflow {

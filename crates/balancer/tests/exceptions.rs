@@ -100,10 +100,14 @@ impl Node {
     }
 
     fn send_at(&mut self, flow: FlowKey, flags: u8, now_ms: u64) -> IpAddr {
-        match self
-            .state
-            .decide(&mut self.tables, &layout(flow, flags), None, false, now_ms)
-        {
+        match self.state.decide(
+            &mut self.tables,
+            &layout(flow, flags),
+            None,
+            0,
+            false,
+            now_ms,
+        ) {
             Action::Forward(forward) => forward.next_hop,
             other => panic!("expected a forward, got {other:?}"),
         }
@@ -157,6 +161,7 @@ fn layout(flow: FlowKey, flags: u8) -> FrameLayout {
         l3_len: 140,
         protocol: TCP,
         ttl: 64,
+        source_routed: false,
         flow,
         fragment: Fragment::None,
         tcp_flags: flags,

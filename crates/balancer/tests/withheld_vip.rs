@@ -89,6 +89,7 @@ fn segment(flags: u8) -> FrameLayout {
         l3_len: 140,
         protocol: TCP,
         ttl: 64,
+        source_routed: false,
         flow: FlowKey {
             src_addr: ip("10.0.0.50"),
             dst_addr: ip("10.0.0.100"),
@@ -118,7 +119,7 @@ fn arp_request() -> FrameLayout {
 
 fn decide(state: &mut WorkerState, tables: &mut WorkerTables, layout: &FrameLayout) -> Action {
     let staged = state.stage(&layout.flow);
-    state.decide(tables, layout, Some(&staged), false, NOW)
+    state.decide(tables, layout, Some(&staged), 0, false, NOW)
 }
 
 #[test]

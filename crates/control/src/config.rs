@@ -713,6 +713,7 @@ impl Config {
             }
             services.push(service);
         }
+        refuse_vips_that_are_taken(&raw.service, &services, &ports, &network, &locator)?;
 
         let pipe = match &raw.pipe {
             Some(spanned) => {
@@ -1126,6 +1127,68 @@ fn validate_idle(raw: &RawWorkers, locator: &Locator<'_>) -> Result<IdleConfig, 
     Ok(idle)
 }
 
+/// Why `vip` can never be a VIP, whatever else is configured: traffic to it is not for one host (multicast,
+/// broadcast), never leaves a host (loopback) or names no host (unspecified).
+fn unusable_vip_class(vip: IpAddr) -> Option<&'static str> {
+    if vip.is_unspecified() {
+        Some("the unspecified address")
+    } else if vip.is_loopback() {
+        Some("a loopback address")
+    } else if vip.is_multicast() {
+        Some("a multicast address")
+    } else if matches!(vip, IpAddr::V4(v4) if v4.is_broadcast()) {
+        Some("the broadcast address")
+    } else {
+        None
+    }
+}
+
+/// Refuses a VIP that is already someone's address: sluice's own (port addresses, local addresses, tunnel
+/// sources), a gateway's or a backend's. Frames to such a VIP would be both balanced and answered or relayed
+/// as that other role, and replies from a backend that is a VIP would be taken for new clients.
+fn refuse_vips_that_are_taken(
+    raw_services: &[Spanned<RawService>],
+    services: &[ServiceConfig],
+    ports: &[PortConfig],
+    network: &NetworkConfig,
+    locator: &Locator<'_>,
+) -> Result<(), ConfigError> {
+    for (raw, service) in raw_services.iter().zip(services) {
+        let vip = service.key.vip;
+        let role = if let Some(port) = ports
+            .iter()
+            .find(|port| port.addresses.iter().any(|prefix| prefix.addr == vip))
+        {
+            Some(format!("an address of port {:?}", port.name))
+        } else if network.local_addresses.contains(&vip) {
+            Some("one of [network] local_addresses".to_owned())
+        } else if network.tunnel_source_v4 == Some(vip) || network.tunnel_source_v6 == Some(vip) {
+            Some("a [network] tunnel source".to_owned())
+        } else if network
+            .gateways
+            .iter()
+            .any(|gateway| gateway.address == vip)
+        {
+            Some("a gateway".to_owned())
+        } else {
+            services.iter().find_map(|other| {
+                other
+                    .backends
+                    .iter()
+                    .any(|backend| backend.address == vip)
+                    .then(|| format!("a backend of service {}", describe(&other.key)))
+            })
+        };
+        if let Some(role) = role {
+            return Err(locator.error_at(
+                &raw.get_ref().vip.span(),
+                format!("service vip: {vip} is {role}; give the service an address of its own"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate_service(
     spanned: &Spanned<RawService>,
     locator: &Locator<'_>,
@@ -1134,6 +1197,14 @@ fn validate_service(
 ) -> Result<ServiceConfig, ConfigError> {
     let raw = spanned.get_ref();
     let vip = locator.address(&raw.vip, "service vip")?;
+    if let Some(class) = unusable_vip_class(vip) {
+        return Err(locator.error_at(
+            &raw.vip.span(),
+            format!(
+                "service vip: {vip} is {class}; a VIP must be a unicast address clients can reach"
+            ),
+        ));
+    }
     let protocol = match raw.protocol.get_ref().as_str() {
         "tcp" => ip_protocol::TCP,
         "udp" => ip_protocol::UDP,

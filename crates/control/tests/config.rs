@@ -481,3 +481,50 @@ fn vip_owner_defaults_to_bgp_with_a_kernel_interface_and_vrrp_needs_one() {
         .to_string();
     assert!(error.contains("\"static\", \"bgp\" or \"vrrp\""), "{error}");
 }
+
+/// A service on `vip` (line 6 of the text), with `network` before it and a backend after it.
+fn service_on(vip: &str, network: &str) -> String {
+    format!(
+        "{BASE}[[service]]\nvip = \"{vip}\"\nport = 80\nmode = \"dr\"\n[[service.backend]]\naddress = \"10.0.0.5\"\n\
+         [[service]]\nvip = \"10.0.0.101\"\nport = 80\nmode = \"dr\"\n[[service.backend]]\naddress = \"10.0.0.6\"\n{network}"
+    )
+}
+
+#[test]
+fn a_vip_that_is_no_single_reachable_host_is_refused() {
+    for (vip, class) in [
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("224.0.0.1", "multicast"),
+        ("ff02::1", "multicast"),
+        ("255.255.255.255", "broadcast"),
+    ] {
+        let backend = if vip.contains(':') {
+            "fd00::5"
+        } else {
+            "10.0.0.5"
+        };
+        let text = format!(
+            "{BASE}[[service]]\nvip = \"{vip}\"\nport = 80\nmode = \"dr\"\n[[service.backend]]\naddress = \"{backend}\"\n"
+        );
+        assert_error(&text, 6, &["service vip", vip, class]);
+    }
+}
+
+#[test]
+fn a_vip_that_is_another_role_s_address_is_refused() {
+    // Port addresses of BASE: 10.0.0.1 and fd00::1.
+    assert_error(&service_on("10.0.0.1", ""), 6, &["10.0.0.1", "port \"a\""]);
+    let network = "[network]\ngateways = [{ port = \"a\", address = \"10.0.0.254\" }]\n\
+                   local_addresses = [\"10.0.0.50\"]\ntunnel_source_v4 = \"10.0.0.60\"\n";
+    assert_error(&service_on("10.0.0.254", network), 6, &["gateway"]);
+    assert_error(&service_on("10.0.0.50", network), 6, &["local_addresses"]);
+    assert_error(&service_on("10.0.0.60", network), 6, &["tunnel source"]);
+    // 10.0.0.6 is the backend of the second service.
+    assert_error(&service_on("10.0.0.6", network), 6, &["backend of service"]);
+    // Its own backend too.
+    assert_error(&service_on("10.0.0.5", network), 6, &["backend of service"]);
+    assert!(Config::parse(&service_on("10.0.0.100", network), "test.toml").is_ok());
+}

@@ -490,9 +490,14 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
                 path.copy_to_kernel(&frame, ingress);
             }
         }
-        let action = self
-            .state
-            .decide(&mut self.tables, layout, staged, handed_off, now_ms);
+        let action = self.state.decide(
+            &mut self.tables,
+            layout,
+            staged,
+            ingress,
+            handed_off,
+            now_ms,
+        );
         match action {
             Action::Forward(ref forward) => self.forward(frame, layout, forward, now_ms),
             Action::AnswerArp => {

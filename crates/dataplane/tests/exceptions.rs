@@ -84,6 +84,7 @@ fn syn(flow: FlowKey) -> FrameLayout {
         l3_len: 40,
         protocol: 6,
         ttl: 64,
+        source_routed: false,
         flow,
         fragment: Fragment::None,
         tcp_flags: tcp_flags::SYN,
@@ -109,7 +110,7 @@ fn the_worker_scans_within_its_budget_and_stores_what_peers_send() {
         exceptions: ExceptionTable::new(64),
     };
     for i in 0..800 {
-        let action = state.decide(&mut tables, &syn(flow(i)), None, false, 0);
+        let action = state.decide(&mut tables, &syn(flow(i)), None, 0, false, 0);
         assert!(matches!(action, Action::Forward(_)), "{action:?}");
     }
     let ports = vec![PortQueues {

@@ -594,30 +594,6 @@ fn a_new_snapshot_is_picked_up_between_bursts() {
 }
 
 #[test]
-fn vlan_tags_are_kept() {
-    let mut rig = rig(&spec(ForwardingMode::Nat, 1, true), 1);
-    let mut frame = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, PORT0_MAC)
-        .single_vlan(etherparse::VlanId::try_new(42).unwrap())
-        .ipv4([10, 0, 0, 2], [10, 0, 0, 100], 60)
-        .tcp(5555, 80, 1, 1000)
-        .syn()
-        .write(&mut frame, b"tagged")
-        .unwrap();
-    rig.send(0, 0, frame);
-    rig.poll_all(1);
-    let out = rig.take(0, 1);
-    assert_eq!(out.len(), 1);
-    assert_eq!(&out[0][12..16], &[0x81, 0x00, 0x00, 42]);
-    let sliced = SlicedPacket::from_ethernet(&out[0]).unwrap();
-    let Some(TransportSlice::Tcp(tcp)) = sliced.transport else {
-        panic!()
-    };
-    assert_eq!(tcp.destination_port(), 8080);
-    assert_eq!(tcp.payload(), b"tagged");
-}
-
-#[test]
 fn tun_answers_too_big_instead_of_dropping_silently() {
     let mut rig = rig(&spec(ForwardingMode::Tun, 1, true), 1);
     for (client, vip, payload, mtu) in [
@@ -717,4 +693,330 @@ fn neighbour_discovery_answers_and_resolves() {
     let forwarded = rig.take(0, 1);
     assert_eq!(forwarded.len(), 1);
     assert_eq!(&forwarded[0][0..6], &backend_mac);
+}
+
+/// The IPv4 header checksum of `frame` (untagged) made right again after an edit.
+fn fix_ipv4_checksum(frame: &mut [u8]) {
+    let header_len = usize::from(frame[14] & 0x0f) * 4;
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let mut sum = 0u32;
+    for pair in frame[14..14 + header_len].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    frame[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+}
+
+/// `frame` (untagged IPv4) with `options` (a multiple of 4 bytes) after its fixed header.
+fn with_ipv4_options(frame: &[u8], options: &[u8]) -> Vec<u8> {
+    assert_eq!(options.len() % 4, 0);
+    let mut out = frame[..34].to_vec();
+    out.extend_from_slice(options);
+    out.extend_from_slice(&frame[34..]);
+    out[14] = 0x40 | (5 + options.len() / 4) as u8;
+    let total = u16::from_be_bytes([out[16], out[17]]) + options.len() as u16;
+    out[16..18].copy_from_slice(&total.to_be_bytes());
+    fix_ipv4_checksum(&mut out);
+    out
+}
+
+/// `frame` (untagged) with its TTL or hop limit set to `ttl`.
+fn with_ttl(frame: &[u8], ttl: u8) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    if out[12..14] == [0x08, 0x00] {
+        out[22] = ttl;
+        fix_ipv4_checksum(&mut out);
+    } else {
+        out[21] = ttl;
+    }
+    out
+}
+
+/// `frame` (untagged) with 802.1Q tags `vids` inserted after the MACs (the outer one first, as QinQ 0x88a8).
+fn with_vlan_tags(frame: &[u8], vids: &[u16]) -> Vec<u8> {
+    let mut out = frame[..12].to_vec();
+    for (index, vid) in vids.iter().enumerate() {
+        let tpid: u16 = if index + 1 < vids.len() {
+            0x88a8
+        } else {
+            0x8100
+        };
+        out.extend_from_slice(&tpid.to_be_bytes());
+        out.extend_from_slice(&vid.to_be_bytes());
+    }
+    out.extend_from_slice(&frame[12..]);
+    out
+}
+
+#[test]
+fn tagged_frames_on_untagged_ports_are_dropped_as_vlan_tagged() {
+    let mut rig = rig(&spec(ForwardingMode::Dr, 1, true), 1);
+    let syn = tcp_frame(ip("10.0.0.2"), 4000, ip("10.0.0.100"), 80, true, b"");
+    rig.send(0, 0, with_vlan_tags(&syn, &[42]));
+    rig.send(0, 0, with_vlan_tags(&syn, &[7, 42]));
+    rig.poll_all(2);
+    assert!(rig.take(0, 0).is_empty() && rig.take(0, 1).is_empty());
+    assert_eq!(rig.workers[0].stats().drops(DropReason::VlanTagged), 2);
+    assert_eq!(rig.workers[0].state().conns.len(), 0);
+    // The same frame untagged goes through.
+    rig.send(0, 0, syn);
+    rig.poll_all(1);
+    assert_eq!(rig.take(0, 1).len(), 1);
+}
+
+#[test]
+fn source_routed_ipv4_is_dropped_and_other_options_pass_unchanged() {
+    let mut rig = rig(&spec(ForwardingMode::Dr, 1, true), 1);
+    let syn = tcp_frame(ip("10.0.0.2"), 4001, ip("10.0.0.100"), 80, true, b"");
+    // Loose and strict source routes through 192.0.2.9 (type, length 7, pointer 4, one hop), end of list.
+    for kind in [0x83, 0x89] {
+        let options = [kind, 7, 4, 192, 0, 2, 9, 0];
+        rig.send(0, 0, with_ipv4_options(&syn, &options));
+    }
+    // A loose source route behind a no-operation byte is found too.
+    rig.send(
+        0,
+        0,
+        with_ipv4_options(&syn, &[1, 0x83, 7, 4, 192, 0, 2, 9]),
+    );
+    rig.poll_all(2);
+    assert!(rig.take(0, 0).is_empty() && rig.take(0, 1).is_empty());
+    assert_eq!(rig.workers[0].stats().drops(DropReason::SourceRouted), 3);
+    assert_eq!(rig.workers[0].state().conns.len(), 0);
+
+    // Record route is forwarded as it came, options included.
+    let record_route = with_ipv4_options(&syn, &[7, 7, 4, 0, 0, 0, 0, 0]);
+    rig.send(0, 0, record_route.clone());
+    rig.poll_all(1);
+    let out = rig.take(0, 1);
+    assert_eq!(out.len(), 1);
+    assert_eq!(&out[0][14..], &record_route[14..]);
+    let (src, dst, _, dport, ttl, _, valid) = read(&out[0]);
+    assert_eq!(
+        (src, dst, dport, ttl),
+        (ip("10.0.0.2"), ip("10.0.0.100"), 80, 60)
+    );
+    assert!(valid);
+
+    // An option whose length runs past the header is malformed.
+    rig.send(0, 0, with_ipv4_options(&syn, &[7, 9, 4, 0, 0, 0, 0, 0]));
+    rig.poll_all(1);
+    assert_eq!(rig.workers[0].stats().drops(DropReason::Malformed), 1);
+}
+
+#[test]
+fn ttl_and_hop_limit_zero_and_one_are_not_forwarded_and_others_pass_unchanged() {
+    for (client, vip) in [
+        (ip("10.0.0.2"), ip("10.0.0.100")),
+        (ip("fd00::2"), ip("fd00::100")),
+    ] {
+        let mut rig = rig(&spec(ForwardingMode::Dr, 1, true), 1);
+        let syn = tcp_frame(client, 4002, vip, 80, true, b"");
+        rig.send(0, 0, with_ttl(&syn, 0));
+        rig.send(0, 0, with_ttl(&syn, 1));
+        rig.poll_all(1);
+        assert!(rig.take(0, 1).is_empty());
+        assert_eq!(rig.workers[0].stats().drops(DropReason::TtlExpired), 2);
+        assert_eq!(
+            rig.workers[0].state().conns.len(),
+            0,
+            "no connection opened"
+        );
+
+        rig.send(0, 0, with_ttl(&syn, 2));
+        rig.poll_all(1);
+        let out = rig.take(0, 1);
+        assert_eq!(out.len(), 1);
+        assert_eq!(read(&out[0]).4, 2, "forwarded with its TTL unchanged");
+
+        // A frame of the established connection with TTL 1 leaves the fast path and is dropped too.
+        let ack = tcp_frame(client, 4002, vip, 80, false, b"data");
+        rig.send(0, 0, with_ttl(&ack, 1));
+        rig.poll_all(1);
+        assert!(rig.take(0, 1).is_empty());
+        assert_eq!(rig.workers[0].stats().drops(DropReason::TtlExpired), 3);
+        rig.send(0, 0, ack);
+        rig.poll_all(1);
+        assert_eq!(rig.take(0, 1).len(), 1);
+    }
+}
+
+#[test]
+fn martian_sources_open_no_connection() {
+    let mut rig = rig(&spec(ForwardingMode::Nat, 1, true), 1);
+    let martians = [
+        ("0.0.0.0", "10.0.0.100"),
+        ("127.0.0.1", "10.0.0.100"),
+        ("224.0.0.1", "10.0.0.100"),
+        ("255.255.255.255", "10.0.0.100"),
+        ("10.0.0.100", "10.0.0.100"),
+        ("10.0.0.1", "10.0.0.100"),
+        ("10.1.0.5", "10.0.0.100"),
+        ("::", "fd00::100"),
+        ("::1", "fd00::100"),
+        ("ff02::1", "fd00::100"),
+        ("fd00::100", "fd00::100"),
+        ("fd00::1", "fd00::100"),
+    ];
+    for (source, vip) in martians {
+        rig.send(0, 0, tcp_frame(ip(source), 4003, ip(vip), 80, true, b""));
+    }
+    rig.poll_all(2);
+    assert!(rig.take(0, 0).is_empty() && rig.take(0, 1).is_empty());
+    assert_eq!(
+        rig.workers[0].stats().drops(DropReason::MartianSource),
+        martians.len() as u64
+    );
+    assert_eq!(rig.workers[0].state().conns.len(), 0);
+    // An honest client still gets through.
+    rig.send(
+        0,
+        0,
+        tcp_frame(ip("10.0.0.2"), 4003, ip("10.0.0.100"), 80, true, b""),
+    );
+    rig.poll_all(1);
+    assert_eq!(rig.take(0, 1).len(), 1);
+}
+
+/// A NAT connection from 10.0.0.2:`client_port` to the VIP, opened on the worker: the request as it left.
+fn open_nat_connection(rig: &mut Rig, client_port: u16) -> Vec<u8> {
+    rig.send(
+        0,
+        0,
+        tcp_frame(ip("10.0.0.2"), client_port, ip("10.0.0.100"), 80, true, b""),
+    );
+    rig.poll_all(1);
+    rig.take(0, 1).pop().expect("the SYN reaches a backend")
+}
+
+/// A TCP segment from `src` to `dst` with `flags` set by `build`, in an Ethernet frame to the port.
+fn segment_v4(
+    src: (IpAddr, u16),
+    dst: (IpAddr, u16),
+    build: impl FnOnce(etherparse::PacketBuilderStep<etherparse::TcpHeader>, &mut Vec<u8>),
+) -> Vec<u8> {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src.0, dst.0) else {
+        unreachable!()
+    };
+    let mut out = Vec::new();
+    build(
+        PacketBuilder::ethernet2([2, 0xbe, 0, 0, 0, 11], PORT1_MAC)
+            .ipv4(s.octets(), d.octets(), 64)
+            .tcp(src.1, dst.1, 9, 1000),
+        &mut out,
+    );
+    out
+}
+
+#[test]
+fn a_spoofed_backend_reply_on_the_client_port_is_dropped_and_the_connection_untouched() {
+    let mut rig = rig(&spec(ForwardingMode::Nat, 1, true), 1);
+    let request = open_nat_connection(&mut rig, 31000);
+    let (client, backend, client_port, backend_port, ..) = read(&request);
+    // A blind reset claiming to be the backend's, sent from the client side.
+    let reset = segment_v4((backend, backend_port), (client, client_port), |b, out| {
+        b.rst().write(out, b"").unwrap()
+    });
+    rig.send(0, 0, reset);
+    rig.poll_all(1);
+    assert!(rig.take(0, 0).is_empty() && rig.take(0, 1).is_empty());
+    assert_eq!(rig.workers[0].stats().drops(DropReason::ReplyWrongPort), 1);
+    // The backend's own answer, from its side, still goes back to the client.
+    let answer = segment_v4((backend, backend_port), (client, client_port), |b, out| {
+        b.syn().ack(2).write(out, b"").unwrap()
+    });
+    rig.send(0, 1, answer);
+    rig.poll_all(1);
+    let back = rig.take(0, 0);
+    assert_eq!(back.len(), 1);
+    let (src, dst, sport, dport, ..) = read(&back[0]);
+    assert_eq!(
+        (src, sport, dst, dport),
+        (ip("10.0.0.100"), 80, client, client_port)
+    );
+}
+
+#[test]
+fn a_first_fragment_claiming_a_backend_is_not_relayed_without_a_connection() {
+    let mut rig = rig(&spec(ForwardingMode::Nat, 1, true), 1);
+    for port in [0, 1] {
+        // From a backend's address and service port to an arbitrary host, more fragments flag set.
+        let mut fragment = segment_v4(
+            (ip("10.1.0.11"), 8080),
+            (ip("198.51.100.9"), 5555),
+            |b, out| b.ack(1).write(out, b"relay me").unwrap(),
+        );
+        fragment[20] = 0x20;
+        fix_ipv4_checksum(&mut fragment);
+        rig.send(0, port, fragment);
+    }
+    rig.poll_all(1);
+    assert!(rig.take(0, 0).is_empty() && rig.take(0, 1).is_empty());
+    assert_eq!(rig.workers[0].stats().drops(DropReason::NoConnection), 2);
+}
+
+/// An ICMPv4 port unreachable from `from` to `to`, quoting the first 28 bytes of the IPv4 packet in `quoted`.
+fn port_unreachable(from: &str, to: &str, quoted: &[u8]) -> Vec<u8> {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (ip(from), ip(to)) else {
+        unreachable!()
+    };
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2([2, 0xbe, 0, 0, 0, 0xfe], PORT1_MAC)
+        .ipv4(s.octets(), d.octets(), 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
+        .write(&mut out, &quoted[14..14 + 28])
+        .unwrap();
+    out
+}
+
+#[test]
+fn an_icmp_error_is_taken_only_for_the_quoted_sender_and_from_the_side_it_concerns() {
+    let mut rig = rig(&spec(ForwardingMode::Nat, 1, true), 1);
+    let request = open_nat_connection(&mut rig, 32000);
+    // Addressed to the VIP, not to the client who sent the quoted request.
+    rig.send(0, 1, port_unreachable("10.1.0.254", "10.0.0.100", &request));
+    // Addressed right, but arriving from the client side while the request went to the backend side.
+    rig.send(0, 0, port_unreachable("10.1.0.254", "10.0.0.2", &request));
+    rig.poll_all(1);
+    assert!(rig.take(0, 0).is_empty() && rig.take(0, 1).is_empty());
+    let stats = rig.workers[0].stats();
+    assert_eq!(stats.drops(DropReason::IcmpErrorMisaddressed), 1);
+    assert_eq!(stats.drops(DropReason::IcmpErrorWrongPort), 1);
+    // From the backend side it reaches the client, mapped like the flow.
+    rig.send(0, 1, port_unreachable("10.1.0.254", "10.0.0.2", &request));
+    rig.poll_all(1);
+    let back = rig.take(0, 0);
+    assert_eq!(back.len(), 1);
+    assert_eq!(&back[0][0..6], &CLIENT_MAC);
+}
+
+#[test]
+fn ipv6_with_a_type_0_routing_header_is_dropped_as_source_routed() {
+    let mut rig = rig(&spec(ForwardingMode::Dr, 1, true), 1);
+    let syn = tcp_frame(ip("fd00::2"), 4004, ip("fd00::100"), 80, true, b"");
+    // A routing header (next header TCP, length 2: 24 bytes) of `kind`, segments left 1, one address, inserted
+    // after the fixed header. The TCP checksum does not cover extension headers.
+    let with_routing_header = |kind: u8| {
+        let mut out = syn[..54].to_vec();
+        out[20] = 43;
+        let payload = u16::from_be_bytes([out[18], out[19]]) + 24;
+        out[18..20].copy_from_slice(&payload.to_be_bytes());
+        out.extend_from_slice(&[6, 2, kind, 1, 0, 0, 0, 0]);
+        out.extend_from_slice(&ip6_octets("fd00::100"));
+        out.extend_from_slice(&syn[54..]);
+        out
+    };
+    rig.send(0, 0, with_routing_header(0));
+    rig.poll_all(1);
+    assert!(rig.take(0, 1).is_empty());
+    assert_eq!(rig.workers[0].stats().drops(DropReason::SourceRouted), 1);
+    assert_eq!(rig.workers[0].state().conns.len(), 0);
+}
+
+fn ip6_octets(text: &str) -> [u8; 16] {
+    text.parse::<std::net::Ipv6Addr>().unwrap().octets()
 }

@@ -108,6 +108,10 @@ pub struct FrameLayout {
     pub protocol: u8,
     /// TTL or hop limit.
     pub ttl: u8,
+    /// An IPv4 packet carrying a loose or strict source route option, or an IPv6 packet with a type 0 routing
+    /// header: its sender picks the path, which no router of ours should follow (Linux drops these by default,
+    /// `accept_source_route = 0`; RFC 5095 deprecates the IPv6 one).
+    pub source_routed: bool,
     /// Valid for IPv4 and IPv6; ICMP echo: the identifier in both ports; later fragments: ports 0.
     pub flow: FlowKey,
     pub fragment: Fragment,
@@ -215,6 +219,7 @@ pub const EMPTY_LAYOUT: FrameLayout = FrameLayout {
     l3_len: 0,
     protocol: 0,
     ttl: 0,
+    source_routed: false,
     flow: UNSPECIFIED_FLOW,
     fragment: Fragment::None,
     tcp_flags: 0,
@@ -257,6 +262,7 @@ pub fn parse_frame_into(
     layout.l3_len = 0;
     layout.protocol = 0;
     layout.ttl = 0;
+    layout.source_routed = false;
     layout.flow = UNSPECIFIED_FLOW;
     layout.fragment = Fragment::None;
     layout.tcp_flags = 0;
@@ -335,6 +341,8 @@ fn parse_ipv4(
     layout.l3 = L3::Ipv4;
     layout.l3_len = total as u16;
     layout.ttl = header[8];
+    // Options are rare: only a header longer than 20 bytes is walked.
+    layout.source_routed = header_len > 20 && ipv4_options_route_the_source(&header[20..])?;
     layout.protocol = header[9];
     layout.l4_offset = (l3 + header_len) as u16;
     layout.fragment = match (fragment_offset, more_fragments) {
@@ -355,17 +363,49 @@ fn parse_ipv4(
     parse_transport(&frame[..l3 + total], layout)
 }
 
+/// IPv4 option types (RFC 791) that name the path: loose and strict source and record route.
+const LOOSE_SOURCE_ROUTE: u8 = 0x83;
+const STRICT_SOURCE_ROUTE: u8 = 0x89;
+
+/// Whether IPv4 `options` hold a source route. Other options (record route, timestamps, router alert) are left
+/// to the caller, who forwards them unchanged as LVS does. An option whose length runs past the header or is
+/// below 2 is malformed, as it is for every IP stack.
+fn ipv4_options_route_the_source(options: &[u8]) -> Result<bool, ParseError> {
+    let mut at = 0;
+    while let Some(&kind) = options.get(at) {
+        match kind {
+            // End of the option list.
+            0 => return Ok(false),
+            // No operation: one byte of padding.
+            1 => at += 1,
+            LOOSE_SOURCE_ROUTE | STRICT_SOURCE_ROUTE => return Ok(true),
+            _ => {
+                let length = usize::from(read_u8(options, at + 1)?);
+                if length < 2 || at + length > options.len() {
+                    return Err(ParseError::Malformed("IPv4 option length"));
+                }
+                at += length;
+            }
+        }
+    }
+    Ok(false)
+}
+
 /// Walks IPv6 extension headers from `next` at `offset` up to `end`; returns (protocol, transport offset,
-/// fragment state).
+/// fragment state, whether a type 0 routing header names the path: the IPv6 source route, deprecated by RFC 5095).
 fn walk_ipv6_extensions(
     packet: &[u8],
     mut next: u8,
     mut offset: usize,
-) -> Result<(u8, usize, Fragment), ParseError> {
+) -> Result<(u8, usize, Fragment, bool), ParseError> {
     let mut fragment = Fragment::None;
+    let mut source_routed = false;
     for _ in 0..MAX_EXTENSION_HEADERS {
         match next {
             0 | 43 | 60 => {
+                if next == 43 && read_u8(packet, offset + 2)? == 0 {
+                    source_routed = true;
+                }
                 let length = (usize::from(read_u8(packet, offset + 1)?) + 1) * 8;
                 next = read_u8(packet, offset)?;
                 offset += length;
@@ -390,7 +430,7 @@ fn walk_ipv6_extensions(
                 if offset > packet.len() {
                     return Err(ParseError::Truncated);
                 }
-                return Ok((next, offset, fragment));
+                return Ok((next, offset, fragment, source_routed));
             }
         }
     }
@@ -414,8 +454,9 @@ fn parse_ipv6(frame: &[u8], layout: &mut FrameLayout) -> Result<(), ParseError> 
         ));
     }
     let packet = frame.get(l3..l3 + total).ok_or(ParseError::Truncated)?;
-    let (protocol, l4, fragment) = walk_ipv6_extensions(packet, header[6], 40)?;
+    let (protocol, l4, fragment, source_routed) = walk_ipv6_extensions(packet, header[6], 40)?;
     layout.l3 = L3::Ipv6;
+    layout.source_routed = source_routed;
     layout.l3_len = total as u16;
     layout.ttl = header[7];
     layout.protocol = protocol;
@@ -610,7 +651,7 @@ fn quoted_ipv6(packet: &[u8], at: usize) -> Result<IcmpKind, ParseError> {
         return Err(ParseError::Malformed("quoted IPv6 version"));
     }
     let quoted = &packet[at..];
-    let (protocol, inner_l4, _) = walk_ipv6_extensions(quoted, header[6], 40)?;
+    let (protocol, inner_l4, _, _) = walk_ipv6_extensions(quoted, header[6], 40)?;
     let (src_port, dst_port) = quoted_ports(quoted, inner_l4, protocol, true)?;
     Ok(IcmpKind::Error {
         inner: FlowKey {

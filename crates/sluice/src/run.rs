@@ -40,6 +40,10 @@ pub struct RunArgs {
     /// Stop after this many milliseconds (benchmarks).
     #[arg(long)]
     duration_ms: Option<u64>,
+    /// Draw FULLNAT local ports from this seed instead of the OS's randomness, so that a replay can predict them
+    /// (tests); never in production, where the ports must not be guessable.
+    #[arg(long, hide = true)]
+    local_port_seed: Option<u64>,
 }
 
 /// Handoff ring size per worker.
@@ -448,8 +452,18 @@ fn run_balancer(
             None
         } else {
             Some(
-                PortAllocator::new(spec.local_ports, index as u16, &spec.local_addresses)
-                    .map_err(|e| format!("FULLNAT local ports: {e}"))?,
+                match args.local_port_seed {
+                    Some(seed) => PortAllocator::with_seed(
+                        spec.local_ports,
+                        index as u16,
+                        &spec.local_addresses,
+                        seed,
+                    ),
+                    None => {
+                        PortAllocator::new(spec.local_ports, index as u16, &spec.local_addresses)
+                    }
+                }
+                .map_err(|e| format!("FULLNAT local ports: {e}"))?,
             )
         };
         let conns = ConnTable::with_hooks(

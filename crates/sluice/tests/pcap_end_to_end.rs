@@ -11,6 +11,8 @@ use std::process::Command;
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 
+/// The seed sluice draws FULLNAT local ports from in the replay whose replies are written before it runs.
+const LOCAL_PORT_SEED: u64 = 11;
 const CLIENT_MAC: [u8; 6] = [2, 0xc1, 0, 0, 0, 1];
 const GATEWAY_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
 
@@ -697,7 +699,10 @@ fn fullnat_replies_reach_the_worker_that_owns_the_local_port() {
     let snapshot = balancer::snapshot::Snapshot::build(&spec, 1).unwrap();
     let service = &snapshot.services()[0];
     let mut allocators: Vec<_> = (0..2)
-        .map(|w| PortAllocator::new(spec.local_ports, w, &spec.local_addresses).unwrap())
+        .map(|w| {
+            PortAllocator::with_seed(spec.local_ports, w, &spec.local_addresses, LOCAL_PORT_SEED)
+                .unwrap()
+        })
         .collect();
 
     let flows = 256u32;
@@ -748,6 +753,7 @@ fn fullnat_replies_reach_the_worker_that_owns_the_local_port() {
         .args(["run", "--config"])
         .arg(&config_path)
         .args(["--idle-exit-ms", "400"])
+        .args(["--local-port-seed", &LOCAL_PORT_SEED.to_string()])
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();

@@ -68,22 +68,29 @@ pub enum TrackedPath {
 
 use TcpState::{
     Close as CL, CloseWait as CW, Established as ES, FinWait as FW, LastAck as LA, Listen as LI,
-    SynRecv as SR, SynSent as SS, TimeWait as TW,
+    SynAck as SA, SynRecv as SR, SynSent as SS, TimeWait as TW,
 };
 
-/// Next state by [path][event][current state], the IPVS table (ip_vs_proto_tcp.c).
+/// Next state by [path][event][current state].
 /// Columns: NONE, ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT, TIME_WAIT, CLOSE, CLOSE_WAIT, LAST_ACK, LISTEN, SYNACK.
+///
+/// Input and Output (NAT and FULLNAT, where both directions are seen) are IPVS's `secure_tcp` table
+/// (`tcp_states_dos` in ip_vs_proto_tcp.c): the client alone never makes a connection ESTABLISHED. Its SYN gives
+/// SYN_RECV, the backend's SYN-ACK SYNACK, and only the backend's next segment ESTABLISHED; so two spoofed packets
+/// (a SYN, then an ACK) leave a half-open entry with a short timeout that new connections may evict, rather than
+/// an established one that lives 15 minutes. Input only (DR and TUN, where the backend's answers bypass us) keeps
+/// IPVS's normal table: there the client's ACK is all there is to see.
 const TRANSITIONS: [[[TcpState; 11]; 4]; 3] = [
     // Input.
     [
-        [SR, ES, ES, SR, SR, SR, SR, SR, SR, SR, SR], // SYN
-        [CL, CW, SS, TW, TW, TW, CL, CW, LA, LI, TW], // FIN
-        [CL, ES, SS, ES, FW, TW, CL, CW, CL, LI, ES], // ACK
-        [CL, CL, CL, SR, CL, CL, CL, CL, LA, LI, SR], // RST
+        [SR, ES, ES, SR, SR, SR, SR, SR, SR, SR, SA], // SYN
+        [CL, CW, SS, TW, TW, TW, CL, CW, LA, LI, SA], // FIN
+        [CL, ES, SS, SR, FW, TW, CL, CW, CL, LI, SA], // ACK
+        [CL, CL, CL, SR, CL, CL, CL, CL, LA, LI, CL], // RST
     ],
     // Output.
     [
-        [SS, ES, SS, SR, SS, SS, SS, SS, SS, LI, SR],
+        [SS, ES, SS, SA, SS, SS, SS, SS, SS, LI, SA],
         [TW, FW, SS, TW, FW, TW, CL, TW, LA, LI, TW],
         [ES, ES, SS, ES, FW, TW, CL, CW, LA, ES, ES],
         [CL, CL, SS, CL, CL, TW, CL, CL, CL, CL, CL],

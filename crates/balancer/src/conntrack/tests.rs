@@ -45,7 +45,7 @@ fn target(mode: ForwardingMode) -> Target {
 
 fn fullnat_table(capacity: usize) -> ConnTable {
     let partition = PortPartition::new(10000, 10999, 1).unwrap();
-    let ports = PortAllocator::new(partition, 0, &[v4(200, 1)]).unwrap();
+    let ports = PortAllocator::with_seed(partition, 0, &[v4(200, 1)], 7).unwrap();
     ConnTable::with_local_ports(capacity, Timeouts::default(), ports).unwrap()
 }
 
@@ -100,13 +100,8 @@ fn fullnat_reply_is_keyed_by_local_endpoint() {
         .unwrap();
     let conn = table.get(id).unwrap();
     let local = conn.local.unwrap();
-    assert_eq!(
-        local,
-        Endpoint {
-            addr: v4(200, 1),
-            port: 10000
-        }
-    );
+    assert_eq!(local.addr, v4(200, 1));
+    assert!((10000..=10999).contains(&local.port), "{local:?}");
     let reply = FlowKey {
         src_addr: v4(9, 1),
         dst_addr: local.addr,
@@ -221,13 +216,14 @@ fn nat_handshake_data_and_client_close() {
         ],
     );
     use TcpState::*;
+    // secure_tcp: ESTABLISHED only once the backend sends after its SYN-ACK.
     assert_eq!(
         states,
         vec![
             SynRecv,
-            SynRecv,
-            Established,
-            Established,
+            SynAck,
+            SynAck,
+            SynAck,
             Established,
             CloseWait,
             CloseWait,
@@ -238,6 +234,28 @@ fn nat_handshake_data_and_client_close() {
 }
 
 #[test]
+fn two_spoofed_packets_leave_a_half_open_entry_that_a_new_client_evicts() {
+    for mode in [ForwardingMode::Nat, ForwardingMode::FullNat] {
+        let mut table = fullnat_table(1);
+        // A SYN and an ACK from a client that never hears the backend (a spoofed source).
+        let spoofed = table
+            .insert(0, client_key(0, 6), target(mode), SYN, ignore)
+            .unwrap();
+        table.touch(spoofed, In, ACK, 1).unwrap();
+        assert_eq!(table.get(spoofed).unwrap().tcp_state, TcpState::SynRecv);
+        assert_eq!(
+            table.get(spoofed).unwrap().expires_at,
+            1 + Timeouts::default().syn_recv
+        );
+        // The table is full of it, yet an honest client gets in.
+        table
+            .insert(2, client_key(1, 6), target(mode), SYN, ignore)
+            .unwrap();
+        assert!(table.lookup(&client_key(0, 6), 2).is_none(), "{mode:?}");
+    }
+}
+
+#[test]
 fn nat_server_closes_first() {
     let states = run(
         ForwardingMode::Nat,
@@ -245,6 +263,7 @@ fn nat_server_closes_first() {
             (In, SYN),
             (Out, SYN_ACK),
             (In, ACK),
+            (Out, ACK),
             (Out, FIN_ACK),
             (In, ACK),
             (In, FIN_ACK),
@@ -256,7 +275,8 @@ fn nat_server_closes_first() {
         states,
         vec![
             SynRecv,
-            SynRecv,
+            SynAck,
+            SynAck,
             Established,
             FinWait,
             FinWait,
@@ -343,7 +363,9 @@ fn expiry_follows_the_state_timeout() {
         .unwrap();
     assert_eq!(table.get(id).unwrap().expires_at, 1000 + timeouts.syn_recv);
     table.touch(id, Out, SYN_ACK, 2000).unwrap();
-    table.touch(id, In, ACK, 3000).unwrap();
+    table.touch(id, In, ACK, 2500).unwrap();
+    assert_eq!(table.get(id).unwrap().expires_at, 2500 + timeouts.synack);
+    table.touch(id, Out, ACK, 3000).unwrap();
     assert_eq!(
         table.get(id).unwrap().expires_at,
         3000 + timeouts.established
@@ -485,7 +507,9 @@ fn full_table_with_fullnat_refusal_returns_the_port() {
             ignore,
         )
         .unwrap();
+    table.touch(id, Out, SYN_ACK, 0).unwrap();
     table.touch(id, In, ACK, 0).unwrap();
+    table.touch(id, Out, ACK, 0).unwrap();
     let before = table.ports().unwrap().available();
     let result = table.insert(
         0,
@@ -501,7 +525,7 @@ fn full_table_with_fullnat_refusal_returns_the_port() {
 #[test]
 fn port_exhaustion_is_an_error() {
     let partition = PortPartition::new(10000, 10001, 1).unwrap();
-    let ports = PortAllocator::new(partition, 0, &[v4(200, 1)]).unwrap();
+    let ports = PortAllocator::with_seed(partition, 0, &[v4(200, 1)], 7).unwrap();
     let mut table = ConnTable::with_local_ports(8, Timeouts::default(), ports).unwrap();
     for n in 0..2 {
         table
@@ -729,6 +753,7 @@ fn capacity_one_holds_one_connection_of_any_mode() {
         .unwrap();
     table.touch(established, Out, SYN_ACK, 0).unwrap();
     table.touch(established, In, ACK, 0).unwrap();
+    table.touch(established, Out, ACK, 0).unwrap();
     assert_eq!(
         table.insert(
             0,
@@ -1037,7 +1062,7 @@ mod colliding {
         fn narrowed_hashes_change_no_answer(mask in prop::sample::select(vec![0u32, 0x3, 0xff, 0xc000_0003]), ops in proptest::collection::vec(op(), 1..150)) {
             let partition = PortPartition::new(10000, 10063, 1).unwrap();
             let make = || {
-                let ports = PortAllocator::new(partition, 0, &[v4(200, 1)]).unwrap();
+                let ports = PortAllocator::with_seed(partition, 0, &[v4(200, 1)], 7).unwrap();
                 ConnTable::with_local_ports(24, Timeouts::default(), ports).unwrap()
             };
             let mut tables = [make(), make()];

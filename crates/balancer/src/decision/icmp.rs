@@ -1,4 +1,8 @@
 //! ICMP errors about tracked flows: steered to the flow's owner and rewritten like the flow they quote.
+//!
+//! An error is taken only when it is addressed to the sender of the packet it quotes (as every host's stack
+//! checks) and arrives on the side that packet went to: an error sent to one VIP quoting another VIP's flow, or
+//! quoting a packet to a backend but arriving from the client side, is spoofed.
 
 use packet::FlowKey;
 
@@ -14,9 +18,13 @@ impl WorkerState {
         snapshot: &Snapshot,
         outer: &FlowKey,
         inner: &FlowKey,
+        ingress: u16,
         handed_off: bool,
         now_ms: u64,
     ) -> Action {
+        if outer.dst_addr != inner.src_addr {
+            return Action::Drop(DropReason::IcmpErrorMisaddressed);
+        }
         let quoted_flow = inner.reversed();
         let owned = snapshot.owned(outer.dst_addr);
         let owner = match owned {
@@ -62,6 +70,10 @@ impl WorkerState {
                 let Some((service, _, route)) = snapshot.backend(conn.backend) else {
                     return Action::Drop(DropReason::IcmpErrorUnknownFlow);
                 };
+                // The quoted packet went to the client: the error comes from the client's side.
+                if snapshot.route(client.src_addr).map(|route| route.port) != Some(ingress) {
+                    return Action::Drop(DropReason::IcmpErrorWrongPort);
+                }
                 let rewrite = match conn.mode {
                     ForwardingMode::Dr => Rewrite::MacsOnly,
                     ForwardingMode::Tun => match service.tunnel_source {
@@ -88,6 +100,14 @@ impl WorkerState {
                 forward(route, rewrite, Some(conn.backend), false, false)
             }
             Direction::Reply => {
+                // The quoted packet went to the backend: the error comes from the backend's side.
+                let backend_port = match snapshot.backend(conn.backend) {
+                    Some((_, _, route)) => Some(route.port),
+                    None => snapshot.route(backend.addr).map(|route| route.port),
+                };
+                if backend_port != Some(ingress) {
+                    return Action::Drop(DropReason::IcmpErrorWrongPort);
+                }
                 let Some(route) = snapshot.route(client.src_addr) else {
                     return Action::Drop(DropReason::NoRoute);
                 };

@@ -12,6 +12,11 @@
 //! source address, destination address and protocol (Maglev's own rule), without connection tracking, so that
 //! later fragments, which carry no ports, follow the first. Fragmented FULLNAT traffic and later fragments of NAT
 //! replies cannot be mapped without reassembly: they are dropped and counted.
+//!
+//! What a router would not forward is dropped by reason before anything else is decided: tagged frames (the ports
+//! are untagged) and source-routed IPv4 for every destination; a TTL of 0 or 1 on the way to a backend (never on
+//! the way to the kernel: the established path pays one compare for it); martian sources when a frame would open
+//! a connection (a probe of the owned addresses that established connections never pay).
 
 mod arp;
 mod fragment;
@@ -163,7 +168,8 @@ impl WorkerState {
 
     /// The forwarding decision for a frame that arrived on port `ingress`, parsed as `layout`. `staged` is what
     /// [`WorkerState::stage`] returned for `layout.flow`, if the worker staged it. `handed_off` marks a frame
-    /// another worker passed on: it is never passed on again.
+    /// another worker passed on: it is never passed on again. `ingress` is read only for replies and ICMP
+    /// errors, which must arrive on the side they come from.
     ///
     /// Inlined into the data plane so that the common verdict stays in registers; the rare kinds of frames are
     /// decided out of line.
@@ -173,6 +179,7 @@ impl WorkerState {
         tables: &mut WorkerTables,
         layout: &FrameLayout,
         staged: Option<&StagedKey>,
+        ingress: u16,
         handed_off: bool,
         now_ms: u64,
     ) -> Action {
@@ -182,14 +189,22 @@ impl WorkerState {
             schedulers,
         } = tables;
         let snapshot: &Snapshot = snapshot;
+        // Two compares on facts the parser already wrote; the reasons are told apart out of line.
+        if layout.vlan_tags != 0 || layout.source_routed {
+            return refused_whatever_its_destination(layout);
+        }
         match layout.l3 {
             L3::Arp => self.arp(snapshot, layout),
             L3::Ipv4 | L3::Ipv6 => {
                 // The common case first: a whole datagram of a connection this worker tracks, forwarded from its
-                // entry without classifying the destination again.
+                // entry without classifying the destination again. A frame at the end of its TTL takes the full
+                // decision, which drops it when it would be forwarded.
                 let mut after_miss = None;
                 if let Some(staged) = staged {
-                    if layout.fragment == Fragment::None && matches!(layout.icmp, IcmpKind::None) {
+                    if layout.fragment == Fragment::None
+                        && matches!(layout.icmp, IcmpKind::None)
+                        && layout.ttl > 1
+                    {
                         match self.established(snapshot, layout, staged, now_ms) {
                             Established::Forwarded(action) => return action,
                             Established::Missed => {
@@ -203,19 +218,23 @@ impl WorkerState {
                     }
                 }
                 let staged = after_miss.as_ref().or(staged);
-                self.ip(snapshot, schedulers, layout, staged, handed_off, now_ms)
+                self.ip(
+                    snapshot, schedulers, layout, staged, ingress, handed_off, now_ms,
+                )
             }
             L3::Other(_) => not_ours(snapshot),
         }
     }
 
     #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
     fn ip(
         &mut self,
         snapshot: &Snapshot,
         schedulers: &mut [Option<IpvsScheduler>],
         layout: &FrameLayout,
         staged: Option<&StagedKey>,
+        ingress: u16,
         handed_off: bool,
         now_ms: u64,
     ) -> Action {
@@ -223,7 +242,10 @@ impl WorkerState {
         match layout.icmp {
             IcmpKind::None => {}
             IcmpKind::Error { inner, .. } => {
-                return self.icmp_error(snapshot, &flow, &inner, handed_off, now_ms)
+                if layout.ttl <= 1 {
+                    return Action::Drop(DropReason::TtlExpired);
+                }
+                return self.icmp_error(snapshot, &flow, &inner, ingress, handed_off, now_ms);
             }
             IcmpKind::EchoRequest => {
                 return match snapshot.owned(flow.dst_addr) {
@@ -262,6 +284,9 @@ impl WorkerState {
             if let Some((index, service)) =
                 snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)
             {
+                if layout.ttl <= 1 {
+                    return Action::Drop(DropReason::TtlExpired);
+                }
                 return self.request_to(
                     snapshot, schedulers, layout, staged, index, service, handed_off, now_ms,
                 );
@@ -275,7 +300,10 @@ impl WorkerState {
                 }
             }
             if owned.local_address {
-                return self.fullnat_reply(snapshot, layout, staged, handed_off, now_ms);
+                if layout.ttl <= 1 {
+                    return Action::Drop(DropReason::TtlExpired);
+                }
+                return self.fullnat_reply(snapshot, layout, staged, ingress, handed_off, now_ms);
             }
             return if snapshot.kernel_exception_path() {
                 Action::ToKernel
@@ -286,8 +314,13 @@ impl WorkerState {
         if let Some(service) =
             snapshot.nat_service_of_backend(flow.src_addr, flow.src_port, flow.protocol)
         {
+            if layout.ttl <= 1 {
+                return Action::Drop(DropReason::TtlExpired);
+            }
             let (vip, vport) = (service.key.vip, service.key.port);
-            return self.nat_reply(snapshot, layout, staged, vip, vport, handed_off, now_ms);
+            return self.nat_reply(
+                snapshot, layout, staged, vip, vport, ingress, handed_off, now_ms,
+            );
         }
         if snapshot.withheld(flow.dst_addr) {
             // A VIP another node owns now: the kernel must not see it (it may hold the address and reset).
@@ -329,6 +362,29 @@ impl WorkerState {
         let hash = rss::SYMMETRIC_TABLE.tuple_hash(src, dst, src_port, dst_port, true);
         rss::queue_of(hash, u32::from(self.place.workers)) as u16
     }
+}
+
+/// Why a frame is dropped whatever it is addressed to (the caller saw a VLAN tag or a source route).
+#[cold]
+#[inline(never)]
+fn refused_whatever_its_destination(layout: &FrameLayout) -> Action {
+    if layout.vlan_tags != 0 {
+        Action::Drop(DropReason::VlanTagged)
+    } else {
+        Action::Drop(DropReason::SourceRouted)
+    }
+}
+
+/// Whether `source` is one no client has: unspecified, loopback, multicast, broadcast, or one of our own
+/// addresses (a spoofed flow that would make us talk to ourselves or answer to a group). Asked only when a frame
+/// would open a connection (and for every fragment, which opens none): it costs a probe of the owned addresses,
+/// which frames of established connections must not pay.
+pub(super) fn martian_source(snapshot: &Snapshot, source: IpAddr) -> bool {
+    source.is_unspecified()
+        || source.is_loopback()
+        || source.is_multicast()
+        || matches!(source, IpAddr::V4(v4) if v4.is_broadcast())
+        || snapshot.owned(source).is_some()
 }
 
 pub(super) fn not_ours(snapshot: &Snapshot) -> Action {

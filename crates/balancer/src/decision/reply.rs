@@ -1,5 +1,9 @@
 //! Backends' replies in NAT and FULLNAT: found by their own key in the connection table and sent back to the
 //! client with the addresses the client expects.
+//!
+//! A reply is taken only for a live connection and only from the port that faces the connection's backend, first
+//! fragments included: a frame that claims a backend's address on the client side is spoofed (a relay attempt or a
+//! blind reset) and is dropped before it can touch the connection.
 
 use std::net::IpAddr;
 
@@ -18,28 +22,14 @@ impl WorkerState {
         staged: Option<&StagedKey>,
         vip: IpAddr,
         vport: u16,
+        ingress: u16,
         handed_off: bool,
         now_ms: u64,
     ) -> Action {
         let flow = layout.flow;
-        match layout.fragment {
-            Fragment::None => {}
-            Fragment::First { .. } => {
-                let Some(route) = snapshot.route(flow.dst_addr) else {
-                    return Action::Drop(DropReason::NoRoute);
-                };
-                return forward(
-                    &route,
-                    Rewrite::Source {
-                        addr: vip,
-                        port: vport,
-                    },
-                    None,
-                    true,
-                    true,
-                );
-            }
-            Fragment::Later { .. } => return Action::Drop(DropReason::FragmentUnsupported),
+        // A first fragment carries the ports: it is mapped through its connection like a whole datagram.
+        if let Fragment::Later { .. } = layout.fragment {
+            return Action::Drop(DropReason::FragmentUnsupported);
         }
         if !handed_off && self.place.workers > 1 {
             let owner = self.owner_of_tuple(vip, flow.dst_addr, vport, flow.dst_port);
@@ -47,19 +37,23 @@ impl WorkerState {
                 return Action::Handoff { worker: owner };
             }
         }
-        self.reply_to_client(snapshot, layout, staged, now_ms, |client| Rewrite::Source {
-            addr: client.dst_addr,
-            port: client.dst_port,
+        self.reply_to_client(snapshot, layout, staged, ingress, now_ms, |client| {
+            Rewrite::Source {
+                addr: client.dst_addr,
+                port: client.dst_port,
+            }
         })
     }
 
     /// A backend's reply on the worker that owns its connection: accounted, and sent back towards the client with
-    /// `rewrite` (made from the client's flow key); dropped when no connection holds it.
+    /// `rewrite` (made from the client's flow key); dropped when no connection holds it or when it arrived on
+    /// another port than the one that faces the connection's backend.
     pub(super) fn reply_to_client(
         &mut self,
         snapshot: &Snapshot,
         layout: &FrameLayout,
         staged: Option<&StagedKey>,
+        ingress: u16,
         now_ms: u64,
         rewrite: impl FnOnce(&FlowKey) -> Rewrite,
     ) -> Action {
@@ -71,6 +65,15 @@ impl WorkerState {
         };
         if hit.direction != Direction::Reply {
             return Action::Drop(DropReason::NoConnection);
+        }
+        // The backend's place in the snapshot holds its route (an array index, no probe); a backend removed while
+        // its connections drain is routed afresh.
+        let backend_port = match snapshot.backend(conn.backend) {
+            Some((_, _, route)) => Some(route.port),
+            None => snapshot.route(layout.flow.src_addr).map(|route| route.port),
+        };
+        if backend_port != Some(ingress) {
+            return Action::Drop(DropReason::ReplyWrongPort);
         }
         self.account(hit.id, Direction::Reply, layout.tcp_flags, now_ms);
         let Some(route) = snapshot.route(conn.client.src_addr) else {
@@ -90,6 +93,7 @@ impl WorkerState {
         snapshot: &Snapshot,
         layout: &FrameLayout,
         staged: Option<&StagedKey>,
+        ingress: u16,
         handed_off: bool,
         now_ms: u64,
     ) -> Action {
@@ -106,7 +110,7 @@ impl WorkerState {
                 None => return Action::Drop(DropReason::NoConnection),
             }
         }
-        self.reply_to_client(snapshot, layout, staged, now_ms, |client| {
+        self.reply_to_client(snapshot, layout, staged, ingress, now_ms, |client| {
             Rewrite::SourceAndDestination {
                 src: client.dst_addr,
                 src_port: client.dst_port,

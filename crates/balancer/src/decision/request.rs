@@ -3,7 +3,7 @@
 
 use packet::{FlowKey, Fragment, FrameLayout};
 
-use super::{forward, opened, Action, DropReason, Rewrite, StagedKey, WorkerState};
+use super::{forward, martian_source, opened, Action, DropReason, Rewrite, StagedKey, WorkerState};
 use crate::conntrack::{tcp_flags, Conn, Direction, Endpoint, Forwarding, InsertError, Target};
 use crate::maglev::flow_hash;
 use crate::scheduler::IpvsScheduler;
@@ -30,10 +30,20 @@ impl WorkerState {
     ) -> Option<Action> {
         let flow = layout.flow;
         if layout.fragment != Fragment::None {
+            if layout.ttl <= 1 {
+                return Some(Action::Drop(DropReason::TtlExpired));
+            }
+            if martian_source(snapshot, flow.src_addr) {
+                return Some(Action::Drop(DropReason::MartianSource));
+            }
             return Some(self.fragment_request(snapshot, layout));
         }
+        // Without a service the frame may be the node's own (the kernel's), whatever its TTL.
         let (service_index, service) =
             snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)?;
+        if layout.ttl <= 1 {
+            return Some(Action::Drop(DropReason::TtlExpired));
+        }
         Some(self.request_to(
             snapshot,
             schedulers,
@@ -130,6 +140,10 @@ impl WorkerState {
             }
         }
 
+        // No connection: the frame would open one.
+        if martian_source(snapshot, flow.src_addr) {
+            return Action::Drop(DropReason::MartianSource);
+        }
         let schedules_any_packet = service.scheduler == SchedulerKind::Mh;
         let is_syn = layout.tcp_flags & (tcp_flags::SYN | tcp_flags::RST) == tcp_flags::SYN;
         if flow.protocol == packet::flow::ip_protocol::TCP && !is_syn && !schedules_any_packet {

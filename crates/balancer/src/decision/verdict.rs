@@ -46,10 +46,24 @@ pub enum DropReason {
     TxFull,
     /// An answer or rewrite could not be applied (counted by the data plane).
     RewriteFailed,
+    /// An 802.1Q or QinQ tagged frame: the ports are untagged.
+    VlanTagged,
+    /// An IPv4 packet with a loose or strict source route option, or IPv6 with a type 0 routing header.
+    SourceRouted,
+    /// A packet to forward with TTL or hop limit 0 or 1: a router would drop it too.
+    TtlExpired,
+    /// A new flow from a source no client has: unspecified, loopback, multicast, broadcast or one of our addresses.
+    MartianSource,
+    /// A NAT or FULLNAT reply that arrived on another port than the one facing the connection's backend.
+    ReplyWrongPort,
+    /// An ICMP error not addressed to the sender of the packet it quotes.
+    IcmpErrorMisaddressed,
+    /// An ICMP error that arrived on another side than the one the packet it quotes went to.
+    IcmpErrorWrongPort,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 19;
+    pub const COUNT: usize = 26;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::NotOurs,
         DropReason::NoService,
@@ -70,6 +84,13 @@ impl DropReason {
         DropReason::HandoffFull,
         DropReason::TxFull,
         DropReason::RewriteFailed,
+        DropReason::VlanTagged,
+        DropReason::SourceRouted,
+        DropReason::TtlExpired,
+        DropReason::MartianSource,
+        DropReason::ReplyWrongPort,
+        DropReason::IcmpErrorMisaddressed,
+        DropReason::IcmpErrorWrongPort,
     ];
 
     /// Index into a per-reason counter array.
@@ -100,6 +121,13 @@ impl DropReason {
             DropReason::HandoffFull => "handoff_full",
             DropReason::TxFull => "tx_full",
             DropReason::RewriteFailed => "rewrite_failed",
+            DropReason::VlanTagged => "vlan_tagged",
+            DropReason::SourceRouted => "source_routed",
+            DropReason::TtlExpired => "ttl_expired",
+            DropReason::MartianSource => "martian_source",
+            DropReason::ReplyWrongPort => "reply_wrong_port",
+            DropReason::IcmpErrorMisaddressed => "icmp_error_misaddressed",
+            DropReason::IcmpErrorWrongPort => "icmp_error_wrong_port",
         }
     }
 }

@@ -273,13 +273,14 @@ fn cost_of_a_backend_change(connections: u32, after: usize) -> (u64, u64, u64) {
             l3_len: 40,
             protocol: 6,
             ttl: 64,
+            source_routed: false,
             flow,
             fragment: Fragment::None,
             tcp_flags: tcp_flags::SYN,
             icmp: IcmpKind::None,
             arp: None,
         };
-        let action = state.decide(&mut tables, &layout, None, false, 1000);
+        let action = state.decide(&mut tables, &layout, None, 0, false, 1000);
         assert!(matches!(action, Action::Forward(_)), "{action:?}");
     }
     assert_eq!(state.conns.len(), connections as usize);

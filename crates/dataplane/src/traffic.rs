@@ -466,7 +466,6 @@ pub fn bench_worker(
         state,
         WorkerTables::new(snapshot),
         ports,
-        None,
         HandoffLinks::alone(),
         TableUpdates { incoming, retired },
         WorkerConfig {

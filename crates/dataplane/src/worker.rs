@@ -186,7 +186,6 @@ struct Engine<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     tables: WorkerTables,
     ports: Vec<PortQueues<R, T>>,
     pending: Vec<Burst<R::Frame>>,
-    kernel: Option<(T, Burst<R::Frame>)>,
     handoffs: HandoffLinks<R::Frame>,
     /// The per-port kernel exception path (`crate::kernel`), when attached.
     exception: Option<KernelPath<R, T>>,
@@ -202,12 +201,10 @@ struct Engine<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
 impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
     /// A worker over `ports` (index = port number in the snapshot), exchanging frames with its peers over
     /// `handoffs` (its element of [`handoff_mesh`], or [`HandoffLinks::alone`]).
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         state: WorkerState,
         tables: WorkerTables,
         ports: Vec<PortQueues<R, T>>,
-        kernel: Option<T>,
         handoffs: HandoffLinks<R::Frame>,
         updates: TableUpdates,
         config: WorkerConfig,
@@ -229,7 +226,6 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 tables,
                 ports,
                 pending,
-                kernel: kernel.map(|tx| (tx, Burst::new())),
                 handoffs,
                 exception: None,
                 counters: Counters::default(),
@@ -375,8 +371,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                         now_ms,
                     );
                 } else {
-                    engine.counters.rx_bytes += frame.data().len() as u64;
-                    engine.drop_frame(frame, DropReason::Malformed);
+                    engine.drop_malformed(frame);
                 }
             }
         }
@@ -391,8 +386,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             if packet::parse_frame_into(frame.data(), frame.ipv4_checksum_good(), layout).is_ok() {
                 engine.handle(frame, layout, None, handoff.ingress, true, now_ms);
             } else {
-                engine.counters.rx_bytes += frame.data().len() as u64;
-                engine.drop_frame(frame, DropReason::Malformed);
+                engine.drop_malformed(frame);
             }
         }
         engine.flush_all();
@@ -523,16 +517,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
                 self.too_big(&frame, layout, ingress, from, mtu);
                 self.dropped_already_counted(frame);
             }
-            Action::ToKernel if self.exception.is_some() => self.hand_to_kernel(frame, ingress),
-            Action::ToKernel => match &mut self.kernel {
-                Some((_, pending)) => {
-                    self.counters.to_kernel += 1;
-                    if let Err(full) = pending.try_push(frame) {
-                        self.drop_frame(full.element(), DropReason::TxFull);
-                    }
-                }
-                None => self.drop_frame(frame, DropReason::NotOurs),
-            },
+            Action::ToKernel => self.hand_to_kernel(frame, ingress),
             Action::Handoff { worker } => {
                 if let Err(refused) = self
                     .handoffs
@@ -707,6 +692,12 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         }
     }
 
+    /// A frame the parser refused: its bytes are counted as received, the frame as a malformed drop.
+    fn drop_malformed(&mut self, frame: R::Frame) {
+        self.counters.rx_bytes += frame.data().len() as u64;
+        self.drop_frame(frame, DropReason::Malformed);
+    }
+
     /// Counts `frame` as dropped for `reason` and keeps it to be freed with the others at the end of the poll.
     #[inline]
     fn drop_frame(&mut self, frame: R::Frame, reason: DropReason) {
@@ -756,16 +747,6 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         }
         if let Some(path) = &mut self.exception {
             path.flush();
-        }
-        if let Some((tx, pending)) = &mut self.kernel {
-            if !pending.is_empty() {
-                self.counters.tx += transmit(
-                    tx,
-                    pending,
-                    self.config.tx_attempts,
-                    &mut self.counters.drops,
-                );
-            }
         }
     }
 }

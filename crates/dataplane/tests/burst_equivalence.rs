@@ -142,7 +142,6 @@ fn lane(spec: &SnapshotSpec, burst: usize, capacity: usize) -> Lane {
         state,
         WorkerTables::new(Arc::new(Snapshot::build(spec, 1).unwrap())),
         ports,
-        None,
         HandoffLinks::alone(),
         TableUpdates { incoming, retired },
         WorkerConfig {

@@ -130,7 +130,6 @@ fn the_worker_scans_within_its_budget_and_stores_what_peers_send() {
         state,
         tables,
         ports,
-        None,
         HandoffLinks::alone(),
         TableUpdates { incoming, retired },
         WorkerConfig::default(),
@@ -232,7 +231,6 @@ fn the_worker_keeps_the_previous_tables_for_the_grace_period_and_then_retires_th
         state,
         WorkerTables::new(first),
         ports,
-        None,
         HandoffLinks::alone(),
         TableUpdates { incoming, retired },
         WorkerConfig {

@@ -134,7 +134,6 @@ fn rig() -> Rig {
         state,
         WorkerTables::new(snapshot),
         port_queues,
-        None,
         HandoffLinks::alone(),
         TableUpdates { incoming, retired },
         WorkerConfig::default(),

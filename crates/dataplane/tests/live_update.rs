@@ -169,7 +169,6 @@ fn updates_under_traffic_lose_nothing_and_move_no_established_flow() {
         state,
         WorkerTables::new(first),
         ports,
-        None,
         HandoffLinks::alone(),
         TableUpdates { incoming, retired },
         WorkerConfig::default(),

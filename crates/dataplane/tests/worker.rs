@@ -150,7 +150,6 @@ fn rig(spec: &SnapshotSpec, workers: u16) -> Rig {
             state,
             WorkerTables::new(Arc::clone(&snapshot)),
             ports,
-            None,
             mesh.next().expect("one set of links per worker"),
             TableUpdates {
                 incoming: receive,

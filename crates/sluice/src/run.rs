@@ -509,7 +509,6 @@ fn run_balancer(
             state,
             WorkerTables::new(Arc::clone(&snapshot)),
             queues,
-            None,
             handoffs,
             TableUpdates { incoming, retired },
             WorkerConfig {

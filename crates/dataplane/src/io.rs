@@ -39,9 +39,6 @@ pub trait Frame: Send {
     {
         let _ = address;
     }
-    /// Hint that the frame's descriptor (where its length and data offset live) will be read soon.
-    #[inline]
-    fn prefetch_header(&self) {}
     /// Frees every frame of `frames` at once, leaving it empty (devices return buffers to their pool in bulk).
     fn free_burst(frames: &mut Burst<Self>)
     where

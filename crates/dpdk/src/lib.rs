@@ -493,11 +493,6 @@ impl Frame for Mbuf {
         prefetch_line(address);
     }
 
-    #[inline]
-    fn prefetch_header(&self) {
-        prefetch_line(self.as_ptr().cast());
-    }
-
     fn free_burst(frames: &mut Burst<Mbuf>) {
         let count = frames.len();
         if count == 0 {

@@ -55,17 +55,6 @@ pub struct Forwarding {
 }
 
 impl Conn {
-    /// What forwarding the client's packets to the backend needs.
-    #[inline]
-    pub fn forwarding(&self) -> Forwarding {
-        Forwarding {
-            backend: self.backend,
-            mode: self.mode,
-            backend_endpoint: self.backend_endpoint,
-            local: self.local,
-        }
-    }
-
     /// The key of the reply direction as it reaches the balancer, for the modes where replies come back through
     /// it: backend -> client (NAT), backend -> LIP:lport (FULLNAT).
     pub fn reply_key(&self) -> Option<FlowKey> {

@@ -249,7 +249,8 @@ impl ConnTable {
         prefetch(bucket.cast());
     }
 
-    /// [`ConnTable::prefetch_candidates`] through the caller's own prefetch.
+    /// Starts loading, through the caller's own prefetch, the entries whose signatures match `hash` in its home
+    /// bucket: the second stage of a staged lookup, once the bucket is on its way.
     #[inline(always)]
     pub fn prefetch_candidates_with(&self, hash: u32, prefetch: impl Fn(*const u8)) {
         let probe = self.index.probe(hash);
@@ -258,22 +259,6 @@ impl ConnTable {
         while pending != 0 {
             let entry: *const _ = &self.entries[bucket.entry(pending.trailing_zeros()) as usize];
             prefetch(entry.cast());
-            pending &= pending - 1;
-        }
-    }
-
-    /// Starts loading the entries whose signatures match `hash` in its home bucket: the second stage of a staged
-    /// lookup, once [`ConnTable::prefetch`] has brought the bucket in.
-    #[inline]
-    pub fn prefetch_candidates(&self, hash: u32) {
-        let probe = self.index.probe(hash);
-        let bucket = self.index.bucket(probe.bucket);
-        let mut pending = bucket.matching(probe.sig);
-        while pending != 0 {
-            prefetch(
-                self.prefetcher,
-                &self.entries[bucket.entry(pending.trailing_zeros()) as usize],
-            );
             pending &= pending - 1;
         }
     }

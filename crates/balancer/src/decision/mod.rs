@@ -144,13 +144,8 @@ impl WorkerState {
         }
     }
 
-    /// The second stage of a staged lookup: prefetches the connection entries the key's bucket points at.
-    #[inline]
-    pub fn stage_entries(&self, staged: &StagedKey) {
-        self.conns.prefetch_candidates(staged.hash);
-    }
-
-    /// [`WorkerState::stage_entries`] with the caller's prefetch instruction.
+    /// The second stage of a staged lookup: prefetches, with the caller's instruction, the connection entries the
+    /// key's bucket points at.
     #[inline(always)]
     pub fn stage_entries_with(&self, staged: &StagedKey, prefetch: impl Fn(*const u8)) {
         self.conns.prefetch_candidates_with(staged.hash, prefetch);

@@ -5,6 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hashbrown::HashMap;
+use packet::MacWord;
 use thiserror::Error;
 
 use crate::maglev::{MaglevError, MaglevTable, TableSize};
@@ -119,8 +120,8 @@ pub struct Route {
     pub port: u16,
     /// The address whose MAC the frame is sent to: the destination itself on a connected subnet, else the gateway.
     pub next_hop: IpAddr,
-    /// The next hop's configured MAC, when there is one.
-    pub mac: Option<[u8; 6]>,
+    /// The next hop's configured MAC, when there is one (one word: the verdict copies it on every frame).
+    pub mac: MacWord,
 }
 
 /// A service as workers use it.
@@ -343,7 +344,7 @@ impl Snapshot {
                 // A MAC configured on the backend wins over resolution, for the connected-subnet case.
                 let route = match (backend.mac, route.next_hop == backend.addr) {
                     (Some(mac), true) => Route {
-                        mac: Some(mac),
+                        mac: MacWord::new(mac),
                         ..route
                     },
                     _ => route,
@@ -458,7 +459,7 @@ impl Snapshot {
     }
 
     /// Where backend `id` is in this snapshot; `None` once it has been removed.
-    #[inline]
+    #[inline(always)]
     pub fn backend(&self, id: BackendId) -> Option<(&Service, &Backend, &Route)> {
         let place = self.by_backend.get(id.0 as usize).copied().flatten()?;
         let service = &self.services[place.service as usize];
@@ -520,7 +521,7 @@ impl Snapshot {
             return Some(Route {
                 port,
                 next_hop: addr,
-                mac: None,
+                mac: MacWord::NONE,
             });
         }
         self.gateways
@@ -529,7 +530,7 @@ impl Snapshot {
             .map(|gateway| Route {
                 port: gateway.port,
                 next_hop: gateway.addr,
-                mac: gateway.mac,
+                mac: MacWord::from_option(gateway.mac),
             })
     }
 
@@ -683,7 +684,7 @@ mod tests {
         let far = snapshot.route("192.0.2.1".parse().unwrap()).unwrap();
         assert_eq!(far.port, 0);
         assert_eq!(far.next_hop, "10.0.0.254".parse::<IpAddr>().unwrap());
-        assert_eq!(far.mac, Some([2, 0, 0, 0, 0, 0xfe]));
+        assert_eq!(far.mac.get(), Some([2, 0, 0, 0, 0, 0xfe]));
         // No IPv6 gateway: only the connected IPv6 subnet is reachable.
         assert!(snapshot.route("2001:db8::1".parse().unwrap()).is_none());
         assert_eq!(snapshot.route("fd00::9".parse().unwrap()).unwrap().port, 0);

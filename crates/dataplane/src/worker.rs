@@ -16,7 +16,7 @@ use balancer::decision::{
 use balancer::expiry::ExpiryPacer;
 use balancer::neighbor::ResolutionThrottle;
 use crossbeam::channel::{Receiver, Sender};
-use packet::{FrameLayout, L3};
+use packet::{FrameLayout, MacWord, L3};
 
 use crate::io::{Burst, Frame, RxQueue, TxQueue, MAX_BURST};
 use crate::kernel::{kernel_wants_copy, KernelPath};
@@ -178,6 +178,8 @@ pub struct Worker<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     parsed: [bool; MAX_BURST],
     /// The staged connection lookup of frame i, for IP frames.
     staged: [Option<StagedKey>; MAX_BURST],
+    /// The verdict on the frame being handled, written in place by the decision.
+    verdict: Action,
 }
 
 /// What handles one frame: the balancing state, the ports' transmit side and the counters.
@@ -248,6 +250,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             handed: ArrayVec::new(),
             parsed: [false; MAX_BURST],
             staged: [None; MAX_BURST],
+            verdict: Action::Consumed,
         }
     }
 
@@ -369,6 +372,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                         port as u16,
                         false,
                         now_ms,
+                        &mut self.verdict,
                     );
                 } else {
                     engine.drop_malformed(frame);
@@ -384,7 +388,15 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             let layout = &mut self.layouts[0];
             let frame = handoff.frame;
             if packet::parse_frame_into(frame.data(), frame.ipv4_checksum_good(), layout).is_ok() {
-                engine.handle(frame, layout, None, handoff.ingress, true, now_ms);
+                engine.handle(
+                    frame,
+                    layout,
+                    None,
+                    handoff.ingress,
+                    true,
+                    now_ms,
+                    &mut self.verdict,
+                );
             } else {
                 engine.drop_malformed(frame);
             }
@@ -469,6 +481,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
 }
 
 impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
+    #[allow(clippy::too_many_arguments)]
     fn handle(
         &mut self,
         mut frame: R::Frame,
@@ -477,6 +490,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         ingress: u16,
         handed_off: bool,
         now_ms: u64,
+        verdict: &mut Action,
     ) {
         self.counters.rx_bytes += frame.data().len() as u64;
         if let Some(path) = &mut self.exception {
@@ -484,15 +498,16 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
                 path.copy_to_kernel(&frame, ingress);
             }
         }
-        let action = self.state.decide(
+        self.state.decide_into(
             &mut self.tables,
             layout,
             staged,
             ingress,
             handed_off,
             now_ms,
+            verdict,
         );
-        match action {
+        match *verdict {
             Action::Forward(ref forward) => self.forward(frame, layout, forward, now_ms),
             Action::AnswerArp => {
                 let mac = self.port_mac(ingress);
@@ -552,18 +567,22 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
                 bump(&backend.connections, 1);
             }
         }
-        let Some(next_hop_mac) = forward
-            .mac()
-            .or_else(|| self.state.neighbors.lookup(forward.next_hop))
-        else {
-            self.resolve(forward.port, forward.next_hop, now_ms);
-            return self.drop_frame(frame, DropReason::NeighborUnresolved);
+        let next_hop_mac = if forward.next_hop_mac.is_known() {
+            forward.next_hop_mac
+        } else {
+            match self.state.neighbors.lookup(forward.next_hop) {
+                Some(mac) => MacWord::new(mac),
+                None => {
+                    self.resolve(forward.port, forward.next_hop, now_ms);
+                    return self.drop_frame(frame, DropReason::NeighborUnresolved);
+                }
+            }
         };
         if rewrite(&mut frame, layout, &forward.rewrite).is_err() {
             return self.drop_frame(frame, DropReason::RewriteFailed);
         }
         let source_mac = self.ports[port].mac;
-        if packet::set_macs(frame.data_mut(), source_mac, next_hop_mac).is_err() {
+        if packet::set_macs_word(frame.data_mut(), source_mac, next_hop_mac).is_err() {
             return self.drop_frame(frame, DropReason::RewriteFailed);
         }
         if forward.untracked {

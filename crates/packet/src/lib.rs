@@ -7,6 +7,7 @@ pub mod answer;
 pub mod checksum;
 pub mod flow;
 pub mod fuzzing;
+pub mod mac;
 pub mod parse;
 pub mod rewrite;
 
@@ -15,11 +16,13 @@ pub use answer::{
     build_neighbor_solicitation, build_too_big,
 };
 pub use flow::{ip_protocol, FlowKey};
+pub use mac::MacWord;
 pub use parse::{
     parse_frame, parse_frame_into, ArpFacts, Fragment, FrameLayout, IcmpKind, ParseError,
     EMPTY_LAYOUT, L3,
 };
 pub use rewrite::{
     decapsulate, encapsulate, rewrite_destination, rewrite_icmp_error_destination,
-    rewrite_icmp_error_source, rewrite_source, set_macs, IPV4_HEADER_LEN, IPV6_HEADER_LEN,
+    rewrite_icmp_error_source, rewrite_source, set_macs, set_macs_word, IPV4_HEADER_LEN,
+    IPV6_HEADER_LEN,
 };

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 
 use crate::checksum;
 use crate::flow::ip_protocol;
+use crate::mac::MacWord;
 use crate::parse::{read_u16, read_u8, Fragment, FrameLayout, IcmpKind, ParseError, L3};
 
 pub const IPV4_HEADER_LEN: usize = 20;
@@ -52,6 +53,16 @@ pub fn set_macs(frame: &mut [u8], src: [u8; 6], dst: [u8; 6]) -> Result<(), Pars
 enum End {
     Source,
     Destination,
+}
+
+/// [`set_macs`] with the destination as one word: an 8-byte store (its last two bytes land where the source goes
+/// next) and the source's six bytes.
+#[inline]
+pub fn set_macs_word(frame: &mut [u8], src: [u8; 6], dst: MacWord) -> Result<(), ParseError> {
+    let header = slice_mut(frame, 0, 12)?;
+    header[..8].copy_from_slice(&dst.word().to_le_bytes());
+    header[6..].copy_from_slice(&src);
+    Ok(())
 }
 
 /// Offset of an address in an IP header at `l3`.

@@ -558,6 +558,18 @@ proptest! {
     }
 
     #[test]
+    fn set_macs_word_writes_what_set_macs_writes(
+        frame in proptest::collection::vec(any::<u8>(), 12..80),
+        src in any::<[u8; 6]>(),
+        dst in any::<[u8; 6]>(),
+    ) {
+        let (mut by_bytes, mut by_word) = (frame.clone(), frame.clone());
+        packet::set_macs(&mut by_bytes, src, dst).unwrap();
+        packet::set_macs_word(&mut by_word, src, packet::MacWord::new(dst)).unwrap();
+        prop_assert_eq!(by_bytes, by_word);
+    }
+
+    #[test]
     fn parse_never_panics(data in proptest::collection::vec(any::<u8>(), 0..200)) {
         let _ = packet::parse_frame(&data);
         packet::fuzzing::exercise(&data);

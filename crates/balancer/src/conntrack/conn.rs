@@ -122,6 +122,29 @@ pub struct Hit {
     pub direction: Direction,
 }
 
+/// A client's packet looked up and accounted in one pass over its entry ([`ConnTable::client_hit`](super::ConnTable::client_hit)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientHit {
+    /// A live connection's client key, whose state the packet leaves as it was (every packet of an established
+    /// flow but its last few): its expiry is pushed out already, nothing else changes.
+    Refreshed {
+        id: ConnId,
+        backend: BackendId,
+        mode: ForwardingMode,
+    },
+    /// A live connection's client key whose state the packet moves: nothing is changed yet, the caller accounts
+    /// the packet with [`ConnTable::touch`](super::ConnTable::touch).
+    Changing {
+        id: ConnId,
+        backend: BackendId,
+        mode: ForwardingMode,
+    },
+    /// A live connection's reply key.
+    Reply(Hit),
+    /// No live connection has the key.
+    Missed,
+}
+
 /// What a packet did to a connection's state, so a worker can move it between its backend's active and inactive
 /// counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

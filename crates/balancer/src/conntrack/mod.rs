@@ -38,7 +38,7 @@ mod tcp_state;
 #[cfg(test)]
 mod tests;
 
-pub use conn::{Conn, ConnId, Endpoint, Forwarding, Hit, Target, Transition};
+pub use conn::{ClientHit, Conn, ConnId, Endpoint, Forwarding, Hit, Target, Transition};
 pub use key::ConnKey;
 pub use memory::EdgeHooks;
 pub use table::{ConnTable, InsertError, TableConfigError, TableStats};

@@ -8,7 +8,7 @@ use packet::FlowKey;
 use thiserror::Error;
 
 use super::conn::{
-    is_active, is_evictable, Conn, ConnId, Endpoint, Forwarding, Hit, Target, Transition,
+    is_active, is_evictable, ClientHit, Conn, ConnId, Endpoint, Forwarding, Hit, Target, Transition,
 };
 use super::entry::{Entry, Kind, NIL};
 use super::index::{Index, Probe};
@@ -311,6 +311,44 @@ impl ConnTable {
     #[inline]
     pub fn lookup_key(&self, key: &ConnKey, hash: u32, now: u64) -> Option<Hit> {
         self.hit(self.find(key, hash)?, now)
+    }
+
+    /// The lookup of a client's packet with TCP `flags` (ignored for other protocols) under a staged `key` and
+    /// `hash`, with the common accounting folded in: when the packet leaves the connection's state as it was, its
+    /// expiry is pushed out here, on the line the lookup just read, and nothing else is left to do. Equivalent to
+    /// [`ConnTable::lookup_key`] followed by [`ConnTable::touch`] for those packets.
+    #[inline(always)]
+    pub fn client_hit(&mut self, key: &ConnKey, hash: u32, now: u64, flags: u8) -> ClientHit {
+        let Some(index) = self.find(key, hash) else {
+            return ClientHit::Missed;
+        };
+        let timeouts = &self.timeouts;
+        let entry = &mut self.entries[index as usize];
+        if entry.expires_at <= now {
+            return ClientHit::Missed;
+        }
+        if entry.kind() != Kind::Original {
+            return ClientHit::Reply(Hit {
+                id: ConnId(entry.link),
+                direction: Direction::Reply,
+            });
+        }
+        let (id, backend, mode) = (ConnId(index), BackendId(entry.backend), entry.mode());
+        let protocol = entry.protocol();
+        let state = entry.state();
+        if protocol == ip_protocol::TCP
+            && state.next(TrackedPath::of(mode, Direction::Original), flags) != state
+        {
+            return ClientHit::Changing { id, backend, mode };
+        }
+        let expires_at = now.saturating_add(timeouts.for_protocol(protocol, state));
+        entry.expires_at = expires_at;
+        let second = entry.link;
+        if second != NIL {
+            // Keep the reply entry's mirror of the expiry true (harmless on a spill).
+            self.entries[second as usize].expires_at = expires_at;
+        }
+        ClientHit::Refreshed { id, backend, mode }
     }
 
     /// Looks up every `keys[i]` (with `hashes[i]` from [`ConnTable::hash`]) into `out[i]`, exactly as

@@ -258,6 +258,7 @@ impl Default for Timeouts {
 
 impl Timeouts {
     /// The timeout of a TCP connection in `state`.
+    #[inline]
     pub fn tcp(&self, state: TcpState) -> u64 {
         match state {
             TcpState::None => self.none,
@@ -275,6 +276,7 @@ impl Timeouts {
     }
 
     /// The timeout of a connection of `protocol` in `state` (the state matters for TCP only).
+    #[inline]
     pub fn for_protocol(&self, protocol: u8, state: TcpState) -> u64 {
         match protocol {
             ip_protocol::TCP => self.tcp(state),

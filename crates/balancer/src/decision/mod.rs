@@ -165,10 +165,7 @@ impl WorkerState {
     /// [`WorkerState::stage`] returned for `layout.flow`, if the worker staged it. `handed_off` marks a frame
     /// another worker passed on: it is never passed on again. `ingress` is read only for replies and ICMP
     /// errors, which must arrive on the side they come from.
-    ///
-    /// Inlined into the data plane so that the common verdict stays in registers; the rare kinds of frames are
-    /// decided out of line.
-    #[inline(always)]
+    #[inline]
     pub fn decide(
         &mut self,
         tables: &mut WorkerTables,
@@ -178,6 +175,35 @@ impl WorkerState {
         handed_off: bool,
         now_ms: u64,
     ) -> Action {
+        let mut verdict = Action::Consumed;
+        self.decide_into(
+            tables,
+            layout,
+            staged,
+            ingress,
+            handed_off,
+            now_ms,
+            &mut verdict,
+        );
+        verdict
+    }
+
+    /// [`WorkerState::decide`] into the caller's `verdict`: the data plane keeps one and reads the verdict where
+    /// the decision wrote it (moving an 80-byte verdict out through two returns cost more than the decision).
+    /// Inlined into the data plane so that the common verdict is written in place; the rare kinds of frames are
+    /// decided out of line.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide_into(
+        &mut self,
+        tables: &mut WorkerTables,
+        layout: &FrameLayout,
+        staged: Option<&StagedKey>,
+        ingress: u16,
+        handed_off: bool,
+        now_ms: u64,
+        verdict: &mut Action,
+    ) {
         // Split the borrow: the snapshot is read, the schedulers advance. No reference count is touched per frame.
         let WorkerTables {
             snapshot,
@@ -186,9 +212,10 @@ impl WorkerState {
         let snapshot: &Snapshot = snapshot;
         // Two compares on facts the parser already wrote; the reasons are told apart out of line.
         if layout.vlan_tags != 0 || layout.source_routed {
-            return refused_whatever_its_destination(layout);
+            *verdict = refused_whatever_its_destination(layout);
+            return;
         }
-        match layout.l3 {
+        *verdict = match layout.l3 {
             L3::Arp => self.arp(snapshot, layout),
             L3::Ipv4 | L3::Ipv6 => {
                 // The common case first: a whole datagram of a connection this worker tracks, forwarded from its
@@ -200,8 +227,8 @@ impl WorkerState {
                         && matches!(layout.icmp, IcmpKind::None)
                         && layout.ttl > 1
                     {
-                        match self.established(snapshot, layout, staged, now_ms) {
-                            Established::Forwarded(action) => return action,
+                        match self.established(snapshot, layout, staged, now_ms, verdict) {
+                            Established::Forwarded => return,
                             Established::Missed => {
                                 after_miss = Some(StagedKey {
                                     missed: true,
@@ -218,7 +245,7 @@ impl WorkerState {
                 )
             }
             L3::Other(_) => not_ours(snapshot),
-        }
+        };
     }
 
     #[inline(never)]
@@ -401,7 +428,7 @@ pub(super) fn forward(
     Action::Forward(Forward {
         port: route.port,
         next_hop: route.next_hop,
-        packed_mac: Forward::pack_mac(route.mac),
+        next_hop_mac: route.mac,
         rewrite,
         backend,
         untracked,

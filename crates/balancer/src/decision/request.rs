@@ -4,7 +4,9 @@
 use packet::{FlowKey, Fragment, FrameLayout};
 
 use super::{forward, martian_source, opened, Action, DropReason, Rewrite, StagedKey, WorkerState};
-use crate::conntrack::{tcp_flags, Conn, Direction, Endpoint, Forwarding, InsertError, Target};
+use crate::conntrack::{
+    tcp_flags, ClientHit, Conn, Direction, Endpoint, Forwarding, InsertError, Target,
+};
 use crate::maglev::flow_hash;
 use crate::scheduler::IpvsScheduler;
 use crate::service::{ForwardingMode, SchedulerKind};
@@ -12,7 +14,8 @@ use crate::snapshot::{mask_address, Route, Service, Snapshot};
 
 /// What [`WorkerState::established`] made of a frame.
 pub(super) enum Established {
-    Forwarded(Action),
+    /// The verdict is written.
+    Forwarded,
     Missed,
     /// A reply, or a connection whose backend left the snapshot.
     Other,
@@ -70,33 +73,35 @@ impl WorkerState {
         layout: &FrameLayout,
         staged: &StagedKey,
         now_ms: u64,
+        verdict: &mut Action,
     ) -> Established {
-        let Some(hit) = self.conns.lookup_key(&staged.key, staged.hash, now_ms) else {
-            return Established::Missed;
-        };
-        if hit.direction != Direction::Original {
-            return Established::Other;
-        }
-        let Some((backend, mode)) = self.conns.backend_and_mode(hit.id) else {
-            return Established::Other;
-        };
+        let (id, backend, mode, changing) =
+            match self
+                .conns
+                .client_hit(&staged.key, staged.hash, now_ms, layout.tcp_flags)
+            {
+                ClientHit::Refreshed { id, backend, mode } => (id, backend, mode, false),
+                ClientHit::Changing { id, backend, mode } => (id, backend, mode, true),
+                ClientHit::Reply(_) => return Established::Other,
+                ClientHit::Missed => return Established::Missed,
+            };
+        // A refreshed connection whose backend left the snapshot is removed by the full decision, so pushing its
+        // expiry out first changed nothing that matters.
         let Some((service, _, route)) = snapshot.backend(backend) else {
             return Established::Other;
         };
-        self.account(hit.id, Direction::Original, layout.tcp_flags, now_ms);
+        if changing {
+            self.account(id, Direction::Original, layout.tcp_flags, now_ms);
+        }
         if mode == ForwardingMode::Dr {
             // The MACs are all DR changes: the backend's address is not even read.
-            return Established::Forwarded(forward(
-                route,
-                Rewrite::MacsOnly,
-                Some(backend),
-                false,
-                false,
-            ));
+            *verdict = forward(route, Rewrite::MacsOnly, Some(backend), false, false);
+            return Established::Forwarded;
         }
-        match self.conns.forwarding(hit.id) {
+        match self.conns.forwarding(id) {
             Some(conn) => {
-                Established::Forwarded(forward_on(snapshot, service, &conn, route, layout, false))
+                *verdict = forward_on(snapshot, service, &conn, route, layout, false);
+                Established::Forwarded
             }
             None => Established::Other,
         }

@@ -2,6 +2,8 @@
 
 use std::net::IpAddr;
 
+use packet::MacWord;
+
 use crate::service::BackendId;
 
 /// Why a frame was dropped. Every drop is counted under one of these.
@@ -168,9 +170,9 @@ pub struct Forward {
     pub port: u16,
     /// Whose MAC the frame goes to: the destination on a connected subnet, else the gateway.
     pub next_hop: IpAddr,
-    /// The next hop's configured MAC packed in the low 48 bits with bit 48 set, or 0 (see [`Forward::mac`]): one
-    /// word, written and read whole, so reading it right after the decision wrote it never waits on the stores.
-    pub packed_mac: u64,
+    /// The next hop's configured MAC, if any: one word, written and read whole, so reading it right after the
+    /// decision wrote it never waits on the stores.
+    pub next_hop_mac: MacWord,
     pub rewrite: Rewrite,
     /// The backend the frame belongs to, for per-backend statistics.
     pub backend: Option<BackendId>,
@@ -182,25 +184,11 @@ pub struct Forward {
     pub opened: bool,
 }
 
-const MAC_PRESENT: u64 = 1 << 48;
-
 impl Forward {
     /// The next hop's MAC when configured; otherwise the neighbour table has it (or it must be resolved).
     #[inline]
     pub fn mac(&self) -> Option<[u8; 6]> {
-        if self.packed_mac & MAC_PRESENT == 0 {
-            return None;
-        }
-        let bytes = self.packed_mac.to_le_bytes();
-        Some([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5]])
-    }
-
-    /// [`Forward::packed_mac`] of `mac`.
-    #[inline]
-    pub fn pack_mac(mac: Option<[u8; 6]>) -> u64 {
-        mac.map_or(0, |mac| {
-            u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0]) | MAC_PRESENT
-        })
+        self.next_hop_mac.get()
     }
 }
 

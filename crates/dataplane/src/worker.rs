@@ -357,7 +357,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 });
             }
             // ...then, with the buckets on their way, the entries they point at...
-            for staged in self.staged[..received].iter().flatten() {
+            for staged in self.staged[..received].iter_mut().flatten() {
                 engine
                     .state
                     .stage_entries_with(staged, R::Frame::prefetch_address);

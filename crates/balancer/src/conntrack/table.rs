@@ -67,6 +67,15 @@ const BURST: usize = 64;
 /// out (tables built with fewer two-entry connections than connections only).
 const SECONDARY_VICTIM_SEARCH: usize = 32;
 
+/// The entries of a key's home bucket whose signatures match, read in the second stage of a staged lookup
+/// ([`ConnTable::prefetch_candidates_with`]), with the index version they were read at: an insert or removal in
+/// between (an earlier frame of the same burst opening a connection) makes the lookup compare afresh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Candidates {
+    slots: u32,
+    version: u32,
+}
+
 /// One worker's connection table. See the module documentation for the layout and policies.
 pub struct ConnTable {
     /// Primaries `0..capacity`, then the secondaries.
@@ -250,17 +259,48 @@ impl ConnTable {
     }
 
     /// Starts loading, through the caller's own prefetch, the entries whose signatures match `hash` in its home
-    /// bucket: the second stage of a staged lookup, once the bucket is on its way.
+    /// bucket: the second stage of a staged lookup, once the bucket is on its way. Returns those candidates, so
+    /// that the lookup itself need not compare the signatures again.
     #[inline(always)]
-    pub fn prefetch_candidates_with(&self, hash: u32, prefetch: impl Fn(*const u8)) {
+    pub fn prefetch_candidates_with(&self, hash: u32, prefetch: impl Fn(*const u8)) -> Candidates {
         let probe = self.index.probe(hash);
         let bucket = self.index.bucket(probe.bucket);
-        let mut pending = bucket.matching(probe.sig);
+        let slots = bucket.matching(probe.sig);
+        let mut pending = slots;
         while pending != 0 {
             let entry: *const _ = &self.entries[bucket.entry(pending.trailing_zeros()) as usize];
             prefetch(entry.cast());
             pending &= pending - 1;
         }
+        Candidates {
+            slots,
+            version: self.index.version(),
+        }
+    }
+
+    /// [`ConnTable::find`] starting from the home bucket's `candidates`, when they are still true.
+    #[inline(always)]
+    fn find_staged(&self, key: &ConnKey, hash: u32, candidates: Option<Candidates>) -> Option<u32> {
+        let Some(candidates) = candidates.filter(|c| c.version == self.index.version()) else {
+            return self.find(key, hash);
+        };
+        let probe = self.index.probe(hash);
+        let bucket = self.index.bucket(probe.bucket);
+        let mut pending = candidates.slots;
+        while pending != 0 {
+            let entry = bucket.entry(pending.trailing_zeros());
+            if self.entries[entry as usize].matches(key) {
+                return Some(entry);
+            }
+            pending &= pending - 1;
+        }
+        if !bucket.overflowed() {
+            return None;
+        }
+        self.index
+            .find_from(self.index.next(probe.bucket), probe.sig, |entry| {
+                self.entries[entry as usize].matches(key)
+            })
     }
 
     #[inline]
@@ -314,12 +354,19 @@ impl ConnTable {
     }
 
     /// The lookup of a client's packet with TCP `flags` (ignored for other protocols) under a staged `key` and
-    /// `hash`, with the common accounting folded in: when the packet leaves the connection's state as it was, its
+    /// `hash` (and the `candidates` its second stage read, if any), with the common accounting folded in: when the packet leaves the connection's state as it was, its
     /// expiry is pushed out here, on the line the lookup just read, and nothing else is left to do. Equivalent to
     /// [`ConnTable::lookup_key`] followed by [`ConnTable::touch`] for those packets.
     #[inline(always)]
-    pub fn client_hit(&mut self, key: &ConnKey, hash: u32, now: u64, flags: u8) -> ClientHit {
-        let Some(index) = self.find(key, hash) else {
+    pub fn client_hit(
+        &mut self,
+        key: &ConnKey,
+        hash: u32,
+        candidates: Option<Candidates>,
+        now: u64,
+        flags: u8,
+    ) -> ClientHit {
+        let Some(index) = self.find_staged(key, hash, candidates) else {
             return ClientHit::Missed;
         };
         let timeouts = &self.timeouts;

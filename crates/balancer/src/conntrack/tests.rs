@@ -1087,7 +1087,14 @@ mod colliding {
             let mut tables = [make(), make()];
             tables[1].set_hash_mask(mask);
             let mut now = 0u64;
+            // Candidates as a staged burst reads them ahead of its lookups: an operation before, so that an insert
+            // or removal in between must be noticed.
+            let read_candidates = |table: &ConnTable| -> Vec<Candidates> {
+                (0..80).map(|n| table.prefetch_candidates_with(table.hash(&ConnKey::from_flow(&key(n))), |_| ())).collect()
+            };
+            let mut staged_before = read_candidates(&tables[1]);
             for op in ops {
+                let staged_now = read_candidates(&tables[1]);
                 let mut removed: [Vec<Conn>; 2] = [Vec::new(), Vec::new()];
                 let mut results = Vec::new();
                 for (which, (table, removed)) in tables.iter_mut().zip(removed.iter_mut()).enumerate() {
@@ -1102,7 +1109,8 @@ mod colliding {
                         Op::ClientPacket { key: n, flags } => {
                             let key = ConnKey::from_flow(&key(n));
                             let hash = table.hash(&key);
-                            let hit = match table.client_hit(&key, hash, now, flags) {
+                            let candidates = (flags & 1 == 0).then_some(staged_before[n as usize]);
+                            let hit = match table.client_hit(&key, hash, candidates, now, flags) {
                                 ClientHit::Refreshed { id, .. } => Some(Hit { id, direction: Direction::Original }),
                                 ClientHit::Changing { id, .. } => {
                                     table.touch(id, Direction::Original, flags, now);
@@ -1137,6 +1145,7 @@ mod colliding {
                 if let Op::Advance { ms } = op {
                     now += ms;
                 }
+                staged_before = staged_now;
                 prop_assert_eq!(&results[0], &results[1]);
                 prop_assert_eq!(&removed[0], &removed[1]);
                 prop_assert_eq!(tables[0].len(), tables[1].len());

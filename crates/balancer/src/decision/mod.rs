@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use packet::{FlowKey, Fragment, FrameLayout, IcmpKind, L3};
 
-use crate::conntrack::{ConnKey, ConnTable, Direction, Hit};
+use crate::conntrack::{Candidates, ConnKey, ConnTable, Direction, Hit};
 use crate::neighbor::NeighborTable;
 use crate::persistence::PersistenceTable;
 use crate::rss;
@@ -73,6 +73,8 @@ impl WorkerTables {
 pub struct StagedKey {
     key: ConnKey,
     hash: u32,
+    /// The home bucket's matching slots, once the second stage read them.
+    candidates: Option<Candidates>,
     /// The table was searched for this key during this frame's decision and holds no live connection for it:
     /// the later steps of the same decision need not search again.
     missed: bool,
@@ -127,6 +129,7 @@ impl WorkerState {
         StagedKey {
             key,
             hash,
+            candidates: None,
             missed: false,
         }
     }
@@ -140,15 +143,16 @@ impl WorkerState {
         StagedKey {
             key,
             hash,
+            candidates: None,
             missed: false,
         }
     }
 
     /// The second stage of a staged lookup: prefetches, with the caller's instruction, the connection entries the
-    /// key's bucket points at.
+    /// key's bucket points at, and keeps which they are for the lookup.
     #[inline(always)]
-    pub fn stage_entries_with(&self, staged: &StagedKey, prefetch: impl Fn(*const u8)) {
-        self.conns.prefetch_candidates_with(staged.hash, prefetch);
+    pub fn stage_entries_with(&self, staged: &mut StagedKey, prefetch: impl Fn(*const u8)) {
+        staged.candidates = Some(self.conns.prefetch_candidates_with(staged.hash, prefetch));
     }
 
     /// The live connection of the frame's own flow, through its staged key when there is one.

@@ -75,16 +75,18 @@ impl WorkerState {
         now_ms: u64,
         verdict: &mut Action,
     ) -> Established {
-        let (id, backend, mode, changing) =
-            match self
-                .conns
-                .client_hit(&staged.key, staged.hash, now_ms, layout.tcp_flags)
-            {
-                ClientHit::Refreshed { id, backend, mode } => (id, backend, mode, false),
-                ClientHit::Changing { id, backend, mode } => (id, backend, mode, true),
-                ClientHit::Reply(_) => return Established::Other,
-                ClientHit::Missed => return Established::Missed,
-            };
+        let (id, backend, mode, changing) = match self.conns.client_hit(
+            &staged.key,
+            staged.hash,
+            staged.candidates,
+            now_ms,
+            layout.tcp_flags,
+        ) {
+            ClientHit::Refreshed { id, backend, mode } => (id, backend, mode, false),
+            ClientHit::Changing { id, backend, mode } => (id, backend, mode, true),
+            ClientHit::Reply(_) => return Established::Other,
+            ClientHit::Missed => return Established::Missed,
+        };
         // A refreshed connection whose backend left the snapshot is removed by the full decision, so pushing its
         // expiry out first changed nothing that matters.
         let Some((service, _, route)) = snapshot.backend(backend) else {

@@ -816,10 +816,14 @@ fn rewrite<F: Frame>(
             src_port,
             dst,
             dst_port,
-        } => {
-            packet::rewrite_source(frame.data_mut(), layout, src, *src_port)?;
-            packet::rewrite_destination(frame.data_mut(), layout, dst, *dst_port)
-        }
+        } => packet::rewrite_source_and_destination(
+            frame.data_mut(),
+            layout,
+            src,
+            *src_port,
+            dst,
+            *dst_port,
+        ),
         Rewrite::Encapsulate {
             outer_src,
             outer_dst,

@@ -23,6 +23,6 @@ pub use parse::{
 };
 pub use rewrite::{
     decapsulate, encapsulate, rewrite_destination, rewrite_icmp_error_destination,
-    rewrite_icmp_error_source, rewrite_source, set_macs, set_macs_word, IPV4_HEADER_LEN,
-    IPV6_HEADER_LEN,
+    rewrite_icmp_error_source, rewrite_source, rewrite_source_and_destination, set_macs,
+    set_macs_word, IPV4_HEADER_LEN, IPV6_HEADER_LEN,
 };

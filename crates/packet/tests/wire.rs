@@ -557,6 +557,31 @@ proptest! {
         prop_assert!(diff.len() <= 2, "reverted frame differs at {:?}", diff);
     }
 
+    /// FULLNAT's single pass writes what its two one-end rewrites write, checksums valid.
+    #[test]
+    fn both_ends_at_once_equal_one_after_the_other(
+        shape in shape_strategy(),
+        addrs in any::<[u128; 4]>(),
+        ports in any::<[u16; 4]>(),
+        payload in proptest::collection::vec(any::<u8>(), 0..300),
+    ) {
+        let make = |a: u128| if shape.v6 { v6(a) } else { v4(a as u32) };
+        let frame = build(shape, make(addrs[0]), make(addrs[1]), ports[0], ports[1], &payload);
+        let layout = packet::parse_frame(&frame).unwrap();
+        let (src, dst) = (make(addrs[2]), make(addrs[3]));
+        let mut stepwise = frame.clone();
+        packet::rewrite_source(&mut stepwise, &layout, &src, ports[2]).unwrap();
+        packet::rewrite_destination(&mut stepwise, &layout, &dst, ports[3]).unwrap();
+        let mut at_once = frame.clone();
+        packet::rewrite_source_and_destination(&mut at_once, &layout, &src, ports[2], &dst, ports[3]).unwrap();
+        assert_checksums(&at_once);
+        let diff: Vec<_> = at_once.iter().zip(&stepwise).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| i).collect();
+        // Only a checksum may differ, and only between the two ones'-complement zeros.
+        prop_assert!(diff.len() <= 2, "frames differ at {:?}", diff);
+        let mismatched_family = if shape.v6 { v4(1) } else { v6(1) };
+        prop_assert!(packet::rewrite_source_and_destination(&mut at_once, &layout, &mismatched_family, 1, &dst, 2).is_err());
+    }
+
     #[test]
     fn set_macs_word_writes_what_set_macs_writes(
         frame in proptest::collection::vec(any::<u8>(), 12..80),

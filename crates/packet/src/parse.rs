@@ -302,9 +302,16 @@ fn ipv4_header_checksum_ok(header: &[u8]) -> bool {
     let Some((fixed, options)) = header.split_first_chunk::<20>() else {
         return false;
     };
-    checksum::fold(checksum::sum_ipv4_fixed(fixed) + checksum::sum(options)) == 0xffff
+    let fixed_sum = checksum::sum_ipv4_fixed(fixed);
+    let total = if options.is_empty() {
+        fixed_sum
+    } else {
+        fixed_sum + checksum::sum(options)
+    };
+    checksum::fold(total) == 0xffff
 }
 
+#[inline]
 fn parse_ipv4(
     frame: &[u8],
     layout: &mut FrameLayout,
@@ -476,6 +483,8 @@ fn parse_ipv6(frame: &[u8], layout: &mut FrameLayout) -> Result<(), ParseError> 
 }
 
 /// Reads the transport header at `layout.l4_offset` of `packet` (the frame cut at the end of the IP packet).
+/// TCP and UDP inline, ICMP out of line.
+#[inline(always)]
 fn parse_transport(packet: &[u8], layout: &mut FrameLayout) -> Result<(), ParseError> {
     let l4 = usize::from(layout.l4_offset);
     match layout.protocol {
@@ -508,6 +517,7 @@ fn parse_transport(packet: &[u8], layout: &mut FrameLayout) -> Result<(), ParseE
     Ok(())
 }
 
+#[inline(never)]
 fn parse_icmpv4(packet: &[u8], layout: &mut FrameLayout) -> Result<(), ParseError> {
     let l4 = usize::from(layout.l4_offset);
     let icmp = packet.get(l4..l4 + 8).ok_or(ParseError::Truncated)?;
@@ -592,6 +602,7 @@ fn quoted_ports(
     }
 }
 
+#[inline(never)]
 fn parse_icmpv6(packet: &[u8], layout: &mut FrameLayout) -> Result<(), ParseError> {
     let l4 = usize::from(layout.l4_offset);
     let icmp = packet.get(l4..l4 + 8).ok_or(ParseError::Truncated)?;

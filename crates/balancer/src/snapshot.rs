@@ -234,6 +234,8 @@ pub struct Snapshot {
     /// Indexed by backend id: ids are small and dense (the control plane hands them out in order), and this
     /// lookup is on every packet of every tracked flow.
     by_backend: Vec<Option<BackendPlace>>,
+    /// Each backend's route, by backend id: all an established DR flow asks of the snapshot, one load away.
+    routes_by_backend: Vec<Option<Route>>,
     /// NAT backends' (address, port, protocol) -> service index, to recognise their replies.
     nat_backends: PlaceMap<u32>,
     /// (VIP, protocol) -> the service that takes fragments without ports: the all-ports service, else the only
@@ -292,6 +294,7 @@ impl Snapshot {
             services: Vec::with_capacity(spec.services.len()),
             by_key: PlaceMap::default(),
             by_backend: Vec::new(),
+            routes_by_backend: Vec::new(),
             nat_backends: PlaceMap::default(),
             fragment_services: PlaceMap::default(),
             owned,
@@ -364,6 +367,10 @@ impl Snapshot {
                 if snapshot.by_backend[slot].replace(place).is_some() {
                     return Err(SnapshotError::DuplicateBackendId(backend.id.0));
                 }
+                if snapshot.routes_by_backend.len() <= slot {
+                    snapshot.routes_by_backend.resize(slot + 1, None);
+                }
+                snapshot.routes_by_backend[slot] = Some(route);
                 snapshot.max_backend_id = snapshot.max_backend_id.max(backend.id.0);
                 if service_spec.mode == ForwardingMode::Nat {
                     let key = PlaceKey::new(backend.addr, backend.port, service_spec.key.protocol);
@@ -465,6 +472,12 @@ impl Snapshot {
         let service = &self.services[place.service as usize];
         let index = place.index as usize;
         Some((service, &service.backends[index], &service.routes[index]))
+    }
+
+    /// The route to backend `id` (what [`Snapshot::backend`] gives with it); `None` once it has been removed.
+    #[inline(always)]
+    pub fn backend_route(&self, id: BackendId) -> Option<&Route> {
+        self.routes_by_backend.get(id.0 as usize)?.as_ref()
     }
 
     /// The NAT service whose backend `addr:port` sends a reply over `protocol`.
@@ -685,6 +698,15 @@ mod tests {
         assert_eq!(far.port, 0);
         assert_eq!(far.next_hop, "10.0.0.254".parse::<IpAddr>().unwrap());
         assert_eq!(far.mac.get(), Some([2, 0, 0, 0, 0, 0xfe]));
+        // The per-backend route a tracked flow reads is the one the backend's place gives.
+        for id in [BackendId(1), BackendId(2)] {
+            assert_eq!(
+                snapshot.backend_route(id),
+                snapshot.backend(id).map(|(_, _, route)| route)
+            );
+            assert!(snapshot.backend_route(id).is_some());
+        }
+        assert_eq!(snapshot.backend_route(BackendId(3)), None);
         // No IPv6 gateway: only the connected IPv6 subnet is reachable.
         assert!(snapshot.route("2001:db8::1".parse().unwrap()).is_none());
         assert_eq!(snapshot.route("fd00::9".parse().unwrap()).unwrap().port, 0);

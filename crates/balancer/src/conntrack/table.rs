@@ -16,7 +16,7 @@ use super::key::{ipv4_bits, ipv4_from_bits, ConnKey};
 use super::lists::{ListId, Lists, Occupancy};
 use super::memory::{boxed_slice, EdgeHooks};
 use super::prefetch::prefetch;
-use super::tcp_state::{Direction, TcpState, Timeouts, TrackedPath};
+use super::tcp_state::{tcp_flags, Direction, TcpState, Timeouts, TrackedPath};
 use crate::port_alloc::{LocalEndpoint, PortAllocator, PortError};
 use crate::service::{BackendId, ForwardingMode};
 
@@ -383,12 +383,20 @@ impl ConnTable {
         let (id, backend, mode) = (ConnId(index), BackendId(entry.backend), entry.mode());
         let protocol = entry.protocol();
         let state = entry.state();
-        if protocol == ip_protocol::TCP
-            && state.next(TrackedPath::of(mode, Direction::Original), flags) != state
+        let timeout = if protocol != ip_protocol::TCP {
+            timeouts.for_protocol(protocol, state)
+        } else if state == TcpState::Established
+            && flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0
         {
+            // Every transition table keeps ESTABLISHED on a plain ACK (or no flag): the bulk of all traffic,
+            // decided without a table lookup.
+            timeouts.established
+        } else if state.next(TrackedPath::of(mode, Direction::Original), flags) != state {
             return ClientHit::Changing { id, backend, mode };
-        }
-        let expires_at = now.saturating_add(timeouts.for_protocol(protocol, state));
+        } else {
+            timeouts.tcp(state)
+        };
+        let expires_at = now.saturating_add(timeout);
         entry.expires_at = expires_at;
         let second = entry.link;
         if second != NIL {

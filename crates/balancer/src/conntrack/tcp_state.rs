@@ -285,3 +285,29 @@ impl Timeouts {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`super::super::ConnTable::client_hit`] keeps ESTABLISHED without a table lookup for any segment without SYN,
+    /// FIN or RST: every path's table must agree.
+    #[test]
+    fn established_stays_on_every_segment_without_syn_fin_or_rst() {
+        for path in [
+            TrackedPath::Input,
+            TrackedPath::Output,
+            TrackedPath::InputOnly,
+        ] {
+            for flags in 0..=u8::MAX {
+                if flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0 {
+                    assert_eq!(
+                        TcpState::Established.next(path, flags),
+                        TcpState::Established,
+                        "{path:?} {flags:#04x}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -89,7 +89,7 @@ impl WorkerState {
         };
         // A refreshed connection whose backend left the snapshot is removed by the full decision, so pushing its
         // expiry out first changed nothing that matters.
-        let Some((service, _, route)) = snapshot.backend(backend) else {
+        let Some(route) = snapshot.backend_route(backend) else {
             return Established::Other;
         };
         if changing {
@@ -100,12 +100,12 @@ impl WorkerState {
             *verdict = forward(route, Rewrite::MacsOnly, Some(backend), false, false);
             return Established::Forwarded;
         }
-        match self.conns.forwarding(id) {
-            Some(conn) => {
+        match (self.conns.forwarding(id), snapshot.backend(backend)) {
+            (Some(conn), Some((service, _, _))) => {
                 *verdict = forward_on(snapshot, service, &conn, route, layout, false);
                 Established::Forwarded
             }
-            None => Established::Other,
+            _ => Established::Other,
         }
     }
 

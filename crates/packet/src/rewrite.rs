@@ -12,6 +12,8 @@ use crate::mac::MacWord;
 use crate::parse::{read_u16, read_u8, Fragment, FrameLayout, IcmpKind, ParseError, L3};
 
 pub const IPV4_HEADER_LEN: usize = 20;
+/// An Ethernet header without VLAN tags.
+const ETHERNET_HEADER_LEN: usize = 14;
 pub const IPV6_HEADER_LEN: usize = 40;
 /// TTL / hop limit of headers sluice builds.
 pub const DEFAULT_TTL: u8 = 64;
@@ -417,7 +419,9 @@ pub fn encapsulate(
             let (front, inner_ip) = make_room(buf, l2, IPV4_HEADER_LEN, inner_len)?;
             // RFC 2003 section 3.1: TOS and DF are copied from the inner header.
             let (tos, df, id) = (inner_ip[1], inner_ip[6] & 0x40, [inner_ip[4], inner_ip[5]]);
-            let header = &mut front[l2..];
+            let header: &mut [u8; IPV4_HEADER_LEN] = (&mut front[l2..])
+                .try_into()
+                .map_err(|_| ParseError::Truncated)?;
             header.fill(0);
             header[0] = 0x45;
             header[1] = tos;
@@ -428,7 +432,7 @@ pub fn encapsulate(
             header[9] = ip_protocol::IPIP;
             header[12..16].copy_from_slice(&src.octets());
             header[16..20].copy_from_slice(&dst.octets());
-            let sum = checksum::finish(checksum::sum(header));
+            let sum = checksum::finish(checksum::sum_ipv4_fixed(header));
             header[10..12].copy_from_slice(&sum.to_be_bytes());
             Ok(())
         }
@@ -466,7 +470,15 @@ fn make_room(
     if inner_len < 20 || buf.len() < outer + l2 + inner_len {
         return Err(ParseError::Truncated);
     }
-    buf.copy_within(outer..outer + l2, 0);
+    if l2 == ETHERNET_HEADER_LEN {
+        // The untagged header, moved as one fixed-size copy rather than a call to memmove.
+        let header: [u8; ETHERNET_HEADER_LEN] = buf[outer..outer + ETHERNET_HEADER_LEN]
+            .try_into()
+            .map_err(|_| ParseError::Truncated)?;
+        buf[..ETHERNET_HEADER_LEN].copy_from_slice(&header);
+    } else {
+        buf.copy_within(outer..outer + l2, 0);
+    }
     let (front, rest) = buf.split_at_mut(l2 + outer);
     Ok((front, &mut rest[..inner_len]))
 }

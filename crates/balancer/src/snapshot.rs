@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hashbrown::HashMap;
-use packet::MacWord;
+use packet::{MacWord, WireAddr};
 use thiserror::Error;
 
 use crate::maglev::{MaglevError, MaglevTable, TableSize};
@@ -136,8 +136,8 @@ pub struct Service {
     pub routes: Vec<Route>,
     /// Built for every service: it is the scheduler of `mh` services, and every service places fragments with it.
     pub maglev: MaglevTable,
-    /// Outer source for TUN encapsulation.
-    pub tunnel_source: Option<IpAddr>,
+    /// Outer source for TUN encapsulation, in the form the rewrite takes (every TUN frame carries it).
+    pub tunnel_source: Option<WireAddr>,
 }
 
 /// What an address the balancer owns is used for (several may hold at once).
@@ -411,7 +411,7 @@ impl Snapshot {
                 backends: service_spec.backends.clone(),
                 routes,
                 maglev,
-                tunnel_source,
+                tunnel_source: tunnel_source.map(WireAddr::from),
             });
         }
         // (services of the VIP and protocol, the last of them, its all-ports service)

@@ -280,6 +280,7 @@ fn nat_maps_requests_to_the_backend_and_replies_back_to_the_vip() {
         let Rewrite::Destination { addr, port } = request.rewrite else {
             panic!("NAT rewrites the destination: {request:?}");
         };
+        let addr = addr.ip();
         assert_eq!(port, 8080);
         assert_eq!(request.port, BACKEND_PORT);
         let reply = harness.decide(&tcp(addr, 8080, src, 40000, SYN | ACK));
@@ -287,7 +288,7 @@ fn nat_maps_requests_to_the_backend_and_replies_back_to_the_vip() {
         assert_eq!(
             reply.rewrite,
             Rewrite::Source {
-                addr: vip(v6),
+                addr: vip(v6).into(),
                 port: 80
             }
         );
@@ -329,15 +330,16 @@ fn fullnat_rewrites_both_ends_and_maps_replies_to_the_client() {
         else {
             panic!("FULLNAT rewrites both ends: {request:?}");
         };
+        let (local, dst) = (local.ip(), dst.ip());
         assert_eq!(local, if v6 { ip("fd01::5") } else { ip("10.1.0.5") });
         assert_eq!(dst_port, 8080);
         let reply = forwarded(harness.decide(&tcp(dst, 8080, local, local_port, SYN | ACK)));
         assert_eq!(
             reply.rewrite,
             Rewrite::SourceAndDestination {
-                src: vip(v6),
+                src: vip(v6).into(),
                 src_port: 80,
-                dst: src,
+                dst: src.into(),
                 dst_port: 40000
             }
         );
@@ -365,6 +367,7 @@ fn tun_encapsulates_from_the_tunnel_source_and_answers_too_big() {
         else {
             panic!("TUN encapsulates: {request:?}");
         };
+        let (outer_src, outer_dst) = (outer_src.ip(), outer_dst.ip());
         assert_eq!(outer_src, if v6 { ip("fd01::1") } else { ip("10.1.0.1") });
         assert_eq!(
             Some(outer_dst),
@@ -630,6 +633,7 @@ fn two_workers_steer_requests_and_fullnat_replies_to_their_owner() {
         else {
             panic!()
         };
+        let (src, dst) = (src.ip(), dst.ip());
         assert_eq!(spec.local_ports.owner_of(src_port), Some(owner as u16));
         // The reply, wherever it lands, ends on the owner.
         let reply = tcp(dst, 8080, src, src_port, SYN | ACK);
@@ -664,6 +668,7 @@ fn icmp_errors_follow_the_flow_they_quote() {
     let Rewrite::Destination { addr: backend, .. } = request.rewrite else {
         panic!()
     };
+    let backend = backend.ip();
 
     // A router towards the client cannot pass our reply (VIP:80 -> client:40000): it tells the VIP.
     let mut to_vip = transport(ip("192.0.2.254"), 0, vip(false), 0, ICMP, 0);

@@ -10,6 +10,7 @@ pub mod fuzzing;
 pub mod mac;
 pub mod parse;
 pub mod rewrite;
+pub mod wire_addr;
 
 pub use answer::{
     answer_arp, answer_echo, answer_neighbor_solicitation, build_arp_request,
@@ -26,3 +27,4 @@ pub use rewrite::{
     rewrite_icmp_error_source, rewrite_source, rewrite_source_and_destination, set_macs,
     set_macs_word, IPV4_HEADER_LEN, IPV6_HEADER_LEN,
 };
+pub use wire_addr::WireAddr;

@@ -10,6 +10,7 @@ use crate::checksum;
 use crate::flow::ip_protocol;
 use crate::mac::MacWord;
 use crate::parse::{read_u16, read_u8, Fragment, FrameLayout, IcmpKind, ParseError, L3};
+use crate::wire_addr::WireAddr;
 
 pub const IPV4_HEADER_LEN: usize = 20;
 /// An Ethernet header without VLAN tags.
@@ -101,26 +102,27 @@ fn swap_address(
     kind: L3,
     l3: usize,
     end: End,
-    addr: &IpAddr,
+    addr: &WireAddr,
 ) -> Result<(u64, u64), ParseError> {
     let (offset, len) = address_offset(kind, end)?;
-    match addr {
-        IpAddr::V4(new) if len == 4 => {
+    match (len, addr.is_ipv4()) {
+        (4, true) => {
             let field: &mut [u8; 4] = slice_mut(frame, l3 + offset, 4)?
                 .try_into()
                 .map_err(|_| ParseError::Truncated)?;
             let old = u32::from_be_bytes(*field);
-            *field = new.octets();
-            Ok((u64::from(old), u64::from(u32::from(*new))))
+            let new = addr.v4_octets();
+            *field = new;
+            Ok((u64::from(old), u64::from(u32::from_be_bytes(new))))
         }
-        IpAddr::V6(new) if len == 16 => {
+        (16, false) => {
             let field: &mut [u8; 16] = slice_mut(frame, l3 + offset, 16)?
                 .try_into()
                 .map_err(|_| ParseError::Truncated)?;
             let old_sum = sum_v6(field);
-            let octets = new.octets();
-            *field = octets;
-            Ok((old_sum, sum_v6(&octets)))
+            let new = addr.v6_octets();
+            *field = new;
+            Ok((old_sum, sum_v6(&new)))
         }
         _ => Err(ParseError::Malformed(
             "address family differs from the packet's",
@@ -152,7 +154,7 @@ fn replace_address(
     kind: L3,
     l3: usize,
     end: End,
-    addr: &IpAddr,
+    addr: &WireAddr,
 ) -> Result<(u64, u64), ParseError> {
     let (old_sum, new_sum) = swap_address(frame, kind, l3, end, addr)?;
     fix_header_checksum(frame, kind, l3, old_sum, new_sum)?;
@@ -163,7 +165,7 @@ fn rewrite_end(
     frame: &mut [u8],
     layout: &FrameLayout,
     end: End,
-    addr: &IpAddr,
+    addr: &WireAddr,
     port: u16,
 ) -> Result<(), ParseError> {
     let l3 = usize::from(layout.l3_offset);
@@ -239,14 +241,15 @@ fn fix_transport(
 pub fn rewrite_source_and_destination(
     frame: &mut [u8],
     layout: &FrameLayout,
-    src: &IpAddr,
+    src: impl Into<WireAddr>,
     src_port: u16,
-    dst: &IpAddr,
+    dst: impl Into<WireAddr>,
     dst_port: u16,
 ) -> Result<(), ParseError> {
     let l3 = usize::from(layout.l3_offset);
-    let (old_src, new_src) = swap_address(frame, layout.l3, l3, End::Source, src)?;
-    let (old_dst, new_dst) = swap_address(frame, layout.l3, l3, End::Destination, dst)?;
+    let (src, dst) = (src.into(), dst.into());
+    let (old_src, new_src) = swap_address(frame, layout.l3, l3, End::Source, &src)?;
+    let (old_dst, new_dst) = swap_address(frame, layout.l3, l3, End::Destination, &dst)?;
     let (old_sum, new_sum) = (old_src + old_dst, new_src + new_dst);
     fix_header_checksum(frame, layout.l3, l3, old_sum, new_sum)?;
     fix_transport(
@@ -265,10 +268,10 @@ pub fn rewrite_source_and_destination(
 pub fn rewrite_destination(
     frame: &mut [u8],
     layout: &FrameLayout,
-    addr: &IpAddr,
+    addr: impl Into<WireAddr>,
     port: u16,
 ) -> Result<(), ParseError> {
-    rewrite_end(frame, layout, End::Destination, addr, port)
+    rewrite_end(frame, layout, End::Destination, &addr.into(), port)
 }
 
 /// NAT of the source: address and (TCP/UDP) port, checksums updated incrementally (the address borrowed, as for
@@ -277,10 +280,10 @@ pub fn rewrite_destination(
 pub fn rewrite_source(
     frame: &mut [u8],
     layout: &FrameLayout,
-    addr: &IpAddr,
+    addr: impl Into<WireAddr>,
     port: u16,
 ) -> Result<(), ParseError> {
-    rewrite_end(frame, layout, End::Source, addr, port)
+    rewrite_end(frame, layout, End::Source, &addr.into(), port)
 }
 
 fn icmp_error_offsets(layout: &FrameLayout) -> Result<(usize, usize, u8), ParseError> {
@@ -316,7 +319,7 @@ fn rewrite_icmp_error(
     if frame.len() < end_of_packet || end_of_packet < l4 + 8 {
         return Err(ParseError::Truncated);
     }
-    replace_address(frame, layout.l3, l3, end, &outer)?;
+    replace_address(frame, layout.l3, l3, end, &WireAddr::from(outer))?;
     let inner_end = if end == End::Source {
         End::Destination
     } else {
@@ -403,13 +406,14 @@ pub fn rewrite_icmp_error_source(
 pub fn encapsulate(
     buf: &mut [u8],
     inner: &FrameLayout,
-    outer_src: IpAddr,
-    outer_dst: IpAddr,
+    outer_src: impl Into<WireAddr>,
+    outer_dst: impl Into<WireAddr>,
 ) -> Result<(), ParseError> {
     let l2 = usize::from(inner.l2_len);
     let inner_len = usize::from(inner.l3_len);
-    match (inner.l3, outer_src, outer_dst) {
-        (L3::Ipv4, IpAddr::V4(src), IpAddr::V4(dst)) => {
+    let (src, dst) = (outer_src.into(), outer_dst.into());
+    match (inner.l3, src.is_ipv4(), dst.is_ipv4()) {
+        (L3::Ipv4, true, true) => {
             let total = IPV4_HEADER_LEN + inner_len;
             if total > usize::from(u16::MAX) {
                 return Err(ParseError::Unsupported(
@@ -430,13 +434,13 @@ pub fn encapsulate(
             header[6] = df;
             header[8] = DEFAULT_TTL;
             header[9] = ip_protocol::IPIP;
-            header[12..16].copy_from_slice(&src.octets());
-            header[16..20].copy_from_slice(&dst.octets());
+            header[12..16].copy_from_slice(&src.v4_octets());
+            header[16..20].copy_from_slice(&dst.v4_octets());
             let sum = checksum::finish(checksum::sum_ipv4_fixed(header));
             header[10..12].copy_from_slice(&sum.to_be_bytes());
             Ok(())
         }
-        (L3::Ipv6, IpAddr::V6(src), IpAddr::V6(dst)) => {
+        (L3::Ipv6, false, false) => {
             let (front, inner_ip) = make_room(buf, l2, IPV6_HEADER_LEN, inner_len)?;
             // Traffic class and flow label are copied, so the flow keeps its ECMP entropy.
             let first_word = [
@@ -450,8 +454,8 @@ pub fn encapsulate(
             header[4..6].copy_from_slice(&(inner_len as u16).to_be_bytes());
             header[6] = ip_protocol::IPV6_IN_IP;
             header[7] = DEFAULT_TTL;
-            header[8..24].copy_from_slice(&src.octets());
-            header[24..40].copy_from_slice(&dst.octets());
+            header[8..24].copy_from_slice(&src.v6_octets());
+            header[24..40].copy_from_slice(&dst.v6_octets());
             Ok(())
         }
         _ => Err(ParseError::Unsupported(

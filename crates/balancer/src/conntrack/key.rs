@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use packet::FlowKey;
+use packet::{FlowKey, WireAddr};
 
 /// Family marker of an IPv4 key (the addresses are held v4-mapped, `::ffff:a.b.c.d`).
 const FAMILY_V4: u64 = 4;
@@ -105,6 +105,27 @@ impl ConnKey {
         } else {
             IpAddr::V6(Ipv6Addr::from(octets(words)))
         }
+    }
+
+    /// [`ConnKey::addr`] in the form the rewrites take, straight from the words.
+    #[inline]
+    fn wire(&self, words: [u64; 2]) -> WireAddr {
+        if self.is_ipv4() {
+            let low = words[1].to_ne_bytes();
+            WireAddr::from_v4_octets([low[4], low[5], low[6], low[7]])
+        } else {
+            WireAddr::from_v6_octets(octets(words))
+        }
+    }
+
+    #[inline]
+    pub(super) fn src_wire(&self) -> WireAddr {
+        self.wire([self.addrs[0], self.addrs[1]])
+    }
+
+    #[inline]
+    pub(super) fn dst_wire(&self) -> WireAddr {
+        self.wire([self.addrs[2], self.addrs[3]])
     }
 
     #[inline]

@@ -38,7 +38,9 @@ mod tcp_state;
 #[cfg(test)]
 mod tests;
 
-pub use conn::{ClientHit, Conn, ConnId, Endpoint, Forwarding, Hit, Target, Transition};
+pub use conn::{
+    ClientHit, Conn, ConnId, Endpoint, Forwarding, Hit, Target, Transition, WireEndpoints,
+};
 pub use key::ConnKey;
 pub use memory::EdgeHooks;
 pub use table::{Candidates, ConnTable, InsertError, TableConfigError, TableStats};

@@ -4,11 +4,12 @@
 use std::hash::BuildHasher;
 
 use packet::flow::ip_protocol;
-use packet::FlowKey;
+use packet::{FlowKey, WireAddr};
 use thiserror::Error;
 
 use super::conn::{
-    is_active, is_evictable, ClientHit, Conn, ConnId, Endpoint, Forwarding, Hit, Target, Transition,
+    is_active, is_evictable, ClientHit, Conn, ConnId, Endpoint, Forwarding, Hit, Target,
+    Transition, WireEndpoints,
 };
 use super::entry::{Entry, Kind, NIL};
 use super::index::{Index, Probe};
@@ -512,6 +513,28 @@ impl ConnTable {
             mode: entry.mode(),
             backend_endpoint,
             local,
+        })
+    }
+
+    /// [`ConnTable::forwarding`]'s endpoints in the form the rewrites take (see [`WireEndpoints`]).
+    #[inline(always)]
+    pub fn wire_endpoints(&self, id: ConnId) -> Option<WireEndpoints> {
+        let entry = self.primary(id)?;
+        Some(if entry.link == NIL {
+            WireEndpoints {
+                backend: WireAddr::from_v4_octets(entry.backend_v4.to_be_bytes()),
+                backend_port: entry.backend_port,
+                local: None,
+            }
+        } else {
+            // The second entry's key runs from the backend (to the local endpoint, for FULLNAT).
+            let second = &self.entries[entry.link as usize].key();
+            WireEndpoints {
+                backend: second.src_wire(),
+                backend_port: second.src_port(),
+                local: (entry.mode() == ForwardingMode::FullNat)
+                    .then(|| (second.dst_wire(), second.dst_port())),
+            }
         })
     }
 

@@ -5,11 +5,11 @@ use packet::{FlowKey, Fragment, FrameLayout};
 
 use super::{forward, martian_source, opened, Action, DropReason, Rewrite, StagedKey, WorkerState};
 use crate::conntrack::{
-    tcp_flags, ClientHit, Conn, Direction, Endpoint, Forwarding, InsertError, Target,
+    tcp_flags, ClientHit, Conn, Direction, Endpoint, Forwarding, InsertError, Target, WireEndpoints,
 };
 use crate::maglev::flow_hash;
 use crate::scheduler::IpvsScheduler;
-use crate::service::{ForwardingMode, SchedulerKind};
+use crate::service::{BackendId, ForwardingMode, SchedulerKind};
 use crate::snapshot::{mask_address, Route, Service, Snapshot};
 
 /// What [`WorkerState::established`] made of a frame.
@@ -100,9 +100,11 @@ impl WorkerState {
             *verdict = forward(route, Rewrite::MacsOnly, Some(backend), false, false);
             return Established::Forwarded;
         }
-        match (self.conns.forwarding(id), snapshot.backend(backend)) {
-            (Some(conn), Some((service, _, _))) => {
-                *verdict = forward_on(snapshot, service, &conn, route, layout, false);
+        match (self.conns.wire_endpoints(id), snapshot.backend(backend)) {
+            (Some(endpoints), Some((service, _, _))) => {
+                *verdict = forward_on(
+                    snapshot, service, mode, backend, &endpoints, route, layout, false,
+                );
                 Established::Forwarded
             }
             _ => Established::Other,
@@ -291,32 +293,43 @@ pub(super) fn forward_request(
             None => return Action::Drop(DropReason::NoRoute),
         },
     };
-    forward_on(snapshot, service, conn, &route, layout, untracked)
+    forward_on(
+        snapshot,
+        service,
+        conn.mode,
+        conn.backend,
+        &WireEndpoints::from(conn),
+        &route,
+        layout,
+        untracked,
+    )
 }
 
-/// The forward of a client's frame to its connection's backend over `route`, by the service's mode.
+/// The forward of a client's frame to its connection's backend over `route`, by the connection's `mode`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn forward_on(
     snapshot: &Snapshot,
     service: &Service,
-    conn: &Forwarding,
+    mode: ForwardingMode,
+    backend_id: BackendId,
+    endpoints: &WireEndpoints,
     route: &Route,
     layout: &FrameLayout,
     untracked: bool,
 ) -> Action {
-    let backend = &conn.backend_endpoint;
-    let rewrite = match conn.mode {
+    let rewrite = match mode {
         ForwardingMode::Dr => Rewrite::MacsOnly,
         ForwardingMode::Nat => Rewrite::Destination {
-            addr: backend.addr,
-            port: backend.port,
+            addr: endpoints.backend,
+            port: endpoints.backend_port,
         },
-        ForwardingMode::FullNat => match conn.local {
-            Some(local) => Rewrite::SourceAndDestination {
-                src: local.addr,
-                src_port: local.port,
-                dst: backend.addr,
-                dst_port: backend.port,
+        ForwardingMode::FullNat => match endpoints.local {
+            Some((local, local_port)) => Rewrite::SourceAndDestination {
+                src: local,
+                src_port: local_port,
+                dst: endpoints.backend,
+                dst_port: endpoints.backend_port,
             },
             None => return Action::Drop(DropReason::ConnectionRejected),
         },
@@ -338,9 +351,9 @@ fn forward_on(
             }
             Rewrite::Encapsulate {
                 outer_src,
-                outer_dst: backend.addr,
+                outer_dst: endpoints.backend,
             }
         }
     };
-    forward(route, rewrite, Some(conn.backend), untracked, false)
+    forward(route, rewrite, Some(backend_id), untracked, false)
 }

@@ -495,7 +495,10 @@ fn parse_transport(packet: &[u8], layout: &mut FrameLayout) -> Result<(), ParseE
         ip_protocol::UDP => {
             let udp = packet.get(l4..l4 + 8).ok_or(ParseError::Truncated)?;
             let length = usize::from(read_u16(udp, 4)?);
-            if length < 8 || l4 + length > packet.len() {
+            // The length covers the whole datagram: a first fragment carries only its beginning, so the length
+            // can be checked against this packet only when the datagram is whole.
+            let too_long = layout.fragment == Fragment::None && l4 + length > packet.len();
+            if length < 8 || too_long {
                 return Err(ParseError::Malformed("UDP length"));
             }
             layout.flow.src_port = read_u16(udp, 0)?;

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 pub mod exceptions;
 pub mod handoff;
+pub mod held_fragments;
 pub mod idle;
 pub mod io;
 pub mod kernel;

@@ -11,13 +11,15 @@ use std::sync::Arc;
 
 use arrayvec::ArrayVec;
 use balancer::decision::{
-    Action, DropReason, Forward, Rewrite, StagedKey, WorkerState, WorkerTables,
+    Action, DatagramKey, DropReason, Forward, FragmentAction, FragmentTable, Rewrite, StagedKey,
+    WorkerState, WorkerTables,
 };
 use balancer::expiry::ExpiryPacer;
 use balancer::neighbor::ResolutionThrottle;
 use crossbeam::channel::{Receiver, Sender};
-use packet::{FrameLayout, L3};
+use packet::{Fragment, FrameLayout, L3};
 
+use crate::held_fragments::{HeldFragment, HeldFragments, HELD_FRAGMENTS};
 use crate::io::{Burst, Frame, RxQueue, TxQueue, MAX_BURST};
 use crate::kernel::{kernel_wants_copy, KernelPath};
 
@@ -46,6 +48,12 @@ pub struct WorkerConfig {
     /// After a Maglev table changes, how long the previous tables answer for non-SYN frames without a connection
     /// (`crate::previous_table`); 0: not at all.
     pub previous_table_grace_ms: u64,
+    /// Fragmented datagrams whose fate the worker remembers at once, each for `fragment_lifetime_ms`
+    /// (`balancer::decision::FragmentTable`).
+    pub fragment_datagrams: usize,
+    pub fragment_lifetime_ms: u64,
+    /// How long a later fragment that came before its first is held (`crate::held_fragments`).
+    pub fragment_hold_ms: u64,
 }
 
 impl Default for WorkerConfig {
@@ -56,6 +64,9 @@ impl Default for WorkerConfig {
             expire_sweep_ms: 10_000,
             resolve_interval_ms: 1000,
             previous_table_grace_ms: 0,
+            fragment_datagrams: 4096,
+            fragment_lifetime_ms: 5000,
+            fragment_hold_ms: 500,
         }
     }
 }
@@ -95,6 +106,8 @@ pub struct WorkerStats {
     pub to_kernel: AtomicU64,
     pub untracked: AtomicU64,
     pub resolutions_sent: AtomicU64,
+    /// Later fragments held until their first came (or they were dropped).
+    pub fragments_held: AtomicU64,
     pub drops: [AtomicU64; DropReason::COUNT],
     pub connections: AtomicU64,
     pub generation: AtomicU64,
@@ -127,6 +140,7 @@ struct Counters {
     to_kernel: u64,
     untracked: u64,
     resolutions_sent: u64,
+    fragments_held: u64,
     drops: [u64; DropReason::COUNT],
 }
 
@@ -192,6 +206,9 @@ struct Engine<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     counters: Counters,
     stats: Arc<WorkerStats>,
     throttle: ResolutionThrottle,
+    /// The fate of each fragmented datagram's first fragment, and the later fragments that came before it.
+    fragments: FragmentTable,
+    held: HeldFragments<R::Frame>,
     expiry: ExpiryPacer,
     /// Frames dropped this poll, freed together.
     dropped: Burst<R::Frame>,
@@ -231,6 +248,11 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 counters: Counters::default(),
                 stats: Arc::clone(&stats),
                 throttle: ResolutionThrottle::new(1024, config.resolve_interval_ms),
+                fragments: FragmentTable::new(
+                    config.fragment_datagrams,
+                    config.fragment_lifetime_ms,
+                ),
+                held: HeldFragments::new(config.fragment_hold_ms),
                 expiry,
                 dropped: Burst::new(),
                 config: WorkerConfig {
@@ -299,6 +321,14 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             self.poll(clock());
         }
         self.engine.flush_all();
+        self.drop_held_fragments();
+    }
+
+    /// Drops (and counts) the fragments still held for a first that did not come, and publishes the counters: for
+    /// a worker that stops, after its last poll.
+    pub fn drop_held_fragments(&mut self) {
+        self.engine.drop_held_fragments(None);
+        R::Frame::free_burst(&mut self.engine.dropped);
         self.publish();
     }
 
@@ -389,6 +419,9 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 engine.drop_malformed(frame);
             }
         }
+        if !engine.held.is_empty() {
+            engine.drop_held_fragments(Some(now_ms));
+        }
         engine.flush_all();
         R::Frame::free_burst(&mut engine.dropped);
         let budget = engine.expiry.budget(now_ms);
@@ -459,6 +492,9 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
         stats
             .resolutions_sent
             .store(counters.resolutions_sent, Ordering::Relaxed);
+        stats
+            .fragments_held
+            .store(counters.fragments_held, Ordering::Relaxed);
         for (published, &count) in stats.drops.iter().zip(counters.drops.iter()) {
             published.store(count, Ordering::Relaxed);
         }
@@ -471,7 +507,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
 impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     fn handle(
         &mut self,
-        mut frame: R::Frame,
+        frame: R::Frame,
         layout: &FrameLayout,
         staged: Option<&StagedKey>,
         ingress: u16,
@@ -484,14 +520,40 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
                 path.copy_to_kernel(&frame, ingress);
             }
         }
-        let action = self.state.decide(
-            &mut self.tables,
-            layout,
-            staged,
-            ingress,
-            handed_off,
-            now_ms,
-        );
+        // One branch on a parsed fact: fragments are decided with the fragment table, out of line.
+        let action = if layout.fragment == Fragment::None {
+            self.state.decide(
+                &mut self.tables,
+                layout,
+                staged,
+                ingress,
+                handed_off,
+                now_ms,
+            )
+        } else {
+            match self.decide_fragment(layout, staged, ingress, handed_off, now_ms) {
+                FragmentAction::Act(action) => action,
+                FragmentAction::Hold(datagram) => {
+                    return self.hold_fragment(frame, layout, datagram, ingress, handed_off, now_ms)
+                }
+            }
+        };
+        self.act(frame, layout, action, ingress, now_ms);
+        if let Fragment::First { .. } = layout.fragment {
+            self.release_fragments(layout, now_ms);
+        }
+    }
+
+    /// Carries out the decision about `frame`.
+    #[inline(always)]
+    fn act(
+        &mut self,
+        mut frame: R::Frame,
+        layout: &FrameLayout,
+        action: Action,
+        ingress: u16,
+        now_ms: u64,
+    ) {
         match action {
             Action::Forward(ref forward) => self.forward(frame, layout, forward, now_ms),
             Action::AnswerArp => {
@@ -528,6 +590,93 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
             }
             Action::Consumed => {}
             Action::Drop(reason) => self.drop_frame(frame, reason),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn decide_fragment(
+        &mut self,
+        layout: &FrameLayout,
+        staged: Option<&StagedKey>,
+        ingress: u16,
+        handed_off: bool,
+        now_ms: u64,
+    ) -> FragmentAction {
+        self.state.decide_fragment(
+            &mut self.fragments,
+            &mut self.tables,
+            layout,
+            staged,
+            ingress,
+            handed_off,
+            now_ms,
+        )
+    }
+
+    /// Holds a later fragment until its first is decided; a full store drops it.
+    #[cold]
+    #[inline(never)]
+    fn hold_fragment(
+        &mut self,
+        frame: R::Frame,
+        layout: &FrameLayout,
+        datagram: DatagramKey,
+        ingress: u16,
+        handed_off: bool,
+        now_ms: u64,
+    ) {
+        let held = HeldFragment {
+            datagram,
+            frame,
+            layout: *layout,
+            ingress,
+            handed_off,
+            since_ms: now_ms,
+        };
+        match self.held.hold(held) {
+            Ok(()) => self.counters.fragments_held += 1,
+            Err(refused) => self.drop_frame(refused, DropReason::FragmentHoldFull),
+        }
+    }
+
+    /// Decides again, now that `first` was decided, the later fragments of its datagram that came before it.
+    #[cold]
+    #[inline(never)]
+    fn release_fragments(&mut self, first: &FrameLayout, now_ms: u64) {
+        if self.held.is_empty() {
+            return;
+        }
+        let Some(datagram) = DatagramKey::of(first) else {
+            return;
+        };
+        let mut released = ArrayVec::<_, HELD_FRAGMENTS>::new();
+        self.held.take_datagram(&datagram, &mut released);
+        for held in released {
+            match self.decide_fragment(&held.layout, None, held.ingress, held.handed_off, now_ms) {
+                FragmentAction::Act(action) => {
+                    self.act(held.frame, &held.layout, action, held.ingress, now_ms)
+                }
+                // The first's record is gone already (a table far too small): the fragment cannot be placed.
+                FragmentAction::Hold(_) => {
+                    self.drop_frame(held.frame, DropReason::FragmentWithoutFirst)
+                }
+            }
+        }
+    }
+
+    /// Drops the held fragments whose first did not come in time (by `now_ms`), or all of them (`None`: the worker
+    /// stops).
+    #[cold]
+    #[inline(never)]
+    fn drop_held_fragments(&mut self, now_ms: Option<u64>) {
+        let mut expired = ArrayVec::<_, HELD_FRAGMENTS>::new();
+        match now_ms {
+            Some(now_ms) => self.held.take_expired(now_ms, &mut expired),
+            None => self.held.take_all(&mut expired),
+        }
+        for held in expired {
+            self.drop_frame(held.frame, DropReason::FragmentWithoutFirst);
         }
     }
 

@@ -560,6 +560,7 @@ fn run_balancer(
             }
             // One last turn flushes what is pending and drains the handoff ring.
             worker.poll(clock());
+            worker.drop_held_fragments();
             worker.stats()
         })
         .map_err(|e| e.to_string())?;
@@ -730,7 +731,7 @@ fn print_worker_stats(stats: &[Arc<WorkerStats>], elapsed: f64) {
             .collect();
         println!(
             "worker {index}: rx {} tx {} forwarded {} answered {} handed_off {} handoffs_received {} untracked {} \
-             resolutions_sent {} connections {} drops {}",
+             resolutions_sent {} fragments_held {} connections {} drops {}",
             load(&worker.rx),
             load(&worker.tx),
             load(&worker.forwarded),
@@ -739,6 +740,7 @@ fn print_worker_stats(stats: &[Arc<WorkerStats>], elapsed: f64) {
             load(&worker.handoffs_received),
             load(&worker.untracked),
             load(&worker.resolutions_sent),
+            load(&worker.fragments_held),
             load(&worker.connections),
             if drops.is_empty() { "none".into() } else { drops.join(" ") }
         );

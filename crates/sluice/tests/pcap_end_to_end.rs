@@ -791,3 +791,304 @@ fn fullnat_replies_reach_the_worker_that_owns_the_local_port() {
         "{stdout}"
     );
 }
+
+/// The UDP datagram `src:sport -> dst:dport` carrying `payload`, whole, as etherparse writes it.
+fn udp_frame(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let eth = PacketBuilder::ethernet2(GATEWAY_MAC, [0; 6]);
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth
+            .ipv4(s.octets(), d.octets(), 57)
+            .udp(sport, dport)
+            .write(&mut out, payload),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth
+            .ipv6(s.octets(), d.octets(), 57)
+            .udp(sport, dport)
+            .write(&mut out, payload),
+        _ => unreachable!(),
+    }
+    .unwrap();
+    out
+}
+
+/// The IPv4 header checksum of `header`, computed here.
+fn ipv4_header_checksum(header: &[u8]) -> u16 {
+    let mut total: u32 = header
+        .chunks(2)
+        .enumerate()
+        .filter(|(i, _)| *i != 5)
+        .map(|(_, pair)| u32::from(u16::from_be_bytes([pair[0], pair[1]])))
+        .sum();
+    while total > 0xffff {
+        total = (total & 0xffff) + (total >> 16);
+    }
+    !(total as u16)
+}
+
+/// `frame` (a whole IPv4 or IPv6 datagram from [`udp_frame`]) cut into fragments of datagram `id` whose IP
+/// payload is at most `chunk` bytes (a multiple of 8), in order.
+fn fragment_frame(frame: &[u8], id: u32, chunk: usize) -> Vec<Vec<u8>> {
+    let v4 = frame[12..14] == [0x08, 0x00];
+    let header_len = if v4 { 20 } else { 40 };
+    let header = &frame[14..14 + header_len];
+    let payload = &frame[14 + header_len..];
+    let pieces: Vec<&[u8]> = payload.chunks(chunk).collect();
+    let mut out = Vec::new();
+    for (index, piece) in pieces.iter().enumerate() {
+        let offset = index * chunk;
+        let more = index + 1 < pieces.len();
+        let mut fragment = frame[..14].to_vec();
+        if v4 {
+            let mut ip = header.to_vec();
+            ip[2..4].copy_from_slice(&((20 + piece.len()) as u16).to_be_bytes());
+            ip[4..6].copy_from_slice(&(id as u16).to_be_bytes());
+            let word = (offset / 8) as u16 | if more { 0x2000 } else { 0 };
+            ip[6..8].copy_from_slice(&word.to_be_bytes());
+            let sum = ipv4_header_checksum(&ip);
+            ip[10..12].copy_from_slice(&sum.to_be_bytes());
+            fragment.extend(ip);
+        } else {
+            let mut ip = header.to_vec();
+            ip[4..6].copy_from_slice(&((8 + piece.len()) as u16).to_be_bytes());
+            ip[6] = 44;
+            fragment.extend(ip);
+            fragment.extend([header[6], 0]);
+            let word = ((offset / 8) as u16) << 3 | u16::from(more);
+            fragment.extend(word.to_be_bytes());
+            fragment.extend(id.to_be_bytes());
+        }
+        fragment.extend_from_slice(piece);
+        out.push(fragment);
+    }
+    out
+}
+
+/// One UDP datagram as a backend receives it, reassembled by etherparse when it came in fragments.
+#[derive(Debug)]
+struct Datagram {
+    backend: usize,
+    outer: Option<(IpAddr, IpAddr)>,
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    fragments: usize,
+    data: Vec<u8>,
+}
+
+/// Reassembles what `frames` (one port's output) carry with etherparse's own defragmentation, checking every IPv4
+/// header checksum and every UDP checksum over the whole datagram.
+fn reassemble(frames: &[Vec<u8>]) -> Vec<Datagram> {
+    let mut pool = etherparse::defrag::IpDefragPool::<(), usize>::new();
+    let mut pieces: HashMap<(usize, IpAddr, IpAddr), usize> = HashMap::new();
+    let mut out = Vec::new();
+    for frame in frames {
+        let backend = backend_mac_index(&frame[0..6]);
+        let mut inner = frame.clone();
+        let mut outer = None;
+        let sliced = SlicedPacket::from_ethernet(frame).expect("etherparse reads the frame");
+        if let Some(NetSlice::Ipv4(v4)) = &sliced.net {
+            let header = v4.header().to_header();
+            assert_eq!(header.calc_header_checksum(), header.header_checksum);
+        }
+        let (protocol, addresses) = match sliced.net.as_ref().expect("IP") {
+            NetSlice::Ipv4(v4) => (
+                v4.header().protocol().0,
+                (
+                    IpAddr::V4(v4.header().source_addr()),
+                    IpAddr::V4(v4.header().destination_addr()),
+                ),
+            ),
+            NetSlice::Ipv6(v6) => (
+                v6.header().next_header().0,
+                (
+                    IpAddr::V6(v6.header().source_addr()),
+                    IpAddr::V6(v6.header().destination_addr()),
+                ),
+            ),
+            _ => panic!("not IP"),
+        };
+        if protocol == 4 || protocol == 41 {
+            let outer_len = if protocol == 4 { 20 } else { 40 };
+            inner = frame[..14].to_vec();
+            inner.extend_from_slice(&frame[14 + outer_len..]);
+            outer = Some(addresses);
+        }
+        let sliced = SlicedPacket::from_ethernet(&inner).expect("etherparse reads the inner frame");
+        let (src, dst) = match sliced.net.as_ref().expect("IP") {
+            NetSlice::Ipv4(v4) => {
+                let header = v4.header().to_header();
+                assert_eq!(header.calc_header_checksum(), header.header_checksum);
+                (
+                    IpAddr::V4(v4.header().source_addr()),
+                    IpAddr::V4(v4.header().destination_addr()),
+                )
+            }
+            NetSlice::Ipv6(v6) => (
+                IpAddr::V6(v6.header().source_addr()),
+                IpAddr::V6(v6.header().destination_addr()),
+            ),
+            _ => panic!("not IP"),
+        };
+        *pieces.entry((backend, src, dst)).or_default() += 1;
+        let udp_bytes = match pool.process_sliced_packet(&sliced, (), backend) {
+            Ok(Some(whole)) => whole.payload,
+            Ok(None) => match &sliced.transport {
+                Some(TransportSlice::Udp(udp)) => udp.slice().to_vec(),
+                // A fragment still waiting for the others.
+                None => continue,
+                other => panic!("not UDP: {other:?}"),
+            },
+            Err(error) => panic!("reassembly failed: {error:?}"),
+        };
+        let (udp, data) = etherparse::UdpHeader::from_slice(&udp_bytes).unwrap();
+        assert_eq!(usize::from(udp.length), udp_bytes.len(), "UDP length");
+        let valid = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                udp.calc_checksum_ipv4_raw(s.octets(), d.octets(), data)
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                udp.calc_checksum_ipv6_raw(s.octets(), d.octets(), data)
+            }
+            _ => unreachable!(),
+        }
+        .unwrap();
+        assert_eq!(valid, udp.checksum, "UDP checksum over the whole datagram");
+        out.push(Datagram {
+            backend,
+            outer,
+            src,
+            dst,
+            sport: udp.source_port,
+            dport: udp.destination_port,
+            fragments: std::mem::take(pieces.get_mut(&(backend, src, dst)).unwrap()),
+            data: data.to_vec(),
+        });
+    }
+    out
+}
+
+/// The payload of datagram `which` of flow `flow`: its name, then filler, `len` bytes of UDP payload in all.
+fn datagram_payload(flow: u32, which: u32, len: usize) -> Vec<u8> {
+    let mut data = format!("flow {flow} datagram {which} ").into_bytes();
+    data.extend((data.len()..len).map(|i| (i % 251) as u8));
+    data
+}
+
+/// Fragmented UDP datagrams of 2,500 and 9,000 bytes reach one backend whole in every mode and family: each flow
+/// sends a whole datagram, then one of 2,500 bytes in order, then one of 9,000 bytes whose later fragments come
+/// before its first (held, then sent after it). Every datagram of a flow reaches the backend the flow's whole
+/// datagram reached, with the mode's rewrite, and etherparse reassembles it with a valid UDP checksum (FULLNAT and
+/// NAT update it through the first fragment alone). A later fragment whose first never comes is held and dropped.
+#[test]
+fn fragmented_datagrams_reach_one_backend_whole_in_every_mode_and_family() {
+    const FLOWS: u32 = 12;
+    const SIZES: [usize; 3] = [100, 2500 - 8, 9000 - 8];
+    for mode in ["dr", "nat", "fullnat", "tun"] {
+        for v6 in [false, true] {
+            let label = format!("{mode} v6={v6}");
+            let dir = tempdir();
+            let a = addresses(v6);
+            // Fragments of at most 1280 bytes of IP, so that a tunnel's header still fits the 1500-byte MTU.
+            let chunk = if v6 { 1232 } else { 1256 };
+            let mut frames = Vec::new();
+            for flow in 0..FLOWS {
+                let client = client_addr(&a, flow);
+                let port = 20_000 + flow as u16;
+                for (which, len) in SIZES.iter().enumerate() {
+                    let payload = datagram_payload(flow, which as u32, *len);
+                    let whole = udp_frame(client, port, a.vip, 80, &payload);
+                    let id = flow * 10 + which as u32 + 1;
+                    match which {
+                        0 => frames.push(whole),
+                        1 => frames.extend(fragment_frame(&whole, id, chunk)),
+                        _ => {
+                            let mut pieces = fragment_frame(&whole, id, chunk);
+                            pieces.reverse();
+                            frames.extend(pieces);
+                        }
+                    }
+                }
+            }
+            // The end of a datagram whose beginning never comes.
+            let orphan = udp_frame(client_addr(&a, 0), 1, a.vip, 80, &[0; 2000]);
+            frames.push(fragment_frame(&orphan, 999, chunk).pop().unwrap());
+            let text =
+                config(dir.path(), mode, v6).replace("protocol = \"tcp\"", "protocol = \"udp\"");
+            let result = run(dir.path(), &text, &frames, &[]);
+            let datagrams = reassemble(&result.backend_out);
+            assert_eq!(
+                datagrams.len(),
+                FLOWS as usize * SIZES.len(),
+                "{label}: {}",
+                result.stdout
+            );
+            let mut backend_of_flow: HashMap<u32, usize> = HashMap::new();
+            for datagram in &datagrams {
+                let text = String::from_utf8_lossy(&datagram.data[..24]).into_owned();
+                let words: Vec<&str> = text.split_whitespace().collect();
+                let (flow, which): (u32, usize) =
+                    (words[1].parse().unwrap(), words[3].parse().unwrap());
+                assert_eq!(
+                    datagram.data,
+                    datagram_payload(flow, which as u32, SIZES[which]),
+                    "{label}: payload whole"
+                );
+                let expected_fragments = if which == 0 {
+                    1
+                } else {
+                    (SIZES[which] + 8).div_ceil(chunk)
+                };
+                assert_eq!(datagram.fragments, expected_fragments, "{label}");
+                let backend = *backend_of_flow.entry(flow).or_insert(datagram.backend);
+                assert_eq!(
+                    datagram.backend, backend,
+                    "{label}: flow {flow} on one backend"
+                );
+                let client = client_addr(&a, flow);
+                let client_port = 20_000 + flow as u16;
+                match mode {
+                    "dr" | "tun" => {
+                        assert_eq!(
+                            (datagram.src, datagram.sport, datagram.dst, datagram.dport),
+                            (client, client_port, a.vip, 80),
+                            "{label}"
+                        );
+                        let expected_outer =
+                            (mode == "tun").then_some((a.tunnel, a.backends[backend]));
+                        assert_eq!(datagram.outer, expected_outer, "{label}");
+                    }
+                    "nat" => assert_eq!(
+                        (datagram.src, datagram.sport, datagram.dst, datagram.dport),
+                        (client, client_port, a.backends[backend], 8080),
+                        "{label}"
+                    ),
+                    _ => assert_eq!(
+                        (datagram.src, datagram.dst, datagram.dport),
+                        (a.local, a.backends[backend], 8080),
+                        "{label}"
+                    ),
+                }
+            }
+            assert!(
+                backend_of_flow.values().collect::<HashSet<_>>().len() > 1,
+                "{label}: flows spread over the backends"
+            );
+            assert_eq!(
+                drops(&result.stdout, "fragment_without_first"),
+                1,
+                "{label}: {}",
+                result.stdout
+            );
+            let held: u64 = result
+                .stdout
+                .split("fragments_held ")
+                .skip(1)
+                .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+                .sum();
+            let later_of_the_big_one = ((SIZES[2] + 8).div_ceil(chunk) - 1) as u64;
+            assert_eq!(held, u64::from(FLOWS) * later_of_the_big_one + 1, "{label}");
+            assert!(result.client_out.is_empty(), "{label}");
+        }
+    }
+}

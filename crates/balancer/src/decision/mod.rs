@@ -8,10 +8,9 @@
 //! owns the local port (see [`PortPartition`](crate::port_alloc::PortPartition)). A frame that reached another
 //! worker is handed over.
 //!
-//! Fragments: every fragment of a datagram goes to the backend the service's Maglev table gives for the hash of
-//! source address, destination address and protocol (Maglev's own rule), without connection tracking, so that
-//! later fragments, which carry no ports, follow the first. Fragmented FULLNAT traffic and later fragments of NAT
-//! replies cannot be mapped without reassembly: they are dropped and counted.
+//! Fragments: a first fragment carries the ports and is decided here like a whole datagram; the fate of the later
+//! ones, which carry no ports, comes from the fragment table ([`WorkerState::decide_fragment`], `fragment`), so a
+//! later fragment decided without it is dropped.
 //!
 //! What a router would not forward is dropped by reason before anything else is decided: tagged frames (the ports
 //! are untagged) and source-routed IPv4 for every destination; a TTL of 0 or 1 on the way to a backend (never on
@@ -20,6 +19,7 @@
 
 mod arp;
 mod fragment;
+mod fragment_table;
 mod icmp;
 mod reply;
 mod request;
@@ -38,6 +38,8 @@ use crate::scheduler::{IpvsScheduler, LoadTable};
 use crate::service::{BackendId, SchedulerKind};
 use crate::snapshot::{Route, Snapshot};
 
+pub use fragment::FragmentAction;
+pub use fragment_table::{DatagramFate, DatagramKey, FragmentTable};
 use request::Established;
 pub use verdict::{Action, DropReason, Forward, Rewrite};
 
@@ -273,19 +275,21 @@ impl WorkerState {
             }
         }
 
-        // The common case first: a whole datagram to a service, found with one probe (a service's address is
-        // always an owned VIP).
-        if layout.fragment == Fragment::None {
-            if let Some((index, service)) =
-                snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)
-            {
-                if layout.ttl <= 1 {
-                    return Action::Drop(DropReason::TtlExpired);
-                }
-                return self.request_to(
-                    snapshot, schedulers, layout, staged, index, service, handed_off, now_ms,
-                );
+        if let Fragment::Later { .. } = layout.fragment {
+            // No ports: only the fragment table knows where its datagram goes.
+            return Action::Drop(DropReason::FragmentUnsupported);
+        }
+        // The common case first: a whole datagram (or a first fragment) to a service, found with one probe (a
+        // service's address is always an owned VIP).
+        if let Some((index, service)) =
+            snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)
+        {
+            if layout.ttl <= 1 {
+                return Action::Drop(DropReason::TtlExpired);
             }
+            return self.request_to(
+                snapshot, schedulers, layout, staged, index, service, handed_off, now_ms,
+            );
         }
         if let Some(owned) = snapshot.owned(flow.dst_addr) {
             if owned.vip {

@@ -1,7 +1,7 @@
 //! Client requests to a service: the connection table first, then the scheduler (Maglev or an IPVS scheduler, with
 //! persistence) for a new flow, and the forward by the service's mode.
 
-use packet::{FlowKey, Fragment, FrameLayout};
+use packet::{FlowKey, FrameLayout};
 
 use super::{forward, martian_source, opened, Action, DropReason, Rewrite, StagedKey, WorkerState};
 use crate::conntrack::{tcp_flags, Conn, Direction, Endpoint, Forwarding, InsertError, Target};
@@ -29,15 +29,6 @@ impl WorkerState {
         now_ms: u64,
     ) -> Option<Action> {
         let flow = layout.flow;
-        if layout.fragment != Fragment::None {
-            if layout.ttl <= 1 {
-                return Some(Action::Drop(DropReason::TtlExpired));
-            }
-            if martian_source(snapshot, flow.src_addr) {
-                return Some(Action::Drop(DropReason::MartianSource));
-            }
-            return Some(self.fragment_request(snapshot, layout));
-        }
         // Without a service the frame may be the node's own (the kernel's), whatever its TTL.
         let (service_index, service) =
             snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)?;

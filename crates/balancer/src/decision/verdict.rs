@@ -26,7 +26,8 @@ pub enum DropReason {
     IcmpErrorUnknownFlow,
     /// ICMP other than echo requests to us and errors about our flows.
     IcmpUnsupported,
-    /// A fragment that cannot be forwarded without reassembly.
+    /// A fragment whose datagram cannot be forwarded: a later fragment decided without the fragment table, or
+    /// the rest of a datagram whose first fragment was answered rather than forwarded.
     FragmentUnsupported,
     /// ARP or neighbour discovery not for us.
     NeighborNotForUs,
@@ -60,10 +61,16 @@ pub enum DropReason {
     IcmpErrorMisaddressed,
     /// An ICMP error that arrived on another side than the one the packet it quotes went to.
     IcmpErrorWrongPort,
+    /// A later fragment whose datagram's first fragment did not come while it was held (counted by the data
+    /// plane).
+    FragmentWithoutFirst,
+    /// A later fragment that came before its first while the worker already held as many as it may (counted by
+    /// the data plane).
+    FragmentHoldFull,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 26;
+    pub const COUNT: usize = 28;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::NotOurs,
         DropReason::NoService,
@@ -91,6 +98,8 @@ impl DropReason {
         DropReason::ReplyWrongPort,
         DropReason::IcmpErrorMisaddressed,
         DropReason::IcmpErrorWrongPort,
+        DropReason::FragmentWithoutFirst,
+        DropReason::FragmentHoldFull,
     ];
 
     /// Index into a per-reason counter array.
@@ -128,6 +137,8 @@ impl DropReason {
             DropReason::ReplyWrongPort => "reply_wrong_port",
             DropReason::IcmpErrorMisaddressed => "icmp_error_misaddressed",
             DropReason::IcmpErrorWrongPort => "icmp_error_wrong_port",
+            DropReason::FragmentWithoutFirst => "fragment_without_first",
+            DropReason::FragmentHoldFull => "fragment_hold_full",
         }
     }
 }

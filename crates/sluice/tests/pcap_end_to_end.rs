@@ -879,11 +879,16 @@ struct Datagram {
 /// Reassembles what `frames` (one port's output) carry with etherparse's own defragmentation, checking every IPv4
 /// header checksum and every UDP checksum over the whole datagram.
 fn reassemble(frames: &[Vec<u8>]) -> Vec<Datagram> {
+    reassemble_by(frames, |frame| backend_mac_index(&frame[0..6]))
+}
+
+/// [`reassemble`], telling the frames' receivers apart by `receiver` (the index in [`Datagram::backend`]).
+fn reassemble_by(frames: &[Vec<u8>], receiver: impl Fn(&[u8]) -> usize) -> Vec<Datagram> {
     let mut pool = etherparse::defrag::IpDefragPool::<(), usize>::new();
     let mut pieces: HashMap<(usize, IpAddr, IpAddr), usize> = HashMap::new();
     let mut out = Vec::new();
     for frame in frames {
-        let backend = backend_mac_index(&frame[0..6]);
+        let backend = receiver(frame);
         let mut inner = frame.clone();
         let mut outer = None;
         let sliced = SlicedPacket::from_ethernet(frame).expect("etherparse reads the frame");
@@ -1090,5 +1095,171 @@ fn fragmented_datagrams_reach_one_backend_whole_in_every_mode_and_family() {
             assert_eq!(held, u64::from(FLOWS) * later_of_the_big_one + 1, "{label}");
             assert!(result.client_out.is_empty(), "{label}");
         }
+    }
+}
+
+/// A large NAT reply (a DNS answer, say) comes back in fragments, its later fragments first: the first fragment is
+/// mapped through the connection the request opened and the others follow it, so the client receives the whole
+/// datagram from VIP:80 with a valid checksum. The same reply from the backends that do not hold the flow is
+/// dropped, every fragment of it.
+#[test]
+fn fragmented_nat_replies_reach_the_client_whole() {
+    const FLOWS: u32 = 8;
+    for v6 in [false, true] {
+        let label = format!("v6={v6}");
+        let dir = tempdir();
+        let a = addresses(v6);
+        let chunk = if v6 { 1232 } else { 1256 };
+        let mut requests = Vec::new();
+        let mut replies = Vec::new();
+        for flow in 0..FLOWS {
+            let client = client_addr(&a, flow);
+            let port = 21_000 + flow as u16;
+            requests.push(udp_frame(client, port, a.vip, 80, b"question"));
+            let payload = datagram_payload(flow, 0, 9000 - 8);
+            for (i, backend) in a.backends.iter().enumerate() {
+                let mut whole = udp_frame(*backend, 8080, client, port, &payload);
+                whole[..6].copy_from_slice(&[0; 6]);
+                whole[6..12].copy_from_slice(&backend_mac(i));
+                let mut pieces = fragment_frame(&whole, flow * 10 + i as u32 + 1, chunk);
+                pieces.rotate_left(1);
+                replies.extend(pieces);
+            }
+        }
+        let text =
+            config(dir.path(), "nat", v6).replace("protocol = \"tcp\"", "protocol = \"udp\"");
+        let result = run(dir.path(), &text, &requests, &replies);
+        let datagrams = reassemble_by(&result.client_out, |frame| {
+            assert_eq!(&frame[0..6], &GATEWAY_MAC, "clients are beyond the gateway");
+            0
+        });
+        assert_eq!(
+            datagrams.len(),
+            FLOWS as usize,
+            "{label}: {}",
+            result.stdout
+        );
+        for datagram in &datagrams {
+            let flow: u32 = String::from_utf8_lossy(&datagram.data[..12])
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(
+                datagram.data,
+                datagram_payload(flow, 0, 9000 - 8),
+                "{label}"
+            );
+            assert_eq!(
+                (datagram.src, datagram.sport, datagram.dst, datagram.dport),
+                (a.vip, 80, client_addr(&a, flow), 21_000 + flow as u16),
+                "{label}"
+            );
+            assert_eq!(datagram.fragments, 9000usize.div_ceil(chunk), "{label}");
+        }
+        // Two backends of three answer each flow without holding it: all their fragments are dropped.
+        let fragments_per_reply = 9000usize.div_ceil(chunk) as u64;
+        assert_eq!(
+            drops(&result.stdout, "no_connection"),
+            u64::from(FLOWS) * 2 * fragments_per_reply,
+            "{label}: {}",
+            result.stdout
+        );
+    }
+}
+
+/// Two workers on two-queue devices without RSS: every frame arrives on queue 0. The fragments of a datagram meet
+/// at its keeper, which passes them to the worker that owns the flow when it is the other one; that worker
+/// forwards the whole datagram with a FULLNAT local port from its own share (even on worker 0, odd on worker 1),
+/// the port its flow's whole datagrams got.
+#[test]
+fn two_workers_keep_fragmented_datagrams_whole() {
+    const FLOWS: u32 = 24;
+    for v6 in [false, true] {
+        let label = format!("v6={v6}");
+        let dir = tempdir();
+        let a = addresses(v6);
+        let chunk = if v6 { 1232 } else { 1256 };
+        let mut frames = Vec::new();
+        for flow in 0..FLOWS {
+            let client = client_addr(&a, flow);
+            let port = 22_000 + flow as u16 * 7;
+            for which in 0..2u32 {
+                let len = if which == 0 { 100 } else { 9000 - 8 };
+                let whole = udp_frame(client, port, a.vip, 80, &datagram_payload(flow, which, len));
+                if which == 0 {
+                    frames.push(whole);
+                } else {
+                    let mut pieces = fragment_frame(&whole, flow + 1, chunk);
+                    pieces.reverse();
+                    frames.extend(pieces);
+                }
+            }
+        }
+        write_pcap(&dir.path().join("client-q0.pcap"), &frames);
+        write_pcap(&dir.path().join("empty.pcap"), &[]);
+        let d = dir.path().display();
+        let text = config(dir.path(), "fullnat", v6)
+            .replace("protocol = \"tcp\"", "protocol = \"udp\"")
+            .replace(
+                &format!("net_pcap0,rx_pcap={d}/client-in.pcap,tx_pcap={d}/client-out.pcap"),
+                &format!("net_pcap0,rx_pcap={d}/client-q0.pcap,rx_pcap={d}/empty.pcap,tx_pcap={d}/c0.pcap,tx_pcap={d}/c1.pcap"),
+            )
+            .replace(
+                &format!("net_pcap1,rx_pcap={d}/backend-in.pcap,tx_pcap={d}/backend-out.pcap"),
+                &format!("net_pcap1,rx_pcap={d}/empty.pcap,rx_pcap={d}/empty.pcap,tx_pcap={d}/b0.pcap,tx_pcap={d}/b1.pcap"),
+            )
+            .replace("cores = [0]", "cores = [0, 1]");
+        let config_path = dir.path().join("two.toml");
+        std::fs::write(&config_path, text).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .args(["--idle-exit-ms", "400"])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.contains("mempool: 0 buffers in use"), "{stdout}");
+        let mut local_port_of_flow: HashMap<u32, u16> = HashMap::new();
+        let mut per_worker = [0; 2];
+        for (worker, file) in [(0u16, "b0.pcap"), (1, "b1.pcap")] {
+            for datagram in reassemble(&read_pcap(&dir.path().join(file))) {
+                let words: Vec<String> = String::from_utf8_lossy(&datagram.data[..24])
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect();
+                let (flow, which): (u32, u32) =
+                    (words[1].parse().unwrap(), words[3].parse().unwrap());
+                let len = if which == 0 { 100 } else { 9000 - 8 };
+                assert_eq!(datagram.data, datagram_payload(flow, which, len), "{label}");
+                assert_eq!(
+                    datagram.sport % 2,
+                    worker,
+                    "{label}: local port of worker {worker}"
+                );
+                let port = *local_port_of_flow.entry(flow).or_insert(datagram.sport);
+                assert_eq!(
+                    datagram.sport, port,
+                    "{label}: flow {flow} keeps its local port"
+                );
+                per_worker[usize::from(worker)] += 1;
+            }
+        }
+        assert_eq!(
+            per_worker[0] + per_worker[1],
+            FLOWS as usize * 2,
+            "{label}: {stdout}"
+        );
+        assert!(
+            per_worker[0] > 0 && per_worker[1] > 0,
+            "{label}: {per_worker:?}"
+        );
     }
 }

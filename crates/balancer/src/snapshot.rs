@@ -533,6 +533,24 @@ impl Snapshot {
             })
     }
 
+    /// The next hops whose MAC the configuration does not give, which the workers resolve ahead of traffic:
+    /// every backend's (itself on a connected subnet, or the gateway) and every gateway's, as (port, address); an
+    /// address may come more than once.
+    pub fn next_hops_to_resolve(&self) -> impl Iterator<Item = (u16, IpAddr)> + '_ {
+        let backends = self
+            .services
+            .iter()
+            .flat_map(|service| service.routes.iter())
+            .filter(|route| route.mac.is_none())
+            .map(|route| (route.port, route.next_hop));
+        let gateways = self
+            .gateways
+            .iter()
+            .filter(|gateway| gateway.mac.is_none())
+            .map(|gateway| (gateway.port, gateway.addr));
+        backends.chain(gateways)
+    }
+
     /// The port with index `port`.
     #[inline]
     pub fn port(&self, port: u16) -> Option<&PortSpec> {

@@ -10,7 +10,7 @@ use balancer::decision::{
     WorkerTables,
 };
 use balancer::maglev::TableSize;
-use balancer::neighbor::NeighborTable;
+use balancer::neighbor::{Neighbor, NeighborTable};
 use balancer::persistence::PersistenceTable;
 use balancer::port_alloc::{PortAllocator, PortPartition};
 use balancer::scheduler::LoadTable;
@@ -456,7 +456,7 @@ fn traffic_for_others_is_dropped_or_handed_to_the_kernel() {
 }
 
 #[test]
-fn arp_and_echo_for_our_addresses_are_answered_and_neighbours_learned() {
+fn arp_and_echo_are_answered_and_only_honest_neighbours_learned() {
     let mut harness = Harness::new(&spec(
         vec![service(ForwardingMode::Dr, SchedulerKind::Mh, false, &[1])],
         1,
@@ -472,23 +472,102 @@ fn arp_and_echo_for_our_addresses_are_answered_and_neighbours_learned() {
         ..tcp(client(0, false), 0, vip(false), 0, 0)
     };
     assert_eq!(
-        harness.decide(&arp(1, "10.0.0.7", "10.0.0.100")),
+        harness.decide_on(&arp(1, "10.0.0.7", "10.0.0.100"), CLIENT_PORT),
         Action::AnswerArp
     );
+    // Asking for us is no reason to be remembered: 10.0.0.7 is no next hop of ours.
     assert_eq!(
-        harness.state.neighbors.lookup(ip("10.0.0.7")),
-        Some([2, 9, 9, 9, 9, 9])
+        harness
+            .state
+            .neighbors
+            .lookup(CLIENT_PORT, ip("10.0.0.7"), NOW),
+        Neighbor::Unresolved
     );
     assert_eq!(
-        harness.decide(&arp(1, "10.0.0.8", "10.0.0.200")),
+        harness.decide_on(&arp(1, "10.0.0.8", "10.0.0.200"), CLIENT_PORT),
         Action::Drop(DropReason::NeighborNotForUs)
     );
-    assert_eq!(harness.state.neighbors.lookup(ip("10.0.0.8")), None);
+    // A reply nobody asked for fills nothing.
+    let backend = ip("10.1.0.11");
     assert_eq!(
-        harness.decide(&arp(2, "10.1.0.11", "10.1.0.1")),
+        harness.decide_on(&arp(2, "10.1.0.11", "10.1.0.1"), BACKEND_PORT),
+        Action::Drop(DropReason::NeighborUnwanted)
+    );
+    assert_eq!(
+        harness.state.neighbors.lookup(BACKEND_PORT, backend, NOW),
+        Neighbor::Unresolved
+    );
+    // The answer to our own request is learned, on the backend's port.
+    harness
+        .state
+        .neighbors
+        .expect(BACKEND_PORT, backend, NOW)
+        .unwrap();
+    assert_eq!(
+        harness.decide_on(&arp(2, "10.1.0.11", "10.1.0.1"), BACKEND_PORT),
         Action::Consumed
     );
-    assert!(harness.state.neighbors.lookup(ip("10.1.0.11")).is_some());
+    assert_eq!(
+        harness.state.neighbors.lookup(BACKEND_PORT, backend, NOW),
+        Neighbor::Reachable([2, 9, 9, 9, 9, 9])
+    );
+    // The same claims from the client side, as a reply or as a request: refused, the entry unchanged.
+    let mut poison = arp(2, "10.1.0.11", "10.0.0.1");
+    poison.arp.as_mut().unwrap().sender_mac = [6, 6, 6, 6, 6, 6];
+    assert_eq!(
+        harness.decide_on(&poison, CLIENT_PORT),
+        Action::Drop(DropReason::NeighborWrongSide)
+    );
+    poison.arp.as_mut().unwrap().operation = 1;
+    poison.arp.as_mut().unwrap().target_ip = "10.0.0.100".parse().unwrap();
+    assert_eq!(
+        harness.decide_on(&poison, CLIENT_PORT),
+        Action::Drop(DropReason::NeighborWrongSide)
+    );
+    assert_eq!(
+        harness.state.neighbors.lookup(BACKEND_PORT, backend, NOW),
+        Neighbor::Reachable([2, 9, 9, 9, 9, 9])
+    );
+    // A neighbour advertisement is taken only with hop limit 255.
+    let v6_backend: std::net::Ipv6Addr = "fd01::b".parse().unwrap();
+    harness
+        .state
+        .neighbors
+        .expect(BACKEND_PORT, IpAddr::V6(v6_backend), NOW)
+        .unwrap();
+    let mut advertisement = transport(IpAddr::V6(v6_backend), 0, ip("fd01::1"), 0, 58, 0);
+    advertisement.icmp = IcmpKind::NeighborAdvertisement {
+        target: v6_backend,
+        target_mac: Some([6, 6, 6, 6, 6, 6]),
+    };
+    advertisement.ttl = 50;
+    assert_eq!(
+        harness.decide_on(&advertisement, BACKEND_PORT),
+        Action::Drop(DropReason::NeighborRouted)
+    );
+    advertisement.ttl = 255;
+    assert_eq!(
+        harness.decide_on(&advertisement, CLIENT_PORT),
+        Action::Drop(DropReason::NeighborWrongSide)
+    );
+    assert_eq!(
+        harness
+            .state
+            .neighbors
+            .lookup(BACKEND_PORT, IpAddr::V6(v6_backend), NOW),
+        Neighbor::Unresolved
+    );
+    assert_eq!(
+        harness.decide_on(&advertisement, BACKEND_PORT),
+        Action::Consumed
+    );
+    assert_eq!(
+        harness
+            .state
+            .neighbors
+            .lookup(BACKEND_PORT, IpAddr::V6(v6_backend), NOW),
+        Neighbor::Reachable([6, 6, 6, 6, 6, 6])
+    );
 
     let mut echo = transport(client(1, false), 77, vip(false), 77, ICMP, 0);
     echo.icmp = IcmpKind::EchoRequest;

@@ -15,10 +15,11 @@ use balancer::decision::{
     WorkerState, WorkerTables,
 };
 use balancer::expiry::ExpiryPacer;
-use balancer::neighbor::ResolutionThrottle;
+use balancer::neighbor::{Neighbor, ResolutionThrottle};
 use crossbeam::channel::{Receiver, Sender};
 use packet::{Fragment, FrameLayout, L3};
 
+use crate::awaiting_neighbor::{AwaitingFrame, AwaitingNeighbor, AWAITING_FRAMES};
 use crate::held_fragments::{HeldFragment, HeldFragments, HELD_FRAGMENTS};
 use crate::io::{Burst, Frame, RxQueue, TxQueue, MAX_BURST};
 use crate::kernel::{kernel_wants_copy, KernelPath};
@@ -43,8 +44,11 @@ pub struct WorkerConfig {
     /// Every connection-table slot passes under the expiry hand once in this many milliseconds; the sweep runs
     /// at most once per millisecond, so idle polls cost nothing.
     pub expire_sweep_ms: u64,
-    /// Minimum interval between two resolution requests for one address.
+    /// Minimum interval between two resolution requests for one address; worker 0 also asks for the configured
+    /// next hops without a fresh MAC this often.
     pub resolve_interval_ms: u64,
+    /// How long a frame waits for its next hop's MAC before it is dropped (`crate::awaiting_neighbor`).
+    pub neighbor_wait_ms: u64,
     /// After a Maglev table changes, how long the previous tables answer for non-SYN frames without a connection
     /// (`crate::previous_table`); 0: not at all.
     pub previous_table_grace_ms: u64,
@@ -63,6 +67,7 @@ impl Default for WorkerConfig {
             tx_attempts: 4,
             expire_sweep_ms: 10_000,
             resolve_interval_ms: 1000,
+            neighbor_wait_ms: 3000,
             previous_table_grace_ms: 0,
             fragment_datagrams: 4096,
             fragment_lifetime_ms: 5000,
@@ -209,6 +214,9 @@ struct Engine<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     /// The fate of each fragmented datagram's first fragment, and the later fragments that came before it.
     fragments: FragmentTable,
     held: HeldFragments<R::Frame>,
+    /// Frames waiting for their next hop's MAC, and when worker 0 last asked for the configured next hops.
+    awaiting: AwaitingNeighbor<R::Frame>,
+    next_hops_resolved_ms: Option<u64>,
     expiry: ExpiryPacer,
     /// Frames dropped this poll, freed together.
     dropped: Burst<R::Frame>,
@@ -253,6 +261,8 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                     config.fragment_lifetime_ms,
                 ),
                 held: HeldFragments::new(config.fragment_hold_ms),
+                awaiting: AwaitingNeighbor::new(config.neighbor_wait_ms),
+                next_hops_resolved_ms: None,
                 expiry,
                 dropped: Burst::new(),
                 config: WorkerConfig {
@@ -321,13 +331,16 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             self.poll(clock());
         }
         self.engine.flush_all();
-        self.drop_held_fragments();
+        self.drop_waiting_frames(clock());
     }
 
-    /// Drops (and counts) the fragments still held for a first that did not come, and publishes the counters: for
-    /// a worker that stops, after its last poll.
-    pub fn drop_held_fragments(&mut self) {
+    /// Drops (and counts) the fragments still held for a first that did not come and the frames still waiting for
+    /// a neighbour (those whose neighbour is resolved by now are sent), and publishes the counters: for a worker
+    /// that stops, after its last poll.
+    pub fn drop_waiting_frames(&mut self, now_ms: u64) {
         self.engine.drop_held_fragments(None);
+        self.engine.send_awaiting(now_ms, true);
+        self.engine.flush_all();
         R::Frame::free_burst(&mut self.engine.dropped);
         self.publish();
     }
@@ -421,6 +434,17 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
         }
         if !engine.held.is_empty() {
             engine.drop_held_fragments(Some(now_ms));
+        }
+        if !engine.awaiting.is_empty() {
+            engine.send_awaiting(now_ms, false);
+        }
+        if engine.state.place.index == 0
+            && engine
+                .next_hops_resolved_ms
+                .is_none_or(|last| now_ms.saturating_sub(last) >= engine.config.resolve_interval_ms)
+        {
+            engine.next_hops_resolved_ms = Some(now_ms);
+            engine.resolve_next_hops(now_ms);
         }
         engine.flush_all();
         R::Frame::free_burst(&mut engine.dropped);
@@ -681,13 +705,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     }
 
     #[inline(always)]
-    fn forward(
-        &mut self,
-        mut frame: R::Frame,
-        layout: &FrameLayout,
-        forward: &Forward,
-        now_ms: u64,
-    ) {
+    fn forward(&mut self, frame: R::Frame, layout: &FrameLayout, forward: &Forward, now_ms: u64) {
         let port = usize::from(forward.port);
         if port >= self.ports.len() {
             return self.drop_frame(frame, DropReason::NoRoute);
@@ -701,13 +719,26 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
                 bump(&backend.connections, 1);
             }
         }
-        let Some(next_hop_mac) = forward
-            .mac()
-            .or_else(|| self.state.neighbors.lookup(forward.next_hop))
-        else {
-            self.resolve(forward.port, forward.next_hop, now_ms);
-            return self.drop_frame(frame, DropReason::NeighborUnresolved);
+        let next_hop_mac = match forward.mac() {
+            Some(mac) => mac,
+            None => match self.neighbor_mac(forward.port, forward.next_hop, now_ms) {
+                Some(mac) => mac,
+                None => return self.await_neighbor(frame, layout, forward, now_ms),
+            },
         };
+        self.send_forward(frame, layout, forward, next_hop_mac);
+    }
+
+    /// The rest of a forward once the next hop's MAC is known: rewrite, MACs, counters, transmit queue.
+    #[inline(always)]
+    fn send_forward(
+        &mut self,
+        mut frame: R::Frame,
+        layout: &FrameLayout,
+        forward: &Forward,
+        next_hop_mac: [u8; 6],
+    ) {
+        let port = usize::from(forward.port);
         if rewrite(&mut frame, layout, &forward.rewrite).is_err() {
             return self.drop_frame(frame, DropReason::RewriteFailed);
         }
@@ -733,6 +764,84 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         }
         self.counters.forwarded += 1;
         self.enqueue(port, frame);
+    }
+
+    /// The MAC of `next_hop` on `port` from the neighbour table; a stale entry is used while it is asked again.
+    #[inline(always)]
+    fn neighbor_mac(&mut self, port: u16, next_hop: IpAddr, now_ms: u64) -> Option<[u8; 6]> {
+        match self.state.neighbors.lookup(port, next_hop, now_ms) {
+            Neighbor::Reachable(mac) => Some(mac),
+            Neighbor::Stale(mac) => {
+                self.resolve(port, next_hop, now_ms);
+                Some(mac)
+            }
+            Neighbor::Unresolved => None,
+        }
+    }
+
+    /// Keeps a decided frame until its next hop is resolved (asking for it now); a full queue drops it.
+    #[cold]
+    #[inline(never)]
+    fn await_neighbor(
+        &mut self,
+        frame: R::Frame,
+        layout: &FrameLayout,
+        forward: &Forward,
+        now_ms: u64,
+    ) {
+        self.resolve(forward.port, forward.next_hop, now_ms);
+        let waiting = AwaitingFrame {
+            frame,
+            layout: *layout,
+            forward: *forward,
+            since_ms: now_ms,
+        };
+        if let Err(refused) = self.awaiting.wait(waiting) {
+            self.drop_frame(refused, DropReason::NeighborUnresolved);
+        }
+    }
+
+    /// Sends the waiting frames whose next hop is now resolved, drops those that waited their time (all of them
+    /// when `stopping`), and asks again for the others.
+    #[cold]
+    #[inline(never)]
+    fn send_awaiting(&mut self, now_ms: u64, stopping: bool) {
+        let mut waiting = ArrayVec::<_, AWAITING_FRAMES>::new();
+        self.awaiting.take_all(now_ms, &mut waiting);
+        for (frame, expired) in waiting {
+            let (port, next_hop) = (frame.forward.port, frame.forward.next_hop);
+            match self.state.neighbors.lookup(port, next_hop, now_ms) {
+                Neighbor::Reachable(mac) | Neighbor::Stale(mac) => {
+                    self.send_forward(frame.frame, &frame.layout, &frame.forward, mac)
+                }
+                Neighbor::Unresolved if expired || stopping => {
+                    self.drop_frame(frame.frame, DropReason::NeighborUnresolved)
+                }
+                Neighbor::Unresolved => {
+                    self.resolve(port, next_hop, now_ms);
+                    // Room is certain: the queue was just emptied.
+                    if let Err(refused) = self.awaiting.wait(frame) {
+                        self.drop_frame(refused, DropReason::NeighborUnresolved);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks, from worker 0, for every configured next hop without a fresh MAC: at start, after a reload, and
+    /// whenever an entry went stale, so that answers keep the entries of backends and gateways reachable.
+    #[cold]
+    #[inline(never)]
+    fn resolve_next_hops(&mut self, now_ms: u64) {
+        let snapshot = Arc::clone(&self.tables.snapshot);
+        for (port, next_hop) in snapshot.next_hops_to_resolve() {
+            if !matches!(
+                self.state.neighbors.lookup(port, next_hop, now_ms),
+                Neighbor::Reachable(_)
+            ) {
+                self.resolve(port, next_hop, now_ms);
+            }
+        }
     }
 
     fn answer(&mut self, frame: R::Frame, ingress: u16) {
@@ -769,9 +878,14 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         }
     }
 
-    /// Sends an ARP request or neighbour solicitation for `target` out of `port`, at most once per interval.
+    /// Sends an ARP request or neighbour solicitation for `target` out of `port`, at most once per interval,
+    /// with an entry in the neighbour table waiting for the answer (only answers for such entries are taken).
     fn resolve(&mut self, port: u16, target: IpAddr, now_ms: u64) {
         if !self.throttle.allow(target, now_ms) {
+            return;
+        }
+        // A full table (every slot near the address live) leaves the frame to wait and, unanswered, be dropped.
+        if self.state.neighbors.expect(port, target, now_ms).is_err() {
             return;
         }
         let Some(source) = self.tables.snapshot.port_address(port, target.is_ipv4()) else {

@@ -560,7 +560,7 @@ fn run_balancer(
             }
             // One last turn flushes what is pending and drains the handoff ring.
             worker.poll(clock());
-            worker.drop_held_fragments();
+            worker.drop_waiting_frames(clock());
             worker.stats()
         })
         .map_err(|e| e.to_string())?;

@@ -191,7 +191,7 @@ impl WorkerState {
             return refused_whatever_its_destination(layout);
         }
         match layout.l3 {
-            L3::Arp => self.arp(snapshot, layout),
+            L3::Arp => self.arp(snapshot, layout, ingress, now_ms),
             L3::Ipv4 | L3::Ipv6 => {
                 // The common case first: a whole datagram of a connection this worker tracks, forwarded from its
                 // entry without classifying the destination again. A frame at the end of its TTL takes the full
@@ -252,18 +252,15 @@ impl WorkerState {
             }
             IcmpKind::NeighborSolicitation { target } => {
                 return match snapshot.owned(IpAddr::V6(target)) {
+                    // Neighbour discovery that crossed a router is refused (RFC 4861 section 7.1.1).
+                    Some(_) if layout.ttl != 255 => Action::Drop(DropReason::NeighborRouted),
                     Some(_) => Action::AnswerNeighborSolicitation,
                     None => Action::Drop(DropReason::NeighborNotForUs),
-                }
+                };
             }
             IcmpKind::NeighborAdvertisement { target, target_mac } => {
-                return match target_mac {
-                    Some(mac) => match self.neighbors.learn(IpAddr::V6(target), mac) {
-                        Ok(()) => Action::Consumed,
-                        Err(_) => Action::Drop(DropReason::NeighborTableFull),
-                    },
-                    None => Action::Drop(DropReason::NeighborNotForUs),
-                }
+                return self
+                    .neighbor_advertisement(snapshot, layout, target, target_mac, ingress, now_ms);
             }
             IcmpKind::EchoReply | IcmpKind::Other => {
                 return match snapshot.owned(flow.dst_addr) {

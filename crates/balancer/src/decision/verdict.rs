@@ -31,7 +31,7 @@ pub enum DropReason {
     FragmentUnsupported,
     /// ARP or neighbour discovery not for us.
     NeighborNotForUs,
-    /// The neighbour table is full.
+    /// The neighbour table had no room for a next hop to resolve.
     NeighborTableFull,
     /// A connection could not be tracked for another reason (see the connection table's errors).
     ConnectionRejected,
@@ -67,10 +67,18 @@ pub enum DropReason {
     /// A later fragment that came before its first while the worker already held as many as it may (counted by
     /// the data plane).
     FragmentHoldFull,
+    /// ARP or neighbour discovery claiming an address that does not live on the subnet of the port it came in
+    /// on (a poisoning attempt from another segment).
+    NeighborWrongSide,
+    /// An ARP reply or neighbour advertisement for an address that is no next hop sluice asked about: it cannot
+    /// fill the table.
+    NeighborUnwanted,
+    /// Neighbour discovery with a hop limit below 255: it crossed a router (RFC 4861).
+    NeighborRouted,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 28;
+    pub const COUNT: usize = 31;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::NotOurs,
         DropReason::NoService,
@@ -100,6 +108,9 @@ impl DropReason {
         DropReason::IcmpErrorWrongPort,
         DropReason::FragmentWithoutFirst,
         DropReason::FragmentHoldFull,
+        DropReason::NeighborWrongSide,
+        DropReason::NeighborUnwanted,
+        DropReason::NeighborRouted,
     ];
 
     /// Index into a per-reason counter array.
@@ -139,6 +150,9 @@ impl DropReason {
             DropReason::IcmpErrorWrongPort => "icmp_error_wrong_port",
             DropReason::FragmentWithoutFirst => "fragment_without_first",
             DropReason::FragmentHoldFull => "fragment_hold_full",
+            DropReason::NeighborWrongSide => "neighbor_wrong_side",
+            DropReason::NeighborUnwanted => "neighbor_unwanted",
+            DropReason::NeighborRouted => "neighbor_routed",
         }
     }
 }

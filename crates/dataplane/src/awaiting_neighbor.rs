@@ -8,7 +8,7 @@ use balancer::decision::Forward;
 use packet::FrameLayout;
 
 /// Frames one worker keeps waiting at most.
-pub const AWAITING_FRAMES: usize = 32;
+pub const AWAITING_FRAMES: usize = 64;
 
 /// A frame decided and waiting for its next hop's MAC, not yet rewritten.
 pub struct AwaitingFrame<F> {
@@ -96,6 +96,6 @@ mod tests {
         assert!(queue.is_empty());
         let expired: Vec<bool> = out.iter().map(|(_, expired)| *expired).collect();
         assert!(expired[0] && !expired[1]);
-        assert_eq!(out[31].0.frame, 31);
+        assert_eq!(out[AWAITING_FRAMES - 1].0.frame, AWAITING_FRAMES as u32 - 1);
     }
 }

@@ -357,6 +357,16 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             sync.between_bursts(&mut engine.state, &engine.tables.snapshot, now_ms);
         }
         let engine = &mut self.engine;
+        // Ask for the configured next hops first (from the first turn, and in the turn that brings new tables), so
+        // that their answers, taken only for what was asked, find their entries.
+        if engine.state.place.index == 0
+            && engine
+                .next_hops_resolved_ms
+                .is_none_or(|last| now_ms.saturating_sub(last) >= engine.config.resolve_interval_ms)
+        {
+            engine.next_hops_resolved_ms = Some(now_ms);
+            engine.resolve_next_hops(now_ms);
+        }
         // Control traffic first: what the kernel sends leaves ahead of this turn's data.
         let mut received_total = engine.send_kernel_frames();
         for port in 0..engine.ports.len() {
@@ -438,14 +448,6 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
         if !engine.awaiting.is_empty() {
             engine.send_awaiting(now_ms, false);
         }
-        if engine.state.place.index == 0
-            && engine
-                .next_hops_resolved_ms
-                .is_none_or(|last| now_ms.saturating_sub(last) >= engine.config.resolve_interval_ms)
-        {
-            engine.next_hops_resolved_ms = Some(now_ms);
-            engine.resolve_next_hops(now_ms);
-        }
         engine.flush_all();
         R::Frame::free_burst(&mut engine.dropped);
         let budget = engine.expiry.budget(now_ms);
@@ -480,6 +482,8 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
     fn take_new_tables(&mut self, now_ms: u64) {
         while let Ok(tables) = self.updates.incoming.try_recv() {
             let old = std::mem::replace(&mut self.engine.tables, tables);
+            // New backends or gateways are asked for in this very turn.
+            self.engine.next_hops_resolved_ms = None;
             if let Some(sync) = &mut self.exceptions {
                 sync.tables_changed(&old.snapshot, &self.engine.tables.snapshot);
             }

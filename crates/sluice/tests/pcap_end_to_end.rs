@@ -1263,3 +1263,181 @@ fn two_workers_keep_fragmented_datagrams_whole() {
         );
     }
 }
+
+const ATTACKER_MAC: [u8; 6] = [2, 0xba, 0xd0, 0, 0, 1];
+
+/// An ARP frame (`reply` or request) from `sender_mac` claiming `sender` is at `sender_mac`, about `target`.
+fn arp_frame(reply: bool, sender_mac: [u8; 6], sender: IpAddr, target: IpAddr) -> Vec<u8> {
+    let (IpAddr::V4(sender), IpAddr::V4(target)) = (sender, target) else {
+        unreachable!()
+    };
+    let mut frame = vec![0u8; 60];
+    let len = packet::build_arp_request(&mut frame, sender_mac, sender, target, None).unwrap();
+    frame.truncate(len);
+    if reply {
+        frame[21] = 2;
+    }
+    frame
+}
+
+/// A neighbour advertisement from `from` (hop limit `hop_limit`) saying `target` is at `mac`, to all nodes.
+fn neighbor_advertisement(from: IpAddr, target: IpAddr, mac: [u8; 6], hop_limit: u8) -> Vec<u8> {
+    let (IpAddr::V6(from), IpAddr::V6(target)) = (from, target) else {
+        unreachable!()
+    };
+    let mut icmp = vec![136u8, 0, 0, 0, 0x60, 0, 0, 0];
+    icmp.extend(target.octets());
+    icmp.extend([2, 1]);
+    icmp.extend(mac);
+    let all_nodes: std::net::Ipv6Addr = "ff02::1".parse().unwrap();
+    // The ICMPv6 checksum over the pseudo-header, computed here.
+    let mut sum: u32 = 0;
+    let mut add = |bytes: &[u8]| {
+        for pair in bytes.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+        }
+    };
+    add(&from.octets());
+    add(&all_nodes.octets());
+    add(&(icmp.len() as u32).to_be_bytes());
+    add(&[0, 0, 0, 58]);
+    add(&icmp);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    icmp[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let mut frame = vec![0x33, 0x33, 0, 0, 0, 1];
+    frame.extend(mac);
+    frame.extend([0x86, 0xdd, 0x60, 0, 0, 0]);
+    frame.extend((icmp.len() as u16).to_be_bytes());
+    frame.extend([58, hop_limit]);
+    frame.extend(from.octets());
+    frame.extend(all_nodes.octets());
+    frame.extend(icmp);
+    frame
+}
+
+/// The backends' MACs are not configured: sluice asks for them from its first turn. Poisoning attempts come first
+/// and change nothing, each counted: a backend's address claimed from the client port (an ARP reply, an ARP
+/// request, a neighbour advertisement), a routed advertisement (hop limit 50), and a flood of answers for addresses
+/// sluice never asked about. The backends' honest answers are learned, and the first SYN of every flow, which
+/// waited for them, reaches its backend at the honest MAC without a retransmission.
+#[test]
+fn only_honest_neighbours_are_learned_and_the_first_syns_wait_for_them() {
+    const FLOWS: u32 = 40;
+    const FLOOD: u32 = 300;
+    for v6 in [false, true] {
+        let label = format!("v6={v6}");
+        let dir = tempdir();
+        let a = addresses(v6);
+        let mut text = config(dir.path(), "nat", v6);
+        for i in 0..3 {
+            let mac = backend_mac(i);
+            let line = format!(
+                "mac = \"{}\"\n",
+                mac.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":")
+            );
+            text = text.replace(&line, "");
+        }
+        let mut client_in = Vec::new();
+        let mut backend_in = Vec::new();
+        let on_backend_subnet = |i: u32| match a.local {
+            IpAddr::V4(_) => IpAddr::V4((0x0a01_0000 + 20 + i % 200).into()),
+            IpAddr::V6(_) => IpAddr::V6(((0xfd01_u128 << 112) | (0x1000 + u128::from(i))).into()),
+        };
+        let expected_wrong_side;
+        if v6 {
+            let internet: IpAddr = ip("2001:db8:99::1");
+            client_in.push(neighbor_advertisement(
+                internet,
+                a.backends[0],
+                ATTACKER_MAC,
+                50,
+            ));
+            client_in.push(neighbor_advertisement(
+                a.backends[1],
+                a.backends[1],
+                ATTACKER_MAC,
+                255,
+            ));
+            expected_wrong_side = 1;
+            for i in 0..FLOOD {
+                let target = on_backend_subnet(i);
+                backend_in.push(neighbor_advertisement(target, target, ATTACKER_MAC, 255));
+            }
+        } else {
+            client_in.push(arp_frame(true, ATTACKER_MAC, a.backends[0], ip("10.0.0.1")));
+            client_in.push(arp_frame(false, ATTACKER_MAC, a.backends[1], a.vip));
+            expected_wrong_side = 2;
+            for i in 0..FLOOD {
+                backend_in.push(arp_frame(
+                    true,
+                    ATTACKER_MAC,
+                    on_backend_subnet(i),
+                    ip("10.1.0.1"),
+                ));
+            }
+        }
+        for flow in 0..FLOWS {
+            client_in.push(tcp(
+                client_addr(&a, flow),
+                23_000 + flow as u16,
+                a.vip,
+                80,
+                "syn",
+                b"first",
+                (GATEWAY_MAC, [0; 6]),
+            ));
+        }
+        // The honest answers, after the flood.
+        for (i, backend) in a.backends.iter().enumerate() {
+            backend_in.push(if v6 {
+                neighbor_advertisement(*backend, *backend, backend_mac(i), 255)
+            } else {
+                arp_frame(true, backend_mac(i), *backend, ip("10.1.0.1"))
+            });
+        }
+        let result = run(dir.path(), &text, &client_in, &backend_in);
+        let (resolutions, data): (Vec<_>, Vec<_>) = result.backend_out.iter().partition(|frame| {
+            frame[12..14] == [0x08, 0x06] || (frame[12..14] == [0x86, 0xdd] && frame[20] == 58)
+        });
+        assert!(
+            resolutions.len() >= 3,
+            "{label}: the backends were asked for"
+        );
+        assert_eq!(data.len(), FLOWS as usize, "{label}: {}", result.stdout);
+        for frame in &data {
+            let s = seen(frame);
+            let backend = a.backends.iter().position(|b| *b == s.dst).unwrap();
+            assert_eq!(
+                &frame[0..6],
+                &backend_mac(backend),
+                "{label}: the honest MAC"
+            );
+            assert_eq!(s.payload, b"first");
+        }
+        assert_eq!(drops(&result.stdout, "neighbor_unresolved"), 0, "{label}");
+        assert_eq!(
+            drops(&result.stdout, "neighbor_wrong_side"),
+            expected_wrong_side,
+            "{label}: {}",
+            result.stdout
+        );
+        assert_eq!(
+            drops(&result.stdout, "neighbor_routed"),
+            u64::from(v6),
+            "{label}: {}",
+            result.stdout
+        );
+        assert_eq!(
+            drops(&result.stdout, "neighbor_unwanted"),
+            u64::from(FLOOD),
+            "{label}: {}",
+            result.stdout
+        );
+        assert_eq!(drops(&result.stdout, "neighbor_table_full"), 0, "{label}");
+    }
+}

@@ -543,6 +543,11 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         now_ms: u64,
     ) {
         self.counters.rx_bytes += frame.data().len() as u64;
+        // The ports are promiscuous: a frame to another host's MAC is refused here, by one compare of the header the
+        // parser just read (a handed-off frame passed it on its own worker).
+        if !handed_off && !self.addressed_to_port(&frame, ingress) {
+            return self.drop_frame(frame, DropReason::NotOurMac);
+        }
         if let Some(path) = &mut self.exception {
             if !handed_off && kernel_wants_copy(layout) {
                 path.copy_to_kernel(&frame, ingress);
@@ -570,6 +575,20 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         if let Fragment::First { .. } = layout.fragment {
             self.release_fragments(layout, now_ms);
         }
+    }
+
+    /// Whether `frame` is addressed to port `ingress`: its MAC, or a group address (broadcast and multicast, which
+    /// the decision sorts: ARP, neighbour discovery, and what the kernel path serves).
+    #[inline(always)]
+    fn addressed_to_port(&self, frame: &R::Frame, ingress: u16) -> bool {
+        let Some(destination) = frame.data().get(..6) else {
+            return false;
+        };
+        destination[0] & 1 != 0
+            || self
+                .ports
+                .get(usize::from(ingress))
+                .is_some_and(|queues| *destination == queues.mac)
     }
 
     /// Carries out the decision about `frame`.

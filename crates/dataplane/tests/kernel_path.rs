@@ -259,8 +259,10 @@ fn traffic_for_the_node_reaches_the_kernel_of_its_port_and_nothing_else() {
     rig.worker.poll(1000);
     assert_eq!(rig.kernel_in(), vec![bgp.clone(), stranger.clone()]);
     assert!(rig.port_out(0).is_empty() && rig.port_out(1).is_empty());
-    // Port 1 has no kernel interface: the same frame there is a counted drop, never sent anywhere.
-    rig.send(1, &stranger);
+    // Port 1 has no kernel interface: the same frame there (to port 1's MAC) is a counted drop, never sent.
+    let mut stranger_on_1 = stranger.clone();
+    stranger_on_1[0..6].copy_from_slice(&PORT_MACS[1]);
+    rig.send(1, &stranger_on_1);
     rig.worker.poll(1001);
     assert!(rig.kernel_in().is_empty() && rig.port_out(0).is_empty() && rig.port_out(1).is_empty());
     let stats = rig.worker.stats();

@@ -904,6 +904,12 @@ fn open_nat_connection(rig: &mut Rig, client_port: u16) -> Vec<u8> {
     rig.take(0, 1).pop().expect("the SYN reaches a backend")
 }
 
+/// `frame` addressed to port `port`'s MAC (an attacker on that side sends to the MAC it sees there).
+fn to_port(port: usize, mut frame: Vec<u8>) -> Vec<u8> {
+    frame[0..6].copy_from_slice(&[PORT0_MAC, PORT1_MAC][port]);
+    frame
+}
+
 /// A TCP segment from `src` to `dst` with `flags` set by `build`, in an Ethernet frame to the port.
 fn segment_v4(
     src: (IpAddr, u16),
@@ -932,7 +938,7 @@ fn a_spoofed_backend_reply_on_the_client_port_is_dropped_and_the_connection_unto
     let reset = segment_v4((backend, backend_port), (client, client_port), |b, out| {
         b.rst().write(out, b"").unwrap()
     });
-    rig.send(0, 0, reset);
+    rig.send(0, 0, to_port(0, reset));
     rig.poll_all(1);
     assert!(rig.take(0, 0).is_empty() && rig.take(0, 1).is_empty());
     assert_eq!(rig.workers[0].stats().drops(DropReason::ReplyWrongPort), 1);
@@ -963,7 +969,7 @@ fn a_first_fragment_claiming_a_backend_is_not_relayed_without_a_connection() {
         );
         fragment[20] = 0x20;
         fix_ipv4_checksum(&mut fragment);
-        rig.send(0, port, fragment);
+        rig.send(0, port, to_port(port, fragment));
     }
     rig.poll_all(1);
     assert!(rig.take(0, 0).is_empty() && rig.take(0, 1).is_empty());
@@ -993,7 +999,11 @@ fn an_icmp_error_is_taken_only_for_the_quoted_sender_and_from_the_side_it_concer
     // Addressed to the VIP, not to the client who sent the quoted request.
     rig.send(0, 1, port_unreachable("10.1.0.254", "10.0.0.100", &request));
     // Addressed right, but arriving from the client side while the request went to the backend side.
-    rig.send(0, 0, port_unreachable("10.1.0.254", "10.0.0.2", &request));
+    rig.send(
+        0,
+        0,
+        to_port(0, port_unreachable("10.1.0.254", "10.0.0.2", &request)),
+    );
     rig.poll_all(1);
     assert!(rig.take(0, 0).is_empty() && rig.take(0, 1).is_empty());
     let stats = rig.workers[0].stats();
@@ -1032,4 +1042,21 @@ fn ipv6_with_a_type_0_routing_header_is_dropped_as_source_routed() {
 
 fn ip6_octets(text: &str) -> [u8; 16] {
     text.parse::<std::net::Ipv6Addr>().unwrap().octets()
+}
+
+#[test]
+fn a_frame_to_another_hosts_mac_is_dropped_and_counted() {
+    let mut rig = rig(&spec(ForwardingMode::Dr, 1, true), 1);
+    let mut stranger = tcp_frame(ip("10.0.0.2"), 5, ip("10.0.0.100"), 80, true, b"");
+    stranger[0..6].copy_from_slice(&[2, 0x77, 0, 0, 0, 1]);
+    rig.send(0, 0, stranger);
+    // The same SYN to the port's MAC is balanced.
+    rig.send(
+        0,
+        0,
+        tcp_frame(ip("10.0.0.2"), 5, ip("10.0.0.100"), 80, true, b""),
+    );
+    rig.poll_all(1);
+    assert_eq!(rig.take(0, 1).len(), 1);
+    assert_eq!(rig.workers[0].stats().drops(DropReason::NotOurMac), 1);
 }

@@ -15,6 +15,9 @@ use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 const LOCAL_PORT_SEED: u64 = 11;
 const CLIENT_MAC: [u8; 6] = [2, 0xc1, 0, 0, 0, 1];
 const GATEWAY_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
+/// The ports' MACs, set by the configuration (net_pcap keeps its own; sluice answers to these).
+const CLIENT_PORT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const BACKEND_PORT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
 fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
     let mut out = Vec::new();
@@ -117,11 +120,13 @@ args = ["--no-huge", "-m", "256", "--no-pci", "--no-shconf", "--no-telemetry"]
 name = "client"
 device = "net_pcap0,rx_pcap={dir}/client-in.pcap,tx_pcap={dir}/client-out.pcap"
 addresses = ["10.0.0.1/24", "fd00::1/64"]
+mac = "02:00:00:00:00:01"
 
 [[port]]
 name = "backend"
 device = "net_pcap1,rx_pcap={dir}/backend-in.pcap,tx_pcap={dir}/backend-out.pcap"
 addresses = ["10.1.0.1/24", "fd01::1/64"]
+mac = "02:00:00:00:00:02"
 
 [workers]
 cores = [0]
@@ -314,7 +319,7 @@ fn every_mode_in_both_families() {
                         80,
                         flags,
                         &payload,
-                        (GATEWAY_MAC, [0; 6]),
+                        (GATEWAY_MAC, CLIENT_PORT_MAC),
                     ));
                 }
             }
@@ -326,7 +331,7 @@ fn every_mode_in_both_families() {
                 80,
                 "syn",
                 b"x",
-                (GATEWAY_MAC, [0; 6]),
+                (GATEWAY_MAC, CLIENT_PORT_MAC),
             );
             broken[24] ^= 0x55;
             frames.push(broken);
@@ -463,7 +468,7 @@ fn nat_replies_are_mapped_back_to_the_vip() {
             80,
             "syn",
             b"",
-            (GATEWAY_MAC, [0; 6]),
+            (GATEWAY_MAC, CLIENT_PORT_MAC),
         ));
         for (i, backend) in a.backends.iter().enumerate() {
             replies.push(tcp(
@@ -473,7 +478,7 @@ fn nat_replies_are_mapped_back_to_the_vip() {
                 20_000 + flow as u16,
                 "synack",
                 b"hello",
-                (backend_mac(i), [0; 6]),
+                (backend_mac(i), BACKEND_PORT_MAC),
             ));
         }
     }
@@ -522,7 +527,7 @@ fn arp_and_echo_are_answered() {
     arp.truncate(len);
     frames.push(arp);
     let mut echo = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, [0; 6])
+    PacketBuilder::ethernet2(CLIENT_MAC, CLIENT_PORT_MAC)
         .ipv4([10, 0, 0, 7], [10, 0, 0, 100], 64)
         .icmpv4_echo_request(99, 1)
         .write(&mut echo, b"are you there")
@@ -558,7 +563,7 @@ fn the_pipe_copies_a_pcap_frame_for_frame() {
                 80,
                 "ack",
                 &vec![i as u8; (i as usize * 13) % 1400],
-                (CLIENT_MAC, [0; 6]),
+                (CLIENT_MAC, CLIENT_PORT_MAC),
             )
         })
         .collect();
@@ -608,7 +613,7 @@ fn two_workers_share_flows_by_software_rss() {
                 80,
                 "syn",
                 b"",
-                (GATEWAY_MAC, [0; 6]),
+                (GATEWAY_MAC, CLIENT_PORT_MAC),
             )
         })
         .collect();
@@ -718,7 +723,7 @@ fn fullnat_replies_reach_the_worker_that_owns_the_local_port() {
             80,
             "syn",
             b"",
-            (GATEWAY_MAC, [0; 6]),
+            (GATEWAY_MAC, CLIENT_PORT_MAC),
         ));
         let key = packet::FlowKey {
             src_addr: client,
@@ -740,7 +745,7 @@ fn fullnat_replies_reach_the_worker_that_owns_the_local_port() {
             local.port,
             "synack",
             &payload,
-            ([2, 0xbe, 0, 0, 0, 11], [0; 6]),
+            ([2, 0xbe, 0, 0, 0, 11], BACKEND_PORT_MAC),
         ));
         expected_owner.insert(flow, owner);
     }
@@ -795,7 +800,7 @@ fn fullnat_replies_reach_the_worker_that_owns_the_local_port() {
 /// The UDP datagram `src:sport -> dst:dport` carrying `payload`, whole, as etherparse writes it.
 fn udp_frame(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    let eth = PacketBuilder::ethernet2(GATEWAY_MAC, [0; 6]);
+    let eth = PacketBuilder::ethernet2(GATEWAY_MAC, CLIENT_PORT_MAC);
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => eth
             .ipv4(s.octets(), d.octets(), 57)
@@ -1119,7 +1124,7 @@ fn fragmented_nat_replies_reach_the_client_whole() {
             let payload = datagram_payload(flow, 0, 9000 - 8);
             for (i, backend) in a.backends.iter().enumerate() {
                 let mut whole = udp_frame(*backend, 8080, client, port, &payload);
-                whole[..6].copy_from_slice(&[0; 6]);
+                whole[..6].copy_from_slice(&BACKEND_PORT_MAC);
                 whole[6..12].copy_from_slice(&backend_mac(i));
                 let mut pieces = fragment_frame(&whole, flow * 10 + i as u32 + 1, chunk);
                 pieces.rotate_left(1);
@@ -1389,7 +1394,7 @@ fn only_honest_neighbours_are_learned_and_the_first_syns_wait_for_them() {
                 80,
                 "syn",
                 b"first",
-                (GATEWAY_MAC, [0; 6]),
+                (GATEWAY_MAC, CLIENT_PORT_MAC),
             ));
         }
         // The honest answers, after the flood.
@@ -1439,5 +1444,59 @@ fn only_honest_neighbours_are_learned_and_the_first_syns_wait_for_them() {
             result.stdout
         );
         assert_eq!(drops(&result.stdout, "neighbor_table_full"), 0, "{label}");
+    }
+}
+
+/// The ports are promiscuous: a frame to another host's MAC is dropped and counted (not_our_mac), while the same
+/// frame to the port's configured MAC is balanced; the MAC each port answers to is logged at start.
+#[test]
+fn frames_to_another_hosts_mac_are_dropped_and_the_port_mac_is_logged() {
+    let dir = tempdir();
+    let a = addresses(false);
+    let mut frames = Vec::new();
+    for flow in 0..10u32 {
+        let mut frame = tcp(
+            client_addr(&a, flow),
+            24_000 + flow as u16,
+            a.vip,
+            80,
+            "syn",
+            b"",
+            (GATEWAY_MAC, CLIENT_PORT_MAC),
+        );
+        if flow % 2 == 1 {
+            // Another host's MAC on the client segment.
+            frame[0..6].copy_from_slice(&[2, 0x77, 0, 0, 0, 1]);
+        }
+        frames.push(frame);
+    }
+    write_pcap(&dir.path().join("client-in.pcap"), &frames);
+    write_pcap(&dir.path().join("backend-in.pcap"), &[]);
+    let config_path = dir.path().join("sluice.toml");
+    std::fs::write(&config_path, config(dir.path(), "dr", false)).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .args(["--idle-exit-ms", "400"])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("port client: MAC 02:00:00:00:00:01 (configured")
+            && stderr.contains("port backend: MAC 02:00:00:00:00:02 (configured"),
+        "{stderr}"
+    );
+    assert_eq!(drops(&stdout, "not_our_mac"), 5, "{stdout}");
+    let out = read_pcap(&dir.path().join("backend-out.pcap"));
+    assert_eq!(out.len(), 5, "{stdout}");
+    for frame in &out {
+        assert_eq!(
+            &frame[6..12],
+            &BACKEND_PORT_MAC,
+            "sent from the configured MAC"
+        );
     }
 }

@@ -75,10 +75,13 @@ pub enum DropReason {
     NeighborUnwanted,
     /// Neighbour discovery with a hop limit below 255: it crossed a router (RFC 4861).
     NeighborRouted,
+    /// A unicast frame to another host's MAC (the ports are promiscuous): a router would not take it (counted by
+    /// the data plane).
+    NotOurMac,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 31;
+    pub const COUNT: usize = 32;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::NotOurs,
         DropReason::NoService,
@@ -111,6 +114,7 @@ impl DropReason {
         DropReason::NeighborWrongSide,
         DropReason::NeighborUnwanted,
         DropReason::NeighborRouted,
+        DropReason::NotOurMac,
     ];
 
     /// Index into a per-reason counter array.
@@ -153,6 +157,7 @@ impl DropReason {
             DropReason::NeighborWrongSide => "neighbor_wrong_side",
             DropReason::NeighborUnwanted => "neighbor_unwanted",
             DropReason::NeighborRouted => "neighbor_routed",
+            DropReason::NotOurMac => "not_our_mac",
         }
     }
 }

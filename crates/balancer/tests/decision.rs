@@ -190,6 +190,7 @@ fn transport(
         protocol,
         ttl: 64,
         source_routed: false,
+        dont_fragment: false,
         flow: FlowKey {
             src_addr: src,
             dst_addr: dst,
@@ -351,7 +352,7 @@ fn fullnat_rewrites_both_ends_and_maps_replies_to_the_client() {
 }
 
 #[test]
-fn tun_encapsulates_from_the_tunnel_source_and_answers_too_big() {
+fn tun_encapsulates_from_the_tunnel_source_and_fragments_or_answers_too_big() {
     for v6 in [false, true] {
         let mut harness = Harness::new(&spec(
             vec![service(ForwardingMode::Tun, SchedulerKind::Mh, v6, &[1, 1])],
@@ -375,6 +376,23 @@ fn tun_encapsulates_from_the_tunnel_source_and_answers_too_big() {
         );
         let mut big = tcp(src, 40000, vip(v6), 80, ACK);
         big.l3_len = 1500;
+        // An IPv4 packet that may be fragmented is sent in outer fragments; IPv6, and IPv4 with don't-fragment,
+        // learn the path MTU.
+        if !v6 {
+            let fragmented = forwarded(harness.decide(&big));
+            assert_eq!(
+                fragmented.rewrite,
+                Rewrite::EncapsulateInFragments {
+                    outer_src: "10.1.0.1".parse().unwrap(),
+                    outer_dst: match outer_dst {
+                        IpAddr::V4(v4) => v4,
+                        IpAddr::V6(_) => unreachable!(),
+                    },
+                    mtu: 1500
+                }
+            );
+            big.dont_fragment = true;
+        }
         let outer = if v6 { 40 } else { 20 };
         assert_eq!(
             harness.decide(&big),

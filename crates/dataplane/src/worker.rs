@@ -217,6 +217,8 @@ struct Engine<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     /// Frames waiting for their next hop's MAC, and when worker 0 last asked for the configured next hops.
     awaiting: AwaitingNeighbor<R::Frame>,
     next_hops_resolved_ms: Option<u64>,
+    /// The identification of the next outer packet a tunnel sends in fragments.
+    tunnel_fragment_id: u16,
     expiry: ExpiryPacer,
     /// Frames dropped this poll, freed together.
     dropped: Burst<R::Frame>,
@@ -235,6 +237,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
         config: WorkerConfig,
     ) -> Worker<R, T> {
         let pending = ports.iter().map(|_| Burst::new()).collect();
+        let first_tunnel_fragment_id = state.place.index;
         let expiry = ExpiryPacer::new(state.conns.capacity(), config.expire_sweep_ms);
         let stats = Arc::new(WorkerStats {
             backends: (0..COUNTED_BACKENDS)
@@ -263,6 +266,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 held: HeldFragments::new(config.fragment_hold_ms),
                 awaiting: AwaitingNeighbor::new(config.neighbor_wait_ms),
                 next_hops_resolved_ms: None,
+                tunnel_fragment_id: first_tunnel_fragment_id,
                 expiry,
                 dropped: Burst::new(),
                 config: WorkerConfig {
@@ -763,7 +767,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     ) {
         let port = usize::from(forward.port);
         if rewrite(&mut frame, layout, &forward.rewrite).is_err() {
-            return self.drop_frame(frame, DropReason::RewriteFailed);
+            return self.not_rewritten_in_place(frame, layout, forward, next_hop_mac);
         }
         let source_mac = self.ports[port].mac;
         if packet::set_macs(frame.data_mut(), source_mac, next_hop_mac).is_err() {
@@ -787,6 +791,96 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         }
         self.counters.forwarded += 1;
         self.enqueue(port, frame);
+    }
+
+    /// A frame the in-place rewrite refused: a tunnel that sends it in fragments, or a failure.
+    #[cold]
+    #[inline(never)]
+    fn not_rewritten_in_place(
+        &mut self,
+        frame: R::Frame,
+        layout: &FrameLayout,
+        forward: &Forward,
+        next_hop_mac: [u8; 6],
+    ) {
+        match forward.rewrite {
+            Rewrite::EncapsulateInFragments {
+                outer_src,
+                outer_dst,
+                mtu,
+            } => self.send_in_tunnel_fragments(
+                frame,
+                layout,
+                forward,
+                next_hop_mac,
+                (outer_src, outer_dst, mtu),
+            ),
+            _ => self.drop_frame(frame, DropReason::RewriteFailed),
+        }
+    }
+
+    /// Encapsulates `frame` and sends the outer packet in fragments that fit the egress MTU, each in a frame of
+    /// its own; the original is freed. A fragment that cannot be built drops the rest (`rewrite_failed`).
+    fn send_in_tunnel_fragments(
+        &mut self,
+        frame: R::Frame,
+        layout: &FrameLayout,
+        forward: &Forward,
+        next_hop_mac: [u8; 6],
+        (outer_src, outer_dst, mtu): (std::net::Ipv4Addr, std::net::Ipv4Addr, u16),
+    ) {
+        let port = usize::from(forward.port);
+        let source_mac = self.ports[port].mac;
+        // Identifications differ between workers: each steps by the number of workers from its own index.
+        let id = self.tunnel_fragment_id;
+        self.tunnel_fragment_id = id.wrapping_add(self.state.place.workers.max(1));
+        let room = usize::from(layout.l2_len)
+            + packet::IPV4_HEADER_LEN
+            + packet::tunnel_fragment_payload(mtu).unwrap_or(0);
+        for index in 0.. {
+            let Some(mut piece) = self.ports[port].tx.alloc() else {
+                self.count_drop(DropReason::RewriteFailed);
+                break;
+            };
+            let built = if piece.resize(room) {
+                packet::build_tunnel_fragment(
+                    piece.data_mut(),
+                    frame.data(),
+                    layout,
+                    (outer_src, outer_dst),
+                    id,
+                    mtu,
+                    index,
+                )
+            } else {
+                Err(packet::ParseError::Truncated)
+            };
+            match built {
+                Ok(Some(len))
+                    if piece.resize(len)
+                        && packet::set_macs(piece.data_mut(), source_mac, next_hop_mac).is_ok() =>
+                {
+                    self.enqueue(port, piece);
+                }
+                Ok(None) => {
+                    self.dropped_already_counted(piece);
+                    if let Some(backend) = forward
+                        .backend
+                        .and_then(|id| self.stats.backends.get(id.0 as usize))
+                    {
+                        bump(&backend.packets_in, 1);
+                        bump(&backend.bytes_in, frame.data().len() as u64);
+                    }
+                    self.counters.forwarded += 1;
+                    break;
+                }
+                _ => {
+                    self.drop_frame(piece, DropReason::RewriteFailed);
+                    break;
+                }
+            }
+        }
+        self.dropped_already_counted(frame);
     }
 
     /// The MAC of `next_hop` on `port` from the neighbour table; a stale entry is used while it is asked again.
@@ -1086,6 +1180,10 @@ fn rewrite<F: Frame>(
         } => {
             packet::rewrite_source(frame.data_mut(), layout, src, *src_port)?;
             packet::rewrite_destination(frame.data_mut(), layout, dst, *dst_port)
+        }
+        // Several frames from one: the worker sends them (`Engine::send_in_tunnel_fragments`).
+        Rewrite::EncapsulateInFragments { .. } => {
+            Err(packet::ParseError::Unsupported("sent in fragments"))
         }
         Rewrite::Encapsulate {
             outer_src,

@@ -9,6 +9,7 @@ pub mod flow;
 pub mod fuzzing;
 pub mod parse;
 pub mod rewrite;
+pub mod tunnel_fragment;
 
 pub use answer::{
     answer_arp, answer_echo, answer_neighbor_solicitation, build_arp_request,
@@ -23,3 +24,4 @@ pub use rewrite::{
     decapsulate, encapsulate, rewrite_destination, rewrite_icmp_error_destination,
     rewrite_icmp_error_source, rewrite_source, set_macs, IPV4_HEADER_LEN, IPV6_HEADER_LEN,
 };
+pub use tunnel_fragment::{build_tunnel_fragment, tunnel_fragment_payload};

@@ -1500,3 +1500,87 @@ fn frames_to_another_hosts_mac_are_dropped_and_the_port_mac_is_logged() {
         );
     }
 }
+
+/// TUN with a 1500-byte MTU: a 1500-byte IPv4 packet without don't-fragment does not fit with the tunnel header, so
+/// it is encapsulated and the outer packet sent in two fragments, which etherparse reassembles at the backend into
+/// the client's packet, checksums valid; the same packet with don't-fragment is answered with fragmentation-needed.
+#[test]
+fn tun_fragments_a_large_packet_without_df_and_answers_too_big_with_df() {
+    let dir = tempdir();
+    let a = addresses(false);
+    let client = client_addr(&a, 1);
+    let payload: Vec<u8> = (0..1460u32).map(|i| (i % 251) as u8).collect();
+    let syn = tcp(
+        client,
+        25_000,
+        a.vip,
+        80,
+        "syn",
+        b"",
+        (GATEWAY_MAC, CLIENT_PORT_MAC),
+    );
+    let with_df = tcp(
+        client,
+        25_000,
+        a.vip,
+        80,
+        "ack",
+        &payload,
+        (GATEWAY_MAC, CLIENT_PORT_MAC),
+    );
+    assert_eq!(with_df.len(), 14 + 1500);
+    assert_ne!(with_df[20] & 0x40, 0, "etherparse sets don't-fragment");
+    let mut without_df = with_df.clone();
+    without_df[20] &= !0x40;
+    let sum = ipv4_header_checksum(&without_df[14..34]);
+    without_df[24..26].copy_from_slice(&sum.to_be_bytes());
+    let result = run(
+        dir.path(),
+        &config(dir.path(), "tun", false),
+        &[syn, without_df.clone(), with_df],
+        &[],
+    );
+    let mut pool = etherparse::defrag::IpDefragPool::<(), ()>::new();
+    let mut whole = Vec::new();
+    let mut fragments = 0;
+    for frame in &result.backend_out {
+        assert!(frame.len() <= 14 + 1500, "every frame fits the MTU");
+        let sliced = SlicedPacket::from_ethernet(frame).unwrap();
+        let Some(NetSlice::Ipv4(outer)) = &sliced.net else {
+            panic!("IPv4")
+        };
+        let header = outer.header().to_header();
+        assert_eq!(header.calc_header_checksum(), header.header_checksum);
+        assert_eq!(outer.header().protocol().0, 4, "IP-in-IP");
+        match pool.process_sliced_packet(&sliced, (), ()).unwrap() {
+            Some(inner) => {
+                fragments += 1;
+                let mut inner_frame = frame[..14].to_vec();
+                inner_frame.extend(inner.payload);
+                whole.push(inner_frame);
+            }
+            None if header.is_fragmenting_payload() => fragments += 1,
+            None => {}
+        }
+    }
+    assert_eq!(fragments, 2, "{}", result.stdout);
+    assert_eq!(whole.len(), 1, "{}", result.stdout);
+    assert_eq!(
+        whole[0][14..],
+        without_df[14..],
+        "the client's packet, unchanged"
+    );
+    let s = seen(&whole[0]);
+    assert_eq!((s.src, s.dst, s.payload.len()), (client, a.vip, 1460));
+    // The packet with don't-fragment: an ICMP fragmentation-needed to the client, with the tunnel's MTU.
+    assert_eq!(result.client_out.len(), 1, "{}", result.stdout);
+    let answer = SlicedPacket::from_ethernet(&result.client_out[0]).unwrap();
+    match answer.transport {
+        Some(TransportSlice::Icmpv4(icmp)) => {
+            assert_eq!((icmp.type_u8(), icmp.code_u8()), (3, 4));
+            assert_eq!(&icmp.bytes5to8()[2..4], &1480u16.to_be_bytes());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(drops(&result.stdout, "too_big"), 1, "{}", result.stdout);
+}

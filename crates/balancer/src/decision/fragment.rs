@@ -11,10 +11,12 @@
 //! fragment and every later one on, in order over the same ring; that worker decides the first fragment as its
 //! owner and records the verdict for the later ones. A fragment therefore crosses at most two handoffs.
 
+use std::net::IpAddr;
+
 use packet::{Fragment, FrameLayout};
 
 use super::fragment_table::{DatagramFate, DatagramKey, FragmentTable};
-use super::{refused_whatever_its_destination, Action, DropReason, Rewrite, StagedKey};
+use super::{refused_whatever_its_destination, Action, DropReason, Forward, Rewrite, StagedKey};
 use super::{WorkerState, WorkerTables};
 use crate::snapshot::Snapshot;
 
@@ -115,20 +117,48 @@ fn later_fragment(snapshot: &Snapshot, layout: &FrameLayout, fate: DatagramFate)
             if layout.ttl <= 1 {
                 return Action::Drop(DropReason::TtlExpired);
             }
-            if let Rewrite::Encapsulate { outer_src, .. } = forward.rewrite {
-                let outer_len = if outer_src.is_ipv4() {
-                    packet::IPV4_HEADER_LEN
-                } else {
-                    packet::IPV6_HEADER_LEN
-                };
-                let mtu = snapshot
-                    .port(forward.port)
-                    .map_or(u16::MAX, |port| port.mtu);
-                if usize::from(layout.l3_len) + outer_len > usize::from(mtu) {
-                    return Action::Drop(DropReason::TooBig);
+            let tunnel = match forward.rewrite {
+                Rewrite::Encapsulate {
+                    outer_src,
+                    outer_dst,
+                } => Some((outer_src, outer_dst)),
+                Rewrite::EncapsulateInFragments {
+                    outer_src,
+                    outer_dst,
+                    ..
+                } => Some((IpAddr::V4(outer_src), IpAddr::V4(outer_dst))),
+                _ => None,
+            };
+            let Some((outer_src, outer_dst)) = tunnel else {
+                return Action::Forward(forward);
+            };
+            // In a tunnel, each fragment is sized on its own: whole if it fits, else in outer fragments.
+            let outer_len = if outer_src.is_ipv4() {
+                packet::IPV4_HEADER_LEN
+            } else {
+                packet::IPV6_HEADER_LEN
+            };
+            let mtu = snapshot
+                .port(forward.port)
+                .map_or(u16::MAX, |port| port.mtu);
+            let rewrite = if usize::from(layout.l3_len) + outer_len <= usize::from(mtu) {
+                Rewrite::Encapsulate {
+                    outer_src,
+                    outer_dst,
                 }
-            }
-            Action::Forward(forward)
+            } else {
+                match (layout.dont_fragment, outer_src, outer_dst) {
+                    (false, IpAddr::V4(outer_src), IpAddr::V4(outer_dst)) => {
+                        Rewrite::EncapsulateInFragments {
+                            outer_src,
+                            outer_dst,
+                            mtu,
+                        }
+                    }
+                    _ => return Action::Drop(DropReason::TooBig),
+                }
+            };
+            Action::Forward(Forward { rewrite, ..forward })
         }
         DatagramFate::Handoff { worker } => Action::Handoff { worker },
         DatagramFate::ToKernel => Action::ToKernel,

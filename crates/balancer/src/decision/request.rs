@@ -1,6 +1,8 @@
 //! Client requests to a service: the connection table first, then the scheduler (Maglev or an IPVS scheduler, with
 //! persistence) for a new flow, and the forward by the service's mode.
 
+use std::net::IpAddr;
+
 use packet::{FlowKey, FrameLayout};
 
 use super::{forward, martian_source, opened, Action, DropReason, Rewrite, StagedKey, WorkerState};
@@ -315,6 +317,17 @@ fn forward_on(
             };
             let mtu = snapshot.port(route.port).map_or(u16::MAX, |port| port.mtu);
             if usize::from(layout.l3_len) + outer_len > usize::from(mtu) {
+                // An IPv4 packet that may be fragmented is, as a router would; the others learn the path MTU.
+                if let (false, IpAddr::V4(outer_src), IpAddr::V4(outer_dst)) =
+                    (layout.dont_fragment, outer_src, backend.addr)
+                {
+                    let rewrite = Rewrite::EncapsulateInFragments {
+                        outer_src,
+                        outer_dst,
+                        mtu,
+                    };
+                    return forward(route, rewrite, Some(conn.backend), untracked, false);
+                }
                 return Action::TooBig {
                     from: layout.flow.dst_addr,
                     mtu: mtu.saturating_sub(outer_len as u16),

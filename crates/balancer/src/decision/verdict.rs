@@ -1,6 +1,6 @@
 //! The verdict of the forwarding decision: what to do with one frame, and why a dropped frame was dropped.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use crate::service::BackendId;
 
@@ -182,6 +182,14 @@ pub enum Rewrite {
     Encapsulate {
         outer_src: IpAddr,
         outer_dst: IpAddr,
+    },
+    /// TUN for an IPv4 packet without don't-fragment that the tunnel header makes longer than the egress `mtu`:
+    /// encapsulated, and the outer packet sent in fragments that fit (RFC 2003 section 5.1), which the backend
+    /// reassembles before it unwraps the packet.
+    EncapsulateInFragments {
+        outer_src: Ipv4Addr,
+        outer_dst: Ipv4Addr,
+        mtu: u16,
     },
     /// An ICMP error mapped like the flow it quotes: `destination` (address, port) becomes the outer destination
     /// and the quoted source; `source` the outer source and the quoted destination.

@@ -133,7 +133,7 @@ pub struct Service {
     pub backends: Vec<Backend>,
     /// Route to each backend, in the order of `backends`.
     pub routes: Vec<Route>,
-    /// Built for every service: it is the scheduler of `mh` services, and every service places fragments with it.
+    /// Built for every service: it is the scheduler of `mh` services.
     pub maglev: MaglevTable,
     /// Outer source for TUN encapsulation.
     pub tunnel_source: Option<IpAddr>,
@@ -235,9 +235,6 @@ pub struct Snapshot {
     by_backend: Vec<Option<BackendPlace>>,
     /// NAT backends' (address, port, protocol) -> service index, to recognise their replies.
     nat_backends: PlaceMap<u32>,
-    /// (VIP, protocol) -> the service that takes fragments without ports: the all-ports service, else the only
-    /// service of the VIP and protocol; absent when that is ambiguous.
-    fragment_services: PlaceMap<u32>,
     owned: PlaceMap<OwnedAddress>,
     ports: Vec<PortSpec>,
     gateways: Vec<GatewaySpec>,
@@ -292,7 +289,6 @@ impl Snapshot {
             by_key: PlaceMap::default(),
             by_backend: Vec::new(),
             nat_backends: PlaceMap::default(),
-            fragment_services: PlaceMap::default(),
             owned,
             ports: spec.ports.clone(),
             gateways: spec.gateways.clone(),
@@ -406,36 +402,7 @@ impl Snapshot {
                 tunnel_source,
             });
         }
-        // (services of the VIP and protocol, the last of them, its all-ports service)
-        let mut per_vip: HashMap<(IpAddr, u8), (u32, u32, Option<u32>)> = HashMap::new();
-        for (index, service) in snapshot.services.iter().enumerate() {
-            let index = index as u32;
-            let entry = per_vip
-                .entry((service.key.vip, service.key.protocol))
-                .or_insert((0, index, None));
-            entry.0 += 1;
-            entry.1 = index;
-            if service.key.port == 0 {
-                entry.2 = Some(index);
-            }
-        }
-        for (key, (count, last, all_ports)) in per_vip {
-            if let Some(index) = all_ports.or((count == 1).then_some(last)) {
-                snapshot
-                    .fragment_services
-                    .insert(PlaceKey::new(key.0, 0, key.1), index);
-            }
-        }
         Ok(snapshot)
-    }
-
-    /// The service that takes fragments carrying no ports for `vip` over `protocol`.
-    #[inline]
-    pub fn fragment_service(&self, vip: IpAddr, protocol: u8) -> Option<(u32, &Service)> {
-        let index = *self
-            .fragment_services
-            .get(&PlaceKey::new(vip, 0, protocol))?;
-        Some((index, &self.services[index as usize]))
     }
 
     /// The service a client reaches at `vip:port` over `protocol`: an exact match, else the VIP's all-ports service.

@@ -505,6 +505,11 @@ fn arp_and_echo_are_answered_and_only_honest_neighbours_learned() {
         harness.decide_on(&arp(1, "10.0.0.8", "10.0.0.200"), CLIENT_PORT),
         Action::Drop(DropReason::NeighborNotForUs)
     );
+    // A sender outside the connected subnets (a router numbered elsewhere) is answered, and not learned.
+    assert_eq!(
+        harness.decide_on(&arp(1, "192.0.2.7", "10.0.0.100"), CLIENT_PORT),
+        Action::AnswerArp
+    );
     // A reply nobody asked for fills nothing.
     let backend = ip("10.1.0.11");
     assert_eq!(

@@ -39,15 +39,20 @@ impl WorkerState {
         match arp.operation {
             // An address probe (RFC 5227) names no sender to learn.
             ARP_REQUEST if arp.sender_ip.is_unspecified() && for_us => Action::AnswerArp,
-            ARP_REQUEST if for_us => {
-                if !lives_on(snapshot, ingress, sender) {
-                    return Action::Drop(DropReason::NeighborWrongSide);
-                }
+            ARP_REQUEST if for_us => match snapshot.route(sender) {
                 // A neighbour that asks for us tells its MAC: taken only if it is one of our next hops.
-                self.neighbors
-                    .confirm(ingress, sender, arp.sender_mac, now_ms);
-                Action::AnswerArp
-            }
+                Some(route) if route.next_hop == sender && route.port == ingress => {
+                    self.neighbors
+                        .confirm(ingress, sender, arp.sender_mac, now_ms);
+                    Action::AnswerArp
+                }
+                // An address that lives behind another port, claimed here: a poisoning attempt.
+                Some(route) if route.next_hop == sender => {
+                    Action::Drop(DropReason::NeighborWrongSide)
+                }
+                // A sender outside every connected subnet (a router numbered elsewhere): answered, never learned.
+                _ => Action::AnswerArp,
+            },
             ARP_REPLY => self.neighbor_said(snapshot, ingress, sender, arp.sender_mac, now_ms),
             _ => Action::Drop(DropReason::NeighborNotForUs),
         }

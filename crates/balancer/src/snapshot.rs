@@ -134,7 +134,7 @@ pub struct Service {
     pub backends: Vec<Backend>,
     /// Route to each backend, in the order of `backends`.
     pub routes: Vec<Route>,
-    /// Built for every service: it is the scheduler of `mh` services, and every service places fragments with it.
+    /// Built for every service: it is the scheduler of `mh` services.
     pub maglev: MaglevTable,
     /// Outer source for TUN encapsulation, in the form the rewrite takes (every TUN frame carries it).
     pub tunnel_source: Option<WireAddr>,
@@ -238,9 +238,6 @@ pub struct Snapshot {
     routes_by_backend: Vec<Option<Route>>,
     /// NAT backends' (address, port, protocol) -> service index, to recognise their replies.
     nat_backends: PlaceMap<u32>,
-    /// (VIP, protocol) -> the service that takes fragments without ports: the all-ports service, else the only
-    /// service of the VIP and protocol; absent when that is ambiguous.
-    fragment_services: PlaceMap<u32>,
     owned: PlaceMap<OwnedAddress>,
     ports: Vec<PortSpec>,
     gateways: Vec<GatewaySpec>,
@@ -296,7 +293,6 @@ impl Snapshot {
             by_backend: Vec::new(),
             routes_by_backend: Vec::new(),
             nat_backends: PlaceMap::default(),
-            fragment_services: PlaceMap::default(),
             owned,
             ports: spec.ports.clone(),
             gateways: spec.gateways.clone(),
@@ -414,36 +410,7 @@ impl Snapshot {
                 tunnel_source: tunnel_source.map(WireAddr::from),
             });
         }
-        // (services of the VIP and protocol, the last of them, its all-ports service)
-        let mut per_vip: HashMap<(IpAddr, u8), (u32, u32, Option<u32>)> = HashMap::new();
-        for (index, service) in snapshot.services.iter().enumerate() {
-            let index = index as u32;
-            let entry = per_vip
-                .entry((service.key.vip, service.key.protocol))
-                .or_insert((0, index, None));
-            entry.0 += 1;
-            entry.1 = index;
-            if service.key.port == 0 {
-                entry.2 = Some(index);
-            }
-        }
-        for (key, (count, last, all_ports)) in per_vip {
-            if let Some(index) = all_ports.or((count == 1).then_some(last)) {
-                snapshot
-                    .fragment_services
-                    .insert(PlaceKey::new(key.0, 0, key.1), index);
-            }
-        }
         Ok(snapshot)
-    }
-
-    /// The service that takes fragments carrying no ports for `vip` over `protocol`.
-    #[inline]
-    pub fn fragment_service(&self, vip: IpAddr, protocol: u8) -> Option<(u32, &Service)> {
-        let index = *self
-            .fragment_services
-            .get(&PlaceKey::new(vip, 0, protocol))?;
-        Some((index, &self.services[index as usize]))
     }
 
     /// The service a client reaches at `vip:port` over `protocol`: an exact match, else the VIP's all-ports service.
@@ -545,6 +512,24 @@ impl Snapshot {
                 next_hop: gateway.addr,
                 mac: MacWord::from_option(gateway.mac),
             })
+    }
+
+    /// The next hops whose MAC the configuration does not give, which the workers resolve ahead of traffic:
+    /// every backend's (itself on a connected subnet, or the gateway) and every gateway's, as (port, address); an
+    /// address may come more than once.
+    pub fn next_hops_to_resolve(&self) -> impl Iterator<Item = (u16, IpAddr)> + '_ {
+        let backends = self
+            .services
+            .iter()
+            .flat_map(|service| service.routes.iter())
+            .filter(|route| !route.mac.is_known())
+            .map(|route| (route.port, route.next_hop));
+        let gateways = self
+            .gateways
+            .iter()
+            .filter(|gateway| gateway.mac.is_none())
+            .map(|gateway| (gateway.port, gateway.addr));
+        backends.chain(gateways)
     }
 
     /// The port with index `port`.

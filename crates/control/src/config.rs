@@ -122,6 +122,7 @@ struct RawPort {
     #[serde(default)]
     addresses: Vec<Spanned<String>>,
     kernel_interface: Option<Spanned<String>>,
+    mac: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -259,6 +260,9 @@ pub struct PortConfig {
     pub addresses: Vec<Prefix>,
     /// The kernel interface (a `net_tap`) of the exception path: `kernel_interface`, or `sl-<name>`.
     pub kernel_interface: String,
+    /// The port's MAC, when the configuration sets it (otherwise the device's own): the only unicast address
+    /// the port accepts frames for.
+    pub mac: Option<[u8; 6]>,
 }
 
 impl PortConfig {
@@ -635,7 +639,23 @@ impl Config {
                     ),
                 ));
             }
+            let mac = match &port.mac {
+                Some(spanned) => {
+                    let mac = parse_mac(spanned.get_ref())
+                        .map_err(|e| locator.error_at(&spanned.span(), format!("port mac: {e}")))?;
+                    if mac[0] & 1 != 0 || mac == [0; 6] {
+                        return Err(locator.error_at(
+                            &spanned.span(),
+                            "port mac: a port's own address is unicast (the low bit of the first byte clear) \
+                             and not all zeros",
+                        ));
+                    }
+                    Some(mac)
+                }
+                None => None,
+            };
             ports.push(PortConfig {
+                mac,
                 name,
                 device: port.device.get_ref().trim().to_owned(),
                 mtu,

@@ -528,3 +528,25 @@ fn a_vip_that_is_another_role_s_address_is_refused() {
     assert_error(&service_on("10.0.0.5", network), 6, &["backend of service"]);
     assert!(Config::parse(&service_on("10.0.0.100", network), "test.toml").is_ok());
 }
+
+#[test]
+fn a_port_mac_is_read_and_must_be_unicast() {
+    let with_mac = |mac: &str| {
+        BASE.replace(
+            "device = \"net_ring0\"\n",
+            &format!("device = \"net_ring0\"\nmac = \"{mac}\"\n"),
+        ) + SERVICE
+    };
+    let config = Config::parse(&with_mac("02:00:00:00:00:0a"), "mac.toml").unwrap();
+    assert_eq!(config.ports[0].mac, Some([2, 0, 0, 0, 0, 0x0a]));
+    assert_eq!(
+        Config::parse(&format!("{BASE}{SERVICE}"), "none.toml")
+            .unwrap()
+            .ports[0]
+            .mac,
+        None
+    );
+    for bad in ["01:00:5e:00:00:01", "00:00:00:00:00:00", "02:00:00"] {
+        assert_error(&with_mac(bad), 4, &["port mac"]);
+    }
+}

@@ -575,6 +575,9 @@ pub struct Port {
     rx_queues: u16,
     tx_queues: u16,
     rss: bool,
+    /// The MAC the configuration gave the port, when the device would not take it: sluice uses it in software
+    /// (as the source of what it sends, and to accept frames on a promiscuous port).
+    configured_mac: Option<[u8; 6]>,
     /// The pool the receive queues fill from: held so that no safe code can free it under a running port.
     _pool: std::sync::Arc<Mempool>,
 }
@@ -681,6 +684,7 @@ impl Port {
             rx_queues: config.rx_queues,
             tx_queues: config.tx_queues,
             rss,
+            configured_mac: None,
             _pool: std::sync::Arc::clone(pool),
         })
     }
@@ -732,8 +736,21 @@ impl Port {
         })
     }
 
-    /// The port's MAC address.
+    /// Gives the port the MAC `mac`. Returns whether the device took it; a device that cannot (net_pcap, for one)
+    /// keeps its own, and [`Port::mac_address`] answers `mac` all the same.
+    pub fn set_mac_address(&mut self, mac: [u8; 6]) -> bool {
+        let mut addr = sys::rte_ether_addr { addr_bytes: mac };
+        // SAFETY: addr is a valid ether address for the duration of the call.
+        let result = unsafe { sys::rte_eth_dev_default_mac_addr_set(self.id, &mut addr) };
+        self.configured_mac = Some(mac);
+        result == 0
+    }
+
+    /// The port's MAC address (the configured one, when the configuration set it).
     pub fn mac_address(&self) -> Result<[u8; 6], DpdkError> {
+        if let Some(mac) = self.configured_mac {
+            return Ok(mac);
+        }
         let mut addr = sys::rte_ether_addr::default();
         // SAFETY: addr is a valid out pointer.
         let result = unsafe { sys::rte_eth_macaddr_get(self.id, &mut addr) };

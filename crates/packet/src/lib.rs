@@ -10,6 +10,7 @@ pub mod fuzzing;
 pub mod mac;
 pub mod parse;
 pub mod rewrite;
+pub mod tunnel_fragment;
 pub mod wire_addr;
 
 pub use answer::{
@@ -27,4 +28,5 @@ pub use rewrite::{
     rewrite_icmp_error_source, rewrite_source, rewrite_source_and_destination, set_macs,
     set_macs_word, IPV4_HEADER_LEN, IPV6_HEADER_LEN,
 };
+pub use tunnel_fragment::{build_tunnel_fragment, tunnel_fragment_payload};
 pub use wire_addr::WireAddr;

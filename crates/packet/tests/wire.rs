@@ -267,6 +267,38 @@ fn fragments_carry_ports_only_in_the_first() {
     }
 }
 
+/// A first fragment carries the beginning of its datagram: its UDP length names the whole datagram and runs past
+/// the fragment, which is no reason to refuse it; a whole datagram whose UDP length runs past it is malformed.
+#[test]
+fn a_first_fragment_is_not_held_to_the_udp_length_of_its_datagram() {
+    let shape = Shape {
+        v6: false,
+        tcp: false,
+        vlan: None,
+    };
+    let whole = build(shape, v4(1), v4(2), 5000, 53, &[7; 2472]);
+    // The first 1480 bytes of the IP payload, more fragments flag set, total length and checksum fixed.
+    let mut first = whole[..14 + 20 + 1480].to_vec();
+    first[16..18].copy_from_slice(&1500u16.to_be_bytes());
+    first[20..22].copy_from_slice(&0x2000u16.to_be_bytes());
+    first[24..26].fill(0);
+    let sum = reference_sum(&[&first[14..34]]);
+    first[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let layout = packet::parse_frame(&first).expect("a first fragment parses");
+    assert!(matches!(layout.fragment, Fragment::First { .. }));
+    assert_eq!((layout.flow.src_port, layout.flow.dst_port), (5000, 53));
+    // The same truncation without the fragment flag is a datagram shorter than its UDP length.
+    let mut cut = first.clone();
+    cut[20..22].fill(0);
+    cut[24..26].fill(0);
+    let sum = reference_sum(&[&cut[14..34]]);
+    cut[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    assert_eq!(
+        packet::parse_frame(&cut),
+        Err(ParseError::Malformed("UDP length"))
+    );
+}
+
 #[test]
 fn encapsulation_wraps_and_unwraps() {
     for v6_frame in [false, true] {

@@ -129,8 +129,9 @@ pub fn run(args: RunArgs) -> Result<(), String> {
                 mtu: None,
                 promiscuous: true,
             };
-            let opened = Port::configure(&eal, id, &port_config, &pool)
+            let mut opened = Port::configure(&eal, id, &port_config, &pool)
                 .map_err(|e| format!("port {} ({}): {e}", port.name, port.device))?;
+            log_port_mac(port, &mut opened)?;
             log::info!(
                 "port {} = {} (dpdk port {id}, {} rx/tx queues, rss {})",
                 port.name,
@@ -560,6 +561,7 @@ fn run_balancer(
             }
             // One last turn flushes what is pending and drains the handoff ring.
             worker.poll(clock());
+            worker.drop_waiting_frames(clock());
             worker.stats()
         })
         .map_err(|e| e.to_string())?;
@@ -730,7 +732,7 @@ fn print_worker_stats(stats: &[Arc<WorkerStats>], elapsed: f64) {
             .collect();
         println!(
             "worker {index}: rx {} tx {} forwarded {} answered {} handed_off {} handoffs_received {} untracked {} \
-             resolutions_sent {} connections {} drops {}",
+             resolutions_sent {} fragments_held {} connections {} drops {}",
             load(&worker.rx),
             load(&worker.tx),
             load(&worker.forwarded),
@@ -739,6 +741,7 @@ fn print_worker_stats(stats: &[Arc<WorkerStats>], elapsed: f64) {
             load(&worker.handoffs_received),
             load(&worker.untracked),
             load(&worker.resolutions_sent),
+            load(&worker.fragments_held),
             load(&worker.connections),
             if drops.is_empty() { "none".into() } else { drops.join(" ") }
         );
@@ -747,6 +750,33 @@ fn print_worker_stats(stats: &[Arc<WorkerStats>], elapsed: f64) {
         "sluice: stopped after {elapsed:.2} s: rx {total_rx} tx {total_tx} rate {:.3} Mpps",
         total_rx as f64 / elapsed / 1e6
     );
+}
+
+/// Gives `opened` the MAC the configuration sets for `port`, and logs the MAC the port answers to: the only
+/// unicast destination its frames may have (frames to another host's MAC are dropped as not_our_mac).
+fn log_port_mac(port: &control::config::PortConfig, opened: &mut Port) -> Result<(), String> {
+    let show = |mac: [u8; 6]| {
+        mac.iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    match port.mac {
+        Some(mac) if opened.set_mac_address(mac) => {
+            log::info!("port {}: MAC {} (configured)", port.name, show(mac))
+        }
+        Some(mac) => log::info!(
+            "port {}: MAC {} (configured; the device keeps its own, the port being promiscuous sluice uses \
+             this one)",
+            port.name,
+            show(mac)
+        ),
+        None => {
+            let mac = opened.mac_address().map_err(|e| e.to_string())?;
+            log::info!("port {}: MAC {} (the device's)", port.name, show(mac))
+        }
+    }
+    Ok(())
 }
 
 /// The services and backends with their traffic summed over the workers, in the layout of `ipvsadm -Ln --stats`.

@@ -233,13 +233,21 @@ fn ctl_and_metrics_through_the_running_binary() {
         .port();
     let backends = "[[service.backend]]\naddress = \"10.1.0.11\"\nmac = \"02:be:00:00:00:0b\"\n\
                     [[service.backend]]\naddress = \"10.1.0.12\"\nmac = \"02:be:00:00:00:0c\"\n";
-    let text = config(dir.path(), backends).replace(
-        &format!("net_pcap0,rx_pcap={}/empty.pcap", dir.path().display()),
-        &format!("net_pcap0,rx_pcap={}", traffic.display()),
-    ) + &format!(
-        "[control]\nsocket = \"{}\"\nmetrics = \"127.0.0.1:{metrics_port}\"\n",
-        socket.display()
-    );
+    // The client port answers to the MAC `sluice generate` sends to by default.
+    let text = config(dir.path(), backends)
+        .replace(
+            &format!("net_pcap0,rx_pcap={}/empty.pcap", dir.path().display()),
+            &format!("net_pcap0,rx_pcap={}", traffic.display()),
+        )
+        .replacen(
+            "addresses = [\"10.0.0.1/24\"]\n",
+            "addresses = [\"10.0.0.1/24\"]\nmac = \"02:00:00:00:00:01\"\n",
+            1,
+        )
+        + &format!(
+            "[control]\nsocket = \"{}\"\nmetrics = \"127.0.0.1:{metrics_port}\"\n",
+            socket.display()
+        );
     let path = dir.path().join("sluice.toml");
     std::fs::write(&path, &text).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))

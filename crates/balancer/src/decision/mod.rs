@@ -8,10 +8,9 @@
 //! owns the local port (see [`PortPartition`](crate::port_alloc::PortPartition)). A frame that reached another
 //! worker is handed over.
 //!
-//! Fragments: every fragment of a datagram goes to the backend the service's Maglev table gives for the hash of
-//! source address, destination address and protocol (Maglev's own rule), without connection tracking, so that
-//! later fragments, which carry no ports, follow the first. Fragmented FULLNAT traffic and later fragments of NAT
-//! replies cannot be mapped without reassembly: they are dropped and counted.
+//! Fragments: a first fragment carries the ports and is decided here like a whole datagram; the fate of the later
+//! ones, which carry no ports, comes from the fragment table ([`WorkerState::decide_fragment`], `fragment`), so a
+//! later fragment decided without it is dropped.
 //!
 //! What a router would not forward is dropped by reason before anything else is decided: tagged frames (the ports
 //! are untagged) and source-routed IPv4 for every destination; a TTL of 0 or 1 on the way to a backend (never on
@@ -20,6 +19,7 @@
 
 mod arp;
 mod fragment;
+mod fragment_table;
 mod icmp;
 mod reply;
 mod request;
@@ -38,6 +38,8 @@ use crate::scheduler::{IpvsScheduler, LoadTable};
 use crate::service::{BackendId, SchedulerKind};
 use crate::snapshot::{Route, Snapshot};
 
+pub use fragment::FragmentAction;
+pub use fragment_table::{DatagramFate, DatagramKey, FragmentTable};
 use request::Established;
 pub use verdict::{Action, DropReason, Forward, Rewrite};
 
@@ -220,7 +222,7 @@ impl WorkerState {
             return;
         }
         *verdict = match layout.l3 {
-            L3::Arp => self.arp(snapshot, layout),
+            L3::Arp => self.arp(snapshot, layout, ingress, now_ms),
             L3::Ipv4 | L3::Ipv6 => {
                 // The common case first: a whole datagram of a connection this worker tracks, forwarded from its
                 // entry without classifying the destination again. A frame at the end of its TTL takes the full
@@ -281,18 +283,15 @@ impl WorkerState {
             }
             IcmpKind::NeighborSolicitation { target } => {
                 return match snapshot.owned(IpAddr::V6(target)) {
+                    // Neighbour discovery that crossed a router is refused (RFC 4861 section 7.1.1).
+                    Some(_) if layout.ttl != 255 => Action::Drop(DropReason::NeighborRouted),
                     Some(_) => Action::AnswerNeighborSolicitation,
                     None => Action::Drop(DropReason::NeighborNotForUs),
-                }
+                };
             }
             IcmpKind::NeighborAdvertisement { target, target_mac } => {
-                return match target_mac {
-                    Some(mac) => match self.neighbors.learn(IpAddr::V6(target), mac) {
-                        Ok(()) => Action::Consumed,
-                        Err(_) => Action::Drop(DropReason::NeighborTableFull),
-                    },
-                    None => Action::Drop(DropReason::NeighborNotForUs),
-                }
+                return self
+                    .neighbor_advertisement(snapshot, layout, target, target_mac, ingress, now_ms);
             }
             IcmpKind::EchoReply | IcmpKind::Other => {
                 return match snapshot.owned(flow.dst_addr) {
@@ -304,19 +303,21 @@ impl WorkerState {
             }
         }
 
-        // The common case first: a whole datagram to a service, found with one probe (a service's address is
-        // always an owned VIP).
-        if layout.fragment == Fragment::None {
-            if let Some((index, service)) =
-                snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)
-            {
-                if layout.ttl <= 1 {
-                    return Action::Drop(DropReason::TtlExpired);
-                }
-                return self.request_to(
-                    snapshot, schedulers, layout, staged, index, service, handed_off, now_ms,
-                );
+        if let Fragment::Later { .. } = layout.fragment {
+            // No ports: only the fragment table knows where its datagram goes.
+            return Action::Drop(DropReason::FragmentUnsupported);
+        }
+        // The common case first: a whole datagram (or a first fragment) to a service, found with one probe (a
+        // service's address is always an owned VIP).
+        if let Some((index, service)) =
+            snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)
+        {
+            if layout.ttl <= 1 {
+                return Action::Drop(DropReason::TtlExpired);
             }
+            return self.request_to(
+                snapshot, schedulers, layout, staged, index, service, handed_off, now_ms,
+            );
         }
         if let Some(owned) = snapshot.owned(flow.dst_addr) {
             if owned.vip {

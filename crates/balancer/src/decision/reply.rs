@@ -98,7 +98,8 @@ impl WorkerState {
         now_ms: u64,
     ) -> Action {
         let flow = layout.flow;
-        if layout.fragment != Fragment::None {
+        // A first fragment carries the ports: it is mapped through its connection like a whole datagram.
+        if let Fragment::Later { .. } = layout.fragment {
             return Action::Drop(DropReason::FragmentUnsupported);
         }
         if !handed_off && self.place.workers > 1 {

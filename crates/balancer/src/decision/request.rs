@@ -1,7 +1,9 @@
 //! Client requests to a service: the connection table first, then the scheduler (Maglev or an IPVS scheduler, with
 //! persistence) for a new flow, and the forward by the service's mode.
 
-use packet::{FlowKey, Fragment, FrameLayout};
+use std::net::IpAddr;
+
+use packet::{FlowKey, FrameLayout};
 
 use super::{forward, martian_source, opened, Action, DropReason, Rewrite, StagedKey, WorkerState};
 use crate::conntrack::{
@@ -32,15 +34,6 @@ impl WorkerState {
         now_ms: u64,
     ) -> Option<Action> {
         let flow = layout.flow;
-        if layout.fragment != Fragment::None {
-            if layout.ttl <= 1 {
-                return Some(Action::Drop(DropReason::TtlExpired));
-            }
-            if martian_source(snapshot, flow.src_addr) {
-                return Some(Action::Drop(DropReason::MartianSource));
-            }
-            return Some(self.fragment_request(snapshot, layout));
-        }
         // Without a service the frame may be the node's own (the kernel's), whatever its TTL.
         let (service_index, service) =
             snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)?;
@@ -344,6 +337,17 @@ fn forward_on(
             };
             let mtu = snapshot.port(route.port).map_or(u16::MAX, |port| port.mtu);
             if usize::from(layout.l3_len) + outer_len > usize::from(mtu) {
+                // An IPv4 packet that may be fragmented is, as a router would; the others learn the path MTU.
+                if let (false, IpAddr::V4(outer_src), IpAddr::V4(outer_dst)) =
+                    (layout.dont_fragment, outer_src.ip(), endpoints.backend.ip())
+                {
+                    let rewrite = Rewrite::EncapsulateInFragments {
+                        outer_src,
+                        outer_dst,
+                        mtu,
+                    };
+                    return forward(route, rewrite, Some(backend_id), untracked, false);
+                }
                 return Action::TooBig {
                     from: layout.flow.dst_addr,
                     mtu: mtu.saturating_sub(outer_len as u16),

@@ -1,6 +1,6 @@
 //! The verdict of the forwarding decision: what to do with one frame, and why a dropped frame was dropped.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use packet::{MacWord, WireAddr};
 
@@ -28,11 +28,12 @@ pub enum DropReason {
     IcmpErrorUnknownFlow,
     /// ICMP other than echo requests to us and errors about our flows.
     IcmpUnsupported,
-    /// A fragment that cannot be forwarded without reassembly.
+    /// A fragment whose datagram cannot be forwarded: a later fragment decided without the fragment table, or
+    /// the rest of a datagram whose first fragment was answered rather than forwarded.
     FragmentUnsupported,
     /// ARP or neighbour discovery not for us.
     NeighborNotForUs,
-    /// The neighbour table is full.
+    /// The neighbour table had no room for a next hop to resolve.
     NeighborTableFull,
     /// A connection could not be tracked for another reason (see the connection table's errors).
     ConnectionRejected,
@@ -62,10 +63,27 @@ pub enum DropReason {
     IcmpErrorMisaddressed,
     /// An ICMP error that arrived on another side than the one the packet it quotes went to.
     IcmpErrorWrongPort,
+    /// A later fragment whose datagram's first fragment did not come while it was held (counted by the data
+    /// plane).
+    FragmentWithoutFirst,
+    /// A later fragment that came before its first while the worker already held as many as it may (counted by
+    /// the data plane).
+    FragmentHoldFull,
+    /// ARP or neighbour discovery claiming an address that does not live on the subnet of the port it came in
+    /// on (a poisoning attempt from another segment).
+    NeighborWrongSide,
+    /// An ARP reply or neighbour advertisement for an address that is no next hop sluice asked about: it cannot
+    /// fill the table.
+    NeighborUnwanted,
+    /// Neighbour discovery with a hop limit below 255: it crossed a router (RFC 4861).
+    NeighborRouted,
+    /// A unicast frame to another host's MAC (the ports are promiscuous): a router would not take it (counted by
+    /// the data plane).
+    NotOurMac,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 26;
+    pub const COUNT: usize = 32;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::NotOurs,
         DropReason::NoService,
@@ -93,6 +111,12 @@ impl DropReason {
         DropReason::ReplyWrongPort,
         DropReason::IcmpErrorMisaddressed,
         DropReason::IcmpErrorWrongPort,
+        DropReason::FragmentWithoutFirst,
+        DropReason::FragmentHoldFull,
+        DropReason::NeighborWrongSide,
+        DropReason::NeighborUnwanted,
+        DropReason::NeighborRouted,
+        DropReason::NotOurMac,
     ];
 
     /// Index into a per-reason counter array.
@@ -130,6 +154,12 @@ impl DropReason {
             DropReason::ReplyWrongPort => "reply_wrong_port",
             DropReason::IcmpErrorMisaddressed => "icmp_error_misaddressed",
             DropReason::IcmpErrorWrongPort => "icmp_error_wrong_port",
+            DropReason::FragmentWithoutFirst => "fragment_without_first",
+            DropReason::FragmentHoldFull => "fragment_hold_full",
+            DropReason::NeighborWrongSide => "neighbor_wrong_side",
+            DropReason::NeighborUnwanted => "neighbor_unwanted",
+            DropReason::NeighborRouted => "neighbor_routed",
+            DropReason::NotOurMac => "not_our_mac",
         }
     }
 }
@@ -154,6 +184,14 @@ pub enum Rewrite {
     Encapsulate {
         outer_src: WireAddr,
         outer_dst: WireAddr,
+    },
+    /// TUN for an IPv4 packet without don't-fragment that the tunnel header makes longer than the egress `mtu`:
+    /// encapsulated, and the outer packet sent in fragments that fit (RFC 2003 section 5.1), which the backend
+    /// reassembles before it unwraps the packet.
+    EncapsulateInFragments {
+        outer_src: Ipv4Addr,
+        outer_dst: Ipv4Addr,
+        mtu: u16,
     },
     /// An ICMP error mapped like the flow it quotes: `destination` (address, port) becomes the outer destination
     /// and the quoted source; `source` the outer source and the quoted destination.

@@ -274,6 +274,7 @@ fn cost_of_a_backend_change(connections: u32, after: usize) -> (u64, u64, u64) {
             protocol: 6,
             ttl: 64,
             source_routed: false,
+            dont_fragment: false,
             flow,
             fragment: Fragment::None,
             tcp_flags: tcp_flags::SYN,

@@ -5,6 +5,8 @@ pub mod fuzzing;
 pub mod health;
 pub mod keepalived;
 pub mod keepalived_vrrp;
+pub mod observe;
 pub mod protocol;
 pub mod sync_config;
+pub mod systemd;
 pub mod vip_owner;

@@ -415,6 +415,7 @@ fn run_balancer(
     let mut endpoints = Endpoints::open(config.control.socket.as_deref(), config.control.metrics)?;
     let stop = Arc::new(AtomicBool::new(false));
     install_stop_handler(&stop);
+    let stop_signals = crate::lifecycle::StopSignals::watch();
     let mut registry = BackendIdRegistry::new();
     let macs: Vec<[u8; 6]> = ports
         .iter()
@@ -631,20 +632,25 @@ fn run_balancer(
         }
         None => None,
     };
+    let first_turns = beats.clone();
     let mut liveness = crate::announce::Liveness::new(beats);
     let reload = reload_signal();
     log::info!(
         "forwarding with {workers} workers; SIGHUP reloads {}, ctrl-c stops",
         args.config.display()
     );
+    crate::lifecycle::forwarding(&first_turns, workers);
     let mut conditions = StopConditions::new(args, &progress);
     while !stop.load(Ordering::SeqCst) && !conditions.reached() {
         if reload.swap(false, Ordering::SeqCst) {
             log::info!("SIGHUP: reloading {}", args.config.display());
-            match control.reload(&args.config) {
+            crate::lifecycle::reloading();
+            let outcome = control.reload(&args.config);
+            match &outcome {
                 Ok(message) => log::info!("{message}"),
                 Err(error) => log::error!("{error}"),
             }
+            crate::lifecycle::reloaded(&outcome);
         }
         endpoints.serve(&mut control, &args.config);
         control.apply_health_events();
@@ -668,6 +674,7 @@ fn run_balancer(
             }
         }
     }
+    stop_signals.stopping();
     if let Some(announcer) = &mut announcer {
         for change in announcer.withdraw_all() {
             log::info!("stopping: {change}");

@@ -13,6 +13,9 @@ packages=(
     gnuplot-nox                    # benchmark plots
     bird2 frr                      # the cluster test bed: BIRD on the nodes, FRR (zebra, bgpd, bfdd) on the router
     keepalived                     # the VRRP test bed: keepalived --vrrp on each node's tap
+    prometheus                     # promtool, which checks the metrics endpoint's exposition (Debian packages it
+                                   # only with the server, whose service is disabled below)
+    man-db groff-base              # man -l on the generated manual pages (scripts/test-packaging.sh)
 )
 
 sudo_cmd=()
@@ -35,8 +38,8 @@ fi
 
 # The cluster and VRRP tests start their own BIRD, FRR and keepalived daemons in network namespaces: the packages'
 # system services are not wanted (they would hold the BGP port, the control sockets and the VRRP instances of the
-# root namespace).
-for service in bird frr keepalived; do
+# root namespace). Only promtool of the prometheus package is used.
+for service in bird frr keepalived prometheus; do
     if command -v systemctl > /dev/null && [ -d /run/systemd/system ]; then
         "${sudo_cmd[@]}" systemctl disable --now "$service" > /dev/null 2>&1 || true
     elif [ -x "/etc/init.d/$service" ]; then

@@ -69,7 +69,7 @@ run_mode() {
     done
     sleep 0.5
     backend_stop 1
-    wait_for_log "backend id 0: down"
+    wait_for_log "(id 0): down"
     counts=$(ns client python3 scripts/netns/client.py count "$URL" 100) || fail "requests after be1 stopped failed: $counts"
     [ "$(backends_in "$counts")" = "be2" ] || fail "after be1 stopped, expected only be2, got $counts"
     local survivors=0

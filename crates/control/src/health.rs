@@ -318,12 +318,35 @@ fn record(
             check.state.consecutive_failures()
         ),
     };
-    log::info!(
-        "backend {}: {} ({reason})",
+    // The control loop logs the change once, with the service (it knows which backend the key is).
+    log::debug!(
+        "probe of {}: {} ({reason})",
         check.spec.target,
         if up { "up" } else { "down" }
     );
     events.send(HealthEvent { key, up, reason }).is_ok()
+}
+
+/// The one log line of a health change: the service and backend by name, the backend's id, the verdict and why.
+/// A backend going down is a warning; coming back is information.
+pub fn log_change(event: &HealthEvent, registry: &crate::config::BackendIdRegistry) {
+    use balancer::snapshot::{describe_endpoint, describe_service};
+    let id = balancer::service::BackendId(event.key);
+    let name = registry.ids().get(&id).map_or_else(
+        || "a removed backend".to_owned(),
+        |(service, address, port)| {
+            format!(
+                "service {} backend {}",
+                describe_service(service),
+                describe_endpoint(*address, *port)
+            )
+        },
+    );
+    if event.up {
+        log::info!("health: {name} (id {}): up ({})", event.key, event.reason);
+    } else {
+        log::warn!("health: {name} (id {}): down ({})", event.key, event.reason);
+    }
 }
 
 fn apply(checks: &mut HashMap<u32, Check>, specs: Vec<(u32, HealthCheckSpec)>, now: Instant) {

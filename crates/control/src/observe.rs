@@ -4,7 +4,13 @@
 //! `promtool check metrics` accepts them. The binary gathers the samples (device counters come from DPDK there)
 //! and this module only writes them.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
+
+use balancer::service::BackendId;
+use balancer::snapshot::{describe_endpoint, describe_service, Snapshot};
+
+use crate::config::{BackendIdRegistry, Config};
 
 /// What the binary is: `sluice --version` and `sluice_build_info`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -89,6 +95,49 @@ pub struct ServiceView {
     pub quorum_up: bool,
     /// The sorry server takes the traffic now.
     pub sorry_active: bool,
+}
+
+/// The backends and services of `config` as the workers' `snapshot` has them, with the health verdicts (`down`)
+/// and the drains.
+pub fn backend_views(
+    config: &Config,
+    registry: &mut BackendIdRegistry,
+    snapshot: Option<&Snapshot>,
+    down: &HashSet<BackendId>,
+    drained: &HashSet<BackendId>,
+) -> (Vec<BackendView>, Vec<ServiceView>) {
+    let mut backends = Vec::new();
+    let mut services = Vec::new();
+    for service in &config.services {
+        let name = describe_service(&service.key);
+        let mut healthy_weight = 0u64;
+        for backend in &service.backends {
+            let id = registry.id(service.key, backend.address, backend.port);
+            let in_table = snapshot.and_then(|snapshot| snapshot.backend(id));
+            let healthy = !down.contains(&id);
+            if healthy {
+                healthy_weight += u64::from(backend.weight);
+            }
+            backends.push(BackendView {
+                service: name.clone(),
+                backend: describe_endpoint(backend.address, backend.port),
+                configured_weight: backend.weight,
+                effective_weight: in_table.map_or(0, |(_, entry, _)| entry.weight),
+                in_table: in_table.is_some(),
+                healthy,
+                drained: drained.contains(&id),
+                sorry: false,
+            });
+        }
+        services.push(ServiceView {
+            service: name,
+            healthy_weight,
+            quorum: 1,
+            quorum_up: healthy_weight >= 1,
+            sorry_active: false,
+        });
+    }
+    (backends, services)
 }
 
 /// Reads the device counters and mempool use (the binary provides it: it needs DPDK).

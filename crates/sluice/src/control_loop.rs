@@ -45,6 +45,8 @@ pub struct ControlLoop {
     /// VIPs left out of the snapshot because keepalived has not put them on the kernel interface
     /// (`crate::vip_owner`).
     pub withheld: BTreeSet<IpAddr>,
+    /// The build, the reload counters and the device counters, for the metrics.
+    pub observed: control::observe::Observed,
 }
 
 /// The snapshot spec of `config` with the health verdicts applied: a backend that is down is removed, or set to
@@ -323,12 +325,7 @@ impl ControlLoop {
             } else {
                 self.down.insert(id)
             };
-            log::info!(
-                "backend id {}: {} ({})",
-                event.key,
-                if event.up { "up" } else { "down" },
-                event.reason
-            );
+            control::health::log_change(&event, &self.registry);
         }
         if changed {
             match self.publish() {

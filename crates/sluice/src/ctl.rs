@@ -95,20 +95,21 @@ impl Endpoints {
             },
             Request::Reload => {
                 let result = control.reload(config_path);
+                control.observed.count_reload(&result);
                 match &result {
                     Ok(message) => log::info!("ctl: {message}"),
                     Err(error) => log::error!("ctl: {error}"),
                 }
                 outcome(result)
             }
-            Request::Drain(address) => outcome(control.set_drained(address, true)),
-            Request::Undrain(address) => outcome(control.set_drained(address, false)),
+            Request::Drain(address) => outcome(logged(control.set_drained(address, true))),
+            Request::Undrain(address) => outcome(logged(control.set_drained(address, false))),
             Request::Trace {
                 client,
                 vip,
                 protocol,
             } => trace(control, client, vip, protocol),
-            edit_request => outcome(edit(control, edit_request)),
+            edit_request => outcome(logged(edit(control, edit_request))),
         }
     }
 
@@ -153,6 +154,15 @@ impl Endpoints {
         self.last_sample = Some((now, sample));
         answer
     }
+}
+
+/// A change asked over the control socket goes to the log as well as to the caller.
+fn logged(result: Result<String, String>) -> Result<String, String> {
+    match &result {
+        Ok(message) => log::info!("ctl: {message}"),
+        Err(error) => log::warn!("ctl: refused: {error}"),
+    }
+    result
 }
 
 fn sample(stats: &[std::sync::Arc<WorkerStats>]) -> Vec<[u64; 4]> {
@@ -507,22 +517,22 @@ fn metrics(control: &mut ControlLoop) -> String {
     let sums = sample(&control.stats);
     let names = [
         (
-            "sluice_backend_packets_in_total",
+            "sluice_backend_in_packets_total",
             0,
             "Frames from clients forwarded to a backend.",
         ),
         (
-            "sluice_backend_packets_out_total",
+            "sluice_backend_out_packets_total",
             1,
             "Frames from a backend mapped back to clients.",
         ),
         (
-            "sluice_backend_bytes_in_total",
+            "sluice_backend_in_bytes_total",
             2,
             "Bytes from clients forwarded to a backend.",
         ),
         (
-            "sluice_backend_bytes_out_total",
+            "sluice_backend_out_bytes_total",
             3,
             "Bytes from a backend mapped back to clients.",
         ),
@@ -557,6 +567,14 @@ fn metrics(control: &mut ControlLoop) -> String {
     if let Some(sync) = &control.sync {
         out.push_str(&sync.metrics(Instant::now()));
     }
+    let (backends, services) = control::observe::backend_views(
+        &control.config,
+        &mut control.registry,
+        control.snapshot.as_deref(),
+        &control.down,
+        &control.drained,
+    );
+    out.push_str(&control.observed.render(&backends, &services));
     out
 }
 

@@ -15,6 +15,7 @@ mod lifecycle;
 mod netlink;
 mod packaging;
 mod pcap;
+mod platform;
 mod run;
 mod serve;
 mod sync;

@@ -592,6 +592,10 @@ fn run_balancer(
             node
         }),
         withheld,
+        observed: control::observe::Observed::new(
+            crate::build_info::current(),
+            Some(crate::platform::reader(ports, config, pool)),
+        ),
     };
     let checks = health_specs(&control.config, &mut control.registry);
     if !checks.is_empty() {
@@ -646,6 +650,7 @@ fn run_balancer(
             log::info!("SIGHUP: reloading {}", args.config.display());
             crate::lifecycle::reloading();
             let outcome = control.reload(&args.config);
+            control.observed.count_reload(&outcome);
             match &outcome {
                 Ok(message) => log::info!("{message}"),
                 Err(error) => log::error!("{error}"),

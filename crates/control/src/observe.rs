@@ -8,8 +8,9 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use balancer::service::BackendId;
-use balancer::snapshot::{describe_endpoint, describe_service, Snapshot};
+use balancer::snapshot::{describe_endpoint, describe_service};
 
+use crate::backend_state::{decide, healthy_weight, Quorums};
 use crate::config::{BackendIdRegistry, Config};
 
 /// What the binary is: `sluice --version` and `sluice_build_info`.
@@ -73,7 +74,7 @@ pub struct BackendView {
     pub backend: String,
     /// The weight of the configuration (or of the last `ctl set-weight`).
     pub configured_weight: u32,
-    /// The weight the workers use now: 0 when drained, held down with `inhibit`, or in warm-up's first step.
+    /// The weight the workers use now: 0 when drained, held down with `inhibit`, or out of the table.
     pub effective_weight: u32,
     /// In the workers' table at all (a backend that is down without `inhibit` is removed).
     pub in_table: bool,
@@ -97,44 +98,38 @@ pub struct ServiceView {
     pub sorry_active: bool,
 }
 
-/// The backends and services of `config` as the workers' `snapshot` has them, with the health verdicts (`down`)
-/// and the drains.
+/// The backends (the sorry servers included) and services of `config` with the weights the workers' table has for
+/// them, from the same decisions the table is built from ([`crate::backend_state::decide`]).
 pub fn backend_views(
     config: &Config,
     registry: &mut BackendIdRegistry,
-    snapshot: Option<&Snapshot>,
     down: &HashSet<BackendId>,
     drained: &HashSet<BackendId>,
+    quorums: &Quorums,
 ) -> (Vec<BackendView>, Vec<ServiceView>) {
     let mut backends = Vec::new();
     let mut services = Vec::new();
     for service in &config.services {
         let name = describe_service(&service.key);
-        let mut healthy_weight = 0u64;
-        for backend in &service.backends {
-            let id = registry.id(service.key, backend.address, backend.port);
-            let in_table = snapshot.and_then(|snapshot| snapshot.backend(id));
-            let healthy = !down.contains(&id);
-            if healthy {
-                healthy_weight += u64::from(backend.weight);
-            }
+        for decision in decide(service, registry, down, drained, quorums) {
             backends.push(BackendView {
                 service: name.clone(),
-                backend: describe_endpoint(backend.address, backend.port),
-                configured_weight: backend.weight,
-                effective_weight: in_table.map_or(0, |(_, entry, _)| entry.weight),
-                in_table: in_table.is_some(),
-                healthy,
-                drained: drained.contains(&id),
-                sorry: false,
+                backend: describe_endpoint(decision.address, decision.port),
+                configured_weight: decision.configured_weight,
+                effective_weight: decision.weight.unwrap_or(0),
+                in_table: decision.weight.is_some(),
+                healthy: decision.healthy,
+                drained: decision.drained,
+                sorry: decision.sorry,
             });
         }
+        let lost = quorums.is_lost(&service.key);
         services.push(ServiceView {
             service: name,
-            healthy_weight,
-            quorum: 1,
-            quorum_up: healthy_weight >= 1,
-            sorry_active: false,
+            healthy_weight: healthy_weight(service, registry, down, drained),
+            quorum: u64::from(service.quorum),
+            quorum_up: !lost,
+            sorry_active: lost && service.sorry_server.is_some(),
         });
     }
     (backends, services)

@@ -197,13 +197,9 @@ fn edit(control: &mut ControlLoop, request: Request) -> Result<String, String> {
                 if config.services.iter().any(|s| s.key == key) {
                     return Err(format!("service {name} exists"));
                 }
-                config.services.push(ServiceConfig {
-                    key,
-                    mode,
-                    scheduler,
-                    persistence: None,
-                    backends: vec![],
-                });
+                config
+                    .services
+                    .push(ServiceConfig::plain(key, mode, scheduler));
                 Ok(format!("added service {name}"))
             })
         }
@@ -243,13 +239,9 @@ fn edit(control: &mut ControlLoop, request: Request) -> Result<String, String> {
                     key.vip
                 ));
             }
-            service.backends.push(BackendConfig {
-                address: backend.ip(),
-                port: backend.port(),
-                weight,
-                mac: None,
-                health_check: None,
-            });
+            service
+                .backends
+                .push(BackendConfig::plain(backend.ip(), backend.port(), weight));
             Ok(format!("added {backend} to {name} with weight {weight}"))
         }),
         Request::RemoveBackend { key, backend } => {
@@ -325,25 +317,41 @@ fn list(control: &mut ControlLoop) -> String {
             balancer::service::ForwardingMode::FullNat => "FullNat",
             balancer::service::ForwardingMode::Tun => "Tunnel",
         };
-        for backend in &service.backends {
-            let id = control
-                .registry
-                .id(service.key, backend.address, backend.port);
-            let state = if control.down.contains(&id) {
-                "down"
-            } else if control.drained.contains(&id) {
-                "drained"
-            } else {
-                "up"
-            };
-            let weight = if control.drained.contains(&id) {
-                0
-            } else {
-                backend.weight
-            };
+        if service.quorum > 1 || service.sorry_server.is_some() {
             out.push_str(&format!(
-                "  -> {:<28}{method:<8}{weight:<7}{state}\n",
-                describe_endpoint(backend.address, backend.port)
+                "  quorum {} hysteresis {}: {} (healthy weight {})\n",
+                service.quorum,
+                service.hysteresis,
+                if control.quorums.is_lost(&service.key) {
+                    "lost"
+                } else {
+                    "held"
+                },
+                control::backend_state::healthy_weight(
+                    service,
+                    &mut control.registry,
+                    &control.down,
+                    &control.drained
+                )
+            ));
+        }
+        // The weight the workers use (0 while drained or inhibited); a backend out of the table shows "-". The
+        // state says why.
+        let decisions = control::backend_state::decide(
+            service,
+            &mut control.registry,
+            &control.down,
+            &control.drained,
+            &control.quorums,
+        );
+        for decision in decisions {
+            let weight = decision
+                .weight
+                .map_or_else(|| "-".to_owned(), |weight| weight.to_string());
+            out.push_str(&format!(
+                "  -> {:<28}{method:<8}{weight:<7}{}\n",
+                describe_endpoint(decision.address, decision.port),
+                decision.state.name()
             ));
         }
     }
@@ -540,7 +548,7 @@ fn metrics(control: &mut ControlLoop) -> String {
     for (name, column, help) in names {
         counter(&mut out, name, help);
         for service in &control.config.services {
-            for backend in &service.backends {
+            for backend in service.all_backends() {
                 let id = control
                     .registry
                     .id(service.key, backend.address, backend.port)
@@ -570,9 +578,9 @@ fn metrics(control: &mut ControlLoop) -> String {
     let (backends, services) = control::observe::backend_views(
         &control.config,
         &mut control.registry,
-        control.snapshot.as_deref(),
         &control.down,
         &control.drained,
+        &control.quorums,
     );
     out.push_str(&control.observed.render(&backends, &services));
     out

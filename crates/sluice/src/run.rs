@@ -17,8 +17,9 @@ use control::config::{BackendIdRegistry, Config};
 use control::health::HealthChecker;
 use control::vip_owner::VipOwner;
 
-use crate::control_loop::{health_specs, reload_signal, ControlLoop};
+use crate::control_loop::{reload_signal, ControlLoop};
 use crate::ctl::Endpoints;
+use control::backend_state::health_specs;
 use crossbeam::channel::bounded;
 use dataplane::io::Burst;
 use dataplane::worker::{
@@ -421,9 +422,22 @@ fn run_balancer(
         .iter()
         .map(|port| port.mac_address().map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
-    let spec = config
-        .snapshot_spec(&macs, &mut registry)
-        .map_err(|e| e.to_string())?;
+    // Backends with alpha start down; a service whose quorum is lost from the start serves from its sorry server.
+    let down: HashSet<_> = control::backend_state::alpha_newcomers(None, config, &mut registry)
+        .into_iter()
+        .collect();
+    let mut quorums = control::backend_state::Quorums::default();
+    let (spec, quorum_changes) = control::backend_state::effective_spec(
+        config,
+        &macs,
+        &mut registry,
+        &down,
+        &HashSet::new(),
+        &mut quorums,
+    )?;
+    for change in &quorum_changes {
+        log::warn!("{}", change.describe());
+    }
     // With VRRP no VIP is answered before keepalived is seen to have put it on the kernel interface.
     let withheld = crate::vip_owner::vrrp_vips(config);
     let snapshot = Arc::new(
@@ -575,7 +589,7 @@ fn run_balancer(
         publishers,
         retired: retired_receivers,
         stats: stats.clone(),
-        down: HashSet::new(),
+        down,
         drained: HashSet::new(),
         snapshot: Some(Arc::clone(&snapshot)),
         health: None,
@@ -596,6 +610,7 @@ fn run_balancer(
             crate::build_info::current(),
             Some(crate::platform::reader(ports, config, pool)),
         ),
+        quorums,
     };
     let checks = health_specs(&control.config, &mut control.registry);
     if !checks.is_empty() {
@@ -777,8 +792,7 @@ pub fn service_stats(
     let _ = writeln!(out, "  -> RemoteAddress:Port");
     for service in &config.services {
         let rows: Vec<(String, [u64; 5])> = service
-            .backends
-            .iter()
+            .all_backends()
             .map(|backend| {
                 let id = registry.id(service.key, backend.address, backend.port);
                 let mut sums = [0u64; 5];

@@ -35,6 +35,15 @@ pub struct QuorumChange {
 }
 
 impl QuorumChange {
+    /// Logs the change: losing the quorum is a warning, regaining it information.
+    pub fn log(&self) {
+        if self.up {
+            log::info!("{}", self.describe());
+        } else {
+            log::warn!("{}", self.describe());
+        }
+    }
+
     /// The log line of the change.
     pub fn describe(&self) -> String {
         let name = describe_service(&self.service);
@@ -323,8 +332,10 @@ pub fn alpha_newcomers(
     let mut ids = Vec::new();
     for service in &config.services {
         for backend in &service.backends {
+            // Every backend is asked its id, in the file's order, so that ids follow the file as without alpha.
+            let id = registry.id(service.key, backend.address, backend.port);
             if backend.alpha && !backend.health_checks.is_empty() && !known(&service.key, backend) {
-                ids.push(registry.id(service.key, backend.address, backend.port));
+                ids.push(id);
             }
         }
     }

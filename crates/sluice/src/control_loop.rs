@@ -65,7 +65,7 @@ impl ControlLoop {
             &mut self.quorums,
         )?;
         for change in &quorum_changes {
-            log::warn!("{}", change.describe());
+            change.log();
         }
         let generation = self.generation + 1;
         let snapshot = Arc::new(

@@ -436,7 +436,7 @@ fn run_balancer(
         &mut quorums,
     )?;
     for change in &quorum_changes {
-        log::warn!("{}", change.describe());
+        change.log();
     }
     // With VRRP no VIP is answered before keepalived is seen to have put it on the kernel interface.
     let withheld = crate::vip_owner::vrrp_vips(config);

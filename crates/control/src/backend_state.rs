@@ -342,6 +342,23 @@ pub fn alpha_newcomers(
     ids
 }
 
+/// Brings the backends held down up to date after the configuration changed from `previous` to `config`: a
+/// backend that no longer has checks is no longer held down (nothing would ever bring it up), and a new backend
+/// with `alpha` starts down.
+pub fn refresh_down(
+    previous: &Config,
+    config: &Config,
+    registry: &mut BackendIdRegistry,
+    down: &mut HashSet<BackendId>,
+) {
+    let checked: HashSet<BackendId> = health_specs(config, registry)
+        .into_iter()
+        .map(|(key, _)| BackendId(key))
+        .collect();
+    down.retain(|id| checked.contains(id));
+    down.extend(alpha_newcomers(Some(previous), config, registry));
+}
+
 /// The one log line of a health change, naming the service, and the backend's notify command for it, started on
 /// a thread of its own (bounded by its `notify_timeout`; its outcome is logged).
 pub fn announce(event: &HealthEvent, config: &Config, registry: &BackendIdRegistry) {
@@ -535,5 +552,20 @@ addresses = ["10.0.0.1/24"]
         let id = ids(&config, &mut registry);
         assert_eq!(alpha_newcomers(None, &config, &mut registry), [id[0]]);
         assert!(alpha_newcomers(Some(&config), &config, &mut registry).is_empty());
+    }
+
+    #[test]
+    fn a_backend_whose_checks_are_removed_is_no_longer_held_down() {
+        let checked = "[[service]]\nvip = \"10.0.0.100\"\nport = 80\nmode = \"dr\"\n\
+             [[service.backend]]\naddress = \"10.0.0.11\"\n[service.backend.health_check]\ntype = \"tcp\"\n\
+             [[service.backend]]\naddress = \"10.0.0.12\"\n[service.backend.health_check]\ntype = \"tcp\"\n";
+        let before = config(checked);
+        let after =
+            config(&checked.replacen("[service.backend.health_check]\ntype = \"tcp\"\n", "", 1));
+        let mut registry = BackendIdRegistry::new();
+        let id = ids(&before, &mut registry);
+        let mut down = HashSet::from([id[0], id[1]]);
+        refresh_down(&before, &after, &mut registry, &mut down);
+        assert_eq!(down, HashSet::from([id[1]]));
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use balancer::decision::WorkerTables;
 use balancer::service::BackendId;
 use balancer::snapshot::Snapshot;
-use control::backend_state::{alpha_newcomers, health_specs, Quorums};
+use control::backend_state::{health_specs, refresh_down, Quorums};
 use control::config::{BackendIdRegistry, Config};
 use control::health::{HealthChecker, HealthEvent};
 use crossbeam::channel::{Receiver as ChannelReceiver, Sender};
@@ -154,9 +154,8 @@ impl ControlLoop {
         let previous = std::mem::replace(&mut self.config, applied);
         // A reload restates every weight: drains made by hand end.
         let drained = std::mem::take(&mut self.drained);
-        // New backends with alpha take no traffic before their checks pass.
-        let newcomers = alpha_newcomers(Some(&previous), &self.config, &mut self.registry);
-        self.down.extend(newcomers);
+        // New backends with alpha take no traffic before their checks pass; unchecked ones are not held down.
+        refresh_down(&previous, &self.config, &mut self.registry, &mut self.down);
         match self.publish() {
             Ok(took) => {
                 let specs = health_specs(&self.config, &mut self.registry);
@@ -313,6 +312,21 @@ pub fn describe_changes(old: &Config, new: &Config) -> String {
             ));
             continue;
         };
+        if (before.quorum, before.hysteresis, &before.sorry_server)
+            != (service.quorum, service.hysteresis, &service.sorry_server)
+        {
+            parts.push(format!(
+                "service {name}: quorum {} hysteresis {}, sorry server {}",
+                service.quorum,
+                service.hysteresis,
+                service
+                    .sorry_server
+                    .as_ref()
+                    .map_or("none".into(), |sorry| {
+                        describe_endpoint(sorry.address, sorry.port)
+                    })
+            ));
+        }
         if (before.mode, before.scheduler, before.persistence)
             != (service.mode, service.scheduler, service.persistence)
         {

@@ -124,7 +124,7 @@ impl Endpoints {
                 );
                 for service in &control.config.services {
                     out.push_str(&format!("{}\n", describe_service(&service.key)));
-                    for backend in &service.backends {
+                    for backend in service.all_backends() {
                         let id = control
                             .registry
                             .id(service.key, backend.address, backend.port)

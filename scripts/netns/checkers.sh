@@ -17,8 +17,7 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "checkers: needs root (network namespaces); skipped"
     exit 0
 fi
-exec 9> /tmp/sluice-netns.lock
-flock 9
+netns_lock
 cargo build -q -p sluice
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$(pwd)/$TARGET_DIR" ;; esac

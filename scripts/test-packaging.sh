@@ -33,14 +33,18 @@ else
 fi
 
 if command -v man > /dev/null; then
-    page=$(MANWIDTH=100 man -l "$root/usr/share/man/man1/sluice.1" 2> "$root/man.err" | col -b) ||
+    page=$(MANWIDTH=100 man -l "$root/usr/share/man/man1/sluice.1" 2> "$root/man.err") ||
         fail "man -l sluice.1: $(cat "$root/man.err")"
     for heading in NAME SYNOPSIS DESCRIPTION SUBCOMMANDS; do
         grep -q "^$heading" <<< "$page" || fail "sluice(1) has no $heading section: $page"
     done
     grep -q 'sluice-run(1)' <<< "$page" || fail "sluice(1) does not point at sluice-run(1)"
     grep -q 'SIGHUP reloads' <<< "$page" || fail "sluice(1) does not describe the signals"
-    run_page=$(MANPATH="$root/usr/share/man" MANWIDTH=100 man sluice-run 2>&1 | col -b) ||
+    # As installed: `man sluice` and `man sluice-run` find the pages through the prefix's man directory.
+    installed=$(MANPATH="$root/usr/share/man" MANWIDTH=100 man sluice 2>&1) ||
+        fail "man sluice (through MANPATH): $installed"
+    [ "$installed" = "$page" ] || fail "man sluice differs from man -l sluice.1"
+    run_page=$(MANPATH="$root/usr/share/man" MANWIDTH=100 man sluice-run 2>&1) ||
         fail "man sluice-run (through MANPATH): $run_page"
     grep -q -- '--config' <<< "$run_page" || fail "sluice-run(1) lacks --config: $run_page"
     [ ! -s "$root/man.err" ] || fail "man warned: $(cat "$root/man.err")"

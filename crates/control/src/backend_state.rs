@@ -269,14 +269,15 @@ pub fn effective_spec(
         .snapshot_spec(port_macs, registry)
         .map_err(|e| e.to_string())?;
     for (service, configured) in spec.services.iter_mut().zip(&config.services) {
-        let decisions = decide(configured, registry, down, drained, quorums);
+        let weights: std::collections::HashMap<BackendId, Option<u32>> =
+            decide(configured, registry, down, drained, quorums)
+                .into_iter()
+                .map(|decision| (decision.id, decision.weight))
+                .collect();
         let mut kept = Vec::with_capacity(service.backends.len());
         for mut backend in service.backends.drain(..) {
-            let Some(decision) = decisions.iter().find(|decision| decision.id == backend.id) else {
-                continue;
-            };
-            if let Some(weight) = decision.weight {
-                backend.weight = weight;
+            if let Some(Some(weight)) = weights.get(&backend.id) {
+                backend.weight = *weight;
                 kept.push(backend);
             }
         }

@@ -284,6 +284,14 @@ fn metrics_name_backends_ports_pools_and_reloads_and_promtool_accepts_them() {
         Duration::from_secs(5),
     );
 
+    // ctl list shows the weights the workers use: 0 for the inhibited backend and for the drained one.
+    let list = ctl(&socket, "list");
+    assert!(
+        list.contains("10.1.0.11:80                Route   0      drained")
+            && list.contains("10.1.0.12:80                Route   0      down-inhibited"),
+        "{list}"
+    );
+
     let body = scrape(metrics);
     let service = "service=\"tcp://10.0.0.100:80\"";
     for expected in [

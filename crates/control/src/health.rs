@@ -276,6 +276,8 @@ struct Backend {
     spec: HealthCheckSpec,
     checks: Vec<Check>,
     up: bool,
+    /// Up at some point (an alpha backend is not, until its first checks pass).
+    was_up: bool,
 }
 
 /// Probe threads get a small stack: they only connect, write and read a status line, or wait for a command.
@@ -390,6 +392,8 @@ fn record(
         return true;
     }
     backend.up = up;
+    let first = up && !backend.was_up;
+    backend.was_up |= up;
     let check = &backend.checks[index];
     let which = if backend.checks.len() > 1 {
         format!(
@@ -402,7 +406,12 @@ fn record(
         String::new()
     };
     let reason = match &result {
-        Ok(()) if backend.checks.len() > 1 => format!("all {} checks pass", backend.checks.len()),
+        Ok(()) if backend.checks.len() > 1 => format!(
+            "all {} checks pass{}",
+            backend.checks.len(),
+            if first { " (alpha: first time)" } else { "" }
+        ),
+        Ok(()) if first => format!("{} passes its first check (alpha)", backend.spec.target),
         Ok(()) => format!("{} answers again", backend.spec.target),
         Err(error) => format!(
             "{which}{error} ({} consecutive failures)",
@@ -438,7 +447,9 @@ fn apply(backends: &mut HashMap<u32, Backend>, specs: Vec<(u32, HealthCheckSpec)
             Some(existing) if existing.spec == spec => existing,
             existing => {
                 // A backend new to the checker starts as alpha says; one whose checks changed keeps its verdict.
-                let up = existing.map_or(!spec.alpha, |existing| existing.up);
+                let (up, was_up) = existing.map_or((!spec.alpha, !spec.alpha), |existing| {
+                    (existing.up, existing.was_up)
+                });
                 let checks = spec
                     .checks
                     .iter()
@@ -453,7 +464,12 @@ fn apply(backends: &mut HashMap<u32, Backend>, specs: Vec<(u32, HealthCheckSpec)
                         in_flight: false,
                     })
                     .collect();
-                Backend { spec, checks, up }
+                Backend {
+                    spec,
+                    checks,
+                    up,
+                    was_up,
+                }
             }
         };
         next.insert(key, backend);

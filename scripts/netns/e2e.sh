@@ -5,7 +5,8 @@
 # connections while connections to the others continue, that a backend added by a reload (SIGHUP) under load
 # receives new connections, that sluice stops cleanly with every mbuf back, and that nothing is left behind.
 #
-# Usage: scripts/netns/e2e.sh [dr nat fullnat tun]     (root; sluice is built if needed)
+# Usage: scripts/netns/e2e.sh [dr nat fullnat tun]     (root; sluice is built if needed; takes
+# /tmp/sluice-netns.lock, see netns_lock in lib.sh)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/netns/lib.sh
@@ -14,6 +15,7 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "e2e: needs root (network namespaces); skipped"
     exit 0
 fi
+netns_lock
 MODES=("$@")
 [ ${#MODES[@]} -eq 0 ] && MODES=(dr nat fullnat tun)
 cargo build -q -p sluice
@@ -75,7 +77,7 @@ run_mode() {
     done
     sleep 0.5
     backend_stop 1
-    wait_for_log "backend id 0: down"
+    wait_for_log "(id 0): down"
     counts=$(ns client python3 scripts/netns/client.py count "$URL" 100) || fail "requests after be1 stopped failed: $counts"
     [ "$(backends_in "$counts")" = "be2" ] || fail "after be1 stopped, expected only be2, got $counts"
     local survivors=0

@@ -654,11 +654,7 @@ mod tests {
         assert!(converted.contains(r#"path = "/a\"b\\c""#), "{converted}");
         let config = Config::parse(&converted, "t").unwrap();
         assert_eq!(
-            config.services[0].backends[0]
-                .health_check
-                .as_ref()
-                .unwrap()
-                .kind,
+            config.services[0].backends[0].health_checks[0].kind,
             crate::config::CheckKind::Http {
                 path: "/a\"b\\c".into(),
                 expected_status: 200

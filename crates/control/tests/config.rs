@@ -327,10 +327,7 @@ fn every_value_is_checked_against_its_range() {
         "ok.toml",
     )
     .unwrap();
-    let check = accepted.services[0].backends[0]
-        .health_check
-        .clone()
-        .unwrap();
+    let check = accepted.services[0].backends[0].health_checks[0].clone();
     assert_eq!(check.delay_loop, std::time::Duration::from_millis(10));
     assert_eq!(check.connect_timeout, std::time::Duration::from_secs(3600));
 

@@ -4,14 +4,18 @@
 
 mod announce;
 mod bench;
+mod build_info;
 mod cluster;
 mod control_loop;
 mod ctl;
 mod exception;
 mod generate;
 mod keepalived;
+mod lifecycle;
 mod netlink;
+mod packaging;
 mod pcap;
+mod platform;
 mod run;
 mod serve;
 mod sync;
@@ -21,7 +25,7 @@ mod vip_owner;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -64,11 +68,20 @@ enum Command {
     },
     /// Write client-to-VIP traffic (many TCP or UDP flows) into a pcap file.
     Generate(generate::GenerateArgs),
+    /// Write the manual pages (sluice.1 and one per subcommand) into a directory (scripts/install.sh).
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
+    /// Print the completion script for a shell (scripts/install.sh).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
+    // --version also names the DPDK library and the build, which are only known at run time.
+    let command =
+        Cli::command().long_version(&*Box::leak(build_info::long_version().into_boxed_str()));
+    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|error| error.exit());
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Check { config } => check(&config),
@@ -76,6 +89,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::bench(args),
         Command::Ctl { socket, command } => ctl::client(&socket, &command),
         Command::ImportKeepalived { file, vrrp } => keepalived::import(&file, &vrrp),
+        Command::Manpages { dir } => packaging::write_manpages(Cli::command(), &dir),
+        Command::Completions { shell } => packaging::write_completions(Cli::command(), shell),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

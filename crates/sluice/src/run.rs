@@ -17,8 +17,9 @@ use control::config::{BackendIdRegistry, Config};
 use control::health::HealthChecker;
 use control::vip_owner::VipOwner;
 
-use crate::control_loop::{health_specs, reload_signal, ControlLoop};
+use crate::control_loop::{reload_signal, ControlLoop};
 use crate::ctl::Endpoints;
+use control::backend_state::health_specs;
 use crossbeam::channel::bounded;
 use dataplane::io::Burst;
 use dataplane::worker::{
@@ -416,14 +417,28 @@ fn run_balancer(
     let mut endpoints = Endpoints::open(config.control.socket.as_deref(), config.control.metrics)?;
     let stop = Arc::new(AtomicBool::new(false));
     install_stop_handler(&stop);
+    let stop_signals = crate::lifecycle::StopSignals::watch();
     let mut registry = BackendIdRegistry::new();
     let macs: Vec<[u8; 6]> = ports
         .iter()
         .map(|port| port.mac_address().map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
-    let spec = config
-        .snapshot_spec(&macs, &mut registry)
-        .map_err(|e| e.to_string())?;
+    // Backends with alpha start down; a service whose quorum is lost from the start serves from its sorry server.
+    let down: HashSet<_> = control::backend_state::alpha_newcomers(None, config, &mut registry)
+        .into_iter()
+        .collect();
+    let mut quorums = control::backend_state::Quorums::default();
+    let (spec, quorum_changes) = control::backend_state::effective_spec(
+        config,
+        &macs,
+        &mut registry,
+        &down,
+        &HashSet::new(),
+        &mut quorums,
+    )?;
+    for change in &quorum_changes {
+        change.log();
+    }
     // With VRRP no VIP is answered before keepalived is seen to have put it on the kernel interface.
     let withheld = crate::vip_owner::vrrp_vips(config);
     let snapshot = Arc::new(
@@ -576,7 +591,7 @@ fn run_balancer(
         publishers,
         retired: retired_receivers,
         stats: stats.clone(),
-        down: HashSet::new(),
+        down,
         drained: HashSet::new(),
         snapshot: Some(Arc::clone(&snapshot)),
         health: None,
@@ -593,6 +608,11 @@ fn run_balancer(
             node
         }),
         withheld,
+        observed: control::observe::Observed::new(
+            crate::build_info::current(),
+            Some(crate::platform::reader(ports, config, pool)),
+        ),
+        quorums,
     };
     let checks = health_specs(&control.config, &mut control.registry);
     if !checks.is_empty() {
@@ -633,20 +653,26 @@ fn run_balancer(
         }
         None => None,
     };
+    let first_turns = beats.clone();
     let mut liveness = crate::announce::Liveness::new(beats);
     let reload = reload_signal();
     log::info!(
         "forwarding with {workers} workers; SIGHUP reloads {}, ctrl-c stops",
         args.config.display()
     );
+    crate::lifecycle::forwarding(&first_turns, workers);
     let mut conditions = StopConditions::new(args, &progress);
     while !stop.load(Ordering::SeqCst) && !conditions.reached() {
         if reload.swap(false, Ordering::SeqCst) {
             log::info!("SIGHUP: reloading {}", args.config.display());
-            match control.reload(&args.config) {
+            crate::lifecycle::reloading();
+            let outcome = control.reload(&args.config);
+            control.observed.count_reload(&outcome);
+            match &outcome {
                 Ok(message) => log::info!("{message}"),
                 Err(error) => log::error!("{error}"),
             }
+            crate::lifecycle::reloaded(&outcome);
         }
         endpoints.serve(&mut control, &args.config);
         control.apply_health_events();
@@ -670,6 +696,7 @@ fn run_balancer(
             }
         }
     }
+    stop_signals.stopping();
     if let Some(announcer) = &mut announcer {
         for change in announcer.withdraw_all() {
             log::info!("stopping: {change}");
@@ -795,8 +822,7 @@ pub fn service_stats(
     let _ = writeln!(out, "  -> RemoteAddress:Port");
     for service in &config.services {
         let rows: Vec<(String, [u64; 5])> = service
-            .backends
-            .iter()
+            .all_backends()
             .map(|backend| {
                 let id = registry.id(service.key, backend.address, backend.port);
                 let mut sums = [0u64; 5];

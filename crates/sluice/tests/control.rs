@@ -172,13 +172,13 @@ fn health_checks_take_backends_out_and_back() {
     let lines = stderr_lines(&mut child);
     let mut log = String::new();
     wait_for_line(&lines, "health checks: 2 backends", &mut log);
-    wait_for_line(&lines, "backend id 1: down", &mut log);
-    assert!(!log.contains("backend id 0: down"), "{log}");
+    wait_for_line(&lines, "(id 1): down", &mut log);
+    assert!(!log.contains("(id 0): down"), "{log}");
     drop(listener);
-    wait_for_line(&lines, "backend id 0: down", &mut log);
+    wait_for_line(&lines, "(id 0): down", &mut log);
     assert!(log.contains("2 consecutive failures"), "{log}");
     let _reopened = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-    wait_for_line(&lines, "backend id 0: up", &mut log);
+    wait_for_line(&lines, "(id 0): up", &mut log);
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -376,7 +376,7 @@ fn ctl_and_metrics_through_the_running_binary() {
         "{body}"
     );
     assert!(body.contains(
-        "sluice_backend_packets_in_total{service=\"tcp://10.0.0.100:80\",backend=\"10.1.0.11:80\"}"
+        "sluice_backend_in_packets_total{service=\"tcp://10.0.0.100:80\",backend=\"10.1.0.11:80\"}"
     ));
     assert!(body.contains("sluice_worker_drops_total{worker=\"0\",reason=\"malformed\"} 0"));
 

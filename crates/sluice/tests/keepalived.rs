@@ -91,12 +91,12 @@ fn a_keepalived_configuration_imports() {
     );
     assert_eq!(web.backends.len(), 2);
     assert_eq!(web.backends[0].weight, 3);
-    let check = web.backends[0].health_check.as_ref().unwrap();
+    let check = &web.backends[0].health_checks[0];
     assert_eq!(check.kind, CheckKind::Tcp);
     assert_eq!((check.retry, check.on_failure), (3, OnFailure::Inhibit));
     assert_eq!(check.delay_loop, std::time::Duration::from_secs(6));
     assert_eq!(check.delay_before_retry, std::time::Duration::from_secs(2));
-    let http = web.backends[1].health_check.as_ref().unwrap();
+    let http = &web.backends[1].health_checks[0];
     assert_eq!(
         http.kind,
         CheckKind::Http {

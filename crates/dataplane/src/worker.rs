@@ -1181,7 +1181,8 @@ fn transmit<T: TxQueue>(
 }
 
 /// Applies `rewrite` to `frame` in place (taken by reference: the verdict was just written, and copying it whole
-/// would wait on those stores).
+/// would wait on those stores). Inlined: the common rewrites are a few stores, and a call cost more.
+#[inline(always)]
 fn rewrite<F: Frame>(
     frame: &mut F,
     layout: &FrameLayout,

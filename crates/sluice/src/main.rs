@@ -2,21 +2,10 @@
 //! as a pcap file, `bench` measures the worker path in process.
 #![forbid(unsafe_code)]
 
-mod announce;
 mod bench;
-mod cluster;
-mod control_loop;
-mod ctl;
-mod exception;
 mod generate;
-mod keepalived;
-mod netlink;
 mod pcap;
 mod run;
-mod serve;
-mod sync;
-mod sync_wire;
-mod vip_owner;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,7 +49,7 @@ enum Command {
         /// The keepalived configuration file.
         file: PathBuf,
         #[command(flatten)]
-        vrrp: keepalived::VrrpArgs,
+        vrrp: operator::keepalived::VrrpArgs,
     },
     /// Write client-to-VIP traffic (many TCP or UDP flows) into a pcap file.
     Generate(generate::GenerateArgs),
@@ -74,8 +63,8 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Generate(args) => generate::generate(args),
         Command::Bench(args) => bench::bench(args),
-        Command::Ctl { socket, command } => ctl::client(&socket, &command),
-        Command::ImportKeepalived { file, vrrp } => keepalived::import(&file, &vrrp),
+        Command::Ctl { socket, command } => operator::ctl::client(&socket, &command),
+        Command::ImportKeepalived { file, vrrp } => operator::keepalived::import(&file, &vrrp),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -91,7 +80,7 @@ fn check(path: &std::path::Path) -> Result<(), String> {
     for warning in &config.warnings {
         println!("warning: {warning}");
     }
-    for warning in cluster::cluster_warnings(&config) {
+    for warning in operator::cluster::cluster_warnings(&config) {
         println!("warning: {warning}");
     }
     println!(

@@ -17,14 +17,15 @@ use control::config::{BackendIdRegistry, Config};
 use control::health::HealthChecker;
 use control::vip_owner::VipOwner;
 
-use crate::control_loop::{health_specs, reload_signal, ControlLoop};
-use crate::ctl::Endpoints;
 use crossbeam::channel::bounded;
 use dataplane::io::Burst;
 use dataplane::worker::{
     handoff_mesh, PortQueues, TableUpdates, TraceChannel, Worker, WorkerConfig, WorkerStats,
 };
 use dpdk::{spawn_worker, Eal, Mempool, Port, PortConfig, DEFAULT_DATA_ROOM, SOCKET_ANY};
+use operator::control_loop::{health_specs, reload_signal, ControlLoop};
+use operator::ctl::Endpoints;
+use operator::service_stats::service_stats;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -89,7 +90,7 @@ fn eal_arguments(config: &Config) -> Result<Vec<String>, String> {
             args.push(port.device.clone());
         }
     }
-    args.extend(crate::exception::tap_vdev_arguments(config)?);
+    args.extend(operator::exception::tap_vdev_arguments(config)?);
     Ok(args)
 }
 
@@ -140,7 +141,7 @@ pub fn run(args: RunArgs) -> Result<(), String> {
             );
             ports.push(opened);
         }
-        let taps = if crate::exception::enabled(&config) {
+        let taps = if operator::exception::enabled(&config) {
             Some(open_taps(&eal, &config, &ports, &pool)?)
         } else {
             None
@@ -182,6 +183,12 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     drop(pool);
     drop(eal);
     result
+}
+
+/// The taps of a running balancer: their DPDK ports (closing them removes the interfaces) and the interfaces.
+pub struct Taps {
+    pub ports: Vec<dpdk::Port>,
+    pub interfaces: Vec<operator::exception::KernelInterface>,
 }
 
 type WorkerHandle<T> = std::thread::JoinHandle<Result<T, dpdk::DpdkError>>;
@@ -228,12 +235,12 @@ fn open_taps(
     config: &Config,
     ports: &[Port],
     pool: &Arc<Mempool>,
-) -> Result<crate::exception::Taps, String> {
+) -> Result<Taps, String> {
     let workers = config.workers.cores.len() as u16;
     let mut taps = Vec::new();
     let mut macs = Vec::new();
     for (index, (port, settings)) in ports.iter().zip(&config.ports).enumerate() {
-        let name = crate::exception::tap_device_name(config, index);
+        let name = operator::exception::tap_device_name(config, index);
         let id = eal.port_by_name(&name).ok_or_else(|| {
             format!(
                 "port {}: the kernel interface {} ({name}) did not become a DPDK port",
@@ -255,9 +262,9 @@ fn open_taps(
         );
         macs.push(port.mac_address().map_err(|e| e.to_string())?);
     }
-    let mut netlink = crate::netlink::Netlink::open()?;
-    let interfaces = crate::exception::set_up(config, &macs, &mut netlink)?;
-    Ok(crate::exception::Taps {
+    let mut netlink = operator::netlink::Netlink::open()?;
+    let interfaces = operator::exception::set_up(config, &macs, &mut netlink)?;
+    Ok(Taps {
         ports: taps,
         interfaces,
     })
@@ -408,7 +415,7 @@ fn run_balancer(
     args: &RunArgs,
     ports: &[Port],
     pool: &Arc<Mempool>,
-    taps: Option<&crate::exception::Taps>,
+    taps: Option<&Taps>,
 ) -> Result<(), String> {
     // Everything the workers and the control loop depend on is opened before the first worker polls; from the
     // moment the socket file exists, ctrl-c and SIGTERM end the run through the path that removes it.
@@ -424,9 +431,9 @@ fn run_balancer(
         .snapshot_spec(&macs, &mut registry)
         .map_err(|e| e.to_string())?;
     // With VRRP no VIP is answered before keepalived is seen to have put it on the kernel interface.
-    let withheld = crate::vip_owner::vrrp_vips(config);
+    let withheld = operator::vip_owner::vrrp_vips(config);
     let snapshot = Arc::new(
-        crate::vip_owner::build_snapshot(&spec, 1, &withheld)
+        operator::vip_owner::build_snapshot(&spec, 1, &withheld)
             .map_err(|e| format!("{}: {e}", config.origin))?,
     );
     let workers = config.workers.cores.len();
@@ -444,7 +451,7 @@ fn run_balancer(
     let mut kernel_stats = Vec::new();
     let started = Instant::now();
     let mesh = handoff_mesh(workers, HANDOFF_RING);
-    let (mut sync, mut exception_links) = crate::sync::open(config, workers)?;
+    let (mut sync, mut exception_links) = operator::sync::open(config, workers)?;
     let mut exception_stats = Vec::new();
     for ((index, &cpu), handoffs) in config.workers.cores.iter().enumerate().zip(mesh) {
         let capacity = config.network.conntrack_capacity;
@@ -580,7 +587,7 @@ fn run_balancer(
         health: None,
         trace_queries,
         trace_answers,
-        cluster: crate::cluster::ClusterView {
+        cluster: operator::cluster::ClusterView {
             kernel: kernel_stats.clone(),
             announced: Default::default(),
             announcing: taps.is_some() && config.network.vip_owner == VipOwner::Bgp,
@@ -599,14 +606,14 @@ fn run_balancer(
     }
     let mut vrrp_watch = match taps {
         Some(taps) if config.network.vip_owner == VipOwner::Vrrp => Some(
-            crate::vip_owner::quiet_kernel_arp(&taps.interfaces)
-                .and_then(|()| crate::vip_owner::TapAddressWatch::open(&taps.interfaces))
+            operator::vip_owner::quiet_kernel_arp(&taps.interfaces)
+                .and_then(|()| operator::vip_owner::TapAddressWatch::open(&taps.interfaces))
                 .inspect_err(|_| stop.store(true, Ordering::SeqCst))
                 .map_err(|error| format!("following keepalived's VIPs: {error}"))?,
         ),
         _ => None,
     };
-    let mut vrrp_ownership = crate::vip_owner::Ownership::default();
+    let mut vrrp_ownership = operator::vip_owner::Ownership::default();
     let bgp_taps = taps.filter(|_| config.network.vip_owner == VipOwner::Bgp);
     let mut announcer = bgp_taps.map(|taps| {
         let reserved = config
@@ -614,8 +621,8 @@ fn run_balancer(
             .iter()
             .flat_map(|port| port.addresses.iter().map(|prefix| prefix.addr))
             .collect();
-        match crate::netlink::Netlink::open() {
-            Ok(netlink) => Ok(crate::announce::Announcer::new(
+        match operator::netlink::Netlink::open() {
+            Ok(netlink) => Ok(operator::announce::Announcer::new(
                 netlink,
                 taps.interfaces.clone(),
                 reserved,
@@ -631,7 +638,7 @@ fn run_balancer(
         }
         None => None,
     };
-    let mut liveness = crate::announce::Liveness::new(beats);
+    let mut liveness = operator::announce::Liveness::new(beats);
     let reload = reload_signal();
     log::info!(
         "forwarding with {workers} workers; SIGHUP reloads {}, ctrl-c stops",
@@ -653,11 +660,11 @@ fn run_balancer(
             sync.turn(Instant::now());
         }
         if let Some(watch) = &mut vrrp_watch {
-            crate::vip_owner::follow(watch, &mut vrrp_ownership, &mut control);
+            operator::vip_owner::follow(watch, &mut vrrp_ownership, &mut control);
         }
         if let Some(announcer) = &mut announcer {
             let wanted = match (&control.snapshot, liveness.all_alive(Instant::now())) {
-                (Some(snapshot), true) => crate::announce::servable_vips(snapshot),
+                (Some(snapshot), true) => operator::announce::servable_vips(snapshot),
                 _ => Default::default(),
             };
             for change in announcer.update(&wanted) {
@@ -747,72 +754,4 @@ fn print_worker_stats(stats: &[Arc<WorkerStats>], elapsed: f64) {
         "sluice: stopped after {elapsed:.2} s: rx {total_rx} tx {total_tx} rate {:.3} Mpps",
         total_rx as f64 / elapsed / 1e6
     );
-}
-
-/// The services and backends with their traffic summed over the workers, in the layout of `ipvsadm -Ln --stats`.
-pub fn service_stats(
-    config: &Config,
-    registry: &mut BackendIdRegistry,
-    stats: &[Arc<WorkerStats>],
-) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let _ = writeln!(out, "IP Virtual Server (sluice)");
-    let _ = writeln!(
-        out,
-        "Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes"
-    );
-    let _ = writeln!(out, "  -> RemoteAddress:Port");
-    for service in &config.services {
-        let rows: Vec<(String, [u64; 5])> = service
-            .backends
-            .iter()
-            .map(|backend| {
-                let id = registry.id(service.key, backend.address, backend.port);
-                let mut sums = [0u64; 5];
-                for worker in stats {
-                    if let Some(counters) = worker.backends.get(id.0 as usize) {
-                        for (sum, counter) in sums.iter_mut().zip([
-                            &counters.connections,
-                            &counters.packets_in,
-                            &counters.packets_out,
-                            &counters.bytes_in,
-                            &counters.bytes_out,
-                        ]) {
-                            *sum += counter.load(Ordering::Relaxed);
-                        }
-                    }
-                }
-                (
-                    balancer::snapshot::describe_endpoint(backend.address, backend.port),
-                    sums,
-                )
-            })
-            .collect();
-        let mut total = [0u64; 5];
-        for (_, sums) in &rows {
-            for (t, s) in total.iter_mut().zip(sums) {
-                *t += s;
-            }
-        }
-        let protocol = if service.key.protocol == 17 {
-            "UDP"
-        } else {
-            "TCP"
-        };
-        let vip = balancer::snapshot::describe_endpoint(service.key.vip, service.key.port);
-        let _ = writeln!(
-            out,
-            "{protocol}  {vip:<33}{:>6} {:>8} {:>8} {:>8} {:>8}",
-            total[0], total[1], total[2], total[3], total[4]
-        );
-        for (name, sums) in rows {
-            let _ = writeln!(
-                out,
-                "  -> {name:<33}{:>6} {:>8} {:>8} {:>8} {:>8}",
-                sums[0], sums[1], sums[2], sums[3], sums[4]
-            );
-        }
-    }
-    out
 }

@@ -84,9 +84,11 @@ impl Endpoints {
         };
         match request {
             Request::List => list(control),
-            Request::Stats => {
-                crate::run::service_stats(&control.config, &mut control.registry, &control.stats)
-            }
+            Request::Stats => crate::service_stats::service_stats(
+                &control.config,
+                &mut control.registry,
+                &control.stats,
+            ),
             Request::Rate => self.rate(control),
             Request::Conns => connections(&control.stats),
             Request::Sync => match &control.sync {

@@ -1,5 +1,6 @@
 //! The worker burst loop, generic over packet I/O so that it runs on DPDK ports and on in-memory frames alike.
 #![forbid(unsafe_code)]
+pub mod build;
 pub mod exceptions;
 pub mod handoff;
 pub mod idle;

@@ -7,21 +7,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use balancer::conntrack::{ConnTable, EdgeHooks};
-use balancer::decision::{DropReason, WorkerPlace, WorkerState, WorkerTables};
+use balancer::conntrack::EdgeHooks;
+use balancer::decision::{DropReason, WorkerPlace};
 use balancer::neighbor::NeighborTable;
-use balancer::persistence::PersistenceTable;
 use balancer::port_alloc::PortAllocator;
-use balancer::scheduler::LoadTable;
 use control::config::{BackendIdRegistry, Config};
 use control::health::HealthChecker;
 use control::vip_owner::VipOwner;
 
 use crossbeam::channel::bounded;
+use dataplane::build::WorkerPlan;
 use dataplane::io::Burst;
-use dataplane::worker::{
-    handoff_mesh, PortQueues, TableUpdates, TraceChannel, Worker, WorkerConfig, WorkerStats,
-};
+use dataplane::worker::{handoff_mesh, PortQueues, TraceChannel, WorkerConfig, WorkerStats};
 use dpdk::{spawn_worker, Eal, Mempool, Port, PortConfig, DEFAULT_DATA_ROOM, SOCKET_ANY};
 use operator::control_loop::{health_specs, reload_signal, ControlLoop};
 use operator::ctl::Endpoints;
@@ -454,7 +451,6 @@ fn run_balancer(
     let (mut sync, mut exception_links) = operator::sync::open(config, workers)?;
     let mut exception_stats = Vec::new();
     for ((index, &cpu), handoffs) in config.workers.cores.iter().enumerate().zip(mesh) {
-        let capacity = config.network.conntrack_capacity;
         let local_ports = if spec.local_addresses.is_empty() {
             None
         } else {
@@ -473,31 +469,6 @@ fn run_balancer(
                 .map_err(|e| format!("FULLNAT local ports: {e}"))?,
             )
         };
-        let conns = ConnTable::with_hooks(
-            capacity,
-            config.network.conntrack_reply_entries,
-            config.network.timeouts,
-            local_ports,
-            EdgeHooks {
-                advise_memory: Some(dpdk::advise_huge_pages),
-                prefetch: Some(dpdk::prefetch_line),
-            },
-        )
-        .map_err(|e| format!("connection table: {e}"))?;
-        let state = WorkerState {
-            place: WorkerPlace {
-                index: index as u16,
-                workers: workers as u16,
-                software_steering,
-            },
-            conns,
-            load: LoadTable::new((registry.id_bound() + BACKEND_ID_HEADROOM) as usize),
-            persistence: PersistenceTable::new(65536),
-            neighbors: Arc::clone(&neighbors),
-            exceptions: balancer::exceptions::ExceptionTable::new(
-                config.sync.as_ref().map_or(0, |sync| sync.side_table),
-            ),
-        };
         let mut queues = Vec::new();
         for port in ports {
             queues.push(PortQueues {
@@ -508,22 +479,35 @@ fn run_balancer(
                 mac: port.mac_address().map_err(|e| e.to_string())?,
             });
         }
-        let (publish, incoming) = bounded(4);
-        let (retired, retired_rx) = bounded(8);
-        publishers.push(publish);
-        retired_receivers.push(retired_rx);
-        let mut worker = Worker::new(
-            state,
-            WorkerTables::new(Arc::clone(&snapshot)),
-            queues,
-            handoffs,
-            TableUpdates { incoming, retired },
-            WorkerConfig {
+        let plan = WorkerPlan {
+            place: WorkerPlace {
+                index: index as u16,
+                workers: workers as u16,
+                software_steering,
+            },
+            conntrack_capacity: config.network.conntrack_capacity,
+            two_entry_connections: config.network.conntrack_reply_entries,
+            timeouts: config.network.timeouts,
+            local_ports,
+            hooks: EdgeHooks {
+                advise_memory: Some(dpdk::advise_huge_pages),
+                prefetch: Some(dpdk::prefetch_line),
+            },
+            backend_ids: (registry.id_bound() + BACKEND_ID_HEADROOM) as usize,
+            persistence_entries: 65536,
+            neighbors: Arc::clone(&neighbors),
+            exceptions: balancer::exceptions::ExceptionTable::new(
+                config.sync.as_ref().map_or(0, |sync| sync.side_table),
+            ),
+            config: WorkerConfig {
                 burst: config.workers.burst,
                 previous_table_grace_ms: config.network.previous_table_grace.as_millis() as u64,
                 ..WorkerConfig::default()
             },
-        );
+        };
+        let (mut worker, tables) = plan.build(Arc::clone(&snapshot), queues, handoffs)?;
+        publishers.push(tables.publish);
+        retired_receivers.push(tables.retired);
         if let Some(taps) = taps {
             let mut kernel_queues = Vec::new();
             for tap in &taps.ports {

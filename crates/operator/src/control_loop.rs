@@ -47,13 +47,15 @@ pub struct ControlLoop {
     pub withheld: BTreeSet<IpAddr>,
 }
 
-/// The snapshot spec of `config` with the health verdicts applied: a backend that is down is removed, or set to
-/// weight 0 when its check says `on_failure = "inhibit"`.
+/// The snapshot spec of `config` with the health verdicts and the drains applied: a backend that is down is
+/// removed, or set to weight 0 when its check says `on_failure = "inhibit"`; a drained backend gets weight 0 (no
+/// new connections, while the workers' connection tables keep its existing ones on it).
 pub fn effective_spec(
     config: &Config,
     port_macs: &[[u8; 6]],
     registry: &mut BackendIdRegistry,
     down: &HashSet<BackendId>,
+    drained: &HashSet<BackendId>,
 ) -> Result<SnapshotSpec, String> {
     let mut spec = config
         .snapshot_spec(port_macs, registry)
@@ -69,6 +71,9 @@ pub fn effective_spec(
                 if !inhibit {
                     continue;
                 }
+                backend.weight = 0;
+            }
+            if drained.contains(&backend.id) {
                 backend.weight = 0;
             }
             kept.push(backend);
@@ -110,6 +115,7 @@ impl ControlLoop {
             &self.port_macs,
             &mut self.registry,
             &self.down,
+            &self.drained,
         )?;
         let generation = self.generation + 1;
         let snapshot = Arc::new(
@@ -244,6 +250,7 @@ impl ControlLoop {
         if ids.is_empty() {
             return Err(format!("no backend {address} in any service"));
         }
+        let previous = self.drained.clone();
         for id in &ids {
             if drained {
                 self.drained.insert(*id);
@@ -251,7 +258,9 @@ impl ControlLoop {
                 self.drained.remove(id);
             }
         }
-        let took = self.publish()?;
+        let took = self
+            .publish()
+            .inspect_err(|_| self.drained = previous)?;
         Ok(format!(
             "{} {address} in {} services: generation {}{}",
             if drained { "drained" } else { "undrained" },

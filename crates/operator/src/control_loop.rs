@@ -258,9 +258,7 @@ impl ControlLoop {
                 self.drained.remove(id);
             }
         }
-        let took = self
-            .publish()
-            .inspect_err(|_| self.drained = previous)?;
+        let took = self.publish().inspect_err(|_| self.drained = previous)?;
         Ok(format!(
             "{} {address} in {} services: generation {}{}",
             if drained { "drained" } else { "undrained" },

@@ -37,7 +37,13 @@ impl Endpoints {
     /// Binds the control socket and the metrics listener the configuration names and starts accepting: requests
     /// wait in a queue until the control loop's first [`Endpoints::serve`].
     pub fn open(socket: Option<&str>, metrics: Option<SocketAddr>) -> Result<Endpoints, String> {
-        let (server, jobs) = Listeners::bind(socket, metrics)?.start()?;
+        Endpoints::start(Listeners::bind(socket, metrics)?)
+    }
+
+    /// Starts accepting on listeners bound earlier (`sluice run` binds them before the EAL starts, so that an
+    /// address it cannot use stops it before any device is touched).
+    pub fn start(listeners: Listeners) -> Result<Endpoints, String> {
+        let (server, jobs) = listeners.start()?;
         Ok(Endpoints {
             _server: server,
             jobs,

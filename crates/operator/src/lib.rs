@@ -5,6 +5,7 @@
 //! these to the devices.
 #![forbid(unsafe_code)]
 pub mod announce;
+pub mod check;
 pub mod cluster;
 pub mod control_loop;
 pub mod ctl;
@@ -15,4 +16,5 @@ pub mod serve;
 pub mod service_stats;
 pub mod sync;
 pub mod sync_wire;
+pub mod validate;
 pub mod vip_owner;

@@ -60,7 +60,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
-        Command::Check { config } => check(&config),
+        Command::Check { config } => operator::check::check(&config),
         Command::Generate(args) => generate::generate(args),
         Command::Bench(args) => bench::bench(args),
         Command::Ctl { socket, command } => operator::ctl::client(&socket, &command),
@@ -73,32 +73,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn check(path: &std::path::Path) -> Result<(), String> {
-    let config = control::config::Config::load(path).map_err(|e| e.to_string())?;
-    for warning in &config.warnings {
-        println!("warning: {warning}");
-    }
-    for warning in operator::cluster::cluster_warnings(&config) {
-        println!("warning: {warning}");
-    }
-    println!(
-        "{}: {} ports, {} workers, {} services{}",
-        config.origin,
-        config.ports.len(),
-        config.workers.cores.len(),
-        config.services.len(),
-        if config.pipe.is_some() { ", pipe" } else { "" }
-    );
-    for service in &config.services {
-        println!(
-            "  {} {:?} {:?}: {} backends",
-            balancer::snapshot::describe_service(&service.key),
-            service.mode,
-            service.scheduler,
-            service.backends.len()
-        );
-    }
-    Ok(())
 }

@@ -22,6 +22,7 @@ use dataplane::worker::{handoff_mesh, PortQueues, TraceChannel, WorkerConfig, Wo
 use dpdk::{spawn_worker, Eal, Mempool, Port, PortConfig, DEFAULT_DATA_ROOM, SOCKET_ANY};
 use operator::control_loop::{health_specs, reload_signal, ControlLoop};
 use operator::ctl::Endpoints;
+use operator::serve::Listeners;
 use operator::service_stats::service_stats;
 
 #[derive(clap::Args)]
@@ -96,6 +97,16 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     for warning in &config.warnings {
         log::warn!("{warning}");
     }
+    // What `sluice check` refuses is refused here, in its words, before any device or worker exists; so is a
+    // control socket or metrics address that cannot be bound.
+    operator::validate::validate_for_run(&config)?;
+    let listeners = match config.pipe {
+        Some(_) => None,
+        None => Some(Listeners::bind(
+            config.control.socket.as_deref(),
+            config.control.metrics,
+        )?),
+    };
     let eal = Eal::init(&eal_arguments(&config)?).map_err(|e| e.to_string())?;
     let workers = config.workers.cores.len();
     let pool = Arc::new(
@@ -145,7 +156,14 @@ pub fn run(args: RunArgs) -> Result<(), String> {
         };
         let outcome = match &config.pipe {
             Some(pipe) => run_pipe(&config, &args, &ports, &pool, pipe),
-            None => run_balancer(&config, &args, &ports, &pool, taps.as_ref()),
+            None => run_balancer(
+                &config,
+                &args,
+                &ports,
+                &pool,
+                taps.as_ref(),
+                listeners.expect("bound when there is no pipe"),
+            ),
         };
         if let Some(taps) = &taps {
             for (tap, interface) in taps.ports.iter().zip(&taps.interfaces) {
@@ -413,10 +431,11 @@ fn run_balancer(
     ports: &[Port],
     pool: &Arc<Mempool>,
     taps: Option<&Taps>,
+    listeners: Listeners,
 ) -> Result<(), String> {
     // Everything the workers and the control loop depend on is opened before the first worker polls; from the
     // moment the socket file exists, ctrl-c and SIGTERM end the run through the path that removes it.
-    let mut endpoints = Endpoints::open(config.control.socket.as_deref(), config.control.metrics)?;
+    let mut endpoints = Endpoints::start(listeners)?;
     let stop = Arc::new(AtomicBool::new(false));
     install_stop_handler(&stop);
     let mut registry = BackendIdRegistry::new();

@@ -17,6 +17,13 @@ pub enum Request {
     Stats,
     Rate,
     Conns,
+    /// ipvsadm -Lnc: each connection with its state, expiry, client, VIP and backend, `limit` of them after
+    /// skipping `offset`.
+    Connections {
+        filter: ConnectionFilter,
+        offset: usize,
+        limit: usize,
+    },
     /// The health of the connection-exception sync with the peers.
     Sync,
     Reload,
@@ -51,9 +58,21 @@ pub enum Request {
     },
 }
 
+/// Which connections `connections` lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionFilter {
+    All,
+    Service(ServiceKey),
+    Backend(SocketAddr),
+}
+
+/// The most connections one `connections` answer lists.
+pub const MAX_LISTED: usize = 10_000;
+
 /// What the control socket answers to a line it cannot use.
 pub const USAGE: &str =
-    "commands are list, stats, rate, conns, reload, drain ADDR:PORT, undrain ADDR:PORT, \
+    "commands are list, stats, rate, conns, connections [service VIP:PORT tcp|udp | backend ADDR:PORT] \
+    [offset N] [limit N], reload, drain ADDR:PORT, undrain ADDR:PORT, \
     trace CLIENT:PORT VIP:PORT [tcp|udp], add-service VIP:PORT tcp|udp MODE [SCHEDULER], \
     remove-service VIP:PORT tcp|udp, add-backend VIP:PORT tcp|udp ADDR:PORT [WEIGHT], \
     remove-backend VIP:PORT tcp|udp ADDR:PORT, set-weight VIP:PORT tcp|udp ADDR:PORT WEIGHT";
@@ -76,6 +95,56 @@ fn weight(text: &str) -> Result<u32, String> {
         .ok()
         .filter(|weight| *weight <= 65535)
         .ok_or_else(|| format!("weight {text:?}: 0 to 65535"))
+}
+
+/// `connections [service VIP:PORT tcp|udp | backend ADDR:PORT] [offset N] [limit N]`.
+fn connections(args: &[&str]) -> Result<Request, String> {
+    let mut filter = ConnectionFilter::All;
+    let (mut offset, mut limit) = (0, 100);
+    let mut words = args.iter();
+    while let Some(&word) = words.next() {
+        let mut take = |what: &str| {
+            words
+                .next()
+                .copied()
+                .ok_or_else(|| format!("connections: {word} needs {what}"))
+        };
+        match word {
+            "service" => {
+                let vip = endpoint(take("VIP:PORT")?, "VIP")?;
+                let protocol = protocol_number(take("tcp|udp")?)?;
+                filter = ConnectionFilter::Service(ServiceKey {
+                    vip: vip.ip(),
+                    port: vip.port(),
+                    protocol,
+                });
+            }
+            "backend" => filter = ConnectionFilter::Backend(endpoint(take("ADDR:PORT")?, "backend")?),
+            "offset" | "limit" => {
+                let text = take("a number")?;
+                let number = text
+                    .parse::<usize>()
+                    .map_err(|_| format!("connections: {word} {text:?} is not a number"))?;
+                if word == "offset" {
+                    offset = number;
+                } else if (1..=MAX_LISTED).contains(&number) {
+                    limit = number;
+                } else {
+                    return Err(format!("connections: limit 1 to {MAX_LISTED}"));
+                }
+            }
+            other => {
+                return Err(format!(
+                    "connections: {other:?}: use service VIP:PORT tcp|udp, backend ADDR:PORT, offset N, limit N"
+                ))
+            }
+        }
+    }
+    Ok(Request::Connections {
+        filter,
+        offset,
+        limit,
+    })
 }
 
 /// Parses one control line (without its newline). Every error says what is wrong.
@@ -125,6 +194,7 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
                 _ => Request::Reload,
             }
         }
+        "connections" => connections(args)?,
         "drain" | "undrain" => {
             at_most(1)?;
             let address = endpoint(

@@ -6,6 +6,7 @@ pub mod handoff;
 pub mod idle;
 pub mod io;
 pub mod kernel;
+pub mod listing;
 pub mod previous_table;
 pub mod traffic;
 pub mod worker;

@@ -97,6 +97,11 @@ impl Endpoints {
             ),
             Request::Rate => self.rate(control),
             Request::Conns => connections(&control.stats),
+            Request::Connections {
+                filter,
+                offset,
+                limit,
+            } => crate::connections::list(control, filter, offset, limit),
             Request::Sync => match &control.sync {
                 Some(sync) => sync.describe(Instant::now()),
                 None => "sync: not configured (no [sync] section)\n".into(),

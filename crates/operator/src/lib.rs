@@ -7,6 +7,7 @@
 pub mod announce;
 pub mod check;
 pub mod cluster;
+pub mod connections;
 pub mod control_loop;
 pub mod ctl;
 pub mod exception;

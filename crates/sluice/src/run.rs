@@ -463,6 +463,8 @@ fn run_balancer(
     let mut retired_receivers = Vec::new();
     let mut trace_queries = Vec::new();
     let (trace_answers_tx, trace_answers) = bounded(64);
+    let mut listing_queries = Vec::new();
+    let (listing_answers_tx, listing_answers) = bounded(64);
     let mut beats = Vec::new();
     let mut kernel_stats = Vec::new();
     let started = Instant::now();
@@ -549,6 +551,12 @@ fn run_balancer(
             queries: query_rx,
             answers: trace_answers_tx.clone(),
         });
+        let (listing_tx, listing_rx) = bounded(1);
+        listing_queries.push(listing_tx);
+        worker.answer_listings(dataplane::listing::ListingChannel {
+            queries: listing_rx,
+            answers: listing_answers_tx.clone(),
+        });
         let worker_stats = worker.stats();
         stats.push(Arc::clone(&worker_stats));
         let received = Arc::new(AtomicU64::new(0));
@@ -590,6 +598,8 @@ fn run_balancer(
         health: None,
         trace_queries,
         trace_answers,
+        listing_queries,
+        listing_answers,
         cluster: operator::cluster::ClusterView {
             kernel: kernel_stats.clone(),
             announced: Default::default(),

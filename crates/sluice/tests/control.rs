@@ -293,6 +293,50 @@ fn ctl_and_metrics_through_the_running_binary() {
         trace.contains("worker 0: connection entry -> 10.1.0.1"),
         "{trace}"
     );
+    // ipvsadm -Lnc: the generator's first flow is listed with its state, expiry and three endpoints.
+    let (ok, listing) = ctl(&socket, &["connections"]);
+    assert!(
+        ok && listing.starts_with("IPVS connection entries"),
+        "{listing}"
+    );
+    let row = listing
+        .lines()
+        .find(|line| line.contains("198.51.100.1:10000 "))
+        .unwrap_or_else(|| panic!("the first flow is not listed:\n{listing}"));
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(fields[0], "TCP", "{row}");
+    assert!(
+        fields[1].len() == 5 && fields[1].as_bytes()[2] == b':',
+        "expiry as MM:SS: {row}"
+    );
+    assert!(
+        ["ESTABLISHED", "SYN_RECV", "NONE"].contains(&fields[2]),
+        "{row}"
+    );
+    assert_eq!(fields[4], "10.0.0.100:80", "{row}");
+    assert!(fields[5].starts_with("10.1.0.1"), "{row}");
+    assert_eq!(listing.lines().count(), 2 + 50, "{listing}");
+    // Paged and filtered.
+    let (_, page) = ctl(&socket, &["connections", "limit", "10", "offset", "45"]);
+    assert_eq!(page.lines().count(), 2 + 5, "{page}");
+    let (_, first) = ctl(&socket, &["connections", "limit", "10"]);
+    assert!(
+        first.contains("10 shown; more: connections ... offset 10"),
+        "{first}"
+    );
+    let backend = fields[5];
+    let (_, one_backend) = ctl(&socket, &["connections", "backend", backend]);
+    assert!(
+        one_backend
+            .lines()
+            .skip(2)
+            .all(|line| line.ends_with(backend)),
+        "{one_backend}"
+    );
+    let (_, other_service) = ctl(&socket, &["connections", "service", "10.0.0.100:81", "tcp"]);
+    assert_eq!(other_service.lines().count(), 2, "{other_service}");
+    let (ok, refused) = ctl(&socket, &["connections", "limit", "0"]);
+    assert!(!ok && refused.contains("limit 1 to"), "{refused}");
     let (ok, untracked) = ctl(&socket, &["trace", "198.51.100.1:999", "10.0.0.100:80"]);
     assert!(
         ok && untracked.contains("no worker holds a connection entry"),
@@ -304,6 +348,22 @@ fn ctl_and_metrics_through_the_running_binary() {
         "{drained}"
     );
     assert!(ctl(&socket, &["list"]).1.contains("0      drained"));
+    // Drained: no new flow goes to it, and the connections it had stay on it.
+    for port in 20000..20040 {
+        let (_, trace) = ctl(
+            &socket,
+            &["trace", &format!("198.51.100.200:{port}"), "10.0.0.100:80"],
+        );
+        assert!(
+            trace.contains("-> backend 10.1.0.12:80") && !trace.contains("-> backend 10.1.0.11"),
+            "{trace}"
+        );
+    }
+    let (_, kept) = ctl(&socket, &["connections", "backend", "10.1.0.11:80"]);
+    assert!(
+        kept.lines().count() > 2,
+        "the drained backend's connections went:\n{kept}"
+    );
     let (ok, _) = ctl(&socket, &["drain", "10.9.9.9:80"]);
     assert!(!ok, "an unknown backend is refused");
     // ipvsadm's edits on the running configuration.

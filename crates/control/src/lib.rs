@@ -6,5 +6,6 @@ pub mod health;
 pub mod keepalived;
 pub mod keepalived_vrrp;
 pub mod protocol;
+pub mod render;
 pub mod sync_config;
 pub mod vip_owner;

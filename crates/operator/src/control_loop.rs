@@ -282,6 +282,10 @@ impl ControlLoop {
     ) -> Result<String, String> {
         let mut edited = self.config.clone();
         let message = change(&mut edited)?;
+        // The edited configuration is written out and read back: it passes exactly the checks a file does.
+        let mut edited = Config::parse(&control::render::render(&edited), &self.config.origin)
+            .map_err(|error| error.message)?;
+        edited.warnings.clear();
         let previous = std::mem::replace(&mut self.config, edited);
         match self.publish() {
             Ok(took) => {

@@ -102,6 +102,12 @@ impl Endpoints {
                 offset,
                 limit,
             } => crate::connections::list(control, filter, offset, limit),
+            Request::Save => format!(
+                "# The running configuration of sluice (generation {}), written by `sluice ctl save`.\n\
+                 # Drains made with `sluice ctl drain` are not part of it.\n\n{}",
+                control.generation,
+                control::render::render(&control.config)
+            ),
             Request::Sync => match &control.sync {
                 Some(sync) => sync.describe(Instant::now()),
                 None => "sync: not configured (no [sync] section)\n".into(),

@@ -376,6 +376,34 @@ fn ctl_and_metrics_through_the_running_binary() {
         "{added}"
     );
     assert!(ctl(&socket, &["list"]).1.contains("10.1.0.13:80"));
+    // ipvsadm -S: the running configuration, edits included, as a file `sluice check` accepts.
+    let (ok, saved) = ctl(&socket, &["save"]);
+    assert!(
+        ok && saved.contains("address = \"10.1.0.13\"\nport = 80\nweight = 3"),
+        "{saved}"
+    );
+    let saved_path = dir.path().join("saved.toml");
+    std::fs::write(&saved_path, &saved).unwrap();
+    let checked = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--config"])
+        .arg(&saved_path)
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    // An edit gets the file's validation: a backend that is the VIP is refused as in a file.
+    let (ok, refused) = ctl(
+        &socket,
+        &["add-backend", "10.0.0.100:80", "tcp", "10.0.0.100:80"],
+    );
+    assert!(
+        !ok && refused
+            .contains("service vip: 10.0.0.100 is a backend of service tcp://10.0.0.100:80"),
+        "{refused}"
+    );
     let (ok, refused) = ctl(
         &socket,
         &["add-backend", "10.0.0.100:80", "tcp", "10.1.0.14:8080"],

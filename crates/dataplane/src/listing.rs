@@ -1,12 +1,14 @@
-//! `sluice ctl connections` (ipvsadm -Lnc): a worker lists its own connections between bursts, a bounded stretch
-//! of its table per poll, so that listing a million connections never holds it from its queues for longer than
-//! one stretch. The control thread walks each worker's table stretch by stretch and brings the buffers to fill,
-//! so that nothing is allocated on the worker.
+//! What the control thread asks a worker about its own state, answered between bursts, one question per poll:
+//! its connections for `sluice ctl connections` (ipvsadm -Lnc), a bounded stretch of its table per question, so
+//! that listing a million connections never holds it from its queues for longer than one stretch; and its active
+//! and inactive connections per backend for `sluice ctl list` (ActiveConn, InActConn). The control thread brings
+//! the buffers to fill, so that nothing is allocated on the worker.
 
 use std::net::IpAddr;
 
 use balancer::conntrack::{ConnTable, Endpoint};
-use balancer::service::ServiceKey;
+use balancer::scheduler::LoadTable;
+use balancer::service::{BackendId, ServiceKey};
 use crossbeam::channel::{Receiver, Sender};
 use packet::FlowKey;
 
@@ -50,10 +52,51 @@ pub struct ListingPage {
     pub next: Option<usize>,
 }
 
-/// The channels a worker answers listing queries on.
+/// A question for one worker.
+#[derive(Debug)]
+pub enum WorkerQuery {
+    Connections(ListingQuery),
+    /// (active, inactive) connections of backend ids `0..capacity`, into this buffer.
+    Load(Vec<(u32, u32)>),
+}
+
+/// A worker's answer.
+#[derive(Debug)]
+pub enum WorkerAnswer {
+    Connections(ListingPage),
+    Load {
+        worker: u16,
+        counts: Vec<(u32, u32)>,
+    },
+}
+
+/// The channels a worker answers questions on.
 pub struct ListingChannel {
-    pub queries: Receiver<ListingQuery>,
-    pub answers: Sender<ListingPage>,
+    pub queries: Receiver<WorkerQuery>,
+    pub answers: Sender<WorkerAnswer>,
+}
+
+/// Answers `query` from the worker's connection table and scheduler load at `now_ms`.
+pub fn answer_query(
+    conns: &ConnTable,
+    load: &LoadTable,
+    worker: u16,
+    query: WorkerQuery,
+    now_ms: u64,
+) -> WorkerAnswer {
+    match query {
+        WorkerQuery::Connections(query) => {
+            WorkerAnswer::Connections(answer(conns, worker, query, now_ms))
+        }
+        WorkerQuery::Load(mut counts) => {
+            let ids = counts.capacity();
+            counts.extend((0..ids).map(|id| {
+                let id = BackendId(id as u32);
+                (load.active(id), load.inactive(id))
+            }));
+            WorkerAnswer::Load { worker, counts }
+        }
+    }
 }
 
 impl ConnFilter {

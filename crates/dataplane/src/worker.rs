@@ -320,8 +320,14 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
         if let Some(channel) = &self.listing {
             if let Ok(query) = channel.queries.try_recv() {
                 let state = &self.engine.state;
-                let page = crate::listing::answer(&state.conns, state.place.index, query, now_ms);
-                let _ = channel.answers.try_send(page);
+                let answer = crate::listing::answer_query(
+                    &state.conns,
+                    &state.load,
+                    state.place.index,
+                    query,
+                    now_ms,
+                );
+                let _ = channel.answers.try_send(answer);
             }
         }
         if let Some(sync) = &mut self.exceptions {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use balancer::snapshot::describe_endpoint;
 use control::protocol::ConnectionFilter;
-use dataplane::listing::{ConnFilter, ConnRow, ListingQuery};
+use dataplane::listing::{ConnFilter, ConnRow, ListingQuery, WorkerAnswer, WorkerQuery};
 
 use crate::control_loop::ControlLoop;
 
@@ -15,6 +15,28 @@ use crate::control_loop::ControlLoop;
 const DEADLINE: Duration = Duration::from_secs(5);
 /// How long one worker may take to answer one query (it answers once per poll).
 const QUERY_WAIT: Duration = Duration::from_millis(500);
+
+/// (active, inactive) connections per backend id, summed over the workers; `None` when a worker did not answer
+/// in time.
+pub fn load(control: &ControlLoop, ids: usize) -> Option<Vec<(u32, u32)>> {
+    let mut sums = vec![(0u32, 0u32); ids];
+    while control.listing_answers.try_recv().is_ok() {}
+    for queries in &control.listing_queries {
+        queries
+            .send_timeout(WorkerQuery::Load(Vec::with_capacity(ids)), QUERY_WAIT)
+            .ok()?;
+        let Ok(WorkerAnswer::Load { counts, .. }) =
+            control.listing_answers.recv_timeout(QUERY_WAIT)
+        else {
+            return None;
+        };
+        for (sum, (active, inactive)) in sums.iter_mut().zip(counts) {
+            sum.0 += active;
+            sum.1 += inactive;
+        }
+    }
+    Some(sums)
+}
 
 /// `limit` connections matching `filter` after skipping `offset`, worker by worker, in table order.
 pub fn list(
@@ -46,10 +68,10 @@ pub fn list(
             };
             let wait = QUERY_WAIT.min(deadline.saturating_duration_since(Instant::now()));
             let answered = queries
-                .send_timeout(query, wait)
+                .send_timeout(WorkerQuery::Connections(query), wait)
                 .ok()
                 .and_then(|()| control.listing_answers.recv_timeout(wait).ok());
-            let Some(page) = answered else {
+            let Some(WorkerAnswer::Connections(page)) = answered else {
                 complete = false;
                 break 'workers;
             };

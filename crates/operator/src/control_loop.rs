@@ -39,8 +39,8 @@ pub struct ControlLoop {
     pub trace_queries: Vec<Sender<dataplane::worker::TraceQuery>>,
     pub trace_answers: ChannelReceiver<dataplane::worker::TraceAnswer>,
     /// Per worker: where connection listings go; and where every worker answers.
-    pub listing_queries: Vec<Sender<dataplane::listing::ListingQuery>>,
-    pub listing_answers: ChannelReceiver<dataplane::listing::ListingPage>,
+    pub listing_queries: Vec<Sender<dataplane::listing::WorkerQuery>>,
+    pub listing_answers: ChannelReceiver<dataplane::listing::WorkerAnswer>,
     /// The exception path's counters and the announced VIPs (`crate::cluster`).
     pub cluster: crate::cluster::ClusterView,
     /// Connection exceptions shared with the peers (`crate::sync`), when `[sync]` is configured.

@@ -308,7 +308,9 @@ fn edit_backend(
 fn list(control: &mut ControlLoop) -> String {
     let mut out = String::from("IP Virtual Server (sluice), generation ");
     out.push_str(&format!("{}\n", control.generation));
-    out.push_str("Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight State\n");
+    out.push_str("Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn State\n");
+    // The workers' scheduler counts, asked between their bursts.
+    let load = crate::connections::load(control, control.registry.id_bound() as usize);
     for service in &control.config.services {
         let protocol = if service.key.protocol == 17 {
             "UDP"
@@ -350,8 +352,15 @@ fn list(control: &mut ControlLoop) -> String {
             } else {
                 backend.weight
             };
+            let (active, inactive) = match &load {
+                Some(load) => {
+                    let (active, inactive) = load.get(id.0 as usize).copied().unwrap_or_default();
+                    (active.to_string(), inactive.to_string())
+                }
+                None => ("?".into(), "?".into()),
+            };
             out.push_str(&format!(
-                "  -> {:<28}{method:<8}{weight:<7}{state}\n",
+                "  -> {:<28}{method:<8}{weight:<7}{active:<11}{inactive:<10}{state}\n",
                 describe_endpoint(backend.address, backend.port)
             ));
         }

@@ -293,6 +293,21 @@ fn ctl_and_metrics_through_the_running_binary() {
         trace.contains("worker 0: connection entry -> 10.1.0.1"),
         "{trace}"
     );
+    // ipvsadm -Ln: ActiveConn and InActConn of the backends add up to the 50 connections.
+    let (_, list) = ctl(&socket, &["list"]);
+    assert!(
+        list.contains("Forward Weight ActiveConn InActConn State"),
+        "{list}"
+    );
+    let held: u64 = list
+        .lines()
+        .filter(|line| line.starts_with("  -> 10."))
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields[4].parse::<u64>().unwrap() + fields[5].parse::<u64>().unwrap()
+        })
+        .sum();
+    assert_eq!(held, 50, "{list}");
     // ipvsadm -Lnc: the generator's first flow is listed with its state, expiry and three endpoints.
     let (ok, listing) = ctl(&socket, &["connections"]);
     assert!(
@@ -347,7 +362,14 @@ fn ctl_and_metrics_through_the_running_binary() {
         ok && drained.contains("drained 10.1.0.11:80 in 1 services: generation 2"),
         "{drained}"
     );
-    assert!(ctl(&socket, &["list"]).1.contains("0      drained"));
+    let list = ctl(&socket, &["list"]).1;
+    let drained_row: Vec<&str> = list
+        .lines()
+        .find(|line| line.contains("10.1.0.11:80"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!((drained_row[3], drained_row[6]), ("0", "drained"), "{list}");
     // Drained: no new flow goes to it, and the connections it had stay on it.
     for port in 20000..20040 {
         let (_, trace) = ctl(
@@ -423,7 +445,7 @@ fn ctl_and_metrics_through_the_running_binary() {
     );
     assert!(ctl(&socket, &["list"])
         .1
-        .contains("10.1.0.13:80                Route   5"));
+        .contains("10.1.0.13:80                Route   5      0          0         up"));
     assert!(
         ctl(
             &socket,

@@ -29,8 +29,8 @@ pub struct Endpoints {
     /// Dropping it stops the accepting threads and removes the socket file.
     _server: Server,
     jobs: Receiver<Job>,
-    /// (when, per backend id: packets in, packets out, bytes in, bytes out) for --rate.
-    last_sample: Option<(Instant, Vec<[u64; 4]>)>,
+    /// The counters sampled over fixed windows, for `rate`.
+    rate: crate::rate::RateWindow,
 }
 
 impl Endpoints {
@@ -47,12 +47,13 @@ impl Endpoints {
         Ok(Endpoints {
             _server: server,
             jobs,
-            last_sample: None,
+            rate: Default::default(),
         })
     }
 
     /// Answers the requests that are complete, waiting up to 5 ms for the first: the control loop's pause.
     pub fn serve(&mut self, control: &mut ControlLoop, config_path: &Path) {
+        self.rate.tick(&control.stats, Instant::now());
         let pause = Duration::from_millis(5);
         let first = match self.jobs.recv_timeout(pause) {
             Ok(job) => job,
@@ -95,7 +96,7 @@ impl Endpoints {
                 &mut control.registry,
                 &control.stats,
             ),
-            Request::Rate => self.rate(control),
+            Request::Rate => self.rate.answer(control),
             Request::Conns => connections(&control.stats),
             Request::Connections {
                 filter,
@@ -129,48 +130,6 @@ impl Endpoints {
             } => trace(control, client, vip, protocol),
             edit_request => outcome(edit(control, edit_request)),
         }
-    }
-
-    fn rate(&mut self, control: &mut ControlLoop) -> String {
-        let now = Instant::now();
-        let sample = sample(&control.stats);
-        let answer = match &self.last_sample {
-            Some((when, previous)) => {
-                let seconds = now.duration_since(*when).as_secs_f64().max(1e-3);
-                let mut out = String::from(
-                    "Prot LocalAddress:Port                 InPPS   OutPPS    InBPS   OutBPS\n  -> RemoteAddress:Port\n",
-                );
-                for service in &control.config.services {
-                    out.push_str(&format!("{}\n", describe_service(&service.key)));
-                    for backend in &service.backends {
-                        let id = control
-                            .registry
-                            .id(service.key, backend.address, backend.port)
-                            .0 as usize;
-                        let (now_counts, before) = (sample.get(id), previous.get(id));
-                        let rate = |i: usize| {
-                            let delta = now_counts
-                                .map_or(0, |c| c[i])
-                                .saturating_sub(before.map_or(0, |c| c[i]));
-                            (delta as f64 / seconds) as u64
-                        };
-                        out.push_str(&format!(
-                            "  -> {:<33}{:>8} {:>8} {:>8} {:>8}\n",
-                            describe_endpoint(backend.address, backend.port),
-                            rate(0),
-                            rate(1),
-                            rate(2) * 8,
-                            rate(3) * 8
-                        ));
-                    }
-                }
-                out.push_str(&format!("(over the last {seconds:.2} s)\n"));
-                out
-            }
-            None => "first sample taken: ask again for rates since now\n".into(),
-        };
-        self.last_sample = Some((now, sample));
-        answer
     }
 }
 

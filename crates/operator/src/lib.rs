@@ -13,6 +13,7 @@ pub mod ctl;
 pub mod exception;
 pub mod keepalived;
 pub mod netlink;
+pub mod rate;
 pub mod serve;
 pub mod service_stats;
 pub mod sync;

@@ -280,8 +280,19 @@ fn ctl_and_metrics_through_the_running_binary() {
         stats.contains("TCP  10.0.0.100:80") && stats.contains("     50      500"),
         "{stats}"
     );
-    assert!(ctl(&socket, &["rate"]).1.contains("first sample"));
-    assert!(ctl(&socket, &["rate"]).1.contains("InPPS"));
+    // Rates over a fixed 2 s window, in ipvsadm's columns (bytes, not bits).
+    let mut rate = ctl(&socket, &["rate"]).1;
+    for _ in 0..60 {
+        if !rate.starts_with("no complete window") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        rate = ctl(&socket, &["rate"]).1;
+    }
+    assert!(
+        rate.contains("CPS    InPPS   OutPPS    InBPS   OutBPS") && rate.contains("(over 2."),
+        "{rate}"
+    );
     assert!(ctl(&socket, &["conns"]).1.contains("total: 50 connections"));
     let (ok, trace) = ctl(&socket, &["trace", "198.51.100.1:10000", "10.0.0.100:80"]);
     assert!(

@@ -24,6 +24,8 @@ pub enum Request {
         offset: usize,
         limit: usize,
     },
+    /// ipvsadm -Z: `stats` counts from now.
+    Zero,
     /// ipvsadm -S: the running configuration (with `ctl` edits) as a configuration file.
     Save,
     /// The health of the connection-exception sync with the peers.
@@ -74,7 +76,7 @@ pub const MAX_LISTED: usize = 10_000;
 /// What the control socket answers to a line it cannot use.
 pub const USAGE: &str =
     "commands are list, stats, rate, conns, connections [service VIP:PORT tcp|udp | backend ADDR:PORT] \
-    [offset N] [limit N], save, reload, drain ADDR:PORT, undrain ADDR:PORT, \
+    [offset N] [limit N], zero, save, reload, drain ADDR:PORT, undrain ADDR:PORT, \
     trace CLIENT:PORT VIP:PORT [tcp|udp], add-service VIP:PORT tcp|udp MODE [SCHEDULER], \
     remove-service VIP:PORT tcp|udp, add-backend VIP:PORT tcp|udp ADDR:PORT [WEIGHT], \
     remove-backend VIP:PORT tcp|udp ADDR:PORT, set-weight VIP:PORT tcp|udp ADDR:PORT WEIGHT";
@@ -185,7 +187,7 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
         endpoint(text, "backend")
     };
     let request = match verb {
-        "list" | "stats" | "rate" | "conns" | "sync" | "reload" | "save" => {
+        "list" | "stats" | "rate" | "conns" | "sync" | "reload" | "save" | "zero" => {
             at_most(0)?;
             match verb {
                 "list" => Request::List,
@@ -194,6 +196,7 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
                 "conns" => Request::Conns,
                 "sync" => Request::Sync,
                 "save" => Request::Save,
+                "zero" => Request::Zero,
                 _ => Request::Reload,
             }
         }

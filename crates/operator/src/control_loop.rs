@@ -34,6 +34,9 @@ pub struct ControlLoop {
     pub drained: HashSet<BackendId>,
     /// The snapshot the workers were last given.
     pub snapshot: Option<Arc<Snapshot>>,
+    /// Per backend id, the counters when `sluice ctl zero` last ran (the workers' own counters only grow: the
+    /// metrics endpoint's counters must never go back), subtracted in `stats`.
+    pub zeroed: Vec<[u64; 5]>,
     pub health: Option<(HealthChecker, Receiver<HealthEvent>)>,
     /// Per worker: where trace queries go; and where every worker answers.
     pub trace_queries: Vec<Sender<dataplane::worker::TraceQuery>>,

@@ -95,7 +95,15 @@ impl Endpoints {
                 &control.config,
                 &mut control.registry,
                 &control.stats,
+                &control.zeroed,
             ),
+            Request::Zero => {
+                control.zeroed = (0..dataplane::worker::COUNTED_BACKENDS)
+                    .map(|id| crate::service_stats::counter_sums(&control.stats, id))
+                    .collect();
+                log::info!("ctl: statistics zeroed");
+                "statistics zeroed: stats counts from now (the metrics' counters keep counting)\n".into()
+            }
             Request::Rate => self.rate.answer(control),
             Request::Conns => connections(&control.stats),
             Request::Connections {

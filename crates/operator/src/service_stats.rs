@@ -8,10 +8,12 @@ use control::config::{BackendIdRegistry, Config};
 use dataplane::worker::WorkerStats;
 
 /// The services and backends with their traffic summed over the workers, in the layout of `ipvsadm -Ln --stats`.
+/// `baseline` (per backend id, as [`counter_sums`] gives them) is subtracted: the counts since `sluice ctl zero`.
 pub fn service_stats(
     config: &Config,
     registry: &mut BackendIdRegistry,
     stats: &[Arc<WorkerStats>],
+    baseline: &[[u64; 5]],
 ) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -27,18 +29,10 @@ pub fn service_stats(
             .iter()
             .map(|backend| {
                 let id = registry.id(service.key, backend.address, backend.port);
-                let mut sums = [0u64; 5];
-                for worker in stats {
-                    if let Some(counters) = worker.backends.get(id.0 as usize) {
-                        for (sum, counter) in sums.iter_mut().zip([
-                            &counters.connections,
-                            &counters.packets_in,
-                            &counters.packets_out,
-                            &counters.bytes_in,
-                            &counters.bytes_out,
-                        ]) {
-                            *sum += counter.load(Ordering::Relaxed);
-                        }
+                let mut sums = counter_sums(stats, id.0 as usize);
+                if let Some(zero) = baseline.get(id.0 as usize) {
+                    for (sum, zero) in sums.iter_mut().zip(zero) {
+                        *sum = sum.saturating_sub(*zero);
                     }
                 }
                 (
@@ -73,4 +67,23 @@ pub fn service_stats(
         }
     }
     out
+}
+
+/// Backend `id`'s connections, packets in and out, bytes in and out, summed over the workers.
+pub fn counter_sums(stats: &[Arc<WorkerStats>], id: usize) -> [u64; 5] {
+    let mut sums = [0u64; 5];
+    for worker in stats {
+        if let Some(counters) = worker.backends.get(id) {
+            for (sum, counter) in sums.iter_mut().zip([
+                &counters.connections,
+                &counters.packets_in,
+                &counters.packets_out,
+                &counters.bytes_in,
+                &counters.bytes_out,
+            ]) {
+                *sum += counter.load(Ordering::Relaxed);
+            }
+        }
+    }
+    sums
 }

@@ -595,6 +595,7 @@ fn run_balancer(
         down: HashSet::new(),
         drained: HashSet::new(),
         snapshot: Some(Arc::clone(&snapshot)),
+        zeroed: Vec::new(),
         health: None,
         trace_queries,
         trace_answers,
@@ -719,7 +720,7 @@ fn run_balancer(
     }
     print!(
         "{}",
-        service_stats(&control.config, &mut control.registry, &stats)
+        service_stats(&control.config, &mut control.registry, &stats, &[])
     );
     drop(endpoints);
     drop(control);

@@ -280,6 +280,14 @@ fn ctl_and_metrics_through_the_running_binary() {
         stats.contains("TCP  10.0.0.100:80") && stats.contains("     50      500"),
         "{stats}"
     );
+    // ipvsadm -Z: stats count from now; the metrics' counters do not go back.
+    let (ok, zeroed) = ctl(&socket, &["zero"]);
+    assert!(ok && zeroed.contains("statistics zeroed"), "{zeroed}");
+    let stats = ctl(&socket, &["stats"]).1;
+    assert!(
+        stats.contains("TCP  10.0.0.100:80                         0        0        0        0        0"),
+        "{stats}"
+    );
     // Rates over a fixed 2 s window, in ipvsadm's columns (bytes, not bits).
     let mut rate = ctl(&socket, &["rate"]).1;
     for _ in 0..60 {

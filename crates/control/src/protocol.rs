@@ -24,6 +24,14 @@ pub enum Request {
         offset: usize,
         limit: usize,
     },
+    /// ipvsadm -L --timeout: the idle timeouts.
+    Timeouts,
+    /// ipvsadm --set TCP TCPFIN UDP: seconds, 0 leaves one as it is.
+    SetTimeouts {
+        tcp: u64,
+        tcpfin: u64,
+        udp: u64,
+    },
     /// ipvsadm -Z: `stats` counts from now.
     Zero,
     /// ipvsadm -S: the running configuration (with `ctl` edits) as a configuration file.
@@ -76,7 +84,7 @@ pub const MAX_LISTED: usize = 10_000;
 /// What the control socket answers to a line it cannot use.
 pub const USAGE: &str =
     "commands are list, stats, rate, conns, connections [service VIP:PORT tcp|udp | backend ADDR:PORT] \
-    [offset N] [limit N], zero, save, reload, drain ADDR:PORT, undrain ADDR:PORT, \
+    [offset N] [limit N], timeout, set-timeout TCP TCPFIN UDP, zero, save, reload, drain ADDR:PORT, undrain ADDR:PORT, \
     trace CLIENT:PORT VIP:PORT [tcp|udp], add-service VIP:PORT tcp|udp MODE [SCHEDULER], \
     remove-service VIP:PORT tcp|udp, add-backend VIP:PORT tcp|udp ADDR:PORT [WEIGHT], \
     remove-backend VIP:PORT tcp|udp ADDR:PORT, set-weight VIP:PORT tcp|udp ADDR:PORT WEIGHT";
@@ -187,7 +195,7 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
         endpoint(text, "backend")
     };
     let request = match verb {
-        "list" | "stats" | "rate" | "conns" | "sync" | "reload" | "save" | "zero" => {
+        "list" | "stats" | "rate" | "conns" | "sync" | "reload" | "save" | "zero" | "timeout" => {
             at_most(0)?;
             match verb {
                 "list" => Request::List,
@@ -197,10 +205,26 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
                 "sync" => Request::Sync,
                 "save" => Request::Save,
                 "zero" => Request::Zero,
+                "timeout" => Request::Timeouts,
                 _ => Request::Reload,
             }
         }
         "connections" => connections(args)?,
+        "set-timeout" => {
+            at_most(3)?;
+            let seconds = |index: usize| -> Result<u64, String> {
+                let text = args
+                    .get(index)
+                    .ok_or("set-timeout TCP TCPFIN UDP (seconds; 0 leaves one as it is)")?;
+                text.parse::<u64>()
+                    .map_err(|_| format!("set-timeout: {text:?} is not a number of seconds"))
+            };
+            Request::SetTimeouts {
+                tcp: seconds(0)?,
+                tcpfin: seconds(1)?,
+                udp: seconds(2)?,
+            }
+        }
         "drain" | "undrain" => {
             at_most(1)?;
             let address = endpoint(

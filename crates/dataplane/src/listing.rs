@@ -1,12 +1,13 @@
 //! What the control thread asks a worker about its own state, answered between bursts, one question per poll:
 //! its connections for `sluice ctl connections` (ipvsadm -Lnc), a bounded stretch of its table per question, so
 //! that listing a million connections never holds it from its queues for longer than one stretch; and its active
-//! and inactive connections per backend for `sluice ctl list` (ActiveConn, InActConn). The control thread brings
+//! and inactive connections per backend for `sluice ctl list` (ActiveConn, InActConn); and new idle timeouts
+//! (`sluice ctl set-timeout`, a reload). The control thread brings
 //! the buffers to fill, so that nothing is allocated on the worker.
 
 use std::net::IpAddr;
 
-use balancer::conntrack::{ConnTable, Endpoint};
+use balancer::conntrack::{ConnTable, Endpoint, Timeouts};
 use balancer::scheduler::LoadTable;
 use balancer::service::{BackendId, ServiceKey};
 use crossbeam::channel::{Receiver, Sender};
@@ -58,6 +59,8 @@ pub enum WorkerQuery {
     Connections(ListingQuery),
     /// (active, inactive) connections of backend ids `0..capacity`, into this buffer.
     Load(Vec<(u32, u32)>),
+    /// Idle timeouts from now on (ipvsadm --set).
+    SetTimeouts(Timeouts),
 }
 
 /// A worker's answer.
@@ -67,6 +70,9 @@ pub enum WorkerAnswer {
     Load {
         worker: u16,
         counts: Vec<(u32, u32)>,
+    },
+    TimeoutsSet {
+        worker: u16,
     },
 }
 
@@ -78,7 +84,7 @@ pub struct ListingChannel {
 
 /// Answers `query` from the worker's connection table and scheduler load at `now_ms`.
 pub fn answer_query(
-    conns: &ConnTable,
+    conns: &mut ConnTable,
     load: &LoadTable,
     worker: u16,
     query: WorkerQuery,
@@ -95,6 +101,10 @@ pub fn answer_query(
                 (load.active(id), load.inactive(id))
             }));
             WorkerAnswer::Load { worker, counts }
+        }
+        WorkerQuery::SetTimeouts(timeouts) => {
+            conns.set_timeouts(timeouts);
+            WorkerAnswer::TimeoutsSet { worker }
         }
     }
 }

@@ -319,9 +319,9 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
         self.answer_trace_queries(now_ms);
         if let Some(channel) = &self.listing {
             if let Ok(query) = channel.queries.try_recv() {
-                let state = &self.engine.state;
+                let state = &mut self.engine.state;
                 let answer = crate::listing::answer_query(
-                    &state.conns,
+                    &mut state.conns,
                     &state.load,
                     state.place.index,
                     query,

@@ -166,6 +166,23 @@ impl ControlLoop {
         }
     }
 
+    /// Gives every worker the running configuration's idle timeouts (they take them between bursts).
+    pub fn push_timeouts(&mut self) -> Result<(), String> {
+        use dataplane::listing::{WorkerAnswer, WorkerQuery};
+        let wait = Duration::from_millis(500);
+        while self.listing_answers.try_recv().is_ok() {}
+        for (index, queries) in self.listing_queries.iter().enumerate() {
+            let answered = queries
+                .send_timeout(WorkerQuery::SetTimeouts(self.config.network.timeouts), wait)
+                .ok()
+                .and_then(|()| self.listing_answers.recv_timeout(wait).ok());
+            if !matches!(answered, Some(WorkerAnswer::TimeoutsSet { .. })) {
+                return Err(format!("worker {index} did not take the new timeouts"));
+            }
+        }
+        Ok(())
+    }
+
     /// Frees tables the workers handed back.
     pub fn collect_retired(&self) {
         for retired in &self.retired {
@@ -217,6 +234,11 @@ impl ControlLoop {
                     checker.update(specs);
                 } else if !specs.is_empty() {
                     self.health = Some(HealthChecker::start(specs));
+                }
+                if self.config.network.timeouts != previous.network.timeouts {
+                    if let Err(error) = self.push_timeouts() {
+                        note.push_str(&format!("; timeouts: {error}"));
+                    }
                 }
                 Ok(format!(
                     "reload: generation {} with {} services in use{}{note}; applied: {changes}{warnings}",

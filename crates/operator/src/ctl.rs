@@ -406,6 +406,11 @@ fn connections(stats: &[std::sync::Arc<WorkerStats>]) -> String {
 
 /// Which backend a new flow from `client` to `vip` goes to, and why.
 fn trace(control: &mut ControlLoop, client: SocketAddr, vip: SocketAddr, protocol: u8) -> String {
+    if client.is_ipv4() != vip.is_ipv4() {
+        return format!(
+            "error: client {client} and VIP {vip} are of different address families: no such flow reaches sluice\n"
+        );
+    }
     let Some(snapshot) = control.current_snapshot() else {
         return "error: no snapshot published yet\n".into();
     };

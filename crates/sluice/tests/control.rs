@@ -390,6 +390,11 @@ fn ctl_and_metrics_through_the_running_binary() {
     assert_eq!(other_service.lines().count(), 2, "{other_service}");
     let (ok, refused) = ctl(&socket, &["connections", "limit", "0"]);
     assert!(!ok && refused.contains("limit 1 to"), "{refused}");
+    let (ok, mixed) = ctl(&socket, &["trace", "[2001:db8::1]:999", "10.0.0.100:80"]);
+    assert!(
+        !ok && mixed.contains("different address families"),
+        "{mixed}"
+    );
     let (ok, untracked) = ctl(&socket, &["trace", "198.51.100.1:999", "10.0.0.100:80"]);
     assert!(
         ok && untracked.contains("no worker holds a connection entry"),

@@ -2,7 +2,7 @@
 //! runs it before the EAL starts), so that a file `check` passes is not refused by `run` for a reason `check`
 //! could have seen, and both say it in the same words: the forwarding snapshot is built (routes to backends, NAT
 //! backends, address families, tunnel and local addresses) with placeholder MACs, each port's virtual device is
-//! asked for a queue per worker, and the metrics address is tried.
+//! asked for a queue per worker, and the sync and metrics addresses and the control socket's directory are tried.
 
 use std::net::{SocketAddr, TcpListener};
 
@@ -10,6 +10,40 @@ use control::config::{Config, PortConfig};
 
 /// The checks `sluice run` makes before it starts the EAL: `Err` holds `run`'s message.
 pub fn validate_for_run(config: &Config) -> Result<(), String> {
+    check_without_addresses(config)?;
+    if let Some(sync) = config.sync.as_ref().filter(|_| config.pipe.is_none()) {
+        try_sync_address(sync.listen, true)?;
+    }
+    Ok(())
+}
+
+/// `sluice check`: what [`validate_for_run`] checks, and the addresses `run` binds (sync, metrics, the control
+/// socket's directory). An address in use is only a warning (it may be the running sluice's own); one the host
+/// cannot bind is `run`'s error. Returns the warnings.
+pub fn validate_for_check(config: &Config) -> Result<Vec<String>, String> {
+    check_without_addresses(config)?;
+    let mut warnings = Vec::new();
+    if let Some(sync) = config.sync.as_ref().filter(|_| config.pipe.is_none()) {
+        warnings.extend(try_sync_address(sync.listen, false)?);
+    }
+    if let Some(socket) = &config.control.socket {
+        let path = std::path::Path::new(socket);
+        if let Some(directory) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            if let Err(error) = std::fs::metadata(directory) {
+                return Err(format!("control socket {}: {error}", path.display()));
+            }
+        }
+    }
+    if let Some(address) = config.control.metrics {
+        if let Some(warning) = try_metrics_address(address)? {
+            warnings.push(warning);
+        }
+    }
+    Ok(warnings)
+}
+
+/// The queues of the devices and the forwarding snapshot.
+fn check_without_addresses(config: &Config) -> Result<(), String> {
     for port in &config.ports {
         check_queues(port, config.workers.cores.len())?;
     }
@@ -21,18 +55,18 @@ pub fn validate_for_run(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// What `sluice check` adds to [`validate_for_run`]: the metrics address is bound and let go. An address in use is
-/// only a warning (it may be the running sluice's own); one the host cannot bind is `run`'s error. Returns the
-/// warnings.
-pub fn validate_for_check(config: &Config) -> Result<Vec<String>, String> {
-    validate_for_run(config)?;
-    let mut warnings = Vec::new();
-    if let Some(address) = config.control.metrics {
-        if let Some(warning) = try_metrics_address(address)? {
-            warnings.push(warning);
+/// Binds the sync listen address (UDP) and lets it go, with `run`'s message when the host cannot; an address in
+/// use is `run`'s error when `in_use_is_error`, else a warning (a running sluice's own?).
+fn try_sync_address(address: SocketAddr, in_use_is_error: bool) -> Result<Option<String>, String> {
+    match std::net::UdpSocket::bind(address) {
+        Ok(_) => Ok(None),
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse && !in_use_is_error => {
+            Ok(Some(format!(
+                "sync: listen {address}: {error} now (a running sluice's own?)"
+            )))
         }
+        Err(error) => Err(format!("sync: listen {address}: {error}")),
     }
-    Ok(warnings)
 }
 
 /// Each worker polls its own queue pair of every port: a virtual device with fewer queue pairs than workers would

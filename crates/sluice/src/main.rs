@@ -34,8 +34,10 @@ enum Command {
     },
     /// Measure the worker path (parse, decide, rewrite, tx) on one core with an in-process traffic generator.
     Bench(bench::BenchArgs),
-    /// Talk to a running sluice over its control socket: list, stats, rate, conns, sync, reload, drain ADDR:PORT,
-    /// undrain ADDR:PORT, trace CLIENT:PORT VIP:PORT [tcp|udp].
+    /// Talk to a running sluice over its control socket: list, stats, rate, conns, connections [service VIP:PORT
+    /// tcp|udp | backend ADDR:PORT] [offset N] [limit N], timeout, set-timeout TCP TCPFIN UDP, zero, save, sync,
+    /// reload, drain ADDR:PORT, undrain ADDR:PORT, trace CLIENT:PORT VIP:PORT [tcp|udp], add-service,
+    /// remove-service, add-backend, remove-backend, set-weight.
     Ctl {
         /// The control socket ([control] socket in the configuration).
         #[arg(long, short, default_value = "/run/sluice.sock")]

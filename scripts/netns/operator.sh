@@ -2,7 +2,8 @@
 # What an LVS operator reaches for, with real TCP through sluice (NAT) in network namespaces:
 #   - one backend (be2) serves two NAT services (10.0.0.100:80 and 10.0.0.101:80): connections to both complete,
 #     so each reply left from the VIP its client connected to;
-#   - `sluice ctl connections` lists held connections with their state and expiry while traffic flows;
+#   - `sluice ctl connections` lists held connections with their state and expiry while traffic flows, `list`
+#     counts them as ActiveConn, and `rate` shows the connections per second;
 #   - `sluice ctl drain` stops new connections to a backend while its held connections keep working.
 # Takes /tmp/sluice-netns.lock so that it never shares the machine's namespaces with another netns test.
 #
@@ -96,6 +97,15 @@ counts=$(ns client python3 scripts/netns/client.py count http://10.0.0.100/ 60) 
 counts=$(ns client python3 scripts/netns/client.py count http://10.0.0.101/ 60) || fail "requests to .101 failed: $counts"
 [ "$(backends_in "$counts")" = "be2 be3" ] || fail "10.0.0.101: expected be2 and be3, got $counts"
 
+# ipvsadm --rate: the connections just made show as CPS of 10.0.0.101 in one of the next 2 s windows.
+cps=0
+for _ in $(seq 40); do
+    cps=$(ctl rate | awk '$1 == "TCP" && $2 == "10.0.0.101:80" { print $3 }')
+    [ "${cps:-0}" -gt 0 ] && break
+    sleep 0.1
+done
+[ "${cps:-0}" -gt 0 ] || fail "no CPS for 10.0.0.101:80: $(ctl rate)"
+
 # Connections held open: listed with their state and expiry while they carry requests; then be1 is drained
 # under them.
 holds=()
@@ -112,6 +122,9 @@ for _ in $(seq 50); do
     sleep 0.2
 done
 [ "$established" -ge 16 ] || fail "expected the 16 held connections listed as ESTABLISHED, got: $listing"
+# ipvsadm -Ln: the held connections count as ActiveConn of be1 and be2.
+active=$(ctl list | awk '$1 == "->" && ($2 == "10.1.0.11:80" || $2 == "10.1.0.12:80") { sum += $5 } END { print sum + 0 }')
+[ "$active" -ge 16 ] || fail "ActiveConn of be1 and be2 is $active with 16 connections held: $(ctl list)"
 ctl drain 10.1.0.11:80 > /dev/null || fail "drain refused"
 counts=$(ns client python3 scripts/netns/client.py count http://10.0.0.100/ 60) || fail "requests after the drain failed: $counts"
 [ "$(backends_in "$counts")" = "be2" ] || fail "after draining be1, new connections went to $counts"

@@ -37,6 +37,7 @@ args = ["--no-huge", "-m", "1024", "--no-pci", "--no-shconf", "--no-telemetry", 
 name = "client"
 device = "net_pcap0,rx_pcap=$DIR/flows.pcap,infinite_rx=1,tx_pcap=$DIR/out.pcap"
 addresses = ["10.0.0.1/24"]
+mac = "02:00:00:00:00:01"
 [[port]]
 name = "backend"
 device = "net_null1"

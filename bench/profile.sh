@@ -21,6 +21,7 @@ args = ["--in-memory", "--no-pci", "--no-telemetry", "-l", "0"]
 name = "wan"
 device = "net_pcap0,rx_pcap=$work/replay.pcap,infinite_rx=1"
 addresses = ["10.0.0.1/16"]
+mac = "02:00:00:00:00:01"
 [workers]
 cores = [1]
 mempool_size = $((frames + 16384))

@@ -57,6 +57,7 @@ args = ["--in-memory", "--no-pci", "--no-telemetry", "-l", "0"]
 name = "wan"
 device = "net_pcap0,rx_pcap=$pcap,infinite_rx=1"
 addresses = ["$port_addr"]
+mac = "02:00:00:00:00:01"
 [workers]
 cores = [$WORKER_CPU]
 burst = 32

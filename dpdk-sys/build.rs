@@ -72,6 +72,7 @@ fn main() {
         .allowlist_function("rte_thread_.*")
         .allowlist_function("rte_socket_id")
         .allowlist_function("rte_strerror")
+        .allowlist_function("rte_version")
         .allowlist_function("rte_dev_.*")
         .allowlist_function("rte_vdev_.*")
         .allowlist_type("rte_eth_conf")

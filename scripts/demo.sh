@@ -33,7 +33,7 @@ SLUICE="$TARGET_DIR/release/sluice"
 if [ "$PCAP" = true ]; then
     # Client traffic (300 TCP flows, 3000 frames) from a pcap file, DR with weighted Maglev (weights 1, 1, 2).
     mkdir -p target/demo
-    "$SLUICE" generate --out target/demo/clients.pcap --client 198.51.100.1 --flows 300 --frames 3000 --dst-mac 02:70:63:61:70:00
+    "$SLUICE" generate --out target/demo/clients.pcap --client 198.51.100.1 --flows 300 --frames 3000 --dst-mac 02:00:00:00:00:01
     "$SLUICE" generate --out target/demo/empty.pcap --frames 0 > /dev/null
     RUST_LOG=warn "$SLUICE" run --config config/demo.toml --idle-exit-ms 500 2> /dev/null
     python3 - << 'PY'

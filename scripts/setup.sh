@@ -13,7 +13,11 @@ packages=(
     gnuplot-nox                    # benchmark plots
     bird2 frr                      # the cluster test bed: BIRD on the nodes, FRR (zebra, bgpd, bfdd) on the router
     keepalived                     # the VRRP test bed: keepalived --vrrp on each node's tap
+    man-db groff-base              # man -l on the generated manual pages (scripts/test-packaging.sh)
 )
+# promtool checks the metrics endpoint's exposition. Debian packages it only with the Prometheus server (whose
+# service is disabled below); without its recommended node exporter, which would be one more service.
+without_recommends=(prometheus)
 
 sudo_cmd=()
 if [ "$(id -u)" -ne 0 ]; then
@@ -25,18 +29,27 @@ missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "setup.sh: installing ${missing[*]}"
+missing_lean=()
+for p in "${without_recommends[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing_lean+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ] || [ ${#missing_lean[@]} -gt 0 ]; then
+    echo "setup.sh: installing ${missing[*]} ${missing_lean[*]}"
     "${sudo_cmd[@]}" apt-get update
-    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y "${missing[@]}"
+    if [ ${#missing[@]} -gt 0 ]; then
+        DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y "${missing[@]}"
+    fi
+    if [ ${#missing_lean[@]} -gt 0 ]; then
+        DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y --no-install-recommends "${missing_lean[@]}"
+    fi
 else
     echo "setup.sh: system packages present"
 fi
 
 # The cluster and VRRP tests start their own BIRD, FRR and keepalived daemons in network namespaces: the packages'
 # system services are not wanted (they would hold the BGP port, the control sockets and the VRRP instances of the
-# root namespace).
-for service in bird frr keepalived; do
+# root namespace). Only promtool of the prometheus package is used.
+for service in bird frr keepalived prometheus; do
     if command -v systemctl > /dev/null && [ -d /run/systemd/system ]; then
         "${sudo_cmd[@]}" systemctl disable --now "$service" > /dev/null 2>&1 || true
     elif [ -x "/etc/init.d/$service" ]; then

@@ -3,6 +3,8 @@
   client.py count URL N        N requests, a new TCP connection each; prints {"backend": count}; exit 1 on any failure
   client.py keepalive URL N    N requests on one connection; prints the backends that answered; exit 1 on failure
   client.py hold URL SECONDS   one keep-alive connection, a request every 0.1 s for SECONDS; prints the backends
+  client.py first URL LIMIT    one request; prints the backend and the seconds it took; exit 1 if it failed or took
+                               LIMIT seconds or more (a lost SYN is retransmitted after 1 s)
 """
 import http.client
 import json
@@ -23,6 +25,12 @@ def one(url):
 
 def main():
     mode, url, amount = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    if mode == "first":
+        started = time.monotonic()
+        name = one(url)
+        took = time.monotonic() - started
+        print(f"{name} {took:.3f}")
+        sys.exit(0 if took < amount else 1)
     if mode == "count":
         counts, failures = {}, []
         for i in range(int(amount)):

@@ -15,6 +15,24 @@ NS_PREFIX="${NS_PREFIX:-sl-}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 STATE_DIR="${STATE_DIR:-/tmp/${NS_PREFIX}netns}"
 
+# netns_lock: waits for /tmp/sluice-netns.lock, which every network-namespace test bed on this machine takes (the
+# veth names and namespaces would collide), on file descriptor 9, unless a process this shell descends from holds it
+# already (`flock /tmp/sluice-netns.lock scripts/test.sh`): waiting then would never end.
+netns_lock() {
+    local lock=/tmp/sluice-netns.lock inode holders pid
+    exec 9> "$lock"
+    flock -n 9 && return 0
+    inode=$(stat -c %i "$lock")
+    holders=$(awk -v inode="$inode" '$2 == "FLOCK" { n = split($6, id, ":"); if (id[n] == inode) print $5 }' /proc/locks)
+    pid=$$
+    while [ "$pid" -gt 1 ]; do
+        grep -qx "$pid" <<< "$holders" && return 0
+        pid=$(awk '{ print $4 }' "/proc/$pid/stat" 2> /dev/null || echo 1)
+    done
+    echo "waiting for $lock (another network-namespace test is running)" >&2
+    flock 9
+}
+
 # Runs a command in a test-bed namespace (in the foreground: for background processes use ip netns exec directly,
 # so that $! is the process and not a subshell).
 ns() { ip netns exec "${NS_PREFIX}$1" "${@:2}"; }

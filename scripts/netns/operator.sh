@@ -14,10 +14,9 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "operator: needs root (network namespaces); skipped"
     exit 0
 fi
-exec 9> /tmp/sluice-netns.lock
-flock 9
 NS_PREFIX=slo-
 source scripts/netns/lib.sh
+netns_lock
 
 cargo build -q -p sluice
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"

@@ -22,7 +22,8 @@
 //!   destination port (big-endian, 2 bytes each), IP protocol (1 byte), hashed with `XXH64(bytes, FLOW_SEED)`.
 //! * Address hash, for fragments (33 bytes): source address, destination address, IP protocol, hashed with
 //!   `XXH64(bytes, FLOW_SEED)`. Non-first fragments carry no ports, so a node that hashes fragments must hash
-//!   every fragment of a datagram, the first included, this way.
+//!   every fragment of a datagram, the first included, this way. (sluice itself no longer does: it sends a
+//!   datagram's fragments where its first went, through its flow's connection; the hash stays in the contract.)
 //! * Lookup: slot `hash mod M`.
 //!
 //! # Balance

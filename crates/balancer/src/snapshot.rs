@@ -5,6 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hashbrown::HashMap;
+use packet::{MacWord, WireAddr};
 use thiserror::Error;
 
 use crate::maglev::{MaglevError, MaglevTable, TableSize};
@@ -110,8 +111,8 @@ pub struct Route {
     pub port: u16,
     /// The address whose MAC the frame is sent to: the destination itself on a connected subnet, else the gateway.
     pub next_hop: IpAddr,
-    /// The next hop's configured MAC, when there is one.
-    pub mac: Option<[u8; 6]>,
+    /// The next hop's configured MAC, when there is one (one word: the verdict copies it on every frame).
+    pub mac: MacWord,
 }
 
 /// A service as workers use it.
@@ -124,10 +125,10 @@ pub struct Service {
     pub backends: Vec<Backend>,
     /// Route to each backend, in the order of `backends`.
     pub routes: Vec<Route>,
-    /// Built for every service: it is the scheduler of `mh` services, and every service places fragments with it.
+    /// Built for every service: it is the scheduler of `mh` services.
     pub maglev: MaglevTable,
-    /// Outer source for TUN encapsulation.
-    pub tunnel_source: Option<IpAddr>,
+    /// Outer source for TUN encapsulation, in the form the rewrite takes (every TUN frame carries it).
+    pub tunnel_source: Option<WireAddr>,
 }
 
 /// What an address the balancer owns is used for (several may hold at once).
@@ -224,14 +225,13 @@ pub struct Snapshot {
     /// Indexed by backend id: ids are small and dense (the control plane hands them out in order), and this
     /// lookup is on every packet of every tracked flow.
     by_backend: Vec<Option<BackendPlace>>,
+    /// Each backend's route, by backend id: all an established DR flow asks of the snapshot, one load away.
+    routes_by_backend: Vec<Option<Route>>,
     /// NAT backends' (address, port, protocol) -> service index, to recognise their replies.
     nat_backends: PlaceMap<u32>,
     /// NAT backends that serve several services (as IPVS allows) -> those services' indices: a reply is mapped by
     /// its connection, and looked up here only after `nat_backends` missed, so that other replies pay nothing.
     shared_nat_backends: PlaceMap<Vec<u32>>,
-    /// (VIP, protocol) -> the service that takes fragments without ports: the all-ports service, else the only
-    /// service of the VIP and protocol; absent when that is ambiguous.
-    fragment_services: PlaceMap<u32>,
     owned: PlaceMap<OwnedAddress>,
     ports: Vec<PortSpec>,
     gateways: Vec<GatewaySpec>,
@@ -285,9 +285,9 @@ impl Snapshot {
             services: Vec::with_capacity(spec.services.len()),
             by_key: PlaceMap::default(),
             by_backend: Vec::new(),
+            routes_by_backend: Vec::new(),
             nat_backends: PlaceMap::default(),
             shared_nat_backends: PlaceMap::default(),
-            fragment_services: PlaceMap::default(),
             owned,
             ports: spec.ports.clone(),
             gateways: spec.gateways.clone(),
@@ -338,7 +338,7 @@ impl Snapshot {
                 // A MAC configured on the backend wins over resolution, for the connected-subnet case.
                 let route = match (backend.mac, route.next_hop == backend.addr) {
                     (Some(mac), true) => Route {
-                        mac: Some(mac),
+                        mac: MacWord::new(mac),
                         ..route
                     },
                     _ => route,
@@ -358,6 +358,10 @@ impl Snapshot {
                 if snapshot.by_backend[slot].replace(place).is_some() {
                     return Err(SnapshotError::DuplicateBackendId(backend.id.0));
                 }
+                if snapshot.routes_by_backend.len() <= slot {
+                    snapshot.routes_by_backend.resize(slot + 1, None);
+                }
+                snapshot.routes_by_backend[slot] = Some(route);
                 snapshot.max_backend_id = snapshot.max_backend_id.max(backend.id.0);
                 if service_spec.mode == ForwardingMode::Nat {
                     let key = PlaceKey::new(backend.addr, backend.port, service_spec.key.protocol);
@@ -399,39 +403,10 @@ impl Snapshot {
                 backends: service_spec.backends.clone(),
                 routes,
                 maglev,
-                tunnel_source,
+                tunnel_source: tunnel_source.map(WireAddr::from),
             });
         }
-        // (services of the VIP and protocol, the last of them, its all-ports service)
-        let mut per_vip: HashMap<(IpAddr, u8), (u32, u32, Option<u32>)> = HashMap::new();
-        for (index, service) in snapshot.services.iter().enumerate() {
-            let index = index as u32;
-            let entry = per_vip
-                .entry((service.key.vip, service.key.protocol))
-                .or_insert((0, index, None));
-            entry.0 += 1;
-            entry.1 = index;
-            if service.key.port == 0 {
-                entry.2 = Some(index);
-            }
-        }
-        for (key, (count, last, all_ports)) in per_vip {
-            if let Some(index) = all_ports.or((count == 1).then_some(last)) {
-                snapshot
-                    .fragment_services
-                    .insert(PlaceKey::new(key.0, 0, key.1), index);
-            }
-        }
         Ok(snapshot)
-    }
-
-    /// The service that takes fragments carrying no ports for `vip` over `protocol`.
-    #[inline]
-    pub fn fragment_service(&self, vip: IpAddr, protocol: u8) -> Option<(u32, &Service)> {
-        let index = *self
-            .fragment_services
-            .get(&PlaceKey::new(vip, 0, protocol))?;
-        Some((index, &self.services[index as usize]))
     }
 
     /// The service a client reaches at `vip:port` over `protocol`: an exact match, else the VIP's all-ports service.
@@ -454,12 +429,18 @@ impl Snapshot {
     }
 
     /// Where backend `id` is in this snapshot; `None` once it has been removed.
-    #[inline]
+    #[inline(always)]
     pub fn backend(&self, id: BackendId) -> Option<(&Service, &Backend, &Route)> {
         let place = self.by_backend.get(id.0 as usize).copied().flatten()?;
         let service = &self.services[place.service as usize];
         let index = place.index as usize;
         Some((service, &service.backends[index], &service.routes[index]))
+    }
+
+    /// The route to backend `id` (what [`Snapshot::backend`] gives with it); `None` once it has been removed.
+    #[inline(always)]
+    pub fn backend_route(&self, id: BackendId) -> Option<&Route> {
+        self.routes_by_backend.get(id.0 as usize)?.as_ref()
     }
 
     /// The NAT service whose backend `addr:port` sends a reply over `protocol`.
@@ -533,7 +514,7 @@ impl Snapshot {
             return Some(Route {
                 port,
                 next_hop: addr,
-                mac: None,
+                mac: MacWord::NONE,
             });
         }
         self.gateways
@@ -542,8 +523,26 @@ impl Snapshot {
             .map(|gateway| Route {
                 port: gateway.port,
                 next_hop: gateway.addr,
-                mac: gateway.mac,
+                mac: MacWord::from_option(gateway.mac),
             })
+    }
+
+    /// The next hops whose MAC the configuration does not give, which the workers resolve ahead of traffic:
+    /// every backend's (itself on a connected subnet, or the gateway) and every gateway's, as (port, address); an
+    /// address may come more than once.
+    pub fn next_hops_to_resolve(&self) -> impl Iterator<Item = (u16, IpAddr)> + '_ {
+        let backends = self
+            .services
+            .iter()
+            .flat_map(|service| service.routes.iter())
+            .filter(|route| !route.mac.is_known())
+            .map(|route| (route.port, route.next_hop));
+        let gateways = self
+            .gateways
+            .iter()
+            .filter(|gateway| gateway.mac.is_none())
+            .map(|gateway| (gateway.port, gateway.addr));
+        backends.chain(gateways)
     }
 
     /// The port with index `port`.
@@ -696,7 +695,16 @@ mod tests {
         let far = snapshot.route("192.0.2.1".parse().unwrap()).unwrap();
         assert_eq!(far.port, 0);
         assert_eq!(far.next_hop, "10.0.0.254".parse::<IpAddr>().unwrap());
-        assert_eq!(far.mac, Some([2, 0, 0, 0, 0, 0xfe]));
+        assert_eq!(far.mac.get(), Some([2, 0, 0, 0, 0, 0xfe]));
+        // The per-backend route a tracked flow reads is the one the backend's place gives.
+        for id in [BackendId(1), BackendId(2)] {
+            assert_eq!(
+                snapshot.backend_route(id),
+                snapshot.backend(id).map(|(_, _, route)| route)
+            );
+            assert!(snapshot.backend_route(id).is_some());
+        }
+        assert_eq!(snapshot.backend_route(BackendId(3)), None);
         // No IPv6 gateway: only the connected IPv6 subnet is reachable.
         assert!(snapshot.route("2001:db8::1".parse().unwrap()).is_none());
         assert_eq!(snapshot.route("fd00::9".parse().unwrap()).unwrap().port, 0);

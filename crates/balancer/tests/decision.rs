@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use balancer::conntrack::{tcp_flags, ConnTable, Timeouts};
 use balancer::decision::{
-    Action, DropReason, Forward, Rewrite, WorkerPlace, WorkerState, WorkerTables,
+    Action, DropReason, Forward, FragmentAction, FragmentTable, Rewrite, WorkerPlace, WorkerState,
+    WorkerTables,
 };
 use balancer::maglev::TableSize;
-use balancer::neighbor::NeighborTable;
+use balancer::neighbor::{Neighbor, NeighborTable};
 use balancer::persistence::PersistenceTable;
 use balancer::port_alloc::{PortAllocator, PortPartition};
 use balancer::scheduler::LoadTable;
@@ -189,6 +190,7 @@ fn transport(
         protocol,
         ttl: 64,
         source_routed: false,
+        dont_fragment: false,
         flow: FlowKey {
             src_addr: src,
             dst_addr: dst,
@@ -280,6 +282,7 @@ fn nat_maps_requests_to_the_backend_and_replies_back_to_the_vip() {
         let Rewrite::Destination { addr, port } = request.rewrite else {
             panic!("NAT rewrites the destination: {request:?}");
         };
+        let addr = addr.ip();
         assert_eq!(port, 8080);
         assert_eq!(request.port, BACKEND_PORT);
         let reply = harness.decide(&tcp(addr, 8080, src, 40000, SYN | ACK));
@@ -287,7 +290,7 @@ fn nat_maps_requests_to_the_backend_and_replies_back_to_the_vip() {
         assert_eq!(
             reply.rewrite,
             Rewrite::Source {
-                addr: vip(v6),
+                addr: vip(v6).into(),
                 port: 80
             }
         );
@@ -329,15 +332,16 @@ fn fullnat_rewrites_both_ends_and_maps_replies_to_the_client() {
         else {
             panic!("FULLNAT rewrites both ends: {request:?}");
         };
+        let (local, dst) = (local.ip(), dst.ip());
         assert_eq!(local, if v6 { ip("fd01::5") } else { ip("10.1.0.5") });
         assert_eq!(dst_port, 8080);
         let reply = forwarded(harness.decide(&tcp(dst, 8080, local, local_port, SYN | ACK)));
         assert_eq!(
             reply.rewrite,
             Rewrite::SourceAndDestination {
-                src: vip(v6),
+                src: vip(v6).into(),
                 src_port: 80,
-                dst: src,
+                dst: src.into(),
                 dst_port: 40000
             }
         );
@@ -350,7 +354,7 @@ fn fullnat_rewrites_both_ends_and_maps_replies_to_the_client() {
 }
 
 #[test]
-fn tun_encapsulates_from_the_tunnel_source_and_answers_too_big() {
+fn tun_encapsulates_from_the_tunnel_source_and_fragments_or_answers_too_big() {
     for v6 in [false, true] {
         let mut harness = Harness::new(&spec(
             vec![service(ForwardingMode::Tun, SchedulerKind::Mh, v6, &[1, 1])],
@@ -365,6 +369,7 @@ fn tun_encapsulates_from_the_tunnel_source_and_answers_too_big() {
         else {
             panic!("TUN encapsulates: {request:?}");
         };
+        let (outer_src, outer_dst) = (outer_src.ip(), outer_dst.ip());
         assert_eq!(outer_src, if v6 { ip("fd01::1") } else { ip("10.1.0.1") });
         assert_eq!(
             Some(outer_dst),
@@ -374,6 +379,23 @@ fn tun_encapsulates_from_the_tunnel_source_and_answers_too_big() {
         );
         let mut big = tcp(src, 40000, vip(v6), 80, ACK);
         big.l3_len = 1500;
+        // An IPv4 packet that may be fragmented is sent in outer fragments; IPv6, and IPv4 with don't-fragment,
+        // learn the path MTU.
+        if !v6 {
+            let fragmented = forwarded(harness.decide(&big));
+            assert_eq!(
+                fragmented.rewrite,
+                Rewrite::EncapsulateInFragments {
+                    outer_src: "10.1.0.1".parse().unwrap(),
+                    outer_dst: match outer_dst {
+                        IpAddr::V4(v4) => v4,
+                        IpAddr::V6(_) => unreachable!(),
+                    },
+                    mtu: 1500
+                }
+            );
+            big.dont_fragment = true;
+        }
         let outer = if v6 { 40 } else { 20 };
         assert_eq!(
             harness.decide(&big),
@@ -455,7 +477,7 @@ fn traffic_for_others_is_dropped_or_handed_to_the_kernel() {
 }
 
 #[test]
-fn arp_and_echo_for_our_addresses_are_answered_and_neighbours_learned() {
+fn arp_and_echo_are_answered_and_only_honest_neighbours_learned() {
     let mut harness = Harness::new(&spec(
         vec![service(ForwardingMode::Dr, SchedulerKind::Mh, false, &[1])],
         1,
@@ -471,23 +493,107 @@ fn arp_and_echo_for_our_addresses_are_answered_and_neighbours_learned() {
         ..tcp(client(0, false), 0, vip(false), 0, 0)
     };
     assert_eq!(
-        harness.decide(&arp(1, "10.0.0.7", "10.0.0.100")),
+        harness.decide_on(&arp(1, "10.0.0.7", "10.0.0.100"), CLIENT_PORT),
         Action::AnswerArp
     );
+    // Asking for us is no reason to be remembered: 10.0.0.7 is no next hop of ours.
     assert_eq!(
-        harness.state.neighbors.lookup(ip("10.0.0.7")),
-        Some([2, 9, 9, 9, 9, 9])
+        harness
+            .state
+            .neighbors
+            .lookup(CLIENT_PORT, ip("10.0.0.7"), NOW),
+        Neighbor::Unresolved
     );
     assert_eq!(
-        harness.decide(&arp(1, "10.0.0.8", "10.0.0.200")),
+        harness.decide_on(&arp(1, "10.0.0.8", "10.0.0.200"), CLIENT_PORT),
         Action::Drop(DropReason::NeighborNotForUs)
     );
-    assert_eq!(harness.state.neighbors.lookup(ip("10.0.0.8")), None);
+    // A sender outside the connected subnets (a router numbered elsewhere) is answered, and not learned.
     assert_eq!(
-        harness.decide(&arp(2, "10.1.0.11", "10.1.0.1")),
+        harness.decide_on(&arp(1, "192.0.2.7", "10.0.0.100"), CLIENT_PORT),
+        Action::AnswerArp
+    );
+    // A reply nobody asked for fills nothing.
+    let backend = ip("10.1.0.11");
+    assert_eq!(
+        harness.decide_on(&arp(2, "10.1.0.11", "10.1.0.1"), BACKEND_PORT),
+        Action::Drop(DropReason::NeighborUnwanted)
+    );
+    assert_eq!(
+        harness.state.neighbors.lookup(BACKEND_PORT, backend, NOW),
+        Neighbor::Unresolved
+    );
+    // The answer to our own request is learned, on the backend's port.
+    harness
+        .state
+        .neighbors
+        .expect(BACKEND_PORT, backend, NOW)
+        .unwrap();
+    assert_eq!(
+        harness.decide_on(&arp(2, "10.1.0.11", "10.1.0.1"), BACKEND_PORT),
         Action::Consumed
     );
-    assert!(harness.state.neighbors.lookup(ip("10.1.0.11")).is_some());
+    assert_eq!(
+        harness.state.neighbors.lookup(BACKEND_PORT, backend, NOW),
+        Neighbor::Reachable([2, 9, 9, 9, 9, 9])
+    );
+    // The same claims from the client side, as a reply or as a request: refused, the entry unchanged.
+    let mut poison = arp(2, "10.1.0.11", "10.0.0.1");
+    poison.arp.as_mut().unwrap().sender_mac = [6, 6, 6, 6, 6, 6];
+    assert_eq!(
+        harness.decide_on(&poison, CLIENT_PORT),
+        Action::Drop(DropReason::NeighborWrongSide)
+    );
+    poison.arp.as_mut().unwrap().operation = 1;
+    poison.arp.as_mut().unwrap().target_ip = "10.0.0.100".parse().unwrap();
+    assert_eq!(
+        harness.decide_on(&poison, CLIENT_PORT),
+        Action::Drop(DropReason::NeighborWrongSide)
+    );
+    assert_eq!(
+        harness.state.neighbors.lookup(BACKEND_PORT, backend, NOW),
+        Neighbor::Reachable([2, 9, 9, 9, 9, 9])
+    );
+    // A neighbour advertisement is taken only with hop limit 255.
+    let v6_backend: std::net::Ipv6Addr = "fd01::b".parse().unwrap();
+    harness
+        .state
+        .neighbors
+        .expect(BACKEND_PORT, IpAddr::V6(v6_backend), NOW)
+        .unwrap();
+    let mut advertisement = transport(IpAddr::V6(v6_backend), 0, ip("fd01::1"), 0, 58, 0);
+    advertisement.icmp = IcmpKind::NeighborAdvertisement {
+        target: v6_backend,
+        target_mac: Some([6, 6, 6, 6, 6, 6]),
+    };
+    advertisement.ttl = 50;
+    assert_eq!(
+        harness.decide_on(&advertisement, BACKEND_PORT),
+        Action::Drop(DropReason::NeighborRouted)
+    );
+    advertisement.ttl = 255;
+    assert_eq!(
+        harness.decide_on(&advertisement, CLIENT_PORT),
+        Action::Drop(DropReason::NeighborWrongSide)
+    );
+    assert_eq!(
+        harness
+            .state
+            .neighbors
+            .lookup(BACKEND_PORT, IpAddr::V6(v6_backend), NOW),
+        Neighbor::Unresolved
+    );
+    assert_eq!(
+        harness.decide_on(&advertisement, BACKEND_PORT),
+        Action::Consumed
+    );
+    assert_eq!(
+        harness
+            .state
+            .neighbors
+            .lookup(BACKEND_PORT, IpAddr::V6(v6_backend), NOW),
+        Neighbor::Reachable([6, 6, 6, 6, 6, 6])
+    );
 
     let mut echo = transport(client(1, false), 77, vip(false), 77, ICMP, 0);
     echo.icmp = IcmpKind::EchoRequest;
@@ -574,22 +680,175 @@ fn persistence_sends_a_client_back_to_its_backend() {
     assert!(others.len() > 1);
 }
 
+/// A fragment of datagram `id` of the UDP flow `src:5000 -> dst:80`: the first carries the ports, a later one none.
+fn fragment(src: IpAddr, dst: IpAddr, id: u32, first: bool) -> FrameLayout {
+    let mut layout = if first {
+        transport(src, 5000, dst, 80, UDP, 0)
+    } else {
+        transport(src, 0, dst, 0, UDP, 0)
+    };
+    layout.fragment = if first {
+        Fragment::First { id }
+    } else {
+        Fragment::Later { id }
+    };
+    layout
+}
+
+impl Harness {
+    fn decide_fragment(
+        &mut self,
+        fragments: &mut FragmentTable,
+        layout: &FrameLayout,
+        handed_off: bool,
+    ) -> FragmentAction {
+        let staged = self.state.stage(&layout.flow);
+        let ingress = self
+            .tables
+            .snapshot
+            .route(layout.flow.src_addr)
+            .map_or(0, |route| route.port);
+        self.state.decide_fragment(
+            fragments,
+            &mut self.tables,
+            layout,
+            Some(&staged),
+            ingress,
+            handed_off,
+            NOW,
+        )
+    }
+}
+
+fn acted(action: FragmentAction) -> Action {
+    match action {
+        FragmentAction::Act(action) => action,
+        FragmentAction::Hold(datagram) => panic!("held {datagram:?}"),
+    }
+}
+
+/// Every mode, both families: the first fragment of a datagram is decided through the flow's connection (so it
+/// goes where the flow's whole datagrams go, with the same rewrite), and the later ones get the same forward; a
+/// later fragment that comes before its first is held, and forwarded like the others once the first was decided.
 #[test]
-fn fragments_of_a_datagram_reach_one_backend() {
-    let mut udp = service(ForwardingMode::Dr, SchedulerKind::Mh, false, &[1, 1, 1, 1]);
+fn fragments_of_a_datagram_follow_their_flow() {
+    for mode in [
+        ForwardingMode::Dr,
+        ForwardingMode::Nat,
+        ForwardingMode::FullNat,
+        ForwardingMode::Tun,
+    ] {
+        for v6 in [false, true] {
+            let mut udp = service(mode, SchedulerKind::Rr, v6, &[1, 1, 1, 1]);
+            udp.key.protocol = UDP;
+            let mut harness = Harness::new(&spec(vec![udp], 1));
+            let mut fragments = FragmentTable::new(64, 2000);
+            for i in 0..20 {
+                let src = client(i, v6);
+                let whole = forwarded(harness.decide(&transport(src, 5000, vip(v6), 80, UDP, 0)));
+                // Round robin: only the connection keeps the fragmented datagram with its flow.
+                let _ = harness.decide(&transport(client(i + 100, v6), 5000, vip(v6), 80, UDP, 0));
+                let early = harness.decide_fragment(
+                    &mut fragments,
+                    &fragment(src, vip(v6), 7, false),
+                    false,
+                );
+                assert!(
+                    matches!(early, FragmentAction::Hold(_)),
+                    "{mode:?}: {early:?}"
+                );
+                let first = forwarded(acted(harness.decide_fragment(
+                    &mut fragments,
+                    &fragment(src, vip(v6), 7, true),
+                    false,
+                )));
+                let later = forwarded(acted(harness.decide_fragment(
+                    &mut fragments,
+                    &fragment(src, vip(v6), 7, false),
+                    false,
+                )));
+                assert_eq!(first.backend, whole.backend, "{mode:?} v6={v6}");
+                assert_eq!(first.rewrite, whole.rewrite, "{mode:?} v6={v6}");
+                assert_eq!(later.backend, whole.backend, "{mode:?} v6={v6}");
+                assert_eq!(later.rewrite, whole.rewrite, "{mode:?} v6={v6}");
+                assert!(!later.opened);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_later_fragment_is_dropped_by_the_decision_without_a_fragment_table() {
+    let mut udp = service(ForwardingMode::Dr, SchedulerKind::Mh, false, &[1, 1]);
     udp.key.protocol = UDP;
     let mut harness = Harness::new(&spec(vec![udp], 1));
-    for i in 0..50 {
-        let src = client(i, false);
-        let mut first = transport(src, 5000, vip(false), 80, UDP, 0);
-        first.fragment = Fragment::First { id: i };
-        let mut later = transport(src, 0, vip(false), 0, UDP, 0);
-        later.fragment = Fragment::Later { id: i };
-        let a = forwarded(harness.decide(&first));
-        let b = forwarded(harness.decide(&later));
-        assert_eq!(a.backend, b.backend);
-        assert!(a.untracked && b.untracked);
+    assert_eq!(
+        harness.decide(&fragment(client(1, false), vip(false), 3, false)),
+        Action::Drop(DropReason::FragmentUnsupported)
+    );
+}
+
+/// Delivers `layout` to worker `arrival` and follows its handoffs until a worker forwards it; returns the forward,
+/// that worker and the handoffs it took.
+fn follow_handoffs(
+    workers: &mut [Harness],
+    tables: &mut [FragmentTable],
+    layout: &FrameLayout,
+    arrival: usize,
+) -> (Forward, usize, u32) {
+    let (mut at, mut handoffs) = (arrival, 0);
+    loop {
+        match acted(workers[at].decide_fragment(&mut tables[at], layout, handoffs > 0)) {
+            Action::Handoff { worker } => {
+                at = usize::from(worker);
+                handoffs += 1;
+                assert!(handoffs <= 2, "a fragment crosses at most two handoffs");
+            }
+            Action::Forward(forward) => return (forward, at, handoffs),
+            other => panic!("{other:?}"),
+        }
     }
+}
+
+/// Two workers: a fragment meets its datagram's keeper (the owner of its addresses alone); the keeper passes the
+/// first fragment and the later ones to the flow's owner when that is another worker, which forwards them.
+#[test]
+fn two_workers_bring_the_fragments_of_a_datagram_to_the_owner_of_its_flow() {
+    let mut udp = service(ForwardingMode::Nat, SchedulerKind::Mh, false, &[1, 1]);
+    udp.key.protocol = UDP;
+    let spec = spec(vec![udp], 2);
+    let mut workers = [
+        Harness::worker(&spec, 0, 2, true),
+        Harness::worker(&spec, 1, 2, true),
+    ];
+    let mut tables = [FragmentTable::new(64, 2000), FragmentTable::new(64, 2000)];
+    let mut passed_twice = 0;
+    for i in 0..64 {
+        let src = client(i, false);
+        // Source ports vary: with one pair of ports, the symmetric hash would add the same bits to every flow.
+        let port = 5000 + i as u16 * 7;
+        let owner = match workers[0].decide(&transport(src, port, vip(false), 80, UDP, 0)) {
+            Action::Handoff { worker } => usize::from(worker),
+            _ => 0,
+        };
+        let mut first = fragment(src, vip(false), i, true);
+        first.flow.src_port = port;
+        let later = fragment(src, vip(false), i, false);
+        let (first_forward, first_at, handoffs) =
+            follow_handoffs(&mut workers, &mut tables, &first, 0);
+        let (later_forward, later_at, _) = follow_handoffs(&mut workers, &mut tables, &later, 0);
+        assert_eq!(
+            first_at, owner,
+            "the first fragment reaches its flow's owner"
+        );
+        assert_eq!(later_at, owner, "the later fragment follows it");
+        assert_eq!(first_forward.backend, later_forward.backend);
+        assert_eq!(first_forward.rewrite, later_forward.rewrite);
+        if handoffs == 2 {
+            passed_twice += 1;
+        }
+    }
+    assert!(passed_twice > 0, "some datagrams cross two handoffs");
 }
 
 #[test]
@@ -630,6 +889,7 @@ fn two_workers_steer_requests_and_fullnat_replies_to_their_owner() {
         else {
             panic!()
         };
+        let (src, dst) = (src.ip(), dst.ip());
         assert_eq!(spec.local_ports.owner_of(src_port), Some(owner as u16));
         // The reply, wherever it lands, ends on the owner.
         let reply = tcp(dst, 8080, src, src_port, SYN | ACK);
@@ -664,6 +924,7 @@ fn icmp_errors_follow_the_flow_they_quote() {
     let Rewrite::Destination { addr: backend, .. } = request.rewrite else {
         panic!()
     };
+    let backend = backend.ip();
 
     // A router towards the client cannot pass our reply (VIP:80 -> client:40000): it tells the VIP.
     let mut to_vip = transport(ip("192.0.2.254"), 0, vip(false), 0, ICMP, 0);
@@ -805,11 +1066,11 @@ fn one_nat_backend_serves_two_services_and_replies_map_back_right() {
                 panic!("{request:?}");
             };
             assert_eq!(port, 8080);
-            let reply = forwarded(harness.decide(&tcp(addr, 8080, src, sport, SYN | ACK)));
+            let reply = forwarded(harness.decide(&tcp(addr.ip(), 8080, src, sport, SYN | ACK)));
             assert_eq!(
                 reply.rewrite,
                 Rewrite::Source {
-                    addr: vip(false),
+                    addr: vip(false).into(),
                     port: vport
                 },
                 "client {i} to port {vport}"
@@ -846,7 +1107,7 @@ fn one_nat_backend_serves_two_services_and_replies_map_back_right() {
         let Rewrite::Destination { addr, port } = forwarded(request).rewrite else {
             panic!()
         };
-        let reply = tcp(addr, port, src, 3000 + i as u16, SYN | ACK);
+        let reply = tcp(addr.ip(), port, src, 3000 + i as u16, SYN | ACK);
         for landing in 0..2usize {
             let (mut at, mut handed_off) = (landing, false);
             let answer = loop {
@@ -871,7 +1132,7 @@ fn one_nat_backend_serves_two_services_and_replies_map_back_right() {
             assert_eq!(
                 forwarded(answer).rewrite,
                 Rewrite::Source {
-                    addr: vip(false),
+                    addr: vip(false).into(),
                     port: vport
                 },
                 "client {i} to port {vport}, reply landing on worker {landing}"

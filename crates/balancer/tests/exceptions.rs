@@ -162,6 +162,7 @@ fn layout(flow: FlowKey, flags: u8) -> FrameLayout {
         protocol: TCP,
         ttl: 64,
         source_routed: false,
+        dont_fragment: false,
         flow,
         fragment: Fragment::None,
         tcp_flags: flags,

@@ -90,6 +90,7 @@ fn segment(flags: u8) -> FrameLayout {
         protocol: TCP,
         ttl: 64,
         source_routed: false,
+        dont_fragment: false,
         flow: FlowKey {
             src_addr: ip("10.0.0.50"),
             dst_addr: ip("10.0.0.100"),

@@ -122,6 +122,7 @@ struct RawPort {
     #[serde(default)]
     addresses: Vec<Spanned<String>>,
     kernel_interface: Option<Spanned<String>>,
+    mac: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -193,6 +194,12 @@ struct RawService {
     scheduler: Spanned<String>,
     persistence_timeout: Option<Spanned<u64>>,
     persistence_netmask: Option<Spanned<u8>>,
+    /// keepalived's quorum: the healthy weight below which the sorry server takes over.
+    quorum: Option<Spanned<i64>>,
+    hysteresis: Option<Spanned<i64>>,
+    sorry_server: Option<Spanned<RawBackend>>,
+    /// The default of the backends' `alpha`.
+    alpha: Option<bool>,
     #[serde(default)]
     backend: Vec<Spanned<RawBackend>>,
 }
@@ -212,7 +219,12 @@ struct RawBackend {
     port: Option<Spanned<u16>>,
     weight: Option<Spanned<i64>>,
     mac: Option<Spanned<String>>,
-    health_check: Option<Spanned<RawHealthCheck>>,
+    /// One table, or an array of tables for several checkers (`[[service.backend.health_check]]`).
+    health_check: Option<Spanned<toml::Value>>,
+    alpha: Option<bool>,
+    notify_up: Option<Spanned<String>>,
+    notify_down: Option<Spanned<String>>,
+    notify_timeout: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -229,6 +241,9 @@ struct RawHealthCheck {
     path: Option<String>,
     status: Option<u16>,
     on_failure: Option<String>,
+    misc_path: Option<String>,
+    misc_timeout: Option<f64>,
+    warmup: Option<f64>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -259,6 +274,9 @@ pub struct PortConfig {
     pub addresses: Vec<Prefix>,
     /// The kernel interface (a `net_tap`) of the exception path: `kernel_interface`, or `sl-<name>`.
     pub kernel_interface: String,
+    /// The port's MAC, when the configuration sets it (otherwise the device's own): the only unicast address
+    /// the port accepts frames for.
+    pub mac: Option<[u8; 6]>,
 }
 
 impl PortConfig {
@@ -379,7 +397,16 @@ pub enum OnFailure {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CheckKind {
     Tcp,
-    Http { path: String, expected_status: u16 },
+    Http {
+        path: String,
+        expected_status: u16,
+    },
+    /// keepalived's MISC_CHECK: a command run with `/bin/sh -c`; exit status 0 passes. Bounded by `timeout`
+    /// (the process group is killed then).
+    Misc {
+        command: String,
+        timeout: Duration,
+    },
 }
 
 /// A backend's health check, with keepalived's knobs.
@@ -394,6 +421,28 @@ pub struct HealthCheckConfig {
     pub retry: u32,
     pub delay_before_retry: Duration,
     pub on_failure: OnFailure,
+    /// The first probe waits a random time below this (keepalived's `warmup`), so that checks started together
+    /// do not probe together.
+    pub warmup: Duration,
+}
+
+/// Commands run when a backend's health changes (keepalived's `notify_up`/`notify_down`), each with `/bin/sh -c`
+/// off the control thread and killed after `timeout`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotifyConfig {
+    pub up: Option<String>,
+    pub down: Option<String>,
+    pub timeout: Duration,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            up: None,
+            down: None,
+            timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -402,7 +451,34 @@ pub struct BackendConfig {
     pub port: u16,
     pub weight: u32,
     pub mac: Option<[u8; 6]>,
-    pub health_check: Option<HealthCheckConfig>,
+    /// Every checker must pass for the backend to be up.
+    pub health_checks: Vec<HealthCheckConfig>,
+    /// keepalived's `alpha`: the backend starts down and takes traffic only once all its checks passed.
+    pub alpha: bool,
+    pub notify: NotifyConfig,
+}
+
+impl BackendConfig {
+    /// A backend without checks or scripts (as `ctl add-backend` makes one).
+    pub fn plain(address: IpAddr, port: u16, weight: u32) -> BackendConfig {
+        BackendConfig {
+            address,
+            port,
+            weight,
+            mac: None,
+            health_checks: Vec::new(),
+            alpha: false,
+            notify: NotifyConfig::default(),
+        }
+    }
+
+    /// A failed check takes the backend to weight 0 instead of out of the table when any of its checkers says
+    /// `on_failure = "inhibit"` (keepalived's `inhibit_on_failure`).
+    pub fn inhibit_on_failure(&self) -> bool {
+        self.health_checks
+            .iter()
+            .any(|check| check.on_failure == OnFailure::Inhibit)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -412,6 +488,34 @@ pub struct ServiceConfig {
     pub scheduler: SchedulerKind,
     pub persistence: Option<PersistenceSpec>,
     pub backends: Vec<BackendConfig>,
+    /// keepalived's quorum: while the weights of the healthy backends sum to less, the quorum is lost.
+    pub quorum: u32,
+    /// The quorum is lost below `quorum - hysteresis` and regained at `quorum + hysteresis`.
+    pub hysteresis: u32,
+    /// Takes all the traffic while the quorum is lost (the real backends leave the table then), and gives it
+    /// back when the quorum returns.
+    pub sorry_server: Option<BackendConfig>,
+}
+
+impl ServiceConfig {
+    /// A service without backends, quorum 1, no sorry server (as `ctl add-service` makes one).
+    pub fn plain(key: ServiceKey, mode: ForwardingMode, scheduler: SchedulerKind) -> ServiceConfig {
+        ServiceConfig {
+            key,
+            mode,
+            scheduler,
+            persistence: None,
+            backends: Vec::new(),
+            quorum: 1,
+            hysteresis: 0,
+            sorry_server: None,
+        }
+    }
+
+    /// The real backends and the sorry server.
+    pub fn all_backends(&self) -> impl Iterator<Item = &BackendConfig> {
+        self.backends.iter().chain(self.sorry_server.as_ref())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -505,6 +609,14 @@ pub mod limits {
     pub const RETRY: std::ops::RangeInclusive<u32> = 1..=100;
     /// An HTTP check's expected status.
     pub const STATUS: std::ops::RangeInclusive<u16> = 100..=599;
+    /// A misc check's `misc_timeout` and a backend's `notify_timeout`.
+    pub const SCRIPT_TIMEOUT: std::ops::RangeInclusive<f64> = 0.01..=3600.0;
+    /// A health check's `warmup`.
+    pub const WARMUP: std::ops::RangeInclusive<f64> = 0.0..=3600.0;
+    /// The longest command line of `misc_path`, `notify_up` and `notify_down`.
+    pub const COMMAND_BYTES: usize = 4096;
+    /// Checkers per backend.
+    pub const CHECKERS: usize = 16;
     /// The longest HTTP check path.
     pub const PATH_BYTES: usize = 1024;
     /// Ring sizes.
@@ -635,7 +747,23 @@ impl Config {
                     ),
                 ));
             }
+            let mac = match &port.mac {
+                Some(spanned) => {
+                    let mac = parse_mac(spanned.get_ref())
+                        .map_err(|e| locator.error_at(&spanned.span(), format!("port mac: {e}")))?;
+                    if mac[0] & 1 != 0 || mac == [0; 6] {
+                        return Err(locator.error_at(
+                            &spanned.span(),
+                            "port mac: a port's own address is unicast (the low bit of the first byte clear) \
+                             and not all zeros",
+                        ));
+                    }
+                    Some(mac)
+                }
+                None => None,
+            };
             ports.push(PortConfig {
+                mac,
                 name,
                 device: port.device.get_ref().trim().to_owned(),
                 mtu,
@@ -842,9 +970,10 @@ impl Config {
                 mode: service.mode,
                 scheduler: service.scheduler,
                 persistence: service.persistence,
+                // The sorry server is in every spec; the control loop's effective weights keep it out while
+                // the quorum holds.
                 backends: service
-                    .backends
-                    .iter()
+                    .all_backends()
                     .map(|backend| Backend {
                         id: registry.id(service.key, backend.address, backend.port),
                         addr: backend.address,
@@ -1322,15 +1451,19 @@ fn validate_service(
         }
         None => None,
     };
-    let mut backends = Vec::new();
     let mut seen = HashSet::new();
-    for spanned_backend in &raw.backend {
+    let service_alpha = raw.alpha.unwrap_or(false);
+    // The checks of one backend or of the sorry server (`what` names it in the messages).
+    let mut validate_backend = |spanned_backend: &Spanned<RawBackend>,
+                                what: &str,
+                                warnings: &mut Vec<String>|
+     -> Result<BackendConfig, ConfigError> {
         let backend = spanned_backend.get_ref();
-        let address = locator.address(&backend.address, "backend address")?;
+        let address = locator.address(&backend.address, &format!("{what} address"))?;
         if address.is_ipv4() != v4 {
             return Err(locator.error_at(
                 &backend.address.span(),
-                format!("backend address: {address} is not of the family of VIP {vip}; mix families in separate services"),
+                format!("{what} address: {address} is not of the family of VIP {vip}; mix families in separate services"),
             ));
         }
         let backend_port = backend.port.as_ref().map_or(port, |p| *p.get_ref());
@@ -1342,7 +1475,7 @@ fn validate_service(
             return Err(locator.error_at(
                 &span,
                 format!(
-                    "backend port: {backend_port} differs from the service port {port}; {} cannot map ports (use nat \
+                    "{what} port: {backend_port} differs from the service port {port}; {} cannot map ports (use nat \
                      or fullnat, or drop the port)",
                     raw.mode.get_ref()
                 ),
@@ -1351,7 +1484,7 @@ fn validate_service(
         if matches!(mode, ForwardingMode::Nat | ForwardingMode::FullNat) && backend_port == 0 {
             return Err(locator.error_at(
                 &backend.address.span(),
-                "backend port: needs a port in nat and fullnat modes",
+                format!("{what} port: needs a port in nat and fullnat modes"),
             ));
         }
         let weight = match &backend.weight {
@@ -1360,7 +1493,7 @@ fn validate_service(
                 if !(0..=65535).contains(&weight) {
                     return Err(locator.error_at(
                         &spanned_weight.span(),
-                        "backend weight: allowed 0 (drained) to 65535",
+                        format!("{what} weight: allowed 0 (drained) to 65535"),
                     ));
                 }
                 weight as u32
@@ -1370,7 +1503,7 @@ fn validate_service(
         let mac = match &backend.mac {
             Some(mac) => Some(
                 parse_mac(mac.get_ref())
-                    .map_err(|e| locator.error_at(&mac.span(), format!("backend mac: {e}")))?,
+                    .map_err(|e| locator.error_at(&mac.span(), format!("{what} mac: {e}")))?,
             ),
             None => None,
         };
@@ -1378,26 +1511,103 @@ fn validate_service(
             return Err(locator.error_at(
                 &spanned_backend.span(),
                 format!(
-                    "backend {}: listed twice in service {name}",
+                    "{what} {}: listed twice in service {name}",
                     balancer::snapshot::describe_endpoint(address, backend_port)
                 ),
             ));
         }
-        let health_check = match &backend.health_check {
-            Some(check) => Some(validate_health_check(check, locator, warnings)?),
-            None => None,
+        let health_checks = match &backend.health_check {
+            Some(checks) => validate_health_checks(checks, locator, warnings)?,
+            None => Vec::new(),
         };
-        backends.push(BackendConfig {
+        let notify = validate_notify(backend, locator)?;
+        Ok(BackendConfig {
             address,
             port: backend_port,
             weight,
             mac,
-            health_check,
-        });
+            health_checks,
+            alpha: backend.alpha.unwrap_or(service_alpha),
+            notify,
+        })
+    };
+    let mut backends = Vec::new();
+    for spanned_backend in &raw.backend {
+        backends.push(validate_backend(spanned_backend, "backend", warnings)?);
     }
+    let sorry_server = match &raw.sorry_server {
+        Some(spanned) => {
+            let sorry = spanned.get_ref();
+            if sorry.health_check.is_some()
+                || sorry.alpha.is_some()
+                || sorry.notify_up.is_some()
+                || sorry.notify_down.is_some()
+                || sorry.notify_timeout.is_some()
+            {
+                return Err(locator.error_at(
+                    &spanned.span(),
+                    format!(
+                        "service {name}: sorry_server takes address, port, weight and mac only (it is not checked)"
+                    ),
+                ));
+            }
+            Some(validate_backend(spanned, "sorry_server", warnings)?)
+        }
+        None => None,
+    };
     if backends.is_empty() {
         warnings.push(format!(
             "service {name} has no backends: it will drop its traffic (counted)"
+        ));
+    }
+    let count = |value: &Option<Spanned<i64>>, field: &str, default: u32| match value {
+        Some(spanned) => u32::try_from(*spanned.get_ref())
+            .ok()
+            .filter(|value| *value <= 65535 * 1024)
+            .ok_or_else(|| {
+                locator.error_at(
+                    &spanned.span(),
+                    format!(
+                        "service {field}: allowed 0 to {} (a sum of backend weights)",
+                        65535 * 1024
+                    ),
+                )
+            }),
+        None => Ok(default),
+    };
+    let quorum = count(&raw.quorum, "quorum", 1)?;
+    let hysteresis = count(&raw.hysteresis, "hysteresis", 0)?;
+    if quorum == 0 {
+        let span = raw.quorum.as_ref().map_or(0..0, |q| q.span());
+        return Err(locator.error_at(
+            &span,
+            format!(
+                "service {name}: quorum 0 can never be lost; allowed 1 and more (1 is the default)"
+            ),
+        ));
+    }
+    if hysteresis >= quorum {
+        let span = raw.hysteresis.as_ref().map_or(0..0, |h| h.span());
+        return Err(locator.error_at(
+            &span,
+            format!(
+                "service {name}: hysteresis {hysteresis} must be below the quorum {quorum} (the quorum is lost \
+                 below quorum - hysteresis)"
+            ),
+        ));
+    }
+    let total: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
+    if u64::from(quorum) + u64::from(hysteresis) > total && !backends.is_empty() {
+        warnings.push(format!(
+            "service {name}: its backends' weights sum to {total}, below quorum {quorum} + hysteresis {hysteresis}: \
+             the quorum can never be reached{}",
+            if sorry_server.is_some() { " and the sorry server takes all its traffic" } else { "" }
+        ));
+    }
+    if raw.quorum.is_some() && sorry_server.is_none() {
+        warnings.push(format!(
+            "service {name}: quorum without a sorry_server only shows in ctl list and the metrics (nothing takes \
+             over when it is lost)"
         ));
     }
     Ok(ServiceConfig {
@@ -1406,21 +1616,99 @@ fn validate_service(
         scheduler,
         persistence,
         backends,
+        quorum,
+        hysteresis,
+        sorry_server,
     })
 }
 
+/// `notify_up`, `notify_down` and `notify_timeout` of a backend.
+fn validate_notify(
+    backend: &RawBackend,
+    locator: &Locator<'_>,
+) -> Result<NotifyConfig, ConfigError> {
+    let command = |value: &Option<Spanned<String>>,
+                   field: &str|
+     -> Result<Option<String>, ConfigError> {
+        match value {
+            Some(spanned) => {
+                let text = spanned.get_ref().trim();
+                if text.is_empty() || text.len() > limits::COMMAND_BYTES || text.contains('\0') {
+                    return Err(locator.error_at(
+                        &spanned.span(),
+                        format!(
+                            "backend {field}: a command line of 1 to {} bytes without NUL (run with /bin/sh -c)",
+                            limits::COMMAND_BYTES
+                        ),
+                    ));
+                }
+                Ok(Some(text.to_owned()))
+            }
+            None => Ok(None),
+        }
+    };
+    let timeout = match &backend.notify_timeout {
+        Some(spanned) => seconds(*spanned.get_ref(), "notify_timeout", limits::SCRIPT_TIMEOUT)
+            .map_err(|error| locator.error_at(&spanned.span(), format!("backend {error}")))?,
+        None => NotifyConfig::default().timeout,
+    };
+    Ok(NotifyConfig {
+        up: command(&backend.notify_up, "notify_up")?,
+        down: command(&backend.notify_down, "notify_down")?,
+        timeout,
+    })
+}
+
+/// One `health_check` table, or an array of them (several checkers, all must pass).
+fn validate_health_checks(
+    spanned: &Spanned<toml::Value>,
+    locator: &Locator<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<HealthCheckConfig>, ConfigError> {
+    let span = spanned.span();
+    let tables: Vec<&toml::Value> = match spanned.get_ref() {
+        table @ toml::Value::Table(_) => vec![table],
+        toml::Value::Array(items) if !items.is_empty() && items.iter().all(toml::Value::is_table) => {
+            items.iter().collect()
+        }
+        _ => {
+            return Err(locator.error_at(
+                &span,
+                "health_check: a table ([service.backend.health_check]), or tables ([[service.backend.health_check]]) \
+                 for several checkers",
+            ))
+        }
+    };
+    if tables.len() > limits::CHECKERS {
+        return Err(locator.error_at(
+            &span,
+            format!(
+                "health_check: at most {} checkers per backend",
+                limits::CHECKERS
+            ),
+        ));
+    }
+    let mut checks = Vec::with_capacity(tables.len());
+    for table in tables {
+        let raw = RawHealthCheck::deserialize(table.clone()).map_err(|error| {
+            locator.error_at(&span, format!("health_check: {}", error.message()))
+        })?;
+        checks.push(validate_health_check(&raw, &span, locator, warnings)?);
+    }
+    Ok(checks)
+}
+
 fn validate_health_check(
-    spanned: &Spanned<RawHealthCheck>,
+    raw: &RawHealthCheck,
+    span: &std::ops::Range<usize>,
     locator: &Locator<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<HealthCheckConfig, ConfigError> {
-    let raw = spanned.get_ref();
-    let fail =
-        |message: String| locator.error_at(&spanned.span(), format!("health_check: {message}"));
+    let fail = |message: String| locator.error_at(span, format!("health_check: {message}"));
     let kind = match raw.kind.as_str() {
         "tcp" => {
             if raw.path.is_some() || raw.status.is_some() {
-                let line = locator.line(spanned.span().start);
+                let line = locator.line(span.start);
                 warnings.push(format!(
                     "{}:{line}: health_check: path and status apply to http checks; this tcp check ignores them",
                     locator.origin
@@ -1453,12 +1741,51 @@ fn validate_health_check(
                 expected_status,
             }
         }
+        "misc" => {
+            let command = raw.misc_path.as_deref().map(str::trim).unwrap_or_default();
+            if command.is_empty() || command.len() > limits::COMMAND_BYTES || command.contains('\0')
+            {
+                return Err(fail(format!(
+                    "misc_path: a misc check needs a command line of 1 to {} bytes without NUL (run with /bin/sh -c; \
+                     exit status 0 passes)",
+                    limits::COMMAND_BYTES
+                )));
+            }
+            // keepalived's default misc_timeout is the delay_loop.
+            let timeout = seconds(
+                raw.misc_timeout.or(raw.delay_loop).unwrap_or(60.0),
+                "misc_timeout",
+                limits::SCRIPT_TIMEOUT,
+            )
+            .map_err(fail)?;
+            CheckKind::Misc {
+                command: command.to_owned(),
+                timeout,
+            }
+        }
         other => {
             return Err(fail(format!(
-                "type {other:?} is not allowed; use \"tcp\" or \"http\""
+                "type {other:?} is not allowed; use \"tcp\", \"http\" or \"misc\""
             )))
         }
     };
+    let is_misc = matches!(kind, CheckKind::Misc { .. });
+    if !is_misc && (raw.misc_path.is_some() || raw.misc_timeout.is_some()) {
+        return Err(fail(format!(
+            "misc_path and misc_timeout apply to type = \"misc\", not to this {} check",
+            raw.kind
+        )));
+    }
+    if is_misc
+        && (raw.connect_ip.is_some()
+            || raw.connect_port.is_some()
+            || raw.path.is_some()
+            || raw.status.is_some())
+    {
+        return Err(fail(
+            "connect_ip, connect_port, path and status do not apply to a misc check (its command checks)".into(),
+        ));
+    }
     let on_failure = match raw.on_failure.as_deref().unwrap_or("remove") {
         "remove" => OnFailure::Remove,
         "inhibit" => OnFailure::Inhibit,
@@ -1510,6 +1837,7 @@ fn validate_health_check(
         )
         .map_err(fail)?,
         on_failure,
+        warmup: seconds(raw.warmup.unwrap_or(0.0), "warmup", limits::WARMUP).map_err(fail)?,
     })
 }
 
@@ -1591,7 +1919,7 @@ impl BackendIdRegistry {
         let present: HashSet<(ServiceKey, IpAddr, u16)> = config
             .services
             .iter()
-            .flat_map(|s| s.backends.iter().map(move |b| (s.key, b.address, b.port)))
+            .flat_map(|s| s.all_backends().map(move |b| (s.key, b.address, b.port)))
             .collect();
         self.ids.retain(|key, _| present.contains(key));
     }

@@ -36,10 +36,18 @@ fn build(config: &Config) {
     // Every duration is in range, so the schedule arithmetic cannot overflow.
     for service in &config.services {
         for backend in &service.backends {
-            if let Some(check) = &backend.health_check {
+            for check in &backend.health_checks {
                 let now = std::time::Instant::now();
-                let _ = now + check.connect_timeout + check.delay_loop + check.delay_before_retry;
+                let _ = now
+                    + check.connect_timeout
+                    + check.delay_loop
+                    + check.delay_before_retry
+                    + check.warmup;
+                if let crate::config::CheckKind::Misc { timeout, .. } = &check.kind {
+                    let _ = now + *timeout;
+                }
             }
+            let _ = std::time::Instant::now() + backend.notify.timeout;
         }
     }
 }

@@ -1,11 +1,13 @@
-//! Backend health checks with keepalived's knobs: TCP connect or HTTP GET every `delay_loop`, `retry` consecutive
-//! failures (spaced by `delay_before_retry`) before a backend is declared down, one success to bring it back.
+//! Backend health checks with keepalived's knobs: TCP connect, HTTP GET or a command (MISC_CHECK) every
+//! `delay_loop`, `retry` consecutive failures (spaced by `delay_before_retry`) before a checker says down, one
+//! success to bring it back; several checkers per backend, all of which must pass; the first probe delayed at random
+//! within `warmup`; with `alpha` a backend starts down until its checks pass, without it a backend starts up and
+//! receives traffic until the checks prove it down.
 //!
 //! The schedule is a pure state machine ([`CheckState`]) driven by results and instants, so it is tested without
 //! sockets. [`HealthChecker`] schedules every check from one thread and runs each probe on a short-lived thread of
-//! its own, bounded as a whole (connect, request, status line) by `connect_timeout`: a backend that hangs or dribbles
-//! delays no other backend's verdict. Changes are reported over a channel. A backend starts up: it receives traffic
-//! until the checks prove it down (keepalived without `alpha`).
+//! its own, bounded as a whole (connect, request, status line; or the command) by its timeout: a backend that hangs
+//! or dribbles delays no other backend's verdict. Changes of a backend's verdict are reported over a channel.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -16,11 +18,25 @@ use std::time::{Duration, Instant};
 
 use crate::config::{CheckKind, HealthCheckConfig};
 
-/// What to check, and how often.
+/// What to check on one backend, and how often.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthCheckSpec {
     pub target: SocketAddr,
-    pub config: HealthCheckConfig,
+    /// Every checker must pass for the backend to be up.
+    pub checks: Vec<HealthCheckConfig>,
+    /// Start down, up once every checker passed (keepalived's `alpha`).
+    pub alpha: bool,
+}
+
+impl HealthCheckSpec {
+    /// One checker, starting up.
+    pub fn single(target: SocketAddr, config: HealthCheckConfig) -> HealthCheckSpec {
+        HealthCheckSpec {
+            target,
+            checks: vec![config],
+            alpha: false,
+        }
+    }
 }
 
 /// A change of a backend's health.
@@ -43,10 +59,15 @@ pub struct CheckState {
 impl CheckState {
     /// A backend assumed up, first checked at `now`.
     pub fn new(now: Instant) -> CheckState {
+        CheckState::starting(now, true)
+    }
+
+    /// A check whose verdict starts as `up` (false with `alpha`), first probed at `first_check`.
+    pub fn starting(first_check: Instant, up: bool) -> CheckState {
         CheckState {
-            up: true,
+            up,
             consecutive_failures: 0,
-            next_check: now,
+            next_check: first_check,
         }
     }
 
@@ -87,14 +108,24 @@ impl CheckState {
     }
 }
 
-/// Runs one probe; `Err` says why it failed. The whole probe (connect, send the request, read the status line) is
-/// bounded by `connect_timeout`, whatever the backend does: a backend dribbling one byte at a time fails it.
-pub fn probe(spec: &HealthCheckSpec) -> Result<(), String> {
+/// Runs one probe of `config` against the backend `backend`; `Err` says why it failed. The whole probe (connect,
+/// send the request, read the status line) is bounded by `connect_timeout`, whatever the backend does: a backend
+/// dribbling one byte at a time fails it. A misc check runs its command, bounded by `misc_timeout`, with the
+/// backend in `SLUICE_BACKEND_ADDRESS` and `SLUICE_BACKEND_PORT`.
+pub fn probe(backend: SocketAddr, config: &HealthCheckConfig) -> Result<(), String> {
+    if let CheckKind::Misc { command, timeout } = &config.kind {
+        let env = [
+            ("SLUICE_BACKEND_ADDRESS", backend.ip().to_string()),
+            ("SLUICE_BACKEND_PORT", backend.port().to_string()),
+        ];
+        return crate::script::run(command, &env, *timeout)
+            .map_err(|error| format!("misc check {command:?}: {error}"));
+    }
     let target = SocketAddr::new(
-        spec.config.connect_ip.unwrap_or(spec.target.ip()),
-        spec.config.connect_port.unwrap_or(spec.target.port()),
+        config.connect_ip.unwrap_or(backend.ip()),
+        config.connect_port.unwrap_or(backend.port()),
     );
-    let timeout = spec.config.connect_timeout.max(Duration::from_millis(1));
+    let timeout = config.connect_timeout.max(Duration::from_millis(1));
     let deadline = Instant::now() + timeout;
     let left = |phase: &str| {
         deadline
@@ -109,8 +140,8 @@ pub fn probe(spec: &HealthCheckSpec) -> Result<(), String> {
     };
     let mut stream = TcpStream::connect_timeout(&target, timeout)
         .map_err(|error| format!("connect to {target}: {error}"))?;
-    match &spec.config.kind {
-        CheckKind::Tcp => Ok(()),
+    match &config.kind {
+        CheckKind::Tcp | CheckKind::Misc { .. } => Ok(()),
         CheckKind::Http {
             path,
             expected_status,
@@ -175,8 +206,8 @@ pub fn probe(spec: &HealthCheckSpec) -> Result<(), String> {
 enum Message {
     Update(Vec<(u32, HealthCheckSpec)>),
     Stop,
-    /// A probe finished: the check's key, the round it was started for, and its result.
-    Probed(u32, u64, Result<(), String>),
+    /// A probe finished: the backend's key, the checker's index, the round it was started for, and its result.
+    Probed(u32, usize, u64, Result<(), String>),
 }
 
 /// The scheduling thread. Every probe runs on a thread of its own, so a backend that hangs delays only its own
@@ -206,7 +237,8 @@ impl HealthChecker {
         )
     }
 
-    /// Replaces the set of checks; a check whose spec is unchanged keeps its state and schedule.
+    /// Replaces the set of checks; a backend whose spec is unchanged keeps its state and schedule, one whose spec
+    /// changed keeps its verdict until its new checks say otherwise.
     pub fn update(&self, specs: Vec<(u32, HealthCheckSpec)>) {
         let _ = self.messages.send(Message::Update(specs));
     }
@@ -230,15 +262,25 @@ impl Drop for HealthChecker {
     }
 }
 
+/// One checker of a backend.
 struct Check {
-    spec: HealthCheckSpec,
+    config: HealthCheckConfig,
     state: CheckState,
     /// Bumped when a probe starts; a result for an older round (or a replaced spec) is ignored.
     round: u64,
     in_flight: bool,
 }
 
-/// Probe threads get a small stack: they only connect, write and read a status line.
+/// A backend's checkers and the verdict last reported for it.
+struct Backend {
+    spec: HealthCheckSpec,
+    checks: Vec<Check>,
+    up: bool,
+    /// Up at some point (an alpha backend is not, until its first checks pass).
+    was_up: bool,
+}
+
+/// Probe threads get a small stack: they only connect, write and read a status line, or wait for a command.
 const PROBE_STACK: usize = 64 * 1024;
 
 fn run(
@@ -247,49 +289,69 @@ fn run(
     probes: Sender<Message>,
     events: Sender<HealthEvent>,
 ) {
-    let mut checks: HashMap<u32, Check> = HashMap::new();
+    let mut backends: HashMap<u32, Backend> = HashMap::new();
     let mut rounds = 0u64;
-    apply(&mut checks, specs, Instant::now());
+    apply(&mut backends, specs, Instant::now());
     loop {
         let now = Instant::now();
         // Start every probe that is due and not already running.
         let mut next: Option<Instant> = None;
-        for (&key, check) in checks.iter_mut() {
-            if check.in_flight {
-                continue;
-            }
-            if check.state.next_check <= now {
+        for (&key, backend) in backends.iter_mut() {
+            for index in 0..backend.checks.len() {
+                let check = &mut backend.checks[index];
+                if check.in_flight {
+                    continue;
+                }
+                if check.state.next_check > now {
+                    next = Some(
+                        next.map_or(check.state.next_check, |n| n.min(check.state.next_check)),
+                    );
+                    continue;
+                }
                 rounds += 1;
                 check.round = rounds;
                 check.in_flight = true;
-                let spec = check.spec.clone();
+                let config = check.config.clone();
+                let target = backend.spec.target;
                 let results = probes.clone();
                 let round = rounds;
                 let spawned = std::thread::Builder::new()
                     .name("health-probe".into())
                     .stack_size(PROBE_STACK)
                     .spawn(move || {
-                        let _ = results.send(Message::Probed(key, round, probe(&spec)));
+                        let _ = results.send(Message::Probed(
+                            key,
+                            index,
+                            round,
+                            probe(target, &config),
+                        ));
                     });
                 if let Err(error) = spawned {
                     // Out of threads: count it as a failed probe rather than stop checking.
-                    check.in_flight = false;
+                    backend.checks[index].in_flight = false;
                     let reason = format!("cannot start a probe: {error}");
-                    record(key, check, Err(reason), &events);
+                    if !record(key, backend, index, Err(reason), &events) {
+                        return;
+                    }
                 }
-            } else {
-                next = Some(next.map_or(check.state.next_check, |n| n.min(check.state.next_check)));
             }
         }
         let wait = next.map_or(Duration::from_secs(1), |when| {
             when.saturating_duration_since(Instant::now())
         });
         match messages.recv_timeout(wait) {
-            Ok(Message::Update(specs)) => apply(&mut checks, specs, Instant::now()),
-            Ok(Message::Probed(key, round, result)) => {
-                if let Some(check) = checks.get_mut(&key).filter(|check| check.round == round) {
-                    check.in_flight = false;
-                    if !record(key, check, result, &events) {
+            Ok(Message::Update(specs)) => apply(&mut backends, specs, Instant::now()),
+            Ok(Message::Probed(key, index, round, result)) => {
+                let Some(backend) = backends.get_mut(&key) else {
+                    continue;
+                };
+                let current = backend
+                    .checks
+                    .get(index)
+                    .is_some_and(|check| check.round == round);
+                if current {
+                    backend.checks[index].in_flight = false;
+                    if !record(key, backend, index, result, &events) {
                         return;
                     }
                 }
@@ -300,47 +362,141 @@ fn run(
     }
 }
 
-/// Records a probe's result; sends an event when the verdict changed. `false` when nobody listens any more.
+fn describe_check(check: &HealthCheckConfig) -> &'static str {
+    match check.kind {
+        CheckKind::Tcp => "tcp",
+        CheckKind::Http { .. } => "http",
+        CheckKind::Misc { .. } => "misc",
+    }
+}
+
+/// Records checker `index`'s result; sends an event when the backend's verdict (all checkers up) changed. `false`
+/// when nobody listens any more.
 fn record(
     key: u32,
-    check: &mut Check,
+    backend: &mut Backend,
+    index: usize,
     result: Result<(), String>,
     events: &Sender<HealthEvent>,
 ) -> bool {
-    let config = &check.spec.config;
-    let Some(up) = check.state.record(result.is_ok(), config, Instant::now()) else {
+    let check = &mut backend.checks[index];
+    if check
+        .state
+        .record(result.is_ok(), &check.config, Instant::now())
+        .is_none()
+    {
         return true;
+    }
+    let up = backend.checks.iter().all(|check| check.state.up);
+    if up == backend.up {
+        return true;
+    }
+    backend.up = up;
+    let first = up && !backend.was_up;
+    backend.was_up |= up;
+    let check = &backend.checks[index];
+    let which = if backend.checks.len() > 1 {
+        format!(
+            "{} check {} of {}: ",
+            describe_check(&check.config),
+            index + 1,
+            backend.checks.len()
+        )
+    } else {
+        String::new()
     };
     let reason = match &result {
-        Ok(()) => format!("{} answers again", check.spec.target),
+        Ok(()) if backend.checks.len() > 1 => format!(
+            "all {} checks pass{}",
+            backend.checks.len(),
+            if first { " (alpha: first time)" } else { "" }
+        ),
+        Ok(()) if first => format!("{} passes its first check (alpha)", backend.spec.target),
+        Ok(()) => format!("{} answers again", backend.spec.target),
         Err(error) => format!(
-            "{error} ({} consecutive failures)",
+            "{which}{error} ({} consecutive failures)",
             check.state.consecutive_failures()
         ),
     };
-    log::info!(
-        "backend {}: {} ({reason})",
-        check.spec.target,
+    // The control loop logs the change once, with the service (it knows which backend the key is).
+    log::debug!(
+        "probe of {}: {} ({reason})",
+        backend.spec.target,
         if up { "up" } else { "down" }
     );
     events.send(HealthEvent { key, up, reason }).is_ok()
 }
 
-fn apply(checks: &mut HashMap<u32, Check>, specs: Vec<(u32, HealthCheckSpec)>, now: Instant) {
-    let mut next: HashMap<u32, Check> = HashMap::with_capacity(specs.len());
-    for (key, spec) in specs {
-        let check = match checks.remove(&key) {
-            Some(existing) if existing.spec == spec => existing,
-            _ => Check {
-                spec,
-                state: CheckState::new(now),
-                round: 0,
-                in_flight: false,
-            },
-        };
-        next.insert(key, check);
+/// A random delay below `warmup` (keepalived's warmup), so that checks configured together do not probe together.
+fn warmup_delay(warmup: Duration, key: u32, index: usize) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    if warmup.is_zero() {
+        return Duration::ZERO;
     }
-    *checks = next;
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(key);
+    hasher.write_usize(index);
+    let fraction = (hasher.finish() % 1_000_000) as f64 / 1_000_000.0;
+    warmup.mul_f64(fraction)
+}
+
+fn apply(backends: &mut HashMap<u32, Backend>, specs: Vec<(u32, HealthCheckSpec)>, now: Instant) {
+    let mut next: HashMap<u32, Backend> = HashMap::with_capacity(specs.len());
+    for (key, spec) in specs {
+        let backend = match backends.remove(&key) {
+            Some(existing) if existing.spec == spec => existing,
+            existing => {
+                // A backend new to the checker starts as alpha says; one whose checks changed keeps its verdict.
+                let (up, was_up) = existing.map_or((!spec.alpha, !spec.alpha), |existing| {
+                    (existing.up, existing.was_up)
+                });
+                let checks = spec
+                    .checks
+                    .iter()
+                    .enumerate()
+                    .map(|(index, config)| Check {
+                        config: config.clone(),
+                        state: CheckState::starting(
+                            now + warmup_delay(config.warmup, key, index),
+                            up,
+                        ),
+                        round: 0,
+                        in_flight: false,
+                    })
+                    .collect();
+                Backend {
+                    spec,
+                    checks,
+                    up,
+                    was_up,
+                }
+            }
+        };
+        next.insert(key, backend);
+    }
+    *backends = next;
+}
+
+/// The one log line of a health change: the service and backend by name, the backend's id, the verdict and why.
+/// A backend going down is a warning; coming back is information.
+pub fn log_change(event: &HealthEvent, registry: &crate::config::BackendIdRegistry) {
+    use balancer::snapshot::{describe_endpoint, describe_service};
+    let id = balancer::service::BackendId(event.key);
+    let name = registry.ids().get(&id).map_or_else(
+        || "a removed backend".to_owned(),
+        |(service, address, port)| {
+            format!(
+                "service {} backend {}",
+                describe_service(service),
+                describe_endpoint(*address, *port)
+            )
+        },
+    );
+    if event.up {
+        log::info!("health: {name} (id {}): up ({})", event.key, event.reason);
+    } else {
+        log::warn!("health: {name} (id {}): down ({})", event.key, event.reason);
+    }
 }
 
 #[cfg(test)]
@@ -359,6 +515,7 @@ mod tests {
             retry,
             delay_before_retry: Duration::from_secs(1),
             on_failure: OnFailure::Remove,
+            warmup: Duration::ZERO,
         }
     }
 
@@ -383,6 +540,16 @@ mod tests {
         assert_eq!(state.record(false, &config, start), None, "already down");
         assert_eq!(state.record(true, &config, start), Some(true));
         assert_eq!(state.record(true, &config, start), None);
+    }
+
+    #[test]
+    fn warmup_delays_the_first_probe_at_random_below_it() {
+        assert_eq!(warmup_delay(Duration::ZERO, 1, 0), Duration::ZERO);
+        let warmup = Duration::from_secs(10);
+        let delays: Vec<Duration> = (0..64).map(|key| warmup_delay(warmup, key, 0)).collect();
+        assert!(delays.iter().all(|delay| *delay < warmup), "{delays:?}");
+        let distinct: std::collections::HashSet<_> = delays.iter().collect();
+        assert!(distinct.len() > 32, "not spread: {delays:?}");
     }
 
     #[test]

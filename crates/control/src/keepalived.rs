@@ -697,7 +697,8 @@ fn convert_backend(
         let _ = writeln!(out, "port = {port}");
     }
     let block = item.block.clone().unwrap_or_default();
-    let mut check = String::new();
+    // Every checker of the real server: sluice takes the backend down when any fails, as keepalived does.
+    let mut checks: Vec<String> = Vec::new();
     let mut inhibit = false;
     for directive in &block {
         let key = word(directive, 0).unwrap_or_default();
@@ -706,25 +707,20 @@ fn convert_backend(
                 let _ = writeln!(out, "weight = {}", integer(directive, key)?);
             }
             "inhibit_on_failure" => inhibit = true,
-            "TCP_CHECK" | "HTTP_GET" if !check.is_empty() => {
-                return Err(format!(
-                    "line {}: real_server {backend} {port} has a second checker; sluice runs one check per \
-                     backend: keep the one that decides",
-                    directive.line
-                ))
-            }
             "TCP_CHECK" | "HTTP_GET" => {
                 let kind = if key == "TCP_CHECK" { "tcp" } else { "http" };
+                let mut check = String::new();
                 let _ = writeln!(check, "type = \"{kind}\"\ndelay_loop = {delay_loop}");
                 convert_check(directive, key, &mut check, notes)?;
+                checks.push(check);
             }
             other => notes.push(format!("line {}: `{other}` in real_server {backend} {port} is not carried over (sluice checks TCP_CHECK and HTTP_GET)", directive.line)),
         }
     }
-    if !check.is_empty() {
+    for check in checks {
         let _ = writeln!(
             out,
-            "[service.backend.health_check]\n{check}on_failure = \"{}\"",
+            "[[service.backend.health_check]]\n{check}on_failure = \"{}\"",
             if inhibit { "inhibit" } else { "remove" }
         );
     }
@@ -840,11 +836,7 @@ mod tests {
         assert!(converted.contains(r#"path = "/a\"b\\c""#), "{converted}");
         let config = Config::parse(&converted, "t").unwrap();
         assert_eq!(
-            config.services[0].backends[0]
-                .health_check
-                .as_ref()
-                .unwrap()
-                .kind,
+            config.services[0].backends[0].health_checks[0].kind,
             crate::config::CheckKind::Http {
                 path: "/a\"b\\c".into(),
                 expected_status: 200

@@ -6,7 +6,9 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::config::{CheckKind, Config, IdleMode, KernelDevice, OnFailure};
+use crate::config::{
+    BackendConfig, CheckKind, Config, HealthCheckConfig, IdleMode, KernelDevice, OnFailure,
+};
 use crate::keepalived::toml_string;
 
 /// `config` as a configuration file.
@@ -41,6 +43,9 @@ pub fn render(config: &Config) -> String {
             ),
             toml_string(&port.kernel_interface)
         );
+        if let Some(mac) = port.mac {
+            let _ = writeln!(out, "mac = \"{}\"\n", mac_text(mac));
+        }
     }
     let workers = &config.workers;
     let _ = writeln!(
@@ -83,6 +88,11 @@ pub fn render(config: &Config) -> String {
             format!("{:?}", service.mode).to_lowercase(),
             format!("{:?}", service.scheduler).to_lowercase()
         );
+        let _ = writeln!(
+            out,
+            "quorum = {}\nhysteresis = {}",
+            service.quorum, service.hysteresis
+        );
         if let Some(persistence) = service.persistence {
             let _ = writeln!(
                 out,
@@ -97,52 +107,27 @@ pub fn render(config: &Config) -> String {
         }
         let _ = writeln!(out);
         for backend in &service.backends {
-            let _ = writeln!(
-                out,
-                "[[service.backend]]\naddress = {}\nport = {}\nweight = {}",
-                address(backend.address),
-                backend.port,
-                backend.weight
-            );
-            if let Some(mac) = backend.mac {
-                let _ = writeln!(out, "mac = \"{}\"", mac_text(mac));
+            let _ = writeln!(out, "[[service.backend]]");
+            render_backend(backend, &mut out);
+            if backend.alpha {
+                let _ = writeln!(out, "alpha = true");
             }
-            if let Some(check) = &backend.health_check {
-                let _ = writeln!(out, "[service.backend.health_check]");
-                match &check.kind {
-                    CheckKind::Tcp => {
-                        let _ = writeln!(out, "type = \"tcp\"");
-                    }
-                    CheckKind::Http {
-                        path,
-                        expected_status,
-                    } => {
-                        let _ = writeln!(
-                            out,
-                            "type = \"http\"\npath = {}\nstatus = {expected_status}",
-                            toml_string(path)
-                        );
-                    }
-                }
-                if let Some(ip) = check.connect_ip {
-                    let _ = writeln!(out, "connect_ip = {}", address(ip));
-                }
-                if let Some(port) = check.connect_port {
-                    let _ = writeln!(out, "connect_port = {port}");
-                }
-                let _ = writeln!(
-                    out,
-                    "connect_timeout = {}\ndelay_loop = {}\nretry = {}\ndelay_before_retry = {}\non_failure = \"{}\"",
-                    seconds(check.connect_timeout),
-                    seconds(check.delay_loop),
-                    check.retry,
-                    seconds(check.delay_before_retry),
-                    match check.on_failure {
-                        OnFailure::Remove => "remove",
-                        OnFailure::Inhibit => "inhibit",
-                    }
-                );
+            if let Some(command) = &backend.notify.up {
+                let _ = writeln!(out, "notify_up = {}", toml_string(command));
             }
+            if let Some(command) = &backend.notify.down {
+                let _ = writeln!(out, "notify_down = {}", toml_string(command));
+            }
+            let _ = writeln!(out, "notify_timeout = {}", seconds(backend.notify.timeout));
+            for check in &backend.health_checks {
+                let _ = writeln!(out, "[[service.backend.health_check]]");
+                render_check(check, &mut out);
+            }
+            let _ = writeln!(out);
+        }
+        if let Some(sorry) = &service.sorry_server {
+            let _ = writeln!(out, "[service.sorry_server]");
+            render_backend(sorry, &mut out);
             let _ = writeln!(out);
         }
     }
@@ -179,6 +164,65 @@ pub fn render(config: &Config) -> String {
         );
     }
     out
+}
+
+/// A backend's own keys (a sorry server has only these).
+fn render_backend(backend: &BackendConfig, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "address = {}\nport = {}\nweight = {}",
+        address(backend.address),
+        backend.port,
+        backend.weight
+    );
+    if let Some(mac) = backend.mac {
+        let _ = writeln!(out, "mac = \"{}\"", mac_text(mac));
+    }
+}
+
+fn render_check(check: &HealthCheckConfig, out: &mut String) {
+    match &check.kind {
+        CheckKind::Tcp => {
+            let _ = writeln!(out, "type = \"tcp\"");
+        }
+        CheckKind::Http {
+            path,
+            expected_status,
+        } => {
+            let _ = writeln!(
+                out,
+                "type = \"http\"\npath = {}\nstatus = {expected_status}",
+                toml_string(path)
+            );
+        }
+        CheckKind::Misc { command, timeout } => {
+            let _ = writeln!(
+                out,
+                "type = \"misc\"\nmisc_path = {}\nmisc_timeout = {}",
+                toml_string(command),
+                seconds(*timeout)
+            );
+        }
+    }
+    if let Some(ip) = check.connect_ip {
+        let _ = writeln!(out, "connect_ip = {}", address(ip));
+    }
+    if let Some(port) = check.connect_port {
+        let _ = writeln!(out, "connect_port = {port}");
+    }
+    let _ = writeln!(
+        out,
+        "connect_timeout = {}\ndelay_loop = {}\nretry = {}\ndelay_before_retry = {}\nwarmup = {}\non_failure = \"{}\"",
+        seconds(check.connect_timeout),
+        seconds(check.delay_loop),
+        check.retry,
+        seconds(check.delay_before_retry),
+        seconds(check.warmup),
+        match check.on_failure {
+            OnFailure::Remove => "remove",
+            OnFailure::Inhibit => "inhibit",
+        }
+    );
 }
 
 fn render_network(config: &Config, out: &mut String) {

@@ -327,10 +327,7 @@ fn every_value_is_checked_against_its_range() {
         "ok.toml",
     )
     .unwrap();
-    let check = accepted.services[0].backends[0]
-        .health_check
-        .clone()
-        .unwrap();
+    let check = accepted.services[0].backends[0].health_checks[0].clone();
     assert_eq!(check.delay_loop, std::time::Duration::from_millis(10));
     assert_eq!(check.connect_timeout, std::time::Duration::from_secs(3600));
 
@@ -611,4 +608,26 @@ retry = 3
             ..config
         }
     );
+}
+
+#[test]
+fn a_port_mac_is_read_and_must_be_unicast() {
+    let with_mac = |mac: &str| {
+        BASE.replace(
+            "device = \"net_ring0\"\n",
+            &format!("device = \"net_ring0\"\nmac = \"{mac}\"\n"),
+        ) + SERVICE
+    };
+    let config = Config::parse(&with_mac("02:00:00:00:00:0a"), "mac.toml").unwrap();
+    assert_eq!(config.ports[0].mac, Some([2, 0, 0, 0, 0, 0x0a]));
+    assert_eq!(
+        Config::parse(&format!("{BASE}{SERVICE}"), "none.toml")
+            .unwrap()
+            .ports[0]
+            .mac,
+        None
+    );
+    for bad in ["01:00:5e:00:00:01", "00:00:00:00:00:00", "02:00:00"] {
+        assert_error(&with_mac(bad), 4, &["port mac"]);
+    }
 }

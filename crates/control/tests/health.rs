@@ -26,6 +26,7 @@ fn config(kind: CheckKind, retry: u32) -> HealthCheckConfig {
         retry,
         delay_before_retry: Duration::from_millis(50),
         on_failure: OnFailure::Remove,
+        warmup: Duration::ZERO,
     }
 }
 
@@ -95,10 +96,7 @@ fn tcp_backend_leaves_and_rejoins() {
     );
     let (checker, events) = HealthChecker::start(vec![(
         7,
-        HealthCheckSpec {
-            target: addr,
-            config: config(CheckKind::Tcp, 3),
-        },
+        HealthCheckSpec::single(addr, config(CheckKind::Tcp, 3)),
     )]);
     // Up and answering: no event.
     assert!(events.recv_timeout(DELAY_LOOP * 4).is_err());
@@ -142,13 +140,8 @@ fn http_checks_want_the_expected_status_in_time() {
         path: "/health".into(),
         expected_status: 200,
     };
-    let (checker, events) = HealthChecker::start(vec![(
-        1,
-        HealthCheckSpec {
-            target: addr,
-            config: config(kind, 1),
-        },
-    )]);
+    let (checker, events) =
+        HealthChecker::start(vec![(1, HealthCheckSpec::single(addr, config(kind, 1)))]);
     assert!(events.recv_timeout(DELAY_LOOP * 4).is_err());
     status.store(503, Ordering::SeqCst);
     let (event, _) = wait_for(&events, false, DELAY_LOOP + MARGIN);
@@ -173,28 +166,14 @@ fn updates_keep_unchanged_checks_and_stop_is_prompt() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    let spec = HealthCheckSpec {
-        target: addr,
-        config: config(CheckKind::Tcp, 1),
-    };
-    let mut slow = spec.config.clone();
+    let spec = HealthCheckSpec::single(addr, config(CheckKind::Tcp, 1));
+    let mut slow = spec.checks[0].clone();
     slow.delay_loop = Duration::from_secs(3600);
-    let (checker, events) = HealthChecker::start(vec![(
-        1,
-        HealthCheckSpec {
-            target: addr,
-            config: slow.clone(),
-        },
-    )]);
+    let (checker, events) =
+        HealthChecker::start(vec![(1, HealthCheckSpec::single(addr, slow.clone()))]);
     wait_for(&events, false, MARGIN);
     // Unchanged spec: the state (down) is kept, no new event.
-    checker.update(vec![(
-        1,
-        HealthCheckSpec {
-            target: addr,
-            config: slow,
-        },
-    )]);
+    checker.update(vec![(1, HealthCheckSpec::single(addr, slow))]);
     assert!(events.recv_timeout(Duration::from_millis(300)).is_err());
     // A second backend is added and checked.
     checker.update(vec![(2, spec)]);
@@ -227,15 +206,7 @@ fn stop_is_prompt_even_when_slow_probes_keep_checks_due() {
         expected_status: 200,
     };
     let specs = (1..=4)
-        .map(|key| {
-            (
-                key,
-                HealthCheckSpec {
-                    target: addr,
-                    config: config(http.clone(), 1),
-                },
-            )
-        })
+        .map(|key| (key, HealthCheckSpec::single(addr, config(http.clone(), 1))))
         .collect();
     let (checker, events) = HealthChecker::start(specs);
     wait_for(&events, false, Duration::from_secs(5));
@@ -251,6 +222,78 @@ fn stop_is_prompt_even_when_slow_probes_keep_checks_due() {
     assert!(
         stopped.is_ok(),
         "stop still waiting after {:?}",
+        started.elapsed()
+    );
+}
+
+fn misc(command: &str) -> CheckKind {
+    CheckKind::Misc {
+        command: command.into(),
+        timeout: Duration::from_millis(500),
+    }
+}
+
+#[test]
+fn alpha_starts_down_and_comes_up_only_once_every_checker_passes() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = serve(
+        listener,
+        false,
+        Arc::new(AtomicU16::new(0)),
+        Arc::clone(&stop),
+    );
+    let flag = tempfile::NamedTempFile::new().unwrap();
+    let flag_path = flag.path().to_owned();
+    std::fs::remove_file(&flag_path).unwrap();
+    // The misc checker passes once the flag file exists; it gets the backend in its environment.
+    let command = format!(
+        "test -e {} && test \"$SLUICE_BACKEND_PORT\" = {}",
+        flag_path.display(),
+        addr.port()
+    );
+    let spec = HealthCheckSpec {
+        target: addr,
+        checks: vec![config(CheckKind::Tcp, 1), config(misc(&command), 1)],
+        alpha: true,
+    };
+    let (checker, events) = HealthChecker::start(vec![(3, spec)]);
+    // Down from the start (the caller holds it down): no event while the misc checker fails, though tcp passes.
+    assert!(events.recv_timeout(DELAY_LOOP * 5).is_err());
+    std::fs::write(&flag_path, b"").unwrap();
+    let (event, _) = wait_for(&events, true, DELAY_LOOP + MARGIN);
+    assert_eq!(event.key, 3);
+    assert!(
+        event.reason.contains("all 2 checks pass"),
+        "{}",
+        event.reason
+    );
+    // One failing checker is enough to take it down, and the reason names it.
+    std::fs::remove_file(&flag_path).unwrap();
+    let (event, _) = wait_for(&events, false, DELAY_LOOP + MARGIN);
+    assert!(
+        event.reason.contains("misc check 2 of 2") && event.reason.contains("exited with status 1"),
+        "{}",
+        event.reason
+    );
+    checker.stop();
+    stop.store(true, Ordering::SeqCst);
+    server.join().unwrap();
+}
+
+#[test]
+fn a_misc_check_that_hangs_fails_at_its_timeout() {
+    let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let started = Instant::now();
+    let result = control::health::probe(addr, &config(misc("sleep 10"), 1));
+    assert_eq!(
+        result,
+        Err("misc check \"sleep 10\": killed after its timeout of 500 ms".into())
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
         started.elapsed()
     );
 }

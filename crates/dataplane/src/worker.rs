@@ -11,13 +11,16 @@ use std::sync::Arc;
 
 use arrayvec::ArrayVec;
 use balancer::decision::{
-    Action, DropReason, Forward, Rewrite, StagedKey, WorkerState, WorkerTables,
+    Action, DatagramKey, DropReason, Forward, FragmentAction, FragmentTable, Rewrite, StagedKey,
+    WorkerState, WorkerTables,
 };
 use balancer::expiry::ExpiryPacer;
-use balancer::neighbor::ResolutionThrottle;
+use balancer::neighbor::{Neighbor, ResolutionThrottle};
 use crossbeam::channel::{Receiver, Sender};
-use packet::{FrameLayout, L3};
+use packet::{Fragment, FrameLayout, MacWord, L3};
 
+use crate::awaiting_neighbor::{AwaitingFrame, AwaitingNeighbor, AWAITING_FRAMES};
+use crate::held_fragments::{HeldFragment, HeldFragments, HELD_FRAGMENTS};
 use crate::io::{Burst, Frame, RxQueue, TxQueue, MAX_BURST};
 use crate::kernel::{kernel_wants_copy, KernelPath};
 
@@ -41,11 +44,20 @@ pub struct WorkerConfig {
     /// Every connection-table slot passes under the expiry hand once in this many milliseconds; the sweep runs
     /// at most once per millisecond, so idle polls cost nothing.
     pub expire_sweep_ms: u64,
-    /// Minimum interval between two resolution requests for one address.
+    /// Minimum interval between two resolution requests for one address; worker 0 also asks for the configured
+    /// next hops without a fresh MAC this often.
     pub resolve_interval_ms: u64,
+    /// How long a frame waits for its next hop's MAC before it is dropped (`crate::awaiting_neighbor`).
+    pub neighbor_wait_ms: u64,
     /// After a Maglev table changes, how long the previous tables answer for non-SYN frames without a connection
     /// (`crate::previous_table`); 0: not at all.
     pub previous_table_grace_ms: u64,
+    /// Fragmented datagrams whose fate the worker remembers at once, each for `fragment_lifetime_ms`
+    /// (`balancer::decision::FragmentTable`).
+    pub fragment_datagrams: usize,
+    pub fragment_lifetime_ms: u64,
+    /// How long a later fragment that came before its first is held (`crate::held_fragments`).
+    pub fragment_hold_ms: u64,
 }
 
 impl Default for WorkerConfig {
@@ -55,7 +67,11 @@ impl Default for WorkerConfig {
             tx_attempts: 4,
             expire_sweep_ms: 10_000,
             resolve_interval_ms: 1000,
+            neighbor_wait_ms: 3000,
             previous_table_grace_ms: 0,
+            fragment_datagrams: 4096,
+            fragment_lifetime_ms: 5000,
+            fragment_hold_ms: 500,
         }
     }
 }
@@ -95,6 +111,8 @@ pub struct WorkerStats {
     pub to_kernel: AtomicU64,
     pub untracked: AtomicU64,
     pub resolutions_sent: AtomicU64,
+    /// Later fragments held until their first came (or they were dropped).
+    pub fragments_held: AtomicU64,
     pub drops: [AtomicU64; DropReason::COUNT],
     pub connections: AtomicU64,
     pub generation: AtomicU64,
@@ -127,6 +145,7 @@ struct Counters {
     to_kernel: u64,
     untracked: u64,
     resolutions_sent: u64,
+    fragments_held: u64,
     drops: [u64; DropReason::COUNT],
 }
 
@@ -180,6 +199,8 @@ pub struct Worker<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     parsed: [bool; MAX_BURST],
     /// The staged connection lookup of frame i, for IP frames.
     staged: [Option<StagedKey>; MAX_BURST],
+    /// The verdict on the frame being handled, written in place by the decision.
+    verdict: Action,
 }
 
 /// What handles one frame: the balancing state, the ports' transmit side and the counters.
@@ -194,6 +215,14 @@ struct Engine<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     counters: Counters,
     stats: Arc<WorkerStats>,
     throttle: ResolutionThrottle,
+    /// The fate of each fragmented datagram's first fragment, and the later fragments that came before it.
+    fragments: FragmentTable,
+    held: HeldFragments<R::Frame>,
+    /// Frames waiting for their next hop's MAC, and when worker 0 last asked for the configured next hops.
+    awaiting: AwaitingNeighbor<R::Frame>,
+    next_hops_resolved_ms: Option<u64>,
+    /// The identification of the next outer packet a tunnel sends in fragments.
+    tunnel_fragment_id: u16,
     expiry: ExpiryPacer,
     /// Frames dropped this poll, freed together.
     dropped: Burst<R::Frame>,
@@ -212,6 +241,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
         config: WorkerConfig,
     ) -> Worker<R, T> {
         let pending = ports.iter().map(|_| Burst::new()).collect();
+        let first_tunnel_fragment_id = state.place.index;
         let expiry = ExpiryPacer::new(state.conns.capacity(), config.expire_sweep_ms);
         let stats = Arc::new(WorkerStats {
             backends: (0..COUNTED_BACKENDS)
@@ -233,6 +263,14 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 counters: Counters::default(),
                 stats: Arc::clone(&stats),
                 throttle: ResolutionThrottle::new(1024, config.resolve_interval_ms),
+                fragments: FragmentTable::new(
+                    config.fragment_datagrams,
+                    config.fragment_lifetime_ms,
+                ),
+                held: HeldFragments::new(config.fragment_hold_ms),
+                awaiting: AwaitingNeighbor::new(config.neighbor_wait_ms),
+                next_hops_resolved_ms: None,
+                tunnel_fragment_id: first_tunnel_fragment_id,
                 expiry,
                 dropped: Burst::new(),
                 config: WorkerConfig {
@@ -251,6 +289,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             handed: ArrayVec::new(),
             parsed: [false; MAX_BURST],
             staged: [None; MAX_BURST],
+            verdict: Action::Consumed,
         }
     }
 
@@ -307,6 +346,17 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             self.poll(clock());
         }
         self.engine.flush_all();
+        self.drop_waiting_frames(clock());
+    }
+
+    /// Drops (and counts) the fragments still held for a first that did not come and the frames still waiting for
+    /// a neighbour (those whose neighbour is resolved by now are sent), and publishes the counters: for a worker
+    /// that stops, after its last poll.
+    pub fn drop_waiting_frames(&mut self, now_ms: u64) {
+        self.engine.drop_held_fragments(None);
+        self.engine.send_awaiting(now_ms, true);
+        self.engine.flush_all();
+        R::Frame::free_burst(&mut self.engine.dropped);
         self.publish();
     }
 
@@ -335,6 +385,16 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             sync.between_bursts(&mut engine.state, &engine.tables.snapshot, now_ms);
         }
         let engine = &mut self.engine;
+        // Ask for the configured next hops first (from the first turn, and in the turn that brings new tables), so
+        // that their answers, taken only for what was asked, find their entries.
+        if engine.state.place.index == 0
+            && engine
+                .next_hops_resolved_ms
+                .is_none_or(|last| now_ms.saturating_sub(last) >= engine.config.resolve_interval_ms)
+        {
+            engine.next_hops_resolved_ms = Some(now_ms);
+            engine.resolve_next_hops(now_ms);
+        }
         // Control traffic first: what the kernel sends leaves ahead of this turn's data.
         let mut received_total = engine.send_kernel_frames();
         for port in 0..engine.ports.len() {
@@ -375,7 +435,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 });
             }
             // ...then, with the buckets on their way, the entries they point at...
-            for staged in self.staged[..received].iter().flatten() {
+            for staged in self.staged[..received].iter_mut().flatten() {
                 engine
                     .state
                     .stage_entries_with(staged, R::Frame::prefetch_address);
@@ -390,6 +450,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                         port as u16,
                         false,
                         now_ms,
+                        &mut self.verdict,
                     );
                 } else {
                     engine.drop_malformed(frame);
@@ -405,10 +466,24 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             let layout = &mut self.layouts[0];
             let frame = handoff.frame;
             if packet::parse_frame_into(frame.data(), frame.ipv4_checksum_good(), layout).is_ok() {
-                engine.handle(frame, layout, None, handoff.ingress, true, now_ms);
+                engine.handle(
+                    frame,
+                    layout,
+                    None,
+                    handoff.ingress,
+                    true,
+                    now_ms,
+                    &mut self.verdict,
+                );
             } else {
                 engine.drop_malformed(frame);
             }
+        }
+        if !engine.held.is_empty() {
+            engine.drop_held_fragments(Some(now_ms));
+        }
+        if !engine.awaiting.is_empty() {
+            engine.send_awaiting(now_ms, false);
         }
         engine.flush_all();
         R::Frame::free_burst(&mut engine.dropped);
@@ -444,6 +519,8 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
     fn take_new_tables(&mut self, now_ms: u64) {
         while let Ok(tables) = self.updates.incoming.try_recv() {
             let old = std::mem::replace(&mut self.engine.tables, tables);
+            // New backends or gateways are asked for in this very turn.
+            self.engine.next_hops_resolved_ms = None;
             if let Some(sync) = &mut self.exceptions {
                 sync.tables_changed(&old.snapshot, &self.engine.tables.snapshot);
             }
@@ -480,6 +557,9 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
         stats
             .resolutions_sent
             .store(counters.resolutions_sent, Ordering::Relaxed);
+        stats
+            .fragments_held
+            .store(counters.fragments_held, Ordering::Relaxed);
         for (published, &count) in stats.drops.iter().zip(counters.drops.iter()) {
             published.store(count, Ordering::Relaxed);
         }
@@ -490,30 +570,79 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
 }
 
 impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
+    #[allow(clippy::too_many_arguments)]
     fn handle(
         &mut self,
-        mut frame: R::Frame,
+        frame: R::Frame,
         layout: &FrameLayout,
         staged: Option<&StagedKey>,
         ingress: u16,
         handed_off: bool,
         now_ms: u64,
+        verdict: &mut Action,
     ) {
         self.counters.rx_bytes += frame.data().len() as u64;
+        // The ports are promiscuous: a frame to another host's MAC is refused here, by one compare of the header the
+        // parser just read (a handed-off frame passed it on its own worker).
+        if !handed_off && !self.addressed_to_port(&frame, ingress) {
+            return self.drop_frame(frame, DropReason::NotOurMac);
+        }
         if let Some(path) = &mut self.exception {
             if !handed_off && kernel_wants_copy(layout) {
                 path.copy_to_kernel(&frame, ingress);
             }
         }
-        let action = self.state.decide(
-            &mut self.tables,
-            layout,
-            staged,
-            ingress,
-            handed_off,
-            now_ms,
-        );
-        match action {
+        // One branch on a parsed fact: fragments are decided with the fragment table, out of line.
+        if layout.fragment == Fragment::None {
+            self.state.decide_into(
+                &mut self.tables,
+                layout,
+                staged,
+                ingress,
+                handed_off,
+                now_ms,
+                verdict,
+            );
+        } else {
+            match self.decide_fragment(layout, staged, ingress, handed_off, now_ms) {
+                FragmentAction::Act(action) => *verdict = action,
+                FragmentAction::Hold(datagram) => {
+                    return self.hold_fragment(frame, layout, datagram, ingress, handed_off, now_ms)
+                }
+            }
+        }
+        self.act(frame, layout, verdict, ingress, now_ms);
+        if let Fragment::First { .. } = layout.fragment {
+            self.release_fragments(layout, now_ms);
+        }
+    }
+
+    /// Whether `frame` is addressed to port `ingress`: its MAC, or a group address (broadcast and multicast, which
+    /// the decision sorts: ARP, neighbour discovery, and what the kernel path serves).
+    #[inline(always)]
+    fn addressed_to_port(&self, frame: &R::Frame, ingress: u16) -> bool {
+        let Some(destination) = frame.data().get(..6) else {
+            return false;
+        };
+        destination[0] & 1 != 0
+            || self
+                .ports
+                .get(usize::from(ingress))
+                .is_some_and(|queues| *destination == queues.mac)
+    }
+
+    /// Carries out the decision about `frame` (taken by reference: the decision just wrote it, and copying it
+    /// whole would wait on those stores).
+    #[inline(always)]
+    fn act(
+        &mut self,
+        mut frame: R::Frame,
+        layout: &FrameLayout,
+        action: &Action,
+        ingress: u16,
+        now_ms: u64,
+    ) {
+        match *action {
             Action::Forward(ref forward) => self.forward(frame, layout, forward, now_ms),
             Action::AnswerArp => {
                 let mac = self.port_mac(ingress);
@@ -552,14 +681,95 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         }
     }
 
-    #[inline(always)]
-    fn forward(
+    #[cold]
+    #[inline(never)]
+    fn decide_fragment(
         &mut self,
-        mut frame: R::Frame,
         layout: &FrameLayout,
-        forward: &Forward,
+        staged: Option<&StagedKey>,
+        ingress: u16,
+        handed_off: bool,
+        now_ms: u64,
+    ) -> FragmentAction {
+        self.state.decide_fragment(
+            &mut self.fragments,
+            &mut self.tables,
+            layout,
+            staged,
+            ingress,
+            handed_off,
+            now_ms,
+        )
+    }
+
+    /// Holds a later fragment until its first is decided; a full store drops it.
+    #[cold]
+    #[inline(never)]
+    fn hold_fragment(
+        &mut self,
+        frame: R::Frame,
+        layout: &FrameLayout,
+        datagram: DatagramKey,
+        ingress: u16,
+        handed_off: bool,
         now_ms: u64,
     ) {
+        let held = HeldFragment {
+            datagram,
+            frame,
+            layout: *layout,
+            ingress,
+            handed_off,
+            since_ms: now_ms,
+        };
+        match self.held.hold(held) {
+            Ok(()) => self.counters.fragments_held += 1,
+            Err(refused) => self.drop_frame(refused, DropReason::FragmentHoldFull),
+        }
+    }
+
+    /// Decides again, now that `first` was decided, the later fragments of its datagram that came before it.
+    #[cold]
+    #[inline(never)]
+    fn release_fragments(&mut self, first: &FrameLayout, now_ms: u64) {
+        if self.held.is_empty() {
+            return;
+        }
+        let Some(datagram) = DatagramKey::of(first) else {
+            return;
+        };
+        let mut released = ArrayVec::<_, HELD_FRAGMENTS>::new();
+        self.held.take_datagram(&datagram, &mut released);
+        for held in released {
+            match self.decide_fragment(&held.layout, None, held.ingress, held.handed_off, now_ms) {
+                FragmentAction::Act(action) => {
+                    self.act(held.frame, &held.layout, &action, held.ingress, now_ms)
+                }
+                // The first's record is gone already (a table far too small): the fragment cannot be placed.
+                FragmentAction::Hold(_) => {
+                    self.drop_frame(held.frame, DropReason::FragmentWithoutFirst)
+                }
+            }
+        }
+    }
+
+    /// Drops the held fragments whose first did not come in time (by `now_ms`), or all of them (`None`: the worker
+    /// stops).
+    #[cold]
+    #[inline(never)]
+    fn drop_held_fragments(&mut self, now_ms: Option<u64>) {
+        let mut expired = ArrayVec::<_, HELD_FRAGMENTS>::new();
+        match now_ms {
+            Some(now_ms) => self.held.take_expired(now_ms, &mut expired),
+            None => self.held.take_all(&mut expired),
+        }
+        for held in expired {
+            self.drop_frame(held.frame, DropReason::FragmentWithoutFirst);
+        }
+    }
+
+    #[inline(always)]
+    fn forward(&mut self, frame: R::Frame, layout: &FrameLayout, forward: &Forward, now_ms: u64) {
         let port = usize::from(forward.port);
         if port >= self.ports.len() {
             return self.drop_frame(frame, DropReason::NoRoute);
@@ -573,18 +783,32 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
                 bump(&backend.connections, 1);
             }
         }
-        let Some(next_hop_mac) = forward
-            .mac()
-            .or_else(|| self.state.neighbors.lookup(forward.next_hop))
-        else {
-            self.resolve(forward.port, forward.next_hop, now_ms);
-            return self.drop_frame(frame, DropReason::NeighborUnresolved);
+        let next_hop_mac = if forward.next_hop_mac.is_known() {
+            forward.next_hop_mac
+        } else {
+            match self.neighbor_mac(forward.port, forward.next_hop, now_ms) {
+                Some(mac) => MacWord::new(mac),
+                None => return self.await_neighbor(frame, layout, forward, now_ms),
+            }
         };
+        self.send_forward(frame, layout, forward, next_hop_mac);
+    }
+
+    /// The rest of a forward once the next hop's MAC is known: rewrite, MACs, counters, transmit queue.
+    #[inline(always)]
+    fn send_forward(
+        &mut self,
+        mut frame: R::Frame,
+        layout: &FrameLayout,
+        forward: &Forward,
+        next_hop_mac: MacWord,
+    ) {
+        let port = usize::from(forward.port);
         if rewrite(&mut frame, layout, &forward.rewrite).is_err() {
-            return self.drop_frame(frame, DropReason::RewriteFailed);
+            return self.not_rewritten_in_place(frame, layout, forward, next_hop_mac);
         }
         let source_mac = self.ports[port].mac;
-        if packet::set_macs(frame.data_mut(), source_mac, next_hop_mac).is_err() {
+        if packet::set_macs_word(frame.data_mut(), source_mac, next_hop_mac).is_err() {
             return self.drop_frame(frame, DropReason::RewriteFailed);
         }
         if forward.untracked {
@@ -605,6 +829,180 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         }
         self.counters.forwarded += 1;
         self.enqueue(port, frame);
+    }
+
+    /// A frame the in-place rewrite refused: a tunnel that sends it in fragments, or a failure.
+    #[cold]
+    #[inline(never)]
+    fn not_rewritten_in_place(
+        &mut self,
+        frame: R::Frame,
+        layout: &FrameLayout,
+        forward: &Forward,
+        next_hop_mac: MacWord,
+    ) {
+        let Some(next_hop_mac) = next_hop_mac.get() else {
+            return self.drop_frame(frame, DropReason::RewriteFailed);
+        };
+        match forward.rewrite {
+            Rewrite::EncapsulateInFragments {
+                outer_src,
+                outer_dst,
+                mtu,
+            } => self.send_in_tunnel_fragments(
+                frame,
+                layout,
+                forward,
+                next_hop_mac,
+                (outer_src, outer_dst, mtu),
+            ),
+            _ => self.drop_frame(frame, DropReason::RewriteFailed),
+        }
+    }
+
+    /// Encapsulates `frame` and sends the outer packet in fragments that fit the egress MTU, each in a frame of
+    /// its own; the original is freed. A fragment that cannot be built drops the rest (`rewrite_failed`).
+    fn send_in_tunnel_fragments(
+        &mut self,
+        frame: R::Frame,
+        layout: &FrameLayout,
+        forward: &Forward,
+        next_hop_mac: [u8; 6],
+        (outer_src, outer_dst, mtu): (std::net::Ipv4Addr, std::net::Ipv4Addr, u16),
+    ) {
+        let port = usize::from(forward.port);
+        let source_mac = self.ports[port].mac;
+        // Identifications differ between workers: each steps by the number of workers from its own index.
+        let id = self.tunnel_fragment_id;
+        self.tunnel_fragment_id = id.wrapping_add(self.state.place.workers.max(1));
+        let room = usize::from(layout.l2_len)
+            + packet::IPV4_HEADER_LEN
+            + packet::tunnel_fragment_payload(mtu).unwrap_or(0);
+        for index in 0.. {
+            let Some(mut piece) = self.ports[port].tx.alloc() else {
+                self.count_drop(DropReason::RewriteFailed);
+                break;
+            };
+            let built = if piece.resize(room) {
+                packet::build_tunnel_fragment(
+                    piece.data_mut(),
+                    frame.data(),
+                    layout,
+                    (outer_src, outer_dst),
+                    id,
+                    mtu,
+                    index,
+                )
+            } else {
+                Err(packet::ParseError::Truncated)
+            };
+            match built {
+                Ok(Some(len))
+                    if piece.resize(len)
+                        && packet::set_macs(piece.data_mut(), source_mac, next_hop_mac).is_ok() =>
+                {
+                    self.enqueue(port, piece);
+                }
+                Ok(None) => {
+                    self.dropped_already_counted(piece);
+                    if let Some(backend) = forward
+                        .backend
+                        .and_then(|id| self.stats.backends.get(id.0 as usize))
+                    {
+                        bump(&backend.packets_in, 1);
+                        bump(&backend.bytes_in, frame.data().len() as u64);
+                    }
+                    self.counters.forwarded += 1;
+                    break;
+                }
+                _ => {
+                    self.drop_frame(piece, DropReason::RewriteFailed);
+                    break;
+                }
+            }
+        }
+        self.dropped_already_counted(frame);
+    }
+
+    /// The MAC of `next_hop` on `port` from the neighbour table; a stale entry is used while it is asked again.
+    #[inline(always)]
+    fn neighbor_mac(&mut self, port: u16, next_hop: IpAddr, now_ms: u64) -> Option<[u8; 6]> {
+        match self.state.neighbors.lookup(port, next_hop, now_ms) {
+            Neighbor::Reachable(mac) => Some(mac),
+            Neighbor::Stale(mac) => {
+                self.resolve(port, next_hop, now_ms);
+                Some(mac)
+            }
+            Neighbor::Unresolved => None,
+        }
+    }
+
+    /// Keeps a decided frame until its next hop is resolved (asking for it now); a full queue drops it.
+    #[cold]
+    #[inline(never)]
+    fn await_neighbor(
+        &mut self,
+        frame: R::Frame,
+        layout: &FrameLayout,
+        forward: &Forward,
+        now_ms: u64,
+    ) {
+        self.resolve(forward.port, forward.next_hop, now_ms);
+        let waiting = AwaitingFrame {
+            frame,
+            layout: *layout,
+            forward: *forward,
+            since_ms: now_ms,
+        };
+        if let Err(refused) = self.awaiting.wait(waiting) {
+            self.drop_frame(refused, DropReason::NeighborUnresolved);
+        }
+    }
+
+    /// Sends the waiting frames whose next hop is now resolved, drops those that waited their time (all of them
+    /// when `stopping`), and asks again for the others.
+    #[cold]
+    #[inline(never)]
+    fn send_awaiting(&mut self, now_ms: u64, stopping: bool) {
+        let mut waiting = ArrayVec::<_, AWAITING_FRAMES>::new();
+        self.awaiting.take_all(now_ms, &mut waiting);
+        for (frame, expired) in waiting {
+            let (port, next_hop) = (frame.forward.port, frame.forward.next_hop);
+            match self.state.neighbors.lookup(port, next_hop, now_ms) {
+                Neighbor::Reachable(mac) | Neighbor::Stale(mac) => self.send_forward(
+                    frame.frame,
+                    &frame.layout,
+                    &frame.forward,
+                    MacWord::new(mac),
+                ),
+                Neighbor::Unresolved if expired || stopping => {
+                    self.drop_frame(frame.frame, DropReason::NeighborUnresolved)
+                }
+                Neighbor::Unresolved => {
+                    self.resolve(port, next_hop, now_ms);
+                    // Room is certain: the queue was just emptied.
+                    if let Err(refused) = self.awaiting.wait(frame) {
+                        self.drop_frame(refused, DropReason::NeighborUnresolved);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks, from worker 0, for every configured next hop without a fresh MAC: at start, after a reload, and
+    /// whenever an entry went stale, so that answers keep the entries of backends and gateways reachable.
+    #[cold]
+    #[inline(never)]
+    fn resolve_next_hops(&mut self, now_ms: u64) {
+        let snapshot = Arc::clone(&self.tables.snapshot);
+        for (port, next_hop) in snapshot.next_hops_to_resolve() {
+            if !matches!(
+                self.state.neighbors.lookup(port, next_hop, now_ms),
+                Neighbor::Reachable(_)
+            ) {
+                self.resolve(port, next_hop, now_ms);
+            }
+        }
     }
 
     fn answer(&mut self, frame: R::Frame, ingress: u16) {
@@ -641,9 +1039,14 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         }
     }
 
-    /// Sends an ARP request or neighbour solicitation for `target` out of `port`, at most once per interval.
+    /// Sends an ARP request or neighbour solicitation for `target` out of `port`, at most once per interval,
+    /// with an entry in the neighbour table waiting for the answer (only answers for such entries are taken).
     fn resolve(&mut self, port: u16, target: IpAddr, now_ms: u64) {
         if !self.throttle.allow(target, now_ms) {
+            return;
+        }
+        // A full table (every slot near the address live) leaves the frame to wait and, unanswered, be dropped.
+        if self.state.neighbors.expect(port, target, now_ms).is_err() {
             return;
         }
         let Some(source) = self.tables.snapshot.port_address(port, target.is_ipv4()) else {
@@ -818,9 +1221,17 @@ fn rewrite<F: Frame>(
             src_port,
             dst,
             dst_port,
-        } => {
-            packet::rewrite_source(frame.data_mut(), layout, src, *src_port)?;
-            packet::rewrite_destination(frame.data_mut(), layout, dst, *dst_port)
+        } => packet::rewrite_source_and_destination(
+            frame.data_mut(),
+            layout,
+            src,
+            *src_port,
+            dst,
+            *dst_port,
+        ),
+        // Several frames from one: the worker sends them (`Engine::send_in_tunnel_fragments`).
+        Rewrite::EncapsulateInFragments { .. } => {
+            Err(packet::ParseError::Unsupported("sent in fragments"))
         }
         Rewrite::Encapsulate {
             outer_src,

@@ -100,7 +100,7 @@ struct Lane {
 
 fn lane(spec: &SnapshotSpec, burst: usize, capacity: usize) -> Lane {
     let neighbors = Arc::new(NeighborTable::new(64));
-    neighbors.learn(ip("10.0.0.2"), CLIENT_MAC).unwrap();
+    neighbors.set_static(0, ip("10.0.0.2"), CLIENT_MAC).unwrap();
     let ports_alloc =
         PortAllocator::with_seed(spec.local_ports, 0, &spec.local_addresses, 7).unwrap();
     let state = WorkerState {

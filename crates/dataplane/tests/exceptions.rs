@@ -85,6 +85,7 @@ fn syn(flow: FlowKey) -> FrameLayout {
         protocol: 6,
         ttl: 64,
         source_routed: false,
+        dont_fragment: false,
         flow,
         fragment: Fragment::None,
         tcp_flags: tcp_flags::SYN,

@@ -259,8 +259,10 @@ fn traffic_for_the_node_reaches_the_kernel_of_its_port_and_nothing_else() {
     rig.worker.poll(1000);
     assert_eq!(rig.kernel_in(), vec![bgp.clone(), stranger.clone()]);
     assert!(rig.port_out(0).is_empty() && rig.port_out(1).is_empty());
-    // Port 1 has no kernel interface: the same frame there is a counted drop, never sent anywhere.
-    rig.send(1, &stranger);
+    // Port 1 has no kernel interface: the same frame there (to port 1's MAC) is a counted drop, never sent.
+    let mut stranger_on_1 = stranger.clone();
+    stranger_on_1[0..6].copy_from_slice(&PORT_MACS[1]);
+    rig.send(1, &stranger_on_1);
     rig.worker.poll(1001);
     assert!(rig.kernel_in().is_empty() && rig.port_out(0).is_empty() && rig.port_out(1).is_empty());
     let stats = rig.worker.stats();
@@ -286,7 +288,7 @@ fn traffic_for_the_node_reaches_the_kernel_of_its_port_and_nothing_else() {
 }
 
 #[test]
-fn arp_is_copied_to_the_kernel_and_still_answered_and_learned() {
+fn arp_is_copied_to_the_kernel_and_still_answered() {
     let mut rig = rig();
     let request = arp(false, ROUTER_MAC, [10, 0, 0, 254], [10, 0, 0, 1]);
     rig.send(0, &request);
@@ -299,12 +301,17 @@ fn arp_is_copied_to_the_kernel_and_still_answered_and_learned() {
     let answers = rig.port_out(0);
     assert_eq!(answers.len(), 1, "and sluice answers it");
     assert_eq!(&answers[0][0..6], &ROUTER_MAC);
-    // The router's answer to the kernel's own request: learned by sluice and copied to the kernel.
+    // The router's answer to the kernel's own request: copied to the kernel; sluice, which forwards nothing
+    // through that router (no gateway is configured), does not learn it.
     let reply = arp(true, ROUTER_MAC, [10, 0, 0, 254], [10, 0, 0, 1]);
     rig.send(0, &reply);
     rig.worker.poll(1001);
     assert_eq!(rig.kernel_in(), vec![reply]);
-    assert_eq!(rig.neighbors.lookup(ip("10.0.0.254")), Some(ROUTER_MAC));
+    assert_eq!(
+        rig.neighbors.lookup(0, ip("10.0.0.254"), 1001),
+        balancer::neighbor::Neighbor::Unresolved
+    );
+    assert_eq!(rig.worker.stats().drops(DropReason::NeighborUnwanted), 1);
     let kernel = rig.worker.kernel_stats().unwrap();
     assert_eq!(kernel.copied.load(Ordering::Relaxed), 2);
     // Echo requests are answered by sluice; echo replies to our address (the kernel's pings) go to the kernel.

@@ -98,8 +98,8 @@ struct Rig {
 fn rig(spec: &SnapshotSpec, workers: u16) -> Rig {
     let snapshot = Arc::new(Snapshot::build(spec, 1).unwrap());
     let neighbors = Arc::new(NeighborTable::new(256));
-    neighbors.learn(ip("10.0.0.2"), CLIENT_MAC).unwrap();
-    neighbors.learn(ip("fd00::2"), CLIENT_MAC).unwrap();
+    neighbors.set_static(0, ip("10.0.0.2"), CLIENT_MAC).unwrap();
+    neighbors.set_static(0, ip("fd00::2"), CLIENT_MAC).unwrap();
     let mut mesh = handoff_mesh(usize::from(workers), 1024).into_iter();
     let mut rig = Rig {
         workers: vec![],
@@ -437,8 +437,19 @@ fn malformed_and_foreign_frames_are_counted_drops_with_no_output() {
     assert_eq!(stats.rx.load(std::sync::atomic::Ordering::Relaxed), 5);
 }
 
+/// The resolution requests (ARP, neighbour solicitations) and the other frames among `frames`.
+fn split_arp(frames: Vec<Vec<u8>>) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    frames.into_iter().partition(|frame| {
+        frame[12..14] == [0x08, 0x06]
+            || matches!(
+                packet::parse_frame(frame).map(|layout| layout.icmp),
+                Ok(packet::IcmpKind::NeighborSolicitation { .. })
+            )
+    })
+}
+
 #[test]
-fn arp_is_answered_and_unknown_backends_are_resolved() {
+fn arp_is_answered_and_the_first_frame_waits_for_its_backend_to_be_resolved() {
     let mut rig = rig(&spec(ForwardingMode::Dr, 1, false), 1);
     // A client asks who has the VIP.
     let mut request = vec![0u8; 60];
@@ -465,43 +476,45 @@ fn arp_is_answered_and_unknown_backends_are_resolved() {
     assert_eq!(reply.operation(), etherparse::ArpOperation::REPLY);
     assert_eq!(reply.sender_hw_addr(), &PORT0_MAC);
     assert_eq!(reply.sender_protocol_addr(), &[10, 0, 0, 100]);
+    // The client that asked is no next hop of ours: nothing is learned of it.
     assert_eq!(
-        rig.neighbors.lookup(ip("10.0.0.9")),
-        Some([2, 0xc1, 0, 0, 0, 9])
+        rig.neighbors.lookup(0, ip("10.0.0.9"), 1),
+        balancer::neighbor::Neighbor::Unresolved
     );
-    // The SYN was dropped and an ARP request for the backend went out of the backend port.
-    assert_eq!(
-        rig.workers[0].stats().drops(DropReason::NeighborUnresolved),
-        1
-    );
-    let resolution = rig.take(0, 1);
-    assert_eq!(resolution.len(), 1);
-    let asked = etherparse::ArpPacketSlice::from_slice(&resolution[0][14..]).unwrap();
-    assert_eq!(asked.sender_protocol_addr(), &[10, 1, 0, 1]);
-    // The backend answers; the retransmitted SYN now goes through.
-    let target: [u8; 4] = asked.target_protocol_addr().try_into().unwrap();
-    let mut answer = vec![0u8; 60];
-    let len = packet::build_arp_request(
-        &mut answer,
-        [2, 0xbe, 0, 0, 0, 99],
-        target.into(),
-        [10, 1, 0, 1].into(),
-        None,
-    )
-    .unwrap();
-    answer.truncate(len);
-    answer[21] = 2; // make it a reply
-    rig.send(0, 1, answer);
-    rig.poll_all(1);
-    rig.send(
-        0,
-        0,
-        tcp_frame(ip("10.0.0.2"), 5, ip("10.0.0.100"), 80, true, b""),
-    );
-    rig.poll_all(1);
-    let forwarded = rig.take(0, 1);
+    // The SYN waits; ARP requests for the backends went out of the backend port (worker 0 resolves the
+    // configured backends from its first turn).
+    let (resolution, others) = split_arp(rig.take(0, 1));
+    assert!(others.is_empty(), "the SYN waits for its backend's MAC");
+    assert!(!resolution.is_empty());
+    // The backends answer; the waiting SYN goes out, without a retransmission.
+    for asked in resolution
+        .iter()
+        .filter(|frame| frame[12..14] == [0x08, 0x06])
+    {
+        let asked = etherparse::ArpPacketSlice::from_slice(&asked[14..]).unwrap();
+        assert_eq!(asked.sender_protocol_addr(), &[10, 1, 0, 1]);
+        let target: [u8; 4] = asked.target_protocol_addr().try_into().unwrap();
+        let mut answer = vec![0u8; 60];
+        let len = packet::build_arp_request(
+            &mut answer,
+            [2, 0xbe, 0, 0, 0, 99],
+            target.into(),
+            [10, 1, 0, 1].into(),
+            None,
+        )
+        .unwrap();
+        answer.truncate(len);
+        answer[21] = 2; // make it a reply
+        rig.send(0, 1, answer);
+    }
+    rig.poll_all(2);
+    let (_, forwarded) = split_arp(rig.take(0, 1));
     assert_eq!(forwarded.len(), 1);
     assert_eq!(&forwarded[0][0..6], &[2, 0xbe, 0, 0, 0, 99]);
+    assert_eq!(
+        rig.workers[0].stats().drops(DropReason::NeighborUnresolved),
+        0
+    );
 }
 
 #[test]
@@ -662,36 +675,37 @@ fn neighbour_discovery_answers_and_resolves() {
             target_mac: Some(PORT0_MAC)
         }
     );
-    let requests = rig.take(0, 1);
-    assert_eq!(
-        requests.len(),
-        1,
-        "a neighbour solicitation for the backend"
-    );
-    let asked = packet::parse_frame(&requests[0]).unwrap();
+    // The SYN waits; solicitations went out for the IPv6 backends (and ARP requests for the IPv4 ones).
+    let (requests, others) = split_arp(rig.take(0, 1));
+    assert!(others.is_empty(), "the SYN waits for its backend's MAC");
+    let solicitations: Vec<_> = requests
+        .iter()
+        .filter(|frame| frame[12..14] == [0x86, 0xdd])
+        .collect();
     assert!(
-        matches!(asked.icmp, packet::IcmpKind::NeighborSolicitation { .. }),
-        "{asked:?}"
+        !solicitations.is_empty(),
+        "neighbour solicitations for the backends"
     );
-    assert_eq!(asked.flow.src_addr, ip("fd01::1"));
-    // The backend answers with an advertisement; the next SYN goes through to its MAC.
+    // Every backend answers with an advertisement; the waiting SYN goes through to its MAC.
     let backend_mac = [2, 0xbe, 0, 0, 1, 0x77];
-    // The backend's advertisement: our solicitation answered as the backend would.
-    let mut to_backend = requests[0].clone();
-    let na_len =
-        packet::answer_neighbor_solicitation(&mut to_backend, &asked, backend_mac).unwrap();
-    to_backend.truncate(na_len);
-    rig.send(0, 1, to_backend);
-    rig.poll_all(1);
-    rig.send(
-        0,
-        0,
-        tcp_frame(ip("fd00::2"), 9, ip("fd00::100"), 80, false, b""),
-    );
-    rig.poll_all(1);
-    let forwarded = rig.take(0, 1);
+    for solicitation in solicitations {
+        let asked = packet::parse_frame(solicitation).unwrap();
+        assert_eq!(asked.flow.src_addr, ip("fd01::1"));
+        // Our solicitation answered as the backend would.
+        let mut to_backend = solicitation.clone();
+        let na_len =
+            packet::answer_neighbor_solicitation(&mut to_backend, &asked, backend_mac).unwrap();
+        to_backend.truncate(na_len);
+        rig.send(0, 1, to_backend);
+    }
+    rig.poll_all(2);
+    let (_, forwarded) = split_arp(rig.take(0, 1));
     assert_eq!(forwarded.len(), 1);
     assert_eq!(&forwarded[0][0..6], &backend_mac);
+    assert_eq!(
+        rig.workers[0].stats().drops(DropReason::NeighborUnresolved),
+        0
+    );
 }
 
 /// The IPv4 header checksum of `frame` (untagged) made right again after an edit.
@@ -890,6 +904,12 @@ fn open_nat_connection(rig: &mut Rig, client_port: u16) -> Vec<u8> {
     rig.take(0, 1).pop().expect("the SYN reaches a backend")
 }
 
+/// `frame` addressed to port `port`'s MAC (an attacker on that side sends to the MAC it sees there).
+fn to_port(port: usize, mut frame: Vec<u8>) -> Vec<u8> {
+    frame[0..6].copy_from_slice(&[PORT0_MAC, PORT1_MAC][port]);
+    frame
+}
+
 /// A TCP segment from `src` to `dst` with `flags` set by `build`, in an Ethernet frame to the port.
 fn segment_v4(
     src: (IpAddr, u16),
@@ -918,7 +938,7 @@ fn a_spoofed_backend_reply_on_the_client_port_is_dropped_and_the_connection_unto
     let reset = segment_v4((backend, backend_port), (client, client_port), |b, out| {
         b.rst().write(out, b"").unwrap()
     });
-    rig.send(0, 0, reset);
+    rig.send(0, 0, to_port(0, reset));
     rig.poll_all(1);
     assert!(rig.take(0, 0).is_empty() && rig.take(0, 1).is_empty());
     assert_eq!(rig.workers[0].stats().drops(DropReason::ReplyWrongPort), 1);
@@ -949,7 +969,7 @@ fn a_first_fragment_claiming_a_backend_is_not_relayed_without_a_connection() {
         );
         fragment[20] = 0x20;
         fix_ipv4_checksum(&mut fragment);
-        rig.send(0, port, fragment);
+        rig.send(0, port, to_port(port, fragment));
     }
     rig.poll_all(1);
     assert!(rig.take(0, 0).is_empty() && rig.take(0, 1).is_empty());
@@ -979,7 +999,11 @@ fn an_icmp_error_is_taken_only_for_the_quoted_sender_and_from_the_side_it_concer
     // Addressed to the VIP, not to the client who sent the quoted request.
     rig.send(0, 1, port_unreachable("10.1.0.254", "10.0.0.100", &request));
     // Addressed right, but arriving from the client side while the request went to the backend side.
-    rig.send(0, 0, port_unreachable("10.1.0.254", "10.0.0.2", &request));
+    rig.send(
+        0,
+        0,
+        to_port(0, port_unreachable("10.1.0.254", "10.0.0.2", &request)),
+    );
     rig.poll_all(1);
     assert!(rig.take(0, 0).is_empty() && rig.take(0, 1).is_empty());
     let stats = rig.workers[0].stats();
@@ -1018,4 +1042,21 @@ fn ipv6_with_a_type_0_routing_header_is_dropped_as_source_routed() {
 
 fn ip6_octets(text: &str) -> [u8; 16] {
     text.parse::<std::net::Ipv6Addr>().unwrap().octets()
+}
+
+#[test]
+fn a_frame_to_another_hosts_mac_is_dropped_and_counted() {
+    let mut rig = rig(&spec(ForwardingMode::Dr, 1, true), 1);
+    let mut stranger = tcp_frame(ip("10.0.0.2"), 5, ip("10.0.0.100"), 80, true, b"");
+    stranger[0..6].copy_from_slice(&[2, 0x77, 0, 0, 0, 1]);
+    rig.send(0, 0, stranger);
+    // The same SYN to the port's MAC is balanced.
+    rig.send(
+        0,
+        0,
+        tcp_frame(ip("10.0.0.2"), 5, ip("10.0.0.100"), 80, true, b""),
+    );
+    rig.poll_all(1);
+    assert_eq!(rig.take(0, 1).len(), 1);
+    assert_eq!(rig.workers[0].stats().drops(DropReason::NotOurMac), 1);
 }

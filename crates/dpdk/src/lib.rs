@@ -68,6 +68,13 @@ pub enum EalError {
     DeviceNotProbed { name: String },
 }
 
+/// The version of the DPDK library linked at run time (`rte_version()`, e.g. "DPDK 22.11.11"); it needs no EAL.
+pub fn version() -> String {
+    // SAFETY: rte_version returns a pointer to a static NUL-terminated string and has no precondition.
+    let text = unsafe { CStr::from_ptr(sys::rte_version()) };
+    text.to_string_lossy().into_owned()
+}
+
 /// The running EAL. Dropping it cleans the EAL up; ports and pools must be dropped before it.
 #[derive(Debug)]
 pub struct Eal {
@@ -575,6 +582,9 @@ pub struct Port {
     rx_queues: u16,
     tx_queues: u16,
     rss: bool,
+    /// The MAC the configuration gave the port, when the device would not take it: sluice uses it in software
+    /// (as the source of what it sends, and to accept frames on a promiscuous port).
+    configured_mac: Option<[u8; 6]>,
     /// The pool the receive queues fill from: held so that no safe code can free it under a running port.
     _pool: std::sync::Arc<Mempool>,
 }
@@ -681,6 +691,7 @@ impl Port {
             rx_queues: config.rx_queues,
             tx_queues: config.tx_queues,
             rss,
+            configured_mac: None,
             _pool: std::sync::Arc::clone(pool),
         })
     }
@@ -732,8 +743,21 @@ impl Port {
         })
     }
 
-    /// The port's MAC address.
+    /// Gives the port the MAC `mac`. Returns whether the device took it; a device that cannot (net_pcap, for one)
+    /// keeps its own, and [`Port::mac_address`] answers `mac` all the same.
+    pub fn set_mac_address(&mut self, mac: [u8; 6]) -> bool {
+        let mut addr = sys::rte_ether_addr { addr_bytes: mac };
+        // SAFETY: addr is a valid ether address for the duration of the call.
+        let result = unsafe { sys::rte_eth_dev_default_mac_addr_set(self.id, &mut addr) };
+        self.configured_mac = Some(mac);
+        result == 0
+    }
+
+    /// The port's MAC address (the configured one, when the configuration set it).
     pub fn mac_address(&self) -> Result<[u8; 6], DpdkError> {
+        if let Some(mac) = self.configured_mac {
+            return Ok(mac);
+        }
         let mut addr = sys::rte_ether_addr::default();
         // SAFETY: addr is a valid out pointer.
         let result = unsafe { sys::rte_eth_macaddr_get(self.id, &mut addr) };
@@ -757,27 +781,55 @@ impl Port {
     }
 
     pub fn stats(&self) -> Result<PortStats, DpdkError> {
-        let mut stats = sys::rte_eth_stats::default();
-        // SAFETY: stats is a valid out pointer.
-        let result = unsafe { sys::rte_eth_stats_get(self.id, &mut stats) };
-        if result != 0 {
-            return Err(port_error(self.id, "reading statistics", result));
-        }
-        Ok(PortStats {
-            rx_packets: stats.ipackets,
-            tx_packets: stats.opackets,
-            rx_bytes: stats.ibytes,
-            tx_bytes: stats.obytes,
-            rx_missed: stats.imissed,
-            rx_errors: stats.ierrors,
-            tx_errors: stats.oerrors,
-            rx_no_mbuf: stats.rx_nombuf,
-        })
+        port_stats(self.id)
     }
 
     pub fn device_info(&self) -> Result<DeviceInfo, DpdkError> {
         device_info(self.id)
     }
+
+    /// A handle that reads this port's counters from another place (the control thread's metrics) without
+    /// borrowing the port.
+    pub fn stats_reader(&self) -> PortStatsReader {
+        PortStatsReader { id: self.id }
+    }
+}
+
+/// Reads one port's counters (`rte_eth_stats_get`) by its id. Once the port is closed, reads fail with an error:
+/// DPDK checks the id against its own device table before touching the device.
+#[derive(Clone, Copy, Debug)]
+pub struct PortStatsReader {
+    id: u16,
+}
+
+impl PortStatsReader {
+    pub fn port(&self) -> u16 {
+        self.id
+    }
+
+    pub fn read(&self) -> Result<PortStats, DpdkError> {
+        port_stats(self.id)
+    }
+}
+
+fn port_stats(id: u16) -> Result<PortStats, DpdkError> {
+    let mut stats = sys::rte_eth_stats::default();
+    // SAFETY: stats is a valid out pointer; rte_eth_stats_get validates the port id (an unused or closed port
+    // returns -ENODEV) before reading the device.
+    let result = unsafe { sys::rte_eth_stats_get(id, &mut stats) };
+    if result != 0 {
+        return Err(port_error(id, "reading statistics", result));
+    }
+    Ok(PortStats {
+        rx_packets: stats.ipackets,
+        tx_packets: stats.opackets,
+        rx_bytes: stats.ibytes,
+        tx_bytes: stats.obytes,
+        rx_missed: stats.imissed,
+        rx_errors: stats.ierrors,
+        tx_errors: stats.oerrors,
+        rx_no_mbuf: stats.rx_nombuf,
+    })
 }
 
 fn device_info(id: u16) -> Result<DeviceInfo, DpdkError> {

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use balancer::decision::WorkerTables;
 use balancer::service::BackendId;
-use balancer::snapshot::{Snapshot, SnapshotSpec};
-use control::config::{BackendIdRegistry, Config, OnFailure};
-use control::health::{HealthCheckSpec, HealthChecker, HealthEvent};
+use balancer::snapshot::Snapshot;
+use control::backend_state::{health_specs, refresh_down, Quorums};
+use control::config::{BackendIdRegistry, Config};
+use control::health::{HealthChecker, HealthEvent};
 use crossbeam::channel::{Receiver as ChannelReceiver, Sender};
 use dataplane::worker::WorkerStats;
 
@@ -51,78 +52,27 @@ pub struct ControlLoop {
     /// VIPs left out of the snapshot because keepalived has not put them on the kernel interface
     /// (`crate::vip_owner`).
     pub withheld: BTreeSet<IpAddr>,
-}
-
-/// The snapshot spec of `config` with the health verdicts and the drains applied: a backend that is down is
-/// removed, or set to weight 0 when its check says `on_failure = "inhibit"`; a drained backend gets weight 0 (no
-/// new connections, while the workers' connection tables keep its existing ones on it).
-pub fn effective_spec(
-    config: &Config,
-    port_macs: &[[u8; 6]],
-    registry: &mut BackendIdRegistry,
-    down: &HashSet<BackendId>,
-    drained: &HashSet<BackendId>,
-) -> Result<SnapshotSpec, String> {
-    let mut spec = config
-        .snapshot_spec(port_macs, registry)
-        .map_err(|e| e.to_string())?;
-    for (service, configured) in spec.services.iter_mut().zip(&config.services) {
-        let mut kept = Vec::with_capacity(service.backends.len());
-        for (mut backend, settings) in service.backends.drain(..).zip(&configured.backends) {
-            if down.contains(&backend.id) {
-                let inhibit = settings
-                    .health_check
-                    .as_ref()
-                    .is_some_and(|check| check.on_failure == OnFailure::Inhibit);
-                if !inhibit {
-                    continue;
-                }
-                backend.weight = 0;
-            }
-            if drained.contains(&backend.id) {
-                backend.weight = 0;
-            }
-            kept.push(backend);
-        }
-        service.backends = kept;
-    }
-    Ok(spec)
-}
-
-/// The health checks `config` asks for, keyed by backend id.
-pub fn health_specs(
-    config: &Config,
-    registry: &mut BackendIdRegistry,
-) -> Vec<(u32, HealthCheckSpec)> {
-    let mut specs = Vec::new();
-    for service in &config.services {
-        for backend in &service.backends {
-            if let Some(check) = &backend.health_check {
-                let id = registry.id(service.key, backend.address, backend.port);
-                specs.push((
-                    id.0,
-                    HealthCheckSpec {
-                        target: SocketAddr::new(backend.address, backend.port),
-                        config: check.clone(),
-                    },
-                ));
-            }
-        }
-    }
-    specs
+    /// The build, the reload counters and the device counters, for the metrics.
+    pub observed: control::observe::Observed,
+    /// Which services have lost their quorum (their sorry server serves).
+    pub quorums: Quorums,
 }
 
 impl ControlLoop {
     /// Builds the current snapshot and publishes it to every worker; returns how long the workers took to use it
     /// (`None` if they did not within a second, for instance while stopping).
     pub fn publish(&mut self) -> Result<Option<Duration>, String> {
-        let spec = effective_spec(
+        let (spec, quorum_changes) = control::backend_state::effective_spec(
             &self.config,
             &self.port_macs,
             &mut self.registry,
             &self.down,
             &self.drained,
+            &mut self.quorums,
         )?;
+        for change in &quorum_changes {
+            change.log();
+        }
         let generation = self.generation + 1;
         let snapshot = Arc::new(
             crate::vip_owner::build_snapshot(&spec, generation, &self.withheld)
@@ -227,6 +177,8 @@ impl ControlLoop {
         let previous = std::mem::replace(&mut self.config, applied);
         // A reload restates every weight: drains made by hand end.
         let drained = std::mem::take(&mut self.drained);
+        // New backends with alpha take no traffic before their checks pass; unchecked ones are not held down.
+        refresh_down(&previous, &self.config, &mut self.registry, &mut self.down);
         match self.publish() {
             Ok(took) => {
                 let specs = health_specs(&self.config, &mut self.registry);
@@ -362,12 +314,7 @@ impl ControlLoop {
             } else {
                 self.down.insert(id)
             };
-            log::info!(
-                "backend id {}: {} ({})",
-                event.key,
-                if event.up { "up" } else { "down" },
-                event.reason
-            );
+            control::backend_state::announce(&event, &self.config, &self.registry);
         }
         if changed {
             match self.publish() {
@@ -398,6 +345,21 @@ pub fn describe_changes(old: &Config, new: &Config) -> String {
             ));
             continue;
         };
+        if (before.quorum, before.hysteresis, &before.sorry_server)
+            != (service.quorum, service.hysteresis, &service.sorry_server)
+        {
+            parts.push(format!(
+                "service {name}: quorum {} hysteresis {}, sorry server {}",
+                service.quorum,
+                service.hysteresis,
+                service
+                    .sorry_server
+                    .as_ref()
+                    .map_or("none".into(), |sorry| {
+                        describe_endpoint(sorry.address, sorry.port)
+                    })
+            ));
+        }
         if (before.mode, before.scheduler, before.persistence)
             != (service.mode, service.scheduler, service.persistence)
         {

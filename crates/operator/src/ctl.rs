@@ -147,22 +147,32 @@ impl Endpoints {
             },
             Request::Reload => {
                 let result = control.reload(config_path);
+                control.observed.count_reload(&result);
                 match &result {
                     Ok(message) => log::info!("ctl: {message}"),
                     Err(error) => log::error!("ctl: {error}"),
                 }
                 outcome(result)
             }
-            Request::Drain(address) => outcome(control.set_drained(address, true)),
-            Request::Undrain(address) => outcome(control.set_drained(address, false)),
+            Request::Drain(address) => outcome(logged(control.set_drained(address, true))),
+            Request::Undrain(address) => outcome(logged(control.set_drained(address, false))),
             Request::Trace {
                 client,
                 vip,
                 protocol,
             } => trace(control, client, vip, protocol),
-            edit_request => outcome(edit(control, edit_request)),
+            edit_request => outcome(logged(edit(control, edit_request))),
         }
     }
+}
+
+/// A change asked over the control socket goes to the log as well as to the caller.
+fn logged(result: Result<String, String>) -> Result<String, String> {
+    match &result {
+        Ok(message) => log::info!("ctl: {message}"),
+        Err(error) => log::warn!("ctl: refused: {error}"),
+    }
+    result
 }
 
 fn sample(stats: &[std::sync::Arc<WorkerStats>]) -> Vec<[u64; 4]> {
@@ -197,13 +207,9 @@ fn edit(control: &mut ControlLoop, request: Request) -> Result<String, String> {
                 if config.services.iter().any(|s| s.key == key) {
                     return Err(format!("service {name} exists"));
                 }
-                config.services.push(ServiceConfig {
-                    key,
-                    mode,
-                    scheduler,
-                    persistence: None,
-                    backends: vec![],
-                });
+                config
+                    .services
+                    .push(ServiceConfig::plain(key, mode, scheduler));
                 Ok(format!("added service {name}"))
             })
         }
@@ -243,13 +249,9 @@ fn edit(control: &mut ControlLoop, request: Request) -> Result<String, String> {
                     key.vip
                 ));
             }
-            service.backends.push(BackendConfig {
-                address: backend.ip(),
-                port: backend.port(),
-                weight,
-                mac: None,
-                health_check: None,
-            });
+            service
+                .backends
+                .push(BackendConfig::plain(backend.ip(), backend.port(), weight));
             Ok(format!("added {backend} to {name} with weight {weight}"))
         }),
         Request::RemoveBackend { key, backend } => {
@@ -357,22 +359,40 @@ fn list(control: &mut ControlLoop) -> String {
             balancer::service::ForwardingMode::FullNat => "FullNat",
             balancer::service::ForwardingMode::Tun => "Tunnel",
         };
-        for backend in &service.backends {
+        if service.quorum > 1 || service.sorry_server.is_some() {
+            out.push_str(&format!(
+                "  quorum {} hysteresis {}: {} (healthy weight {})\n",
+                service.quorum,
+                service.hysteresis,
+                if control.quorums.is_lost(&service.key) {
+                    "lost"
+                } else {
+                    "held"
+                },
+                control::backend_state::healthy_weight(
+                    service,
+                    &mut control.registry,
+                    &control.down,
+                    &control.drained
+                )
+            ));
+        }
+        // The weight the workers use (0 while drained or inhibited); a backend out of the table shows "-". The
+        // state says why.
+        let decisions = control::backend_state::decide(
+            service,
+            &mut control.registry,
+            &control.down,
+            &control.drained,
+            &control.quorums,
+        );
+        for decision in decisions {
+            let weight = decision
+                .weight
+                .map_or_else(|| "-".to_owned(), |weight| weight.to_string());
             let id = control
                 .registry
-                .id(service.key, backend.address, backend.port);
-            let state = if control.down.contains(&id) {
-                "down"
-            } else if control.drained.contains(&id) {
-                "drained"
-            } else {
-                "up"
-            };
-            let weight = if control.drained.contains(&id) {
-                0
-            } else {
-                backend.weight
-            };
+                .id(service.key, decision.address, decision.port);
             let (active, inactive) = match &load {
                 Some(load) => {
                     let (active, inactive) = load.get(id.0 as usize).copied().unwrap_or_default();
@@ -381,8 +401,9 @@ fn list(control: &mut ControlLoop) -> String {
                 None => ("?".into(), "?".into()),
             };
             out.push_str(&format!(
-                "  -> {:<28}{method:<8}{weight:<7}{active:<11}{inactive:<10}{state}\n",
-                describe_endpoint(backend.address, backend.port)
+                "  -> {:<28}{method:<8}{weight:<7}{active:<11}{inactive:<10}{}\n",
+                describe_endpoint(decision.address, decision.port),
+                decision.state.name()
             ));
         }
     }
@@ -561,22 +582,22 @@ fn metrics(control: &mut ControlLoop) -> String {
     let sums = sample(&control.stats);
     let names = [
         (
-            "sluice_backend_packets_in_total",
+            "sluice_backend_in_packets_total",
             0,
             "Frames from clients forwarded to a backend.",
         ),
         (
-            "sluice_backend_packets_out_total",
+            "sluice_backend_out_packets_total",
             1,
             "Frames from a backend mapped back to clients.",
         ),
         (
-            "sluice_backend_bytes_in_total",
+            "sluice_backend_in_bytes_total",
             2,
             "Bytes from clients forwarded to a backend.",
         ),
         (
-            "sluice_backend_bytes_out_total",
+            "sluice_backend_out_bytes_total",
             3,
             "Bytes from a backend mapped back to clients.",
         ),
@@ -584,7 +605,7 @@ fn metrics(control: &mut ControlLoop) -> String {
     for (name, column, help) in names {
         counter(&mut out, name, help);
         for service in &control.config.services {
-            for backend in &service.backends {
+            for backend in service.all_backends() {
                 let id = control
                     .registry
                     .id(service.key, backend.address, backend.port)
@@ -611,6 +632,14 @@ fn metrics(control: &mut ControlLoop) -> String {
     if let Some(sync) = &control.sync {
         out.push_str(&sync.metrics(Instant::now()));
     }
+    let (backends, services) = control::observe::backend_views(
+        &control.config,
+        &mut control.registry,
+        &control.down,
+        &control.drained,
+        &control.quorums,
+    );
+    out.push_str(&control.observed.render(&backends, &services));
     out
 }
 

@@ -53,8 +53,7 @@ impl RateWindow {
         );
         for service in &control.config.services {
             let rows: Vec<(String, [u64; 5])> = service
-                .backends
-                .iter()
+                .all_backends()
                 .map(|backend| {
                     let id = control
                         .registry

@@ -25,8 +25,7 @@ pub fn service_stats(
     let _ = writeln!(out, "  -> RemoteAddress:Port");
     for service in &config.services {
         let rows: Vec<(String, [u64; 5])> = service
-            .backends
-            .iter()
+            .all_backends()
             .map(|backend| {
                 let id = registry.id(service.key, backend.address, backend.port);
                 let mut sums = counter_sums(stats, id.0 as usize);

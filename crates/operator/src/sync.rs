@@ -501,93 +501,188 @@ impl SyncNode {
         out
     }
 
-    /// The Prometheus lines of the sync.
+    /// The Prometheus lines of the sync: every family with its HELP and TYPE, its samples together.
     pub fn metrics(&self, now: Instant) -> String {
-        let mut out = String::from(
-            "# HELP sluice_sync_messages_total Sync datagrams per peer and direction; bytes and exceptions likewise, \
-             refusals by reason.\n# TYPE sluice_sync_messages_total counter\n",
-        );
-        let per_peer: [PeerCounter; 9] = [
-            ("sluice_sync_messages_total", "direction=\"sent\",", |h| {
-                h.sent_messages
-            }),
+        use control::observe::Exposition;
+        let mut out = Exposition::new();
+        let per_peer: [(&str, &str, &str, PeerCounter); 5] = [
             (
                 "sluice_sync_messages_total",
-                "direction=\"received\",",
-                |h| h.received_messages,
+                "Sync datagrams per peer and direction.",
+                "direction",
+                &[
+                    ("sent", |h| h.sent_messages),
+                    ("received", |h| h.received_messages),
+                ],
             ),
-            ("sluice_sync_bytes_total", "direction=\"sent\",", |h| {
-                h.sent_bytes
-            }),
-            ("sluice_sync_exceptions_total", "direction=\"sent\",", |h| {
-                h.sent_exceptions
-            }),
+            (
+                "sluice_sync_sent_bytes_total",
+                "Bytes of sync datagrams sent to a peer.",
+                "",
+                &[("", |h| h.sent_bytes)],
+            ),
             (
                 "sluice_sync_exceptions_total",
-                "direction=\"received\",",
-                |h| h.received_exceptions,
+                "Connection exceptions per peer and direction.",
+                "direction",
+                &[
+                    ("sent", |h| h.sent_exceptions),
+                    ("received", |h| h.received_exceptions),
+                ],
             ),
-            ("sluice_sync_rejected_total", "reason=\"forged\",", |h| {
-                h.rejected_forged
-            }),
-            ("sluice_sync_rejected_total", "reason=\"replayed\",", |h| {
-                h.rejected_replayed
-            }),
-            ("sluice_sync_rejected_total", "reason=\"malformed\",", |h| {
-                h.rejected_malformed
-            }),
-            ("sluice_sync_send_errors_total", "", |h| h.send_errors),
+            (
+                "sluice_sync_rejected_total",
+                "Datagrams from a peer refused, by reason.",
+                "reason",
+                &[
+                    ("forged", |h| h.rejected_forged),
+                    ("replayed", |h| h.rejected_replayed),
+                    ("malformed", |h| h.rejected_malformed),
+                ],
+            ),
+            (
+                "sluice_sync_send_errors_total",
+                "Datagrams to a peer the kernel refused to send.",
+                "",
+                &[("", |h| h.send_errors)],
+            ),
         ];
-        for (name, label, pick) in per_peer {
-            for (address, health) in self.peers() {
-                out.push_str(&format!(
-                    "{name}{{{label}peer=\"{address}\"}} {}\n",
-                    pick(health)
-                ));
+        for (name, help, label, values) in per_peer {
+            out.family(name, "counter", help);
+            for (value_label, pick) in values {
+                for (address, health) in self.peers() {
+                    let peer = address.to_string();
+                    let mut labels = vec![("peer", peer.as_str())];
+                    if !label.is_empty() {
+                        labels.insert(0, (label, value_label));
+                    }
+                    out.sample(name, &labels, pick(health));
+                }
             }
         }
+        out.family(
+            "sluice_sync_last_hello_seconds",
+            "gauge",
+            "Seconds since the peer's last hello.",
+        );
         for (address, health) in self.peers() {
             if let Some(at) = health.last_hello {
-                out.push_str(&format!(
-                    "sluice_sync_last_hello_seconds{{peer=\"{address}\"}} {:.3}\n",
-                    now.duration_since(at).as_secs_f64()
-                ));
+                out.sample(
+                    "sluice_sync_last_hello_seconds",
+                    &[("peer", &address.to_string())],
+                    format!("{:.3}", now.duration_since(at).as_secs_f64()),
+                );
             }
-            out.push_str(&format!(
-                "sluice_sync_peer_digest_info{{peer=\"{address}\",digest=\"{}\"}} 1\n",
-                health
-                    .digest
-                    .map_or("-".into(), |digest| format!("{digest:016x}"))
-            ));
-            out.push_str(&format!(
-                "sluice_sync_digest_differs_seconds{{peer=\"{address}\"}} {:.3}\n",
-                health
-                    .digest_differs_since
-                    .map_or(0.0, |since| now.duration_since(since).as_secs_f64())
-            ));
+        }
+        out.family(
+            "sluice_sync_peer_digest_info",
+            "gauge",
+            "Always 1: the digest of the peer's services and backends as a label (- before its first hello).",
+        );
+        for (address, health) in self.peers() {
+            let digest = health
+                .digest
+                .map_or("-".into(), |digest| format!("{digest:016x}"));
+            out.sample(
+                "sluice_sync_peer_digest_info",
+                &[("peer", &address.to_string()), ("digest", &digest)],
+                1,
+            );
+        }
+        out.family(
+            "sluice_sync_digest_differs_seconds",
+            "gauge",
+            "Seconds the peer's digest has differed from this node's (0 while equal).",
+        );
+        for (address, health) in self.peers() {
+            out.sample(
+                "sluice_sync_digest_differs_seconds",
+                &[("peer", &address.to_string())],
+                format!(
+                    "{:.3}",
+                    health
+                        .digest_differs_since
+                        .map_or(0.0, |since| now.duration_since(since).as_secs_f64())
+                ),
+            );
         }
         let [started, finished, found, stored, refused, used, held] = self.worker_totals();
-        out.push_str(&format!(
-            "sluice_exception_scans_total{{state=\"started\"}} {started}\n\
-             sluice_exception_scans_total{{state=\"finished\"}} {finished}\n\
-             sluice_exceptions_total{{event=\"found\"}} {found}\nsluice_exceptions_total{{event=\"stored\"}} {stored}\n\
-             sluice_exceptions_total{{event=\"refused\"}} {refused}\nsluice_exceptions_total{{event=\"used\"}} {used}\n\
-             sluice_exceptions_held {held}\n"
-        ));
-        out.push_str(&format!(
-            "sluice_sync_digest_info{{digest=\"{:016x}\"}} 1\nsluice_sync_pending_exceptions {}\n\
-             sluice_sync_unknown_senders_total {}\nsluice_sync_dropped_for_workers_total {}\n",
-            self.digest,
-            self.pending(),
+        out.family(
+            "sluice_exception_scans_total",
+            "counter",
+            "The workers' scans for connection exceptions, started and finished.",
+        );
+        out.sample(
+            "sluice_exception_scans_total",
+            &[("state", "started")],
+            started,
+        );
+        out.sample(
+            "sluice_exception_scans_total",
+            &[("state", "finished")],
+            finished,
+        );
+        out.family(
+            "sluice_exceptions_total",
+            "counter",
+            "Connection exceptions found by the workers, stored from peers, refused, and used to forward.",
+        );
+        for (event, value) in [
+            ("found", found),
+            ("stored", stored),
+            ("refused", refused),
+            ("used", used),
+        ] {
+            out.sample("sluice_exceptions_total", &[("event", event)], value);
+        }
+        out.family(
+            "sluice_exceptions_held",
+            "gauge",
+            "Connection exceptions the workers hold.",
+        );
+        out.sample("sluice_exceptions_held", &[], held);
+        out.family(
+            "sluice_sync_digest_info",
+            "gauge",
+            "Always 1: the digest of this node's services and backends as a label.",
+        );
+        out.sample(
+            "sluice_sync_digest_info",
+            &[("digest", &format!("{:016x}", self.digest))],
+            1,
+        );
+        out.family(
+            "sluice_sync_pending_exceptions",
+            "gauge",
+            "Exceptions waiting to be sent to the peers.",
+        );
+        out.sample("sluice_sync_pending_exceptions", &[], self.pending());
+        out.family(
+            "sluice_sync_unknown_senders_total",
+            "counter",
+            "Datagrams from addresses that are not configured peers.",
+        );
+        out.sample(
+            "sluice_sync_unknown_senders_total",
+            &[],
             self.unknown_senders,
-            self.dropped_for_workers
-        ));
-        out
+        );
+        out.family(
+            "sluice_sync_dropped_for_workers_total",
+            "counter",
+            "Exceptions from peers dropped because a worker's queue was full.",
+        );
+        out.sample(
+            "sluice_sync_dropped_for_workers_total",
+            &[],
+            self.dropped_for_workers,
+        );
+        out.finish()
     }
 }
 
-/// A per-peer metric: its name, its extra labels, and how to read it.
-type PeerCounter = (&'static str, &'static str, fn(&PeerHealth) -> u64);
+/// A per-peer counter's label values and how to read each.
+type PeerCounter = &'static [(&'static str, fn(&PeerHealth) -> u64)];
 
 fn remaining_ms(expires: Instant, now: Instant) -> u32 {
     expires

@@ -46,12 +46,12 @@ fn bench(c: &mut Criterion) {
             b.iter(|| packet::set_macs(&mut work, [2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 8]))
         });
         c.bench_function(&format!("rewrite_nat_destination/{family}"), |b| {
-            b.iter(|| packet::rewrite_destination(&mut work, &layout, &backend, 8080))
+            b.iter(|| packet::rewrite_destination(&mut work, &layout, backend, 8080))
         });
         c.bench_function(&format!("rewrite_fullnat_both/{family}"), |b| {
             b.iter(|| {
-                packet::rewrite_source(&mut work, &layout, &local, 1025).unwrap();
-                packet::rewrite_destination(&mut work, &layout, &backend, 8080)
+                packet::rewrite_source(&mut work, &layout, local, 1025).unwrap();
+                packet::rewrite_destination(&mut work, &layout, backend, 8080)
             })
         });
         let outer = if v6 { 40 } else { 20 };

@@ -45,10 +45,10 @@ fn exercise_one(data: &[u8]) -> bool {
     let mac = [2, 0, 0, 0, 0, seed as u8];
     for addr in [v4, v6] {
         run(data, &layout, |frame| {
-            rewrite::rewrite_destination(frame, &layout, &addr, port).is_ok()
+            rewrite::rewrite_destination(frame, &layout, addr, port).is_ok()
         });
         run(data, &layout, |frame| {
-            rewrite::rewrite_source(frame, &layout, &addr, port).is_ok()
+            rewrite::rewrite_source(frame, &layout, addr, port).is_ok()
         });
         run(data, &layout, |frame| {
             rewrite::rewrite_icmp_error_destination(frame, &layout, addr, addr, port).is_ok()

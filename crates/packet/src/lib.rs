@@ -7,19 +7,26 @@ pub mod answer;
 pub mod checksum;
 pub mod flow;
 pub mod fuzzing;
+pub mod mac;
 pub mod parse;
 pub mod rewrite;
+pub mod tunnel_fragment;
+pub mod wire_addr;
 
 pub use answer::{
     answer_arp, answer_echo, answer_neighbor_solicitation, build_arp_request,
     build_neighbor_solicitation, build_too_big,
 };
 pub use flow::{ip_protocol, FlowKey};
+pub use mac::MacWord;
 pub use parse::{
     parse_frame, parse_frame_into, ArpFacts, Fragment, FrameLayout, IcmpKind, ParseError,
     EMPTY_LAYOUT, L3,
 };
 pub use rewrite::{
     decapsulate, encapsulate, rewrite_destination, rewrite_icmp_error_destination,
-    rewrite_icmp_error_source, rewrite_source, set_macs, IPV4_HEADER_LEN, IPV6_HEADER_LEN,
+    rewrite_icmp_error_source, rewrite_source, rewrite_source_and_destination, set_macs,
+    set_macs_word, IPV4_HEADER_LEN, IPV6_HEADER_LEN,
 };
+pub use tunnel_fragment::{build_tunnel_fragment, tunnel_fragment_payload};
+pub use wire_addr::WireAddr;

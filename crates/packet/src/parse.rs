@@ -112,6 +112,9 @@ pub struct FrameLayout {
     /// header: its sender picks the path, which no router of ours should follow (Linux drops these by default,
     /// `accept_source_route = 0`; RFC 5095 deprecates the IPv6 one).
     pub source_routed: bool,
+    /// An IPv4 packet with the don't-fragment bit set (never for IPv6, which routers do not fragment): a tunnel
+    /// that must make it smaller answers too-big instead of fragmenting it.
+    pub dont_fragment: bool,
     /// Valid for IPv4 and IPv6; ICMP echo: the identifier in both ports; later fragments: ports 0.
     pub flow: FlowKey,
     pub fragment: Fragment,
@@ -220,6 +223,7 @@ pub const EMPTY_LAYOUT: FrameLayout = FrameLayout {
     protocol: 0,
     ttl: 0,
     source_routed: false,
+    dont_fragment: false,
     flow: UNSPECIFIED_FLOW,
     fragment: Fragment::None,
     tcp_flags: 0,
@@ -263,6 +267,7 @@ pub fn parse_frame_into(
     layout.protocol = 0;
     layout.ttl = 0;
     layout.source_routed = false;
+    layout.dont_fragment = false;
     layout.flow = UNSPECIFIED_FLOW;
     layout.fragment = Fragment::None;
     layout.tcp_flags = 0;
@@ -302,9 +307,16 @@ fn ipv4_header_checksum_ok(header: &[u8]) -> bool {
     let Some((fixed, options)) = header.split_first_chunk::<20>() else {
         return false;
     };
-    checksum::fold(checksum::sum_ipv4_fixed(fixed) + checksum::sum(options)) == 0xffff
+    let fixed_sum = checksum::sum_ipv4_fixed(fixed);
+    let total = if options.is_empty() {
+        fixed_sum
+    } else {
+        fixed_sum + checksum::sum(options)
+    };
+    checksum::fold(total) == 0xffff
 }
 
+#[inline]
 fn parse_ipv4(
     frame: &[u8],
     layout: &mut FrameLayout,
@@ -336,6 +348,7 @@ fn parse_ipv4(
     }
     let fragment_word = read_u16(header, 6)?;
     let more_fragments = fragment_word & 0x2000 != 0;
+    layout.dont_fragment = fragment_word & 0x4000 != 0;
     let fragment_offset = fragment_word & 0x1fff;
     let id = u32::from(read_u16(header, 4)?);
     layout.l3 = L3::Ipv4;
@@ -476,6 +489,8 @@ fn parse_ipv6(frame: &[u8], layout: &mut FrameLayout) -> Result<(), ParseError> 
 }
 
 /// Reads the transport header at `layout.l4_offset` of `packet` (the frame cut at the end of the IP packet).
+/// TCP and UDP inline, ICMP out of line.
+#[inline(always)]
 fn parse_transport(packet: &[u8], layout: &mut FrameLayout) -> Result<(), ParseError> {
     let l4 = usize::from(layout.l4_offset);
     match layout.protocol {
@@ -495,7 +510,10 @@ fn parse_transport(packet: &[u8], layout: &mut FrameLayout) -> Result<(), ParseE
         ip_protocol::UDP => {
             let udp = packet.get(l4..l4 + 8).ok_or(ParseError::Truncated)?;
             let length = usize::from(read_u16(udp, 4)?);
-            if length < 8 || l4 + length > packet.len() {
+            // The length covers the whole datagram: a first fragment carries only its beginning, so the length
+            // can be checked against this packet only when the datagram is whole.
+            let too_long = layout.fragment == Fragment::None && l4 + length > packet.len();
+            if length < 8 || too_long {
                 return Err(ParseError::Malformed("UDP length"));
             }
             layout.flow.src_port = read_u16(udp, 0)?;
@@ -508,6 +526,7 @@ fn parse_transport(packet: &[u8], layout: &mut FrameLayout) -> Result<(), ParseE
     Ok(())
 }
 
+#[inline(never)]
 fn parse_icmpv4(packet: &[u8], layout: &mut FrameLayout) -> Result<(), ParseError> {
     let l4 = usize::from(layout.l4_offset);
     let icmp = packet.get(l4..l4 + 8).ok_or(ParseError::Truncated)?;
@@ -592,6 +611,7 @@ fn quoted_ports(
     }
 }
 
+#[inline(never)]
 fn parse_icmpv6(packet: &[u8], layout: &mut FrameLayout) -> Result<(), ParseError> {
     let l4 = usize::from(layout.l4_offset);
     let icmp = packet.get(l4..l4 + 8).ok_or(ParseError::Truncated)?;

@@ -8,9 +8,13 @@ use std::net::IpAddr;
 
 use crate::checksum;
 use crate::flow::ip_protocol;
+use crate::mac::MacWord;
 use crate::parse::{read_u16, read_u8, Fragment, FrameLayout, IcmpKind, ParseError, L3};
+use crate::wire_addr::WireAddr;
 
 pub const IPV4_HEADER_LEN: usize = 20;
+/// An Ethernet header without VLAN tags.
+const ETHERNET_HEADER_LEN: usize = 14;
 pub const IPV6_HEADER_LEN: usize = 40;
 /// TTL / hop limit of headers sluice builds.
 pub const DEFAULT_TTL: u8 = 64;
@@ -54,6 +58,16 @@ enum End {
     Destination,
 }
 
+/// [`set_macs`] with the destination as one word: an 8-byte store (its last two bytes land where the source goes
+/// next) and the source's six bytes.
+#[inline]
+pub fn set_macs_word(frame: &mut [u8], src: [u8; 6], dst: MacWord) -> Result<(), ParseError> {
+    let header = slice_mut(frame, 0, 12)?;
+    header[..8].copy_from_slice(&dst.word().to_le_bytes());
+    header[6..].copy_from_slice(&src);
+    Ok(())
+}
+
 /// Offset of an address in an IP header at `l3`.
 fn address_offset(l3: L3, end: End) -> Result<(usize, usize), ParseError> {
     match (l3, end) {
@@ -65,6 +79,74 @@ fn address_offset(l3: L3, end: End) -> Result<(usize, usize), ParseError> {
     }
 }
 
+/// The ones'-complement sum of an address's bytes, as [`checksum::sum`] takes it (32-bit words, unfolded).
+#[inline(always)]
+fn sum_v6(octets: &[u8; 16]) -> u64 {
+    let word = |at: usize| {
+        u64::from(u32::from_be_bytes([
+            octets[at],
+            octets[at + 1],
+            octets[at + 2],
+            octets[at + 3],
+        ]))
+    };
+    word(0) + word(4) + word(8) + word(12)
+}
+
+/// Writes `addr` over one address of the IP header at `l3` (of kind `kind`) without fixing any checksum; returns
+/// the (old, new) sums of the address for the checksum updates. Straight-line for each family: NAT runs this on
+/// every frame.
+#[inline(always)]
+fn swap_address(
+    frame: &mut [u8],
+    kind: L3,
+    l3: usize,
+    end: End,
+    addr: &WireAddr,
+) -> Result<(u64, u64), ParseError> {
+    let (offset, len) = address_offset(kind, end)?;
+    match (len, addr.is_ipv4()) {
+        (4, true) => {
+            let field: &mut [u8; 4] = slice_mut(frame, l3 + offset, 4)?
+                .try_into()
+                .map_err(|_| ParseError::Truncated)?;
+            let old = u32::from_be_bytes(*field);
+            let new = addr.v4_octets();
+            *field = new;
+            Ok((u64::from(old), u64::from(u32::from_be_bytes(new))))
+        }
+        (16, false) => {
+            let field: &mut [u8; 16] = slice_mut(frame, l3 + offset, 16)?
+                .try_into()
+                .map_err(|_| ParseError::Truncated)?;
+            let old_sum = sum_v6(field);
+            let new = addr.v6_octets();
+            *field = new;
+            Ok((old_sum, sum_v6(&new)))
+        }
+        _ => Err(ParseError::Malformed(
+            "address family differs from the packet's",
+        )),
+    }
+}
+
+/// Updates the IPv4 header checksum of the header at `l3` for address bytes whose sum went from `old_sum` to
+/// `new_sum` (IPv6 has no header checksum).
+#[inline(always)]
+fn fix_header_checksum(
+    frame: &mut [u8],
+    kind: L3,
+    l3: usize,
+    old_sum: u64,
+    new_sum: u64,
+) -> Result<(), ParseError> {
+    if kind == L3::Ipv4 {
+        let check = read_u16(frame, l3 + 10)?;
+        write_u16(frame, l3 + 10, checksum::update(check, old_sum, new_sum))?;
+    }
+    Ok(())
+}
+
 /// Replaces one address of the IP header at `l3` (of kind `kind`); returns the (old, new) sums of the address
 /// for pseudo-header checksum updates. Fixes the IPv4 header checksum.
 fn replace_address(
@@ -72,23 +154,10 @@ fn replace_address(
     kind: L3,
     l3: usize,
     end: End,
-    addr: &IpAddr,
+    addr: &WireAddr,
 ) -> Result<(u64, u64), ParseError> {
-    let (offset, len) = address_offset(kind, end)?;
-    let (new, new_len) = address_octets(addr);
-    if new_len != len {
-        return Err(ParseError::Malformed(
-            "address family differs from the packet's",
-        ));
-    }
-    let field = slice_mut(frame, l3 + offset, len)?;
-    let old_sum = checksum::sum(field);
-    let new_sum = checksum::sum(&new[..len]);
-    field.copy_from_slice(&new[..len]);
-    if kind == L3::Ipv4 {
-        let check = read_u16(frame, l3 + 10)?;
-        write_u16(frame, l3 + 10, checksum::update(check, old_sum, new_sum))?;
-    }
+    let (old_sum, new_sum) = swap_address(frame, kind, l3, end, addr)?;
+    fix_header_checksum(frame, kind, l3, old_sum, new_sum)?;
     Ok((old_sum, new_sum))
 }
 
@@ -96,20 +165,51 @@ fn rewrite_end(
     frame: &mut [u8],
     layout: &FrameLayout,
     end: End,
-    addr: &IpAddr,
+    addr: &WireAddr,
     port: u16,
 ) -> Result<(), ParseError> {
     let l3 = usize::from(layout.l3_offset);
-    let l4 = usize::from(layout.l4_offset);
-    let (old_addr, new_addr) = replace_address(frame, layout.l3, l3, end, addr)?;
+    let (old_addr, new_addr) = swap_address(frame, layout.l3, l3, end, addr)?;
+    fix_header_checksum(frame, layout.l3, l3, old_addr, new_addr)?;
+    let (source_port, destination_port) = match end {
+        End::Source => (Some(port), None),
+        End::Destination => (None, Some(port)),
+    };
+    fix_transport(
+        frame,
+        layout,
+        old_addr,
+        new_addr,
+        source_port,
+        destination_port,
+    )
+}
+
+/// Writes the given ports of the transport header and updates its checksum for them and for pseudo-header
+/// address bytes whose sum went from `old_addr` to `new_addr`: one read and one write of the checksum, however
+/// many fields changed.
+#[inline(always)]
+fn fix_transport(
+    frame: &mut [u8],
+    layout: &FrameLayout,
+    mut old_sum: u64,
+    mut new_sum: u64,
+    source_port: Option<u16>,
+    destination_port: Option<u16>,
+) -> Result<(), ParseError> {
     if matches!(layout.fragment, Fragment::Later { .. }) {
         return Ok(());
     }
-    let port_at = l4 + if end == End::Source { 0 } else { 2 };
+    let l4 = usize::from(layout.l4_offset);
     match layout.protocol {
         ip_protocol::TCP | ip_protocol::UDP => {
-            let old_port = read_u16(frame, port_at)?;
-            write_u16(frame, port_at, port)?;
+            for (at, port) in [(l4, source_port), (l4 + 2, destination_port)] {
+                if let Some(port) = port {
+                    old_sum += u64::from(read_u16(frame, at)?);
+                    new_sum += u64::from(port);
+                    write_u16(frame, at, port)?;
+                }
+            }
             let check_at = l4
                 + if layout.protocol == ip_protocol::TCP {
                     16
@@ -121,11 +221,7 @@ fn rewrite_end(
                 // An IPv4 UDP datagram without a checksum stays without one.
                 return Ok(());
             }
-            let mut updated = checksum::update(
-                check,
-                old_addr + u64::from(old_port),
-                new_addr + u64::from(port),
-            );
+            let mut updated = checksum::update(check, old_sum, new_sum);
             if updated == 0 && layout.protocol == ip_protocol::UDP {
                 updated = 0xffff;
             }
@@ -133,10 +229,37 @@ fn rewrite_end(
         }
         ip_protocol::ICMPV6 if layout.l3 == L3::Ipv6 => {
             let check = read_u16(frame, l4 + 2)?;
-            write_u16(frame, l4 + 2, checksum::update(check, old_addr, new_addr))
+            write_u16(frame, l4 + 2, checksum::update(check, old_sum, new_sum))
         }
         _ => Ok(()),
     }
+}
+
+/// FULLNAT of both ends at once: both addresses and (TCP/UDP) ports, each checksum read and written once. Gives
+/// the same frame as [`rewrite_source`] then [`rewrite_destination`].
+#[inline]
+pub fn rewrite_source_and_destination(
+    frame: &mut [u8],
+    layout: &FrameLayout,
+    src: impl Into<WireAddr>,
+    src_port: u16,
+    dst: impl Into<WireAddr>,
+    dst_port: u16,
+) -> Result<(), ParseError> {
+    let l3 = usize::from(layout.l3_offset);
+    let (src, dst) = (src.into(), dst.into());
+    let (old_src, new_src) = swap_address(frame, layout.l3, l3, End::Source, &src)?;
+    let (old_dst, new_dst) = swap_address(frame, layout.l3, l3, End::Destination, &dst)?;
+    let (old_sum, new_sum) = (old_src + old_dst, new_src + new_dst);
+    fix_header_checksum(frame, layout.l3, l3, old_sum, new_sum)?;
+    fix_transport(
+        frame,
+        layout,
+        old_sum,
+        new_sum,
+        Some(src_port),
+        Some(dst_port),
+    )
 }
 
 /// NAT of the destination: address and (TCP/UDP) port, checksums updated incrementally. The address is borrowed:
@@ -145,10 +268,10 @@ fn rewrite_end(
 pub fn rewrite_destination(
     frame: &mut [u8],
     layout: &FrameLayout,
-    addr: &IpAddr,
+    addr: impl Into<WireAddr>,
     port: u16,
 ) -> Result<(), ParseError> {
-    rewrite_end(frame, layout, End::Destination, addr, port)
+    rewrite_end(frame, layout, End::Destination, &addr.into(), port)
 }
 
 /// NAT of the source: address and (TCP/UDP) port, checksums updated incrementally (the address borrowed, as for
@@ -157,10 +280,10 @@ pub fn rewrite_destination(
 pub fn rewrite_source(
     frame: &mut [u8],
     layout: &FrameLayout,
-    addr: &IpAddr,
+    addr: impl Into<WireAddr>,
     port: u16,
 ) -> Result<(), ParseError> {
-    rewrite_end(frame, layout, End::Source, addr, port)
+    rewrite_end(frame, layout, End::Source, &addr.into(), port)
 }
 
 fn icmp_error_offsets(layout: &FrameLayout) -> Result<(usize, usize, u8), ParseError> {
@@ -196,7 +319,7 @@ fn rewrite_icmp_error(
     if frame.len() < end_of_packet || end_of_packet < l4 + 8 {
         return Err(ParseError::Truncated);
     }
-    replace_address(frame, layout.l3, l3, end, &outer)?;
+    replace_address(frame, layout.l3, l3, end, &WireAddr::from(outer))?;
     let inner_end = if end == End::Source {
         End::Destination
     } else {
@@ -283,13 +406,14 @@ pub fn rewrite_icmp_error_source(
 pub fn encapsulate(
     buf: &mut [u8],
     inner: &FrameLayout,
-    outer_src: IpAddr,
-    outer_dst: IpAddr,
+    outer_src: impl Into<WireAddr>,
+    outer_dst: impl Into<WireAddr>,
 ) -> Result<(), ParseError> {
     let l2 = usize::from(inner.l2_len);
     let inner_len = usize::from(inner.l3_len);
-    match (inner.l3, outer_src, outer_dst) {
-        (L3::Ipv4, IpAddr::V4(src), IpAddr::V4(dst)) => {
+    let (src, dst) = (outer_src.into(), outer_dst.into());
+    match (inner.l3, src.is_ipv4(), dst.is_ipv4()) {
+        (L3::Ipv4, true, true) => {
             let total = IPV4_HEADER_LEN + inner_len;
             if total > usize::from(u16::MAX) {
                 return Err(ParseError::Unsupported(
@@ -299,7 +423,9 @@ pub fn encapsulate(
             let (front, inner_ip) = make_room(buf, l2, IPV4_HEADER_LEN, inner_len)?;
             // RFC 2003 section 3.1: TOS and DF are copied from the inner header.
             let (tos, df, id) = (inner_ip[1], inner_ip[6] & 0x40, [inner_ip[4], inner_ip[5]]);
-            let header = &mut front[l2..];
+            let header: &mut [u8; IPV4_HEADER_LEN] = (&mut front[l2..])
+                .try_into()
+                .map_err(|_| ParseError::Truncated)?;
             header.fill(0);
             header[0] = 0x45;
             header[1] = tos;
@@ -308,13 +434,13 @@ pub fn encapsulate(
             header[6] = df;
             header[8] = DEFAULT_TTL;
             header[9] = ip_protocol::IPIP;
-            header[12..16].copy_from_slice(&src.octets());
-            header[16..20].copy_from_slice(&dst.octets());
-            let sum = checksum::finish(checksum::sum(header));
+            header[12..16].copy_from_slice(&src.v4_octets());
+            header[16..20].copy_from_slice(&dst.v4_octets());
+            let sum = checksum::finish(checksum::sum_ipv4_fixed(header));
             header[10..12].copy_from_slice(&sum.to_be_bytes());
             Ok(())
         }
-        (L3::Ipv6, IpAddr::V6(src), IpAddr::V6(dst)) => {
+        (L3::Ipv6, false, false) => {
             let (front, inner_ip) = make_room(buf, l2, IPV6_HEADER_LEN, inner_len)?;
             // Traffic class and flow label are copied, so the flow keeps its ECMP entropy.
             let first_word = [
@@ -328,8 +454,8 @@ pub fn encapsulate(
             header[4..6].copy_from_slice(&(inner_len as u16).to_be_bytes());
             header[6] = ip_protocol::IPV6_IN_IP;
             header[7] = DEFAULT_TTL;
-            header[8..24].copy_from_slice(&src.octets());
-            header[24..40].copy_from_slice(&dst.octets());
+            header[8..24].copy_from_slice(&src.v6_octets());
+            header[24..40].copy_from_slice(&dst.v6_octets());
             Ok(())
         }
         _ => Err(ParseError::Unsupported(
@@ -348,7 +474,15 @@ fn make_room(
     if inner_len < 20 || buf.len() < outer + l2 + inner_len {
         return Err(ParseError::Truncated);
     }
-    buf.copy_within(outer..outer + l2, 0);
+    if l2 == ETHERNET_HEADER_LEN {
+        // The untagged header, moved as one fixed-size copy rather than a call to memmove.
+        let header: [u8; ETHERNET_HEADER_LEN] = buf[outer..outer + ETHERNET_HEADER_LEN]
+            .try_into()
+            .map_err(|_| ParseError::Truncated)?;
+        buf[..ETHERNET_HEADER_LEN].copy_from_slice(&header);
+    } else {
+        buf.copy_within(outer..outer + l2, 0);
+    }
     let (front, rest) = buf.split_at_mut(l2 + outer);
     Ok((front, &mut rest[..inner_len]))
 }

@@ -260,11 +260,43 @@ fn fragments_carry_ports_only_in_the_first() {
             assert_eq!(layout.fragment, Fragment::Later { id });
             // Rewriting a later fragment touches the IP header only.
             let mut copy = frame.clone();
-            packet::rewrite_destination(&mut copy, &layout, &v4(9), 9).unwrap();
+            packet::rewrite_destination(&mut copy, &layout, v4(9), 9).unwrap();
             assert_eq!(copy[34..], frame[34..]);
             assert_eq!(reference_sum(&[&copy[14..34]]), 0xffff);
         }
     }
+}
+
+/// A first fragment carries the beginning of its datagram: its UDP length names the whole datagram and runs past
+/// the fragment, which is no reason to refuse it; a whole datagram whose UDP length runs past it is malformed.
+#[test]
+fn a_first_fragment_is_not_held_to_the_udp_length_of_its_datagram() {
+    let shape = Shape {
+        v6: false,
+        tcp: false,
+        vlan: None,
+    };
+    let whole = build(shape, v4(1), v4(2), 5000, 53, &[7; 2472]);
+    // The first 1480 bytes of the IP payload, more fragments flag set, total length and checksum fixed.
+    let mut first = whole[..14 + 20 + 1480].to_vec();
+    first[16..18].copy_from_slice(&1500u16.to_be_bytes());
+    first[20..22].copy_from_slice(&0x2000u16.to_be_bytes());
+    first[24..26].fill(0);
+    let sum = reference_sum(&[&first[14..34]]);
+    first[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let layout = packet::parse_frame(&first).expect("a first fragment parses");
+    assert!(matches!(layout.fragment, Fragment::First { .. }));
+    assert_eq!((layout.flow.src_port, layout.flow.dst_port), (5000, 53));
+    // The same truncation without the fragment flag is a datagram shorter than its UDP length.
+    let mut cut = first.clone();
+    cut[20..22].fill(0);
+    cut[24..26].fill(0);
+    let sum = reference_sum(&[&cut[14..34]]);
+    cut[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    assert_eq!(
+        packet::parse_frame(&cut),
+        Err(ParseError::Malformed("UDP length"))
+    );
 }
 
 #[test]
@@ -533,9 +565,9 @@ proptest! {
         let frame = build(shape, make(addrs[0]), make(addrs[1]), ports[0], ports[1], &payload);
         let layout = packet::parse_frame(&frame).unwrap();
         let mut copy = frame.clone();
-        packet::rewrite_destination(&mut copy, &layout, &make(addrs[2]), ports[2]).unwrap();
+        packet::rewrite_destination(&mut copy, &layout, make(addrs[2]), ports[2]).unwrap();
         assert_checksums(&copy);
-        packet::rewrite_source(&mut copy, &layout, &make(addrs[3]), ports[3]).unwrap();
+        packet::rewrite_source(&mut copy, &layout, make(addrs[3]), ports[3]).unwrap();
         assert_checksums(&copy);
         packet::set_macs(&mut copy, MAC_B, MAC_A).unwrap();
         let after = packet::parse_frame(&copy).unwrap();
@@ -550,11 +582,48 @@ proptest! {
         // Reverting restores the original bytes, checksums included (up to the two zeros of ones' complement).
         let mut back = copy.clone();
         packet::set_macs(&mut back, MAC_A, MAC_B).unwrap();
-        packet::rewrite_destination(&mut back, &after, &make(addrs[1]), ports[1]).unwrap();
-        packet::rewrite_source(&mut back, &after, &make(addrs[0]), ports[0]).unwrap();
+        packet::rewrite_destination(&mut back, &after, make(addrs[1]), ports[1]).unwrap();
+        packet::rewrite_source(&mut back, &after, make(addrs[0]), ports[0]).unwrap();
         assert_checksums(&back);
         let diff: Vec<_> = back.iter().zip(&frame).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| i).collect();
         prop_assert!(diff.len() <= 2, "reverted frame differs at {:?}", diff);
+    }
+
+    /// FULLNAT's single pass writes what its two one-end rewrites write, checksums valid.
+    #[test]
+    fn both_ends_at_once_equal_one_after_the_other(
+        shape in shape_strategy(),
+        addrs in any::<[u128; 4]>(),
+        ports in any::<[u16; 4]>(),
+        payload in proptest::collection::vec(any::<u8>(), 0..300),
+    ) {
+        let make = |a: u128| if shape.v6 { v6(a) } else { v4(a as u32) };
+        let frame = build(shape, make(addrs[0]), make(addrs[1]), ports[0], ports[1], &payload);
+        let layout = packet::parse_frame(&frame).unwrap();
+        let (src, dst) = (make(addrs[2]), make(addrs[3]));
+        let mut stepwise = frame.clone();
+        packet::rewrite_source(&mut stepwise, &layout, src, ports[2]).unwrap();
+        packet::rewrite_destination(&mut stepwise, &layout, dst, ports[3]).unwrap();
+        let mut at_once = frame.clone();
+        packet::rewrite_source_and_destination(&mut at_once, &layout, src, ports[2], dst, ports[3]).unwrap();
+        assert_checksums(&at_once);
+        let diff: Vec<_> = at_once.iter().zip(&stepwise).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| i).collect();
+        // Only a checksum may differ, and only between the two ones'-complement zeros.
+        prop_assert!(diff.len() <= 2, "frames differ at {:?}", diff);
+        let mismatched_family = if shape.v6 { v4(1) } else { v6(1) };
+        prop_assert!(packet::rewrite_source_and_destination(&mut at_once, &layout, mismatched_family, 1, dst, 2).is_err());
+    }
+
+    #[test]
+    fn set_macs_word_writes_what_set_macs_writes(
+        frame in proptest::collection::vec(any::<u8>(), 12..80),
+        src in any::<[u8; 6]>(),
+        dst in any::<[u8; 6]>(),
+    ) {
+        let (mut by_bytes, mut by_word) = (frame.clone(), frame.clone());
+        packet::set_macs(&mut by_bytes, src, dst).unwrap();
+        packet::set_macs_word(&mut by_word, src, packet::MacWord::new(dst)).unwrap();
+        prop_assert_eq!(by_bytes, by_word);
     }
 
     #[test]

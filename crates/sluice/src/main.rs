@@ -3,14 +3,18 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod build_info;
 mod generate;
+mod lifecycle;
+mod packaging;
 mod pcap;
+mod platform;
 mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -55,11 +59,20 @@ enum Command {
     },
     /// Write client-to-VIP traffic (many TCP or UDP flows) into a pcap file.
     Generate(generate::GenerateArgs),
+    /// Write the manual pages (sluice.1 and one per subcommand) into a directory (scripts/install.sh).
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
+    /// Print the completion script for a shell (scripts/install.sh).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
+    // --version also names the DPDK library and the build, which are only known at run time.
+    let command =
+        Cli::command().long_version(&*Box::leak(build_info::long_version().into_boxed_str()));
+    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|error| error.exit());
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Check { config } => operator::check::check(&config),
@@ -67,6 +80,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::bench(args),
         Command::Ctl { socket, command } => operator::ctl::client(&socket, &command),
         Command::ImportKeepalived { file, vrrp } => operator::keepalived::import(&file, &vrrp),
+        Command::Manpages { dir } => packaging::write_manpages(Cli::command(), &dir),
+        Command::Completions { shell } => packaging::write_completions(Cli::command(), shell),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

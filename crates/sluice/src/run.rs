@@ -15,12 +15,13 @@ use control::config::{BackendIdRegistry, Config};
 use control::health::HealthChecker;
 use control::vip_owner::VipOwner;
 
+use control::backend_state::health_specs;
 use crossbeam::channel::bounded;
 use dataplane::build::WorkerPlan;
 use dataplane::io::Burst;
 use dataplane::worker::{handoff_mesh, PortQueues, TraceChannel, WorkerConfig, WorkerStats};
 use dpdk::{spawn_worker, Eal, Mempool, Port, PortConfig, DEFAULT_DATA_ROOM, SOCKET_ANY};
-use operator::control_loop::{health_specs, reload_signal, ControlLoop};
+use operator::control_loop::{reload_signal, ControlLoop};
 use operator::ctl::Endpoints;
 use operator::serve::Listeners;
 use operator::service_stats::service_stats;
@@ -138,8 +139,9 @@ pub fn run(args: RunArgs) -> Result<(), String> {
                 mtu: None,
                 promiscuous: true,
             };
-            let opened = Port::configure(&eal, id, &port_config, &pool)
+            let mut opened = Port::configure(&eal, id, &port_config, &pool)
                 .map_err(|e| format!("port {} ({}): {e}", port.name, port.device))?;
+            log_port_mac(port, &mut opened)?;
             log::info!(
                 "port {} = {} (dpdk port {id}, {} rx/tx queues, rss {})",
                 port.name,
@@ -438,14 +440,28 @@ fn run_balancer(
     let mut endpoints = Endpoints::start(listeners)?;
     let stop = Arc::new(AtomicBool::new(false));
     install_stop_handler(&stop);
+    let stop_signals = crate::lifecycle::StopSignals::watch();
     let mut registry = BackendIdRegistry::new();
     let macs: Vec<[u8; 6]> = ports
         .iter()
         .map(|port| port.mac_address().map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
-    let spec = config
-        .snapshot_spec(&macs, &mut registry)
-        .map_err(|e| e.to_string())?;
+    // Backends with alpha start down; a service whose quorum is lost from the start serves from its sorry server.
+    let down: HashSet<_> = control::backend_state::alpha_newcomers(None, config, &mut registry)
+        .into_iter()
+        .collect();
+    let mut quorums = control::backend_state::Quorums::default();
+    let (spec, quorum_changes) = control::backend_state::effective_spec(
+        config,
+        &macs,
+        &mut registry,
+        &down,
+        &HashSet::new(),
+        &mut quorums,
+    )?;
+    for change in &quorum_changes {
+        change.log();
+    }
     // With VRRP no VIP is answered before keepalived is seen to have put it on the kernel interface.
     let withheld = operator::vip_owner::vrrp_vips(config);
     let snapshot = Arc::new(
@@ -578,6 +594,7 @@ fn run_balancer(
             }
             // One last turn flushes what is pending and drains the handoff ring.
             worker.poll(clock());
+            worker.drop_waiting_frames(clock());
             worker.stats()
         })
         .map_err(|e| e.to_string())?;
@@ -592,7 +609,7 @@ fn run_balancer(
         publishers,
         retired: retired_receivers,
         stats: stats.clone(),
-        down: HashSet::new(),
+        down,
         drained: HashSet::new(),
         snapshot: Some(Arc::clone(&snapshot)),
         zeroed: Vec::new(),
@@ -612,6 +629,11 @@ fn run_balancer(
             node
         }),
         withheld,
+        observed: control::observe::Observed::new(
+            crate::build_info::current(),
+            Some(crate::platform::reader(ports, config, pool)),
+        ),
+        quorums,
     };
     let checks = health_specs(&control.config, &mut control.registry);
     if !checks.is_empty() {
@@ -652,20 +674,26 @@ fn run_balancer(
         }
         None => None,
     };
+    let first_turns = beats.clone();
     let mut liveness = operator::announce::Liveness::new(beats);
     let reload = reload_signal();
     log::info!(
         "forwarding with {workers} workers; SIGHUP reloads {}, ctrl-c stops",
         args.config.display()
     );
+    crate::lifecycle::forwarding(&first_turns, workers);
     let mut conditions = StopConditions::new(args, &progress);
     while !stop.load(Ordering::SeqCst) && !conditions.reached() {
         if reload.swap(false, Ordering::SeqCst) {
             log::info!("SIGHUP: reloading {}", args.config.display());
-            match control.reload(&args.config) {
+            crate::lifecycle::reloading();
+            let outcome = control.reload(&args.config);
+            control.observed.count_reload(&outcome);
+            match &outcome {
                 Ok(message) => log::info!("{message}"),
                 Err(error) => log::error!("{error}"),
             }
+            crate::lifecycle::reloaded(&outcome);
         }
         endpoints.serve(&mut control, &args.config);
         control.apply_health_events();
@@ -689,6 +717,7 @@ fn run_balancer(
             }
         }
     }
+    stop_signals.stopping();
     if let Some(announcer) = &mut announcer {
         for change in announcer.withdraw_all() {
             log::info!("stopping: {change}");
@@ -751,7 +780,7 @@ fn print_worker_stats(stats: &[Arc<WorkerStats>], elapsed: f64) {
             .collect();
         println!(
             "worker {index}: rx {} tx {} forwarded {} answered {} handed_off {} handoffs_received {} untracked {} \
-             resolutions_sent {} connections {} drops {}",
+             resolutions_sent {} fragments_held {} connections {} drops {}",
             load(&worker.rx),
             load(&worker.tx),
             load(&worker.forwarded),
@@ -760,6 +789,7 @@ fn print_worker_stats(stats: &[Arc<WorkerStats>], elapsed: f64) {
             load(&worker.handoffs_received),
             load(&worker.untracked),
             load(&worker.resolutions_sent),
+            load(&worker.fragments_held),
             load(&worker.connections),
             if drops.is_empty() { "none".into() } else { drops.join(" ") }
         );
@@ -768,4 +798,31 @@ fn print_worker_stats(stats: &[Arc<WorkerStats>], elapsed: f64) {
         "sluice: stopped after {elapsed:.2} s: rx {total_rx} tx {total_tx} rate {:.3} Mpps",
         total_rx as f64 / elapsed / 1e6
     );
+}
+
+/// Gives `opened` the MAC the configuration sets for `port`, and logs the MAC the port answers to: the only
+/// unicast destination its frames may have (frames to another host's MAC are dropped as not_our_mac).
+fn log_port_mac(port: &control::config::PortConfig, opened: &mut Port) -> Result<(), String> {
+    let show = |mac: [u8; 6]| {
+        mac.iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    match port.mac {
+        Some(mac) if opened.set_mac_address(mac) => {
+            log::info!("port {}: MAC {} (configured)", port.name, show(mac))
+        }
+        Some(mac) => log::info!(
+            "port {}: MAC {} (configured; the device keeps its own, the port being promiscuous sluice uses \
+             this one)",
+            port.name,
+            show(mac)
+        ),
+        None => {
+            let mac = opened.mac_address().map_err(|e| e.to_string())?;
+            log::info!("port {}: MAC {} (the device's)", port.name, show(mac))
+        }
+    }
+    Ok(())
 }

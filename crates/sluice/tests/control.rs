@@ -172,13 +172,13 @@ fn health_checks_take_backends_out_and_back() {
     let lines = stderr_lines(&mut child);
     let mut log = String::new();
     wait_for_line(&lines, "health checks: 2 backends", &mut log);
-    wait_for_line(&lines, "backend id 1: down", &mut log);
-    assert!(!log.contains("backend id 0: down"), "{log}");
+    wait_for_line(&lines, "(id 1): down", &mut log);
+    assert!(!log.contains("(id 0): down"), "{log}");
     drop(listener);
-    wait_for_line(&lines, "backend id 0: down", &mut log);
+    wait_for_line(&lines, "(id 0): down", &mut log);
     assert!(log.contains("2 consecutive failures"), "{log}");
     let _reopened = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-    wait_for_line(&lines, "backend id 0: up", &mut log);
+    wait_for_line(&lines, "(id 0): up", &mut log);
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -233,13 +233,21 @@ fn ctl_and_metrics_through_the_running_binary() {
         .port();
     let backends = "[[service.backend]]\naddress = \"10.1.0.11\"\nmac = \"02:be:00:00:00:0b\"\n\
                     [[service.backend]]\naddress = \"10.1.0.12\"\nmac = \"02:be:00:00:00:0c\"\n";
-    let text = config(dir.path(), backends).replace(
-        &format!("net_pcap0,rx_pcap={}/empty.pcap", dir.path().display()),
-        &format!("net_pcap0,rx_pcap={}", traffic.display()),
-    ) + &format!(
-        "[control]\nsocket = \"{}\"\nmetrics = \"127.0.0.1:{metrics_port}\"\n",
-        socket.display()
-    );
+    // The client port answers to the MAC `sluice generate` sends to by default.
+    let text = config(dir.path(), backends)
+        .replace(
+            &format!("net_pcap0,rx_pcap={}/empty.pcap", dir.path().display()),
+            &format!("net_pcap0,rx_pcap={}", traffic.display()),
+        )
+        .replacen(
+            "addresses = [\"10.0.0.1/24\"]\n",
+            "addresses = [\"10.0.0.1/24\"]\nmac = \"02:00:00:00:00:01\"\n",
+            1,
+        )
+        + &format!(
+            "[control]\nsocket = \"{}\"\nmetrics = \"127.0.0.1:{metrics_port}\"\n",
+            socket.display()
+        );
     let path = dir.path().join("sluice.toml");
     std::fs::write(&path, &text).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -521,7 +529,7 @@ fn ctl_and_metrics_through_the_running_binary() {
         "{body}"
     );
     assert!(body.contains(
-        "sluice_backend_packets_in_total{service=\"tcp://10.0.0.100:80\",backend=\"10.1.0.11:80\"}"
+        "sluice_backend_in_packets_total{service=\"tcp://10.0.0.100:80\",backend=\"10.1.0.11:80\"}"
     ));
     assert!(body.contains("sluice_worker_drops_total{worker=\"0\",reason=\"malformed\"} 0"));
 

@@ -442,7 +442,7 @@ fn idle_trickling_clients_and_a_dribbling_backend_stop_nothing() {
     std::thread::sleep(Duration::from_millis(500));
 
     // The dribbling backend is down within connect_timeout x retry + delay_before_retry (2.2 s), plus slack.
-    let down = sluice.wait_for("backend id 0: down", Duration::from_secs(10));
+    let down = sluice.wait_for("(id 0): down", Duration::from_secs(10));
     let dribbler_verdict = down - checks_started;
     assert!(
         dribbler_verdict < Duration::from_millis(3200),
@@ -459,7 +459,7 @@ fn idle_trickling_clients_and_a_dribbling_backend_stop_nothing() {
     // The other backend's failure is seen on its own schedule while the dribbler's probes hang.
     let closed = Instant::now();
     drop(healthy);
-    let other_down = sluice.wait_for("backend id 1: down", Duration::from_secs(10)) - closed;
+    let other_down = sluice.wait_for("(id 1): down", Duration::from_secs(10)) - closed;
     assert!(
         other_down < Duration::from_millis(800),
         "backend 1 took {other_down:?} to be marked down:\n{}",

@@ -91,13 +91,13 @@ fn a_keepalived_configuration_imports() {
     );
     assert_eq!(web.backends.len(), 2);
     assert_eq!(web.backends[0].weight, 3);
-    let check = web.backends[0].health_check.as_ref().unwrap();
+    let check = &web.backends[0].health_checks[0];
     assert_eq!(check.kind, CheckKind::Tcp);
     // keepalived's `retry 3` is four tries.
     assert_eq!((check.retry, check.on_failure), (4, OnFailure::Inhibit));
     assert_eq!(check.delay_loop, std::time::Duration::from_secs(6));
     assert_eq!(check.delay_before_retry, std::time::Duration::from_secs(2));
-    let http = web.backends[1].health_check.as_ref().unwrap();
+    let http = &web.backends[1].health_checks[0];
     assert_eq!(
         http.kind,
         CheckKind::Http {
@@ -345,16 +345,28 @@ fn each_keepalived_feature_imports_faithfully_or_is_refused_clearly() {
             " real_server 10.1.0.2 8080 {\n  HTTP_GET {\n   url {\n    path /a\n   }\n   url {\n    path /b\n   }\n  }\n }\n",
             "line 8: a second url in HTTP_GET; sluice's HTTP check asks one path",
         ),
-        (
-            " real_server 10.1.0.2 8080 {\n  TCP_CHECK {\n  }\n  HTTP_GET {\n  }\n }\n",
-            "line 6: real_server 10.1.0.2 8080 has a second checker; sluice runs one check per backend",
-        ),
     ] {
         let (code, stdout, stderr, _) = import_and_check(&virtual_server(body), &[]);
         assert_eq!(code, Some(1), "{needle}: {stdout}");
         assert!(stdout.is_empty(), "{stdout}");
         assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
     }
+
+    // Several checkers per real server: all of them, each must pass.
+    let (code, stdout, stderr, _) = import_and_check(
+        &virtual_server(
+            " real_server 10.1.0.2 8080 {\n  TCP_CHECK {\n  }\n  HTTP_GET {\n   url {\n    path /up\n   }\n  }\n }\n",
+        ),
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        stdout.matches("[[service.backend.health_check]]").count(),
+        2,
+        "{stdout}"
+    );
+    let config = Config::parse(&stdout, "imported.toml").unwrap();
+    assert_eq!(config.services[0].backends[0].health_checks.len(), 2);
 
     // IPv6 persistence granularity, as a prefix length or a mask.
     for granularity in ["64", "ffff:ffff:ffff:ffff::"] {

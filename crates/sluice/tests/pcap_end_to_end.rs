@@ -15,6 +15,9 @@ use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 const LOCAL_PORT_SEED: u64 = 11;
 const CLIENT_MAC: [u8; 6] = [2, 0xc1, 0, 0, 0, 1];
 const GATEWAY_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
+/// The ports' MACs, set by the configuration (net_pcap keeps its own; sluice answers to these).
+const CLIENT_PORT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const BACKEND_PORT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
 fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
     let mut out = Vec::new();
@@ -117,11 +120,13 @@ args = ["--no-huge", "-m", "256", "--no-pci", "--no-shconf", "--no-telemetry"]
 name = "client"
 device = "net_pcap0,rx_pcap={dir}/client-in.pcap,tx_pcap={dir}/client-out.pcap"
 addresses = ["10.0.0.1/24", "fd00::1/64"]
+mac = "02:00:00:00:00:01"
 
 [[port]]
 name = "backend"
 device = "net_pcap1,rx_pcap={dir}/backend-in.pcap,tx_pcap={dir}/backend-out.pcap"
 addresses = ["10.1.0.1/24", "fd01::1/64"]
+mac = "02:00:00:00:00:02"
 
 [workers]
 cores = [0]
@@ -314,7 +319,7 @@ fn every_mode_in_both_families() {
                         80,
                         flags,
                         &payload,
-                        (GATEWAY_MAC, [0; 6]),
+                        (GATEWAY_MAC, CLIENT_PORT_MAC),
                     ));
                 }
             }
@@ -326,7 +331,7 @@ fn every_mode_in_both_families() {
                 80,
                 "syn",
                 b"x",
-                (GATEWAY_MAC, [0; 6]),
+                (GATEWAY_MAC, CLIENT_PORT_MAC),
             );
             broken[24] ^= 0x55;
             frames.push(broken);
@@ -463,7 +468,7 @@ fn nat_replies_are_mapped_back_to_the_vip() {
             80,
             "syn",
             b"",
-            (GATEWAY_MAC, [0; 6]),
+            (GATEWAY_MAC, CLIENT_PORT_MAC),
         ));
         for (i, backend) in a.backends.iter().enumerate() {
             replies.push(tcp(
@@ -473,7 +478,7 @@ fn nat_replies_are_mapped_back_to_the_vip() {
                 20_000 + flow as u16,
                 "synack",
                 b"hello",
-                (backend_mac(i), [0; 6]),
+                (backend_mac(i), BACKEND_PORT_MAC),
             ));
         }
     }
@@ -522,7 +527,7 @@ fn arp_and_echo_are_answered() {
     arp.truncate(len);
     frames.push(arp);
     let mut echo = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, [0; 6])
+    PacketBuilder::ethernet2(CLIENT_MAC, CLIENT_PORT_MAC)
         .ipv4([10, 0, 0, 7], [10, 0, 0, 100], 64)
         .icmpv4_echo_request(99, 1)
         .write(&mut echo, b"are you there")
@@ -558,7 +563,7 @@ fn the_pipe_copies_a_pcap_frame_for_frame() {
                 80,
                 "ack",
                 &vec![i as u8; (i as usize * 13) % 1400],
-                (CLIENT_MAC, [0; 6]),
+                (CLIENT_MAC, CLIENT_PORT_MAC),
             )
         })
         .collect();
@@ -608,7 +613,7 @@ fn two_workers_share_flows_by_software_rss() {
                 80,
                 "syn",
                 b"",
-                (GATEWAY_MAC, [0; 6]),
+                (GATEWAY_MAC, CLIENT_PORT_MAC),
             )
         })
         .collect();
@@ -718,7 +723,7 @@ fn fullnat_replies_reach_the_worker_that_owns_the_local_port() {
             80,
             "syn",
             b"",
-            (GATEWAY_MAC, [0; 6]),
+            (GATEWAY_MAC, CLIENT_PORT_MAC),
         ));
         let key = packet::FlowKey {
             src_addr: client,
@@ -740,7 +745,7 @@ fn fullnat_replies_reach_the_worker_that_owns_the_local_port() {
             local.port,
             "synack",
             &payload,
-            ([2, 0xbe, 0, 0, 0, 11], [0; 6]),
+            ([2, 0xbe, 0, 0, 0, 11], BACKEND_PORT_MAC),
         ));
         expected_owner.insert(flow, owner);
     }
@@ -790,6 +795,794 @@ fn fullnat_replies_reach_the_worker_that_owns_the_local_port() {
         stdout.contains(&format!("handed_off {}", 2 * owned_by_1)),
         "{stdout}"
     );
+}
+
+/// The UDP datagram `src:sport -> dst:dport` carrying `payload`, whole, as etherparse writes it.
+fn udp_frame(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let eth = PacketBuilder::ethernet2(GATEWAY_MAC, CLIENT_PORT_MAC);
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth
+            .ipv4(s.octets(), d.octets(), 57)
+            .udp(sport, dport)
+            .write(&mut out, payload),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth
+            .ipv6(s.octets(), d.octets(), 57)
+            .udp(sport, dport)
+            .write(&mut out, payload),
+        _ => unreachable!(),
+    }
+    .unwrap();
+    out
+}
+
+/// The IPv4 header checksum of `header`, computed here.
+fn ipv4_header_checksum(header: &[u8]) -> u16 {
+    let mut total: u32 = header
+        .chunks(2)
+        .enumerate()
+        .filter(|(i, _)| *i != 5)
+        .map(|(_, pair)| u32::from(u16::from_be_bytes([pair[0], pair[1]])))
+        .sum();
+    while total > 0xffff {
+        total = (total & 0xffff) + (total >> 16);
+    }
+    !(total as u16)
+}
+
+/// `frame` (a whole IPv4 or IPv6 datagram from [`udp_frame`]) cut into fragments of datagram `id` whose IP
+/// payload is at most `chunk` bytes (a multiple of 8), in order.
+fn fragment_frame(frame: &[u8], id: u32, chunk: usize) -> Vec<Vec<u8>> {
+    let v4 = frame[12..14] == [0x08, 0x00];
+    let header_len = if v4 { 20 } else { 40 };
+    let header = &frame[14..14 + header_len];
+    let payload = &frame[14 + header_len..];
+    let pieces: Vec<&[u8]> = payload.chunks(chunk).collect();
+    let mut out = Vec::new();
+    for (index, piece) in pieces.iter().enumerate() {
+        let offset = index * chunk;
+        let more = index + 1 < pieces.len();
+        let mut fragment = frame[..14].to_vec();
+        if v4 {
+            let mut ip = header.to_vec();
+            ip[2..4].copy_from_slice(&((20 + piece.len()) as u16).to_be_bytes());
+            ip[4..6].copy_from_slice(&(id as u16).to_be_bytes());
+            let word = (offset / 8) as u16 | if more { 0x2000 } else { 0 };
+            ip[6..8].copy_from_slice(&word.to_be_bytes());
+            let sum = ipv4_header_checksum(&ip);
+            ip[10..12].copy_from_slice(&sum.to_be_bytes());
+            fragment.extend(ip);
+        } else {
+            let mut ip = header.to_vec();
+            ip[4..6].copy_from_slice(&((8 + piece.len()) as u16).to_be_bytes());
+            ip[6] = 44;
+            fragment.extend(ip);
+            fragment.extend([header[6], 0]);
+            let word = ((offset / 8) as u16) << 3 | u16::from(more);
+            fragment.extend(word.to_be_bytes());
+            fragment.extend(id.to_be_bytes());
+        }
+        fragment.extend_from_slice(piece);
+        out.push(fragment);
+    }
+    out
+}
+
+/// One UDP datagram as a backend receives it, reassembled by etherparse when it came in fragments.
+#[derive(Debug)]
+struct Datagram {
+    backend: usize,
+    outer: Option<(IpAddr, IpAddr)>,
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    fragments: usize,
+    data: Vec<u8>,
+}
+
+/// Reassembles what `frames` (one port's output) carry with etherparse's own defragmentation, checking every IPv4
+/// header checksum and every UDP checksum over the whole datagram.
+fn reassemble(frames: &[Vec<u8>]) -> Vec<Datagram> {
+    reassemble_by(frames, |frame| backend_mac_index(&frame[0..6]))
+}
+
+/// [`reassemble`], telling the frames' receivers apart by `receiver` (the index in [`Datagram::backend`]).
+fn reassemble_by(frames: &[Vec<u8>], receiver: impl Fn(&[u8]) -> usize) -> Vec<Datagram> {
+    let mut pool = etherparse::defrag::IpDefragPool::<(), usize>::new();
+    let mut pieces: HashMap<(usize, IpAddr, IpAddr), usize> = HashMap::new();
+    let mut out = Vec::new();
+    for frame in frames {
+        let backend = receiver(frame);
+        let mut inner = frame.clone();
+        let mut outer = None;
+        let sliced = SlicedPacket::from_ethernet(frame).expect("etherparse reads the frame");
+        if let Some(NetSlice::Ipv4(v4)) = &sliced.net {
+            let header = v4.header().to_header();
+            assert_eq!(header.calc_header_checksum(), header.header_checksum);
+        }
+        let (protocol, addresses) = match sliced.net.as_ref().expect("IP") {
+            NetSlice::Ipv4(v4) => (
+                v4.header().protocol().0,
+                (
+                    IpAddr::V4(v4.header().source_addr()),
+                    IpAddr::V4(v4.header().destination_addr()),
+                ),
+            ),
+            NetSlice::Ipv6(v6) => (
+                v6.header().next_header().0,
+                (
+                    IpAddr::V6(v6.header().source_addr()),
+                    IpAddr::V6(v6.header().destination_addr()),
+                ),
+            ),
+            _ => panic!("not IP"),
+        };
+        if protocol == 4 || protocol == 41 {
+            let outer_len = if protocol == 4 { 20 } else { 40 };
+            inner = frame[..14].to_vec();
+            inner.extend_from_slice(&frame[14 + outer_len..]);
+            outer = Some(addresses);
+        }
+        let sliced = SlicedPacket::from_ethernet(&inner).expect("etherparse reads the inner frame");
+        let (src, dst) = match sliced.net.as_ref().expect("IP") {
+            NetSlice::Ipv4(v4) => {
+                let header = v4.header().to_header();
+                assert_eq!(header.calc_header_checksum(), header.header_checksum);
+                (
+                    IpAddr::V4(v4.header().source_addr()),
+                    IpAddr::V4(v4.header().destination_addr()),
+                )
+            }
+            NetSlice::Ipv6(v6) => (
+                IpAddr::V6(v6.header().source_addr()),
+                IpAddr::V6(v6.header().destination_addr()),
+            ),
+            _ => panic!("not IP"),
+        };
+        *pieces.entry((backend, src, dst)).or_default() += 1;
+        let udp_bytes = match pool.process_sliced_packet(&sliced, (), backend) {
+            Ok(Some(whole)) => whole.payload,
+            Ok(None) => match &sliced.transport {
+                Some(TransportSlice::Udp(udp)) => udp.slice().to_vec(),
+                // A fragment still waiting for the others.
+                None => continue,
+                other => panic!("not UDP: {other:?}"),
+            },
+            Err(error) => panic!("reassembly failed: {error:?}"),
+        };
+        let (udp, data) = etherparse::UdpHeader::from_slice(&udp_bytes).unwrap();
+        assert_eq!(usize::from(udp.length), udp_bytes.len(), "UDP length");
+        let valid = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                udp.calc_checksum_ipv4_raw(s.octets(), d.octets(), data)
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                udp.calc_checksum_ipv6_raw(s.octets(), d.octets(), data)
+            }
+            _ => unreachable!(),
+        }
+        .unwrap();
+        assert_eq!(valid, udp.checksum, "UDP checksum over the whole datagram");
+        out.push(Datagram {
+            backend,
+            outer,
+            src,
+            dst,
+            sport: udp.source_port,
+            dport: udp.destination_port,
+            fragments: std::mem::take(pieces.get_mut(&(backend, src, dst)).unwrap()),
+            data: data.to_vec(),
+        });
+    }
+    out
+}
+
+/// The payload of datagram `which` of flow `flow`: its name, then filler, `len` bytes of UDP payload in all.
+fn datagram_payload(flow: u32, which: u32, len: usize) -> Vec<u8> {
+    let mut data = format!("flow {flow} datagram {which} ").into_bytes();
+    data.extend((data.len()..len).map(|i| (i % 251) as u8));
+    data
+}
+
+/// Fragmented UDP datagrams of 2,500 and 9,000 bytes reach one backend whole in every mode and family: each flow
+/// sends a whole datagram, then one of 2,500 bytes in order, then one of 9,000 bytes whose later fragments come
+/// before its first (held, then sent after it). Every datagram of a flow reaches the backend the flow's whole
+/// datagram reached, with the mode's rewrite, and etherparse reassembles it with a valid UDP checksum (FULLNAT and
+/// NAT update it through the first fragment alone). A later fragment whose first never comes is held and dropped.
+#[test]
+fn fragmented_datagrams_reach_one_backend_whole_in_every_mode_and_family() {
+    const FLOWS: u32 = 12;
+    const SIZES: [usize; 3] = [100, 2500 - 8, 9000 - 8];
+    for mode in ["dr", "nat", "fullnat", "tun"] {
+        for v6 in [false, true] {
+            let label = format!("{mode} v6={v6}");
+            let dir = tempdir();
+            let a = addresses(v6);
+            // Fragments of at most 1280 bytes of IP, so that a tunnel's header still fits the 1500-byte MTU.
+            let chunk = if v6 { 1232 } else { 1256 };
+            let mut frames = Vec::new();
+            for flow in 0..FLOWS {
+                let client = client_addr(&a, flow);
+                let port = 20_000 + flow as u16;
+                for (which, len) in SIZES.iter().enumerate() {
+                    let payload = datagram_payload(flow, which as u32, *len);
+                    let whole = udp_frame(client, port, a.vip, 80, &payload);
+                    let id = flow * 10 + which as u32 + 1;
+                    match which {
+                        0 => frames.push(whole),
+                        1 => frames.extend(fragment_frame(&whole, id, chunk)),
+                        _ => {
+                            let mut pieces = fragment_frame(&whole, id, chunk);
+                            pieces.reverse();
+                            frames.extend(pieces);
+                        }
+                    }
+                }
+            }
+            // The end of a datagram whose beginning never comes.
+            let orphan = udp_frame(client_addr(&a, 0), 1, a.vip, 80, &[0; 2000]);
+            frames.push(fragment_frame(&orphan, 999, chunk).pop().unwrap());
+            let text =
+                config(dir.path(), mode, v6).replace("protocol = \"tcp\"", "protocol = \"udp\"");
+            let result = run(dir.path(), &text, &frames, &[]);
+            let datagrams = reassemble(&result.backend_out);
+            assert_eq!(
+                datagrams.len(),
+                FLOWS as usize * SIZES.len(),
+                "{label}: {}",
+                result.stdout
+            );
+            let mut backend_of_flow: HashMap<u32, usize> = HashMap::new();
+            for datagram in &datagrams {
+                let text = String::from_utf8_lossy(&datagram.data[..24]).into_owned();
+                let words: Vec<&str> = text.split_whitespace().collect();
+                let (flow, which): (u32, usize) =
+                    (words[1].parse().unwrap(), words[3].parse().unwrap());
+                assert_eq!(
+                    datagram.data,
+                    datagram_payload(flow, which as u32, SIZES[which]),
+                    "{label}: payload whole"
+                );
+                let expected_fragments = if which == 0 {
+                    1
+                } else {
+                    (SIZES[which] + 8).div_ceil(chunk)
+                };
+                assert_eq!(datagram.fragments, expected_fragments, "{label}");
+                let backend = *backend_of_flow.entry(flow).or_insert(datagram.backend);
+                assert_eq!(
+                    datagram.backend, backend,
+                    "{label}: flow {flow} on one backend"
+                );
+                let client = client_addr(&a, flow);
+                let client_port = 20_000 + flow as u16;
+                match mode {
+                    "dr" | "tun" => {
+                        assert_eq!(
+                            (datagram.src, datagram.sport, datagram.dst, datagram.dport),
+                            (client, client_port, a.vip, 80),
+                            "{label}"
+                        );
+                        let expected_outer =
+                            (mode == "tun").then_some((a.tunnel, a.backends[backend]));
+                        assert_eq!(datagram.outer, expected_outer, "{label}");
+                    }
+                    "nat" => assert_eq!(
+                        (datagram.src, datagram.sport, datagram.dst, datagram.dport),
+                        (client, client_port, a.backends[backend], 8080),
+                        "{label}"
+                    ),
+                    _ => assert_eq!(
+                        (datagram.src, datagram.dst, datagram.dport),
+                        (a.local, a.backends[backend], 8080),
+                        "{label}"
+                    ),
+                }
+            }
+            assert!(
+                backend_of_flow.values().collect::<HashSet<_>>().len() > 1,
+                "{label}: flows spread over the backends"
+            );
+            assert_eq!(
+                drops(&result.stdout, "fragment_without_first"),
+                1,
+                "{label}: {}",
+                result.stdout
+            );
+            let held: u64 = result
+                .stdout
+                .split("fragments_held ")
+                .skip(1)
+                .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+                .sum();
+            let later_of_the_big_one = ((SIZES[2] + 8).div_ceil(chunk) - 1) as u64;
+            assert_eq!(held, u64::from(FLOWS) * later_of_the_big_one + 1, "{label}");
+            assert!(result.client_out.is_empty(), "{label}");
+        }
+    }
+}
+
+/// A large NAT reply (a DNS answer, say) comes back in fragments, its later fragments first: the first fragment is
+/// mapped through the connection the request opened and the others follow it, so the client receives the whole
+/// datagram from VIP:80 with a valid checksum. The same reply from the backends that do not hold the flow is
+/// dropped, every fragment of it.
+#[test]
+fn fragmented_nat_replies_reach_the_client_whole() {
+    const FLOWS: u32 = 8;
+    for v6 in [false, true] {
+        let label = format!("v6={v6}");
+        let dir = tempdir();
+        let a = addresses(v6);
+        let chunk = if v6 { 1232 } else { 1256 };
+        let mut requests = Vec::new();
+        let mut replies = Vec::new();
+        for flow in 0..FLOWS {
+            let client = client_addr(&a, flow);
+            let port = 21_000 + flow as u16;
+            requests.push(udp_frame(client, port, a.vip, 80, b"question"));
+            let payload = datagram_payload(flow, 0, 9000 - 8);
+            for (i, backend) in a.backends.iter().enumerate() {
+                let mut whole = udp_frame(*backend, 8080, client, port, &payload);
+                whole[..6].copy_from_slice(&BACKEND_PORT_MAC);
+                whole[6..12].copy_from_slice(&backend_mac(i));
+                let mut pieces = fragment_frame(&whole, flow * 10 + i as u32 + 1, chunk);
+                pieces.rotate_left(1);
+                replies.extend(pieces);
+            }
+        }
+        let text =
+            config(dir.path(), "nat", v6).replace("protocol = \"tcp\"", "protocol = \"udp\"");
+        let result = run(dir.path(), &text, &requests, &replies);
+        let datagrams = reassemble_by(&result.client_out, |frame| {
+            assert_eq!(&frame[0..6], &GATEWAY_MAC, "clients are beyond the gateway");
+            0
+        });
+        assert_eq!(
+            datagrams.len(),
+            FLOWS as usize,
+            "{label}: {}",
+            result.stdout
+        );
+        for datagram in &datagrams {
+            let flow: u32 = String::from_utf8_lossy(&datagram.data[..12])
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(
+                datagram.data,
+                datagram_payload(flow, 0, 9000 - 8),
+                "{label}"
+            );
+            assert_eq!(
+                (datagram.src, datagram.sport, datagram.dst, datagram.dport),
+                (a.vip, 80, client_addr(&a, flow), 21_000 + flow as u16),
+                "{label}"
+            );
+            assert_eq!(datagram.fragments, 9000usize.div_ceil(chunk), "{label}");
+        }
+        // Two backends of three answer each flow without holding it: all their fragments are dropped.
+        let fragments_per_reply = 9000usize.div_ceil(chunk) as u64;
+        assert_eq!(
+            drops(&result.stdout, "no_connection"),
+            u64::from(FLOWS) * 2 * fragments_per_reply,
+            "{label}: {}",
+            result.stdout
+        );
+    }
+}
+
+/// Two workers on two-queue devices without RSS: every frame arrives on queue 0. The fragments of a datagram meet
+/// at its keeper, which passes them to the worker that owns the flow when it is the other one; that worker
+/// forwards the whole datagram with a FULLNAT local port from its own share (even on worker 0, odd on worker 1),
+/// the port its flow's whole datagrams got.
+#[test]
+fn two_workers_keep_fragmented_datagrams_whole() {
+    const FLOWS: u32 = 24;
+    for v6 in [false, true] {
+        let label = format!("v6={v6}");
+        let dir = tempdir();
+        let a = addresses(v6);
+        let chunk = if v6 { 1232 } else { 1256 };
+        let mut frames = Vec::new();
+        for flow in 0..FLOWS {
+            let client = client_addr(&a, flow);
+            let port = 22_000 + flow as u16 * 7;
+            for which in 0..2u32 {
+                let len = if which == 0 { 100 } else { 9000 - 8 };
+                let whole = udp_frame(client, port, a.vip, 80, &datagram_payload(flow, which, len));
+                if which == 0 {
+                    frames.push(whole);
+                } else {
+                    let mut pieces = fragment_frame(&whole, flow + 1, chunk);
+                    pieces.reverse();
+                    frames.extend(pieces);
+                }
+            }
+        }
+        write_pcap(&dir.path().join("client-q0.pcap"), &frames);
+        write_pcap(&dir.path().join("empty.pcap"), &[]);
+        let d = dir.path().display();
+        let text = config(dir.path(), "fullnat", v6)
+            .replace("protocol = \"tcp\"", "protocol = \"udp\"")
+            .replace(
+                &format!("net_pcap0,rx_pcap={d}/client-in.pcap,tx_pcap={d}/client-out.pcap"),
+                &format!("net_pcap0,rx_pcap={d}/client-q0.pcap,rx_pcap={d}/empty.pcap,tx_pcap={d}/c0.pcap,tx_pcap={d}/c1.pcap"),
+            )
+            .replace(
+                &format!("net_pcap1,rx_pcap={d}/backend-in.pcap,tx_pcap={d}/backend-out.pcap"),
+                &format!("net_pcap1,rx_pcap={d}/empty.pcap,rx_pcap={d}/empty.pcap,tx_pcap={d}/b0.pcap,tx_pcap={d}/b1.pcap"),
+            )
+            .replace("cores = [0]", "cores = [0, 1]");
+        let config_path = dir.path().join("two.toml");
+        std::fs::write(&config_path, text).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .args(["--idle-exit-ms", "400"])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.contains("mempool: 0 buffers in use"), "{stdout}");
+        let mut local_port_of_flow: HashMap<u32, u16> = HashMap::new();
+        let mut per_worker = [0; 2];
+        for (worker, file) in [(0u16, "b0.pcap"), (1, "b1.pcap")] {
+            for datagram in reassemble(&read_pcap(&dir.path().join(file))) {
+                let words: Vec<String> = String::from_utf8_lossy(&datagram.data[..24])
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect();
+                let (flow, which): (u32, u32) =
+                    (words[1].parse().unwrap(), words[3].parse().unwrap());
+                let len = if which == 0 { 100 } else { 9000 - 8 };
+                assert_eq!(datagram.data, datagram_payload(flow, which, len), "{label}");
+                assert_eq!(
+                    datagram.sport % 2,
+                    worker,
+                    "{label}: local port of worker {worker}"
+                );
+                let port = *local_port_of_flow.entry(flow).or_insert(datagram.sport);
+                assert_eq!(
+                    datagram.sport, port,
+                    "{label}: flow {flow} keeps its local port"
+                );
+                per_worker[usize::from(worker)] += 1;
+            }
+        }
+        assert_eq!(
+            per_worker[0] + per_worker[1],
+            FLOWS as usize * 2,
+            "{label}: {stdout}"
+        );
+        assert!(
+            per_worker[0] > 0 && per_worker[1] > 0,
+            "{label}: {per_worker:?}"
+        );
+    }
+}
+
+const ATTACKER_MAC: [u8; 6] = [2, 0xba, 0xd0, 0, 0, 1];
+
+/// An ARP frame (`reply` or request) from `sender_mac` claiming `sender` is at `sender_mac`, about `target`.
+fn arp_frame(reply: bool, sender_mac: [u8; 6], sender: IpAddr, target: IpAddr) -> Vec<u8> {
+    let (IpAddr::V4(sender), IpAddr::V4(target)) = (sender, target) else {
+        unreachable!()
+    };
+    let mut frame = vec![0u8; 60];
+    let len = packet::build_arp_request(&mut frame, sender_mac, sender, target, None).unwrap();
+    frame.truncate(len);
+    if reply {
+        frame[21] = 2;
+    }
+    frame
+}
+
+/// A neighbour advertisement from `from` (hop limit `hop_limit`) saying `target` is at `mac`, to all nodes.
+fn neighbor_advertisement(from: IpAddr, target: IpAddr, mac: [u8; 6], hop_limit: u8) -> Vec<u8> {
+    let (IpAddr::V6(from), IpAddr::V6(target)) = (from, target) else {
+        unreachable!()
+    };
+    let mut icmp = vec![136u8, 0, 0, 0, 0x60, 0, 0, 0];
+    icmp.extend(target.octets());
+    icmp.extend([2, 1]);
+    icmp.extend(mac);
+    let all_nodes: std::net::Ipv6Addr = "ff02::1".parse().unwrap();
+    // The ICMPv6 checksum over the pseudo-header, computed here.
+    let mut sum: u32 = 0;
+    let mut add = |bytes: &[u8]| {
+        for pair in bytes.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+        }
+    };
+    add(&from.octets());
+    add(&all_nodes.octets());
+    add(&(icmp.len() as u32).to_be_bytes());
+    add(&[0, 0, 0, 58]);
+    add(&icmp);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    icmp[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let mut frame = vec![0x33, 0x33, 0, 0, 0, 1];
+    frame.extend(mac);
+    frame.extend([0x86, 0xdd, 0x60, 0, 0, 0]);
+    frame.extend((icmp.len() as u16).to_be_bytes());
+    frame.extend([58, hop_limit]);
+    frame.extend(from.octets());
+    frame.extend(all_nodes.octets());
+    frame.extend(icmp);
+    frame
+}
+
+/// The backends' MACs are not configured: sluice asks for them from its first turn. Poisoning attempts come first
+/// and change nothing, each counted: a backend's address claimed from the client port (an ARP reply, an ARP
+/// request, a neighbour advertisement), a routed advertisement (hop limit 50), and a flood of answers for addresses
+/// sluice never asked about. The backends' honest answers are learned, and the first SYN of every flow, which
+/// waited for them, reaches its backend at the honest MAC without a retransmission.
+#[test]
+fn only_honest_neighbours_are_learned_and_the_first_syns_wait_for_them() {
+    const FLOWS: u32 = 40;
+    const FLOOD: u32 = 300;
+    for v6 in [false, true] {
+        let label = format!("v6={v6}");
+        let dir = tempdir();
+        let a = addresses(v6);
+        let mut text = config(dir.path(), "nat", v6);
+        for i in 0..3 {
+            let mac = backend_mac(i);
+            let line = format!(
+                "mac = \"{}\"\n",
+                mac.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":")
+            );
+            text = text.replace(&line, "");
+        }
+        let mut client_in = Vec::new();
+        let mut backend_in = Vec::new();
+        let on_backend_subnet = |i: u32| match a.local {
+            IpAddr::V4(_) => IpAddr::V4((0x0a01_0000 + 20 + i % 200).into()),
+            IpAddr::V6(_) => IpAddr::V6(((0xfd01_u128 << 112) | (0x1000 + u128::from(i))).into()),
+        };
+        let expected_wrong_side;
+        if v6 {
+            let internet: IpAddr = ip("2001:db8:99::1");
+            client_in.push(neighbor_advertisement(
+                internet,
+                a.backends[0],
+                ATTACKER_MAC,
+                50,
+            ));
+            client_in.push(neighbor_advertisement(
+                a.backends[1],
+                a.backends[1],
+                ATTACKER_MAC,
+                255,
+            ));
+            expected_wrong_side = 1;
+            for i in 0..FLOOD {
+                let target = on_backend_subnet(i);
+                backend_in.push(neighbor_advertisement(target, target, ATTACKER_MAC, 255));
+            }
+        } else {
+            client_in.push(arp_frame(true, ATTACKER_MAC, a.backends[0], ip("10.0.0.1")));
+            client_in.push(arp_frame(false, ATTACKER_MAC, a.backends[1], a.vip));
+            expected_wrong_side = 2;
+            for i in 0..FLOOD {
+                backend_in.push(arp_frame(
+                    true,
+                    ATTACKER_MAC,
+                    on_backend_subnet(i),
+                    ip("10.1.0.1"),
+                ));
+            }
+        }
+        for flow in 0..FLOWS {
+            client_in.push(tcp(
+                client_addr(&a, flow),
+                23_000 + flow as u16,
+                a.vip,
+                80,
+                "syn",
+                b"first",
+                (GATEWAY_MAC, CLIENT_PORT_MAC),
+            ));
+        }
+        // The honest answers, after the flood.
+        for (i, backend) in a.backends.iter().enumerate() {
+            backend_in.push(if v6 {
+                neighbor_advertisement(*backend, *backend, backend_mac(i), 255)
+            } else {
+                arp_frame(true, backend_mac(i), *backend, ip("10.1.0.1"))
+            });
+        }
+        let result = run(dir.path(), &text, &client_in, &backend_in);
+        let (resolutions, data): (Vec<_>, Vec<_>) = result.backend_out.iter().partition(|frame| {
+            frame[12..14] == [0x08, 0x06] || (frame[12..14] == [0x86, 0xdd] && frame[20] == 58)
+        });
+        assert!(
+            resolutions.len() >= 3,
+            "{label}: the backends were asked for"
+        );
+        assert_eq!(data.len(), FLOWS as usize, "{label}: {}", result.stdout);
+        for frame in &data {
+            let s = seen(frame);
+            let backend = a.backends.iter().position(|b| *b == s.dst).unwrap();
+            assert_eq!(
+                &frame[0..6],
+                &backend_mac(backend),
+                "{label}: the honest MAC"
+            );
+            assert_eq!(s.payload, b"first");
+        }
+        assert_eq!(drops(&result.stdout, "neighbor_unresolved"), 0, "{label}");
+        assert_eq!(
+            drops(&result.stdout, "neighbor_wrong_side"),
+            expected_wrong_side,
+            "{label}: {}",
+            result.stdout
+        );
+        assert_eq!(
+            drops(&result.stdout, "neighbor_routed"),
+            u64::from(v6),
+            "{label}: {}",
+            result.stdout
+        );
+        assert_eq!(
+            drops(&result.stdout, "neighbor_unwanted"),
+            u64::from(FLOOD),
+            "{label}: {}",
+            result.stdout
+        );
+        assert_eq!(drops(&result.stdout, "neighbor_table_full"), 0, "{label}");
+    }
+}
+
+/// The ports are promiscuous: a frame to another host's MAC is dropped and counted (not_our_mac), while the same
+/// frame to the port's configured MAC is balanced; the MAC each port answers to is logged at start.
+#[test]
+fn frames_to_another_hosts_mac_are_dropped_and_the_port_mac_is_logged() {
+    let dir = tempdir();
+    let a = addresses(false);
+    let mut frames = Vec::new();
+    for flow in 0..10u32 {
+        let mut frame = tcp(
+            client_addr(&a, flow),
+            24_000 + flow as u16,
+            a.vip,
+            80,
+            "syn",
+            b"",
+            (GATEWAY_MAC, CLIENT_PORT_MAC),
+        );
+        if flow % 2 == 1 {
+            // Another host's MAC on the client segment.
+            frame[0..6].copy_from_slice(&[2, 0x77, 0, 0, 0, 1]);
+        }
+        frames.push(frame);
+    }
+    write_pcap(&dir.path().join("client-in.pcap"), &frames);
+    write_pcap(&dir.path().join("backend-in.pcap"), &[]);
+    let config_path = dir.path().join("sluice.toml");
+    std::fs::write(&config_path, config(dir.path(), "dr", false)).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .args(["--idle-exit-ms", "400"])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("port client: MAC 02:00:00:00:00:01 (configured")
+            && stderr.contains("port backend: MAC 02:00:00:00:00:02 (configured"),
+        "{stderr}"
+    );
+    assert_eq!(drops(&stdout, "not_our_mac"), 5, "{stdout}");
+    let out = read_pcap(&dir.path().join("backend-out.pcap"));
+    assert_eq!(out.len(), 5, "{stdout}");
+    for frame in &out {
+        assert_eq!(
+            &frame[6..12],
+            &BACKEND_PORT_MAC,
+            "sent from the configured MAC"
+        );
+    }
+}
+
+/// TUN with a 1500-byte MTU: a 1500-byte IPv4 packet without don't-fragment does not fit with the tunnel header, so
+/// it is encapsulated and the outer packet sent in two fragments, which etherparse reassembles at the backend into
+/// the client's packet, checksums valid; the same packet with don't-fragment is answered with fragmentation-needed.
+#[test]
+fn tun_fragments_a_large_packet_without_df_and_answers_too_big_with_df() {
+    let dir = tempdir();
+    let a = addresses(false);
+    let client = client_addr(&a, 1);
+    let payload: Vec<u8> = (0..1460u32).map(|i| (i % 251) as u8).collect();
+    let syn = tcp(
+        client,
+        25_000,
+        a.vip,
+        80,
+        "syn",
+        b"",
+        (GATEWAY_MAC, CLIENT_PORT_MAC),
+    );
+    let with_df = tcp(
+        client,
+        25_000,
+        a.vip,
+        80,
+        "ack",
+        &payload,
+        (GATEWAY_MAC, CLIENT_PORT_MAC),
+    );
+    assert_eq!(with_df.len(), 14 + 1500);
+    assert_ne!(with_df[20] & 0x40, 0, "etherparse sets don't-fragment");
+    let mut without_df = with_df.clone();
+    without_df[20] &= !0x40;
+    let sum = ipv4_header_checksum(&without_df[14..34]);
+    without_df[24..26].copy_from_slice(&sum.to_be_bytes());
+    let result = run(
+        dir.path(),
+        &config(dir.path(), "tun", false),
+        &[syn, without_df.clone(), with_df],
+        &[],
+    );
+    let mut pool = etherparse::defrag::IpDefragPool::<(), ()>::new();
+    let mut whole = Vec::new();
+    let mut fragments = 0;
+    for frame in &result.backend_out {
+        assert!(frame.len() <= 14 + 1500, "every frame fits the MTU");
+        let sliced = SlicedPacket::from_ethernet(frame).unwrap();
+        let Some(NetSlice::Ipv4(outer)) = &sliced.net else {
+            panic!("IPv4")
+        };
+        let header = outer.header().to_header();
+        assert_eq!(header.calc_header_checksum(), header.header_checksum);
+        assert_eq!(outer.header().protocol().0, 4, "IP-in-IP");
+        match pool.process_sliced_packet(&sliced, (), ()).unwrap() {
+            Some(inner) => {
+                fragments += 1;
+                let mut inner_frame = frame[..14].to_vec();
+                inner_frame.extend(inner.payload);
+                whole.push(inner_frame);
+            }
+            None if header.is_fragmenting_payload() => fragments += 1,
+            None => {}
+        }
+    }
+    assert_eq!(fragments, 2, "{}", result.stdout);
+    assert_eq!(whole.len(), 1, "{}", result.stdout);
+    assert_eq!(
+        whole[0][14..],
+        without_df[14..],
+        "the client's packet, unchanged"
+    );
+    let s = seen(&whole[0]);
+    assert_eq!((s.src, s.dst, s.payload.len()), (client, a.vip, 1460));
+    // The packet with don't-fragment: an ICMP fragmentation-needed to the client, with the tunnel's MTU.
+    assert_eq!(result.client_out.len(), 1, "{}", result.stdout);
+    let answer = SlicedPacket::from_ethernet(&result.client_out[0]).unwrap();
+    match answer.transport {
+        Some(TransportSlice::Icmpv4(icmp)) => {
+            assert_eq!((icmp.type_u8(), icmp.code_u8()), (3, 4));
+            assert_eq!(&icmp.bytes5to8()[2..4], &1480u16.to_be_bytes());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(drops(&result.stdout, "too_big"), 1, "{}", result.stdout);
 }
 
 /// Two workers, two NAT services (VIP:80 and VIP:8443) with the same backends: every request and every reply

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use packet::flow::ip_protocol;
-use packet::FlowKey;
+use packet::{FlowKey, WireAddr};
 
 use super::tcp_state::{Direction, TcpState};
 use crate::service::{BackendId, ForwardingMode};
@@ -14,6 +14,28 @@ use crate::service::{BackendId, ForwardingMode};
 pub struct Endpoint {
     pub addr: IpAddr,
     pub port: u16,
+}
+
+/// A connection's backend endpoint (and FULLNAT local endpoint) in the form the rewrites take: read for every
+/// forwarded frame of a NAT, FULLNAT or TUN connection, so built from the entry's words without a detour through
+/// [`IpAddr`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WireEndpoints {
+    pub backend: WireAddr,
+    pub backend_port: u16,
+    pub local: Option<(WireAddr, u16)>,
+}
+
+impl From<&Forwarding> for WireEndpoints {
+    fn from(forwarding: &Forwarding) -> WireEndpoints {
+        WireEndpoints {
+            backend: WireAddr::from(forwarding.backend_endpoint.addr),
+            backend_port: forwarding.backend_endpoint.port,
+            local: forwarding
+                .local
+                .map(|local| (WireAddr::from(local.addr), local.port)),
+        }
+    }
 }
 
 /// Where a new connection goes: the scheduler's decision, fixed for the connection's life.
@@ -120,6 +142,29 @@ impl ConnId {
 pub struct Hit {
     pub id: ConnId,
     pub direction: Direction,
+}
+
+/// A client's packet looked up and accounted in one pass over its entry ([`ConnTable::client_hit`](super::ConnTable::client_hit)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientHit {
+    /// A live connection's client key, whose state the packet leaves as it was (every packet of an established
+    /// flow but its last few): its expiry is pushed out already, nothing else changes.
+    Refreshed {
+        id: ConnId,
+        backend: BackendId,
+        mode: ForwardingMode,
+    },
+    /// A live connection's client key whose state the packet moves: nothing is changed yet, the caller accounts
+    /// the packet with [`ConnTable::touch`](super::ConnTable::touch).
+    Changing {
+        id: ConnId,
+        backend: BackendId,
+        mode: ForwardingMode,
+    },
+    /// A live connection's reply key.
+    Reply(Hit),
+    /// No live connection has the key.
+    Missed,
 }
 
 /// What a packet did to a connection's state, so a worker can move it between its backend's active and inactive

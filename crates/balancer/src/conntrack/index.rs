@@ -80,6 +80,9 @@ pub(super) struct Probe {
 pub(super) struct Index {
     buckets: Box<[Bucket]>,
     len: usize,
+    /// Changes with every insert and removal, so that candidates read ahead of a lookup
+    /// ([`super::Candidates`]) are known to be still true.
+    version: u32,
     /// Tests narrow every hash with this mask to force bucket and signature collisions.
     #[cfg(test)]
     pub hash_mask: u32,
@@ -92,6 +95,7 @@ impl Index {
         Index {
             buckets: boxed_slice(buckets, advise, |_| Bucket::EMPTY),
             len: 0,
+            version: 0,
             #[cfg(test)]
             hash_mask: u32::MAX,
         }
@@ -107,6 +111,11 @@ impl Index {
             bucket,
             sig: if sig == EMPTY { 1 } else { sig },
         }
+    }
+
+    #[inline(always)]
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     #[inline(always)]
@@ -159,6 +168,7 @@ impl Index {
     /// exists and the walk ends.
     pub fn insert(&mut self, hash: u32, entry: u32) {
         debug_assert!(self.len < self.buckets.len() * SLOTS);
+        self.version = self.version.wrapping_add(1);
         let probe = self.probe(hash);
         let mut bucket = probe.bucket;
         loop {
@@ -176,6 +186,7 @@ impl Index {
 
     /// Removes `entry`, added under `hash`; false if it is not there (then nothing changed).
     pub fn remove(&mut self, hash: u32, entry: u32) -> bool {
+        self.version = self.version.wrapping_add(1);
         let probe = self.probe(hash);
         // Find it first, so the overflow counts are only touched when the entry is really there.
         let mut bucket = probe.bucket;

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use packet::FlowKey;
+use packet::{FlowKey, WireAddr};
 
 /// Family marker of an IPv4 key (the addresses are held v4-mapped, `::ffff:a.b.c.d`).
 const FAMILY_V4: u64 = 4;
@@ -90,30 +90,60 @@ impl ConnKey {
         }
     }
 
+    #[inline]
     pub fn is_ipv4(&self) -> bool {
         (self.tail >> 40) & 0xff == FAMILY_V4
     }
 
+    /// The address held in `words`: an IPv4 key's addresses are v4-mapped, so the IPv4 address is the last four
+    /// bytes (read straight from the second word: forwarding a NAT frame reads two of these per packet).
+    #[inline]
     fn addr(&self, words: [u64; 2]) -> IpAddr {
-        let v6 = Ipv6Addr::from(octets(words));
-        match v6.to_ipv4_mapped() {
-            Some(v4) if self.is_ipv4() => IpAddr::V4(v4),
-            _ => IpAddr::V6(v6),
+        if self.is_ipv4() {
+            let low = words[1].to_ne_bytes();
+            IpAddr::V4(Ipv4Addr::new(low[4], low[5], low[6], low[7]))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(octets(words)))
         }
     }
 
+    /// [`ConnKey::addr`] in the form the rewrites take, straight from the words.
+    #[inline]
+    fn wire(&self, words: [u64; 2]) -> WireAddr {
+        if self.is_ipv4() {
+            let low = words[1].to_ne_bytes();
+            WireAddr::from_v4_octets([low[4], low[5], low[6], low[7]])
+        } else {
+            WireAddr::from_v6_octets(octets(words))
+        }
+    }
+
+    #[inline]
+    pub(super) fn src_wire(&self) -> WireAddr {
+        self.wire([self.addrs[0], self.addrs[1]])
+    }
+
+    #[inline]
+    pub(super) fn dst_wire(&self) -> WireAddr {
+        self.wire([self.addrs[2], self.addrs[3]])
+    }
+
+    #[inline]
     pub fn src_addr(&self) -> IpAddr {
         self.addr([self.addrs[0], self.addrs[1]])
     }
 
+    #[inline]
     pub fn dst_addr(&self) -> IpAddr {
         self.addr([self.addrs[2], self.addrs[3]])
     }
 
+    #[inline]
     pub fn src_port(&self) -> u16 {
         self.tail as u16
     }
 
+    #[inline]
     pub fn dst_port(&self) -> u16 {
         (self.tail >> 16) as u16
     }
@@ -206,6 +236,26 @@ mod tests {
         }
         assert_ne!(ConnKey::from(flows[0]), ConnKey::from(flows[2]));
         assert_eq!(ConnKey::from(flows[0]).tail & !TAIL_KEY_BITS, 0);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_flow_round_trips(
+            v4 in proptest::prelude::any::<bool>(),
+            src in proptest::prelude::any::<u128>(),
+            dst in proptest::prelude::any::<u128>(),
+            src_port in proptest::prelude::any::<u16>(),
+            dst_port in proptest::prelude::any::<u16>(),
+            protocol in proptest::prelude::any::<u8>(),
+        ) {
+            let (src_addr, dst_addr) = if v4 {
+                (IpAddr::V4(Ipv4Addr::from(src as u32)), IpAddr::V4(Ipv4Addr::from(dst as u32)))
+            } else {
+                (IpAddr::V6(Ipv6Addr::from(src)), IpAddr::V6(Ipv6Addr::from(dst)))
+            };
+            let flow = FlowKey { src_addr, dst_addr, src_port, dst_port, protocol };
+            proptest::prop_assert_eq!(ConnKey::from_flow(&flow).to_flow(), flow);
+        }
     }
 
     #[test]

@@ -38,8 +38,10 @@ mod tcp_state;
 #[cfg(test)]
 mod tests;
 
-pub use conn::{Conn, ConnId, Endpoint, Forwarding, Hit, Target, Transition};
+pub use conn::{
+    ClientHit, Conn, ConnId, Endpoint, Forwarding, Hit, Target, Transition, WireEndpoints,
+};
 pub use key::ConnKey;
 pub use memory::EdgeHooks;
-pub use table::{ConnTable, InsertError, TableConfigError, TableStats};
+pub use table::{Candidates, ConnTable, InsertError, TableConfigError, TableStats};
 pub use tcp_state::{tcp_flags, Direction, TcpState, Timeouts, TrackedPath};

@@ -4,11 +4,12 @@
 use std::hash::BuildHasher;
 
 use packet::flow::ip_protocol;
-use packet::FlowKey;
+use packet::{FlowKey, WireAddr};
 use thiserror::Error;
 
 use super::conn::{
-    is_active, is_evictable, Conn, ConnId, Endpoint, Forwarding, Hit, Target, Transition,
+    is_active, is_evictable, ClientHit, Conn, ConnId, Endpoint, Forwarding, Hit, Target,
+    Transition, WireEndpoints,
 };
 use super::entry::{Entry, Kind, NIL};
 use super::index::{Index, Probe};
@@ -16,7 +17,7 @@ use super::key::{ipv4_bits, ipv4_from_bits, ConnKey};
 use super::lists::{ListId, Lists, Occupancy};
 use super::memory::{boxed_slice, EdgeHooks};
 use super::prefetch::prefetch;
-use super::tcp_state::{Direction, TcpState, Timeouts, TrackedPath};
+use super::tcp_state::{tcp_flags, Direction, TcpState, Timeouts, TrackedPath};
 use crate::port_alloc::{LocalEndpoint, PortAllocator, PortError};
 use crate::service::{BackendId, ForwardingMode};
 
@@ -66,6 +67,15 @@ const BURST: usize = 64;
 /// How far down the eviction order an insert looks for a connection holding a secondary entry when those run
 /// out (tables built with fewer two-entry connections than connections only).
 const SECONDARY_VICTIM_SEARCH: usize = 32;
+
+/// The entries of a key's home bucket whose signatures match, read in the second stage of a staged lookup
+/// ([`ConnTable::prefetch_candidates_with`]), with the index version they were read at: an insert or removal in
+/// between (an earlier frame of the same burst opening a connection) makes the lookup compare afresh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Candidates {
+    slots: u32,
+    version: u32,
+}
 
 /// One worker's connection table. See the module documentation for the layout and policies.
 pub struct ConnTable {
@@ -256,17 +266,48 @@ impl ConnTable {
     }
 
     /// Starts loading, through the caller's own prefetch, the entries whose signatures match `hash` in its home
-    /// bucket: the second stage of a staged lookup, once the bucket is on its way.
+    /// bucket: the second stage of a staged lookup, once the bucket is on its way. Returns those candidates, so
+    /// that the lookup itself need not compare the signatures again.
     #[inline(always)]
-    pub fn prefetch_candidates_with(&self, hash: u32, prefetch: impl Fn(*const u8)) {
+    pub fn prefetch_candidates_with(&self, hash: u32, prefetch: impl Fn(*const u8)) -> Candidates {
         let probe = self.index.probe(hash);
         let bucket = self.index.bucket(probe.bucket);
-        let mut pending = bucket.matching(probe.sig);
+        let slots = bucket.matching(probe.sig);
+        let mut pending = slots;
         while pending != 0 {
             let entry: *const _ = &self.entries[bucket.entry(pending.trailing_zeros()) as usize];
             prefetch(entry.cast());
             pending &= pending - 1;
         }
+        Candidates {
+            slots,
+            version: self.index.version(),
+        }
+    }
+
+    /// [`ConnTable::find`] starting from the home bucket's `candidates`, when they are still true.
+    #[inline(always)]
+    fn find_staged(&self, key: &ConnKey, hash: u32, candidates: Option<Candidates>) -> Option<u32> {
+        let Some(candidates) = candidates.filter(|c| c.version == self.index.version()) else {
+            return self.find(key, hash);
+        };
+        let probe = self.index.probe(hash);
+        let bucket = self.index.bucket(probe.bucket);
+        let mut pending = candidates.slots;
+        while pending != 0 {
+            let entry = bucket.entry(pending.trailing_zeros());
+            if self.entries[entry as usize].matches(key) {
+                return Some(entry);
+            }
+            pending &= pending - 1;
+        }
+        if !bucket.overflowed() {
+            return None;
+        }
+        self.index
+            .find_from(self.index.next(probe.bucket), probe.sig, |entry| {
+                self.entries[entry as usize].matches(key)
+            })
     }
 
     #[inline]
@@ -317,6 +358,59 @@ impl ConnTable {
     #[inline]
     pub fn lookup_key(&self, key: &ConnKey, hash: u32, now: u64) -> Option<Hit> {
         self.hit(self.find(key, hash)?, now)
+    }
+
+    /// The lookup of a client's packet with TCP `flags` (ignored for other protocols) under a staged `key` and
+    /// `hash` (and the `candidates` its second stage read, if any), with the common accounting folded in: when the packet leaves the connection's state as it was, its
+    /// expiry is pushed out here, on the line the lookup just read, and nothing else is left to do. Equivalent to
+    /// [`ConnTable::lookup_key`] followed by [`ConnTable::touch`] for those packets.
+    #[inline(always)]
+    pub fn client_hit(
+        &mut self,
+        key: &ConnKey,
+        hash: u32,
+        candidates: Option<Candidates>,
+        now: u64,
+        flags: u8,
+    ) -> ClientHit {
+        let Some(index) = self.find_staged(key, hash, candidates) else {
+            return ClientHit::Missed;
+        };
+        let timeouts = &self.timeouts;
+        let entry = &mut self.entries[index as usize];
+        if entry.expires_at <= now {
+            return ClientHit::Missed;
+        }
+        if entry.kind() != Kind::Original {
+            return ClientHit::Reply(Hit {
+                id: ConnId(entry.link),
+                direction: Direction::Reply,
+            });
+        }
+        let (id, backend, mode) = (ConnId(index), BackendId(entry.backend), entry.mode());
+        let protocol = entry.protocol();
+        let state = entry.state();
+        let timeout = if protocol != ip_protocol::TCP {
+            timeouts.for_protocol(protocol, state)
+        } else if state == TcpState::Established
+            && flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0
+        {
+            // Every transition table keeps ESTABLISHED on a plain ACK (or no flag): the bulk of all traffic,
+            // decided without a table lookup.
+            timeouts.established
+        } else if state.next(TrackedPath::of(mode, Direction::Original), flags) != state {
+            return ClientHit::Changing { id, backend, mode };
+        } else {
+            timeouts.tcp(state)
+        };
+        let expires_at = now.saturating_add(timeout);
+        entry.expires_at = expires_at;
+        let second = entry.link;
+        if second != NIL {
+            // Keep the reply entry's mirror of the expiry true (harmless on a spill).
+            self.entries[second as usize].expires_at = expires_at;
+        }
+        ClientHit::Refreshed { id, backend, mode }
     }
 
     /// Looks up every `keys[i]` (with `hashes[i]` from [`ConnTable::hash`]) into `out[i]`, exactly as
@@ -425,6 +519,28 @@ impl ConnTable {
             mode: entry.mode(),
             backend_endpoint,
             local,
+        })
+    }
+
+    /// [`ConnTable::forwarding`]'s endpoints in the form the rewrites take (see [`WireEndpoints`]).
+    #[inline(always)]
+    pub fn wire_endpoints(&self, id: ConnId) -> Option<WireEndpoints> {
+        let entry = self.primary(id)?;
+        Some(if entry.link == NIL {
+            WireEndpoints {
+                backend: WireAddr::from_v4_octets(entry.backend_v4.to_be_bytes()),
+                backend_port: entry.backend_port,
+                local: None,
+            }
+        } else {
+            // The second entry's key runs from the backend (to the local endpoint, for FULLNAT).
+            let second = &self.entries[entry.link as usize].key();
+            WireEndpoints {
+                backend: second.src_wire(),
+                backend_port: second.src_port(),
+                local: (entry.mode() == ForwardingMode::FullNat)
+                    .then(|| (second.dst_wire(), second.dst_port())),
+            }
         })
     }
 

@@ -258,6 +258,7 @@ impl Default for Timeouts {
 
 impl Timeouts {
     /// The timeout of a TCP connection in `state`.
+    #[inline]
     pub fn tcp(&self, state: TcpState) -> u64 {
         match state {
             TcpState::None => self.none,
@@ -275,11 +276,38 @@ impl Timeouts {
     }
 
     /// The timeout of a connection of `protocol` in `state` (the state matters for TCP only).
+    #[inline]
     pub fn for_protocol(&self, protocol: u8, state: TcpState) -> u64 {
         match protocol {
             ip_protocol::TCP => self.tcp(state),
             ip_protocol::ICMP | ip_protocol::ICMPV6 => self.icmp,
             _ => self.udp,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`super::super::ConnTable::client_hit`] keeps ESTABLISHED without a table lookup for any segment without SYN,
+    /// FIN or RST: every path's table must agree.
+    #[test]
+    fn established_stays_on_every_segment_without_syn_fin_or_rst() {
+        for path in [
+            TrackedPath::Input,
+            TrackedPath::Output,
+            TrackedPath::InputOnly,
+        ] {
+            for flags in 0..=u8::MAX {
+                if flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0 {
+                    assert_eq!(
+                        TcpState::Established.next(path, flags),
+                        TcpState::Established,
+                        "{path:?} {flags:#04x}"
+                    );
+                }
+            }
         }
     }
 }

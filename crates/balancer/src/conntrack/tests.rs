@@ -1020,17 +1020,36 @@ mod colliding {
 
     #[derive(Clone, Debug)]
     enum Op {
-        Insert { key: u32, mode: usize },
-        Touch { key: u32, flags: u8 },
-        Remove { key: u32 },
-        Advance { ms: u64 },
-        Expire { budget: usize },
+        Insert {
+            key: u32,
+            mode: usize,
+        },
+        Touch {
+            key: u32,
+            flags: u8,
+        },
+        /// A client's packet: looked up and accounted by `lookup` and `touch` on the first table, by `client_hit`
+        /// (and `touch` when it says the state changes) on the second.
+        ClientPacket {
+            key: u32,
+            flags: u8,
+        },
+        Remove {
+            key: u32,
+        },
+        Advance {
+            ms: u64,
+        },
+        Expire {
+            budget: usize,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             5 => (0..80u32, 0..3usize).prop_map(|(key, mode)| Op::Insert { key, mode }),
             2 => (0..80u32, prop::sample::select(vec![0u8, 0x02, 0x10, 0x11, 0x04])).prop_map(|(key, flags)| Op::Touch { key, flags }),
+            2 => (0..80u32, prop::sample::select(vec![0u8, 0x02, 0x10, 0x11, 0x04, 0x12])).prop_map(|(key, flags)| Op::ClientPacket { key, flags }),
             2 => (0..80u32).prop_map(|key| Op::Remove { key }),
             1 => (0..400_000u64).prop_map(|ms| Op::Advance { ms }),
             1 => (0..16usize).prop_map(|budget| Op::Expire { budget }),
@@ -1068,11 +1087,40 @@ mod colliding {
             let mut tables = [make(), make()];
             tables[1].set_hash_mask(mask);
             let mut now = 0u64;
+            // Candidates as a staged burst reads them ahead of its lookups: an operation before, so that an insert
+            // or removal in between must be noticed.
+            let read_candidates = |table: &ConnTable| -> Vec<Candidates> {
+                (0..80).map(|n| table.prefetch_candidates_with(table.hash(&ConnKey::from_flow(&key(n))), |_| ())).collect()
+            };
+            let mut staged_before = read_candidates(&tables[1]);
             for op in ops {
+                let staged_now = read_candidates(&tables[1]);
                 let mut removed: [Vec<Conn>; 2] = [Vec::new(), Vec::new()];
                 let mut results = Vec::new();
-                for (table, removed) in tables.iter_mut().zip(removed.iter_mut()) {
+                for (which, (table, removed)) in tables.iter_mut().zip(removed.iter_mut()).enumerate() {
                     let result = match op {
+                        Op::ClientPacket { key: n, flags } if which == 0 => {
+                            let hit = table.lookup(&key(n), now);
+                            if let Some(hit) = hit.filter(|hit| hit.direction == Direction::Original) {
+                                table.touch(hit.id, hit.direction, flags, now);
+                            }
+                            format!("{:?}", hit)
+                        }
+                        Op::ClientPacket { key: n, flags } => {
+                            let key = ConnKey::from_flow(&key(n));
+                            let hash = table.hash(&key);
+                            let candidates = (flags & 1 == 0).then_some(staged_before[n as usize]);
+                            let hit = match table.client_hit(&key, hash, candidates, now, flags) {
+                                ClientHit::Refreshed { id, .. } => Some(Hit { id, direction: Direction::Original }),
+                                ClientHit::Changing { id, .. } => {
+                                    table.touch(id, Direction::Original, flags, now);
+                                    Some(Hit { id, direction: Direction::Original })
+                                }
+                                ClientHit::Reply(hit) => Some(hit),
+                                ClientHit::Missed => None,
+                            };
+                            format!("{:?}", hit)
+                        }
                         Op::Insert { key: n, mode } => {
                             let mode = [ForwardingMode::Nat, ForwardingMode::FullNat, ForwardingMode::Dr][mode];
                             format!("{:?}", table.insert(now, key(n), target(mode), SYN, |c| removed.push(*c)))
@@ -1097,6 +1145,7 @@ mod colliding {
                 if let Op::Advance { ms } = op {
                     now += ms;
                 }
+                staged_before = staged_now;
                 prop_assert_eq!(&results[0], &results[1]);
                 prop_assert_eq!(&removed[0], &removed[1]);
                 prop_assert_eq!(tables[0].len(), tables[1].len());

@@ -4,7 +4,7 @@
 //! checks) and arrives on the side that packet went to: an error sent to one VIP quoting another VIP's flow, or
 //! quoting a packet to a backend but arriving from the client side, is spoofed.
 
-use packet::FlowKey;
+use packet::{FlowKey, WireAddr};
 
 use super::{forward, not_ours, Action, DropReason, Rewrite, SharedBackendHop, WorkerState};
 use crate::conntrack::Direction;
@@ -138,7 +138,7 @@ impl WorkerState {
                     ForwardingMode::Tun => match service.tunnel_source {
                         Some(outer_src) => Rewrite::Encapsulate {
                             outer_src,
-                            outer_dst: backend.addr,
+                            outer_dst: WireAddr::from(backend.addr),
                         },
                         None => return Action::Drop(DropReason::IcmpUnsupported),
                     },

@@ -8,10 +8,9 @@
 //! owns the local port (see [`PortPartition`](crate::port_alloc::PortPartition)). A frame that reached another
 //! worker is handed over.
 //!
-//! Fragments: every fragment of a datagram goes to the backend the service's Maglev table gives for the hash of
-//! source address, destination address and protocol (Maglev's own rule), without connection tracking, so that
-//! later fragments, which carry no ports, follow the first. Fragmented FULLNAT traffic and later fragments of NAT
-//! replies cannot be mapped without reassembly: they are dropped and counted.
+//! Fragments: a first fragment carries the ports and is decided here like a whole datagram; the fate of the later
+//! ones, which carry no ports, comes from the fragment table ([`WorkerState::decide_fragment`], `fragment`), so a
+//! later fragment decided without it is dropped.
 //!
 //! What a router would not forward is dropped by reason before anything else is decided: tagged frames (the ports
 //! are untagged) and source-routed IPv4 for every destination; a TTL of 0 or 1 on the way to a backend (never on
@@ -20,6 +19,7 @@
 
 mod arp;
 mod fragment;
+mod fragment_table;
 mod icmp;
 mod reply;
 mod request;
@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use packet::{FlowKey, Fragment, FrameLayout, IcmpKind, L3};
 
-use crate::conntrack::{ConnKey, ConnTable, Direction, Hit};
+use crate::conntrack::{Candidates, ConnKey, ConnTable, Direction, Hit};
 use crate::neighbor::NeighborTable;
 use crate::persistence::PersistenceTable;
 use crate::rss;
@@ -38,6 +38,8 @@ use crate::scheduler::{IpvsScheduler, LoadTable};
 use crate::service::{BackendId, SchedulerKind};
 use crate::snapshot::{Route, Snapshot};
 
+pub use fragment::FragmentAction;
+pub use fragment_table::{DatagramFate, DatagramKey, FragmentTable};
 use request::Established;
 pub use verdict::{Action, DropReason, Forward, Rewrite};
 
@@ -73,6 +75,8 @@ impl WorkerTables {
 pub struct StagedKey {
     key: ConnKey,
     hash: u32,
+    /// The home bucket's matching slots, once the second stage read them.
+    candidates: Option<Candidates>,
     /// The table was searched for this key during this frame's decision and holds no live connection for it:
     /// the later steps of the same decision need not search again.
     missed: bool,
@@ -127,6 +131,7 @@ impl WorkerState {
         StagedKey {
             key,
             hash,
+            candidates: None,
             missed: false,
         }
     }
@@ -140,15 +145,16 @@ impl WorkerState {
         StagedKey {
             key,
             hash,
+            candidates: None,
             missed: false,
         }
     }
 
     /// The second stage of a staged lookup: prefetches, with the caller's instruction, the connection entries the
-    /// key's bucket points at.
+    /// key's bucket points at, and keeps which they are for the lookup.
     #[inline(always)]
-    pub fn stage_entries_with(&self, staged: &StagedKey, prefetch: impl Fn(*const u8)) {
-        self.conns.prefetch_candidates_with(staged.hash, prefetch);
+    pub fn stage_entries_with(&self, staged: &mut StagedKey, prefetch: impl Fn(*const u8)) {
+        staged.candidates = Some(self.conns.prefetch_candidates_with(staged.hash, prefetch));
     }
 
     /// The live connection of the frame's own flow, through its staged key when there is one.
@@ -165,10 +171,7 @@ impl WorkerState {
     /// [`WorkerState::stage`] returned for `layout.flow`, if the worker staged it. `handed_off` marks a frame
     /// another worker passed on: it is never passed on again. `ingress` is read only for replies and ICMP
     /// errors, which must arrive on the side they come from.
-    ///
-    /// Inlined into the data plane so that the common verdict stays in registers; the rare kinds of frames are
-    /// decided out of line.
-    #[inline(always)]
+    #[inline]
     pub fn decide(
         &mut self,
         tables: &mut WorkerTables,
@@ -178,6 +181,35 @@ impl WorkerState {
         handed_off: bool,
         now_ms: u64,
     ) -> Action {
+        let mut verdict = Action::Consumed;
+        self.decide_into(
+            tables,
+            layout,
+            staged,
+            ingress,
+            handed_off,
+            now_ms,
+            &mut verdict,
+        );
+        verdict
+    }
+
+    /// [`WorkerState::decide`] into the caller's `verdict`: the data plane keeps one and reads the verdict where
+    /// the decision wrote it (moving an 80-byte verdict out through two returns cost more than the decision).
+    /// Inlined into the data plane so that the common verdict is written in place; the rare kinds of frames are
+    /// decided out of line.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide_into(
+        &mut self,
+        tables: &mut WorkerTables,
+        layout: &FrameLayout,
+        staged: Option<&StagedKey>,
+        ingress: u16,
+        handed_off: bool,
+        now_ms: u64,
+        verdict: &mut Action,
+    ) {
         // Split the borrow: the snapshot is read, the schedulers advance. No reference count is touched per frame.
         let WorkerTables {
             snapshot,
@@ -186,10 +218,11 @@ impl WorkerState {
         let snapshot: &Snapshot = snapshot;
         // Two compares on facts the parser already wrote; the reasons are told apart out of line.
         if layout.vlan_tags != 0 || layout.source_routed {
-            return refused_whatever_its_destination(layout);
+            *verdict = refused_whatever_its_destination(layout);
+            return;
         }
-        match layout.l3 {
-            L3::Arp => self.arp(snapshot, layout),
+        *verdict = match layout.l3 {
+            L3::Arp => self.arp(snapshot, layout, ingress, now_ms),
             L3::Ipv4 | L3::Ipv6 => {
                 // The common case first: a whole datagram of a connection this worker tracks, forwarded from its
                 // entry without classifying the destination again. A frame at the end of its TTL takes the full
@@ -200,8 +233,8 @@ impl WorkerState {
                         && matches!(layout.icmp, IcmpKind::None)
                         && layout.ttl > 1
                     {
-                        match self.established(snapshot, layout, staged, now_ms) {
-                            Established::Forwarded(action) => return action,
+                        match self.established(snapshot, layout, staged, now_ms, verdict) {
+                            Established::Forwarded => return,
                             Established::Missed => {
                                 after_miss = Some(StagedKey {
                                     missed: true,
@@ -218,7 +251,7 @@ impl WorkerState {
                 )
             }
             L3::Other(_) => not_ours(snapshot),
-        }
+        };
     }
 
     #[inline(never)]
@@ -250,18 +283,15 @@ impl WorkerState {
             }
             IcmpKind::NeighborSolicitation { target } => {
                 return match snapshot.owned(IpAddr::V6(target)) {
+                    // Neighbour discovery that crossed a router is refused (RFC 4861 section 7.1.1).
+                    Some(_) if layout.ttl != 255 => Action::Drop(DropReason::NeighborRouted),
                     Some(_) => Action::AnswerNeighborSolicitation,
                     None => Action::Drop(DropReason::NeighborNotForUs),
-                }
+                };
             }
             IcmpKind::NeighborAdvertisement { target, target_mac } => {
-                return match target_mac {
-                    Some(mac) => match self.neighbors.learn(IpAddr::V6(target), mac) {
-                        Ok(()) => Action::Consumed,
-                        Err(_) => Action::Drop(DropReason::NeighborTableFull),
-                    },
-                    None => Action::Drop(DropReason::NeighborNotForUs),
-                }
+                return self
+                    .neighbor_advertisement(snapshot, layout, target, target_mac, ingress, now_ms);
             }
             IcmpKind::EchoReply | IcmpKind::Other => {
                 return match snapshot.owned(flow.dst_addr) {
@@ -273,19 +303,21 @@ impl WorkerState {
             }
         }
 
-        // The common case first: a whole datagram to a service, found with one probe (a service's address is
-        // always an owned VIP).
-        if layout.fragment == Fragment::None {
-            if let Some((index, service)) =
-                snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)
-            {
-                if layout.ttl <= 1 {
-                    return Action::Drop(DropReason::TtlExpired);
-                }
-                return self.request_to(
-                    snapshot, schedulers, layout, staged, index, service, handed_off, now_ms,
-                );
+        if let Fragment::Later { .. } = layout.fragment {
+            // No ports: only the fragment table knows where its datagram goes.
+            return Action::Drop(DropReason::FragmentUnsupported);
+        }
+        // The common case first: a whole datagram (or a first fragment) to a service, found with one probe (a
+        // service's address is always an owned VIP).
+        if let Some((index, service)) =
+            snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)
+        {
+            if layout.ttl <= 1 {
+                return Action::Drop(DropReason::TtlExpired);
             }
+            return self.request_to(
+                snapshot, schedulers, layout, staged, index, service, handed_off, now_ms,
+            );
         }
         if let Some(owned) = snapshot.owned(flow.dst_addr) {
             if owned.vip {
@@ -449,7 +481,7 @@ pub(super) fn forward(
     Action::Forward(Forward {
         port: route.port,
         next_hop: route.next_hop,
-        packed_mac: Forward::pack_mac(route.mac),
+        next_hop_mac: route.mac,
         rewrite,
         backend,
         untracked,

@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-use packet::{FlowKey, Fragment, FrameLayout};
+use packet::{FlowKey, Fragment, FrameLayout, WireAddr};
 
 use super::{forward, Action, DropReason, Rewrite, SharedBackendHop, StagedKey, WorkerState};
 use crate::conntrack::Direction;
@@ -39,7 +39,7 @@ impl WorkerState {
         }
         self.reply_to_client(snapshot, layout, staged, ingress, now_ms, |client| {
             Rewrite::Source {
-                addr: client.dst_addr,
+                addr: WireAddr::from(client.dst_addr),
                 port: client.dst_port,
             }
         })
@@ -80,7 +80,7 @@ impl WorkerState {
         };
         let action = self.reply_to_client(snapshot, layout, staged, ingress, now_ms, |client| {
             Rewrite::Source {
-                addr: client.dst_addr,
+                addr: WireAddr::from(client.dst_addr),
                 port: client.dst_port,
             }
         });
@@ -143,7 +143,8 @@ impl WorkerState {
         now_ms: u64,
     ) -> Action {
         let flow = layout.flow;
-        if layout.fragment != Fragment::None {
+        // A first fragment carries the ports: it is mapped through its connection like a whole datagram.
+        if let Fragment::Later { .. } = layout.fragment {
             return Action::Drop(DropReason::FragmentUnsupported);
         }
         if !handed_off && self.place.workers > 1 {
@@ -157,9 +158,9 @@ impl WorkerState {
         }
         self.reply_to_client(snapshot, layout, staged, ingress, now_ms, |client| {
             Rewrite::SourceAndDestination {
-                src: client.dst_addr,
+                src: WireAddr::from(client.dst_addr),
                 src_port: client.dst_port,
-                dst: client.src_addr,
+                dst: WireAddr::from(client.src_addr),
                 dst_port: client.src_port,
             }
         })

@@ -1,18 +1,23 @@
 //! Client requests to a service: the connection table first, then the scheduler (Maglev or an IPVS scheduler, with
 //! persistence) for a new flow, and the forward by the service's mode.
 
-use packet::{FlowKey, Fragment, FrameLayout};
+use std::net::IpAddr;
+
+use packet::{FlowKey, FrameLayout};
 
 use super::{forward, martian_source, opened, Action, DropReason, Rewrite, StagedKey, WorkerState};
-use crate::conntrack::{tcp_flags, Conn, Direction, Endpoint, Forwarding, InsertError, Target};
+use crate::conntrack::{
+    tcp_flags, ClientHit, Conn, Direction, Endpoint, Forwarding, InsertError, Target, WireEndpoints,
+};
 use crate::maglev::flow_hash;
 use crate::scheduler::IpvsScheduler;
-use crate::service::{ForwardingMode, SchedulerKind};
+use crate::service::{BackendId, ForwardingMode, SchedulerKind};
 use crate::snapshot::{mask_address, Route, Service, Snapshot};
 
 /// What [`WorkerState::established`] made of a frame.
 pub(super) enum Established {
-    Forwarded(Action),
+    /// The verdict is written.
+    Forwarded,
     Missed,
     /// A reply, or a connection whose backend left the snapshot.
     Other,
@@ -29,15 +34,6 @@ impl WorkerState {
         now_ms: u64,
     ) -> Option<Action> {
         let flow = layout.flow;
-        if layout.fragment != Fragment::None {
-            if layout.ttl <= 1 {
-                return Some(Action::Drop(DropReason::TtlExpired));
-            }
-            if martian_source(snapshot, flow.src_addr) {
-                return Some(Action::Drop(DropReason::MartianSource));
-            }
-            return Some(self.fragment_request(snapshot, layout));
-        }
         // Without a service the frame may be the node's own (the kernel's), whatever its TTL.
         let (service_index, service) =
             snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)?;
@@ -70,35 +66,41 @@ impl WorkerState {
         layout: &FrameLayout,
         staged: &StagedKey,
         now_ms: u64,
+        verdict: &mut Action,
     ) -> Established {
-        let Some(hit) = self.conns.lookup_key(&staged.key, staged.hash, now_ms) else {
-            return Established::Missed;
+        let (id, backend, mode, changing) = match self.conns.client_hit(
+            &staged.key,
+            staged.hash,
+            staged.candidates,
+            now_ms,
+            layout.tcp_flags,
+        ) {
+            ClientHit::Refreshed { id, backend, mode } => (id, backend, mode, false),
+            ClientHit::Changing { id, backend, mode } => (id, backend, mode, true),
+            ClientHit::Reply(_) => return Established::Other,
+            ClientHit::Missed => return Established::Missed,
         };
-        if hit.direction != Direction::Original {
+        // A refreshed connection whose backend left the snapshot is removed by the full decision, so pushing its
+        // expiry out first changed nothing that matters.
+        let Some(route) = snapshot.backend_route(backend) else {
             return Established::Other;
+        };
+        if changing {
+            self.account(id, Direction::Original, layout.tcp_flags, now_ms);
         }
-        let Some((backend, mode)) = self.conns.backend_and_mode(hit.id) else {
-            return Established::Other;
-        };
-        let Some((service, _, route)) = snapshot.backend(backend) else {
-            return Established::Other;
-        };
-        self.account(hit.id, Direction::Original, layout.tcp_flags, now_ms);
         if mode == ForwardingMode::Dr {
             // The MACs are all DR changes: the backend's address is not even read.
-            return Established::Forwarded(forward(
-                route,
-                Rewrite::MacsOnly,
-                Some(backend),
-                false,
-                false,
-            ));
+            *verdict = forward(route, Rewrite::MacsOnly, Some(backend), false, false);
+            return Established::Forwarded;
         }
-        match self.conns.forwarding(hit.id) {
-            Some(conn) => {
-                Established::Forwarded(forward_on(snapshot, service, &conn, route, layout, false))
+        match (self.conns.wire_endpoints(id), snapshot.backend(backend)) {
+            (Some(endpoints), Some((service, _, _))) => {
+                *verdict = forward_on(
+                    snapshot, service, mode, backend, &endpoints, route, layout, false,
+                );
+                Established::Forwarded
             }
-            None => Established::Other,
+            _ => Established::Other,
         }
     }
 
@@ -284,32 +286,43 @@ pub(super) fn forward_request(
             None => return Action::Drop(DropReason::NoRoute),
         },
     };
-    forward_on(snapshot, service, conn, &route, layout, untracked)
+    forward_on(
+        snapshot,
+        service,
+        conn.mode,
+        conn.backend,
+        &WireEndpoints::from(conn),
+        &route,
+        layout,
+        untracked,
+    )
 }
 
-/// The forward of a client's frame to its connection's backend over `route`, by the service's mode.
+/// The forward of a client's frame to its connection's backend over `route`, by the connection's `mode`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn forward_on(
     snapshot: &Snapshot,
     service: &Service,
-    conn: &Forwarding,
+    mode: ForwardingMode,
+    backend_id: BackendId,
+    endpoints: &WireEndpoints,
     route: &Route,
     layout: &FrameLayout,
     untracked: bool,
 ) -> Action {
-    let backend = &conn.backend_endpoint;
-    let rewrite = match conn.mode {
+    let rewrite = match mode {
         ForwardingMode::Dr => Rewrite::MacsOnly,
         ForwardingMode::Nat => Rewrite::Destination {
-            addr: backend.addr,
-            port: backend.port,
+            addr: endpoints.backend,
+            port: endpoints.backend_port,
         },
-        ForwardingMode::FullNat => match conn.local {
-            Some(local) => Rewrite::SourceAndDestination {
-                src: local.addr,
-                src_port: local.port,
-                dst: backend.addr,
-                dst_port: backend.port,
+        ForwardingMode::FullNat => match endpoints.local {
+            Some((local, local_port)) => Rewrite::SourceAndDestination {
+                src: local,
+                src_port: local_port,
+                dst: endpoints.backend,
+                dst_port: endpoints.backend_port,
             },
             None => return Action::Drop(DropReason::ConnectionRejected),
         },
@@ -324,6 +337,17 @@ fn forward_on(
             };
             let mtu = snapshot.port(route.port).map_or(u16::MAX, |port| port.mtu);
             if usize::from(layout.l3_len) + outer_len > usize::from(mtu) {
+                // An IPv4 packet that may be fragmented is, as a router would; the others learn the path MTU.
+                if let (false, IpAddr::V4(outer_src), IpAddr::V4(outer_dst)) =
+                    (layout.dont_fragment, outer_src.ip(), endpoints.backend.ip())
+                {
+                    let rewrite = Rewrite::EncapsulateInFragments {
+                        outer_src,
+                        outer_dst,
+                        mtu,
+                    };
+                    return forward(route, rewrite, Some(backend_id), untracked, false);
+                }
                 return Action::TooBig {
                     from: layout.flow.dst_addr,
                     mtu: mtu.saturating_sub(outer_len as u16),
@@ -331,9 +355,9 @@ fn forward_on(
             }
             Rewrite::Encapsulate {
                 outer_src,
-                outer_dst: backend.addr,
+                outer_dst: endpoints.backend,
             }
         }
     };
-    forward(route, rewrite, Some(conn.backend), untracked, false)
+    forward(route, rewrite, Some(backend_id), untracked, false)
 }

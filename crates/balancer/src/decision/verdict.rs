@@ -1,6 +1,8 @@
 //! The verdict of the forwarding decision: what to do with one frame, and why a dropped frame was dropped.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
+
+use packet::{MacWord, WireAddr};
 
 use crate::service::BackendId;
 
@@ -26,11 +28,12 @@ pub enum DropReason {
     IcmpErrorUnknownFlow,
     /// ICMP other than echo requests to us and errors about our flows.
     IcmpUnsupported,
-    /// A fragment that cannot be forwarded without reassembly.
+    /// A fragment whose datagram cannot be forwarded: a later fragment decided without the fragment table, or
+    /// the rest of a datagram whose first fragment was answered rather than forwarded.
     FragmentUnsupported,
     /// ARP or neighbour discovery not for us.
     NeighborNotForUs,
-    /// The neighbour table is full.
+    /// The neighbour table had no room for a next hop to resolve.
     NeighborTableFull,
     /// A connection could not be tracked for another reason (see the connection table's errors).
     ConnectionRejected,
@@ -60,10 +63,27 @@ pub enum DropReason {
     IcmpErrorMisaddressed,
     /// An ICMP error that arrived on another side than the one the packet it quotes went to.
     IcmpErrorWrongPort,
+    /// A later fragment whose datagram's first fragment did not come while it was held (counted by the data
+    /// plane).
+    FragmentWithoutFirst,
+    /// A later fragment that came before its first while the worker already held as many as it may (counted by
+    /// the data plane).
+    FragmentHoldFull,
+    /// ARP or neighbour discovery claiming an address that does not live on the subnet of the port it came in
+    /// on (a poisoning attempt from another segment).
+    NeighborWrongSide,
+    /// An ARP reply or neighbour advertisement for an address that is no next hop sluice asked about: it cannot
+    /// fill the table.
+    NeighborUnwanted,
+    /// Neighbour discovery with a hop limit below 255: it crossed a router (RFC 4861).
+    NeighborRouted,
+    /// A unicast frame to another host's MAC (the ports are promiscuous): a router would not take it (counted by
+    /// the data plane).
+    NotOurMac,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 26;
+    pub const COUNT: usize = 32;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::NotOurs,
         DropReason::NoService,
@@ -91,6 +111,12 @@ impl DropReason {
         DropReason::ReplyWrongPort,
         DropReason::IcmpErrorMisaddressed,
         DropReason::IcmpErrorWrongPort,
+        DropReason::FragmentWithoutFirst,
+        DropReason::FragmentHoldFull,
+        DropReason::NeighborWrongSide,
+        DropReason::NeighborUnwanted,
+        DropReason::NeighborRouted,
+        DropReason::NotOurMac,
     ];
 
     /// Index into a per-reason counter array.
@@ -128,6 +154,12 @@ impl DropReason {
             DropReason::ReplyWrongPort => "reply_wrong_port",
             DropReason::IcmpErrorMisaddressed => "icmp_error_misaddressed",
             DropReason::IcmpErrorWrongPort => "icmp_error_wrong_port",
+            DropReason::FragmentWithoutFirst => "fragment_without_first",
+            DropReason::FragmentHoldFull => "fragment_hold_full",
+            DropReason::NeighborWrongSide => "neighbor_wrong_side",
+            DropReason::NeighborUnwanted => "neighbor_unwanted",
+            DropReason::NeighborRouted => "neighbor_routed",
+            DropReason::NotOurMac => "not_our_mac",
         }
     }
 }
@@ -138,20 +170,28 @@ pub enum Rewrite {
     /// DR: the MACs only.
     MacsOnly,
     /// NAT request: destination becomes the backend.
-    Destination { addr: IpAddr, port: u16 },
+    Destination { addr: WireAddr, port: u16 },
     /// NAT reply: source becomes the VIP.
-    Source { addr: IpAddr, port: u16 },
+    Source { addr: WireAddr, port: u16 },
     /// FULLNAT, both directions.
     SourceAndDestination {
-        src: IpAddr,
+        src: WireAddr,
         src_port: u16,
-        dst: IpAddr,
+        dst: WireAddr,
         dst_port: u16,
     },
     /// TUN: IPv4-in-IPv4 or IPv6-in-IPv6 from `outer_src` to `outer_dst`.
     Encapsulate {
-        outer_src: IpAddr,
-        outer_dst: IpAddr,
+        outer_src: WireAddr,
+        outer_dst: WireAddr,
+    },
+    /// TUN for an IPv4 packet without don't-fragment that the tunnel header makes longer than the egress `mtu`:
+    /// encapsulated, and the outer packet sent in fragments that fit (RFC 2003 section 5.1), which the backend
+    /// reassembles before it unwraps the packet.
+    EncapsulateInFragments {
+        outer_src: Ipv4Addr,
+        outer_dst: Ipv4Addr,
+        mtu: u16,
     },
     /// An ICMP error mapped like the flow it quotes: `destination` (address, port) becomes the outer destination
     /// and the quoted source; `source` the outer source and the quoted destination.
@@ -168,9 +208,9 @@ pub struct Forward {
     pub port: u16,
     /// Whose MAC the frame goes to: the destination on a connected subnet, else the gateway.
     pub next_hop: IpAddr,
-    /// The next hop's configured MAC packed in the low 48 bits with bit 48 set, or 0 (see [`Forward::mac`]): one
-    /// word, written and read whole, so reading it right after the decision wrote it never waits on the stores.
-    pub packed_mac: u64,
+    /// The next hop's configured MAC, if any: one word, written and read whole, so reading it right after the
+    /// decision wrote it never waits on the stores.
+    pub next_hop_mac: MacWord,
     pub rewrite: Rewrite,
     /// The backend the frame belongs to, for per-backend statistics.
     pub backend: Option<BackendId>,
@@ -182,25 +222,11 @@ pub struct Forward {
     pub opened: bool,
 }
 
-const MAC_PRESENT: u64 = 1 << 48;
-
 impl Forward {
     /// The next hop's MAC when configured; otherwise the neighbour table has it (or it must be resolved).
     #[inline]
     pub fn mac(&self) -> Option<[u8; 6]> {
-        if self.packed_mac & MAC_PRESENT == 0 {
-            return None;
-        }
-        let bytes = self.packed_mac.to_le_bytes();
-        Some([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5]])
-    }
-
-    /// [`Forward::packed_mac`] of `mac`.
-    #[inline]
-    pub fn pack_mac(mac: Option<[u8; 6]>) -> u64 {
-        mac.map_or(0, |mac| {
-            u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0]) | MAC_PRESENT
-        })
+        self.next_hop_mac.get()
     }
 }
 
@@ -235,7 +261,9 @@ mod tests {
     /// The verdict is moved on every frame: it must stay a few words, not grow with every new kind of rewrite.
     #[test]
     fn the_verdict_stays_small() {
-        assert!(std::mem::size_of::<super::Action>() <= 80);
-        assert!(std::mem::size_of::<super::Rewrite>() <= 40);
+        // Two rewrite addresses of 20 bytes (four words and a family flag: whole-word stores and loads) and two
+        // ports are the largest rewrite; the verdict adds the egress, the next hop and the counters' facts.
+        assert!(std::mem::size_of::<super::Action>() <= 88);
+        assert!(std::mem::size_of::<super::Rewrite>() <= 48);
     }
 }

@@ -103,6 +103,58 @@ fn exceptions_reach_the_peer_and_a_new_node_gets_the_full_set_even_from_a_dead_o
         relayed >= 45
     });
     assert_eq!(relayed, 45, "the full set, a's exceptions relayed by b");
+    let metrics = b.metrics(Instant::now());
+    assert!(
+        metrics.contains(&format!(
+            "sluice_sync_messages_total{{direction=\"sent\",peer=\"{c_addr}\"}} "
+        )) && metrics.contains(&format!(
+            "sluice_sync_sent_bytes_total{{peer=\"{c_addr}\"}} "
+        )),
+        "{metrics}"
+    );
+    assert_exposition(&metrics);
+}
+
+/// Every sample follows the HELP and TYPE of its family, each family is declared once, and `promtool check metrics`
+/// (when installed) accepts the text.
+fn assert_exposition(text: &str) {
+    let mut declared = std::collections::HashSet::new();
+    let mut family = String::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            family = rest.split(' ').next().unwrap_or_default().to_owned();
+            assert!(
+                declared.insert(family.clone()),
+                "{family} declared twice:\n{text}"
+            );
+        } else if !line.starts_with('#') {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            assert_eq!(name, family, "{line} outside its family:\n{text}");
+        }
+    }
+    use std::io::Write;
+    let Ok(mut promtool) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        return;
+    };
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]
@@ -274,6 +326,7 @@ fn cost_of_a_backend_change(connections: u32, after: usize) -> (u64, u64, u64) {
             protocol: 6,
             ttl: 64,
             source_routed: false,
+            dont_fragment: false,
             flow,
             fragment: Fragment::None,
             tcp_flags: tcp_flags::SYN,

@@ -1636,7 +1636,7 @@ fn replies_of_a_backend_shared_by_two_nat_services_map_back_right() {
             vport,
             "syn",
             b"",
-            (GATEWAY_MAC, [0; 6]),
+            (GATEWAY_MAC, CLIENT_PORT_MAC),
         ));
         let key = packet::FlowKey {
             src_addr: client,
@@ -1658,7 +1658,7 @@ fn replies_of_a_backend_shared_by_two_nat_services_map_back_right() {
             port,
             "synack",
             &payload,
-            ([2, 0xbe, 0, 0, 0, 11], [0; 6]),
+            ([2, 0xbe, 0, 0, 0, 11], BACKEND_PORT_MAC),
         ));
         expected.insert(flow, (owner, vport));
     }

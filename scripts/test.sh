@@ -3,7 +3,8 @@
 # TCP traffic through sluice in network namespaces for every forwarding mode, and two sluice nodes behind an ECMP
 # router (FRR, BIRD, BGP with BFD) losing and regaining a node, and two sluice nodes in active-backup with keepalived's
 # VRRP failing over and back, and keepalived's checker knobs (a sorry server taking over when the quorum is lost,
-# notify scripts). The installation step is checked too: the systemd unit verifies, the man pages render.
+# notify scripts); and what an operator reaches for (drain, connection listing, a backend shared by two NAT
+# services). The installation step is checked too: the systemd unit verifies, the man pages render.
 # Run scripts/setup.sh once before.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,7 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace --no-fail-fast
 bash scripts/test-packaging.sh
 bash scripts/netns/e2e.sh
+bash scripts/netns/operator.sh
 bash scripts/netns/checkers.sh
 bash scripts/netns/cluster.sh
 bash scripts/netns/cluster.sh exceptions

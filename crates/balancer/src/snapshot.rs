@@ -77,15 +77,6 @@ pub enum SnapshotError {
     Maglev(String, MaglevError),
     #[error("service {0} is configured twice")]
     DuplicateService(String),
-    #[error(
-        "backend {backend} is a NAT backend of both {first} and {second}: its replies could not be steered; \
-         give each NAT service its own backend port"
-    )]
-    SharedNatBackend {
-        backend: String,
-        first: String,
-        second: String,
-    },
     #[error("backend id {0} is used twice")]
     DuplicateBackendId(u32),
     #[error("backend id {0} is too large (ids are dense, below {MAX_BACKEND_ID})")]
@@ -238,6 +229,9 @@ pub struct Snapshot {
     routes_by_backend: Vec<Option<Route>>,
     /// NAT backends' (address, port, protocol) -> service index, to recognise their replies.
     nat_backends: PlaceMap<u32>,
+    /// NAT backends that serve several services (as IPVS allows) -> those services' indices: a reply is mapped by
+    /// its connection, and looked up here only after `nat_backends` missed, so that other replies pay nothing.
+    shared_nat_backends: PlaceMap<Vec<u32>>,
     owned: PlaceMap<OwnedAddress>,
     ports: Vec<PortSpec>,
     gateways: Vec<GatewaySpec>,
@@ -293,6 +287,7 @@ impl Snapshot {
             by_backend: Vec::new(),
             routes_by_backend: Vec::new(),
             nat_backends: PlaceMap::default(),
+            shared_nat_backends: PlaceMap::default(),
             owned,
             ports: spec.ports.clone(),
             gateways: spec.gateways.clone(),
@@ -370,14 +365,15 @@ impl Snapshot {
                 snapshot.max_backend_id = snapshot.max_backend_id.max(backend.id.0);
                 if service_spec.mode == ForwardingMode::Nat {
                     let key = PlaceKey::new(backend.addr, backend.port, service_spec.key.protocol);
-                    if let Some(&other) = snapshot.nat_backends.get(&key) {
-                        return Err(SnapshotError::SharedNatBackend {
-                            backend: backend_name,
-                            first: describe_service(&snapshot.services[other as usize].key),
-                            second: name,
-                        });
+                    if let Some(sharing) = snapshot.shared_nat_backends.get_mut(&key) {
+                        sharing.push(service_index);
+                    } else if let Some(first) = snapshot.nat_backends.remove(&key) {
+                        snapshot
+                            .shared_nat_backends
+                            .insert(key, vec![first, service_index]);
+                    } else {
+                        snapshot.nat_backends.insert(key, service_index);
                     }
-                    snapshot.nat_backends.insert(key, service_index);
                 }
             }
 
@@ -459,6 +455,23 @@ impl Snapshot {
             .nat_backends
             .get(&PlaceKey::new(addr, port, protocol))?;
         Some(&self.services[*index as usize])
+    }
+
+    /// The NAT services that share backend `addr:port` over `protocol`, when more than one does (see
+    /// [`Snapshot::nat_service_of_backend`] for a backend of one service).
+    #[inline(never)]
+    pub fn nat_services_of_shared_backend(
+        &self,
+        addr: IpAddr,
+        port: u16,
+        protocol: u8,
+    ) -> Option<&[u32]> {
+        if self.shared_nat_backends.is_empty() {
+            return None;
+        }
+        self.shared_nat_backends
+            .get(&PlaceKey::new(addr, port, protocol))
+            .map(Vec::as_slice)
     }
 
     /// Marks `vips` as owned by another node now (their services are left out of the spec by the caller).
@@ -725,18 +738,26 @@ mod tests {
     }
 
     #[test]
-    fn invalid_specs_are_typed_errors() {
+    fn a_nat_backend_may_serve_several_services() {
         let mut shared = spec(ForwardingMode::Nat);
         let mut second = shared.services[0].clone();
         second.key.port = 8080;
         second.backends[0].id = BackendId(10);
         second.backends[1].id = BackendId(11);
         shared.services.push(second);
-        assert!(matches!(
-            Snapshot::build(&shared, 1),
-            Err(SnapshotError::SharedNatBackend { .. })
-        ));
+        let snapshot = Snapshot::build(&shared, 1).unwrap();
+        let backend = &shared.services[0].backends[0];
+        assert!(snapshot
+            .nat_service_of_backend(backend.addr, backend.port, 6)
+            .is_none());
+        assert_eq!(
+            snapshot.nat_services_of_shared_backend(backend.addr, backend.port, 6),
+            Some(&[0, 1][..])
+        );
+    }
 
+    #[test]
+    fn invalid_specs_are_typed_errors() {
         let mut no_route = spec(ForwardingMode::Nat);
         no_route.gateways.clear();
         no_route.services[0].backends[0].addr = "192.0.2.1".parse().unwrap();

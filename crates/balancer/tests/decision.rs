@@ -1040,3 +1040,104 @@ fn a_full_table_keeps_dr_forwarding_and_refuses_nat() {
         }
     }
 }
+
+/// Two NAT services (VIP:80 and VIP:8443) with the same two backends: each reply leaves from the VIP and port its
+/// client connected to, told by the connection, not by the backend's address; with two workers a reply landing on
+/// either worker reaches the owner of its connection.
+#[test]
+fn one_nat_backend_serves_two_services_and_replies_map_back_right() {
+    let mut second = service(ForwardingMode::Nat, SchedulerKind::Mh, false, &[1, 1]);
+    second.key.port = 8443;
+    for backend in &mut second.backends {
+        backend.id = BackendId(backend.id.0 + 50);
+    }
+    let services = vec![
+        service(ForwardingMode::Nat, SchedulerKind::Mh, false, &[1, 1]),
+        second,
+    ];
+    // One worker.
+    let mut harness = Harness::new(&spec(services.clone(), 1));
+    for i in 0..32 {
+        // Two connections of one client to one backend must differ in the client's port (the reply key), as in IPVS.
+        for (vport, sport) in [(80u16, 40000u16), (8443, 40001)] {
+            let src = client(i, false);
+            let request = forwarded(harness.decide(&tcp(src, sport, vip(false), vport, SYN)));
+            let Rewrite::Destination { addr, port } = request.rewrite else {
+                panic!("{request:?}");
+            };
+            assert_eq!(port, 8080);
+            let reply = forwarded(harness.decide(&tcp(addr.ip(), 8080, src, sport, SYN | ACK)));
+            assert_eq!(
+                reply.rewrite,
+                Rewrite::Source {
+                    addr: vip(false).into(),
+                    port: vport
+                },
+                "client {i} to port {vport}"
+            );
+        }
+    }
+    assert_eq!(
+        harness.decide(&tcp(ip("10.1.0.11"), 8080, client(99, false), 1, ACK)),
+        Action::Drop(DropReason::NoConnection)
+    );
+
+    // Two workers: the request is decided by its owner; its reply is tried on the services' owners in turn.
+    let spec = spec(services, 2);
+    let mut workers = [
+        Harness::worker(&spec, 0, 2, true),
+        Harness::worker(&spec, 1, 2, true),
+    ];
+    let mut hops = 0;
+    for i in 0..64 {
+        let vport = if i % 2 == 0 { 80 } else { 8443 };
+        let src = client(i, false);
+        let syn = tcp(src, 3000 + i as u16, vip(false), vport, SYN);
+        let request = match workers[0].decide(&syn) {
+            Action::Handoff { worker } => workers[usize::from(worker)].state.decide(
+                &mut workers[usize::from(worker)].tables,
+                &syn,
+                None,
+                0,
+                true,
+                NOW,
+            ),
+            action => action,
+        };
+        let Rewrite::Destination { addr, port } = forwarded(request).rewrite else {
+            panic!()
+        };
+        let reply = tcp(addr.ip(), port, src, 3000 + i as u16, SYN | ACK);
+        for landing in 0..2usize {
+            let (mut at, mut handed_off) = (landing, false);
+            let answer = loop {
+                let ingress = BACKEND_PORT;
+                let action = workers[at].state.decide(
+                    &mut workers[at].tables,
+                    &reply,
+                    None,
+                    ingress,
+                    handed_off,
+                    NOW,
+                );
+                match action {
+                    Action::Handoff { worker } => {
+                        hops += 1;
+                        assert!(hops < 10_000);
+                        (at, handed_off) = (usize::from(worker), true);
+                    }
+                    action => break action,
+                }
+            };
+            assert_eq!(
+                forwarded(answer).rewrite,
+                Rewrite::Source {
+                    addr: vip(false).into(),
+                    port: vport
+                },
+                "client {i} to port {vport}, reply landing on worker {landing}"
+            );
+        }
+    }
+    assert!(hops > 0, "the replies were never steered");
+}

@@ -999,6 +999,21 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Builds the forwarding snapshot this configuration describes, with placeholder MACs (no check depends on
+    /// them) and every service present: what `sluice run` refuses about routes to backends, NAT backends, address
+    /// families, tunnel sources and local addresses, in its words, without a device.
+    pub fn check_snapshot(&self) -> Result<(), String> {
+        let macs = vec![[0x02, 0, 0, 0, 0, 0x01]; self.ports.len()];
+        let spec = self
+            .snapshot_spec(&macs, &mut BackendIdRegistry::new())
+            .map_err(|e| e.to_string())?;
+        balancer::snapshot::Snapshot::build(&spec, 1)
+            .map_err(|e| format!("{}: {e}", self.origin))?;
+        Ok(())
+    }
+}
+
 fn dataplane_max_burst() -> usize {
     64
 }

@@ -9,12 +9,15 @@
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::keepalived_vrrp::{is_vrrp_block, VrrpTarget};
 
 /// The deepest nesting of blocks accepted (keepalived's own files nest four deep).
 pub const MAX_DEPTH: usize = 32;
+/// The deepest chain of `include`s followed (a file including itself ends here).
+pub const MAX_INCLUDE_DEPTH: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Token {
@@ -187,10 +190,46 @@ pub fn toml_string(text: &str) -> String {
     out
 }
 
-fn netmask_bits(mask: &str) -> Option<u32> {
-    let addr: std::net::Ipv4Addr = mask.parse().ok()?;
-    let bits = u32::from(addr);
-    (bits.leading_ones() + bits.trailing_zeros() == 32).then(|| bits.leading_ones())
+/// A persistence granularity as keepalived takes it: a netmask of the VIP's family (`255.255.255.0`,
+/// `ffff:ffff:ffff:ffff::`) or a prefix length (`24`, `/64`).
+fn granularity_bits(text: &str, v4: bool) -> Option<u32> {
+    let max = if v4 { 32 } else { 128 };
+    if let Ok(bits) = text.trim_start_matches('/').parse::<u32>() {
+        return (bits <= max).then_some(bits);
+    }
+    let bits: u128 = match text.parse::<IpAddr>().ok()? {
+        IpAddr::V4(mask) if v4 => u128::from(u32::from(mask)) << 96,
+        IpAddr::V6(mask) if !v4 => u128::from(mask),
+        _ => return None,
+    };
+    (bits.leading_ones() + bits.trailing_zeros() == 128).then(|| bits.leading_ones())
+}
+
+/// `status_code` as keepalived writes it (`200`, `200-299`, `200,204`) when it names one status, which is what
+/// sluice's HTTP check expects; several statuses are an error saying so.
+fn status_code(item: &Item) -> Result<u64, String> {
+    let text = value(item, "status_code")?;
+    let mut statuses = Vec::new();
+    for part in text.split(',') {
+        let (low, high) = part.split_once('-').unwrap_or((part, part));
+        match (low.trim().parse::<u64>(), high.trim().parse::<u64>()) {
+            (Ok(low), Ok(high)) if low <= high => statuses.push((low, high)),
+            _ => {
+                return Err(format!(
+                    "line {}: status_code {text:?} is not a status, a range or a list of them",
+                    item.line
+                ))
+            }
+        }
+    }
+    match statuses.as_slice() {
+        [(low, high)] if low == high => Ok(*low),
+        _ => Err(format!(
+            "line {}: status_code {text} accepts several statuses; sluice's HTTP check expects one: write the one \
+             the backend answers",
+            item.line
+        )),
+    }
 }
 
 fn word(item: &Item, index: usize) -> Option<&str> {
@@ -259,9 +298,108 @@ pub fn default_vrrp_target() -> VrrpTarget {
 /// The name of the one port the imported configuration has.
 const IMPORTED_PORT: &str = "wan";
 
-/// Converts `text` into both halves; the VRRP half is bound to `target`.
+/// Converts `text` into both halves; the VRRP half is bound to `target`. `include` is not followed (there is no
+/// file to be relative to): see [`convert_file`].
 pub fn convert_pair(text: &str, target: &VrrpTarget) -> Result<Converted, String> {
-    let items = parse(text)?;
+    convert_items(parse(text)?, target)
+}
+
+/// Converts the keepalived configuration at `path`, with the files its `include` directives name, into both
+/// halves.
+pub fn convert_file(path: &Path, target: &VrrpTarget) -> Result<Converted, String> {
+    let items = parse_file(path, 0)?;
+    convert_items(items, target).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The directives of the file at `path` with each `include` replaced by the directives of the files it names.
+fn parse_file(path: &Path, depth: usize) -> Result<Vec<Item>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let items = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    expand_includes(items, base, depth).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn expand_includes(items: Vec<Item>, base: &Path, depth: usize) -> Result<Vec<Item>, String> {
+    let mut expanded = Vec::with_capacity(items.len());
+    for mut item in items {
+        if word(&item, 0) == Some("include") && item.block.is_none() {
+            let pattern = value(&item, "include")?;
+            if depth >= MAX_INCLUDE_DEPTH {
+                return Err(format!(
+                    "line {}: include {pattern}: includes nested deeper than {MAX_INCLUDE_DEPTH}",
+                    item.line
+                ));
+            }
+            let files = include_matches(base, pattern)
+                .map_err(|e| format!("line {}: include {pattern}: {e}", item.line))?;
+            for file in files {
+                expanded.extend(parse_file(&file, depth + 1)?);
+            }
+            continue;
+        }
+        if let Some(block) = item.block.take() {
+            item.block = Some(expand_includes(block, base, depth)?);
+        }
+        expanded.push(item);
+    }
+    Ok(expanded)
+}
+
+/// The files an `include` pattern names, in name order: a path relative to the including file's directory, with
+/// `*` and `?` allowed in its last component (as keepalived's glob).
+fn include_matches(base: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
+    let path = base.join(pattern);
+    let name = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .ok_or("not a file name")?
+        .to_owned();
+    if !name.contains(['*', '?']) {
+        return Ok(vec![path]);
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .is_some_and(|candidate| wildcard_match(&name, candidate))
+        })
+        .map(|entry| entry.path())
+        .filter(|file| file.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Whether `text` matches `pattern`, where `*` is any run of characters and `?` any one.
+fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let (pattern, text): (Vec<char>, Vec<char>) =
+        (pattern.chars().collect(), text.chars().collect());
+    // The longest prefix of `pattern` matched so far, for every prefix of `text`: the classic table.
+    let mut matched = vec![false; text.len() + 1];
+    matched[0] = true;
+    for &p in &pattern {
+        let mut next = vec![false; text.len() + 1];
+        if p == '*' {
+            let mut any = false;
+            for i in 0..=text.len() {
+                any |= matched[i];
+                next[i] = any;
+            }
+        } else {
+            for i in 0..text.len() {
+                next[i + 1] = matched[i] && (p == '?' || p == text[i]);
+            }
+        }
+        matched = next;
+    }
+    matched[text.len()]
+}
+
+fn convert_items(items: Vec<Item>, target: &VrrpTarget) -> Result<Converted, String> {
     let mut out = String::new();
     let mut notes = Vec::new();
     let _ = writeln!(
@@ -282,7 +420,7 @@ pub fn convert_pair(text: &str, target: &VrrpTarget) -> Result<Converted, String
                 convert_service(item, &mut services, &mut notes, &mut needs)?
             }
             Some(keyword) if is_vrrp_block(keyword) => {}
-            Some(other) => notes.push(format!("line {}: `{other}` is not carried over (sluice balances; it does not do global settings, groups or includes)", item.line)),
+            Some(other) => notes.push(format!("line {}: `{other}` is not carried over (sluice balances; it does not do global settings or groups)", item.line)),
             None => notes.push(format!("line {}: a block without a keyword is ignored", item.line)),
         }
     }
@@ -322,6 +460,25 @@ pub fn convert_pair(text: &str, target: &VrrpTarget) -> Result<Converted, String
         if needs.tun_v6 {
             placeholder("tunnel_source_v6", &toml_string("2001:db8::1"), "tun");
         }
+        // keepalived.conf does not say which subnets the director is on: a gateway of each family the services
+        // use gives every backend a route, so that the file passes `sluice check` as it is.
+        for (used, gateway) in [(needs.v4, "192.0.2.254"), (needs.v6, "2001:db8::fe")] {
+            if used {
+                let _ = writeln!(
+                    out,
+                    "[[network.gateways]]   # a placeholder: set it, or give the port addresses on the backends' subnets\n\
+                     port = \"{IMPORTED_PORT}\"\naddress = {}",
+                    toml_string(gateway)
+                );
+            }
+        }
+        if needs.v4 || needs.v6 {
+            notes.push(
+                "the port has no addresses and a placeholder gateway per family is written: set the port's \
+                 addresses and gateways"
+                    .into(),
+            );
+        }
         let _ = writeln!(out);
     }
     if vrrp.is_some() {
@@ -332,7 +489,10 @@ pub fn convert_pair(text: &str, target: &VrrpTarget) -> Result<Converted, String
         );
     }
     out.push_str(&services);
-    if let Err(error) = Config::parse(&out, "the converted configuration") {
+    if let Err(error) = Config::parse(&out, "the converted configuration")
+        .map_err(|error| error.to_string())
+        .and_then(|config| config.check_snapshot())
+    {
         return Err(format!(
             "the converted configuration would be refused: {error}"
         ));
@@ -351,6 +511,9 @@ pub fn convert_pair(text: &str, target: &VrrpTarget) -> Result<Converted, String
 /// What the services need in `[network]`.
 #[derive(Default)]
 struct Needs {
+    /// Services of each family, whose backends need a route.
+    v4: bool,
+    v6: bool,
     fullnat_v4: bool,
     fullnat_v6: bool,
     tun_v4: bool,
@@ -359,7 +522,7 @@ struct Needs {
 
 impl Needs {
     fn any(&self) -> bool {
-        self.fullnat_v4 || self.fullnat_v6 || self.tun_v4 || self.tun_v6
+        self.v4 || self.v6 || self.fullnat_v4 || self.fullnat_v6 || self.tun_v4 || self.tun_v6
     }
 }
 
@@ -391,7 +554,8 @@ fn convert_service(
     let block = item.block.clone().unwrap_or_default();
     let mut protocol = "tcp";
     let mut mode = "nat";
-    let mut scheduler = "mh".to_owned();
+    // keepalived's default scheduler.
+    let mut scheduler = "wlc".to_owned();
     let mut persistence = None;
     let mut granularity = None;
     let mut delay_loop = None;
@@ -403,7 +567,7 @@ fn convert_service(
                 value @ ("rr" | "wrr" | "lc" | "wlc" | "lblc" | "lblcr" | "dh" | "sh" | "sed"
                 | "nq" | "mh") => scheduler = value.to_owned(),
                 other => notes.push(format!(
-                    "line {}: lb_algo {other} has no sluice equivalent; mh (Maglev) is used",
+                    "line {}: lb_algo {other} has no sluice equivalent; wlc (keepalived's default) is used",
                     directive.line
                 )),
             },
@@ -431,13 +595,15 @@ fn convert_service(
             }
             "persistence_granularity" => {
                 let text = value(directive, key)?;
-                match (vip.is_ipv4(), netmask_bits(text), text.parse::<u8>()) {
-                    (true, Some(bits), _) => granularity = Some(bits),
-                    (false, _, Ok(bits)) if bits <= 128 => granularity = Some(u32::from(bits)),
-                    _ => notes.push(format!(
-                        "line {}: persistence_granularity {text} is not a netmask of the VIP's family; ignored",
-                        directive.line
-                    )),
+                match granularity_bits(text, vip.is_ipv4()) {
+                    Some(bits) => granularity = Some(bits),
+                    None => {
+                        return Err(format!(
+                            "line {}: persistence_granularity {text} is not a netmask or prefix length of the VIP's \
+                             family",
+                            directive.line
+                        ))
+                    }
                 }
             }
             "delay_loop" => delay_loop = Some(seconds(directive, key)?),
@@ -447,6 +613,11 @@ fn convert_service(
                 directive.line
             )),
         }
+    }
+    if vip.is_ipv4() {
+        needs.v4 = true;
+    } else {
+        needs.v6 = true;
     }
     match (mode, vip.is_ipv4()) {
         ("fullnat", true) => needs.fullnat_v4 = true,
@@ -467,8 +638,15 @@ fn convert_service(
     if let Some(timeout) = persistence {
         let _ = writeln!(out, "persistence_timeout = {timeout}");
     }
-    if let Some(bits) = granularity {
-        let _ = writeln!(out, "persistence_netmask = {bits}");
+    match (granularity, persistence) {
+        (Some(bits), Some(_)) => {
+            let _ = writeln!(out, "persistence_netmask = {bits}");
+        }
+        (Some(_), None) => notes.push(format!(
+            "line {}: persistence_granularity without persistence_timeout has no effect; not carried over",
+            item.line
+        )),
+        (None, _) => {}
     }
     let _ = writeln!(out);
     let delay_loop = delay_loop.unwrap_or_else(|| "60.0".to_owned());
@@ -519,7 +697,8 @@ fn convert_backend(
         let _ = writeln!(out, "port = {port}");
     }
     let block = item.block.clone().unwrap_or_default();
-    let mut check = String::new();
+    // Every checker of the real server: sluice takes the backend down when any fails, as keepalived does.
+    let mut checks: Vec<String> = Vec::new();
     let mut inhibit = false;
     for directive in &block {
         let key = word(directive, 0).unwrap_or_default();
@@ -528,22 +707,20 @@ fn convert_backend(
                 let _ = writeln!(out, "weight = {}", integer(directive, key)?);
             }
             "inhibit_on_failure" => inhibit = true,
-            "TCP_CHECK" | "HTTP_GET" if !check.is_empty() => notes.push(format!(
-                "line {}: a second check for real_server {backend} {port} is not carried over (sluice runs one)",
-                directive.line
-            )),
             "TCP_CHECK" | "HTTP_GET" => {
                 let kind = if key == "TCP_CHECK" { "tcp" } else { "http" };
+                let mut check = String::new();
                 let _ = writeln!(check, "type = \"{kind}\"\ndelay_loop = {delay_loop}");
                 convert_check(directive, key, &mut check, notes)?;
+                checks.push(check);
             }
             other => notes.push(format!("line {}: `{other}` in real_server {backend} {port} is not carried over (sluice checks TCP_CHECK and HTTP_GET)", directive.line)),
         }
     }
-    if !check.is_empty() {
+    for check in checks {
         let _ = writeln!(
             out,
-            "[service.backend.health_check]\n{check}on_failure = \"{}\"",
+            "[[service.backend.health_check]]\n{check}on_failure = \"{}\"",
             if inhibit { "inhibit" } else { "remove" }
         );
     }
@@ -578,13 +755,18 @@ fn convert_check(
                 })?;
                 let _ = writeln!(check, "connect_ip = {}", toml_string(&ip.to_string()));
             }
+            // keepalived retries N times after the first failure; sluice's retry counts every failure.
             "retry" | "nb_get_retry" => {
-                let _ = writeln!(check, "retry = {}", integer(&setting, name)?);
+                let retries = integer(&setting, name)?;
+                let _ = writeln!(check, "retry = {}", retries.saturating_add(1));
             }
-            "url" if key == "HTTP_GET" && url_seen => notes.push(format!(
-                "line {}: only the first url of an HTTP_GET is checked",
-                setting.line
-            )),
+            "url" if key == "HTTP_GET" && url_seen => {
+                return Err(format!(
+                    "line {}: a second url in HTTP_GET; sluice's HTTP check asks one path: keep the url that \
+                     decides",
+                    setting.line
+                ))
+            }
             "url" if key == "HTTP_GET" => {
                 url_seen = true;
                 for part in setting.block.clone().unwrap_or_default() {
@@ -594,7 +776,7 @@ fn convert_check(
                                 writeln!(check, "path = {}", toml_string(value(&part, "path")?));
                         }
                         "status_code" => {
-                            let status = integer(&part, "status_code")?;
+                            let status = status_code(&part)?;
                             let _ = writeln!(check, "status = {status}");
                         }
                         other => notes.push(format!(

@@ -8,6 +8,7 @@ pub mod keepalived;
 pub mod keepalived_vrrp;
 pub mod observe;
 pub mod protocol;
+pub mod render;
 pub mod script;
 pub mod sync_config;
 pub mod systemd;

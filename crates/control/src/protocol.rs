@@ -17,6 +17,25 @@ pub enum Request {
     Stats,
     Rate,
     Conns,
+    /// ipvsadm -Lnc: each connection with its state, expiry, client, VIP and backend, `limit` of them after
+    /// skipping `offset`.
+    Connections {
+        filter: ConnectionFilter,
+        offset: usize,
+        limit: usize,
+    },
+    /// ipvsadm -L --timeout: the idle timeouts.
+    Timeouts,
+    /// ipvsadm --set TCP TCPFIN UDP: seconds, 0 leaves one as it is.
+    SetTimeouts {
+        tcp: u64,
+        tcpfin: u64,
+        udp: u64,
+    },
+    /// ipvsadm -Z: `stats` counts from now.
+    Zero,
+    /// ipvsadm -S: the running configuration (with `ctl` edits) as a configuration file.
+    Save,
     /// The health of the connection-exception sync with the peers.
     Sync,
     Reload,
@@ -51,9 +70,21 @@ pub enum Request {
     },
 }
 
+/// Which connections `connections` lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionFilter {
+    All,
+    Service(ServiceKey),
+    Backend(SocketAddr),
+}
+
+/// The most connections one `connections` answer lists.
+pub const MAX_LISTED: usize = 10_000;
+
 /// What the control socket answers to a line it cannot use.
 pub const USAGE: &str =
-    "commands are list, stats, rate, conns, reload, drain ADDR:PORT, undrain ADDR:PORT, \
+    "commands are list, stats, rate, conns, connections [service VIP:PORT tcp|udp | backend ADDR:PORT] \
+    [offset N] [limit N], timeout, set-timeout TCP TCPFIN UDP, zero, save, reload, drain ADDR:PORT, undrain ADDR:PORT, \
     trace CLIENT:PORT VIP:PORT [tcp|udp], add-service VIP:PORT tcp|udp MODE [SCHEDULER], \
     remove-service VIP:PORT tcp|udp, add-backend VIP:PORT tcp|udp ADDR:PORT [WEIGHT], \
     remove-backend VIP:PORT tcp|udp ADDR:PORT, set-weight VIP:PORT tcp|udp ADDR:PORT WEIGHT";
@@ -76,6 +107,56 @@ fn weight(text: &str) -> Result<u32, String> {
         .ok()
         .filter(|weight| *weight <= 65535)
         .ok_or_else(|| format!("weight {text:?}: 0 to 65535"))
+}
+
+/// `connections [service VIP:PORT tcp|udp | backend ADDR:PORT] [offset N] [limit N]`.
+fn connections(args: &[&str]) -> Result<Request, String> {
+    let mut filter = ConnectionFilter::All;
+    let (mut offset, mut limit) = (0, 100);
+    let mut words = args.iter();
+    while let Some(&word) = words.next() {
+        let mut take = |what: &str| {
+            words
+                .next()
+                .copied()
+                .ok_or_else(|| format!("connections: {word} needs {what}"))
+        };
+        match word {
+            "service" => {
+                let vip = endpoint(take("VIP:PORT")?, "VIP")?;
+                let protocol = protocol_number(take("tcp|udp")?)?;
+                filter = ConnectionFilter::Service(ServiceKey {
+                    vip: vip.ip(),
+                    port: vip.port(),
+                    protocol,
+                });
+            }
+            "backend" => filter = ConnectionFilter::Backend(endpoint(take("ADDR:PORT")?, "backend")?),
+            "offset" | "limit" => {
+                let text = take("a number")?;
+                let number = text
+                    .parse::<usize>()
+                    .map_err(|_| format!("connections: {word} {text:?} is not a number"))?;
+                if word == "offset" {
+                    offset = number;
+                } else if (1..=MAX_LISTED).contains(&number) {
+                    limit = number;
+                } else {
+                    return Err(format!("connections: limit 1 to {MAX_LISTED}"));
+                }
+            }
+            other => {
+                return Err(format!(
+                    "connections: {other:?}: use service VIP:PORT tcp|udp, backend ADDR:PORT, offset N, limit N"
+                ))
+            }
+        }
+    }
+    Ok(Request::Connections {
+        filter,
+        offset,
+        limit,
+    })
 }
 
 /// Parses one control line (without its newline). Every error says what is wrong.
@@ -114,7 +195,7 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
         endpoint(text, "backend")
     };
     let request = match verb {
-        "list" | "stats" | "rate" | "conns" | "sync" | "reload" => {
+        "list" | "stats" | "rate" | "conns" | "sync" | "reload" | "save" | "zero" | "timeout" => {
             at_most(0)?;
             match verb {
                 "list" => Request::List,
@@ -122,7 +203,26 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
                 "rate" => Request::Rate,
                 "conns" => Request::Conns,
                 "sync" => Request::Sync,
+                "save" => Request::Save,
+                "zero" => Request::Zero,
+                "timeout" => Request::Timeouts,
                 _ => Request::Reload,
+            }
+        }
+        "connections" => connections(args)?,
+        "set-timeout" => {
+            at_most(3)?;
+            let seconds = |index: usize| -> Result<u64, String> {
+                let text = args
+                    .get(index)
+                    .ok_or("set-timeout TCP TCPFIN UDP (seconds; 0 leaves one as it is)")?;
+                text.parse::<u64>()
+                    .map_err(|_| format!("set-timeout: {text:?} is not a number of seconds"))
+            };
+            Request::SetTimeouts {
+                tcp: seconds(0)?,
+                tcpfin: seconds(1)?,
+                udp: seconds(2)?,
             }
         }
         "drain" | "undrain" => {

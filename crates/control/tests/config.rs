@@ -526,6 +526,90 @@ fn a_vip_that_is_another_role_s_address_is_refused() {
     assert!(Config::parse(&service_on("10.0.0.100", network), "test.toml").is_ok());
 }
 
+/// Every example configuration, written back by `render`, reads into the same configuration: `sluice ctl save`
+/// loses nothing, and a `ctl` edit is validated as the file would be.
+#[test]
+fn rendered_configurations_read_back_the_same() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|ext| ext != "toml") {
+            continue;
+        }
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let text = control::render::render(&config);
+        let again = Config::parse(&text, &config.origin)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{text}", path.display()));
+        assert_eq!(
+            Config {
+                warnings: vec![],
+                ..again
+            },
+            Config {
+                warnings: vec![],
+                ..config
+            },
+            "{}",
+            path.display()
+        );
+        seen += 1;
+    }
+    assert!(seen >= 4, "only {seen} example configurations");
+    // And what the examples do not show.
+    let text = r#"
+[[port]]
+name = "wan"
+device = "net_null0"
+addresses = ["10.0.0.1/24", "fd00::1/64"]
+[workers]
+cores = [0, 1]
+idle = "adaptive"
+idle_polls = 7
+idle_sleep_us = 250
+[network]
+previous_table_grace = 1.5
+[network.timeouts]
+udp = 42
+[control]
+socket = "/run/x.sock"
+metrics = "127.0.0.1:9101"
+[sync]
+listen = "10.0.0.1:8472"
+peers = ["10.0.0.2:8472"]
+key = "00112233445566778899aabbccddeeff"
+[[service]]
+vip = "fd00::100"
+port = 53
+protocol = "udp"
+mode = "nat"
+scheduler = "wlc"
+persistence_timeout = 30
+persistence_netmask = 64
+[[service.backend]]
+address = "fd00::11"
+port = 5353
+weight = 0
+[service.backend.health_check]
+type = "tcp"
+connect_ip = "fd00::99"
+connect_port = 99
+retry = 3
+"#;
+    let config = Config::parse(text, "t").unwrap();
+    let again = Config::parse(&control::render::render(&config), "t").unwrap();
+    assert_eq!(
+        Config {
+            warnings: vec![],
+            ..again
+        },
+        Config {
+            warnings: vec![],
+            ..config
+        }
+    );
+}
+
 #[test]
 fn a_port_mac_is_read_and_must_be_unicast() {
     let with_mac = |mac: &str| {

@@ -10,19 +10,17 @@ use std::sync::Arc;
 use crossbeam::queue::ArrayQueue;
 
 use crate::io::memory::MemoryFrame;
-use balancer::conntrack::{ConnTable, Timeouts};
-use balancer::decision::{WorkerPlace, WorkerState, WorkerTables};
+use balancer::conntrack::{EdgeHooks, Timeouts};
+use balancer::decision::WorkerPlace;
 use balancer::maglev::TableSize;
 use balancer::neighbor::NeighborTable;
-use balancer::persistence::PersistenceTable;
 use balancer::port_alloc::{PortAllocator, PortPartition};
-use balancer::scheduler::LoadTable;
 use balancer::service::{Backend, BackendId, ForwardingMode, SchedulerKind, ServiceKey};
 use balancer::snapshot::{GatewaySpec, PortSpec, ServiceSpec, Snapshot, SnapshotSpec};
-use crossbeam::channel::bounded;
 
+use crate::build::WorkerPlan;
 use crate::io::{Burst, Frame, RxQueue, TxQueue};
-use crate::worker::{HandoffLinks, PortQueues, TableUpdates, Worker, WorkerConfig};
+use crate::worker::{HandoffLinks, PortQueues, Worker, WorkerConfig};
 
 /// What to generate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -420,19 +418,6 @@ pub fn bench_worker(
     };
     let local_ports = PortAllocator::new(spec.local_ports, 0, &spec.local_addresses)
         .map_err(|e| e.to_string())?;
-    let state = WorkerState {
-        place: WorkerPlace {
-            index: 0,
-            workers: 1,
-            software_steering: false,
-        },
-        conns: ConnTable::with_local_ports(capacity, Timeouts::default(), local_ports)
-            .map_err(|e| e.to_string())?,
-        load: LoadTable::new(64),
-        persistence: PersistenceTable::new(16),
-        neighbors: Arc::new(NeighborTable::new(64)),
-        exceptions: balancer::exceptions::ExceptionTable::disabled(),
-    };
     let pool = frame_pool(4096);
     let traffic = TrafficSpec {
         client_base: client,
@@ -459,20 +444,28 @@ pub fn bench_worker(
             mac: [2, 0, 0, 0, 0, 2],
         },
     ];
-    // The publisher is dropped: a benchmark worker never gets new tables.
-    let (_publish, incoming) = bounded(1);
-    let (retired, _retired_rx) = bounded(1);
-    let worker = Worker::new(
-        state,
-        WorkerTables::new(snapshot),
-        ports,
-        HandoffLinks::alone(),
-        TableUpdates { incoming, retired },
-        WorkerConfig {
+    let plan = WorkerPlan {
+        place: WorkerPlace {
+            index: 0,
+            workers: 1,
+            software_steering: false,
+        },
+        conntrack_capacity: capacity,
+        two_entry_connections: capacity,
+        timeouts: Timeouts::default(),
+        local_ports: Some(local_ports),
+        hooks: EdgeHooks::default(),
+        backend_ids: 64,
+        persistence_entries: 16,
+        neighbors: Arc::new(NeighborTable::new(64)),
+        exceptions: balancer::exceptions::ExceptionTable::disabled(),
+        config: WorkerConfig {
             burst,
             ..WorkerConfig::default()
         },
-    );
+    };
+    // The control ends are dropped: a benchmark worker never gets new tables.
+    let (worker, _control) = plan.build(snapshot, ports, HandoffLinks::alone())?;
     Ok(worker)
 }
 

@@ -183,6 +183,8 @@ pub struct Worker<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     engine: Engine<R, T>,
     updates: TableUpdates,
     trace: Option<TraceChannel>,
+    /// Where `sluice ctl connections` asks, when the worker answers it.
+    listing: Option<crate::listing::ListingChannel>,
     /// Connection exceptions shared with the cluster's other nodes (`crate::exceptions`), when configured.
     exceptions: Option<crate::exceptions::ExceptionSync>,
     previous: crate::previous_table::PreviousTable,
@@ -278,6 +280,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             },
             updates,
             trace: None,
+            listing: None,
             exceptions: None,
             previous: crate::previous_table::PreviousTable::new(config.previous_table_grace_ms),
             stats,
@@ -294,6 +297,11 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
     /// Answers trace queries from `channel` (checked once per poll).
     pub fn answer_traces(&mut self, channel: TraceChannel) {
         self.trace = Some(channel);
+    }
+
+    /// Answers connection listings from `channel`, one query per poll.
+    pub fn answer_listings(&mut self, channel: crate::listing::ListingChannel) {
+        self.listing = Some(channel);
     }
 
     /// Shares connection exceptions over `links` (between bursts); returns the counters of it.
@@ -359,6 +367,19 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             let _ = self.updates.retired.try_send(kept);
         }
         self.answer_trace_queries(now_ms);
+        if let Some(channel) = &self.listing {
+            if let Ok(query) = channel.queries.try_recv() {
+                let state = &mut self.engine.state;
+                let answer = crate::listing::answer_query(
+                    &mut state.conns,
+                    &state.load,
+                    state.place.index,
+                    query,
+                    now_ms,
+                );
+                let _ = channel.answers.try_send(answer);
+            }
+        }
         if let Some(sync) = &mut self.exceptions {
             let engine = &mut self.engine;
             sync.between_bursts(&mut engine.state, &engine.tables.snapshot, now_ms);

@@ -2,25 +2,14 @@
 //! as a pcap file, `bench` measures the worker path in process.
 #![forbid(unsafe_code)]
 
-mod announce;
 mod bench;
 mod build_info;
-mod cluster;
-mod control_loop;
-mod ctl;
-mod exception;
 mod generate;
-mod keepalived;
 mod lifecycle;
-mod netlink;
 mod packaging;
 mod pcap;
 mod platform;
 mod run;
-mod serve;
-mod sync;
-mod sync_wire;
-mod vip_owner;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,8 +38,10 @@ enum Command {
     },
     /// Measure the worker path (parse, decide, rewrite, tx) on one core with an in-process traffic generator.
     Bench(bench::BenchArgs),
-    /// Talk to a running sluice over its control socket: list, stats, rate, conns, sync, reload, drain ADDR:PORT,
-    /// undrain ADDR:PORT, trace CLIENT:PORT VIP:PORT [tcp|udp].
+    /// Talk to a running sluice over its control socket: list, stats, rate, conns, connections [service VIP:PORT
+    /// tcp|udp | backend ADDR:PORT] [offset N] [limit N], timeout, set-timeout TCP TCPFIN UDP, zero, save, sync,
+    /// reload, drain ADDR:PORT, undrain ADDR:PORT, trace CLIENT:PORT VIP:PORT [tcp|udp], add-service,
+    /// remove-service, add-backend, remove-backend, set-weight.
     Ctl {
         /// The control socket ([control] socket in the configuration).
         #[arg(long, short, default_value = "/run/sluice.sock")]
@@ -64,7 +55,7 @@ enum Command {
         /// The keepalived configuration file.
         file: PathBuf,
         #[command(flatten)]
-        vrrp: keepalived::VrrpArgs,
+        vrrp: operator::keepalived::VrrpArgs,
     },
     /// Write client-to-VIP traffic (many TCP or UDP flows) into a pcap file.
     Generate(generate::GenerateArgs),
@@ -84,11 +75,11 @@ fn main() -> ExitCode {
     let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|error| error.exit());
     let result = match cli.command {
         Command::Run(args) => run::run(args),
-        Command::Check { config } => check(&config),
+        Command::Check { config } => operator::check::check(&config),
         Command::Generate(args) => generate::generate(args),
         Command::Bench(args) => bench::bench(args),
-        Command::Ctl { socket, command } => ctl::client(&socket, &command),
-        Command::ImportKeepalived { file, vrrp } => keepalived::import(&file, &vrrp),
+        Command::Ctl { socket, command } => operator::ctl::client(&socket, &command),
+        Command::ImportKeepalived { file, vrrp } => operator::keepalived::import(&file, &vrrp),
         Command::Manpages { dir } => packaging::write_manpages(Cli::command(), &dir),
         Command::Completions { shell } => packaging::write_completions(Cli::command(), shell),
     };
@@ -99,32 +90,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn check(path: &std::path::Path) -> Result<(), String> {
-    let config = control::config::Config::load(path).map_err(|e| e.to_string())?;
-    for warning in &config.warnings {
-        println!("warning: {warning}");
-    }
-    for warning in cluster::cluster_warnings(&config) {
-        println!("warning: {warning}");
-    }
-    println!(
-        "{}: {} ports, {} workers, {} services{}",
-        config.origin,
-        config.ports.len(),
-        config.workers.cores.len(),
-        config.services.len(),
-        if config.pipe.is_some() { ", pipe" } else { "" }
-    );
-    for service in &config.services {
-        println!(
-            "  {} {:?} {:?}: {} backends",
-            balancer::snapshot::describe_service(&service.key),
-            service.mode,
-            service.scheduler,
-            service.backends.len()
-        );
-    }
-    Ok(())
 }

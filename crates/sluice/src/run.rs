@@ -7,25 +7,24 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use balancer::conntrack::{ConnTable, EdgeHooks};
-use balancer::decision::{DropReason, WorkerPlace, WorkerState, WorkerTables};
+use balancer::conntrack::EdgeHooks;
+use balancer::decision::{DropReason, WorkerPlace};
 use balancer::neighbor::NeighborTable;
-use balancer::persistence::PersistenceTable;
 use balancer::port_alloc::PortAllocator;
-use balancer::scheduler::LoadTable;
 use control::config::{BackendIdRegistry, Config};
 use control::health::HealthChecker;
 use control::vip_owner::VipOwner;
 
-use crate::control_loop::{reload_signal, ControlLoop};
-use crate::ctl::Endpoints;
 use control::backend_state::health_specs;
 use crossbeam::channel::bounded;
+use dataplane::build::WorkerPlan;
 use dataplane::io::Burst;
-use dataplane::worker::{
-    handoff_mesh, PortQueues, TableUpdates, TraceChannel, Worker, WorkerConfig, WorkerStats,
-};
+use dataplane::worker::{handoff_mesh, PortQueues, TraceChannel, WorkerConfig, WorkerStats};
 use dpdk::{spawn_worker, Eal, Mempool, Port, PortConfig, DEFAULT_DATA_ROOM, SOCKET_ANY};
+use operator::control_loop::{reload_signal, ControlLoop};
+use operator::ctl::Endpoints;
+use operator::serve::Listeners;
+use operator::service_stats::service_stats;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -90,7 +89,7 @@ fn eal_arguments(config: &Config) -> Result<Vec<String>, String> {
             args.push(port.device.clone());
         }
     }
-    args.extend(crate::exception::tap_vdev_arguments(config)?);
+    args.extend(operator::exception::tap_vdev_arguments(config)?);
     Ok(args)
 }
 
@@ -99,6 +98,16 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     for warning in &config.warnings {
         log::warn!("{warning}");
     }
+    // What `sluice check` refuses is refused here, in its words, before any device or worker exists; so is a
+    // control socket or metrics address that cannot be bound.
+    operator::validate::validate_for_run(&config)?;
+    let listeners = match config.pipe {
+        Some(_) => None,
+        None => Some(Listeners::bind(
+            config.control.socket.as_deref(),
+            config.control.metrics,
+        )?),
+    };
     let eal = Eal::init(&eal_arguments(&config)?).map_err(|e| e.to_string())?;
     let workers = config.workers.cores.len();
     let pool = Arc::new(
@@ -142,14 +151,21 @@ pub fn run(args: RunArgs) -> Result<(), String> {
             );
             ports.push(opened);
         }
-        let taps = if crate::exception::enabled(&config) {
+        let taps = if operator::exception::enabled(&config) {
             Some(open_taps(&eal, &config, &ports, &pool)?)
         } else {
             None
         };
         let outcome = match &config.pipe {
             Some(pipe) => run_pipe(&config, &args, &ports, &pool, pipe),
-            None => run_balancer(&config, &args, &ports, &pool, taps.as_ref()),
+            None => run_balancer(
+                &config,
+                &args,
+                &ports,
+                &pool,
+                taps.as_ref(),
+                listeners.expect("bound when there is no pipe"),
+            ),
         };
         if let Some(taps) = &taps {
             for (tap, interface) in taps.ports.iter().zip(&taps.interfaces) {
@@ -184,6 +200,12 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     drop(pool);
     drop(eal);
     result
+}
+
+/// The taps of a running balancer: their DPDK ports (closing them removes the interfaces) and the interfaces.
+pub struct Taps {
+    pub ports: Vec<dpdk::Port>,
+    pub interfaces: Vec<operator::exception::KernelInterface>,
 }
 
 type WorkerHandle<T> = std::thread::JoinHandle<Result<T, dpdk::DpdkError>>;
@@ -230,12 +252,12 @@ fn open_taps(
     config: &Config,
     ports: &[Port],
     pool: &Arc<Mempool>,
-) -> Result<crate::exception::Taps, String> {
+) -> Result<Taps, String> {
     let workers = config.workers.cores.len() as u16;
     let mut taps = Vec::new();
     let mut macs = Vec::new();
     for (index, (port, settings)) in ports.iter().zip(&config.ports).enumerate() {
-        let name = crate::exception::tap_device_name(config, index);
+        let name = operator::exception::tap_device_name(config, index);
         let id = eal.port_by_name(&name).ok_or_else(|| {
             format!(
                 "port {}: the kernel interface {} ({name}) did not become a DPDK port",
@@ -257,9 +279,9 @@ fn open_taps(
         );
         macs.push(port.mac_address().map_err(|e| e.to_string())?);
     }
-    let mut netlink = crate::netlink::Netlink::open()?;
-    let interfaces = crate::exception::set_up(config, &macs, &mut netlink)?;
-    Ok(crate::exception::Taps {
+    let mut netlink = operator::netlink::Netlink::open()?;
+    let interfaces = operator::exception::set_up(config, &macs, &mut netlink)?;
+    Ok(Taps {
         ports: taps,
         interfaces,
     })
@@ -410,11 +432,12 @@ fn run_balancer(
     args: &RunArgs,
     ports: &[Port],
     pool: &Arc<Mempool>,
-    taps: Option<&crate::exception::Taps>,
+    taps: Option<&Taps>,
+    listeners: Listeners,
 ) -> Result<(), String> {
     // Everything the workers and the control loop depend on is opened before the first worker polls; from the
     // moment the socket file exists, ctrl-c and SIGTERM end the run through the path that removes it.
-    let mut endpoints = Endpoints::open(config.control.socket.as_deref(), config.control.metrics)?;
+    let mut endpoints = Endpoints::start(listeners)?;
     let stop = Arc::new(AtomicBool::new(false));
     install_stop_handler(&stop);
     let stop_signals = crate::lifecycle::StopSignals::watch();
@@ -440,9 +463,9 @@ fn run_balancer(
         change.log();
     }
     // With VRRP no VIP is answered before keepalived is seen to have put it on the kernel interface.
-    let withheld = crate::vip_owner::vrrp_vips(config);
+    let withheld = operator::vip_owner::vrrp_vips(config);
     let snapshot = Arc::new(
-        crate::vip_owner::build_snapshot(&spec, 1, &withheld)
+        operator::vip_owner::build_snapshot(&spec, 1, &withheld)
             .map_err(|e| format!("{}: {e}", config.origin))?,
     );
     let workers = config.workers.cores.len();
@@ -456,14 +479,15 @@ fn run_balancer(
     let mut retired_receivers = Vec::new();
     let mut trace_queries = Vec::new();
     let (trace_answers_tx, trace_answers) = bounded(64);
+    let mut listing_queries = Vec::new();
+    let (listing_answers_tx, listing_answers) = bounded(64);
     let mut beats = Vec::new();
     let mut kernel_stats = Vec::new();
     let started = Instant::now();
     let mesh = handoff_mesh(workers, HANDOFF_RING);
-    let (mut sync, mut exception_links) = crate::sync::open(config, workers)?;
+    let (mut sync, mut exception_links) = operator::sync::open(config, workers)?;
     let mut exception_stats = Vec::new();
     for ((index, &cpu), handoffs) in config.workers.cores.iter().enumerate().zip(mesh) {
-        let capacity = config.network.conntrack_capacity;
         let local_ports = if spec.local_addresses.is_empty() {
             None
         } else {
@@ -482,31 +506,6 @@ fn run_balancer(
                 .map_err(|e| format!("FULLNAT local ports: {e}"))?,
             )
         };
-        let conns = ConnTable::with_hooks(
-            capacity,
-            config.network.conntrack_reply_entries,
-            config.network.timeouts,
-            local_ports,
-            EdgeHooks {
-                advise_memory: Some(dpdk::advise_huge_pages),
-                prefetch: Some(dpdk::prefetch_line),
-            },
-        )
-        .map_err(|e| format!("connection table: {e}"))?;
-        let state = WorkerState {
-            place: WorkerPlace {
-                index: index as u16,
-                workers: workers as u16,
-                software_steering,
-            },
-            conns,
-            load: LoadTable::new((registry.id_bound() + BACKEND_ID_HEADROOM) as usize),
-            persistence: PersistenceTable::new(65536),
-            neighbors: Arc::clone(&neighbors),
-            exceptions: balancer::exceptions::ExceptionTable::new(
-                config.sync.as_ref().map_or(0, |sync| sync.side_table),
-            ),
-        };
         let mut queues = Vec::new();
         for port in ports {
             queues.push(PortQueues {
@@ -517,22 +516,35 @@ fn run_balancer(
                 mac: port.mac_address().map_err(|e| e.to_string())?,
             });
         }
-        let (publish, incoming) = bounded(4);
-        let (retired, retired_rx) = bounded(8);
-        publishers.push(publish);
-        retired_receivers.push(retired_rx);
-        let mut worker = Worker::new(
-            state,
-            WorkerTables::new(Arc::clone(&snapshot)),
-            queues,
-            handoffs,
-            TableUpdates { incoming, retired },
-            WorkerConfig {
+        let plan = WorkerPlan {
+            place: WorkerPlace {
+                index: index as u16,
+                workers: workers as u16,
+                software_steering,
+            },
+            conntrack_capacity: config.network.conntrack_capacity,
+            two_entry_connections: config.network.conntrack_reply_entries,
+            timeouts: config.network.timeouts,
+            local_ports,
+            hooks: EdgeHooks {
+                advise_memory: Some(dpdk::advise_huge_pages),
+                prefetch: Some(dpdk::prefetch_line),
+            },
+            backend_ids: (registry.id_bound() + BACKEND_ID_HEADROOM) as usize,
+            persistence_entries: 65536,
+            neighbors: Arc::clone(&neighbors),
+            exceptions: balancer::exceptions::ExceptionTable::new(
+                config.sync.as_ref().map_or(0, |sync| sync.side_table),
+            ),
+            config: WorkerConfig {
                 burst: config.workers.burst,
                 previous_table_grace_ms: config.network.previous_table_grace.as_millis() as u64,
                 ..WorkerConfig::default()
             },
-        );
+        };
+        let (mut worker, tables) = plan.build(Arc::clone(&snapshot), queues, handoffs)?;
+        publishers.push(tables.publish);
+        retired_receivers.push(tables.retired);
         if let Some(taps) = taps {
             let mut kernel_queues = Vec::new();
             for tap in &taps.ports {
@@ -554,6 +566,12 @@ fn run_balancer(
         worker.answer_traces(TraceChannel {
             queries: query_rx,
             answers: trace_answers_tx.clone(),
+        });
+        let (listing_tx, listing_rx) = bounded(1);
+        listing_queries.push(listing_tx);
+        worker.answer_listings(dataplane::listing::ListingChannel {
+            queries: listing_rx,
+            answers: listing_answers_tx.clone(),
         });
         let worker_stats = worker.stats();
         stats.push(Arc::clone(&worker_stats));
@@ -594,10 +612,13 @@ fn run_balancer(
         down,
         drained: HashSet::new(),
         snapshot: Some(Arc::clone(&snapshot)),
+        zeroed: Vec::new(),
         health: None,
         trace_queries,
         trace_answers,
-        cluster: crate::cluster::ClusterView {
+        listing_queries,
+        listing_answers,
+        cluster: operator::cluster::ClusterView {
             kernel: kernel_stats.clone(),
             announced: Default::default(),
             announcing: taps.is_some() && config.network.vip_owner == VipOwner::Bgp,
@@ -621,14 +642,14 @@ fn run_balancer(
     }
     let mut vrrp_watch = match taps {
         Some(taps) if config.network.vip_owner == VipOwner::Vrrp => Some(
-            crate::vip_owner::quiet_kernel_arp(&taps.interfaces)
-                .and_then(|()| crate::vip_owner::TapAddressWatch::open(&taps.interfaces))
+            operator::vip_owner::quiet_kernel_arp(&taps.interfaces)
+                .and_then(|()| operator::vip_owner::TapAddressWatch::open(&taps.interfaces))
                 .inspect_err(|_| stop.store(true, Ordering::SeqCst))
                 .map_err(|error| format!("following keepalived's VIPs: {error}"))?,
         ),
         _ => None,
     };
-    let mut vrrp_ownership = crate::vip_owner::Ownership::default();
+    let mut vrrp_ownership = operator::vip_owner::Ownership::default();
     let bgp_taps = taps.filter(|_| config.network.vip_owner == VipOwner::Bgp);
     let mut announcer = bgp_taps.map(|taps| {
         let reserved = config
@@ -636,8 +657,8 @@ fn run_balancer(
             .iter()
             .flat_map(|port| port.addresses.iter().map(|prefix| prefix.addr))
             .collect();
-        match crate::netlink::Netlink::open() {
-            Ok(netlink) => Ok(crate::announce::Announcer::new(
+        match operator::netlink::Netlink::open() {
+            Ok(netlink) => Ok(operator::announce::Announcer::new(
                 netlink,
                 taps.interfaces.clone(),
                 reserved,
@@ -654,7 +675,7 @@ fn run_balancer(
         None => None,
     };
     let first_turns = beats.clone();
-    let mut liveness = crate::announce::Liveness::new(beats);
+    let mut liveness = operator::announce::Liveness::new(beats);
     let reload = reload_signal();
     log::info!(
         "forwarding with {workers} workers; SIGHUP reloads {}, ctrl-c stops",
@@ -681,11 +702,11 @@ fn run_balancer(
             sync.turn(Instant::now());
         }
         if let Some(watch) = &mut vrrp_watch {
-            crate::vip_owner::follow(watch, &mut vrrp_ownership, &mut control);
+            operator::vip_owner::follow(watch, &mut vrrp_ownership, &mut control);
         }
         if let Some(announcer) = &mut announcer {
             let wanted = match (&control.snapshot, liveness.all_alive(Instant::now())) {
-                (Some(snapshot), true) => crate::announce::servable_vips(snapshot),
+                (Some(snapshot), true) => operator::announce::servable_vips(snapshot),
                 _ => Default::default(),
             };
             for change in announcer.update(&wanted) {
@@ -728,7 +749,7 @@ fn run_balancer(
     }
     print!(
         "{}",
-        service_stats(&control.config, &mut control.registry, &stats)
+        service_stats(&control.config, &mut control.registry, &stats, &[])
     );
     drop(endpoints);
     drop(control);
@@ -804,71 +825,4 @@ fn log_port_mac(port: &control::config::PortConfig, opened: &mut Port) -> Result
         }
     }
     Ok(())
-}
-
-/// The services and backends with their traffic summed over the workers, in the layout of `ipvsadm -Ln --stats`.
-pub fn service_stats(
-    config: &Config,
-    registry: &mut BackendIdRegistry,
-    stats: &[Arc<WorkerStats>],
-) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let _ = writeln!(out, "IP Virtual Server (sluice)");
-    let _ = writeln!(
-        out,
-        "Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes"
-    );
-    let _ = writeln!(out, "  -> RemoteAddress:Port");
-    for service in &config.services {
-        let rows: Vec<(String, [u64; 5])> = service
-            .all_backends()
-            .map(|backend| {
-                let id = registry.id(service.key, backend.address, backend.port);
-                let mut sums = [0u64; 5];
-                for worker in stats {
-                    if let Some(counters) = worker.backends.get(id.0 as usize) {
-                        for (sum, counter) in sums.iter_mut().zip([
-                            &counters.connections,
-                            &counters.packets_in,
-                            &counters.packets_out,
-                            &counters.bytes_in,
-                            &counters.bytes_out,
-                        ]) {
-                            *sum += counter.load(Ordering::Relaxed);
-                        }
-                    }
-                }
-                (
-                    balancer::snapshot::describe_endpoint(backend.address, backend.port),
-                    sums,
-                )
-            })
-            .collect();
-        let mut total = [0u64; 5];
-        for (_, sums) in &rows {
-            for (t, s) in total.iter_mut().zip(sums) {
-                *t += s;
-            }
-        }
-        let protocol = if service.key.protocol == 17 {
-            "UDP"
-        } else {
-            "TCP"
-        };
-        let vip = balancer::snapshot::describe_endpoint(service.key.vip, service.key.port);
-        let _ = writeln!(
-            out,
-            "{protocol}  {vip:<33}{:>6} {:>8} {:>8} {:>8} {:>8}",
-            total[0], total[1], total[2], total[3], total[4]
-        );
-        for (name, sums) in rows {
-            let _ = writeln!(
-                out,
-                "  -> {name:<33}{:>6} {:>8} {:>8} {:>8} {:>8}",
-                sums[0], sums[1], sums[2], sums[3], sums[4]
-            );
-        }
-    }
-    out
 }

@@ -288,8 +288,46 @@ fn ctl_and_metrics_through_the_running_binary() {
         stats.contains("TCP  10.0.0.100:80") && stats.contains("     50      500"),
         "{stats}"
     );
-    assert!(ctl(&socket, &["rate"]).1.contains("first sample"));
-    assert!(ctl(&socket, &["rate"]).1.contains("InPPS"));
+    // ipvsadm -L --timeout and --set (0 leaves one as it is), validated as the file's values.
+    assert!(ctl(&socket, &["timeout"])
+        .1
+        .starts_with("Timeout (tcp tcpfin udp): 900 120 300"));
+    let (ok, set) = ctl(&socket, &["set-timeout", "600", "0", "60"]);
+    assert!(
+        ok && set.contains("timeouts (tcp tcpfin udp) now 600 120 60"),
+        "{set}"
+    );
+    assert!(ctl(&socket, &["timeout"])
+        .1
+        .starts_with("Timeout (tcp tcpfin udp): 600 120 60"));
+    assert!(ctl(&socket, &["save"])
+        .1
+        .contains("tcp_established = 600\n"));
+    let (ok, refused) = ctl(&socket, &["set-timeout", "99999999999", "0", "0"]);
+    assert!(!ok && refused.contains("tcp_established"), "{refused}");
+    // ipvsadm -Z: stats count from now; the metrics' counters do not go back.
+    let (ok, zeroed) = ctl(&socket, &["zero"]);
+    assert!(ok && zeroed.contains("statistics zeroed"), "{zeroed}");
+    let stats = ctl(&socket, &["stats"]).1;
+    assert!(
+        stats.contains(
+            "TCP  10.0.0.100:80                         0        0        0        0        0"
+        ),
+        "{stats}"
+    );
+    // Rates over a fixed 2 s window, in ipvsadm's columns (bytes, not bits).
+    let mut rate = ctl(&socket, &["rate"]).1;
+    for _ in 0..60 {
+        if !rate.starts_with("no complete window") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        rate = ctl(&socket, &["rate"]).1;
+    }
+    assert!(
+        rate.contains("CPS    InPPS   OutPPS    InBPS   OutBPS") && rate.contains(" s ending "),
+        "{rate}"
+    );
     assert!(ctl(&socket, &["conns"]).1.contains("total: 50 connections"));
     let (ok, trace) = ctl(&socket, &["trace", "198.51.100.1:10000", "10.0.0.100:80"]);
     assert!(
@@ -301,6 +339,70 @@ fn ctl_and_metrics_through_the_running_binary() {
         trace.contains("worker 0: connection entry -> 10.1.0.1"),
         "{trace}"
     );
+    // ipvsadm -Ln: ActiveConn and InActConn of the backends add up to the 50 connections.
+    let (_, list) = ctl(&socket, &["list"]);
+    assert!(
+        list.contains("Forward Weight ActiveConn InActConn State"),
+        "{list}"
+    );
+    let held: u64 = list
+        .lines()
+        .filter(|line| line.starts_with("  -> 10."))
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields[4].parse::<u64>().unwrap() + fields[5].parse::<u64>().unwrap()
+        })
+        .sum();
+    assert_eq!(held, 50, "{list}");
+    // ipvsadm -Lnc: the generator's first flow is listed with its state, expiry and three endpoints.
+    let (ok, listing) = ctl(&socket, &["connections"]);
+    assert!(
+        ok && listing.starts_with("IPVS connection entries"),
+        "{listing}"
+    );
+    let row = listing
+        .lines()
+        .find(|line| line.contains("198.51.100.1:10000 "))
+        .unwrap_or_else(|| panic!("the first flow is not listed:\n{listing}"));
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(fields[0], "TCP", "{row}");
+    assert!(
+        fields[1].len() == 5 && fields[1].as_bytes()[2] == b':',
+        "expiry as MM:SS: {row}"
+    );
+    assert!(
+        ["ESTABLISHED", "SYN_RECV", "NONE"].contains(&fields[2]),
+        "{row}"
+    );
+    assert_eq!(fields[4], "10.0.0.100:80", "{row}");
+    assert!(fields[5].starts_with("10.1.0.1"), "{row}");
+    assert_eq!(listing.lines().count(), 2 + 50, "{listing}");
+    // Paged and filtered.
+    let (_, page) = ctl(&socket, &["connections", "limit", "10", "offset", "45"]);
+    assert_eq!(page.lines().count(), 2 + 5, "{page}");
+    let (_, first) = ctl(&socket, &["connections", "limit", "10"]);
+    assert!(
+        first.contains("10 shown; more: connections ... offset 10"),
+        "{first}"
+    );
+    let backend = fields[5];
+    let (_, one_backend) = ctl(&socket, &["connections", "backend", backend]);
+    assert!(
+        one_backend
+            .lines()
+            .skip(2)
+            .all(|line| line.ends_with(backend)),
+        "{one_backend}"
+    );
+    let (_, other_service) = ctl(&socket, &["connections", "service", "10.0.0.100:81", "tcp"]);
+    assert_eq!(other_service.lines().count(), 2, "{other_service}");
+    let (ok, refused) = ctl(&socket, &["connections", "limit", "0"]);
+    assert!(!ok && refused.contains("limit 1 to"), "{refused}");
+    let (ok, mixed) = ctl(&socket, &["trace", "[2001:db8::1]:999", "10.0.0.100:80"]);
+    assert!(
+        !ok && mixed.contains("different address families"),
+        "{mixed}"
+    );
     let (ok, untracked) = ctl(&socket, &["trace", "198.51.100.1:999", "10.0.0.100:80"]);
     assert!(
         ok && untracked.contains("no worker holds a connection entry"),
@@ -308,10 +410,33 @@ fn ctl_and_metrics_through_the_running_binary() {
     );
     let (ok, drained) = ctl(&socket, &["drain", "10.1.0.11:80"]);
     assert!(
-        ok && drained.contains("drained 10.1.0.11:80 in 1 services: generation 2"),
+        ok && drained.contains("drained 10.1.0.11:80 in 1 services: generation "),
         "{drained}"
     );
-    assert!(ctl(&socket, &["list"]).1.contains("0      drained"));
+    let list = ctl(&socket, &["list"]).1;
+    let drained_row: Vec<&str> = list
+        .lines()
+        .find(|line| line.contains("10.1.0.11:80"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!((drained_row[3], drained_row[6]), ("0", "drained"), "{list}");
+    // Drained: no new flow goes to it, and the connections it had stay on it.
+    for port in 20000..20040 {
+        let (_, trace) = ctl(
+            &socket,
+            &["trace", &format!("198.51.100.200:{port}"), "10.0.0.100:80"],
+        );
+        assert!(
+            trace.contains("-> backend 10.1.0.12:80") && !trace.contains("-> backend 10.1.0.11"),
+            "{trace}"
+        );
+    }
+    let (_, kept) = ctl(&socket, &["connections", "backend", "10.1.0.11:80"]);
+    assert!(
+        kept.lines().count() > 2,
+        "the drained backend's connections went:\n{kept}"
+    );
     let (ok, _) = ctl(&socket, &["drain", "10.9.9.9:80"]);
     assert!(!ok, "an unknown backend is refused");
     // ipvsadm's edits on the running configuration.
@@ -324,6 +449,34 @@ fn ctl_and_metrics_through_the_running_binary() {
         "{added}"
     );
     assert!(ctl(&socket, &["list"]).1.contains("10.1.0.13:80"));
+    // ipvsadm -S: the running configuration, edits included, as a file `sluice check` accepts.
+    let (ok, saved) = ctl(&socket, &["save"]);
+    assert!(
+        ok && saved.contains("address = \"10.1.0.13\"\nport = 80\nweight = 3"),
+        "{saved}"
+    );
+    let saved_path = dir.path().join("saved.toml");
+    std::fs::write(&saved_path, &saved).unwrap();
+    let checked = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--config"])
+        .arg(&saved_path)
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    // An edit gets the file's validation: a backend that is the VIP is refused as in a file.
+    let (ok, refused) = ctl(
+        &socket,
+        &["add-backend", "10.0.0.100:80", "tcp", "10.0.0.100:80"],
+    );
+    assert!(
+        !ok && refused
+            .contains("service vip: 10.0.0.100 is a backend of service tcp://10.0.0.100:80"),
+        "{refused}"
+    );
     let (ok, refused) = ctl(
         &socket,
         &["add-backend", "10.0.0.100:80", "tcp", "10.1.0.14:8080"],
@@ -343,7 +496,7 @@ fn ctl_and_metrics_through_the_running_binary() {
     );
     assert!(ctl(&socket, &["list"])
         .1
-        .contains("10.1.0.13:80                Route   5"));
+        .contains("10.1.0.13:80                Route   5      0          0         up"));
     assert!(
         ctl(
             &socket,

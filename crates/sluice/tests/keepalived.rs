@@ -93,7 +93,8 @@ fn a_keepalived_configuration_imports() {
     assert_eq!(web.backends[0].weight, 3);
     let check = &web.backends[0].health_checks[0];
     assert_eq!(check.kind, CheckKind::Tcp);
-    assert_eq!((check.retry, check.on_failure), (3, OnFailure::Inhibit));
+    // keepalived's `retry 3` is four tries.
+    assert_eq!((check.retry, check.on_failure), (4, OnFailure::Inhibit));
     assert_eq!(check.delay_loop, std::time::Duration::from_secs(6));
     assert_eq!(check.delay_before_retry, std::time::Duration::from_secs(2));
     let http = &web.backends[1].health_checks[0];
@@ -104,11 +105,11 @@ fn a_keepalived_configuration_imports() {
             expected_status: 204
         }
     );
-    assert_eq!((http.retry, http.on_failure), (2, OnFailure::Remove));
+    assert_eq!((http.retry, http.on_failure), (3, OnFailure::Remove));
     let dns = &config.services[1];
     assert_eq!(
         (dns.mode, dns.scheduler, dns.key.protocol),
-        (ForwardingMode::Nat, SchedulerKind::Mh, 17)
+        (ForwardingMode::Nat, SchedulerKind::Wlc, 17)
     );
     assert_eq!((dns.backends[0].port, dns.backends[0].weight), (5353, 0));
     for expected in [
@@ -260,4 +261,158 @@ fn values_are_escaped_into_a_file_sluice_check_accepts() {
         "{}\n{stdout}",
         String::from_utf8_lossy(&check.stderr)
     );
+}
+
+/// Imports the keepalived file `main` (with `others` beside it, for `include`): (exit code, stdout, stderr, the
+/// exit code and output of `sluice check` on stdout when the import succeeded).
+fn import_and_check(
+    main: &str,
+    others: &[(&str, &str)],
+) -> (Option<i32>, String, String, Option<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in others {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let path = dir.path().join("keepalived.conf");
+    std::fs::write(&path, main).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("import-keepalived")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let checked = output.status.success().then(|| {
+        let converted = dir.path().join("sluice.toml");
+        std::fs::write(&converted, &stdout).unwrap();
+        let check = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["check", "--config"])
+            .arg(&converted)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "sluice check refused the import: {}\n{stdout}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        String::from_utf8_lossy(&check.stdout).into_owned()
+    });
+    (output.status.code(), stdout, stderr, checked)
+}
+
+fn virtual_server(body: &str) -> String {
+    format!("virtual_server 10.0.0.1 80 {{\n lb_kind NAT\n{body}}}\n")
+}
+
+/// Each keepalived feature of issue 16 imports into a file `sluice check` accepts, or is refused with a non-zero
+/// exit and a message saying what to do.
+#[test]
+fn each_keepalived_feature_imports_faithfully_or_is_refused_clearly() {
+    // The default scheduler is keepalived's: wlc.
+    let (code, stdout, stderr, checked) =
+        import_and_check(&virtual_server(" real_server 10.1.0.2 8080\n"), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("scheduler = \"wlc\""), "{stdout}");
+    assert!(checked.unwrap().contains("Nat Wlc: 1 backends"));
+
+    // `retry N` is N + 1 tries.
+    let (code, stdout, stderr, _) = import_and_check(
+        &virtual_server(" real_server 10.1.0.2 8080 {\n  TCP_CHECK {\n   retry 2\n  }\n }\n"),
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("retry = 3"), "{stdout}");
+
+    // One status in any of keepalived's spellings is carried over; several are refused.
+    for spelling in ["204", "204-204"] {
+        let (code, stdout, stderr, _) = import_and_check(
+            &virtual_server(&format!(
+                " real_server 10.1.0.2 8080 {{\n  HTTP_GET {{\n   url {{\n    path /\n    status_code {spelling}\n   }}\n  }}\n }}\n"
+            )),
+            &[],
+        );
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(stdout.contains("status = 204"), "{stdout}");
+    }
+    for (body, needle) in [
+        (
+            " real_server 10.1.0.2 8080 {\n  HTTP_GET {\n   url {\n    path /\n    status_code 200-299\n   }\n  }\n }\n",
+            "line 7: status_code 200-299 accepts several statuses; sluice's HTTP check expects one",
+        ),
+        (
+            " real_server 10.1.0.2 8080 {\n  HTTP_GET {\n   url {\n    path /a\n   }\n   url {\n    path /b\n   }\n  }\n }\n",
+            "line 8: a second url in HTTP_GET; sluice's HTTP check asks one path",
+        ),
+    ] {
+        let (code, stdout, stderr, _) = import_and_check(&virtual_server(body), &[]);
+        assert_eq!(code, Some(1), "{needle}: {stdout}");
+        assert!(stdout.is_empty(), "{stdout}");
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+    }
+
+    // Several checkers per real server: all of them, each must pass.
+    let (code, stdout, stderr, _) = import_and_check(
+        &virtual_server(
+            " real_server 10.1.0.2 8080 {\n  TCP_CHECK {\n  }\n  HTTP_GET {\n   url {\n    path /up\n   }\n  }\n }\n",
+        ),
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        stdout.matches("[[service.backend.health_check]]").count(),
+        2,
+        "{stdout}"
+    );
+    let config = Config::parse(&stdout, "imported.toml").unwrap();
+    assert_eq!(config.services[0].backends[0].health_checks.len(), 2);
+
+    // IPv6 persistence granularity, as a prefix length or a mask.
+    for granularity in ["64", "ffff:ffff:ffff:ffff::"] {
+        let (code, stdout, stderr, _) = import_and_check(
+            &format!(
+                "virtual_server fd00::1 80 {{\n lb_kind NAT\n persistence_timeout 60\n persistence_granularity {granularity}\n real_server fd01::2 80\n}}\n"
+            ),
+            &[],
+        );
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(stdout.contains("persistence_netmask = 64"), "{stdout}");
+    }
+    let (code, _, stderr, _) = import_and_check(
+        "virtual_server fd00::1 80 {\n persistence_timeout 60\n persistence_granularity 255.255.255.0\n}\n",
+        &[],
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains(
+            "line 3: persistence_granularity 255.255.255.0 is not a netmask or prefix length"
+        ),
+        "{stderr}"
+    );
+
+    // `include`, relative to the including file, with a wildcard.
+    let (code, stdout, stderr, checked) = import_and_check(
+        "include conf.d/*.conf\n",
+        &[
+            ("conf.d/a.conf", &virtual_server(" real_server 10.1.0.2 8080\n")),
+            (
+                "conf.d/b.conf",
+                "virtual_server 10.0.0.2 53 {\n protocol UDP\n lb_kind NAT\n real_server 10.1.0.3 53\n}\n",
+            ),
+            ("conf.d/ignored.txt", "not keepalived"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("vip = \"10.0.0.1\"") && stdout.contains("vip = \"10.0.0.2\""),
+        "{stdout}"
+    );
+    assert!(checked.unwrap().contains("2 services"));
+    let (code, _, stderr, _) = import_and_check("include missing.conf\n", &[]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("missing.conf"), "{stderr}");
+    let (code, _, stderr, _) = import_and_check("include keepalived.conf\n", &[]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("includes nested deeper than 8"), "{stderr}");
 }

@@ -1584,3 +1584,121 @@ fn tun_fragments_a_large_packet_without_df_and_answers_too_big_with_df() {
     }
     assert_eq!(drops(&result.stdout, "too_big"), 1, "{}", result.stdout);
 }
+
+/// Two workers, two NAT services (VIP:80 and VIP:8443) with the same backends: every request and every reply
+/// arrives on queue 0. A reply names only the backend and the client, not the service: it must reach the worker
+/// that owns its connection (tried on the candidate services' owners in turn) and leave from the VIP and port its
+/// client connected to.
+#[test]
+fn replies_of_a_backend_shared_by_two_nat_services_map_back_right() {
+    use balancer::maglev::flow_hash;
+    use balancer::rss::{queue_of, tuple_hash, SYMMETRIC_KEY};
+
+    let dir = tempdir();
+    let d = dir.path().display();
+    let a = addresses(false);
+    let base = config(dir.path(), "nat", false);
+    let backends = &base[base.find("[[service.backend]]").unwrap()..];
+    let text = format!(
+        "{base}\n[[service]]\nvip = \"{}\"\nport = 8443\nprotocol = \"tcp\"\nmode = \"nat\"\n\n{backends}",
+        a.vip
+    )
+    .replace(
+        &format!("net_pcap0,rx_pcap={d}/client-in.pcap,tx_pcap={d}/client-out.pcap"),
+        &format!("net_pcap0,rx_pcap={d}/requests.pcap,rx_pcap={d}/empty.pcap,tx_pcap={d}/c0.pcap,tx_pcap={d}/c1.pcap"),
+    )
+    .replace(
+        &format!("net_pcap1,rx_pcap={d}/backend-in.pcap,tx_pcap={d}/backend-out.pcap"),
+        &format!("net_pcap1,rx_pcap={d}/replies.pcap,rx_pcap={d}/empty.pcap,tx_pcap={d}/b0.pcap,tx_pcap={d}/b1.pcap"),
+    )
+    .replace("cores = [0]", "cores = [0, 1]");
+    let config = control::config::Config::parse(&text, "shared.toml").unwrap();
+    let spec = config
+        .snapshot_spec(
+            &[[0; 6], [0; 6]],
+            &mut control::config::BackendIdRegistry::new(),
+        )
+        .unwrap();
+    let snapshot = balancer::snapshot::Snapshot::build(&spec, 1).unwrap();
+
+    let flows = 256u32;
+    let mut requests = Vec::new();
+    let mut replies = Vec::new();
+    let mut expected = HashMap::new();
+    for flow in 0..flows {
+        let (client, port) = (client_addr(&a, flow), 40_000 + flow as u16);
+        let (index, vport) = if flow % 2 == 0 { (0, 80) } else { (1, 8443) };
+        let service = &snapshot.services()[index];
+        requests.push(tcp(
+            client,
+            port,
+            a.vip,
+            vport,
+            "syn",
+            b"",
+            (GATEWAY_MAC, CLIENT_PORT_MAC),
+        ));
+        let key = packet::FlowKey {
+            src_addr: client,
+            dst_addr: a.vip,
+            src_port: port,
+            dst_port: vport,
+            protocol: 6,
+        };
+        let owner = queue_of(
+            tuple_hash(&SYMMETRIC_KEY, client, a.vip, port, vport, true),
+            2,
+        ) as u16;
+        let backend = &service.backends[service.maglev.lookup(flow_hash(&key)).unwrap()];
+        let payload = format!("reply {flow}").into_bytes();
+        replies.push(tcp(
+            backend.addr,
+            8080,
+            client,
+            port,
+            "synack",
+            &payload,
+            ([2, 0xbe, 0, 0, 0, 11], BACKEND_PORT_MAC),
+        ));
+        expected.insert(flow, (owner, vport));
+    }
+    write_pcap(&dir.path().join("requests.pcap"), &requests);
+    write_pcap(&dir.path().join("replies.pcap"), &replies);
+    write_pcap(&dir.path().join("empty.pcap"), &[]);
+    let config_path = dir.path().join("shared.toml");
+    std::fs::write(&config_path, &text).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .args(["--idle-exit-ms", "400"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut mapped = 0;
+    for (worker, file) in [(0u16, "c0.pcap"), (1, "c1.pcap")] {
+        for frame in read_pcap(&dir.path().join(file)) {
+            let s = seen(&frame);
+            let flow: u32 = String::from_utf8(s.payload.clone()).unwrap()[6..]
+                .parse()
+                .unwrap();
+            let (owner, vport) = expected[&flow];
+            assert_eq!(
+                owner, worker,
+                "reply of flow {flow} left from worker {worker}"
+            );
+            assert_eq!((s.src, s.sport), (a.vip, vport), "flow {flow}");
+            assert_eq!(
+                (s.dst, s.dport),
+                (client_addr(&a, flow), 40_000 + flow as u16)
+            );
+            mapped += 1;
+        }
+    }
+    assert_eq!(mapped, flows, "{stdout}");
+}

@@ -219,6 +219,12 @@ impl ConnTable {
         &self.timeouts
     }
 
+    /// Idle timeouts from now on (ipvsadm --set): each connection takes the new one at its next packet; until then
+    /// it keeps the expiry it has.
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
+        self.timeouts = timeouts;
+    }
+
     pub fn stats(&self) -> TableStats {
         self.stats
     }

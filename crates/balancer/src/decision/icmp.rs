@@ -6,7 +6,7 @@
 
 use packet::{FlowKey, WireAddr};
 
-use super::{forward, not_ours, Action, DropReason, Rewrite, WorkerState};
+use super::{forward, not_ours, Action, DropReason, Rewrite, SharedBackendHop, WorkerState};
 use crate::conntrack::Direction;
 use crate::service::ForwardingMode;
 use crate::snapshot::Snapshot;
@@ -50,14 +50,73 @@ impl WorkerState {
                     service.key.port,
                     inner.src_port,
                 ),
-                None => return not_ours(snapshot),
+                None => match snapshot.nat_services_of_shared_backend(
+                    inner.dst_addr,
+                    inner.dst_port,
+                    inner.protocol,
+                ) {
+                    Some(services) => {
+                        return self.shared_backend_icmp_error(
+                            snapshot, inner, services, ingress, handed_off, now_ms,
+                        )
+                    }
+                    None => return not_ours(snapshot),
+                },
             },
         };
         // NICs hash ICMP on addresses alone, so errors are steered whatever the device does.
         if !handed_off && self.place.workers > 1 && owner != self.place.index {
             return Action::Handoff { worker: owner };
         }
-        let Some(hit) = self.conns.lookup(&quoted_flow, now_ms) else {
+        self.icmp_error_here(snapshot, &quoted_flow, ingress, now_ms)
+    }
+
+    /// An ICMP error about a connection to a backend that several NAT services share: tried on the candidate
+    /// services' owners in turn, as the backend's replies are (`shared_backend_hop`).
+    #[cold]
+    fn shared_backend_icmp_error(
+        &mut self,
+        snapshot: &Snapshot,
+        inner: &FlowKey,
+        services: &[u32],
+        ingress: u16,
+        handed_off: bool,
+        now_ms: u64,
+    ) -> Action {
+        let next = if self.place.workers > 1 {
+            match self.shared_backend_hop(
+                snapshot,
+                services,
+                inner.src_addr,
+                inner.src_port,
+                handed_off,
+            ) {
+                SharedBackendHop::Handoff(worker) => return Action::Handoff { worker },
+                SharedBackendHop::Here { next } => next,
+            }
+        } else {
+            None
+        };
+        match (
+            self.icmp_error_here(snapshot, &inner.reversed(), ingress, now_ms),
+            next,
+        ) {
+            (Action::Drop(DropReason::IcmpErrorUnknownFlow), Some(worker)) => {
+                Action::Handoff { worker }
+            }
+            (action, _) => action,
+        }
+    }
+
+    /// An ICMP error about `quoted_flow` (the flow as tracked) on the worker that owns it.
+    fn icmp_error_here(
+        &mut self,
+        snapshot: &Snapshot,
+        quoted_flow: &FlowKey,
+        ingress: u16,
+        now_ms: u64,
+    ) -> Action {
+        let Some(hit) = self.conns.lookup(quoted_flow, now_ms) else {
             return Action::Drop(DropReason::IcmpErrorUnknownFlow);
         };
         let Some(conn) = self.conns.get(hit.id) else {

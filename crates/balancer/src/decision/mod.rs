@@ -349,6 +349,16 @@ impl WorkerState {
                 snapshot, layout, staged, vip, vport, ingress, handed_off, now_ms,
             );
         }
+        if let Some(services) =
+            snapshot.nat_services_of_shared_backend(flow.src_addr, flow.src_port, flow.protocol)
+        {
+            if layout.ttl <= 1 {
+                return Action::Drop(DropReason::TtlExpired);
+            }
+            return self.shared_nat_reply(
+                snapshot, layout, staged, services, ingress, handed_off, now_ms,
+            );
+        }
         if snapshot.withheld(flow.dst_addr) {
             // A VIP another node owns now: the kernel must not see it (it may hold the address and reset).
             return Action::Drop(DropReason::NotOurs);
@@ -382,6 +392,35 @@ impl WorkerState {
         self.owner_of_tuple(flow.src_addr, flow.dst_addr, flow.src_port, flow.dst_port)
     }
 
+    /// Where a frame about a connection to a backend that several NAT services share goes next: the connection
+    /// lives on the worker that owns the client's flow to its service's VIP, which the frame does not name, so
+    /// the owners of the candidate services are tried in increasing order. A frame that was not handed off goes
+    /// to the lowest owner; at an owner that does not hold the connection it goes on to the next higher one
+    /// (each hop goes up: no loop).
+    #[cold]
+    fn shared_backend_hop(
+        &self,
+        snapshot: &Snapshot,
+        services: &[u32],
+        client: IpAddr,
+        client_port: u16,
+        handed_off: bool,
+    ) -> SharedBackendHop {
+        let me = self.place.index;
+        let (mut lowest, mut next) = (u16::MAX, None::<u16>);
+        for service in services.iter().filter_map(|index| snapshot.service(*index)) {
+            let owner = self.owner_of_tuple(service.key.vip, client, service.key.port, client_port);
+            lowest = lowest.min(owner);
+            if owner > me {
+                next = Some(next.map_or(owner, |next| next.min(owner)));
+            }
+        }
+        if !handed_off && lowest != me && lowest != u16::MAX {
+            return SharedBackendHop::Handoff(lowest);
+        }
+        SharedBackendHop::Here { next }
+    }
+
     fn owner_of_tuple(&self, src: IpAddr, dst: IpAddr, src_port: u16, dst_port: u16) -> u16 {
         if self.place.workers <= 1 {
             return 0;
@@ -389,6 +428,15 @@ impl WorkerState {
         let hash = rss::SYMMETRIC_TABLE.tuple_hash(src, dst, src_port, dst_port, true);
         rss::queue_of(hash, u32::from(self.place.workers)) as u16
     }
+}
+
+/// See [`WorkerState::shared_backend_hop`].
+enum SharedBackendHop {
+    Handoff(u16),
+    /// Look here; on a miss hand the frame to `next`, if any.
+    Here {
+        next: Option<u16>,
+    },
 }
 
 /// Why a frame is dropped whatever it is addressed to (the caller saw a VLAN tag or a source route).

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use packet::{FlowKey, Fragment, FrameLayout, WireAddr};
 
-use super::{forward, Action, DropReason, Rewrite, StagedKey, WorkerState};
+use super::{forward, Action, DropReason, Rewrite, SharedBackendHop, StagedKey, WorkerState};
 use crate::conntrack::Direction;
 use crate::snapshot::Snapshot;
 
@@ -43,6 +43,51 @@ impl WorkerState {
                 port: client.dst_port,
             }
         })
+    }
+
+    /// A reply from a backend that several NAT services share: which service (and so which VIP and port the client
+    /// sees) is told by the connection, not by the backend's address. With several workers the owners of the
+    /// candidate services are tried in turn (`shared_backend_hop`).
+    #[cold]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn shared_nat_reply(
+        &mut self,
+        snapshot: &Snapshot,
+        layout: &FrameLayout,
+        staged: Option<&StagedKey>,
+        services: &[u32],
+        ingress: u16,
+        handed_off: bool,
+        now_ms: u64,
+    ) -> Action {
+        let flow = layout.flow;
+        if let Fragment::Later { .. } = layout.fragment {
+            return Action::Drop(DropReason::FragmentUnsupported);
+        }
+        let next = if self.place.workers > 1 {
+            match self.shared_backend_hop(
+                snapshot,
+                services,
+                flow.dst_addr,
+                flow.dst_port,
+                handed_off,
+            ) {
+                SharedBackendHop::Handoff(worker) => return Action::Handoff { worker },
+                SharedBackendHop::Here { next } => next,
+            }
+        } else {
+            None
+        };
+        let action = self.reply_to_client(snapshot, layout, staged, ingress, now_ms, |client| {
+            Rewrite::Source {
+                addr: WireAddr::from(client.dst_addr),
+                port: client.dst_port,
+            }
+        });
+        match (action, next) {
+            (Action::Drop(DropReason::NoConnection), Some(worker)) => Action::Handoff { worker },
+            (action, _) => action,
+        }
     }
 
     /// A backend's reply on the worker that owns its connection: accounted, and sent back towards the client with

@@ -21,12 +21,10 @@ pub struct VrrpArgs {
 /// The subcommand: the configuration on stdout, the notes on stderr; an error (and nothing on stdout) when the
 /// file cannot be converted into a configuration `sluice check` accepts.
 pub fn import(path: &Path, vrrp: &VrrpArgs) -> Result<(), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut target = control::keepalived::default_vrrp_target();
     target.check_script = vrrp.check_script.clone();
     target.socket = vrrp.socket.clone();
-    let converted = control::keepalived::convert_pair(&text, &target)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let converted = control::keepalived::convert_file(path, &target)?;
     match (&converted.keepalived, &vrrp.vrrp_out) {
         (Some(keepalived), Some(out)) => std::fs::write(out, keepalived)
             .map_err(|e| format!("{}: {e}", out.display()))?,

@@ -35,10 +35,16 @@ pub struct ControlLoop {
     pub drained: HashSet<BackendId>,
     /// The snapshot the workers were last given.
     pub snapshot: Option<Arc<Snapshot>>,
+    /// Per backend id, the counters when `sluice ctl zero` last ran (the workers' own counters only grow: the
+    /// metrics endpoint's counters must never go back), subtracted in `stats`.
+    pub zeroed: Vec<[u64; 5]>,
     pub health: Option<(HealthChecker, Receiver<HealthEvent>)>,
     /// Per worker: where trace queries go; and where every worker answers.
     pub trace_queries: Vec<Sender<dataplane::worker::TraceQuery>>,
     pub trace_answers: ChannelReceiver<dataplane::worker::TraceAnswer>,
+    /// Per worker: where connection listings go; and where every worker answers.
+    pub listing_queries: Vec<Sender<dataplane::listing::WorkerQuery>>,
+    pub listing_answers: ChannelReceiver<dataplane::listing::WorkerAnswer>,
     /// The exception path's counters and the announced VIPs (`crate::cluster`).
     pub cluster: crate::cluster::ClusterView,
     /// Connection exceptions shared with the peers (`crate::sync`), when `[sync]` is configured.
@@ -110,6 +116,23 @@ impl ControlLoop {
         }
     }
 
+    /// Gives every worker the running configuration's idle timeouts (they take them between bursts).
+    pub fn push_timeouts(&mut self) -> Result<(), String> {
+        use dataplane::listing::{WorkerAnswer, WorkerQuery};
+        let wait = Duration::from_millis(500);
+        while self.listing_answers.try_recv().is_ok() {}
+        for (index, queries) in self.listing_queries.iter().enumerate() {
+            let answered = queries
+                .send_timeout(WorkerQuery::SetTimeouts(self.config.network.timeouts), wait)
+                .ok()
+                .and_then(|()| self.listing_answers.recv_timeout(wait).ok());
+            if !matches!(answered, Some(WorkerAnswer::TimeoutsSet { .. })) {
+                return Err(format!("worker {index} did not take the new timeouts"));
+            }
+        }
+        Ok(())
+    }
+
     /// Frees tables the workers handed back.
     pub fn collect_retired(&self) {
         for retired in &self.retired {
@@ -164,6 +187,11 @@ impl ControlLoop {
                 } else if !specs.is_empty() {
                     self.health = Some(HealthChecker::start(specs));
                 }
+                if self.config.network.timeouts != previous.network.timeouts {
+                    if let Err(error) = self.push_timeouts() {
+                        note.push_str(&format!("; timeouts: {error}"));
+                    }
+                }
                 Ok(format!(
                     "reload: generation {} with {} services in use{}{note}; applied: {changes}{warnings}",
                     self.generation,
@@ -202,6 +230,7 @@ impl ControlLoop {
         if ids.is_empty() {
             return Err(format!("no backend {address} in any service"));
         }
+        let previous = self.drained.clone();
         for id in &ids {
             if drained {
                 self.drained.insert(*id);
@@ -209,7 +238,7 @@ impl ControlLoop {
                 self.drained.remove(id);
             }
         }
-        let took = self.publish()?;
+        let took = self.publish().inspect_err(|_| self.drained = previous)?;
         Ok(format!(
             "{} {address} in {} services: generation {}{}",
             if drained { "drained" } else { "undrained" },
@@ -230,6 +259,10 @@ impl ControlLoop {
     ) -> Result<String, String> {
         let mut edited = self.config.clone();
         let message = change(&mut edited)?;
+        // The edited configuration is written out and read back: it passes exactly the checks a file does.
+        let mut edited = Config::parse(&control::render::render(&edited), &self.config.origin)
+            .map_err(|error| error.message)?;
+        edited.warnings.clear();
         let previous = std::mem::replace(&mut self.config, edited);
         match self.publish() {
             Ok(took) => {

@@ -59,12 +59,6 @@ pub fn enabled(config: &Config) -> bool {
     config.network.kernel_exception_path && config.pipe.is_none()
 }
 
-/// The taps of a running balancer: their DPDK ports (closing them removes the interfaces) and the interfaces.
-pub struct Taps {
-    pub ports: Vec<dpdk::Port>,
-    pub interfaces: Vec<KernelInterface>,
-}
-
 /// One port's kernel interface once it exists.
 #[derive(Clone, Debug)]
 pub struct KernelInterface {

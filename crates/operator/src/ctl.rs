@@ -29,24 +29,31 @@ pub struct Endpoints {
     /// Dropping it stops the accepting threads and removes the socket file.
     _server: Server,
     jobs: Receiver<Job>,
-    /// (when, per backend id: packets in, packets out, bytes in, bytes out) for --rate.
-    last_sample: Option<(Instant, Vec<[u64; 4]>)>,
+    /// The counters sampled over fixed windows, for `rate`.
+    rate: crate::rate::RateWindow,
 }
 
 impl Endpoints {
     /// Binds the control socket and the metrics listener the configuration names and starts accepting: requests
     /// wait in a queue until the control loop's first [`Endpoints::serve`].
     pub fn open(socket: Option<&str>, metrics: Option<SocketAddr>) -> Result<Endpoints, String> {
-        let (server, jobs) = Listeners::bind(socket, metrics)?.start()?;
+        Endpoints::start(Listeners::bind(socket, metrics)?)
+    }
+
+    /// Starts accepting on listeners bound earlier (`sluice run` binds them before the EAL starts, so that an
+    /// address it cannot use stops it before any device is touched).
+    pub fn start(listeners: Listeners) -> Result<Endpoints, String> {
+        let (server, jobs) = listeners.start()?;
         Ok(Endpoints {
             _server: server,
             jobs,
-            last_sample: None,
+            rate: Default::default(),
         })
     }
 
     /// Answers the requests that are complete, waiting up to 5 ms for the first: the control loop's pause.
     pub fn serve(&mut self, control: &mut ControlLoop, config_path: &Path) {
+        self.rate.tick(&control.stats, Instant::now());
         let pause = Duration::from_millis(5);
         let first = match self.jobs.recv_timeout(pause) {
             Ok(job) => job,
@@ -84,11 +91,56 @@ impl Endpoints {
         };
         match request {
             Request::List => list(control),
-            Request::Stats => {
-                crate::run::service_stats(&control.config, &mut control.registry, &control.stats)
+            Request::Stats => crate::service_stats::service_stats(
+                &control.config,
+                &mut control.registry,
+                &control.stats,
+                &control.zeroed,
+            ),
+            Request::Timeouts => {
+                let t = control.config.network.timeouts;
+                format!(
+                    "Timeout (tcp tcpfin udp): {} {} {}\n\
+                     all (seconds): established {} syn_sent {} syn_recv {} fin_wait {} time_wait {} close {} \
+                     close_wait {} last_ack {} listen {} syn_ack {} udp {} icmp {}\n",
+                    t.established / 1000,
+                    t.fin_wait / 1000,
+                    t.udp / 1000,
+                    t.established / 1000,
+                    t.syn_sent / 1000,
+                    t.syn_recv / 1000,
+                    t.fin_wait / 1000,
+                    t.time_wait / 1000,
+                    t.close / 1000,
+                    t.close_wait / 1000,
+                    t.last_ack / 1000,
+                    t.listen / 1000,
+                    t.synack / 1000,
+                    t.udp / 1000,
+                    t.icmp / 1000
+                )
             }
-            Request::Rate => self.rate(control),
+            Request::SetTimeouts { tcp, tcpfin, udp } => outcome(set_timeouts(control, tcp, tcpfin, udp)),
+            Request::Zero => {
+                control.zeroed = (0..dataplane::worker::COUNTED_BACKENDS)
+                    .map(|id| crate::service_stats::counter_sums(&control.stats, id))
+                    .collect();
+                log::info!("ctl: statistics zeroed");
+                "statistics zeroed: stats counts from now (the metrics' counters keep counting)\n".into()
+            }
+            Request::Rate => self.rate.answer(control),
             Request::Conns => connections(&control.stats),
+            Request::Connections {
+                filter,
+                offset,
+                limit,
+            } => crate::connections::list(control, filter, offset, limit),
+            Request::Save => format!(
+                "# The running configuration of sluice (generation {}), written by `sluice ctl save`.\n\
+                 # Drains made with `sluice ctl drain` are not part of it.\n\n{}",
+                control.generation,
+                control::render::render(&control.config)
+            ),
             Request::Sync => match &control.sync {
                 Some(sync) => sync.describe(Instant::now()),
                 None => "sync: not configured (no [sync] section)\n".into(),
@@ -111,48 +163,6 @@ impl Endpoints {
             } => trace(control, client, vip, protocol),
             edit_request => outcome(logged(edit(control, edit_request))),
         }
-    }
-
-    fn rate(&mut self, control: &mut ControlLoop) -> String {
-        let now = Instant::now();
-        let sample = sample(&control.stats);
-        let answer = match &self.last_sample {
-            Some((when, previous)) => {
-                let seconds = now.duration_since(*when).as_secs_f64().max(1e-3);
-                let mut out = String::from(
-                    "Prot LocalAddress:Port                 InPPS   OutPPS    InBPS   OutBPS\n  -> RemoteAddress:Port\n",
-                );
-                for service in &control.config.services {
-                    out.push_str(&format!("{}\n", describe_service(&service.key)));
-                    for backend in service.all_backends() {
-                        let id = control
-                            .registry
-                            .id(service.key, backend.address, backend.port)
-                            .0 as usize;
-                        let (now_counts, before) = (sample.get(id), previous.get(id));
-                        let rate = |i: usize| {
-                            let delta = now_counts
-                                .map_or(0, |c| c[i])
-                                .saturating_sub(before.map_or(0, |c| c[i]));
-                            (delta as f64 / seconds) as u64
-                        };
-                        out.push_str(&format!(
-                            "  -> {:<33}{:>8} {:>8} {:>8} {:>8}\n",
-                            describe_endpoint(backend.address, backend.port),
-                            rate(0),
-                            rate(1),
-                            rate(2) * 8,
-                            rate(3) * 8
-                        ));
-                    }
-                }
-                out.push_str(&format!("(over the last {seconds:.2} s)\n"));
-                out
-            }
-            None => "first sample taken: ask again for rates since now\n".into(),
-        };
-        self.last_sample = Some((now, sample));
-        answer
     }
 }
 
@@ -266,6 +276,36 @@ fn edit(control: &mut ControlLoop, request: Request) -> Result<String, String> {
     }
 }
 
+/// ipvsadm --set: the running configuration's timeouts (validated as the file's), then every worker's.
+fn set_timeouts(
+    control: &mut ControlLoop,
+    tcp: u64,
+    tcpfin: u64,
+    udp: u64,
+) -> Result<String, String> {
+    let message = control.edit(|config| {
+        let timeouts = &mut config.network.timeouts;
+        for (seconds, field) in [
+            (tcp, &mut timeouts.established),
+            (tcpfin, &mut timeouts.fin_wait),
+            (udp, &mut timeouts.udp),
+        ] {
+            if seconds > 0 {
+                *field = seconds.saturating_mul(1000);
+            }
+        }
+        Ok(format!(
+            "timeouts (tcp tcpfin udp) now {} {} {}",
+            timeouts.established / 1000,
+            timeouts.fin_wait / 1000,
+            timeouts.udp / 1000
+        ))
+    })?;
+    control.push_timeouts()?;
+    log::info!("ctl: {message}");
+    Ok(message)
+}
+
 /// Applies `change` to the service `key`, given the position of `backend` in it.
 fn edit_backend(
     control: &mut ControlLoop,
@@ -291,7 +331,9 @@ fn edit_backend(
 fn list(control: &mut ControlLoop) -> String {
     let mut out = String::from("IP Virtual Server (sluice), generation ");
     out.push_str(&format!("{}\n", control.generation));
-    out.push_str("Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight State\n");
+    out.push_str("Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn State\n");
+    // The workers' scheduler counts, asked between their bursts.
+    let load = crate::connections::load(control, control.registry.id_bound() as usize);
     for service in &control.config.services {
         let protocol = if service.key.protocol == 17 {
             "UDP"
@@ -348,8 +390,18 @@ fn list(control: &mut ControlLoop) -> String {
             let weight = decision
                 .weight
                 .map_or_else(|| "-".to_owned(), |weight| weight.to_string());
+            let id = control
+                .registry
+                .id(service.key, decision.address, decision.port);
+            let (active, inactive) = match &load {
+                Some(load) => {
+                    let (active, inactive) = load.get(id.0 as usize).copied().unwrap_or_default();
+                    (active.to_string(), inactive.to_string())
+                }
+                None => ("?".into(), "?".into()),
+            };
             out.push_str(&format!(
-                "  -> {:<28}{method:<8}{weight:<7}{}\n",
+                "  -> {:<28}{method:<8}{weight:<7}{active:<11}{inactive:<10}{}\n",
                 describe_endpoint(decision.address, decision.port),
                 decision.state.name()
             ));
@@ -375,6 +427,11 @@ fn connections(stats: &[std::sync::Arc<WorkerStats>]) -> String {
 
 /// Which backend a new flow from `client` to `vip` goes to, and why.
 fn trace(control: &mut ControlLoop, client: SocketAddr, vip: SocketAddr, protocol: u8) -> String {
+    if client.is_ipv4() != vip.is_ipv4() {
+        return format!(
+            "error: client {client} and VIP {vip} are of different address families: no such flow reaches sluice\n"
+        );
+    }
     let Some(snapshot) = control.current_snapshot() else {
         return "error: no snapshot published yet\n".into();
     };

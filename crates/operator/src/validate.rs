@@ -109,7 +109,12 @@ fn vdev_queue_pairs(device: &str) -> Option<(usize, &'static str)> {
                 .count()
         };
         let rx = count(&["rx_pcap", "rx_iface", "rx_iface_in", "iface"]);
-        let tx = count(&["tx_pcap", "tx_iface", "iface"]);
+        // Without a transmit argument the driver gives each receive queue a queue that drops what it is sent
+        // (a replay benchmark's setting).
+        let tx = match count(&["tx_pcap", "tx_iface", "iface"]) {
+            0 => rx,
+            tx => tx,
+        };
         return Some((
             rx.min(tx),
             "give net_pcap one rx_pcap and one tx_pcap per worker",
@@ -150,6 +155,17 @@ mod tests {
             2
         );
         assert_eq!(vdev_queue_pairs("net_pcap0,iface=eth0").unwrap().0, 1);
+        // Receive only: each receive queue gets a dropping transmit queue.
+        assert_eq!(
+            vdev_queue_pairs("net_pcap0,rx_pcap=a,infinite_rx=1")
+                .unwrap()
+                .0,
+            1
+        );
+        assert_eq!(
+            vdev_queue_pairs("net_pcap0,rx_pcap=a,rx_pcap=b").unwrap().0,
+            2
+        );
         assert!(vdev_queue_pairs("0000:01:00.0").is_none());
         assert!(vdev_queue_pairs("net_tap0").is_none());
     }

@@ -682,6 +682,9 @@ fn run_balancer(
         args.config.display()
     );
     crate::lifecycle::forwarding(&first_turns, workers);
+    // The rate is taken over the forwarding window alone: building the workers' tables (a large connection table
+    // is zeroed page by page) can take a second that forwards nothing, and would be counted as a slow forwarder.
+    let window = ForwardingWindow::open(progress.total());
     let mut conditions = StopConditions::new(args, &progress);
     while !stop.load(Ordering::SeqCst) && !conditions.reached() {
         if reload.swap(false, Ordering::SeqCst) {
@@ -725,6 +728,7 @@ fn run_balancer(
     }
     stop.store(true, Ordering::SeqCst);
     let elapsed = started.elapsed().as_secs_f64();
+    let window = window.close(progress.total());
     let mut failure = None;
     for (index, handle) in handles.join().into_iter().enumerate() {
         match handle {
@@ -734,7 +738,7 @@ fn run_balancer(
         }
     }
     // Frames still in handoff rings went back to the pool when the workers (the rings' two ends) were dropped.
-    print_worker_stats(&stats, elapsed);
+    print_worker_stats(&stats, elapsed, window);
     for (index, kernel) in kernel_stats.iter().enumerate() {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         println!(
@@ -766,7 +770,33 @@ fn idle_policy(idle: &control::config::IdleConfig) -> dataplane::idle::IdlePolic
     }
 }
 
-fn print_worker_stats(stats: &[Arc<WorkerStats>], elapsed: f64) {
+/// The frames received while every worker was forwarding, and how long that lasted.
+#[derive(Clone, Copy, Debug)]
+struct ForwardingWindow {
+    opened: Instant,
+    received_before: u64,
+}
+
+impl ForwardingWindow {
+    fn open(received: u64) -> ForwardingWindow {
+        ForwardingWindow {
+            opened: Instant::now(),
+            received_before: received,
+        }
+    }
+
+    /// (frames received in the window, its length in seconds).
+    fn close(self, received: u64) -> (u64, f64) {
+        (
+            received.saturating_sub(self.received_before),
+            self.opened.elapsed().as_secs_f64(),
+        )
+    }
+}
+
+/// Prints each worker's counters and the totals; the rate is the frames received in the forwarding window over
+/// its length (`window`).
+fn print_worker_stats(stats: &[Arc<WorkerStats>], elapsed: f64, window: (u64, f64)) {
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     let mut total_rx = 0;
     let mut total_tx = 0;
@@ -795,8 +825,11 @@ fn print_worker_stats(stats: &[Arc<WorkerStats>], elapsed: f64) {
         );
     }
     println!(
-        "sluice: stopped after {elapsed:.2} s: rx {total_rx} tx {total_tx} rate {:.3} Mpps",
-        total_rx as f64 / elapsed / 1e6
+        "sluice: stopped after {elapsed:.2} s: rx {total_rx} tx {total_tx} rate {:.3} Mpps \
+         (rx {} in the {:.2} s all workers forwarded)",
+        window.0 as f64 / window.1.max(f64::MIN_POSITIVE) / 1e6,
+        window.0,
+        window.1
     );
 }
 

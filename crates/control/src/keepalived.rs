@@ -560,9 +560,41 @@ fn convert_service(
     let mut granularity = None;
     let mut delay_loop = None;
     let mut backends = Vec::new();
+    // Service-level keys of keepalived's checker knobs, written right after the service's own.
+    let mut knobs = String::new();
+    let mut sorry_server = None;
     for directive in &block {
         let key = word(directive, 0).unwrap_or_default();
         match key {
+            "quorum" | "hysteresis" => {
+                let _ = writeln!(knobs, "{key} = {}", integer(directive, key)?);
+            }
+            "alpha" => {
+                let _ = writeln!(knobs, "alpha = true");
+            }
+            "sorry_server" => {
+                let (Some(address), Some(port_text)) = (word(directive, 1), word(directive, 2))
+                else {
+                    return Err(format!(
+                        "line {}: sorry_server needs an address and a port",
+                        directive.line
+                    ));
+                };
+                let address: IpAddr = address.parse().map_err(|_| {
+                    format!(
+                        "line {}: sorry_server {address:?} is not an IP address",
+                        directive.line
+                    )
+                })?;
+                if address.is_ipv4() != vip.is_ipv4() {
+                    return Err(format!(
+                        "line {}: sorry_server {address} is not of the family of virtual_server {vip}",
+                        directive.line
+                    ));
+                }
+                let sorry_port = port_number(port_text, directive.line, "sorry_server")?;
+                sorry_server = Some((address, sorry_port, directive.line));
+            }
             "lb_algo" | "lvs_sched" => match value(directive, key)? {
                 value @ ("rr" | "wrr" | "lc" | "wlc" | "lblc" | "lblcr" | "dh" | "sh" | "sed"
                 | "nq" | "mh") => scheduler = value.to_owned(),
@@ -638,6 +670,21 @@ fn convert_service(
     if let Some(timeout) = persistence {
         let _ = writeln!(out, "persistence_timeout = {timeout}");
     }
+    out.push_str(&knobs);
+    if let Some((address, sorry_port, line)) = sorry_server {
+        let address = toml_string(&address.to_string());
+        if (mode == "dr" || mode == "tun") && sorry_port != port {
+            notes.push(format!(
+                "line {line}: sorry_server port {sorry_port}: {mode} cannot map ports; the service port {port} is used"
+            ));
+            let _ = writeln!(out, "sorry_server = {{ address = {address} }}");
+        } else {
+            let _ = writeln!(
+                out,
+                "sorry_server = {{ address = {address}, port = {sorry_port} }}"
+            );
+        }
+    }
     match (granularity, persistence) {
         (Some(bits), Some(_)) => {
             let _ = writeln!(out, "persistence_netmask = {bits}");
@@ -707,14 +754,28 @@ fn convert_backend(
                 let _ = writeln!(out, "weight = {}", integer(directive, key)?);
             }
             "inhibit_on_failure" => inhibit = true,
-            "TCP_CHECK" | "HTTP_GET" => {
-                let kind = if key == "TCP_CHECK" { "tcp" } else { "http" };
+            "notify_up" | "notify_down" => {
+                let command = value(directive, key)?;
+                let _ = writeln!(out, "{key} = {}", toml_string(command));
+                if directive.words.len() > 2 {
+                    notes.push(format!(
+                        "line {}: {key}'s user and group are not carried over (sluice runs it as itself)",
+                        directive.line
+                    ));
+                }
+            }
+            "TCP_CHECK" | "HTTP_GET" | "MISC_CHECK" => {
+                let kind = match key {
+                    "TCP_CHECK" => "tcp",
+                    "HTTP_GET" => "http",
+                    _ => "misc",
+                };
                 let mut check = String::new();
                 let _ = writeln!(check, "type = \"{kind}\"\ndelay_loop = {delay_loop}");
                 convert_check(directive, key, &mut check, notes)?;
                 checks.push(check);
             }
-            other => notes.push(format!("line {}: `{other}` in real_server {backend} {port} is not carried over (sluice checks TCP_CHECK and HTTP_GET)", directive.line)),
+            other => notes.push(format!("line {}: `{other}` in real_server {backend} {port} is not carried over (sluice checks TCP_CHECK, HTTP_GET and MISC_CHECK)", directive.line)),
         }
     }
     for check in checks {
@@ -738,8 +799,18 @@ fn convert_check(
     for setting in directive.block.clone().unwrap_or_default() {
         let name = word(&setting, 0).unwrap_or_default();
         match name {
-            "connect_timeout" | "delay_before_retry" => {
+            "connect_timeout" | "delay_before_retry" | "warmup" => {
                 let _ = writeln!(check, "{name} = {}", seconds(&setting, name)?);
+            }
+            "misc_path" if key == "MISC_CHECK" => {
+                let _ = writeln!(
+                    check,
+                    "misc_path = {}",
+                    toml_string(value(&setting, name)?)
+                );
+            }
+            "misc_timeout" if key == "MISC_CHECK" => {
+                let _ = writeln!(check, "misc_timeout = {}", seconds(&setting, name)?);
             }
             "connect_port" => {
                 let port = port_number(value(&setting, name)?, setting.line, "connect_port")?;

@@ -25,14 +25,25 @@ virtual_server 192.0.2.10 80 {
     persistence_granularity 255.255.255.0
     protocol TCP
     sorry_server 192.0.2.99 80
+    quorum 2
+    hysteresis 1
+    alpha
 
     real_server 192.0.2.21 80 {
         weight 3
         inhibit_on_failure
+        notify_up "/usr/local/bin/up.sh 192.0.2.21"
+        notify_down /usr/local/bin/down.sh root
         TCP_CHECK {
             connect_timeout 3
             retry 3
             delay_before_retry 2
+            warmup 4
+        }
+        MISC_CHECK {
+            misc_path "/usr/local/bin/check.sh 192.0.2.21"
+            misc_timeout 5
+            misc_dynamic
         }
     }
     real_server 192.0.2.22 80 {
@@ -97,6 +108,31 @@ fn a_keepalived_configuration_imports() {
     assert_eq!((check.retry, check.on_failure), (4, OnFailure::Inhibit));
     assert_eq!(check.delay_loop, std::time::Duration::from_secs(6));
     assert_eq!(check.delay_before_retry, std::time::Duration::from_secs(2));
+    assert_eq!(check.warmup, std::time::Duration::from_secs(4));
+    // Both checkers of the real server, MISC_CHECK with its command and timeout.
+    assert_eq!(
+        web.backends[0].health_checks[1].kind,
+        CheckKind::Misc {
+            command: "/usr/local/bin/check.sh 192.0.2.21".into(),
+            timeout: std::time::Duration::from_secs(5)
+        }
+    );
+    assert_eq!(
+        web.backends[0].notify.up.as_deref(),
+        Some("/usr/local/bin/up.sh 192.0.2.21")
+    );
+    assert_eq!(
+        web.backends[0].notify.down.as_deref(),
+        Some("/usr/local/bin/down.sh")
+    );
+    // The virtual server's quorum, hysteresis, sorry server and alpha.
+    assert_eq!((web.quorum, web.hysteresis), (2, 1));
+    let sorry = web.sorry_server.as_ref().unwrap();
+    assert_eq!(
+        (sorry.address, sorry.port),
+        ("192.0.2.99".parse().unwrap(), 80)
+    );
+    assert!(web.backends.iter().all(|backend| backend.alpha));
     let http = &web.backends[1].health_checks[0];
     assert_eq!(
         http.kind,
@@ -115,7 +151,8 @@ fn a_keepalived_configuration_imports() {
     for expected in [
         "the file has VRRP instances: pass --vrrp-out FILE",
         "line 8: vrrp_instance VI_1: interface eth0 becomes sluice's kernel interface sl-wan",
-        "line 19: `sorry_server` in virtual_server 192.0.2.10 80 is not carried over",
+        "notify_down's user and group are not carried over",
+        "`misc_dynamic` in MISC_CHECK is not carried over",
         "url `digest` is not carried over",
         "lb_algo fo has no sluice equivalent",
         "virtual_server fwmark 7 is not carried over",

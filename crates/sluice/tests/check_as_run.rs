@@ -6,36 +6,12 @@
 use std::path::Path;
 use std::process::Command;
 
-fn write_empty_pcap(path: &Path) {
-    let mut out = Vec::new();
-    out.extend(0xa1b2_c3d4u32.to_le_bytes());
-    out.extend(2u16.to_le_bytes());
-    out.extend(4u16.to_le_bytes());
-    out.extend([0u8; 8]);
-    out.extend(65535u32.to_le_bytes());
-    out.extend(1u32.to_le_bytes());
-    std::fs::write(path, out).unwrap();
-}
+mod common;
+use common::{two_pcap_ports, write_empty_pcap};
 
 /// A two-port configuration on pcap vdevs (one queue pair each) with `rest` appended.
 fn config(dir: &Path, rest: &str) -> String {
-    format!(
-        r#"[eal]
-args = ["--no-huge", "-m", "256", "--no-pci", "--no-shconf", "--no-telemetry"]
-
-[[port]]
-name = "client"
-device = "net_pcap0,rx_pcap={d}/empty.pcap,tx_pcap={d}/c.pcap"
-addresses = ["10.0.0.1/24"]
-
-[[port]]
-name = "backend"
-device = "net_pcap1,rx_pcap={d}/empty.pcap,tx_pcap={d}/b.pcap"
-addresses = ["10.1.0.1/24"]
-{rest}
-"#,
-        d = dir.display()
-    )
+    format!("{}{rest}\n", two_pcap_ports(dir))
 }
 
 /// Runs `sluice <verb> --config path`: (success, stderr).

@@ -12,49 +12,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-fn write_empty_pcap(path: &Path) {
-    let mut out = Vec::new();
-    out.extend(0xa1b2_c3d4u32.to_le_bytes());
-    out.extend(2u16.to_le_bytes());
-    out.extend(4u16.to_le_bytes());
-    out.extend([0u8; 8]);
-    out.extend(65535u32.to_le_bytes());
-    out.extend(1u32.to_le_bytes());
-    std::fs::write(path, out).unwrap();
-}
+mod common;
+use common::{dr_service_on_two_pcap_ports, free_port, write_empty_pcap};
 
 /// A two-port DR configuration on pcap vdevs with `rest` appended after the service.
 fn config(dir: &Path, rest: &str) -> String {
-    format!(
-        r#"[eal]
-args = ["--no-huge", "-m", "256", "--no-pci", "--no-shconf", "--no-telemetry"]
-
-[[port]]
-name = "client"
-device = "net_pcap0,rx_pcap={d}/empty.pcap,tx_pcap={d}/c.pcap"
-addresses = ["10.0.0.1/24"]
-
-[[port]]
-name = "backend"
-device = "net_pcap1,rx_pcap={d}/empty.pcap,tx_pcap={d}/b.pcap"
-addresses = ["10.1.0.1/24"]
-
-[[service]]
-vip = "10.0.0.100"
-port = 80
-mode = "dr"
-{rest}
-"#,
-        d = dir.display()
-    )
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    dr_service_on_two_pcap_ports(dir, rest)
 }
 
 fn scrape(port: u16) -> String {

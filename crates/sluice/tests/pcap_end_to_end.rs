@@ -11,6 +11,9 @@ use std::process::Command;
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 
+mod common;
+use common::write_pcap;
+
 /// The seed sluice draws FULLNAT local ports from in the replay whose replies are written before it runs.
 const LOCAL_PORT_SEED: u64 = 11;
 const CLIENT_MAC: [u8; 6] = [2, 0xc1, 0, 0, 0, 1];
@@ -18,23 +21,6 @@ const GATEWAY_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
 /// The ports' MACs, set by the configuration (net_pcap keeps its own; sluice answers to these).
 const CLIENT_PORT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const BACKEND_PORT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
-
-fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
-    let mut out = Vec::new();
-    out.extend(0xa1b2_c3d4u32.to_le_bytes());
-    out.extend(2u16.to_le_bytes());
-    out.extend(4u16.to_le_bytes());
-    out.extend([0u8; 8]);
-    out.extend(65535u32.to_le_bytes());
-    out.extend(1u32.to_le_bytes());
-    for frame in frames {
-        out.extend([0u8; 8]);
-        out.extend((frame.len() as u32).to_le_bytes());
-        out.extend((frame.len() as u32).to_le_bytes());
-        out.extend(frame);
-    }
-    std::fs::write(path, out).unwrap();
-}
 
 fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
     let data = std::fs::read(path).unwrap_or_default();

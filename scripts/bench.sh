@@ -135,8 +135,9 @@ mode, path, memory = sys.argv[1], sys.argv[2], sys.argv[3]
 lines = ["[eal]", f'args = [{memory}, "--no-pci", "--no-telemetry", "--file-prefix", "sluice-bench", "--lcores", "0@0"]',
          "[[port]]", 'name = "net"', f'device = "net_memif0,role=client,socket={path}.sock"',
          'addresses = ["10.252.0.1/16"]',
-         # testpmd's default peer address for port 0, where flowgen sends: frames to another MAC are dropped.
-         'mac = "02:00:00:00:00:00"', "[workers]", "cores = [0]", "[network]", "maglev_table_size = 251",
+         # The destination testpmd 22.11's flowgen writes in every frame (its fixed cfg_ether_dst, whatever the
+         # peer): the port must answer to it, as frames to another MAC are dropped.
+         'mac = "00:01:02:03:04:01"', "[workers]", "cores = [0]", "[network]", "maglev_table_size = 251",
          'tunnel_source_v4 = "10.252.0.1"', 'local_addresses = ["10.252.0.5"]']
 port = 1001
 for i in range(1024):

@@ -286,6 +286,10 @@ pub(super) fn forward_request(
             None => return Action::Drop(DropReason::NoRoute),
         },
     };
+    if conn.mode == ForwardingMode::Dr {
+        // The MACs are all DR changes: no rewrite address to prepare.
+        return forward(&route, Rewrite::MacsOnly, Some(conn.backend), untracked, false);
+    }
     forward_on(
         snapshot,
         service,

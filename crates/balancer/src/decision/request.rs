@@ -288,7 +288,13 @@ pub(super) fn forward_request(
     };
     if conn.mode == ForwardingMode::Dr {
         // The MACs are all DR changes: no rewrite address to prepare.
-        return forward(&route, Rewrite::MacsOnly, Some(conn.backend), untracked, false);
+        return forward(
+            &route,
+            Rewrite::MacsOnly,
+            Some(conn.backend),
+            untracked,
+            false,
+        );
     }
     forward_on(
         snapshot,

@@ -1,7 +1,7 @@
 //! The canonical connection key: both address families held as 16-byte addresses, packed into five `u64` words so
 //! that comparing two keys is five word compares and hashing them is three folded multiplies.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
 use packet::{FlowKey, WireAddr};
 
@@ -95,19 +95,14 @@ impl ConnKey {
         (self.tail >> 40) & 0xff == FAMILY_V4
     }
 
-    /// The address held in `words`: an IPv4 key's addresses are v4-mapped, so the IPv4 address is the last four
-    /// bytes (read straight from the second word: forwarding a NAT frame reads two of these per packet).
+    /// The address held in `words` (see [`ConnKey::wire`]).
     #[inline]
     fn addr(&self, words: [u64; 2]) -> IpAddr {
-        if self.is_ipv4() {
-            let low = words[1].to_ne_bytes();
-            IpAddr::V4(Ipv4Addr::new(low[4], low[5], low[6], low[7]))
-        } else {
-            IpAddr::V6(Ipv6Addr::from(octets(words)))
-        }
+        self.wire(words).ip()
     }
 
-    /// [`ConnKey::addr`] in the form the rewrites take, straight from the words.
+    /// The address held in `words`, in the form the rewrites take: an IPv4 key's addresses are v4-mapped, so the
+    /// IPv4 address is the last four bytes, read straight from the second word.
     #[inline]
     fn wire(&self, words: [u64; 2]) -> WireAddr {
         if self.is_ipv4() {
@@ -198,12 +193,15 @@ pub(super) fn ipv4_bits(addr: IpAddr) -> Option<u32> {
     }
 }
 
+/// The inline `u32` of a one-entry connection as the IPv4 address it is.
 pub(super) fn ipv4_from_bits(bits: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(bits))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv6Addr;
+
     use super::*;
 
     #[test]

@@ -85,11 +85,7 @@ pub fn list(
         let _ = writeln!(
             out,
             "{:<3} {:02}:{:02} {:<11} {:<25} {:<25} {}",
-            if row.client.protocol == 17 {
-                "UDP"
-            } else {
-                "TCP"
-            },
+            crate::service_stats::protocol_name(row.client.protocol),
             seconds / 60,
             seconds % 60,
             row.state,

@@ -335,11 +335,7 @@ fn list(control: &mut ControlLoop) -> String {
     // The workers' scheduler counts, asked between their bursts.
     let load = crate::connections::load(control, control.registry.id_bound() as usize);
     for service in &control.config.services {
-        let protocol = if service.key.protocol == 17 {
-            "UDP"
-        } else {
-            "TCP"
-        };
+        let protocol = crate::service_stats::protocol_name(service.key.protocol);
         let persistent = service.persistence.map_or(String::new(), |p| {
             format!(" persistent {}", p.timeout_ms / 1000)
         });

@@ -11,6 +11,7 @@ use balancer::snapshot::describe_endpoint;
 use dataplane::worker::WorkerStats;
 
 use crate::control_loop::ControlLoop;
+use crate::service_stats::{column_totals, protocol_name};
 
 /// The window rates are measured over (IPVS's estimator uses 2 s too).
 pub const WINDOW: Duration = Duration::from_secs(2);
@@ -70,17 +71,8 @@ impl RateWindow {
                     (describe_endpoint(backend.address, backend.port), rates)
                 })
                 .collect();
-            let mut total = [0u64; 5];
-            for (_, rates) in &rows {
-                for (sum, rate) in total.iter_mut().zip(rates) {
-                    *sum += rate;
-                }
-            }
-            let protocol = if service.key.protocol == 17 {
-                "UDP"
-            } else {
-                "TCP"
-            };
+            let total = column_totals(&rows);
+            let protocol = protocol_name(service.key.protocol);
             let _ = writeln!(
                 out,
                 "{protocol}  {:<33}{:>8} {:>8} {:>8} {:>8} {:>8}",

@@ -40,17 +40,8 @@ pub fn service_stats(
                 )
             })
             .collect();
-        let mut total = [0u64; 5];
-        for (_, sums) in &rows {
-            for (t, s) in total.iter_mut().zip(sums) {
-                *t += s;
-            }
-        }
-        let protocol = if service.key.protocol == 17 {
-            "UDP"
-        } else {
-            "TCP"
-        };
+        let total = column_totals(&rows);
+        let protocol = protocol_name(service.key.protocol);
         let vip = balancer::snapshot::describe_endpoint(service.key.vip, service.key.port);
         let _ = writeln!(
             out,
@@ -69,6 +60,26 @@ pub fn service_stats(
 }
 
 /// Backend `id`'s connections, packets in and out, bytes in and out, summed over the workers.
+/// A protocol as ipvsadm prints it.
+pub fn protocol_name(protocol: u8) -> &'static str {
+    if protocol == packet::ip_protocol::UDP {
+        "UDP"
+    } else {
+        "TCP"
+    }
+}
+
+/// The column sums of a service's backend rows (name, counters).
+pub fn column_totals<T>(rows: &[(T, [u64; 5])]) -> [u64; 5] {
+    let mut total = [0u64; 5];
+    for (_, row) in rows {
+        for (sum, value) in total.iter_mut().zip(row) {
+            *sum += value;
+        }
+    }
+    total
+}
+
 pub fn counter_sums(stats: &[Arc<WorkerStats>], id: usize) -> [u64; 5] {
     let mut sums = [0u64; 5];
     for worker in stats {

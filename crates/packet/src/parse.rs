@@ -307,13 +307,10 @@ fn ipv4_header_checksum_ok(header: &[u8]) -> bool {
     let Some((fixed, options)) = header.split_first_chunk::<20>() else {
         return false;
     };
-    let fixed_sum = checksum::sum_ipv4_fixed(fixed);
-    let total = if options.is_empty() {
-        fixed_sum
-    } else {
-        fixed_sum + checksum::sum(options)
-    };
-    checksum::fold(total) == 0xffff
+    if options.is_empty() {
+        return checksum::ipv4_fixed_header_checksum_ok(fixed);
+    }
+    checksum::fold(checksum::sum_ipv4_fixed(fixed) + checksum::sum(options)) == 0xffff
 }
 
 #[inline]

@@ -17,7 +17,7 @@ use super::key::{ipv4_bits, ipv4_from_bits, ConnKey};
 use super::lists::{ListId, Lists, Occupancy};
 use super::memory::{boxed_slice, EdgeHooks};
 use super::prefetch::prefetch;
-use super::tcp_state::{tcp_flags, Direction, TcpState, Timeouts, TrackedPath};
+use super::tcp_state::{Direction, TcpState, Timeouts, TrackedPath};
 use crate::port_alloc::{LocalEndpoint, PortAllocator, PortError};
 use crate::service::{BackendId, ForwardingMode};
 
@@ -392,15 +392,13 @@ impl ConnTable {
         let state = entry.state();
         let timeout = if protocol != ip_protocol::TCP {
             timeouts.for_protocol(protocol, state)
-        } else if state == TcpState::Established
-            && flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0
-        {
-            // Every transition table keeps ESTABLISHED on a plain ACK (or no flag): the bulk of all traffic,
-            // decided without a table lookup.
-            timeouts.established
-        } else if state.next(TrackedPath::of(mode, Direction::Original), flags) != state {
-            return ClientHit::Changing { id, backend, mode };
         } else {
+            let path = TrackedPath::of(mode, Direction::Original);
+            // A plain ACK in a state it keeps (ESTABLISHED, or CLOSE for a flow picked up mid-stream): the bulk of
+            // all traffic, decided by one bit test.
+            if !state.kept_by(path, flags) && state.next(path, flags) != state {
+                return ClientHit::Changing { id, backend, mode };
+            }
             timeouts.tcp(state)
         };
         let expires_at = now.saturating_add(timeout);

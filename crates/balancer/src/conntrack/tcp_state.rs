@@ -104,6 +104,23 @@ const TRANSITIONS: [[[TcpState; 11]; 4]; 3] = [
     ],
 ];
 
+/// Per path, a bit for each state that an ACK leaves unchanged (bit `state as u16`), read off [`TRANSITIONS`].
+const STATES_AN_ACK_KEEPS: [u16; 3] = {
+    let mut keeps = [0u16; 3];
+    let mut path = 0;
+    while path < 3 {
+        let mut state = 0;
+        while state < 11 {
+            if TRANSITIONS[path][FlagEvent::Ack as usize][state] as usize == state {
+                keeps[path] |= 1 << state;
+            }
+            state += 1;
+        }
+        path += 1;
+    }
+    keeps
+};
+
 impl TcpState {
     /// The state after a segment with `flags` on `path`; flags that carry none of RST, SYN, FIN, ACK change
     /// nothing.
@@ -113,6 +130,15 @@ impl TcpState {
             Some(event) => TRANSITIONS[path as usize][event as usize][self as usize],
             None => self,
         }
+    }
+
+    /// Whether a segment with `flags` certainly leaves this state as it is on `path`: it carries no SYN, FIN or
+    /// RST, and an ACK keeps this state in `path`'s table. The bulk of traffic (ACKs of established flows, and of
+    /// flows picked up mid-stream, which IPVS keeps in CLOSE) is decided by one bit test, without the table.
+    #[inline]
+    pub fn kept_by(self, path: TrackedPath, flags: u8) -> bool {
+        flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0
+            && STATES_AN_ACK_KEEPS[path as usize] & (1 << self as u16) != 0
     }
 
     /// Whether IPVS counts a connection in this state as active (only ESTABLISHED).
@@ -289,6 +315,46 @@ impl Timeouts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const STATES: [TcpState; 11] = [
+        TcpState::None,
+        TcpState::Established,
+        TcpState::SynSent,
+        TcpState::SynRecv,
+        TcpState::FinWait,
+        TcpState::TimeWait,
+        TcpState::Close,
+        TcpState::CloseWait,
+        TcpState::LastAck,
+        TcpState::Listen,
+        TcpState::SynAck,
+    ];
+
+    /// The one-bit shortcut never claims a state is kept when the table moves it, and finds every state an ACK
+    /// (or a segment with no flag the table reads) keeps.
+    #[test]
+    fn kept_by_agrees_with_the_transition_tables() {
+        for path in [
+            TrackedPath::Input,
+            TrackedPath::Output,
+            TrackedPath::InputOnly,
+        ] {
+            for state in STATES {
+                for flags in 0..=u8::MAX {
+                    let stays = state.next(path, flags) == state;
+                    let plain = flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0;
+                    assert_eq!(
+                        state.kept_by(path, flags),
+                        plain && stays && state.next(path, tcp_flags::ACK) == state,
+                        "{path:?} {state:?} {flags:#04x}"
+                    );
+                    if state.kept_by(path, flags) {
+                        assert!(stays);
+                    }
+                }
+            }
+        }
+    }
 
     /// [`super::super::ConnTable::client_hit`] keeps ESTABLISHED without a table lookup for any segment without SYN,
     /// FIN or RST: every path's table must agree.

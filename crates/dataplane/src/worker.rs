@@ -1110,6 +1110,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
             .map_or([0; 6], |queues| queues.mac)
     }
 
+    #[inline(always)]
     fn enqueue(&mut self, port: usize, frame: R::Frame) {
         if self.pending[port].is_full() {
             self.flush(port);

@@ -120,13 +120,16 @@ impl Endpoints {
                     t.icmp / 1000
                 )
             }
-            Request::SetTimeouts { tcp, tcpfin, udp } => outcome(set_timeouts(control, tcp, tcpfin, udp)),
+            Request::SetTimeouts { tcp, tcpfin, udp } => {
+                outcome(set_timeouts(control, tcp, tcpfin, udp))
+            }
             Request::Zero => {
                 control.zeroed = (0..dataplane::worker::COUNTED_BACKENDS)
                     .map(|id| crate::service_stats::counter_sums(&control.stats, id))
                     .collect();
                 log::info!("ctl: statistics zeroed");
-                "statistics zeroed: stats counts from now (the metrics' counters keep counting)\n".into()
+                "statistics zeroed: stats counts from now (the metrics' counters keep counting)\n"
+                    .into()
             }
             Request::Rate => self.rate.answer(control),
             Request::Conns => connections(&control.stats),
@@ -135,12 +138,17 @@ impl Endpoints {
                 offset,
                 limit,
             } => crate::connections::list(control, filter, offset, limit),
-            Request::Save => format!(
-                "# The running configuration of sluice (generation {}), written by `sluice ctl save`.\n\
-                 # Drains made with `sluice ctl drain` are not part of it.\n\n{}",
-                control.generation,
-                control::render::render(&control.config)
-            ),
+            Request::Save => {
+                let running = crate::control_loop::running_config(control);
+                format!(
+                    "# The running configuration of sluice (generation {}), written by `sluice ctl save`: ctl edits,\n\
+                     # set-timeout and drains (a backend's `drained` key) included. Not kept: the comments and\n\
+                     # key order of the file it came from, and what is state rather than configuration (health,\n\
+                     # counters, connections).\n\n{}",
+                    control.generation,
+                    control::render::render(&running)
+                )
+            }
             Request::Sync => match &control.sync {
                 Some(sync) => sync.describe(Instant::now()),
                 None => "sync: not configured (no [sync] section)\n".into(),

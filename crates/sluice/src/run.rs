@@ -481,6 +481,7 @@ fn run_balancer(
         .map(|port| port.mac_address().map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
     // Backends with alpha start down; a service whose quorum is lost from the start serves from its sorry server.
+    let drained = operator::control_loop::drained_in_file(config, &mut registry);
     let down: HashSet<_> = control::backend_state::alpha_newcomers(None, config, &mut registry)
         .into_iter()
         .collect();
@@ -490,7 +491,7 @@ fn run_balancer(
         &macs,
         &mut registry,
         &down,
-        &HashSet::new(),
+        &drained,
         &mut quorums,
     )?;
     for change in &quorum_changes {
@@ -644,7 +645,7 @@ fn run_balancer(
         retired: retired_receivers,
         stats: stats.clone(),
         down,
-        drained: HashSet::new(),
+        drained,
         snapshot: Some(Arc::clone(&snapshot)),
         zeroed: Vec::new(),
         health: None,

@@ -1,9 +1,10 @@
 //! Capturing a running sluice with DPDK's own secondary processes: started on hugepages with a file prefix and
-//! `--huge-unlink=never`, sluice lets `dpdk-dumpcap` capture what a port sends (written as pcap, read back here
-//! with etherparse) and `dpdk-proc-info` read its ports' counters; with the default `--huge-unlink` the log says
-//! why they cannot attach. Needs free 2 MiB hugepages and the dpdk tools (scripts/setup.sh); skipped without them.
-//! (net_pcap's `infinite_rx`, which keeps frames coming here, cannot be opened by a secondary process: the capture
-//! is taken on the other port.)
+//! `--huge-unlink=never`, sluice lets `dpdk-dumpcap` capture what its ports receive and send (written as pcap, read
+//! back here with etherparse): the frames a pcap port forwards, and the ARP and ICMP echo a net_tap port exchanges
+//! with the kernel of a namespace; `dpdk-proc-info` reads its ports' counters. With the default `--huge-unlink` the
+//! log says why they cannot attach. Needs free 2 MiB hugepages and the dpdk tools (scripts/setup.sh); skipped
+//! without them. (net_pcap's `infinite_rx`, which keeps frames coming, cannot be opened by a secondary process:
+//! that capture is taken on the other port.)
 
 use std::io::BufRead;
 use std::net::Ipv4Addr;
@@ -29,15 +30,21 @@ struct Sluice {
 
 impl Sluice {
     fn start(config: &Path) -> Sluice {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        Sluice::adopt(
+            Command::new(env!("CARGO_BIN_EXE_sluice"))
+                .args(["run", "--config"])
+                .arg(config)
+                .env("RUST_LOG", "info")
+                .env_remove("NOTIFY_SOCKET")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// A sluice started elsewhere with its stderr piped.
+    fn adopt(mut child: Child) -> Sluice {
         let stderr = child.stderr.take().unwrap();
         let (send, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -364,5 +371,189 @@ fn with_the_default_unlink_the_log_says_why_secondaries_cannot_attach() {
     assert!(
         line.contains("cannot attach: --huge-unlink: the hugepage files are unlinked once mapped"),
         "{line}"
+    );
+}
+
+/// A network namespace of the test's own, removed (with what runs in it) on drop.
+struct Namespace(String);
+
+impl Namespace {
+    fn new(name: String) -> Namespace {
+        let namespace = Namespace(name);
+        namespace.ip(&["netns", "add", &namespace.0]);
+        namespace.ip(&["-n", &namespace.0, "link", "set", "lo", "up"]);
+        // No IPv6 chatter (router solicitations, MLD) on the tap: the capture holds only what the test sends.
+        namespace.exec(&[
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.default.disable_ipv6=1",
+            "net.ipv6.conf.all.disable_ipv6=1",
+        ]);
+        namespace
+    }
+
+    #[track_caller]
+    fn ip(&self, args: &[&str]) {
+        let output = Command::new("ip").args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn exec(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        if let Ok(output) = Command::new("ip").args(["netns", "pids", &self.0]).output() {
+            for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn dumpcap_captures_what_a_kernel_facing_port_receives_and_sends() {
+    if prerequisites_missing() || tool_missing("ip") || tool_missing("ping") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("sluice-tapcapture-{}", std::process::id());
+    let _leftovers = EalLeftovers(prefix.clone());
+    let namespace = Namespace::new(format!("slc-cap{}", std::process::id()));
+    write_empty_pcap(&dir.path().join("empty.pcap"));
+    write_empty_pcap(&dir.path().join("client-in.pcap"));
+    // The client port is a net_tap whose kernel end (capt0, 10.78.0.2) is in the namespace, as sluice is.
+    let text = config(dir.path(), &prefix, "--huge-unlink=never", false)
+        .replace(
+            &format!(
+                "net_pcap0,rx_pcap={}/client-in.pcap,tx_pcap=/dev/null",
+                dir.path().display()
+            ),
+            "net_tap0,iface=capt0",
+        )
+        .replace("10.0.0.1/24", "10.78.0.1/24")
+        .replace("vip = \"10.0.0.100\"", "vip = \"10.78.0.100\"");
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, text).unwrap();
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &namespace.0,
+            env!("CARGO_BIN_EXE_sluice"),
+            "run",
+            "--config",
+        ])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sluice = Sluice::adopt(child);
+    sluice.wait_for("secondary processes can attach", Duration::from_secs(30));
+    sluice.wait_for("SIGHUP reloads", Duration::from_secs(30));
+    namespace.ip(&[
+        "-n",
+        &namespace.0,
+        "addr",
+        "add",
+        "10.78.0.2/24",
+        "dev",
+        "capt0",
+    ]);
+    namespace.ip(&["-n", &namespace.0, "link", "set", "capt0", "up"]);
+
+    // dumpcap on the tap port, both directions, while the namespace's kernel pings sluice's address through it.
+    let capture = dir.path().join("tap.pcap");
+    let mut dumpcap = Command::new("timeout")
+        .args(["30", "dpdk-dumpcap", &format!("--file-prefix={prefix}")])
+        .args([
+            "-i",
+            "net_tap0",
+            "-p",
+            "-P",
+            "-c",
+            "6",
+            "-a",
+            "duration:20",
+            "-w",
+        ])
+        .arg(&capture)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its progress line ("Packets captured: 0 1 ...", no newline until it stops) starts once the capture runs.
+    let mut started = String::new();
+    let mut stderr = dumpcap.stderr.take().unwrap();
+    while !started.contains("Packets captured:") {
+        let mut chunk = [0u8; 256];
+        let read = std::io::Read::read(&mut stderr, &mut chunk).unwrap();
+        if read == 0 {
+            panic!("dpdk-dumpcap stopped before capturing: {started}");
+        }
+        started.push_str(&String::from_utf8_lossy(&chunk[..read]));
+    }
+    let ping = namespace.exec(&["ping", "-c", "2", "-W", "2", "10.78.0.1"]);
+    assert!(
+        ping.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    assert!(dumpcap.wait().unwrap().success(), "{started}");
+
+    let frames = read_pcap(&capture);
+    let arp = |operation: u16, sender: [u8; 4], target: [u8; 4]| {
+        frames.iter().any(|frame| {
+            frame.len() >= 42
+                && frame[12..14] == [0x08, 0x06]
+                && frame[20..22] == operation.to_be_bytes()
+                && frame[28..32] == sender
+                && frame[38..42] == target
+        })
+    };
+    let (kernel, port) = ([10, 78, 0, 2], [10, 78, 0, 1]);
+    assert!(arp(1, kernel, port), "no ARP request received: {frames:?}");
+    assert!(arp(2, port, kernel), "no ARP reply sent: {frames:?}");
+    let echoes: Vec<(Ipv4Addr, Ipv4Addr, u8)> = frames
+        .iter()
+        .filter_map(|frame| {
+            let packet = SlicedPacket::from_ethernet(frame).ok()?;
+            let Some(NetSlice::Ipv4(ip)) = packet.net else {
+                return None;
+            };
+            let Some(TransportSlice::Icmpv4(icmp)) = packet.transport else {
+                return None;
+            };
+            Some((
+                ip.header().source_addr(),
+                ip.header().destination_addr(),
+                icmp.type_u8(),
+            ))
+        })
+        .collect();
+    let (kernel, port) = (Ipv4Addr::from(kernel), Ipv4Addr::from(port));
+    assert_eq!(
+        echoes,
+        [
+            (kernel, port, 8),
+            (port, kernel, 0),
+            (kernel, port, 8),
+            (port, kernel, 0)
+        ],
+        "the echo requests received and the replies sent"
     );
 }

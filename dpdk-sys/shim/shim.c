@@ -1,3 +1,6 @@
+/* rte_cpuset_t and the CPU_* macros are the GNU cpu_set_t. */
+#define _GNU_SOURCE
+#include <sched.h>
 #include "shim.h"
 
 uint16_t shim_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n) {
@@ -49,6 +52,12 @@ int shim_trim(struct rte_mbuf *m, uint16_t len) { return rte_pktmbuf_trim(m, len
 void shim_prefetch0(const void *p) { rte_prefetch0(p); }
 
 unsigned int shim_lcore_id(void) { return rte_lcore_id(); }
+
+int shim_lcore_only_on_cpu(unsigned int lcore, unsigned int cpu)
+{
+    rte_cpuset_t cpus = rte_lcore_cpuset(lcore);
+    return CPU_COUNT(&cpus) == 1 && cpu < CPU_SETSIZE && CPU_ISSET(cpu, &cpus);
+}
 
 int shim_errno(void) { return rte_errno; }
 

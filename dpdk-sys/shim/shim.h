@@ -15,6 +15,7 @@
 #include <rte_thread.h>
 #include <rte_bus_vdev.h>
 #include <rte_version.h>
+#include <rte_pdump.h>
 
 uint16_t shim_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n);
 uint16_t shim_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n);
@@ -35,6 +36,8 @@ uint8_t *shim_append(struct rte_mbuf *m, uint16_t len);
 int shim_trim(struct rte_mbuf *m, uint16_t len);
 void shim_prefetch0(const void *p);
 unsigned int shim_lcore_id(void);
+/* 1 when lcore `lcore` is pinned to CPU `cpu` and to no other. */
+int shim_lcore_only_on_cpu(unsigned int lcore, unsigned int cpu);
 int shim_errno(void);
 uint64_t shim_rdtsc(void);
 uint64_t shim_tsc_hz(void);

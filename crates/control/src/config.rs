@@ -222,6 +222,9 @@ struct RawBackend {
     /// One table, or an array of tables for several checkers (`[[service.backend.health_check]]`).
     health_check: Option<Spanned<toml::Value>>,
     alpha: Option<bool>,
+    /// Drained (weight 0, its connections kept) from the start, as `sluice ctl drain` leaves it; what `ctl save`
+    /// writes for a drained backend.
+    drained: Option<bool>,
     notify_up: Option<Spanned<String>>,
     notify_down: Option<Spanned<String>>,
     notify_timeout: Option<Spanned<f64>>,
@@ -455,6 +458,9 @@ pub struct BackendConfig {
     pub health_checks: Vec<HealthCheckConfig>,
     /// keepalived's `alpha`: the backend starts down and takes traffic only once all its checks passed.
     pub alpha: bool,
+    /// Starts drained (weight 0 in the table, its connections kept) until `sluice ctl undrain`: `ctl save` writes a
+    /// drained backend so.
+    pub drained: bool,
     pub notify: NotifyConfig,
 }
 
@@ -468,6 +474,7 @@ impl BackendConfig {
             mac: None,
             health_checks: Vec::new(),
             alpha: false,
+            drained: false,
             notify: NotifyConfig::default(),
         }
     }
@@ -1528,6 +1535,7 @@ fn validate_service(
             mac,
             health_checks,
             alpha: backend.alpha.unwrap_or(service_alpha),
+            drained: backend.drained.unwrap_or(false),
             notify,
         })
     };
@@ -1540,6 +1548,7 @@ fn validate_service(
             let sorry = spanned.get_ref();
             if sorry.health_check.is_some()
                 || sorry.alpha.is_some()
+                || sorry.drained.is_some()
                 || sorry.notify_up.is_some()
                 || sorry.notify_down.is_some()
                 || sorry.notify_timeout.is_some()

@@ -112,6 +112,9 @@ pub fn render(config: &Config) -> String {
             if backend.alpha {
                 let _ = writeln!(out, "alpha = true");
             }
+            if backend.drained {
+                let _ = writeln!(out, "drained = true");
+            }
             if let Some(command) = &backend.notify.up {
                 let _ = writeln!(out, "notify_up = {}", toml_string(command));
             }

@@ -147,6 +147,21 @@ impl Eal {
         Ok(eal)
     }
 
+    /// Lets `dpdk-dumpcap` capture this process's ports: registers the packet-capture server (`rte_pdump_init`)
+    /// that a capturing secondary process asks to install its callbacks. Until a capture starts no callback is
+    /// installed, so the bursts pay nothing for it. Needs a process secondaries can attach to (see
+    /// [`secondary_attach_blocked_by`]).
+    pub fn allow_packet_capture(&self) -> Result<(), String> {
+        // SAFETY: called after rte_eal_init succeeded; it registers a multi-process action and reserves a
+        // memzone, nothing a worker holds.
+        let result = unsafe { sys::rte_pdump_init() };
+        if result != 0 {
+            let (code, message) = last_error();
+            return Err(format!("rte_pdump_init failed ({code}: {message})"));
+        }
+        Ok(())
+    }
+
     /// The port a device (vdev name such as `net_ring0`, or PCI address) became.
     pub fn port_by_name(&self, name: &str) -> Option<u16> {
         let name = CString::new(name).ok()?;
@@ -187,6 +202,27 @@ impl Eal {
                 .into_owned(),
         )
     }
+}
+
+/// Why secondary processes (`dpdk-dumpcap`, `dpdk-proc-info`) cannot attach to a primary started with the EAL
+/// arguments `args`, or `None` when they can. They map the primary's hugepage files, found through its runtime
+/// directory (`/var/run/dpdk/<file prefix>`), and ask it for resources over its multi-process socket: memory
+/// without hugepages (`--no-huge`), without shared files (`--in-memory`, `--no-shconf`) or with the files unlinked
+/// (`--huge-unlink`, `--huge-unlink=always`) leaves them nothing to map or no one to ask.
+pub fn secondary_attach_blocked_by(args: &[String]) -> Option<String> {
+    for arg in args {
+        let reason = match arg.as_str() {
+            "--no-huge" => "memory without hugepages cannot be shared",
+            "--in-memory" => "no runtime files for a secondary process to find",
+            "--no-shconf" => "no shared configuration for a secondary process to read",
+            "--huge-unlink" | "--huge-unlink=always" => {
+                "the hugepage files are unlinked once mapped (pass --huge-unlink=never)"
+            }
+            _ => continue,
+        };
+        return Some(format!("{arg}: {reason}"));
+    }
+    None
 }
 
 impl Drop for Eal {
@@ -974,13 +1010,19 @@ pub fn tsc_hz() -> u64 {
     unsafe { sys::shim_tsc_hz() }
 }
 
-/// Runs `work` on a new thread pinned to CPU `cpu` and registered with DPDK (so it gets an lcore id and the
-/// mempool caches); the thread unregisters when `work` returns.
+/// Runs `work` pinned to CPU `cpu`, as an EAL worker lcore when the EAL has an idle one on exactly that CPU (the
+/// `--lcores` sluice passes gives each worker one), else on a new thread registered with DPDK. Either way it has an
+/// lcore id, so the mempool caches work. Only the first keeps the multi-process channel open: registering a thread
+/// turns it off for the life of the process (`rte_thread_register` calls `rte_mp_disable`), after which secondary
+/// processes (dpdk-dumpcap, dpdk-proc-info) are refused. The handle's `join` waits for `work`'s result either way.
 pub fn spawn_worker<T: Send + 'static>(
     cpu: usize,
     name: &str,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<std::thread::JoinHandle<Result<T, DpdkError>>, DpdkError> {
+    if let Some(lcore) = claim_lcore_on(cpu) {
+        return launch_on_lcore(lcore, name, work);
+    }
     std::thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
@@ -1004,9 +1046,124 @@ pub fn spawn_worker<T: Send + 'static>(
         .map_err(|error| DpdkError::Worker(error.to_string()))
 }
 
+/// EAL worker lcores given a job by [`spawn_worker`] and not yet done with it.
+static CLAIMED_LCORES: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// An idle EAL worker lcore pinned to `cpu` alone, claimed for one job.
+fn claim_lcore_on(cpu: usize) -> Option<u32> {
+    if !EAL_STARTED.load(Ordering::SeqCst) {
+        return None;
+    }
+    let mut claimed = CLAIMED_LCORES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lcore = u32::MAX;
+    loop {
+        // SAFETY: reads the EAL's lcore table, set up by rte_eal_init (EAL_STARTED).
+        lcore = unsafe { sys::rte_get_next_lcore(lcore, 1, 0) };
+        if lcore >= sys::RTE_MAX_LCORE {
+            return None;
+        }
+        // SAFETY: lcore is an enabled lcore id below RTE_MAX_LCORE; both calls only read the lcore table.
+        let (only_cpu, state) = unsafe {
+            (
+                sys::shim_lcore_only_on_cpu(lcore, cpu as u32) == 1,
+                sys::rte_eal_get_lcore_state(lcore),
+            )
+        };
+        if only_cpu && state == sys::rte_lcore_state_t_WAIT && !claimed.contains(&lcore) {
+            claimed.push(lcore);
+            return Some(lcore);
+        }
+    }
+}
+
+type LcoreJob = Box<dyn FnOnce() + Send>;
+
+/// What an EAL worker lcore runs: the boxed job behind `arg`, after which the lcore is free again.
+extern "C" fn run_lcore_job(arg: *mut std::ffi::c_void) -> c_int {
+    // SAFETY: arg is the Box<LcoreJob> leaked by launch_on_lcore for this one call.
+    let job = unsafe { Box::from_raw(arg.cast::<LcoreJob>()) };
+    // A panic must not unwind into C; the joining side sees the job's result missing and reports it.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+    // SAFETY: rte_lcore_id only reads the calling thread's lcore id.
+    let lcore = unsafe { sys::shim_lcore_id() };
+    CLAIMED_LCORES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|&claimed| claimed != lcore);
+    0
+}
+
+fn launch_on_lcore<T: Send + 'static>(
+    lcore: u32,
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<std::thread::JoinHandle<Result<T, DpdkError>>, DpdkError> {
+    let release = || {
+        CLAIMED_LCORES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|&claimed| claimed != lcore)
+    };
+    let (done, result) = std::sync::mpsc::sync_channel::<T>(1);
+    let thread_name = CString::new(name.chars().take(15).collect::<String>()).unwrap_or_default();
+    let job: LcoreJob = Box::new(move || {
+        // SAFETY: names the calling thread; the name is NUL-terminated and at most 15 bytes plus the NUL.
+        unsafe { libc::pthread_setname_np(libc::pthread_self(), thread_name.as_ptr()) };
+        let _ = done.send(work());
+    });
+    let arg = Box::into_raw(Box::new(job));
+    // SAFETY: lcore is an idle EAL worker lcore claimed for this job; run_lcore_job takes ownership of arg.
+    let launched = unsafe { sys::rte_eal_remote_launch(Some(run_lcore_job), arg.cast(), lcore) };
+    if launched != 0 {
+        // SAFETY: the launch failed, so run_lcore_job never got arg: it is still ours to free.
+        drop(unsafe { Box::from_raw(arg) });
+        release();
+        return Err(DpdkError::Worker(format!(
+            "could not launch {name} on lcore {lcore} ({launched})"
+        )));
+    }
+    let name = name.to_owned();
+    std::thread::Builder::new()
+        .name(format!("{name}-join"))
+        .spawn(move || match result.recv() {
+            Ok(value) => Ok(value),
+            Err(_) => panic!("{name} on lcore {lcore} panicked"),
+        })
+        .map_err(|error| DpdkError::Worker(error.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secondaries_attach_only_to_shared_hugepage_files() {
+        let args = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        for blocking in [
+            "--no-huge",
+            "--in-memory",
+            "--no-shconf",
+            "--huge-unlink",
+            "--huge-unlink=always",
+        ] {
+            let reason = secondary_attach_blocked_by(&args(&["-m", "64", blocking])).unwrap();
+            assert!(reason.starts_with(blocking), "{reason}");
+        }
+        assert_eq!(
+            secondary_attach_blocked_by(&args(&[
+                "-m",
+                "64",
+                "--file-prefix",
+                "lb",
+                "--huge-unlink=never"
+            ])),
+            None
+        );
+        assert_eq!(
+            secondary_attach_blocked_by(&args(&["--huge-unlink=existing"])),
+            None
+        );
+    }
 
     /// The fields read inline must sit where the C compiler puts them in this DPDK's `struct rte_mbuf`.
     #[test]

@@ -175,8 +175,11 @@ impl ControlLoop {
         applied.control = self.config.control.clone();
         applied.sync = self.config.sync.clone();
         let previous = std::mem::replace(&mut self.config, applied);
-        // A reload restates every weight: drains made by hand end.
-        let drained = std::mem::take(&mut self.drained);
+        // A reload restates every weight: drains made by hand end, the file's (`drained = true`) hold.
+        let drained = std::mem::replace(
+            &mut self.drained,
+            drained_in_file(&self.config, &mut self.registry),
+        );
         // New backends with alpha take no traffic before their checks pass; unchecked ones are not held down.
         refresh_down(&previous, &self.config, &mut self.registry, &mut self.down);
         match self.publish() {
@@ -333,6 +336,32 @@ impl ControlLoop {
 }
 
 /// What a reload from `old` to `new` changes in services, backends and network settings, in one line.
+/// The backends the file says are drained (`drained = true`): the drains a start or a reload begins with.
+pub fn drained_in_file(config: &Config, registry: &mut BackendIdRegistry) -> HashSet<BackendId> {
+    let mut drained = HashSet::new();
+    for service in &config.services {
+        for backend in service.backends.iter().filter(|b| b.drained) {
+            drained.insert(registry.id(service.key, backend.address, backend.port));
+        }
+    }
+    drained
+}
+
+/// The running configuration as `sluice ctl save` writes it: the drains in force marked `drained = true`, whether
+/// made by `ctl drain` or read from the file, and those ended by `ctl undrain` unmarked.
+pub fn running_config(control: &mut ControlLoop) -> Config {
+    let mut config = control.config.clone();
+    for service in &mut config.services {
+        for backend in &mut service.backends {
+            let id = control
+                .registry
+                .id(service.key, backend.address, backend.port);
+            backend.drained = control.drained.contains(&id);
+        }
+    }
+    config
+}
+
 pub fn describe_changes(old: &Config, new: &Config) -> String {
     use balancer::snapshot::{describe_endpoint, describe_service};
     let mut parts = Vec::new();

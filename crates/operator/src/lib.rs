@@ -12,6 +12,7 @@ pub mod control_loop;
 pub mod ctl;
 pub mod exception;
 pub mod keepalived;
+pub mod metrics;
 pub mod netlink;
 pub mod rate;
 pub mod serve;

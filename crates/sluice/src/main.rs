@@ -30,6 +30,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Bring up the EAL and the ports of a configuration and forward until stopped.
+    ///
+    /// To capture its ports with dpdk-dumpcap, or read their counters with dpdk-proc-info, run it on hugepages
+    /// with `--file-prefix NAME` and `--huge-unlink=never` in `[eal] args`, then `dpdk-dumpcap --file-prefix=NAME
+    /// -i DEVICE -w FILE` (config/OPERATIONS.md, "Capture").
     Run(run::RunArgs),
     /// Validate a configuration file and print what it describes.
     Check {

@@ -71,12 +71,18 @@ fn eal_arguments(config: &Config) -> Result<Vec<String>, String> {
         .iter()
         .any(|arg| arg.starts_with("-l") || arg == "-c" || arg.starts_with("--lcores"));
     if !has_cores {
-        // The main thread only watches; it shares the first worker's CPU.
-        args.push("-l".into());
-        args.push(config.workers.cores[0].to_string());
+        // The main thread (lcore 0) only watches; it shares the first worker's CPU. Each worker gets an EAL lcore
+        // of its own on its CPU (lcore i + 1 on cores[i]): EAL lcores, unlike registered threads, leave the
+        // multi-process channel open for dpdk-dumpcap and dpdk-proc-info.
+        let mut lcores = format!("0@{}", config.workers.cores[0]);
+        for (index, cpu) in config.workers.cores.iter().enumerate() {
+            lcores.push_str(&format!(",{}@{cpu}", index + 1));
+        }
+        args.push("--lcores".into());
+        args.push(lcores);
     }
     // Hugepage files are unlinked as soon as they are mapped: nothing is left in hugetlbfs after any exit, kill -9
-    // included (sluice has no secondary processes to share them with).
+    // included. `--huge-unlink=never` keeps them, for secondary processes (dpdk-dumpcap, dpdk-proc-info).
     let chosen = |name: &str| args.iter().any(|arg| arg.starts_with(name));
     if !chosen("--no-huge") && !chosen("--in-memory") && !chosen("--huge-unlink") {
         args.push("--huge-unlink".into());
@@ -91,6 +97,32 @@ fn eal_arguments(config: &Config) -> Result<Vec<String>, String> {
     }
     args.extend(operator::exception::tap_vdev_arguments(config)?);
     Ok(args)
+}
+
+/// Lets dpdk-dumpcap and dpdk-proc-info attach when the EAL arguments leave them something to attach to, and says
+/// in the log which way it is.
+fn allow_secondary_processes(eal: &Eal, eal_args: &[String]) {
+    if let Some(reason) = dpdk::secondary_attach_blocked_by(eal_args) {
+        log::info!("secondary processes (dpdk-dumpcap, dpdk-proc-info) cannot attach: {reason}");
+        return;
+    }
+    let prefix = eal_args
+        .iter()
+        .position(|arg| arg == "--file-prefix")
+        .and_then(|at| eal_args.get(at + 1).cloned())
+        .or_else(|| {
+            eal_args
+                .iter()
+                .find_map(|arg| arg.strip_prefix("--file-prefix=").map(str::to_owned))
+        })
+        .unwrap_or_else(|| "rte".into());
+    match eal.allow_packet_capture() {
+        Ok(()) => log::info!(
+            "secondary processes can attach: dpdk-dumpcap --file-prefix {prefix} -i PORT_DEVICE, \
+             dpdk-proc-info --file-prefix {prefix}"
+        ),
+        Err(error) => log::warn!("dpdk-dumpcap cannot capture: {error}"),
+    }
 }
 
 pub fn run(args: RunArgs) -> Result<(), String> {
@@ -108,7 +140,9 @@ pub fn run(args: RunArgs) -> Result<(), String> {
             config.control.metrics,
         )?),
     };
-    let eal = Eal::init(&eal_arguments(&config)?).map_err(|e| e.to_string())?;
+    let eal_args = eal_arguments(&config)?;
+    let eal = Eal::init(&eal_args).map_err(|e| e.to_string())?;
+    allow_secondary_processes(&eal, &eal_args);
     let workers = config.workers.cores.len();
     let pool = Arc::new(
         Mempool::new(
@@ -447,6 +481,7 @@ fn run_balancer(
         .map(|port| port.mac_address().map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
     // Backends with alpha start down; a service whose quorum is lost from the start serves from its sorry server.
+    let drained = operator::control_loop::drained_in_file(config, &mut registry);
     let down: HashSet<_> = control::backend_state::alpha_newcomers(None, config, &mut registry)
         .into_iter()
         .collect();
@@ -456,7 +491,7 @@ fn run_balancer(
         &macs,
         &mut registry,
         &down,
-        &HashSet::new(),
+        &drained,
         &mut quorums,
     )?;
     for change in &quorum_changes {
@@ -610,7 +645,7 @@ fn run_balancer(
         retired: retired_receivers,
         stats: stats.clone(),
         down,
-        drained: HashSet::new(),
+        drained,
         snapshot: Some(Arc::clone(&snapshot)),
         zeroed: Vec::new(),
         health: None,

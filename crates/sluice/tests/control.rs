@@ -272,6 +272,20 @@ fn ctl_and_metrics_through_the_running_binary() {
     assert!(ctl(&socket, &["timeout"])
         .1
         .starts_with("Timeout (tcp tcpfin udp): 600 120 60"));
+    // As with IPVS, a connection takes the new timeouts at its next packet: with no frame since, the established
+    // ones keep the expiry their last packet gave them (900 s then), beyond the new 600 s.
+    let listing = ctl(&socket, &["connections"]).1;
+    let established: Vec<&str> = listing
+        .lines()
+        .filter(|line| line.contains(" ESTABLISHED "))
+        .collect();
+    assert!(!established.is_empty(), "{listing}");
+    for row in established {
+        let expiry = row.split_whitespace().nth(1).unwrap();
+        let (minutes, seconds) = expiry.split_once(':').unwrap();
+        let left = minutes.parse::<u64>().unwrap() * 60 + seconds.parse::<u64>().unwrap();
+        assert!(left > 600, "{row}");
+    }
     assert!(ctl(&socket, &["save"])
         .1
         .contains("tcp_established = 600\n"));
@@ -514,4 +528,87 @@ fn ctl_and_metrics_through_the_running_binary() {
     assert!(output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).contains("mempool: 0 buffers in use"));
     assert!(!socket.exists(), "the control socket is removed at exit");
+}
+
+/// `ctl save` keeps drains: a drained backend is saved as `drained = true`, a reload of the saved file keeps it
+/// drained (weight 0, state drained, no new flow) with its weight for `undrain` to restore, and the saved file says
+/// what it does not keep (comments).
+#[test]
+fn save_keeps_drains_through_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    write_empty_pcap(&dir.path().join("empty.pcap"));
+    let socket = dir.path().join("ctl.sock");
+    let backends = "# the web tier\n[[service.backend]]\naddress = \"10.1.0.11\"\nweight = 3\n\
+                    [[service.backend]]\naddress = \"10.1.0.12\"\n";
+    let text =
+        config(dir.path(), backends) + &format!("[control]\nsocket = \"{}\"\n", socket.display());
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, &text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stderr_lines(&mut child);
+    let mut log = String::new();
+    wait_for_line(&lines, "SIGHUP reloads", &mut log);
+    let row = |list: &str, backend: &str| -> Vec<String> {
+        list.lines()
+            .find(|line| line.contains(backend))
+            .unwrap_or_else(|| panic!("no {backend} in {list}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+
+    assert!(ctl(&socket, &["drain", "10.1.0.11:80"]).0);
+    let (ok, saved) = ctl(&socket, &["save"]);
+    assert!(ok, "{saved}");
+    assert!(
+        saved.contains("address = \"10.1.0.11\"\nport = 80\nweight = 3\ndrained = true\n"),
+        "{saved}"
+    );
+    assert!(
+        !saved.contains("the web tier") && saved.contains("Not kept: the comments"),
+        "{saved}"
+    );
+    assert_eq!(saved.matches("drained = true").count(), 1, "{saved}");
+    // The saved file replaces the original and is reloaded: the drain holds.
+    std::fs::write(&path, &saved).unwrap();
+    let (ok, reloaded) = ctl(&socket, &["reload"]);
+    assert!(ok, "{reloaded}");
+    let list = ctl(&socket, &["list"]).1;
+    let drained = row(&list, "10.1.0.11:80");
+    assert_eq!(
+        (drained[3].as_str(), drained[6].as_str()),
+        ("0", "drained"),
+        "{list}"
+    );
+    for port in 20000..20020 {
+        let (_, trace) = ctl(
+            &socket,
+            &["trace", &format!("198.51.100.200:{port}"), "10.0.0.100:80"],
+        );
+        assert!(trace.contains("-> backend 10.1.0.12:80"), "{trace}");
+    }
+    // Undrained, it has its weight back; saved again, it is no longer marked.
+    assert!(ctl(&socket, &["undrain", "10.1.0.11:80"]).0);
+    let list = ctl(&socket, &["list"]).1;
+    let undrained = row(&list, "10.1.0.11:80");
+    assert_eq!(
+        (undrained[3].as_str(), undrained[6].as_str()),
+        ("3", "up"),
+        "{list}"
+    );
+    assert!(!ctl(&socket, &["save"]).1.contains("drained = true"));
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success());
 }

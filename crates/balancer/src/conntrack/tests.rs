@@ -353,6 +353,53 @@ fn rst_has_priority_over_syn() {
     );
 }
 
+/// `ipvsadm --set` semantics: new timeouts reach a connection at its next packet. Until then it keeps the expiry
+/// its last packet gave it, neither cut short nor lengthened (IPVS sets a connection's timeout from the table
+/// when a packet moves it, and arms its timer then).
+#[test]
+fn new_timeouts_reach_a_connection_at_its_next_packet() {
+    let timeouts = Timeouts::default();
+    let mut table = ConnTable::new(4, timeouts).unwrap();
+    let udp_key = client_key(1, ip_protocol::UDP);
+    let udp = table
+        .insert(0, udp_key, target(ForwardingMode::Nat), 0, ignore)
+        .unwrap();
+    let tcp = table
+        .insert(
+            0,
+            client_key(2, 6),
+            target(ForwardingMode::Nat),
+            SYN,
+            ignore,
+        )
+        .unwrap();
+    table.touch(tcp, Out, SYN_ACK, 10).unwrap();
+    table.touch(tcp, In, ACK, 20).unwrap();
+    table.touch(tcp, Out, ACK, 30).unwrap();
+    assert_eq!(table.get(tcp).unwrap().tcp_state, TcpState::Established);
+    let shorter = Timeouts {
+        udp: timeouts.udp / 10,
+        established: timeouts.established / 10,
+        ..timeouts
+    };
+    table.set_timeouts(shorter);
+    assert_eq!(table.get(udp).unwrap().expires_at, timeouts.udp);
+    assert_eq!(
+        table.get(tcp).unwrap().expires_at,
+        30 + timeouts.established
+    );
+    // Idle past the new timeout: still alive on its old expiry.
+    assert!(table.lookup(&udp_key, shorter.udp + 1).is_some());
+    // Its next packet gives it the new one.
+    table.touch(udp, In, 0, 5000).unwrap();
+    assert_eq!(table.get(udp).unwrap().expires_at, 5000 + shorter.udp);
+    table.touch(tcp, In, ACK, 5000).unwrap();
+    assert_eq!(
+        table.get(tcp).unwrap().expires_at,
+        5000 + shorter.established
+    );
+}
+
 #[test]
 fn expiry_follows_the_state_timeout() {
     let timeouts = Timeouts::default();

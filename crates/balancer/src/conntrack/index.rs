@@ -25,7 +25,10 @@ pub(super) struct Bucket {
     entries: [u32; SLOTS],
     /// How many keys stored beyond this bucket passed it (full) on their way from a home at or before it.
     overflow: u32,
-    _reserved: [u32; 3],
+    /// Changes whenever a slot of this bucket is filled or emptied, so that the slots a staged lookup read ahead
+    /// ([`super::Candidates`]) are known to be still true; an insert or removal elsewhere leaves them valid.
+    version: u32,
+    _reserved: [u32; 2],
 }
 
 const _: () = assert!(std::mem::size_of::<Bucket>() == 64);
@@ -35,7 +38,8 @@ impl Bucket {
         sigs: [EMPTY; SLOTS],
         entries: [0; SLOTS],
         overflow: 0,
-        _reserved: [0; 3],
+        version: 0,
+        _reserved: [0; 2],
     };
 
     /// One bit per slot whose signature is `sig`. Four 16-bit lanes per 64-bit word are compared at once
@@ -68,6 +72,11 @@ impl Bucket {
     pub fn overflowed(&self) -> bool {
         self.overflow != 0
     }
+
+    #[inline(always)]
+    pub fn version(&self) -> u32 {
+        self.version
+    }
 }
 
 /// Where a hash leads: its home bucket and its signature.
@@ -80,9 +89,6 @@ pub(super) struct Probe {
 pub(super) struct Index {
     buckets: Box<[Bucket]>,
     len: usize,
-    /// Changes with every insert and removal, so that candidates read ahead of a lookup
-    /// ([`super::Candidates`]) are known to be still true.
-    version: u32,
     /// Tests narrow every hash with this mask to force bucket and signature collisions.
     #[cfg(test)]
     pub hash_mask: u32,
@@ -95,7 +101,6 @@ impl Index {
         Index {
             buckets: boxed_slice(buckets, advise, |_| Bucket::EMPTY),
             len: 0,
-            version: 0,
             #[cfg(test)]
             hash_mask: u32::MAX,
         }
@@ -111,11 +116,6 @@ impl Index {
             bucket,
             sig: if sig == EMPTY { 1 } else { sig },
         }
-    }
-
-    #[inline(always)]
-    pub fn version(&self) -> u32 {
-        self.version
     }
 
     #[inline(always)]
@@ -168,7 +168,6 @@ impl Index {
     /// exists and the walk ends.
     pub fn insert(&mut self, hash: u32, entry: u32) {
         debug_assert!(self.len < self.buckets.len() * SLOTS);
-        self.version = self.version.wrapping_add(1);
         let probe = self.probe(hash);
         let mut bucket = probe.bucket;
         loop {
@@ -176,6 +175,7 @@ impl Index {
             if let Some(slot) = b.sigs.iter().position(|&s| s == EMPTY) {
                 b.sigs[slot] = probe.sig;
                 b.entries[slot] = entry;
+                b.version = b.version.wrapping_add(1);
                 self.len += 1;
                 return;
             }
@@ -186,7 +186,6 @@ impl Index {
 
     /// Removes `entry`, added under `hash`; false if it is not there (then nothing changed).
     pub fn remove(&mut self, hash: u32, entry: u32) -> bool {
-        self.version = self.version.wrapping_add(1);
         let probe = self.probe(hash);
         // Find it first, so the overflow counts are only touched when the entry is really there.
         let mut bucket = probe.bucket;
@@ -203,7 +202,9 @@ impl Index {
             passed += 1;
             bucket = self.next(bucket);
         };
-        self.buckets[bucket].sigs[slot] = EMPTY;
+        let emptied = &mut self.buckets[bucket];
+        emptied.sigs[slot] = EMPTY;
+        emptied.version = emptied.version.wrapping_add(1);
         let mut walk = probe.bucket;
         for _ in 0..passed {
             self.buckets[walk].overflow -= 1;

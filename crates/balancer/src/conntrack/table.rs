@@ -69,8 +69,9 @@ const BURST: usize = 64;
 const SECONDARY_VICTIM_SEARCH: usize = 32;
 
 /// The entries of a key's home bucket whose signatures match, read in the second stage of a staged lookup
-/// ([`ConnTable::prefetch_candidates_with`]), with the index version they were read at: an insert or removal in
-/// between (an earlier frame of the same burst opening a connection) makes the lookup compare afresh.
+/// ([`ConnTable::prefetch_candidates_with`]), with the bucket's version they were read at: an insert or removal in
+/// that bucket in between (an earlier frame of the same burst opening a connection there) makes the lookup match
+/// the signatures afresh, and one anywhere else leaves them valid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Candidates {
     slots: u32,
@@ -281,19 +282,23 @@ impl ConnTable {
         }
         Candidates {
             slots,
-            version: self.index.version(),
+            version: bucket.version(),
         }
     }
 
     /// [`ConnTable::find`] starting from the home bucket's `candidates`, when they are still true.
     #[inline(always)]
     fn find_staged(&self, key: &ConnKey, hash: u32, candidates: Option<Candidates>) -> Option<u32> {
-        let Some(candidates) = candidates.filter(|c| c.version == self.index.version()) else {
+        let Some(candidates) = candidates else {
             return self.find(key, hash);
         };
         let probe = self.index.probe(hash);
         let bucket = self.index.bucket(probe.bucket);
-        let mut pending = candidates.slots;
+        let mut pending = if candidates.version == bucket.version() {
+            candidates.slots
+        } else {
+            bucket.matching(probe.sig)
+        };
         while pending != 0 {
             let entry = bucket.entry(pending.trailing_zeros());
             if self.entries[entry as usize].matches(key) {

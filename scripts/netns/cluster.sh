@@ -402,8 +402,15 @@ flood_measure() {
     echo "$flood" >> "$STATE/pids"
     flood_counters > "$STATE/counters.before"
     start=$(now_ms)
+    local expected present
+    expected=$(hops_present)
+    : > "$STATE/flood.missing"
     while [ $(($(now_ms) - start)) -lt $((seconds * 1000)) ]; do
-        [ "$(next_hops)" = "$hops" ] || lost=$((lost + 1))
+        present=$(hops_present)
+        if [ "$present" != "$expected" ]; then
+            lost=$((lost + 1))
+            comm -23 <(echo "$expected") <(echo "$present") >> "$STATE/flood.missing"
+        fi
         sleep 0.1
     done
     local in_after drops_after bfd_after
@@ -425,7 +432,7 @@ flood_measure() {
         "$((read_by_sluice / seconds)) pps of the $(($(counter_delta lan_rx_packets) / seconds)) pps its LAN" \
         "interface received, forwarded $(((in_after - in_before) / seconds)) pps, shed $((shed / seconds)) pps;" \
         "BGP drops $drops_before -> $drops_after, BFD uptime $bfd_before -> $bfd_after s, samples without all" \
-        "$hops next hops: $lost"
+        "$hops next hops: $lost (n1's missing in $(grep -c '^10.88.0.1$' "$STATE/flood.missing"))"
     FLOOD_HELD=0
     if [ "$drops_after" = "$drops_before" ] && [ "$bfd_before" -ge 0 ] && [ "$bfd_after" -ge $((bfd_before + seconds - 1)) ]; then
         FLOOD_HELD=1
@@ -434,6 +441,9 @@ flood_measure() {
         echo "cluster $MODE: flood: BGP or BFD went down (see above)"
     fi
 }
+
+# hops_present: the next hops of the router's route to the VIP, one address a line, sorted.
+hops_present() { ns rt ip route show "$VIP" | grep -o "via 10\.88\.0\.[0-9]*" | cut -d' ' -f2 | sort -u || true; }
 
 # counter_delta NAME: how much n1's counter NAME moved during the flood (flood_counters before and after).
 counter_delta() {

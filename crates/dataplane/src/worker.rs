@@ -28,6 +28,8 @@ pub use crate::handoff::{handoff_mesh, Handoff, HandoffLinks};
 
 pub mod overload;
 
+pub use crate::per_reason::PerReason;
+
 /// A worker's queues on one port.
 pub struct PortQueues<R, T> {
     pub rx: R,
@@ -153,29 +155,6 @@ struct Counters {
     resolutions_sent: u64,
     fragments_held: u64,
     drops: PerReason<u64>,
-}
-
-/// One counter per drop reason (an array of its own type: `Default` is derived for arrays of up to 32 only).
-#[derive(Debug, Clone, Copy)]
-pub struct PerReason<T>(pub [T; DropReason::COUNT]);
-
-impl<T: Default> Default for PerReason<T> {
-    fn default() -> Self {
-        PerReason(std::array::from_fn(|_| T::default()))
-    }
-}
-
-impl<T> std::ops::Deref for PerReason<T> {
-    type Target = [T; DropReason::COUNT];
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl<T> std::ops::DerefMut for PerReason<T> {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
 }
 
 /// The channels a worker receives new tables on and returns retired ones through.

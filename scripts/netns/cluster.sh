@@ -19,7 +19,8 @@
 #  6. (DR) a third node joins while keep-alive connections run: with the router's plain ECMP group some of them move
 #     (to the new node and between the old ones: reported, and none breaks); with a resilient next-hop group none
 #     moves, and the new node takes its share of new connections.
-# With FLOOD_SECONDS=N it then floods n1 for N s and reports what happened to BGP and BFD (a measurement).
+# With FLOOD_SECONDS=N it then floods n1 for N s and reports what happened to BGP and BFD (a measurement); the mode
+# "flood" does only that, with n1 and n2 (about 25 s; it fails when BGP or BFD went down).
 # Then everything it created is removed, and it checks that nothing is left.
 #
 # With the mode "exceptions" (run by scripts/test.sh on its own, about 1.5 min), connection exceptions shared between
@@ -27,7 +28,7 @@
 # second n1 killed and n3 started; the connections that broke are counted with [sync] off and on, side by side (on:
 # none may break but those to a removed backend).
 #
-# Usage: scripts/netns/cluster.sh [dr tun exceptions]   (root; needs bird2 and frr, installed by scripts/setup.sh)
+# Usage: scripts/netns/cluster.sh [dr tun exceptions flood]   (root; needs bird2 and frr, installed by scripts/setup.sh)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -40,6 +41,10 @@ for tool in bird birdc /usr/lib/frr/zebra /usr/lib/frr/bgpd /usr/lib/frr/bfdd; d
     command -v "$tool" > /dev/null || { echo "cluster: $tool missing: run scripts/setup.sh" >&2; exit 1; }
 done
 
+# The namespace lock (netns_lock) that serialises this machine's network-namespace test beds.
+source scripts/netns/lib.sh
+netns_lock
+
 P=slc-
 MODES=("$@")
 [ ${#MODES[@]} -eq 0 ] && MODES=(dr tun)
@@ -47,8 +52,10 @@ NAMESPACES=(sw rt cl n1 n2 n3 be1 be2 be3 fl)
 STATE=/tmp/slc-cluster
 VIP=10.200.0.100
 URL=http://$VIP/
-# SLUICE_PROFILE=release runs the optimised build (the flood measurement wants it).
+# SLUICE_PROFILE=release runs the optimised build; the flood (the mode "flood", or FLOOD_SECONDS) takes it unless told
+# otherwise: a debug build's worker reads and sheds too slowly to drain its queue under a flood.
 PROFILE=${SLUICE_PROFILE:-debug}
+if [ "$*" = flood ] || [ -n "${FLOOD_SECONDS:-}" ]; then PROFILE=${SLUICE_PROFILE:-release}; fi
 if [ "$PROFILE" = release ]; then cargo build -q --release -p sluice; else cargo build -q -p sluice; fi
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
@@ -226,6 +233,10 @@ key = "5c1ce5ecc0ffee00112233445566778899aabbccddeeff00"
 EOF
 }
 
+# node_config NODE ADDRESS CORE: a node's sluice.toml. Its port's net_af_packet ring holds 16384 frames
+# (AF_PACKET_FRAMES; the driver's default is 512, about 1 ms of a flood): on cores shared with the kernel, the
+# generator and the routing daemons, the worker is off its CPU for milliseconds at a time, and what arrives meanwhile
+# must wait in the ring for it, where the worker finds the control frames by shedding the data ahead of them.
 node_config() {
     local node=$1 addr=$2 core=$3
     cat << EOF
@@ -233,16 +244,18 @@ node_config() {
 args = ["--no-huge", "-m", "256", "--no-pci", "--no-shconf", "--no-telemetry", "--file-prefix", "slc-$node"]
 [[port]]
 name = "lan"
-device = "net_af_packet0,iface=lan"
+device = "net_af_packet0,iface=lan,framecnt=${AF_PACKET_FRAMES:-16384}"
 addresses = ["$addr/24"]
 [workers]
 cores = [$core]
 idle = "adaptive"
+$([ -n "${OVERLOAD_BURSTS:-}" ] && echo "overload_bursts = $OVERLOAD_BURSTS")
 [network]
 kernel_exception_path = true
 $([ "$MODE" = tun ] && echo "tunnel_source_v4 = \"$addr\"")
 [control]
 socket = "$STATE/$node/ctl.sock"
+metrics = "127.0.0.1:9901"
 $(sync_section "$addr")
 [[service]]
 vip = "$VIP"
@@ -359,45 +372,82 @@ bfd_up() {
 }
 udp_in() { "$SLUICE" ctl --socket "$STATE/n1/ctl.sock" stats | awk '$1 == "UDP" { print $4 }'; }
 
-# flood_measure: UDP to the VIP from a generator on the LAN (dpdk-testpmd txonly on net_af_packet), as fast as it
-# goes, at n1 for FLOOD_SECONDS; reports the offered and forwarded rates and whether the BGP and BFD sessions with
-# the router and n1's next hop stayed up. A measurement, not a check (run it with FLOOD_SECONDS=10): on
-# net_af_packet there is no receive queue of its own for control traffic, so once the flood overflows the port's
-# ring, BGP and BFD frames are lost with the rest; and on two shared cores the generator, the bridge and the
-# routing daemons compete for the CPU with the worker.
+# flood_counters: "name value" lines of n1's counters: its port (DPDK), its tap and its LAN interface (kernel), and
+# sluice's drops and exception path.
+flood_counters() {
+    ns n1 curl -s http://127.0.0.1:9901/metrics | grep -E '^sluice_(port|kernel|drops|worker)' | tr -d ' ' |
+        sed 's/}/} /' | awk '{ print $1, $2 }' || true
+    ns n1 awk 'NR > 2 { sub(":", "", $1); print $1 "_rx_packets", $3; print $1 "_rx_drop", $5; print $1 "_tx_packets", $11; print $1 "_tx_drop", $13 }' /proc/net/dev
+    vtysh_rt -c "show bfd peers counters json" | python3 -c 'import json,sys; [print("bfd_" + k, v) for p in json.load(sys.stdin) if p["peer"] == "10.88.0.1" for k, v in p.items() if k != "peer" and isinstance(v, int)]' || true
+}
+
+# flood_measure HOPS: once the route to the VIP has HOPS next hops, UDP to the VIP from a generator on the LAN
+# (dpdk-testpmd txonly on net_af_packet, on the CPU that is not n1's worker's, as a generator on another machine
+# would be), as fast as it goes, at n1 for FLOOD_SECONDS; reports the offered and forwarded rates, what n1 read and
+# shed, and whether the BGP and BFD sessions with the router and the route's next hops stayed up; sets FLOOD_HELD=1
+# when BGP and BFD stayed up. With FLOOD_DIAG=1 it prints every counter of n1 that moved (its port, its worker, its
+# tap and LAN interface, the router's BFD counters).
 flood_measure() {
-    local seconds=$FLOOD_SECONDS mac drops_before bfd_before in_before lost=0 start
+    local hops=$1 seconds=$FLOOD_SECONDS mac drops_before bfd_before in_before lost=0 start
     mac=$(ip -n "${P}n1" -br link show dev lan | awk '{ print $3 }')
+    wait_next_hops "$hops" 10 > /dev/null || fail "the route to the VIP did not have $hops next hops before the flood"
     drops_before=$(bgp_drops)
     bfd_before=$(bfd_up)
     in_before=$(udp_in)
-    ip netns exec "${P}fl" dpdk-testpmd -l 0,1 --no-huge -m 256 --no-pci --no-shconf \
+    ip netns exec "${P}fl" dpdk-testpmd --lcores=0@1,1@1 --no-huge -m 256 --no-pci --no-shconf \
         --no-telemetry --file-prefix slc-fl --vdev=net_af_packet0,iface=lan -- --forward-mode=txonly \
         --eth-peer="0,$mac" --tx-ip=10.99.0.77,$VIP --tx-udp=4000,9 --txpkts=64 --nb-cores=1 --total-num-mbufs=8192 --stats-period=1 < /dev/null \
         > "$STATE/flood.out" 2>&1 &
     local flood=$!
     echo "$flood" >> "$STATE/pids"
+    flood_counters > "$STATE/counters.before"
     start=$(now_ms)
+    local expected present
+    expected=$(hops_present)
+    : > "$STATE/flood.missing"
     while [ $(($(now_ms) - start)) -lt $((seconds * 1000)) ]; do
-        [ "$(next_hops)" = 2 ] || lost=$((lost + 1))
+        present=$(hops_present)
+        if [ "$present" != "$expected" ]; then
+            lost=$((lost + 1))
+            comm -23 <(echo "$expected") <(echo "$present") >> "$STATE/flood.missing"
+        fi
         sleep 0.1
     done
     local in_after drops_after bfd_after
     in_after=$(udp_in)
     drops_after=$(bgp_drops)
     bfd_after=$(bfd_up)
+    flood_counters > "$STATE/counters.after"
+    if [ -n "${FLOOD_DIAG:-}" ]; then
+        paste "$STATE/counters.before" "$STATE/counters.after" | awk '{ if ($4 - $2) print $1, $4 - $2 }' | sed 's/^/  delta /'
+    fi
     kill -INT "$flood"
     wait "$flood" 2> /dev/null || true
     local offered
     offered=$(grep -o 'TX-packets: *[0-9]*' "$STATE/flood.out" | tail -n 1 | grep -o '[0-9]*$')
-    echo "cluster $MODE: flood at n1 for $seconds s: offered $((${offered:-0} / seconds)) pps, n1 forwarded" \
-        "$(((in_after - in_before) / seconds)) pps; BGP drops $drops_before -> $drops_after, BFD uptime" \
-        "$bfd_before -> $bfd_after s, samples without both next hops: $lost"
-    if [ "$drops_after" = "$drops_before" ] && [ "$bfd_after" -ge $((bfd_before + seconds - 1)) ] && [ "$lost" = 0 ]; then
+    local shed read_by_sluice
+    shed=$(counter_delta 'sluice_worker_drops_total{worker="0",reason="overload_shed"}')
+    read_by_sluice=$(counter_delta 'sluice_worker_rx_packets_total{worker="0"}')
+    echo "cluster $MODE: flood at n1 for $seconds s: offered $((${offered:-0} / seconds)) pps, n1 read" \
+        "$((read_by_sluice / seconds)) pps of the $(($(counter_delta lan_rx_packets) / seconds)) pps its LAN" \
+        "interface received, forwarded $(((in_after - in_before) / seconds)) pps, shed $((shed / seconds)) pps;" \
+        "BGP drops $drops_before -> $drops_after, BFD uptime $bfd_before -> $bfd_after s, samples without all" \
+        "$hops next hops: $lost (n1's missing in $(grep -c '^10.88.0.1$' "$STATE/flood.missing"))"
+    FLOOD_HELD=0
+    if [ "$drops_after" = "$drops_before" ] && [ "$bfd_before" -ge 0 ] && [ "$bfd_after" -ge $((bfd_before + seconds - 1)) ]; then
+        FLOOD_HELD=1
         echo "cluster $MODE: flood: BGP and BFD stayed up"
     else
         echo "cluster $MODE: flood: BGP or BFD went down (see above)"
     fi
+}
+
+# hops_present: the next hops of the router's route to the VIP, one address a line, sorted.
+hops_present() { ns rt ip route show "$VIP" | grep -o "via 10\.88\.0\.[0-9]*" | cut -d' ' -f2 | sort -u || true; }
+
+# counter_delta NAME: how much n1's counter NAME moved during the flood (flood_counters before and after).
+counter_delta() {
+    paste "$STATE/counters.before" "$STATE/counters.after" | awk -v name="$1" '$1 == name { d = $4 - $2 } END { print d + 0 }'
 }
 
 # hold_start N: N keep-alive connections from the client, sending until hold_stop; waits until all are open.
@@ -552,7 +602,7 @@ read -r a b <<< "$(spread 200)"
 check_share "after n1 rejoined" "$a" "$b"
 
 if [ "$MODE" = dr ]; then third_node; fi
-if [ "$MODE" = dr ] && [ -n "${FLOOD_SECONDS:-}" ]; then flood_measure; fi
+if [ "$MODE" = dr ] && [ -n "${FLOOD_SECONDS:-}" ]; then flood_measure 3; fi
 teardown
 trap - EXIT
 }
@@ -640,11 +690,33 @@ exceptions_scenario() {
     done
 }
 
+# flood_scenario: n1 and n2 up, both next hops on the router, then flood_measure (FLOOD_SECONDS, default 10); fails
+# when BGP or BFD went down.
+flood_scenario() {
+    MODE=dr
+    SYNC=off
+    FLOOD_SECONDS=${FLOOD_SECONDS:-10}
+    teardown
+    trap teardown EXIT
+    topology_up
+    router_up
+    node_up n1 10.88.0.1 0
+    node_up n2 10.88.0.2 "$(($(nproc) > 1 ? 1 : 0))"
+    wait_next_hops 2 30 > /dev/null || fail "the router never had both next hops"
+    # BFD up for a few seconds, so that its uptime can show the flood's span.
+    for _ in $(seq 100); do [ "$(bfd_up)" -ge 2 ] && break; sleep 0.1; done
+    flood_measure 2
+    [ "$FLOOD_HELD" = 1 ] || fail "BGP or BFD went down under the flood"
+    teardown
+    trap - EXIT
+}
+
 started=$(date +%s)
 for mode in "${MODES[@]}"; do
     case "$mode" in
         dr | tun) scenario "$mode" ;;
         exceptions) exceptions_scenario ;;
+        flood) flood_scenario ;;
         *) echo "cluster: unknown mode $mode (dr, tun or exceptions)" >&2; exit 2 ;;
     esac
 done

@@ -134,6 +134,7 @@ struct RawWorkers {
     idle: Option<Spanned<String>>,
     idle_polls: Option<Spanned<u32>>,
     idle_sleep_us: Option<Spanned<u64>>,
+    overload_bursts: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -300,7 +301,13 @@ pub struct WorkersConfig {
     pub burst: usize,
     pub mempool_size: u32,
     pub idle: IdleConfig,
+    /// Bursts a worker behind on a port with a kernel interface reads on in one turn, keeping the control frames
+    /// and shedding the data; 0: never shed.
+    pub overload_bursts: usize,
 }
+
+/// The default of `[workers] overload_bursts`.
+pub const DEFAULT_OVERLOAD_BURSTS: usize = 16;
 
 /// What a worker does when its queues are empty.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -827,11 +834,24 @@ impl Config {
             Some(spanned) => *spanned.get_ref(),
             None => 16383,
         };
+        let overload_bursts = match &raw.workers.overload_bursts {
+            Some(spanned) if *spanned.get_ref() > MAX_OVERLOAD_BURSTS => {
+                return Err(locator.error_at(
+                    &spanned.span(),
+                    format!(
+                        "workers overload_bursts: allowed 0 (never shed) to {MAX_OVERLOAD_BURSTS}"
+                    ),
+                ))
+            }
+            Some(spanned) => *spanned.get_ref(),
+            None => DEFAULT_OVERLOAD_BURSTS,
+        };
         let workers = WorkersConfig {
             cores,
             burst,
             mempool_size,
             idle: validate_idle(&raw.workers, &locator)?,
+            overload_bursts,
         };
 
         let network = validate_network(&raw.network, &locator, &port_names, workers.cores.len())?;
@@ -1024,6 +1044,9 @@ impl Config {
 fn dataplane_max_burst() -> usize {
     64
 }
+
+/// The most bursts a worker behind may read on in one turn: beyond, draining could starve forwarding itself.
+const MAX_OVERLOAD_BURSTS: usize = 256;
 
 fn validate_network(
     raw: &RawNetwork,

@@ -284,6 +284,25 @@ fn the_idle_mode_is_poll_or_adaptive() {
     );
 }
 
+#[test]
+fn overload_bursts_defaults_to_16_and_is_bounded() {
+    let config = Config::parse(&format!("{BASE}{SERVICE}"), "ok.toml").unwrap();
+    assert_eq!(config.workers.overload_bursts, 16);
+    let never = format!("{BASE}[workers]\noverload_bursts = 0\n{SERVICE}");
+    assert_eq!(
+        Config::parse(&never, "ok.toml")
+            .unwrap()
+            .workers
+            .overload_bursts,
+        0
+    );
+    assert_error(
+        &format!("{BASE}[workers]\noverload_bursts = 257\n"),
+        6,
+        &["overload_bursts", "0 (never shed) to 256"],
+    );
+}
+
 /// A service whose one backend has a health check with `settings` (one per line, after the type).
 fn with_check(settings: &str) -> String {
     format!(

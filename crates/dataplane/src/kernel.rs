@@ -16,6 +16,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use balancer::snapshot::Snapshot;
 use packet::{FrameLayout, IcmpKind, L3};
 
 use crate::io::{Burst, Frame, RxQueue, TxQueue, MAX_BURST};
@@ -69,6 +70,18 @@ pub fn kernel_wants_copy(layout: &FrameLayout) -> bool {
             layout.icmp,
             IcmpKind::NeighborSolicitation { .. } | IcmpKind::NeighborAdvertisement { .. }
         )
+}
+
+/// Whether a frame is the node's own control traffic, which keeps its place when the worker sheds data under
+/// overload (`crate::worker::overload`): ARP and neighbour discovery, and IP to one of the ports' own addresses:
+/// BGP and BFD sessions, ICMP to the node, the health checks' answers. A VIP, a FULLNAT local address or anyone
+/// else's address is data.
+pub fn is_control(layout: &FrameLayout, snapshot: &Snapshot) -> bool {
+    kernel_wants_copy(layout)
+        || (matches!(layout.l3, L3::Ipv4 | L3::Ipv6)
+            && snapshot
+                .owned(layout.flow.dst_addr)
+                .is_some_and(|owned| owned.port_address && !owned.vip))
 }
 
 impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> KernelPath<R, T> {

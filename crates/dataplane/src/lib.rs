@@ -9,6 +9,7 @@ pub mod idle;
 pub mod io;
 pub mod kernel;
 pub mod listing;
+pub mod per_reason;
 pub mod previous_table;
 pub mod traffic;
 pub mod worker;

@@ -26,6 +26,10 @@ use crate::kernel::{kernel_wants_copy, KernelPath};
 
 pub use crate::handoff::{handoff_mesh, Handoff, HandoffLinks};
 
+pub mod overload;
+
+pub use crate::per_reason::PerReason;
+
 /// A worker's queues on one port.
 pub struct PortQueues<R, T> {
     pub rx: R,
@@ -58,6 +62,9 @@ pub struct WorkerConfig {
     pub fragment_lifetime_ms: u64,
     /// How long a later fragment that came before its first is held (`crate::held_fragments`).
     pub fragment_hold_ms: u64,
+    /// Bursts a worker behind on a port with a kernel interface reads on in one turn, keeping the control frames
+    /// and shedding the data (`overload`); 0: never shed.
+    pub overload_bursts: usize,
 }
 
 impl Default for WorkerConfig {
@@ -72,6 +79,7 @@ impl Default for WorkerConfig {
             fragment_datagrams: 4096,
             fragment_lifetime_ms: 5000,
             fragment_hold_ms: 500,
+            overload_bursts: overload::OVERLOAD_BURSTS,
         }
     }
 }
@@ -113,7 +121,7 @@ pub struct WorkerStats {
     pub resolutions_sent: AtomicU64,
     /// Later fragments held until their first came (or they were dropped).
     pub fragments_held: AtomicU64,
-    pub drops: [AtomicU64; DropReason::COUNT],
+    pub drops: PerReason<AtomicU64>,
     pub connections: AtomicU64,
     pub generation: AtomicU64,
     /// Indexed by backend id, below [`COUNTED_BACKENDS`].
@@ -146,7 +154,7 @@ struct Counters {
     untracked: u64,
     resolutions_sent: u64,
     fragments_held: u64,
-    drops: [u64; DropReason::COUNT],
+    drops: PerReason<u64>,
 }
 
 /// The channels a worker receives new tables on and returns retired ones through.
@@ -455,6 +463,17 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 } else {
                     engine.drop_malformed(frame);
                 }
+            }
+            // A full burst on a port with control traffic to protect: drain the queue, shedding data (`overload`).
+            if engine.behind_on_control_port(port, received) {
+                received_total += overload::shed(
+                    engine,
+                    &mut self.received,
+                    &mut self.layouts[0],
+                    &mut self.verdict,
+                    port,
+                    now_ms,
+                );
             }
         }
         let handed = &mut self.handed;

@@ -1,6 +1,7 @@
 //! The kernel exception path on in-memory ports: what is not balancer traffic reaches the ingress port's kernel
 //! interface, ARP and neighbour discovery are copied (and still answered and learned), what the kernel sends
-//! leaves through its own port ahead of data, and nothing crosses from one port to another.
+//! leaves through its own port ahead of data, nothing crosses from one port to another, and a worker behind sheds
+//! data ahead of the control frames queued after it.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -105,6 +106,10 @@ struct Rig {
 }
 
 fn rig() -> Rig {
+    rig_with(WorkerConfig::default())
+}
+
+fn rig_with(config: WorkerConfig) -> Rig {
     let snapshot = Arc::new(Snapshot::build(&spec(true), 1).unwrap());
     let neighbors = Arc::new(NeighborTable::new(64));
     let state = WorkerState {
@@ -136,7 +141,7 @@ fn rig() -> Rig {
         port_queues,
         HandoffLinks::alone(),
         TableUpdates { incoming, retired },
-        WorkerConfig::default(),
+        config,
     );
     let kernel = side();
     let (rx, tx) = queues(&kernel);
@@ -350,4 +355,113 @@ fn what_the_kernel_sends_leaves_through_its_port_ahead_of_data() {
     let kernel = rig.worker.kernel_stats().unwrap();
     assert_eq!(kernel.from_kernel.load(Ordering::Relaxed), 1);
     assert_eq!(kernel.from_kernel_dropped.load(Ordering::Relaxed), 0);
+}
+
+/// `count` new connections to the VIP's service, arriving on `port`.
+fn data_frames(port: usize, count: usize) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|i| {
+            tcp(
+                ROUTER_MAC,
+                PORT_MACS[port],
+                &format!("192.0.2.{}", 1 + i % 200),
+                10_000 + i as u16,
+                "10.0.0.100",
+                80,
+            )
+        })
+        .collect()
+}
+
+fn queued(rig: &Rig, port: usize) -> usize {
+    rig.ports[port].inbox.lock().unwrap().len()
+}
+
+#[test]
+fn a_worker_behind_sheds_data_and_keeps_the_control_frames_behind_it() {
+    let config = WorkerConfig::default();
+    let mut rig = rig_with(config);
+    // A queue far longer than a burst, with a BGP segment and an ARP request deep inside it.
+    let data = data_frames(0, config.burst + 200);
+    let bgp = tcp(
+        ROUTER_MAC,
+        PORT_MACS[0],
+        "10.0.0.254",
+        40000,
+        "10.0.0.1",
+        179,
+    );
+    let request = arp(false, ROUTER_MAC, [10, 0, 0, 254], [10, 0, 0, 1]);
+    for (i, frame) in data.iter().enumerate() {
+        rig.send(0, frame);
+        if i == 100 {
+            rig.send(0, &bgp);
+        }
+        if i == 150 {
+            rig.send(0, &request);
+        }
+    }
+    rig.worker.poll(1000);
+    // One turn: the first burst forwarded as usual; the rest read (the queue is drained), the control frames
+    // handled, the data shed.
+    assert_eq!(queued(&rig, 0), 0);
+    assert_eq!(rig.port_out(1).len(), config.burst);
+    assert_eq!(rig.kernel_in(), vec![bgp, request]);
+    assert_eq!(rig.port_out(0).len(), 1, "the ARP request is answered");
+    let stats = rig.worker.stats();
+    assert_eq!(stats.drops(DropReason::OverloadShed), 200);
+    assert_eq!(stats.rx.load(Ordering::Relaxed), config.burst as u64 + 202);
+    assert_eq!(stats.forwarded.load(Ordering::Relaxed), config.burst as u64);
+    // Caught up: the next full burst is forwarded whole, with nothing shed.
+    for frame in data_frames(0, config.burst) {
+        rig.send(0, &frame);
+    }
+    rig.worker.poll(1001);
+    assert_eq!(rig.port_out(1).len(), config.burst);
+    assert_eq!(rig.worker.stats().drops(DropReason::OverloadShed), 200);
+}
+
+#[test]
+fn shedding_reads_at_most_overload_bursts_more_and_only_on_ports_with_a_kernel_interface() {
+    let config = WorkerConfig {
+        overload_bursts: 2,
+        ..WorkerConfig::default()
+    };
+    let mut rig = rig_with(config);
+    for frame in data_frames(0, config.burst * 10) {
+        rig.send(0, &frame);
+    }
+    rig.worker.poll(1000);
+    assert_eq!(
+        queued(&rig, 0),
+        config.burst * 7,
+        "a burst forwarded, two shed"
+    );
+    assert_eq!(
+        rig.worker.stats().drops(DropReason::OverloadShed),
+        2 * config.burst as u64
+    );
+    // Port 1 has no kernel interface: a full burst there is throughput, not overload.
+    for frame in data_frames(1, config.burst * 3) {
+        rig.send(1, &frame);
+    }
+    let shed = rig.worker.stats().drops(DropReason::OverloadShed);
+    rig.worker.poll(1001);
+    assert_eq!(queued(&rig, 1), config.burst * 2);
+    // (Port 0 shed its next two bursts in this turn too.)
+    assert_eq!(
+        rig.worker.stats().drops(DropReason::OverloadShed),
+        shed + 2 * config.burst as u64
+    );
+    // overload_bursts = 0: never shed.
+    let mut rig = rig_with(WorkerConfig {
+        overload_bursts: 0,
+        ..WorkerConfig::default()
+    });
+    for frame in data_frames(0, config.burst * 3) {
+        rig.send(0, &frame);
+    }
+    rig.worker.poll(1000);
+    assert_eq!(queued(&rig, 0), config.burst * 2);
+    assert_eq!(rig.worker.stats().drops(DropReason::OverloadShed), 0);
 }

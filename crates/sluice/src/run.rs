@@ -573,6 +573,7 @@ fn run_balancer(
             ),
             config: WorkerConfig {
                 burst: config.workers.burst,
+                overload_bursts: config.workers.overload_bursts,
                 previous_table_grace_ms: config.network.previous_table_grace.as_millis() as u64,
                 ..WorkerConfig::default()
             },

@@ -80,10 +80,14 @@ pub enum DropReason {
     /// A unicast frame to another host's MAC (the ports are promiscuous): a router would not take it (counted by
     /// the data plane).
     NotOurMac,
+    /// A data frame the worker read and dropped unhandled because it was behind on a port with a kernel exception
+    /// path: its queue is drained so that the control traffic behind the data is not lost (counted by the data
+    /// plane).
+    OverloadShed,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 32;
+    pub const COUNT: usize = 33;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::NotOurs,
         DropReason::NoService,
@@ -117,6 +121,7 @@ impl DropReason {
         DropReason::NeighborUnwanted,
         DropReason::NeighborRouted,
         DropReason::NotOurMac,
+        DropReason::OverloadShed,
     ];
 
     /// Index into a per-reason counter array.
@@ -160,6 +165,7 @@ impl DropReason {
             DropReason::NeighborUnwanted => "neighbor_unwanted",
             DropReason::NeighborRouted => "neighbor_routed",
             DropReason::NotOurMac => "not_our_mac",
+            DropReason::OverloadShed => "overload_shed",
         }
     }
 }

@@ -163,8 +163,10 @@ pub enum ClientHit {
     },
     /// A live connection's reply key.
     Reply(Hit),
-    /// No live connection has the key.
+    /// No live connection has the key, and a dead one still holds it (removed when a new one is opened).
     Missed,
+    /// No entry holds the key at all, live or dead: a new connection may be inserted without looking again.
+    Absent,
 }
 
 /// What a packet did to a connection's state, so a worker can move it between its backend's active and inactive

@@ -379,7 +379,7 @@ impl ConnTable {
         flags: u8,
     ) -> ClientHit {
         let Some(index) = self.find_staged(key, hash, candidates) else {
-            return ClientHit::Missed;
+            return ClientHit::Absent;
         };
         let timeouts = &self.timeouts;
         let entry = &mut self.entries[index as usize];
@@ -651,13 +651,16 @@ impl ConnTable {
             client,
             &client_key,
             client_hash,
+            false,
             target,
             flags,
             on_removed,
         )
     }
 
-    /// [`ConnTable::insert`] of a client key already built and hashed ([`ConnTable::hash`]) for its lookup.
+    /// [`ConnTable::insert`] of a client key already built and hashed ([`ConnTable::hash`]) for its lookup;
+    /// `known_absent` when that lookup found no entry at all holding it ([`ClientHit::Absent`]), so that no dead
+    /// connection needs to be looked for.
     #[allow(clippy::too_many_arguments)]
     pub fn insert_keyed(
         &mut self,
@@ -665,6 +668,7 @@ impl ConnTable {
         client: FlowKey,
         client_key: &ConnKey,
         client_hash: u32,
+        known_absent: bool,
         target: Target,
         flags: u8,
         mut on_removed: impl FnMut(&Conn),
@@ -673,7 +677,10 @@ impl ConnTable {
         {
             return Err(InsertError::FamilyMismatch);
         }
-        if let Some(entry) = self.find(client_key, client_hash) {
+        if let Some(entry) = (!known_absent)
+            .then(|| self.find(client_key, client_hash))
+            .flatten()
+        {
             let owner = self.owner(entry);
             if self.entries[entry as usize].expires_at > now {
                 return Err(InsertError::Exists(ConnId(owner)));

@@ -1164,7 +1164,7 @@ mod colliding {
                                     Some(Hit { id, direction: Direction::Original })
                                 }
                                 ClientHit::Reply(hit) => Some(hit),
-                                ClientHit::Missed => None,
+                                ClientHit::Missed | ClientHit::Absent => None,
                             };
                             format!("{:?}", hit)
                         }

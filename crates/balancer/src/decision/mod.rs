@@ -80,6 +80,8 @@ pub struct StagedKey {
     /// The table was searched for this key during this frame's decision and holds no live connection for it:
     /// the later steps of the same decision need not search again.
     missed: bool,
+    /// ...and no entry holds the key at all, live or dead: opening the connection need not look for a dead one.
+    absent: bool,
 }
 
 /// Who a worker is among its peers.
@@ -133,6 +135,7 @@ impl WorkerState {
             hash,
             candidates: None,
             missed: false,
+            absent: false,
         }
     }
 
@@ -147,6 +150,7 @@ impl WorkerState {
             hash,
             candidates: None,
             missed: false,
+            absent: false,
         }
     }
 
@@ -235,9 +239,10 @@ impl WorkerState {
                     {
                         match self.established(snapshot, layout, staged, now_ms, verdict) {
                             Established::Forwarded => return,
-                            Established::Missed => {
+                            Established::Missed { absent } => {
                                 after_miss = Some(StagedKey {
                                     missed: true,
+                                    absent,
                                     ..*staged
                                 })
                             }

@@ -18,7 +18,8 @@ use crate::snapshot::{mask_address, Route, Service, Snapshot};
 pub(super) enum Established {
     /// The verdict is written.
     Forwarded,
-    Missed,
+    /// No live connection has the key; `absent` when no entry holds it at all.
+    Missed { absent: bool },
     /// A reply, or a connection whose backend left the snapshot.
     Other,
 }
@@ -78,7 +79,8 @@ impl WorkerState {
             ClientHit::Refreshed { id, backend, mode } => (id, backend, mode, false),
             ClientHit::Changing { id, backend, mode } => (id, backend, mode, true),
             ClientHit::Reply(_) => return Established::Other,
-            ClientHit::Missed => return Established::Missed,
+            ClientHit::Missed => return Established::Missed { absent: false },
+            ClientHit::Absent => return Established::Missed { absent: true },
         };
         // A refreshed connection whose backend left the snapshot is removed by the full decision, so pushing its
         // expiry out first changed nothing that matters.
@@ -184,6 +186,7 @@ impl WorkerState {
                 flow,
                 &staged.key,
                 staged.hash,
+                staged.absent,
                 target,
                 layout.tcp_flags,
                 on_removed,

@@ -316,20 +316,6 @@ impl Timeouts {
 mod tests {
     use super::*;
 
-    const STATES: [TcpState; 11] = [
-        TcpState::None,
-        TcpState::Established,
-        TcpState::SynSent,
-        TcpState::SynRecv,
-        TcpState::FinWait,
-        TcpState::TimeWait,
-        TcpState::Close,
-        TcpState::CloseWait,
-        TcpState::LastAck,
-        TcpState::Listen,
-        TcpState::SynAck,
-    ];
-
     /// The one-bit shortcut never claims a state is kept when the table moves it, and finds every state an ACK
     /// (or a segment with no flag the table reads) keeps.
     #[test]
@@ -339,7 +325,7 @@ mod tests {
             TrackedPath::Output,
             TrackedPath::InputOnly,
         ] {
-            for state in STATES {
+            for state in TcpState::ALL {
                 for flags in 0..=u8::MAX {
                     let stays = state.next(path, flags) == state;
                     let plain = flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0;

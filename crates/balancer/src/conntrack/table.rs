@@ -78,6 +78,13 @@ pub struct Candidates {
     version: u32,
 }
 
+/// Whether a connection in `mode` keeps a reply entry (indexed by the reply key, so its expiry mirror must be
+/// kept true): NAT and FULLNAT. A DR or TUN connection's second entry, if any, is an unindexed spill.
+#[inline(always)]
+fn has_reply_entry(mode: ForwardingMode) -> bool {
+    matches!(mode, ForwardingMode::Nat | ForwardingMode::FullNat)
+}
+
 /// One worker's connection table. See the module documentation for the layout and policies.
 pub struct ConnTable {
     /// Primaries `0..capacity`, then the secondaries.
@@ -409,8 +416,9 @@ impl ConnTable {
         let expires_at = now.saturating_add(timeout);
         entry.expires_at = expires_at;
         let second = entry.link;
-        if second != NIL {
-            // Keep the reply entry's mirror of the expiry true (harmless on a spill).
+        if second != NIL && has_reply_entry(mode) {
+            // Keep the reply entry's mirror of the expiry true. A DR or TUN connection's second entry is a spill,
+            // never looked up by its expiry: leaving it alone saves a write to another line on every packet.
             self.entries[second as usize].expires_at = expires_at;
         }
         ClientHit::Refreshed { id, backend, mode }
@@ -611,8 +619,8 @@ impl ConnTable {
         entry.set_state(to);
         entry.expires_at = expires_at;
         let second = entry.link;
-        if second != NIL {
-            // Keep the reply entry's mirror of the expiry true (harmless on a spill).
+        if second != NIL && has_reply_entry(entry.mode()) {
+            // Keep the reply entry's mirror of the expiry true (a spill's expiry is never read).
             self.entries[second as usize].expires_at = expires_at;
         }
         let was_evictable = is_evictable(protocol, from);

@@ -426,18 +426,39 @@ pub fn encapsulate(
             let header: &mut [u8; IPV4_HEADER_LEN] = (&mut front[l2..])
                 .try_into()
                 .map_err(|_| ParseError::Truncated)?;
-            header.fill(0);
-            header[0] = 0x45;
-            header[1] = tos;
-            header[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-            header[4..6].copy_from_slice(&id);
-            header[6] = df;
-            header[8] = DEFAULT_TTL;
-            header[9] = ip_protocol::IPIP;
-            header[12..16].copy_from_slice(&src.v4_octets());
-            header[16..20].copy_from_slice(&dst.v4_octets());
-            let sum = checksum::finish(checksum::sum_ipv4_fixed(header));
-            header[10..12].copy_from_slice(&sum.to_be_bytes());
+            let (src, dst) = (src.v4_octets(), dst.v4_octets());
+            // The checksum is summed from the fields themselves, not read back from the header just written
+            // (bytes stored one by one and loaded as words would wait for the stores).
+            let sum = u64::from(u16::from_be_bytes([0x45, tos]))
+                + total as u64
+                + u64::from(u16::from_be_bytes(id))
+                + u64::from(u16::from_be_bytes([df, 0]))
+                + u64::from(u16::from_be_bytes([DEFAULT_TTL, ip_protocol::IPIP]))
+                + u64::from(u32::from_be_bytes(src))
+                + u64::from(u32::from_be_bytes(dst));
+            let check = checksum::finish(sum).to_be_bytes();
+            *header = [
+                0x45,
+                tos,
+                (total >> 8) as u8,
+                total as u8,
+                id[0],
+                id[1],
+                df,
+                0,
+                DEFAULT_TTL,
+                ip_protocol::IPIP,
+                check[0],
+                check[1],
+                src[0],
+                src[1],
+                src[2],
+                src[3],
+                dst[0],
+                dst[1],
+                dst[2],
+                dst[3],
+            ];
             Ok(())
         }
         (L3::Ipv6, false, false) => {

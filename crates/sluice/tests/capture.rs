@@ -6,99 +6,20 @@
 //! without them. (net_pcap's `infinite_rx`, which keeps frames coming, cannot be opened by a secondary process:
 //! that capture is taken on the other port.)
 
-use std::io::BufRead;
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::Receiver;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 
 mod common;
-use common::{write_empty_pcap, write_pcap};
+use common::running_sluice::RunningSluice;
+use common::{free_hugepages, read_pcap, write_empty_pcap, write_pcap};
 
 const CLIENT_MAC: [u8; 6] = [2, 0xc1, 0, 0, 0, 1];
 const CLIENT_PORT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const BACKEND_MAC: [u8; 6] = [2, 0xbe, 0, 0, 0, 11];
-
-struct Sluice {
-    child: Child,
-    lines: Receiver<String>,
-    log: String,
-}
-
-impl Sluice {
-    fn start(config: &Path) -> Sluice {
-        Sluice::adopt(
-            Command::new(env!("CARGO_BIN_EXE_sluice"))
-                .args(["run", "--config"])
-                .arg(config)
-                .env("RUST_LOG", "info")
-                .env_remove("NOTIFY_SOCKET")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        )
-    }
-
-    /// A sluice started elsewhere with its stderr piped.
-    fn adopt(mut child: Child) -> Sluice {
-        let stderr = child.stderr.take().unwrap();
-        let (send, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Sluice {
-            child,
-            lines,
-            log: String::new(),
-        }
-    }
-
-    #[track_caller]
-    fn wait_for(&mut self, needle: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.log.push_str(&line);
-                    self.log.push('\n');
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("no {needle:?} within {within:?} in:\n{}", self.log),
-            }
-        }
-    }
-}
-
-impl Drop for Sluice {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The hugepage files and runtime directory of EAL prefix `prefix`, removed when the test ends however it ends
 /// (`--huge-unlink=never` leaves them behind on purpose).
@@ -115,15 +36,6 @@ impl Drop for EalLeftovers {
         }
         let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{}", self.0));
     }
-}
-
-fn free_hugepages() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("HugePages_Free:"))
-        .and_then(|count| count.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn tool_missing(name: &str) -> bool {
@@ -179,31 +91,6 @@ mac = "02:be:00:00:00:0b"
         d = dir.display(),
         replay = if replay { ",infinite_rx=1" } else { "" },
     )
-}
-
-/// The frames of a classic pcap file (the format `dpdk-dumpcap -P` writes), after checking its header: magic,
-/// Ethernet link type.
-fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
-    let data = std::fs::read(path).unwrap();
-    assert!(data.len() >= 24, "{} is no pcap file", path.display());
-    let magic = u32::from_le_bytes(data[0..4].try_into().unwrap());
-    assert!(
-        magic == 0xa1b2_c3d4 || magic == 0xa1b2_3c4d,
-        "magic {magic:#x}"
-    );
-    assert_eq!(
-        u32::from_le_bytes(data[20..24].try_into().unwrap()),
-        1,
-        "link type"
-    );
-    let mut frames = Vec::new();
-    let mut at = 24;
-    while at + 16 <= data.len() {
-        let len = u32::from_le_bytes(data[at + 8..at + 12].try_into().unwrap()) as usize;
-        frames.push(data[at + 16..at + 16 + len].to_vec());
-        at += 16 + len;
-    }
-    frames
 }
 
 /// `dpdk-dumpcap` on `device` until it has `count` frames, into `out` as pcap.
@@ -267,13 +154,13 @@ fn prerequisites_missing() -> bool {
 }
 
 /// Starts sluice on [`config`] with `--huge-unlink=never` and waits until it forwards.
-fn start_capturable(dir: &Path, prefix: &str, replay: bool) -> Sluice {
+fn start_capturable(dir: &Path, prefix: &str, replay: bool) -> RunningSluice {
     let client = Ipv4Addr::new(198, 51, 100, 7);
     write_pcap(&dir.join("client-in.pcap"), &[syn(client, 40000)]);
     write_empty_pcap(&dir.join("empty.pcap"));
     let path = dir.join("sluice.toml");
     std::fs::write(&path, config(dir, prefix, "--huge-unlink=never", replay)).unwrap();
-    let mut sluice = Sluice::start(&path);
+    let mut sluice = RunningSluice::start(&path);
     let line = sluice.wait_for("secondary processes can attach", Duration::from_secs(30));
     assert!(line.contains(&format!("--file-prefix {prefix}")), "{line}");
     sluice.wait_for("SIGHUP reloads", Duration::from_secs(30));
@@ -366,7 +253,7 @@ fn with_the_default_unlink_the_log_says_why_secondaries_cannot_attach() {
     let path = dir.path().join("sluice.toml");
     // `--huge-unlink` is what sluice adds when the configuration names none.
     std::fs::write(&path, config(dir.path(), &prefix, "--huge-unlink", false)).unwrap();
-    let mut sluice = Sluice::start(&path);
+    let mut sluice = RunningSluice::start(&path);
     let line = sluice.wait_for("secondary processes", Duration::from_secs(30));
     assert!(
         line.contains("cannot attach: --huge-unlink: the hugepage files are unlinked once mapped"),
@@ -462,7 +349,7 @@ fn dumpcap_captures_what_a_kernel_facing_port_receives_and_sends() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut sluice = Sluice::adopt(child);
+    let mut sluice = RunningSluice::adopt(child);
     sluice.wait_for("secondary processes can attach", Duration::from_secs(30));
     sluice.wait_for("SIGHUP reloads", Duration::from_secs(30));
     namespace.ip(&[

@@ -3,10 +3,11 @@
 //! backend out of the table.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 mod common;
+use common::running_sluice::RunningSluice;
 use common::{dr_service_on_two_pcap_ports, write_empty_pcap};
 
 /// A two-port DR configuration on pcap vdevs with `backends` appended after the service.
@@ -17,64 +18,14 @@ fn config(dir: &Path, backends: &str) -> String {
 const TWO_BACKENDS: &str =
     "[[service.backend]]\naddress = \"10.1.0.11\"\n[[service.backend]]\naddress = \"10.1.0.12\"\n";
 
-/// Collects a child's stderr lines as they come, so a test can wait for one.
-fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
-    use std::io::BufRead;
-    let stderr = child.stderr.take().unwrap();
-    let (send, receive) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if send.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receive
-}
-
-/// Waits for a line containing `needle`, keeping every line read into `log`.
-fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str, log: &mut String) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !log.contains(needle) {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) => {
-                log.push_str(&line);
-                log.push('\n');
-            }
-            Err(_) => panic!("no {needle:?} in:\n{log}"),
-        }
-    }
-}
-
-fn sighup(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 #[test]
 fn sighup_reload_refuses_a_broken_file_and_applies_a_good_one() {
     let dir = tempfile::tempdir().unwrap();
     write_empty_pcap(&dir.path().join("empty.pcap"));
     let path = dir.path().join("sluice.toml");
     std::fs::write(&path, config(dir.path(), TWO_BACKENDS)).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = stderr_lines(&mut child);
-    let mut log = String::new();
-    wait_for_line(&lines, "SIGHUP reloads", &mut log);
+    let mut sluice = RunningSluice::start_with_stdout(&path);
+    sluice.wait_for("SIGHUP reloads", Duration::from_secs(20));
     std::fs::write(
         &path,
         config(
@@ -83,34 +34,31 @@ fn sighup_reload_refuses_a_broken_file_and_applies_a_good_one() {
         ),
     )
     .unwrap();
-    sighup(child.id());
-    wait_for_line(
-        &lines,
+    sluice.signal("HUP");
+    sluice.wait_for(
         "reload refused, the running configuration stays",
-        &mut log,
+        Duration::from_secs(20),
     );
     assert!(
-        log.contains("sluice.toml:20") && log.contains("weight"),
-        "{log}"
+        sluice.log.contains("sluice.toml:20") && sluice.log.contains("weight"),
+        "{}",
+        sluice.log
     );
     let three = format!("{TWO_BACKENDS}[[service.backend]]\naddress = \"10.1.0.13\"\n");
     std::fs::write(&path, config(dir.path(), &three)).unwrap();
-    sighup(child.id());
-    wait_for_line(
-        &lines,
+    sluice.signal("HUP");
+    sluice.wait_for(
         "reload: generation 2 with 1 services in use after",
-        &mut log,
+        Duration::from_secs(20),
     );
     // SIGTERM stops it cleanly.
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "{log}");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("mempool: 0 buffers in use"), "{stdout}");
+    let stopped = sluice.terminate();
+    assert!(stopped.status.success(), "{}", stopped.log);
+    assert!(
+        stopped.stdout.contains("mempool: 0 buffers in use"),
+        "{}",
+        stopped.stdout
+    );
 }
 
 #[test]
@@ -133,35 +81,28 @@ fn health_checks_take_backends_out_and_back() {
     );
     let path = dir.path().join("sluice.toml");
     std::fs::write(&path, config(dir.path(), &backends)).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = stderr_lines(&mut child);
-    let mut log = String::new();
-    wait_for_line(&lines, "health checks: 2 backends", &mut log);
-    wait_for_line(&lines, "(id 1): down", &mut log);
-    assert!(!log.contains("(id 0): down"), "{log}");
+    let mut sluice = RunningSluice::start_with_stdout(&path);
+    sluice.wait_for("health checks: 2 backends", Duration::from_secs(20));
+    sluice.wait_for("(id 1): down", Duration::from_secs(20));
+    assert!(!sluice.log.contains("(id 0): down"), "{}", sluice.log);
     drop(listener);
-    wait_for_line(&lines, "(id 0): down", &mut log);
-    assert!(log.contains("2 consecutive failures"), "{log}");
-    let _reopened = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-    wait_for_line(&lines, "(id 0): up", &mut log);
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(child.wait().unwrap().success(), "{log}");
-    let stderr = log;
+    sluice.wait_for("(id 0): down", Duration::from_secs(20));
     assert!(
-        stderr.contains("published after a health change, in use after"),
-        "{stderr}"
+        sluice.log.contains("2 consecutive failures"),
+        "{}",
+        sluice.log
     );
+    let _reopened = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    sluice.wait_for("(id 0): up", Duration::from_secs(20));
+    assert!(
+        sluice
+            .log
+            .contains("published after a health change, in use after"),
+        "{}",
+        sluice.log
+    );
+    let stopped = sluice.terminate();
+    assert!(stopped.status.success(), "{}", stopped.log);
 }
 
 fn ctl(socket: &Path, command: &[&str]) -> (bool, String) {
@@ -222,17 +163,8 @@ fn ctl_and_metrics_through_the_running_binary() {
         );
     let path = dir.path().join("sluice.toml");
     std::fs::write(&path, &text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = stderr_lines(&mut child);
-    let mut log = String::new();
-    wait_for_line(&lines, "SIGHUP reloads", &mut log);
+    let mut sluice = RunningSluice::start_with_stdout(&path);
+    sluice.wait_for("SIGHUP reloads", Duration::from_secs(20));
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
@@ -519,14 +451,9 @@ fn ctl_and_metrics_through_the_running_binary() {
     ));
     assert!(body.contains("sluice_worker_drops_total{worker=\"0\",reason=\"malformed\"} 0"));
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success());
-    assert!(String::from_utf8_lossy(&output.stdout).contains("mempool: 0 buffers in use"));
+    let stopped = sluice.terminate();
+    assert!(stopped.status.success());
+    assert!(stopped.stdout.contains("mempool: 0 buffers in use"));
     assert!(!socket.exists(), "the control socket is removed at exit");
 }
 
@@ -544,17 +471,8 @@ fn save_keeps_drains_through_a_reload() {
         config(dir.path(), backends) + &format!("[control]\nsocket = \"{}\"\n", socket.display());
     let path = dir.path().join("sluice.toml");
     std::fs::write(&path, &text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = stderr_lines(&mut child);
-    let mut log = String::new();
-    wait_for_line(&lines, "SIGHUP reloads", &mut log);
+    let mut sluice = RunningSluice::start(&path);
+    sluice.wait_for("SIGHUP reloads", Duration::from_secs(20));
     let row = |list: &str, backend: &str| -> Vec<String> {
         list.lines()
             .find(|line| line.contains(backend))
@@ -605,10 +523,5 @@ fn save_keeps_drains_through_a_reload() {
     );
     assert!(!ctl(&socket, &["save"]).1.contains("drained = true"));
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(child.wait().unwrap().success());
+    assert!(sluice.terminate().status.success());
 }

@@ -7,111 +7,18 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{dr_service_on_two_pcap_ports, free_port, write_empty_pcap};
+use common::running_sluice::{RunningSluice, Stopped};
+use common::{dr_service_on_two_pcap_ports, free_hugepages, free_port, write_empty_pcap};
 
 /// A two-port DR configuration on pcap vdevs with `rest` appended after the service.
 fn config(dir: &Path, rest: &str) -> String {
     dr_service_on_two_pcap_ports(dir, rest)
-}
-
-struct Sluice {
-    child: Child,
-    lines: Receiver<(Instant, String)>,
-    log: String,
-}
-
-impl Sluice {
-    fn start(path: &Path) -> Sluice {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["run", "--config"])
-            .arg(path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (send, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if send.send((Instant::now(), line)).is_err() {
-                    break;
-                }
-            }
-        });
-        Sluice {
-            child,
-            lines,
-            log: String::new(),
-        }
-    }
-
-    /// Waits for a line containing `needle` (at most `within`); returns when it was printed.
-    #[track_caller]
-    fn wait_for(&mut self, needle: &str, within: Duration) -> Instant {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok((when, line)) => {
-                    self.log.push_str(&line);
-                    self.log.push('\n');
-                    if line.contains(needle) {
-                        return when;
-                    }
-                }
-                Err(_) => panic!("no {needle:?} within {within:?} in:\n{}", self.log),
-            }
-        }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// SIGTERM, and how long the process took to exit.
-    fn terminate(mut self) -> (Duration, std::process::ExitStatus, String) {
-        let asked = Instant::now();
-        self.signal("TERM");
-        let deadline = asked + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let took = asked.elapsed();
-                while let Ok((_, line)) = self.lines.recv_timeout(Duration::from_millis(200)) {
-                    self.log.push_str(&line);
-                    self.log.push('\n');
-                }
-                return (took, status, std::mem::take(&mut self.log));
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("sluice did not stop within 20 s:\n{}", self.log);
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Sluice {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// One request on the control socket: the answer and how long it took.
@@ -171,7 +78,7 @@ fn reloads_with_out_of_range_values_are_refused_and_forwarding_goes_on() {
     let good = config(dir.path(), &format!("{backend}{control}"));
     let path = dir.path().join("sluice.toml");
     std::fs::write(&path, &good).unwrap();
-    let mut sluice = Sluice::start(&path);
+    let mut sluice = RunningSluice::start(&path);
     sluice.wait_for("SIGHUP reloads", Duration::from_secs(20));
     let before = received();
     let check = "[service.backend.health_check]\ntype = \"tcp\"\nconnect_ip = \"127.0.0.1\"\nconnect_port = 9\n";
@@ -275,7 +182,9 @@ fn reloads_with_out_of_range_values_are_refused_and_forwarding_goes_on() {
         conns.contains("worker 0: 0 connections, generation 2"),
         "{conns}"
     );
-    let (took, status, log) = sluice.terminate();
+    let Stopped {
+        took, status, log, ..
+    } = sluice.terminate();
     assert!(status.success(), "{log}");
     assert!(took < Duration::from_secs(2), "{took:?}");
     assert!(!log.contains("panicked"), "{log}");
@@ -380,8 +289,9 @@ fn idle_trickling_clients_and_a_dribbling_backend_stop_nothing() {
     );
     let path = dir.path().join("sluice.toml");
     std::fs::write(&path, config(dir.path(), &rest)).unwrap();
-    let mut sluice = Sluice::start(&path);
-    let checks_started = sluice.wait_for("health checks: 2 backends", Duration::from_secs(20));
+    let mut sluice = RunningSluice::start(&path);
+    let (checks_started, _) =
+        sluice.wait_for_timed("health checks: 2 backends", Duration::from_secs(20));
     sluice.wait_for("SIGHUP reloads", Duration::from_secs(5));
 
     // 100 idle and 100 trickling connections on each endpoint, held open (reopened when sluice lets go).
@@ -405,7 +315,7 @@ fn idle_trickling_clients_and_a_dribbling_backend_stop_nothing() {
     std::thread::sleep(Duration::from_millis(500));
 
     // The dribbling backend is down within connect_timeout x retry + delay_before_retry (2.2 s), plus slack.
-    let down = sluice.wait_for("(id 0): down", Duration::from_secs(10));
+    let (down, _) = sluice.wait_for_timed("(id 0): down", Duration::from_secs(10));
     let dribbler_verdict = down - checks_started;
     assert!(
         dribbler_verdict < Duration::from_millis(3200),
@@ -422,7 +332,10 @@ fn idle_trickling_clients_and_a_dribbling_backend_stop_nothing() {
     // The other backend's failure is seen on its own schedule while the dribbler's probes hang.
     let closed = Instant::now();
     drop(healthy);
-    let other_down = sluice.wait_for("(id 1): down", Duration::from_secs(10)) - closed;
+    let other_down = sluice
+        .wait_for_timed("(id 1): down", Duration::from_secs(10))
+        .0
+        - closed;
     assert!(
         other_down < Duration::from_millis(800),
         "backend 1 took {other_down:?} to be marked down:\n{}",
@@ -446,7 +359,7 @@ fn idle_trickling_clients_and_a_dribbling_backend_stop_nothing() {
     assert!(took < Duration::from_secs(1), "ctl reload took {took:?}");
     sluice.signal("HUP");
     let hup = Instant::now();
-    let reloaded = sluice.wait_for("SIGHUP: reloading", Duration::from_secs(2));
+    let (reloaded, _) = sluice.wait_for_timed("SIGHUP: reloading", Duration::from_secs(2));
     sluice.wait_for("reload: generation", Duration::from_secs(2));
     assert!(
         reloaded - hup < Duration::from_secs(1),
@@ -478,7 +391,9 @@ fn idle_trickling_clients_and_a_dribbling_backend_stop_nothing() {
     assert!(garbage.starts_with("HTTP/1.0 400 Bad Request"), "{garbage}");
 
     // SIGTERM with the pests connected and the dribbler's probes in flight: out within 2 s, socket removed.
-    let (took, status, log) = sluice.terminate();
+    let Stopped {
+        took, status, log, ..
+    } = sluice.terminate();
     stop.store(true, Ordering::SeqCst);
     let ctl_connections = ctl_pest.join().unwrap();
     let metrics_connections = metrics_pest.join().unwrap();
@@ -533,23 +448,14 @@ fn a_failed_metrics_bind_at_start_leaves_no_worker_and_no_file() {
     // A stale socket file from a killed run does not stop the next start.
     std::fs::write(&socket, b"").unwrap();
     drop(taken);
-    let mut sluice = Sluice::start(&path);
+    let mut sluice = RunningSluice::start(&path);
     sluice.wait_for("polling on CPU", Duration::from_secs(20));
     sluice.wait_for("SIGHUP reloads", Duration::from_secs(5));
     let (answer, _) = ctl(&socket, "list");
     assert!(answer.contains("10.1.0.11:80"), "{answer}");
-    let (_, status, log) = sluice.terminate();
+    let Stopped { status, log, .. } = sluice.terminate();
     assert!(status.success(), "{log}");
     assert!(!socket.exists());
-}
-
-fn free_hugepages() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("HugePages_Free:"))
-        .and_then(|count| count.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 #[test]
@@ -570,7 +476,7 @@ fn hugepage_files_are_gone_even_after_kill_9() {
     );
     let path = dir.path().join("sluice.toml");
     std::fs::write(&path, text).unwrap();
-    let mut sluice = Sluice::start(&path);
+    let mut sluice = RunningSluice::start(&path);
     sluice.wait_for("SIGHUP reloads", Duration::from_secs(20));
     let ours = || {
         std::fs::read_dir("/dev/hugepages")
@@ -594,7 +500,7 @@ fn connections_beyond_the_bound_are_refused_at_once_and_service_resumes() {
     let rest = format!("[[service.backend]]\naddress = \"10.1.0.11\"\n[control]\nmetrics = \"127.0.0.1:{metrics}\"\n");
     let path = dir.path().join("sluice.toml");
     std::fs::write(&path, config(dir.path(), &rest)).unwrap();
-    let mut sluice = Sluice::start(&path);
+    let mut sluice = RunningSluice::start(&path);
     sluice.wait_for("SIGHUP reloads", Duration::from_secs(20));
     // 512 (the bound) idle connections are held; the next one is answered 503 at once instead of waiting.
     // In batches, so that the listen backlog (128) never overflows and every one of them is accepted.
@@ -621,7 +527,9 @@ fn connections_beyond_the_bound_are_refused_at_once_and_service_resumes() {
         assert!(Instant::now() < deadline, "still refused: {answer}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (took, status, log) = sluice.terminate();
+    let Stopped {
+        took, status, log, ..
+    } = sluice.terminate();
     assert!(
         status.success() && took < Duration::from_secs(2),
         "{took:?} {log}"

@@ -6,9 +6,11 @@
 
 use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::Receiver;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::running_sluice::RunningSluice;
 
 const NODE_ADDR: &str = "10.77.0.1";
 const PEER_ADDR: &str = "10.77.0.254";
@@ -16,11 +18,11 @@ const VIP: &str = "10.77.0.100";
 const VIP6: &str = "fd77::100";
 const TAP: &str = "slc-up";
 
-/// Two namespaces joined by a veth pair made inside them; removed (with whatever runs in them) on drop.
+/// Two namespaces joined by a veth pair made inside them; removed on drop. A sluice started in them is dropped
+/// (and so stopped) before its bed, as declared after it.
 struct Bed {
     node: String,
     peer: String,
-    children: Vec<Child>,
 }
 
 fn run(args: &[&str]) -> std::process::Output {
@@ -47,7 +49,6 @@ impl Bed {
         let bed = Bed {
             node: format!("slc-kp{tag}{id}n"),
             peer: format!("slc-kp{tag}{id}p"),
-            children: Vec::new(),
         };
         for ns in [&bed.node, &bed.peer] {
             ok(&["ip", "netns", "add", ns]);
@@ -110,12 +111,12 @@ impl Bed {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn start_sluice(&mut self, dir: &Path) -> (u32, Receiver<String>) {
+    fn start_sluice(&self, dir: &Path) -> RunningSluice {
         self.start_sluice_with(dir, "")
     }
 
     /// sluice with `network` added to its `[network]` table.
-    fn start_sluice_with(&mut self, dir: &Path, network: &str) -> (u32, Receiver<String>) {
+    fn start_sluice_with(&self, dir: &Path, network: &str) -> RunningSluice {
         let prefix = self.node.clone();
         let config = format!(
             r#"[eal]
@@ -152,7 +153,8 @@ address = "fd77::11"
         );
         let path = dir.join("node.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new("ip")
+        // `ip netns exec` execs the program: the child is sluice itself, and its stdout and stderr are read.
+        let child = Command::new("ip")
             .args([
                 "netns",
                 "exec",
@@ -167,20 +169,12 @@ address = "fd77::11"
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // `ip netns exec` execs the program: this is sluice's pid.
-        let pid = child.id();
-        let lines = lines_of(&mut child);
-        self.children.push(child);
-        (pid, lines)
+        RunningSluice::adopt(child)
     }
 }
 
 impl Drop for Bed {
     fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
         for ns in [&self.node, &self.peer] {
             let _ = run(&["ip", "netns", "del", ns]);
         }
@@ -190,49 +184,6 @@ impl Drop for Bed {
 
 fn num_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// stdout and stderr lines of `child`, as they come.
-fn lines_of(child: &mut Child) -> Receiver<String> {
-    let (send, receive) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let other = send.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if send.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if other.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receive
-}
-
-fn wait_for_line(lines: &Receiver<String>, needle: &str, log: &mut String) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !log.contains(needle) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) => {
-                log.push_str(&line);
-                log.push('\n');
-            }
-            Err(_) => panic!("no {needle:?} in:\n{log}"),
-        }
-    }
 }
 
 /// Waits up to `limit` for `condition`; returns how long it took.
@@ -321,10 +272,9 @@ fn bgp_like_exchange(bed: &Bed) {
 #[test]
 fn the_node_talks_through_its_tap_and_the_vip_shares_fate_with_sluice() {
     let dir = tempfile::tempdir().unwrap();
-    let mut bed = Bed::new("a");
-    let (pid, lines) = bed.start_sluice(dir.path());
-    let mut log = String::new();
-    wait_for_line(&lines, &format!("announced {VIP}"), &mut log);
+    let bed = Bed::new("a");
+    let mut sluice = bed.start_sluice(dir.path());
+    sluice.wait_for(&format!("announced {VIP}"), Duration::from_secs(20));
 
     // The tap has the port's MAC and address, and the VIP as a /32.
     let addresses = bed.tap_addresses().expect("the tap exists");
@@ -442,7 +392,7 @@ fn the_node_talks_through_its_tap_and_the_vip_shares_fate_with_sluice() {
     assert!(bed.tap_addresses().unwrap().contains(&format!("{VIP}/32")));
 
     // Killed outright, sluice takes the tap (and so the VIP and the node's address) with it.
-    ok(&["kill", "-9", &pid.to_string()]);
+    sluice.child.kill().unwrap();
     let removed = within(Duration::from_secs(1), || bed.tap_addresses().is_none());
     assert!(
         removed.is_some(),
@@ -454,25 +404,18 @@ fn the_node_talks_through_its_tap_and_the_vip_shares_fate_with_sluice() {
 #[test]
 fn a_clean_stop_withdraws_the_vip_and_counts_the_kernel_path() {
     let dir = tempfile::tempdir().unwrap();
-    let mut bed = Bed::new("b");
-    let (pid, lines) = bed.start_sluice(dir.path());
-    let mut log = String::new();
-    wait_for_line(&lines, &format!("announced {VIP}"), &mut log);
+    let bed = Bed::new("b");
+    let mut sluice = bed.start_sluice(dir.path());
+    sluice.wait_for(&format!("announced {VIP}"), Duration::from_secs(20));
     bgp_like_exchange(&bed);
-    ok(&["kill", "-TERM", &pid.to_string()]);
-    wait_for_line(&lines, &format!("stopping: withdrew {VIP}"), &mut log);
-    wait_for_line(&lines, "kernel path: to_kernel", &mut log);
-    let status = bed.children[0].wait().unwrap();
-    assert!(status.success(), "{log}");
-    // Drain what is left of the output.
-    while let Ok(line) = lines.recv_timeout(Duration::from_millis(500)) {
-        log.push_str(&line);
-        log.push('\n');
-    }
-    let counted = log
-        .lines()
-        .find(|line| line.contains("kernel path: to_kernel"))
-        .unwrap();
+    sluice.signal("TERM");
+    sluice.wait_for(
+        &format!("stopping: withdrew {VIP}"),
+        Duration::from_secs(20),
+    );
+    let counted = sluice.wait_for("kernel path: to_kernel", Duration::from_secs(20));
+    let stopped = sluice.wait_exit(Duration::from_secs(20));
+    assert!(stopped.status.success(), "{}", stopped.log);
     let value = |name: &str| -> u64 {
         counted
             .split_whitespace()
@@ -551,20 +494,19 @@ address = "10.0.0.12"
 #[test]
 fn virtio_user_kernel_interfaces_need_vhost_net() {
     let dir = tempfile::tempdir().unwrap();
-    let mut bed = Bed::new("c");
-    let (_, lines) = bed.start_sluice_with(dir.path(), "kernel_device = \"virtio_user\"");
-    let mut log = String::new();
+    let bed = Bed::new("c");
+    let mut sluice = bed.start_sluice_with(dir.path(), "kernel_device = \"virtio_user\"");
     if Path::new("/dev/vhost-net").exists() {
         // Where vhost-net exists, the kernel interface is a virtio_user one, and the node's traffic goes through it.
-        wait_for_line(&lines, &format!("announced {VIP}"), &mut log);
+        sluice.wait_for(&format!("announced {VIP}"), Duration::from_secs(20));
         assert!(bed
             .tap_addresses()
             .is_some_and(|a| a.contains(&format!("{NODE_ADDR}/24"))));
         bgp_like_exchange(&bed);
     } else {
-        wait_for_line(&lines, "needs /dev/vhost-net", &mut log);
-        let status = bed.children[0].wait().unwrap();
-        assert!(!status.success(), "{log}");
+        sluice.wait_for("needs /dev/vhost-net", Duration::from_secs(20));
+        let stopped = sluice.wait_exit(Duration::from_secs(20));
+        assert!(!stopped.status.success(), "{}", stopped.log);
         assert!(bed.tap_addresses().is_none());
     }
 }

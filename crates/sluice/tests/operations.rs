@@ -3,16 +3,16 @@
 //! reloads, backends' health and weights, ports' device counters, mempool use), which `promtool check metrics`
 //! accepts (when promtool is installed: scripts/setup.sh installs it); ctl's changes in the log.
 
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::Receiver;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 mod common;
+use common::running_sluice::RunningSluice;
 use common::{dr_service_on_two_pcap_ports, free_port, write_empty_pcap};
 
 /// A two-port DR configuration on pcap vdevs with `rest` appended after the service.
@@ -33,79 +33,6 @@ fn scrape(port: u16) -> String {
     body.to_owned()
 }
 
-struct Sluice {
-    child: Child,
-    lines: Receiver<String>,
-    log: String,
-}
-
-impl Sluice {
-    fn start(config: &Path, notify: Option<&Path>) -> Sluice {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
-        command
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Some(socket) = notify {
-            command.env("NOTIFY_SOCKET", socket);
-        }
-        let mut child = command.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (send, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Sluice {
-            child,
-            lines,
-            log: String::new(),
-        }
-    }
-
-    #[track_caller]
-    fn wait_for(&mut self, needle: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.log.push_str(&line);
-                    self.log.push('\n');
-                    if line.contains(needle) {
-                        return;
-                    }
-                }
-                Err(_) => panic!("no {needle:?} within {within:?} in:\n{}", self.log),
-            }
-        }
-    }
-
-    fn terminate(&mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Sluice {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn systemd_hears_ready_once_forwarding_and_stopping_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
@@ -121,7 +48,12 @@ fn systemd_hears_ready_once_forwarding_and_stopping_on_sigterm() {
     notify
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut sluice = Sluice::start(&path, Some(&notify_path));
+    let mut sluice = RunningSluice::adopt(
+        RunningSluice::command(&path)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .spawn()
+            .unwrap(),
+    );
     let mut buffer = [0u8; 512];
     let n = notify
         .recv(&mut buffer)
@@ -133,7 +65,7 @@ fn systemd_hears_ready_once_forwarding_and_stopping_on_sigterm() {
     );
     // READY=1 comes after the workers started polling, so the forwarding line is already in the log.
     sluice.wait_for("forwarding with 1 workers", Duration::from_secs(5));
-    sluice.terminate();
+    sluice.signal("TERM");
     let n = notify
         .recv(&mut buffer)
         .expect("no STOPPING=1 after SIGTERM");
@@ -218,7 +150,7 @@ fn metrics_name_backends_ports_pools_and_reloads_and_promtool_accepts_them() {
     );
     let path = dir.path().join("sluice.toml");
     std::fs::write(&path, config(dir.path(), &rest)).unwrap();
-    let mut sluice = Sluice::start(&path, None);
+    let mut sluice = RunningSluice::start(&path);
     sluice.wait_for(
         "health: service tcp://10.0.0.100:80 backend 10.1.0.12:80 (id 1): down (connect to 127.0.0.1",
         Duration::from_secs(20),

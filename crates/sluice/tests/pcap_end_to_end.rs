@@ -12,7 +12,7 @@ use std::process::Command;
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 
 mod common;
-use common::write_pcap;
+use common::{read_pcap, write_pcap};
 
 /// The seed sluice draws FULLNAT local ports from in the replay whose replies are written before it runs.
 const LOCAL_PORT_SEED: u64 = 11;
@@ -21,18 +21,6 @@ const GATEWAY_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
 /// The ports' MACs, set by the configuration (net_pcap keeps its own; sluice answers to these).
 const CLIENT_PORT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const BACKEND_PORT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
-
-fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
-    let data = std::fs::read(path).unwrap_or_default();
-    let mut frames = Vec::new();
-    let mut at = 24;
-    while at + 16 <= data.len() {
-        let len = u32::from_le_bytes(data[at + 8..at + 12].try_into().unwrap()) as usize;
-        frames.push(data[at + 16..at + 16 + len].to_vec());
-        at += 16 + len;
-    }
-    frames
-}
 
 fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()

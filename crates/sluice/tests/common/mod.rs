@@ -1,6 +1,9 @@
-//! What the binary's tests share: pcap files to feed the ports, the two-port pcap configuration most of them run
-//! on, and a free TCP port for listeners. Each test file uses part of it.
+//! What the binary's tests share: pcap files to feed the ports and read back what they sent, the two-port pcap
+//! configuration most of them run on, a free TCP port for listeners, the free hugepages, and a running sluice to
+//! wait on ([`running_sluice::RunningSluice`]). Each test file uses part of it.
 #![allow(dead_code)]
+
+pub mod running_sluice;
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -21,6 +24,31 @@ pub fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
         out.extend(frame);
     }
     std::fs::write(path, out).unwrap();
+}
+
+/// The frames of a classic pcap file (the format net_pcap ports and `dpdk-dumpcap -P` write), after checking its
+/// header: magic, Ethernet link type.
+pub fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
+    let data = std::fs::read(path).unwrap();
+    assert!(data.len() >= 24, "{} is no pcap file", path.display());
+    let magic = u32::from_le_bytes(data[0..4].try_into().unwrap());
+    assert!(
+        magic == 0xa1b2_c3d4 || magic == 0xa1b2_3c4d,
+        "magic {magic:#x}"
+    );
+    assert_eq!(
+        u32::from_le_bytes(data[20..24].try_into().unwrap()),
+        1,
+        "link type"
+    );
+    let mut frames = Vec::new();
+    let mut at = 24;
+    while at + 16 <= data.len() {
+        let len = u32::from_le_bytes(data[at + 8..at + 12].try_into().unwrap()) as usize;
+        frames.push(data[at + 16..at + 16 + len].to_vec());
+        at += 16 + len;
+    }
+    frames
 }
 
 /// A pcap file without frames: a port that receives nothing.
@@ -64,4 +92,14 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// How many hugepages (of the default size) are free now; 0 where the kernel reports none.
+pub fn free_hugepages() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("HugePages_Free:"))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or(0)
 }

@@ -345,6 +345,7 @@ pub fn bench_worker(
     frame_len: usize,
     new_connections: bool,
     burst: usize,
+    hooks: EdgeHooks,
 ) -> Result<Worker<TrafficSource, CountingSink>, String> {
     let (vip, client, backend_net) = if v6 {
         (ip("fd00::100"), ip("2001:db8::1"), "fd01::")
@@ -454,7 +455,7 @@ pub fn bench_worker(
         two_entry_connections: capacity,
         timeouts: Timeouts::default(),
         local_ports: Some(local_ports),
-        hooks: EdgeHooks::default(),
+        hooks,
         backend_ids: 64,
         persistence_entries: 16,
         neighbors: Arc::new(NeighborTable::new(64)),

@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use balancer::conntrack::EdgeHooks;
 use balancer::service::ForwardingMode;
 use crossbeam::channel::bounded;
 use dataplane::listing::{ConnFilter, ListingChannel, ListingQuery, WorkerAnswer, WorkerQuery};
@@ -15,8 +16,16 @@ fn a_million_connections_are_listed_while_every_frame_is_forwarded() {
 }
 
 fn listed_while_forwarding(flows: u32) {
-    let mut worker =
-        dataplane::traffic::bench_worker(ForwardingMode::Dr, false, flows, 60, false, 32).unwrap();
+    let mut worker = dataplane::traffic::bench_worker(
+        ForwardingMode::Dr,
+        false,
+        flows,
+        60,
+        false,
+        32,
+        EdgeHooks::default(),
+    )
+    .unwrap();
     let stats = worker.stats();
     // The clock stands still while the table fills: no connection may expire before the last is opened.
     let now = 1u64;

@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use balancer::conntrack::EdgeHooks;
 use balancer::service::ForwardingMode;
 
 #[derive(clap::Args)]
@@ -51,6 +52,11 @@ pub fn bench(args: BenchArgs) -> Result<(), String> {
         args.frame_len,
         args.new_connections,
         args.burst,
+        // The connection table gets what `sluice run` lends it: huge-page advice and the CPU's prefetch.
+        EdgeHooks {
+            prefetch: Some(dpdk::prefetch_line),
+            advise_memory: Some(dpdk::advise_huge_pages),
+        },
     )?;
     let stats = worker.stats();
     let clock_start = Instant::now();

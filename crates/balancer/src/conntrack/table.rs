@@ -813,7 +813,26 @@ impl ConnTable {
         self.occupied.set(id, true);
         self.len += 1;
         self.stats.inserted += 1;
+        if self.free_primary == NIL {
+            self.prefetch_next_victims();
+        }
         Ok(ConnId(id))
+    }
+
+    /// In a full table every insert evicts the oldest sacrificable connection, whose entry and index bucket are
+    /// long out of the cache. Starts loading them one insert ahead, in two steps: the bucket of the next victim,
+    /// whose entry was asked for by the insert before (its key gives the bucket), and the entry of the victim
+    /// after it. Its list link is in the cache already: unlinking the victim before it wrote there.
+    fn prefetch_next_victims(&self) {
+        let Some(next) = self.lists.head(ListId::Evictable) else {
+            return;
+        };
+        let entry = &self.entries[next as usize];
+        let home = self.index.probe(self.hash(&entry.key())).bucket;
+        prefetch(self.prefetcher, self.index.bucket(home));
+        if let Some(after) = self.lists.next(next) {
+            prefetch(self.prefetcher, &self.entries[after as usize]);
+        }
     }
 
     /// The oldest sacrificable connection holding a second entry, within a short walk of the eviction order.

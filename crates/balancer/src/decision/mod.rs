@@ -127,16 +127,10 @@ impl WorkerState {
     /// bucket. Pass the result to [`WorkerState::decide`] for the same frame.
     #[inline]
     pub fn stage(&self, flow: &FlowKey) -> StagedKey {
-        let key = ConnKey::from_flow(flow);
-        let hash = self.conns.hash(&key);
-        self.conns.prefetch(hash);
-        StagedKey {
-            key,
-            hash,
-            candidates: None,
-            missed: false,
-            absent: false,
-        }
+        // The table's own prefetch (the edge's hook, or a read) instead of the caller's instruction.
+        let staged = self.stage_with(flow, |_| {});
+        self.conns.prefetch(staged.hash);
+        staged
     }
 
     /// [`WorkerState::stage`] with the caller's prefetch instruction (the data plane's, inlined).

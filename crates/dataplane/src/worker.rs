@@ -651,10 +651,13 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
                     Err(_) => self.drop_frame(frame, DropReason::RewriteFailed),
                 }
             }
-            Action::AnswerEcho => match packet::answer_echo(frame.data_mut(), layout) {
-                Ok(()) => self.answer(frame, ingress),
-                Err(_) => self.drop_frame(frame, DropReason::RewriteFailed),
-            },
+            Action::AnswerEcho => {
+                let mac = self.port_mac(ingress);
+                match packet::answer_echo(frame.data_mut(), layout, mac) {
+                    Ok(()) => self.answer(frame, ingress),
+                    Err(_) => self.drop_frame(frame, DropReason::RewriteFailed),
+                }
+            }
             Action::AnswerNeighborSolicitation => {
                 let mac = self.port_mac(ingress);
                 let answered = packet::answer_neighbor_solicitation(frame.data_mut(), layout, mac);
@@ -1029,7 +1032,8 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         if !answer.resize(TOO_BIG_ROOM) {
             return self.count_drop(DropReason::TooBig);
         }
-        match packet::build_too_big(answer.data_mut(), original.data(), layout, from, mtu) {
+        let mac = self.port_mac(ingress);
+        match packet::build_too_big(answer.data_mut(), original.data(), layout, from, mtu, mac) {
             Ok(len) if answer.resize(len) => {
                 // The original is dropped (counted as too big); the sender learns the path MTU.
                 self.counters.drops[DropReason::TooBig.index()] += 1;

@@ -1060,3 +1060,53 @@ fn a_frame_to_another_hosts_mac_is_dropped_and_counted() {
     assert_eq!(rig.take(0, 1).len(), 1);
     assert_eq!(rig.workers[0].stats().drops(DropReason::NotOurMac), 1);
 }
+
+/// `frame` sent to the broadcast MAC instead of the port's.
+fn to_broadcast(mut frame: Vec<u8>) -> Vec<u8> {
+    frame[0..6].fill(0xff);
+    frame
+}
+
+#[test]
+fn answers_to_frames_sent_to_the_broadcast_mac_come_from_the_ports_mac() {
+    // An echo request for the port's address, and a packet too big for the tunnel, both sent to ff:ff:ff:ff:ff:ff:
+    // the answers leave from the port's MAC, never from the broadcast address the requests were sent to.
+    let mut rig = rig(&spec(ForwardingMode::Tun, 1, true), 1);
+    let mut echo = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, PORT0_MAC)
+        .ipv4([10, 0, 0, 2], [10, 0, 0, 1], 64)
+        .icmpv4_echo_request(7, 1)
+        .write(&mut echo, b"ping")
+        .unwrap();
+    rig.send(0, 0, to_broadcast(echo));
+    rig.send(
+        0,
+        0,
+        to_broadcast(tcp_frame(
+            ip("fd00::2"),
+            7000,
+            ip("fd00::100"),
+            80,
+            true,
+            &[7u8; 1430],
+        )),
+    );
+    rig.poll_all(1);
+    let answers = rig.take(0, 0);
+    assert_eq!(answers.len(), 2, "{:?}", rig.workers[0].stats());
+    for answer in &answers {
+        assert_eq!(&answer[0..6], &CLIENT_MAC);
+        assert_eq!(&answer[6..12], &PORT0_MAC);
+    }
+    let kinds: Vec<_> = answers
+        .iter()
+        .map(
+            |answer| match SlicedPacket::from_ethernet(answer).unwrap().transport {
+                Some(TransportSlice::Icmpv4(icmp)) => icmp.type_u8(),
+                Some(TransportSlice::Icmpv6(icmp)) => icmp.type_u8(),
+                other => panic!("{other:?}"),
+            },
+        )
+        .collect();
+    assert_eq!(kinds, [0, 2], "an echo reply and a packet-too-big");
+}

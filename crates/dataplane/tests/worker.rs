@@ -965,7 +965,7 @@ fn a_first_fragment_claiming_a_backend_is_not_relayed_without_a_connection() {
         let mut fragment = segment_v4(
             (ip("10.1.0.11"), 8080),
             (ip("198.51.100.9"), 5555),
-            |b, out| b.ack(1).write(out, b"relay me").unwrap(),
+            |b, out| b.ack(1).write(out, b"relay me now").unwrap(),
         );
         fragment[20] = 0x20;
         fix_ipv4_checksum(&mut fragment);
@@ -1109,4 +1109,28 @@ fn answers_to_frames_sent_to_the_broadcast_mac_come_from_the_ports_mac() {
         )
         .collect();
     assert_eq!(kinds, [0, 2], "an echo reply and a packet-too-big");
+}
+
+#[test]
+fn a_fragment_with_more_to_come_that_is_not_a_multiple_of_8_bytes_is_dropped_as_malformed() {
+    // Fragments are cut at multiples of 8 bytes (RFC 791; RFC 8200 says discard): a first fragment of 22 bytes
+    // with more to come cannot be put together with any other and goes nowhere, in either family.
+    let mut rig = rig(&spec(ForwardingMode::Dr, 1, true), 1);
+    let mut v4 = tcp_frame(ip("10.0.0.2"), 7100, ip("10.0.0.100"), 80, true, b"ab");
+    v4[20] = 0x20;
+    fix_ipv4_checksum(&mut v4);
+    let whole = tcp_frame(ip("fd00::2"), 7100, ip("fd00::100"), 80, true, b"ab");
+    // The same segment behind a fragment header: offset 0, more to come.
+    let mut v6 = whole[..54].to_vec();
+    v6[20] = 44;
+    v6.extend_from_slice(&[6, 0, 0, 1, 0, 0, 0, 9]);
+    v6.extend_from_slice(&whole[54..]);
+    let payload = (v6.len() - 54) as u16;
+    v6[18..20].copy_from_slice(&payload.to_be_bytes());
+    for frame in [v4, v6] {
+        rig.send(0, 0, frame);
+    }
+    rig.poll_all(1);
+    assert!(rig.take(0, 1).is_empty(), "nothing reaches a backend");
+    assert_eq!(rig.workers[0].stats().drops(DropReason::Malformed), 2);
 }

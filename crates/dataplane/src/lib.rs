@@ -3,6 +3,7 @@
 pub mod awaiting_neighbor;
 pub mod build;
 pub mod exceptions;
+pub mod fuzzing;
 pub mod handoff;
 pub mod held_fragments;
 pub mod idle;

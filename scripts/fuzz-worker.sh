@@ -2,7 +2,8 @@
 # Fuzzes whole workers (crates/dataplane/fuzz, target worker) with libFuzzer: arbitrary scripts of frames on both
 # ports, answers to what the workers sent, fragments, time steps and table updates; every frame sent must parse and
 # carry valid checksums. Runs for SECONDS (default 60) or, with RUNS, that many executions; starts from the seed
-# scripts of dataplane::fuzzing::seeds and prints libFuzzer's summary. Uses cargo-fuzz when it is installed, else
+# scripts of dataplane::fuzzing::seeds and prints libFuzzer's summary. Further arguments go to libFuzzer (e.g.
+# -fork=2 -ignore_crashes=1 for a long run on two cores that keeps going past a crash). Uses cargo-fuzz when it is installed, else
 # builds with the same coverage flags by hand (a nightly toolchain is needed either way).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,7 @@ mkdir -p "$corpus"
 SLUICE_FUZZ_SEEDS=$PWD/$corpus cargo test --quiet -p dataplane --test fuzz_smoke -- the_seeds >/dev/null
 if cargo fuzz --help >/dev/null 2>&1; then
     cd "$fuzz"
-    exec cargo +nightly fuzz run worker corpus/worker -- -max_total_time="$seconds" -runs="$runs" -rss_limit_mb=2048
+    exec cargo +nightly fuzz run worker corpus/worker -- -max_total_time="$seconds" -runs="$runs" -rss_limit_mb=2048 "${@:2}"
 fi
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
@@ -24,4 +25,4 @@ triple=$(rustc +nightly -vV | sed -n 's/^host: //p')
 cargo +nightly build --quiet --release --target "$triple" --manifest-path "$fuzz/Cargo.toml" --bin worker
 mkdir -p "$fuzz/artifacts/worker"
 exec "$fuzz/target/$triple/release/worker" "$corpus" -max_total_time="$seconds" -runs="$runs" -rss_limit_mb=2048 \
-    -max_len=1024 -artifact_prefix="$fuzz/artifacts/worker/" -print_final_stats=1
+    -max_len=1024 -artifact_prefix="$fuzz/artifacts/worker/" -print_final_stats=1 "${@:2}"

@@ -1037,6 +1037,8 @@ fn fill_l4_checksum(l4: &mut [u8], protocol: u8, v6: bool, source: &[u8], destin
         // No checksum: it stays so.
         return;
     }
+    let end = covered(l4, protocol);
+    let l4 = &mut l4[..end];
     l4[field..field + 2].fill(0);
     let start = if pseudo {
         pseudo_header_sum(source, destination, protocol, l4.len())
@@ -1048,6 +1050,22 @@ fn fill_l4_checksum(l4: &mut [u8], protocol: u8, v6: bool, source: &[u8], destin
         sum = 0xffff;
     }
     l4[field..field + 2].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// How many bytes of `l4` a checksum covers: a UDP datagram ends where its length says (what follows inside the
+/// IP packet is padding, as receivers take it), when that length is sound.
+fn covered(l4: &[u8], protocol: u8) -> usize {
+    let length = match l4 {
+        [_, _, _, _, high, low, ..] if protocol == 17 => {
+            usize::from(u16::from_be_bytes([*high, *low]))
+        }
+        _ => return l4.len(),
+    };
+    if (8..=l4.len()).contains(&length) {
+        length
+    } else {
+        l4.len()
+    }
 }
 
 /// The upper layer of an IPv6 packet past its extension headers: where it starts, its protocol, whether the
@@ -1217,7 +1235,7 @@ fn check_l4(
         }
         17 => {
             let length = usize::from(u16::from_be_bytes([l4[4], l4[5]]));
-            if length != l4.len() {
+            if !(8..=l4.len()).contains(&length) {
                 return Err(format!("UDP length {length} in {}", l4.len()));
             }
             if l4[field..field + 2] == [0, 0] {
@@ -1230,6 +1248,7 @@ fn check_l4(
         }
         _ => {}
     }
+    let l4 = &l4[..covered(l4, protocol)];
     let start = if pseudo {
         pseudo_header_sum(source, destination, protocol, l4.len())
     } else {

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::checksum;
 use crate::flow::ip_protocol;
-use crate::parse::{ethertype, icmp_type, read_mac, FrameLayout, IcmpKind, ParseError, L3};
+use crate::parse::{ethertype, icmp_type, FrameLayout, IcmpKind, ParseError, L3};
 use crate::rewrite::DEFAULT_TTL;
 
 const BROADCAST: [u8; 6] = [0xff; 6];

@@ -209,7 +209,9 @@ struct Rig {
     updates: Vec<Sender<WorkerTables>>,
     now_ms: u64,
     /// What the workers sent lately, with the port it left from.
-    seen: VecDeque<(usize, Vec<u8>)>,
+    seen: VecDeque<(usize, MemoryFrame)>,
+    /// Frames done with, reused for the next ones sent in (a fresh frame costs an allocation and a clear).
+    spare: Vec<MemoryFrame>,
     sent: usize,
 }
 
@@ -226,6 +228,7 @@ impl Rig {
             updates: Vec::new(),
             now_ms: 1_000,
             seen: VecDeque::new(),
+            spare: Vec::new(),
             sent: 0,
         };
         for index in 0..count {
@@ -299,7 +302,14 @@ impl Rig {
 
     fn send(&mut self, worker: u8, port: usize, frame: &[u8]) {
         let worker = usize::from(worker) % self.workers.len();
-        let mut frame = MemoryFrame::from_bytes(frame);
+        let bytes = frame;
+        let mut frame = self.spare.pop().unwrap_or_else(MemoryFrame::empty);
+        frame.reset();
+        let len = bytes.len().min(crate::io::memory::ROOM);
+        if !frame.resize(len) {
+            return;
+        }
+        frame.data_mut().copy_from_slice(&bytes[..len]);
         frame.rss_hash = Some(u32::from(worker as u8));
         self.inboxes[worker][port % 2]
             .lock()
@@ -319,11 +329,11 @@ impl Rig {
     fn collect(&mut self) {
         for outboxes in &self.outboxes {
             for (port, outbox) in outboxes.iter().enumerate() {
-                let frames: Vec<MemoryFrame> = outbox
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .drain(..)
-                    .collect();
+                let frames = std::mem::take(
+                    &mut *outbox
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
+                );
                 for frame in frames {
                     let bytes = frame.data();
                     if let Err(fault) = check_frame(bytes, PORT_MACS[port]) {
@@ -335,9 +345,11 @@ impl Rig {
                     }
                     self.sent += 1;
                     if self.seen.len() == SEEN {
-                        self.seen.pop_front();
+                        if let Some((_, old)) = self.seen.pop_front() {
+                            self.spare.push(old);
+                        }
                     }
-                    self.seen.push_back((port, bytes.to_vec()));
+                    self.seen.push_back((port, frame));
                 }
             }
         }
@@ -476,7 +488,9 @@ fn pick_seen(rig: &Rig, script: &mut Script) -> Option<(usize, Vec<u8>)> {
     }
     // Counted from the newest.
     let at = rig.seen.len() - 1 - index % rig.seen.len();
-    rig.seen.get(at).cloned()
+    rig.seen
+        .get(at)
+        .map(|(port, frame)| (*port, frame.data().to_vec()))
 }
 
 /// A frame from a template: client to VIP (or, on demand, a backend to a client), of a service's family and

@@ -1134,3 +1134,75 @@ fn a_fragment_with_more_to_come_that_is_not_a_multiple_of_8_bytes_is_dropped_as_
     assert!(rig.take(0, 1).is_empty(), "nothing reaches a backend");
     assert_eq!(rig.workers[0].stats().drops(DropReason::Malformed), 2);
 }
+
+/// ARP replies from MAC `mac` to every ARP request among `frames` (as each asked backend would answer).
+fn answer_arp_requests(frames: &[Vec<u8>], mac: [u8; 6]) -> Vec<Vec<u8>> {
+    frames
+        .iter()
+        .filter(|frame| frame[12..14] == [0x08, 0x06])
+        .map(|request| {
+            let asked = etherparse::ArpPacketSlice::from_slice(&request[14..]).unwrap();
+            let target: [u8; 4] = asked.target_protocol_addr().try_into().unwrap();
+            let sender: [u8; 4] = asked.sender_protocol_addr().try_into().unwrap();
+            let mut reply = vec![0u8; 60];
+            let len =
+                packet::build_arp_request(&mut reply, mac, target.into(), sender.into(), None)
+                    .unwrap();
+            reply.truncate(len);
+            reply[0..6].copy_from_slice(&PORT1_MAC);
+            reply[21] = 2; // a reply
+            reply[32..38].copy_from_slice(&PORT1_MAC);
+            reply
+        })
+        .collect()
+}
+
+#[test]
+fn a_used_neighbour_is_probed_again_before_it_expires_and_traffic_never_waits() {
+    // The neighbour table keeps an answer reachable for 30 s, then stale for 30 s (used while asked again), then
+    // forgets it. A flow that runs for three minutes to a backend that answers every request must never wait for
+    // a resolution: the worker asks again once the entry is stale and the answer makes it reachable again.
+    let mut rig = rig(&spec(ForwardingMode::Dr, 1, false), 1);
+    let backend_mac = [2, 0xbe, 0, 0, 0, 0x42];
+    rig.workers[0].poll(0);
+    for reply in answer_arp_requests(&rig.take(0, 1), backend_mac) {
+        rig.send(0, 1, reply);
+    }
+    rig.workers[0].poll(1);
+    let mut probes_after_start = 0;
+    for second in 1..=180u64 {
+        let now = second * 1000;
+        rig.send(
+            0,
+            0,
+            tcp_frame(
+                ip("10.0.0.2"),
+                4000,
+                ip("10.0.0.100"),
+                80,
+                second == 1,
+                b"x",
+            ),
+        );
+        rig.workers[0].poll(now);
+        let (requests, forwarded) = split_arp(rig.take(0, 1));
+        assert_eq!(
+            forwarded.len(),
+            1,
+            "second {second}: the frame left at once"
+        );
+        assert_eq!(&forwarded[0][0..6], &backend_mac);
+        probes_after_start += requests.len();
+        // The backends answer what was asked.
+        for reply in answer_arp_requests(&requests, backend_mac) {
+            rig.send(0, 1, reply);
+        }
+    }
+    assert!(probes_after_start > 0, "stale entries were asked again");
+    let stats = rig.workers[0].stats();
+    assert_eq!(stats.drops(DropReason::NeighborUnresolved), 0);
+    assert_eq!(
+        rig.neighbors.lookup(1, ip("10.1.0.11"), 180_000),
+        balancer::neighbor::Neighbor::Reachable(backend_mac)
+    );
+}

@@ -50,7 +50,7 @@ fn service_of(index: usize) -> (ForwardingMode, bool, u8) {
     (
         MODES[index / 4],
         index / 2 % 2 == 1,
-        if index % 2 == 0 { 6 } else { 17 },
+        if index.is_multiple_of(2) { 6 } else { 17 },
     )
 }
 
@@ -276,6 +276,7 @@ impl Rig {
                         pool: if flags & 32 != 0 { 4 } else { 100_000 },
                     },
                     mac: PORT_MACS[port],
+                    vlan: None,
                 })
                 .collect();
             let (publish, incoming) = bounded(4);
@@ -1174,7 +1175,7 @@ fn check_ip(data: &[u8], depth: usize) -> Result<(), String> {
                 return Err("the reserved fragment flag".into());
             }
             if field & 0x3fff != 0 {
-                if field & 0x2000 != 0 && (total - header) % 8 != 0 {
+                if field & 0x2000 != 0 && !(total - header).is_multiple_of(8) {
                     return Err(
                         "a fragment with more to come that is not a multiple of 8 bytes".into(),
                     );

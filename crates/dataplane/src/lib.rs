@@ -12,6 +12,7 @@ pub mod kernel;
 pub mod listing;
 pub mod previous_table;
 pub mod traffic;
+pub mod vlan;
 pub mod worker;
 
 pub use balancer::rss;

@@ -32,6 +32,8 @@ pub struct PortQueues<R, T> {
     pub tx: T,
     /// The port's MAC: the source of everything sent from it.
     pub mac: [u8; 6],
+    /// The 802.1Q VLAN the port is on: it takes only frames tagged with it and tags all it sends (`crate::vlan`).
+    pub vlan: Option<u16>,
 }
 
 /// Tunables of the loop.
@@ -406,6 +408,11 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             if received == 0 {
                 continue;
             }
+            // A port on a VLAN keeps only frames of its tag, stripped: one branch per burst.
+            let received = match engine.ports[port].vlan {
+                None => received,
+                Some(vlan) => engine.admit_tagged(&mut self.received, vlan),
+            };
             // Stage the burst: bring every frame's headers in, parse them all, then decide and act on each.
             for frame in &self.received {
                 frame.prefetch();
@@ -1100,7 +1107,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         };
         let mut received = 0;
         for (index, queues) in self.ports.iter_mut().enumerate() {
-            received += path.send_port_frames(index, &mut queues.tx);
+            received += path.send_port_frames(index, &mut queues.tx, queues.vlan);
         }
         received
     }
@@ -1149,6 +1156,9 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     }
 
     fn flush(&mut self, port: usize) {
+        if let Some(vlan) = self.ports[port].vlan {
+            self.tag_pending(port, vlan);
+        }
         let pending = &mut self.pending[port];
         let tx = &mut self.ports[port].tx;
         self.counters.tx += transmit(
@@ -1157,6 +1167,24 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
             self.config.tx_attempts,
             &mut self.counters.drops,
         );
+    }
+
+    /// Keeps the frames of `burst` tagged with the port's `vlan`, stripped; counts the others as `vlan_tagged`.
+    /// Returns how many are kept.
+    #[cold]
+    #[inline(never)]
+    fn admit_tagged(&mut self, burst: &mut Burst<R::Frame>, vlan: u16) -> usize {
+        let refused = crate::vlan::admit(burst, vlan, &mut self.dropped);
+        self.counters.drops[DropReason::VlanTagged.index()] += refused as u64;
+        burst.len()
+    }
+
+    /// Tags what is about to leave port `port` with its `vlan`.
+    #[cold]
+    #[inline(never)]
+    fn tag_pending(&mut self, port: usize, vlan: u16) {
+        let refused = crate::vlan::tag(&mut self.pending[port], vlan, &mut self.dropped);
+        self.counters.drops[DropReason::RewriteFailed.index()] += refused as u64;
     }
 
     fn flush_all(&mut self) {

@@ -125,7 +125,12 @@ fn rig() -> Rig {
         .zip(PORT_MACS)
         .map(|(side, mac)| {
             let (rx, tx) = queues(side);
-            PortQueues { rx, tx, mac }
+            PortQueues {
+                rx,
+                tx,
+                mac,
+                vlan: None,
+            }
         })
         .collect();
     let (_publish, incoming) = bounded(1);

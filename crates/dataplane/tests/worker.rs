@@ -96,6 +96,11 @@ struct Rig {
 }
 
 fn rig(spec: &SnapshotSpec, workers: u16) -> Rig {
+    rig_on_vlans(spec, workers, [None, None])
+}
+
+/// A rig whose ports are on the given VLANs.
+fn rig_on_vlans(spec: &SnapshotSpec, workers: u16, vlans: [Option<u16>; 2]) -> Rig {
     let snapshot = Arc::new(Snapshot::build(spec, 1).unwrap());
     let neighbors = Arc::new(NeighborTable::new(256));
     neighbors.set_static(0, ip("10.0.0.2"), CLIENT_MAC).unwrap();
@@ -127,7 +132,8 @@ fn rig(spec: &SnapshotSpec, workers: u16) -> Rig {
         let mut outboxes = vec![];
         let ports = [PORT0_MAC, PORT1_MAC]
             .into_iter()
-            .map(|mac| {
+            .zip(vlans)
+            .map(|(mac, vlan)| {
                 let inbox: Inbox = Arc::new(Mutex::new(VecDeque::new()));
                 let outbox: Outbox = Arc::new(Mutex::new(Vec::new()));
                 inboxes.push(Arc::clone(&inbox));
@@ -140,6 +146,7 @@ fn rig(spec: &SnapshotSpec, workers: u16) -> Rig {
                         pool: 1000,
                     },
                     mac,
+                    vlan,
                 }
             })
             .collect();
@@ -1205,4 +1212,152 @@ fn a_used_neighbour_is_probed_again_before_it_expires_and_traffic_never_waits() 
         rig.neighbors.lookup(1, ip("10.1.0.11"), 180_000),
         balancer::neighbor::Neighbor::Reachable(backend_mac)
     );
+}
+
+/// The 802.1Q tag of `frame`: its VLAN id, if it carries exactly one tag.
+fn vlan_of(frame: &[u8]) -> Option<u16> {
+    (frame[12..14] == [0x81, 0x00] && frame[16..18] != [0x81, 0x00])
+        .then(|| u16::from_be_bytes([frame[14], frame[15]]) & 0x0fff)
+}
+
+/// `frame` without its (single) tag.
+fn untagged(frame: &[u8]) -> Vec<u8> {
+    let mut out = frame[..12].to_vec();
+    out.extend_from_slice(&frame[16..]);
+    out
+}
+
+#[test]
+fn a_port_on_a_vlan_takes_only_its_tag_and_tags_all_it_sends() {
+    // Port 0 (clients) is on VLAN 10, port 1 (backends) on VLAN 20, in NAT: a tagged SYN goes out retagged, the
+    // backend's tagged reply comes back with the client's tag, answers and resolution requests carry the port's
+    // tag, and frames untagged or of another VLAN are dropped as vlan_tagged.
+    let mut rig = rig_on_vlans(
+        &spec(ForwardingMode::Nat, 1, false),
+        1,
+        [Some(10), Some(20)],
+    );
+    let syn = tcp_frame(ip("10.0.0.2"), 5000, ip("10.0.0.100"), 80, true, b"hi");
+    let v6_syn = tcp_frame(ip("fd00::2"), 5000, ip("fd00::100"), 80, true, b"hi");
+    rig.send(0, 0, with_vlan_tags(&syn, &[10]));
+    rig.send(0, 0, with_vlan_tags(&v6_syn, &[10]));
+    // Refused: untagged, another VLAN, two tags.
+    rig.send(
+        0,
+        0,
+        tcp_frame(ip("10.0.0.2"), 5001, ip("10.0.0.100"), 80, true, b""),
+    );
+    rig.send(0, 0, with_vlan_tags(&syn, &[11]));
+    rig.send(0, 0, with_vlan_tags(&syn, &[10, 10]));
+    rig.poll_all(1);
+    assert_eq!(rig.workers[0].stats().drops(DropReason::VlanTagged), 3);
+    // The SYNs wait for their backends' MACs: ARP requests and neighbour solicitations leave tagged 20.
+    let (requests, others) =
+        split_arp(rig.take(0, 1).iter().map(|frame| untagged(frame)).collect());
+    assert!(others.is_empty());
+    assert!(!requests.is_empty());
+    let backend_mac = [2, 0xbe, 0, 0, 0, 0x20];
+    for request in &requests {
+        let answer = if request[12..14] == [0x08, 0x06] {
+            answer_arp_requests(std::slice::from_ref(request), backend_mac).remove(0)
+        } else {
+            let asked = packet::parse_frame(request).unwrap();
+            let mut advert = request.clone();
+            let len =
+                packet::answer_neighbor_solicitation(&mut advert, &asked, backend_mac).unwrap();
+            advert.truncate(len);
+            advert
+        };
+        rig.send(0, 1, with_vlan_tags(&answer, &[20]));
+    }
+    rig.poll_all(2);
+    let to_backends = rig.take(0, 1);
+    let forwarded: Vec<_> = to_backends
+        .iter()
+        .filter(|frame| {
+            let frame = untagged(frame);
+            frame[12..14] != [0x08, 0x06] && split_arp(vec![frame.clone()]).0.is_empty()
+        })
+        .collect();
+    assert_eq!(forwarded.len(), 2, "{:?}", rig.workers[0].stats());
+    for frame in &to_backends {
+        assert_eq!(
+            vlan_of(frame),
+            Some(20),
+            "everything sent on port 1 is tagged 20"
+        );
+    }
+    // The backend's reply to the IPv4 SYN, tagged 20, reaches the client tagged 10, from the VIP.
+    let to_backend = untagged(
+        forwarded
+            .iter()
+            .find(|f| f[16..18] == [0x08, 0x00])
+            .unwrap(),
+    );
+    let (src, dst, sport, dport, _, payload, valid) = read(&to_backend);
+    assert!(valid);
+    assert_eq!(payload, b"hi");
+    let reply = {
+        let mut out = Vec::new();
+        let (IpAddr::V4(s), IpAddr::V4(d)) = (dst, src) else {
+            unreachable!()
+        };
+        PacketBuilder::ethernet2(backend_mac, PORT1_MAC)
+            .ipv4(s.octets(), d.octets(), 64)
+            .tcp(dport, sport, 7, 1000)
+            .syn()
+            .ack(2)
+            .write(&mut out, b"")
+            .unwrap();
+        out
+    };
+    rig.send(0, 1, with_vlan_tags(&reply, &[20]));
+    // An ARP request for the VIP on port 0, tagged 10: answered tagged 10.
+    let mut who_has = vec![0u8; 60];
+    let len = packet::build_arp_request(
+        &mut who_has,
+        CLIENT_MAC,
+        [10, 0, 0, 2].into(),
+        [10, 0, 0, 100].into(),
+        None,
+    )
+    .unwrap();
+    who_has.truncate(len);
+    rig.send(0, 0, with_vlan_tags(&who_has, &[10]));
+    rig.poll_all(1);
+    let to_clients = rig.take(0, 0);
+    assert_eq!(to_clients.len(), 2, "{:?}", rig.workers[0].stats());
+    for frame in &to_clients {
+        assert_eq!(
+            vlan_of(frame),
+            Some(10),
+            "everything sent on port 0 is tagged 10"
+        );
+    }
+    let back = to_clients
+        .iter()
+        .map(|frame| untagged(frame))
+        .find(|frame| frame[12..14] == [0x08, 0x00])
+        .unwrap();
+    let (src, dst, sport, dport, _, _, valid) = read(&back);
+    assert!(valid);
+    assert_eq!(
+        (src, sport, dst, dport),
+        (ip("10.0.0.100"), 80, ip("10.0.0.2"), 5000)
+    );
+    assert_eq!(rig.workers[0].stats().drops(DropReason::VlanTagged), 3);
+}
+
+#[test]
+fn an_untagged_port_still_drops_tagged_frames() {
+    let mut rig = rig_on_vlans(&spec(ForwardingMode::Dr, 1, true), 1, [None, Some(20)]);
+    let syn = tcp_frame(ip("10.0.0.2"), 5000, ip("10.0.0.100"), 80, true, b"");
+    rig.send(0, 0, with_vlan_tags(&syn, &[20]));
+    rig.send(0, 0, syn);
+    rig.poll_all(1);
+    assert_eq!(rig.workers[0].stats().drops(DropReason::VlanTagged), 1);
+    let out = rig.take(0, 1);
+    let forwarded: Vec<_> = out.iter().filter(|f| f[16..18] == [0x08, 0x00]).collect();
+    assert_eq!(forwarded.len(), 1);
+    assert_eq!(vlan_of(forwarded[0]), Some(20));
 }

@@ -507,13 +507,14 @@ fn run_balancer(
             )
         };
         let mut queues = Vec::new();
-        for port in ports {
+        for (port, port_config) in ports.iter().zip(&config.ports) {
             queues.push(PortQueues {
                 rx: port.rx_queue(index as u16).map_err(|e| e.to_string())?,
                 tx: port
                     .tx_queue(index as u16, pool)
                     .map_err(|e| e.to_string())?,
                 mac: port.mac_address().map_err(|e| e.to_string())?,
+                vlan: port_config.vlan,
             });
         }
         let plan = WorkerPlan {

@@ -1,5 +1,6 @@
 //! The body of the whole-worker fuzz target (crates/dataplane/fuzz, `scripts/fuzz-worker.sh`), shared with the test
-//! suite's smoke run: arbitrary bytes are read as a script that drives one or two workers on in-memory ports — frames
+//! suite's smoke run: arbitrary bytes are read as a script that drives one or two workers on in-memory ports (each
+//! port on a VLAN or not, as the script says) — frames
 //! on either port (built from templates for every mode, family and protocol, replies and ICMP errors about what the
 //! workers sent, answers to their ARP and neighbour solicitations, fragmented datagrams in any order, raw bytes),
 //! each mutated and then given correct checksums, and time steps, table updates and polls between them. Every frame
@@ -156,7 +157,7 @@ fn spec(drained: bool) -> SnapshotSpec {
 /// FULLNAT's local ports, split between two workers (a script runs one or two): few, so that a script can use
 /// them up, and quick to shuffle for every script.
 fn local_ports() -> PortPartition {
-    PortPartition::new(1024, 1535, 2).expect("a valid partition")
+    PortPartition::new(1024, 1279, 2).expect("a valid partition")
 }
 
 /// The two snapshots a script switches between, built once per process.
@@ -210,6 +211,8 @@ struct Rig {
     now_ms: u64,
     /// What the workers sent lately, with the port it left from.
     seen: VecDeque<(usize, MemoryFrame)>,
+    /// The VLANs the two ports are on.
+    vlans: [Option<u16>; 2],
     /// Frames done with, reused for the next ones sent in (a fresh frame costs an allocation and a clear).
     spare: Vec<MemoryFrame>,
     sent: usize,
@@ -229,6 +232,11 @@ impl Rig {
             now_ms: 1_000,
             seen: VecDeque::new(),
             spare: Vec::new(),
+            // Either port may be on a VLAN, as the script's seed says.
+            vlans: [
+                (seed & 0x4000 != 0).then_some(10),
+                (seed & 0x8000 != 0).then_some(20),
+            ],
             sent: 0,
         };
         for index in 0..count {
@@ -244,8 +252,8 @@ impl Rig {
             .expect("local ports");
             // A small table, so that a script can fill it.
             let conns = ConnTable::with_two_entry_limit(
-                if flags & 2 != 0 { 8 } else { 256 },
-                if flags & 4 != 0 { 2 } else { 256 },
+                if flags & 2 != 0 { 8 } else { 128 },
+                if flags & 4 != 0 { 2 } else { 128 },
                 Timeouts::default(),
                 Some(local_ports),
             )
@@ -276,7 +284,7 @@ impl Rig {
                         pool: if flags & 32 != 0 { 4 } else { 100_000 },
                     },
                     mac: PORT_MACS[port],
-                    vlan: None,
+                    vlan: rig.vlans[port],
                 })
                 .collect();
             let (publish, incoming) = bounded(4);
@@ -301,7 +309,21 @@ impl Rig {
         rig
     }
 
+    /// Sends `frame` in on `port`, tagged with the port's VLAN if it is on one (and the frame carries no tag).
     fn send(&mut self, worker: u8, port: usize, frame: &[u8]) {
+        match self.vlans[port % 2] {
+            Some(vlan) if frame.len() >= 14 && frame[12..14] != [0x81, 0x00] => {
+                let mut tagged = frame[..12].to_vec();
+                tagged.extend_from_slice(&[0x81, 0x00]);
+                tagged.extend_from_slice(&vlan.to_be_bytes());
+                tagged.extend_from_slice(&frame[12..]);
+                self.send_as_is(worker, port, &tagged);
+            }
+            _ => self.send_as_is(worker, port, frame),
+        }
+    }
+
+    fn send_as_is(&mut self, worker: u8, port: usize, frame: &[u8]) {
         let worker = usize::from(worker) % self.workers.len();
         let bytes = frame;
         let mut frame = self.spare.pop().unwrap_or_else(MemoryFrame::empty);
@@ -337,7 +359,7 @@ impl Rig {
                 );
                 for frame in frames {
                     let bytes = frame.data();
-                    if let Err(fault) = check_frame(bytes, PORT_MACS[port]) {
+                    if let Err(fault) = check_frame(bytes, PORT_MACS[port], self.vlans[port]) {
                         let head = &bytes[..bytes.len().min(128)];
                         panic!(
                             "port {port} sent a bad frame of {} bytes: {fault}: {head:02x?}",
@@ -427,7 +449,7 @@ pub fn exercise(data: &[u8]) -> Outcome {
                 } else {
                     frame
                 };
-                rig.send(worker, port, &frame);
+                rig.send_as_is(worker, port, &frame);
             }
             8 => {
                 let (port, frame) = template_frame(&mut script);
@@ -489,9 +511,17 @@ fn pick_seen(rig: &Rig, script: &mut Script) -> Option<(usize, Vec<u8>)> {
     }
     // Counted from the newest.
     let at = rig.seen.len() - 1 - index % rig.seen.len();
-    rig.seen
-        .get(at)
-        .map(|(port, frame)| (*port, frame.data().to_vec()))
+    rig.seen.get(at).map(|(port, frame)| {
+        let bytes = frame.data();
+        // Answered untagged: sending it back in tags it again.
+        if bytes.len() >= 18 && bytes[12..14] == [0x81, 0x00] {
+            let mut untagged = bytes[..12].to_vec();
+            untagged.extend_from_slice(&bytes[16..]);
+            (*port, untagged)
+        } else {
+            (*port, bytes.to_vec())
+        }
+    })
 }
 
 /// A frame from a template: client to VIP (or, on demand, a backend to a client), of a service's family and
@@ -1119,9 +1149,21 @@ fn ipv6_upper_layer(packet: &[u8]) -> Option<(usize, u8, bool, bool)> {
 /// Reads a frame a worker sent on the port with MAC `port_mac`: it must come from that MAC, be ARP or IP with
 /// consistent lengths, a nonzero TTL or hop limit and valid checksums (IPv4 header; TCP, UDP, ICMP, ICMPv6 of
 /// whole packets; the inner packet of IP-in-IP).
-pub fn check_frame(frame: &[u8], port_mac: [u8; 6]) -> Result<(), String> {
+pub fn check_frame(frame: &[u8], port_mac: [u8; 6], vlan: Option<u16>) -> Result<(), String> {
     if frame.len() < 14 {
         return Err(format!("a runt of {} bytes", frame.len()));
+    }
+    let tag = (frame[12..14] == [0x81, 0x00] && frame.len() >= 18).then(|| {
+        (
+            u16::from_be_bytes([frame[14], frame[15]]) & 0x0fff,
+            [frame[16], frame[17]],
+        )
+    });
+    match (vlan, tag) {
+        (None, None) => {}
+        (Some(vlan), Some((id, inner)))
+            if id == vlan && inner != [0x81, 0x00] && inner != [0x88, 0xa8] => {}
+        _ => return Err(format!("tagged {tag:?} on a port on VLAN {vlan:?}")),
     }
     if frame[6..12] != port_mac {
         return Err("a source MAC that is not the port's".into());

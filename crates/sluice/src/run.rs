@@ -858,5 +858,11 @@ fn log_port_mac(port: &control::config::PortConfig, opened: &mut Port) -> Result
             log::info!("port {}: MAC {} (the device's)", port.name, show(mac))
         }
     }
+    if let Some(vlan) = port.vlan {
+        log::info!(
+            "port {}: on VLAN {vlan} (takes only frames tagged {vlan}, tags all it sends)",
+            port.name
+        );
+    }
     Ok(())
 }

@@ -1334,7 +1334,7 @@ fn check_quote(quote: &[u8]) -> Result<(), String> {
 /// Scripts that reach every mode, family and protocol: for each service a client's first frame, answers to what
 /// the worker asked to resolve, the backend's reply, more data, an ICMP error about the last frame sent and a
 /// fragmented datagram; then one script (on two workers) that opens a flow to every service, answers, replies and
-/// sends a fragmented datagram to each. The fuzz target starts from these, and the smoke run checks that they make
+/// sends a fragmented datagram to each, with untagged ports and with both ports on VLANs. The fuzz target starts from these, and the smoke run checks that they make
 /// the workers forward.
 pub fn seeds() -> Vec<Vec<u8>> {
     const FINISH_AS_IS: u8 = 0x60;
@@ -1401,6 +1401,10 @@ pub fn seeds() -> Vec<Vec<u8>> {
         all.extend(fragmented(service, service % 7));
     }
     all.extend(POLL);
+    // The same with the client port on VLAN 10 and the backend port on VLAN 20.
+    let mut on_vlans = all.clone();
+    on_vlans[1] = 0xc0;
     seeds.push(all);
+    seeds.push(on_vlans);
     seeds
 }

@@ -1361,3 +1361,29 @@ fn an_untagged_port_still_drops_tagged_frames() {
     assert_eq!(forwarded.len(), 1);
     assert_eq!(vlan_of(forwarded[0]), Some(20));
 }
+
+#[test]
+fn an_echo_reply_carries_no_flags_whatever_the_request_had() {
+    // A request with the reserved flag and don't-fragment set: the reply is a datagram of its own, its flags and
+    // offset zero (the reserved bit must never leave sluice in what it originates).
+    let mut rig = rig(&spec(ForwardingMode::Dr, 1, true), 1);
+    let mut echo = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, PORT0_MAC)
+        .ipv4([10, 0, 0, 2], [10, 0, 0, 1], 64)
+        .icmpv4_echo_request(7, 1)
+        .write(&mut echo, b"ping")
+        .unwrap();
+    echo[20] = 0xc0;
+    fix_ipv4_checksum(&mut echo);
+    rig.send(0, 0, echo);
+    rig.poll_all(1);
+    let answers = rig.take(0, 0);
+    assert_eq!(answers.len(), 1, "{:?}", rig.workers[0].stats());
+    assert_eq!(&answers[0][20..22], &[0, 0]);
+    let sliced = SlicedPacket::from_ethernet(&answers[0]).unwrap();
+    let Some(NetSlice::Ipv4(v4)) = sliced.net else {
+        panic!("IPv4")
+    };
+    let header = v4.header().to_header();
+    assert_eq!(header.calc_header_checksum(), header.header_checksum);
+}

@@ -73,6 +73,8 @@ pub fn answer_echo(
             src.copy_from_slice(&header[12..16]);
             header.copy_within(16..20, 12);
             header[16..20].copy_from_slice(&src);
+            // The reply is a datagram of its own: no flags (the request's reserved bit included), no offset.
+            header[6..8].fill(0);
             header[8] = DEFAULT_TTL;
             header[10..12].fill(0);
             let header_len = usize::from(header[0] & 0x0f) * 4;

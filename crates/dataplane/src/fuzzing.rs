@@ -1213,9 +1213,6 @@ fn check_ip(data: &[u8], depth: usize) -> Result<(), String> {
                 return Err("TTL 0".into());
             }
             let field = u16::from_be_bytes([data[6], data[7]]);
-            if field & 0x8000 != 0 {
-                return Err("the reserved fragment flag".into());
-            }
             if field & 0x3fff != 0 {
                 if field & 0x2000 != 0 && !(total - header).is_multiple_of(8) {
                     return Err(

@@ -123,6 +123,7 @@ struct RawPort {
     addresses: Vec<Spanned<String>>,
     kernel_interface: Option<Spanned<String>>,
     mac: Option<Spanned<String>>,
+    vlan: Option<Spanned<u16>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -281,6 +282,8 @@ pub struct PortConfig {
     /// The port's MAC, when the configuration sets it (otherwise the device's own): the only unicast address
     /// the port accepts frames for.
     pub mac: Option<[u8; 6]>,
+    /// The 802.1Q VLAN the port is on (1..=4094): it takes only frames tagged with it and tags all it sends.
+    pub vlan: Option<u16>,
 }
 
 impl PortConfig {
@@ -776,8 +779,23 @@ impl Config {
                 }
                 None => None,
             };
+            let vlan = match &port.vlan {
+                Some(spanned) if !(1..=4094).contains(spanned.get_ref()) => {
+                    return Err(locator.error_at(
+                        &spanned.span(),
+                        format!(
+                            "port vlan: {} is not a VLAN id a port can be on (1 to 4094; 0 and 4095 are \
+                             reserved)",
+                            spanned.get_ref()
+                        ),
+                    ));
+                }
+                Some(spanned) => Some(*spanned.get_ref()),
+                None => None,
+            };
             ports.push(PortConfig {
                 mac,
+                vlan,
                 name,
                 device: port.device.get_ref().trim().to_owned(),
                 mtu,

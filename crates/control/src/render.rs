@@ -43,6 +43,9 @@ pub fn render(config: &Config) -> String {
             ),
             toml_string(&port.kernel_interface)
         );
+        if let Some(vlan) = port.vlan {
+            let _ = writeln!(out, "vlan = {vlan}");
+        }
         if let Some(mac) = port.mac {
             let _ = writeln!(out, "mac = \"{}\"\n", mac_text(mac));
         }

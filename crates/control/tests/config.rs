@@ -630,6 +630,36 @@ retry = 3
 }
 
 #[test]
+fn a_port_vlan_is_read_rendered_and_must_be_1_to_4094() {
+    let with_vlan = |vlan: &str| {
+        BASE.replace(
+            "device = \"net_ring0\"\n",
+            &format!("device = \"net_ring0\"\nvlan = {vlan}\n"),
+        ) + SERVICE
+    };
+    let config = Config::parse(&with_vlan("10"), "vlan.toml").unwrap();
+    assert_eq!(config.ports[0].vlan, Some(10));
+    let again = Config::parse(&control::render::render(&config), "again.toml").unwrap();
+    assert_eq!(again.ports[0].vlan, Some(10));
+    assert_eq!(
+        Config::parse(&with_vlan("4094"), "t").unwrap().ports[0].vlan,
+        Some(4094)
+    );
+    assert_eq!(
+        Config::parse(&format!("{BASE}{SERVICE}"), "none.toml")
+            .unwrap()
+            .ports[0]
+            .vlan,
+        None
+    );
+    for bad in ["0", "4095"] {
+        assert_error(&with_vlan(bad), 4, &["port vlan", "1 to 4094"]);
+    }
+    assert!(Config::parse(&with_vlan("70000"), "t").is_err());
+    assert!(Config::parse(&with_vlan("\"ten\""), "t").is_err());
+}
+
+#[test]
 fn a_port_mac_is_read_and_must_be_unicast() {
     let with_mac = |mac: &str| {
         BASE.replace(

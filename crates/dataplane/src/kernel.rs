@@ -149,7 +149,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> KernelPath<R, T> {
 
     /// Receives what the kernel sent on port `index`'s interface (up to a burst) and transmits it on `port_tx`,
     /// retrying; returns how many frames it received.
-    pub fn send_port_frames(&mut self, index: usize, port_tx: &mut T) -> usize {
+    pub fn send_port_frames(&mut self, index: usize, port_tx: &mut T, vlan: Option<u16>) -> usize {
         let Some(Some(queues)) = self.queues.get_mut(index) else {
             return 0;
         };
@@ -158,6 +158,11 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> KernelPath<R, T> {
             return 0;
         }
         self.counts.from_kernel += got as u64;
+        if let Some(vlan) = vlan {
+            // The kernel interface is the port's VLAN: what it sends is tagged on the wire.
+            self.counts.from_kernel_dropped +=
+                crate::vlan::tag_or_drop(&mut self.received, vlan) as u64;
+        }
         for _ in 0..self.attempts {
             if self.received.is_empty() {
                 break;

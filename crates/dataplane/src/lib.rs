@@ -3,6 +3,7 @@
 pub mod awaiting_neighbor;
 pub mod build;
 pub mod exceptions;
+pub mod fuzzing;
 pub mod handoff;
 pub mod held_fragments;
 pub mod idle;
@@ -12,6 +13,7 @@ pub mod listing;
 pub mod per_reason;
 pub mod previous_table;
 pub mod traffic;
+pub mod vlan;
 pub mod worker;
 
 pub use balancer::rss;

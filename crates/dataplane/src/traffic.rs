@@ -438,11 +438,13 @@ pub fn bench_worker(
             rx: TrafficSource::new(traffic, Arc::clone(&pool)),
             tx: CountingSink::new(Arc::clone(&pool)),
             mac: [2, 0, 0, 0, 0, 1],
+            vlan: None,
         },
         PortQueues {
             rx: idle_source,
             tx: CountingSink::new(Arc::clone(&pool)),
             mac: [2, 0, 0, 0, 0, 2],
+            vlan: None,
         },
     ];
     let plan = WorkerPlan {

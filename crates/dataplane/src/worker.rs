@@ -36,6 +36,8 @@ pub struct PortQueues<R, T> {
     pub tx: T,
     /// The port's MAC: the source of everything sent from it.
     pub mac: [u8; 6],
+    /// The 802.1Q VLAN the port is on: it takes only frames tagged with it and tags all it sends (`crate::vlan`).
+    pub vlan: Option<u16>,
 }
 
 /// Tunables of the loop.
@@ -414,6 +416,11 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             if received == 0 {
                 continue;
             }
+            // A port on a VLAN keeps only frames of its tag, stripped: one branch per burst.
+            let received = match engine.ports[port].vlan {
+                None => received,
+                Some(vlan) => engine.admit_tagged(&mut self.received, vlan),
+            };
             // Stage the burst: bring every frame's headers in, parse them all, then decide and act on each.
             for frame in &self.received {
                 frame.prefetch();
@@ -673,10 +680,13 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
                     Err(_) => self.drop_frame(frame, DropReason::RewriteFailed),
                 }
             }
-            Action::AnswerEcho => match packet::answer_echo(frame.data_mut(), layout) {
-                Ok(()) => self.answer(frame, ingress),
-                Err(_) => self.drop_frame(frame, DropReason::RewriteFailed),
-            },
+            Action::AnswerEcho => {
+                let mac = self.port_mac(ingress);
+                match packet::answer_echo(frame.data_mut(), layout, mac) {
+                    Ok(()) => self.answer(frame, ingress),
+                    Err(_) => self.drop_frame(frame, DropReason::RewriteFailed),
+                }
+            }
             Action::AnswerNeighborSolicitation => {
                 let mac = self.port_mac(ingress);
                 let answered = packet::answer_neighbor_solicitation(frame.data_mut(), layout, mac);
@@ -1051,7 +1061,8 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         if !answer.resize(TOO_BIG_ROOM) {
             return self.count_drop(DropReason::TooBig);
         }
-        match packet::build_too_big(answer.data_mut(), original.data(), layout, from, mtu) {
+        let mac = self.port_mac(ingress);
+        match packet::build_too_big(answer.data_mut(), original.data(), layout, from, mtu, mac) {
             Ok(len) if answer.resize(len) => {
                 // The original is dropped (counted as too big); the sender learns the path MTU.
                 self.counters.drops[DropReason::TooBig.index()] += 1;
@@ -1118,7 +1129,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         };
         let mut received = 0;
         for (index, queues) in self.ports.iter_mut().enumerate() {
-            received += path.send_port_frames(index, &mut queues.tx);
+            received += path.send_port_frames(index, &mut queues.tx, queues.vlan);
         }
         received
     }
@@ -1168,6 +1179,9 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     }
 
     fn flush(&mut self, port: usize) {
+        if let Some(vlan) = self.ports[port].vlan {
+            self.tag_pending(port, vlan);
+        }
         let pending = &mut self.pending[port];
         let tx = &mut self.ports[port].tx;
         self.counters.tx += transmit(
@@ -1176,6 +1190,24 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
             self.config.tx_attempts,
             &mut self.counters.drops,
         );
+    }
+
+    /// Keeps the frames of `burst` tagged with the port's `vlan`, stripped; counts the others as `vlan_tagged`.
+    /// Returns how many are kept.
+    #[cold]
+    #[inline(never)]
+    fn admit_tagged(&mut self, burst: &mut Burst<R::Frame>, vlan: u16) -> usize {
+        let refused = crate::vlan::admit(burst, vlan, &mut self.dropped);
+        self.counters.drops[DropReason::VlanTagged.index()] += refused as u64;
+        burst.len()
+    }
+
+    /// Tags what is about to leave port `port` with its `vlan`.
+    #[cold]
+    #[inline(never)]
+    fn tag_pending(&mut self, port: usize, vlan: u16) {
+        let refused = crate::vlan::tag(&mut self.pending[port], vlan, &mut self.dropped);
+        self.counters.drops[DropReason::RewriteFailed.index()] += refused as u64;
     }
 
     fn flush_all(&mut self) {

@@ -134,6 +134,7 @@ fn lane(spec: &SnapshotSpec, burst: usize, capacity: usize) -> Lane {
                 pool: 1 << 20,
             },
             mac,
+            vlan: None,
         })
         .collect();
     let (updates, incoming) = bounded(8);

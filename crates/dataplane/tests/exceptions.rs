@@ -124,6 +124,7 @@ fn the_worker_scans_within_its_budget_and_stores_what_peers_send() {
             pool: 0,
         },
         mac: [2, 0, 0, 0, 0, 1],
+        vlan: None,
     }];
     let (publish, incoming) = bounded(4);
     let (retired, _retired_rx) = bounded(4);
@@ -225,6 +226,7 @@ fn the_worker_keeps_the_previous_tables_for_the_grace_period_and_then_retires_th
             pool: 0,
         },
         mac: [2, 0, 0, 0, 0, 1],
+        vlan: None,
     }];
     let (publish, incoming) = bounded(4);
     let (retired, retired_rx) = bounded(4);

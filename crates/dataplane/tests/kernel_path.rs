@@ -106,10 +106,19 @@ struct Rig {
 }
 
 fn rig() -> Rig {
-    rig_with(WorkerConfig::default())
+    rig_on(WorkerConfig::default(), None)
 }
 
 fn rig_with(config: WorkerConfig) -> Rig {
+    rig_on(config, None)
+}
+
+/// The rig with port 0 (the one with a kernel interface) on `vlan`.
+fn rig_with_port0_vlan(vlan: Option<u16>) -> Rig {
+    rig_on(WorkerConfig::default(), vlan)
+}
+
+fn rig_on(config: WorkerConfig, vlan: Option<u16>) -> Rig {
     let snapshot = Arc::new(Snapshot::build(&spec(true), 1).unwrap());
     let neighbors = Arc::new(NeighborTable::new(64));
     let state = WorkerState {
@@ -128,9 +137,10 @@ fn rig_with(config: WorkerConfig) -> Rig {
     let port_queues = ports
         .iter()
         .zip(PORT_MACS)
-        .map(|(side, mac)| {
+        .zip([vlan, None])
+        .map(|((side, mac), vlan)| {
             let (rx, tx) = queues(side);
-            PortQueues { rx, tx, mac }
+            PortQueues { rx, tx, mac, vlan }
         })
         .collect();
     let (_publish, incoming) = bounded(1);
@@ -464,4 +474,48 @@ fn shedding_reads_at_most_overload_bursts_more_and_only_on_ports_with_a_kernel_i
     rig.worker.poll(1000);
     assert_eq!(queued(&rig, 0), config.burst * 2);
     assert_eq!(rig.worker.stats().drops(DropReason::OverloadShed), 0);
+}
+
+/// `frame` with an 802.1Q tag of `vlan`.
+fn tagged(frame: &[u8], vlan: u16) -> Vec<u8> {
+    let mut out = frame[..12].to_vec();
+    out.extend_from_slice(&[0x81, 0x00]);
+    out.extend_from_slice(&vlan.to_be_bytes());
+    out.extend_from_slice(&frame[12..]);
+    out
+}
+
+#[test]
+fn the_kernel_interface_of_a_port_on_a_vlan_sees_its_frames_untagged_and_what_it_sends_leaves_tagged(
+) {
+    let mut rig = rig_with_port0_vlan(Some(10));
+    // A frame for the node (not balancer traffic) comes in tagged 10: the kernel gets it without the tag.
+    let for_node = tcp(
+        ROUTER_MAC,
+        PORT_MACS[0],
+        "10.0.0.254",
+        179,
+        "10.0.0.1",
+        40000,
+    );
+    rig.send(0, &tagged(&for_node, 10));
+    rig.worker.poll(1);
+    assert_eq!(rig.kernel_in(), vec![for_node]);
+    // What the kernel sends out of the port leaves tagged 10.
+    let from_kernel = tcp(
+        PORT_MACS[0],
+        ROUTER_MAC,
+        "10.0.0.1",
+        40000,
+        "10.0.0.254",
+        179,
+    );
+    rig.kernel_sends(&from_kernel);
+    rig.worker.poll(2);
+    let out: Vec<_> = rig
+        .port_out(0)
+        .into_iter()
+        .filter(|frame| frame[16..18] == [0x08, 0x00])
+        .collect();
+    assert_eq!(out, vec![tagged(&from_kernel, 10)]);
 }

@@ -144,11 +144,13 @@ fn updates_under_traffic_lose_nothing_and_move_no_established_flow() {
             rx: TrafficSource::new(traffic, Arc::clone(&pool)),
             tx: sink(&pool),
             mac: [2, 0, 0, 0, 0, 1],
+            vlan: None,
         },
         PortQueues {
             rx: idle,
             tx: sink(&pool),
             mac: [2, 0, 0, 0, 0, 2],
+            vlan: None,
         },
     ];
     let (publish, incoming) = bounded(4);

@@ -96,6 +96,11 @@ struct Rig {
 }
 
 fn rig(spec: &SnapshotSpec, workers: u16) -> Rig {
+    rig_on_vlans(spec, workers, [None, None])
+}
+
+/// A rig whose ports are on the given VLANs.
+fn rig_on_vlans(spec: &SnapshotSpec, workers: u16, vlans: [Option<u16>; 2]) -> Rig {
     let snapshot = Arc::new(Snapshot::build(spec, 1).unwrap());
     let neighbors = Arc::new(NeighborTable::new(256));
     neighbors.set_static(0, ip("10.0.0.2"), CLIENT_MAC).unwrap();
@@ -127,7 +132,8 @@ fn rig(spec: &SnapshotSpec, workers: u16) -> Rig {
         let mut outboxes = vec![];
         let ports = [PORT0_MAC, PORT1_MAC]
             .into_iter()
-            .map(|mac| {
+            .zip(vlans)
+            .map(|(mac, vlan)| {
                 let inbox: Inbox = Arc::new(Mutex::new(VecDeque::new()));
                 let outbox: Outbox = Arc::new(Mutex::new(Vec::new()));
                 inboxes.push(Arc::clone(&inbox));
@@ -140,6 +146,7 @@ fn rig(spec: &SnapshotSpec, workers: u16) -> Rig {
                         pool: 1000,
                     },
                     mac,
+                    vlan,
                 }
             })
             .collect();
@@ -965,7 +972,7 @@ fn a_first_fragment_claiming_a_backend_is_not_relayed_without_a_connection() {
         let mut fragment = segment_v4(
             (ip("10.1.0.11"), 8080),
             (ip("198.51.100.9"), 5555),
-            |b, out| b.ack(1).write(out, b"relay me").unwrap(),
+            |b, out| b.ack(1).write(out, b"relay me now").unwrap(),
         );
         fragment[20] = 0x20;
         fix_ipv4_checksum(&mut fragment);
@@ -1059,4 +1066,354 @@ fn a_frame_to_another_hosts_mac_is_dropped_and_counted() {
     rig.poll_all(1);
     assert_eq!(rig.take(0, 1).len(), 1);
     assert_eq!(rig.workers[0].stats().drops(DropReason::NotOurMac), 1);
+}
+
+/// `frame` sent to the broadcast MAC instead of the port's.
+fn to_broadcast(mut frame: Vec<u8>) -> Vec<u8> {
+    frame[0..6].fill(0xff);
+    frame
+}
+
+#[test]
+fn answers_to_frames_sent_to_the_broadcast_mac_come_from_the_ports_mac() {
+    // An echo request for the port's address, and a packet too big for the tunnel, both sent to ff:ff:ff:ff:ff:ff:
+    // the answers leave from the port's MAC, never from the broadcast address the requests were sent to.
+    let mut rig = rig(&spec(ForwardingMode::Tun, 1, true), 1);
+    let mut echo = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, PORT0_MAC)
+        .ipv4([10, 0, 0, 2], [10, 0, 0, 1], 64)
+        .icmpv4_echo_request(7, 1)
+        .write(&mut echo, b"ping")
+        .unwrap();
+    rig.send(0, 0, to_broadcast(echo));
+    rig.send(
+        0,
+        0,
+        to_broadcast(tcp_frame(
+            ip("fd00::2"),
+            7000,
+            ip("fd00::100"),
+            80,
+            true,
+            &[7u8; 1430],
+        )),
+    );
+    rig.poll_all(1);
+    let answers = rig.take(0, 0);
+    assert_eq!(answers.len(), 2, "{:?}", rig.workers[0].stats());
+    for answer in &answers {
+        assert_eq!(&answer[0..6], &CLIENT_MAC);
+        assert_eq!(&answer[6..12], &PORT0_MAC);
+    }
+    let kinds: Vec<_> = answers
+        .iter()
+        .map(
+            |answer| match SlicedPacket::from_ethernet(answer).unwrap().transport {
+                Some(TransportSlice::Icmpv4(icmp)) => icmp.type_u8(),
+                Some(TransportSlice::Icmpv6(icmp)) => icmp.type_u8(),
+                other => panic!("{other:?}"),
+            },
+        )
+        .collect();
+    assert_eq!(kinds, [0, 2], "an echo reply and a packet-too-big");
+}
+
+#[test]
+fn a_fragment_with_more_to_come_that_is_not_a_multiple_of_8_bytes_is_dropped_as_malformed() {
+    // Fragments are cut at multiples of 8 bytes (RFC 791; RFC 8200 says discard): a first fragment of 22 bytes
+    // with more to come cannot be put together with any other and goes nowhere, in either family.
+    let mut rig = rig(&spec(ForwardingMode::Dr, 1, true), 1);
+    let mut v4 = tcp_frame(ip("10.0.0.2"), 7100, ip("10.0.0.100"), 80, true, b"ab");
+    v4[20] = 0x20;
+    fix_ipv4_checksum(&mut v4);
+    let whole = tcp_frame(ip("fd00::2"), 7100, ip("fd00::100"), 80, true, b"ab");
+    // The same segment behind a fragment header: offset 0, more to come.
+    let mut v6 = whole[..54].to_vec();
+    v6[20] = 44;
+    v6.extend_from_slice(&[6, 0, 0, 1, 0, 0, 0, 9]);
+    v6.extend_from_slice(&whole[54..]);
+    let payload = (v6.len() - 54) as u16;
+    v6[18..20].copy_from_slice(&payload.to_be_bytes());
+    for frame in [v4, v6] {
+        rig.send(0, 0, frame);
+    }
+    rig.poll_all(1);
+    assert!(rig.take(0, 1).is_empty(), "nothing reaches a backend");
+    assert_eq!(rig.workers[0].stats().drops(DropReason::Malformed), 2);
+}
+
+/// ARP replies from MAC `mac` to every ARP request among `frames` (as each asked backend would answer).
+fn answer_arp_requests(frames: &[Vec<u8>], mac: [u8; 6]) -> Vec<Vec<u8>> {
+    frames
+        .iter()
+        .filter(|frame| frame[12..14] == [0x08, 0x06])
+        .map(|request| {
+            let asked = etherparse::ArpPacketSlice::from_slice(&request[14..]).unwrap();
+            let target: [u8; 4] = asked.target_protocol_addr().try_into().unwrap();
+            let sender: [u8; 4] = asked.sender_protocol_addr().try_into().unwrap();
+            let mut reply = vec![0u8; 60];
+            let len =
+                packet::build_arp_request(&mut reply, mac, target.into(), sender.into(), None)
+                    .unwrap();
+            reply.truncate(len);
+            reply[0..6].copy_from_slice(&PORT1_MAC);
+            reply[21] = 2; // a reply
+            reply[32..38].copy_from_slice(&PORT1_MAC);
+            reply
+        })
+        .collect()
+}
+
+#[test]
+fn a_used_neighbour_is_probed_again_before_it_expires_and_traffic_never_waits() {
+    // The neighbour table keeps an answer reachable for 30 s, then stale for 30 s (used while asked again), then
+    // forgets it. A flow that runs for three minutes to a backend that answers every request must never wait for
+    // a resolution: the worker asks again once the entry is stale and the answer makes it reachable again.
+    let mut rig = rig(&spec(ForwardingMode::Dr, 1, false), 1);
+    let backend_mac = [2, 0xbe, 0, 0, 0, 0x42];
+    rig.workers[0].poll(0);
+    for reply in answer_arp_requests(&rig.take(0, 1), backend_mac) {
+        rig.send(0, 1, reply);
+    }
+    rig.workers[0].poll(1);
+    let mut probes_after_start = 0;
+    for second in 1..=180u64 {
+        let now = second * 1000;
+        rig.send(
+            0,
+            0,
+            tcp_frame(
+                ip("10.0.0.2"),
+                4000,
+                ip("10.0.0.100"),
+                80,
+                second == 1,
+                b"x",
+            ),
+        );
+        rig.workers[0].poll(now);
+        let (requests, forwarded) = split_arp(rig.take(0, 1));
+        assert_eq!(
+            forwarded.len(),
+            1,
+            "second {second}: the frame left at once"
+        );
+        assert_eq!(&forwarded[0][0..6], &backend_mac);
+        probes_after_start += requests.len();
+        // The backends answer what was asked.
+        for reply in answer_arp_requests(&requests, backend_mac) {
+            rig.send(0, 1, reply);
+        }
+    }
+    assert!(probes_after_start > 0, "stale entries were asked again");
+    let stats = rig.workers[0].stats();
+    assert_eq!(stats.drops(DropReason::NeighborUnresolved), 0);
+    assert_eq!(
+        rig.neighbors.lookup(1, ip("10.1.0.11"), 180_000),
+        balancer::neighbor::Neighbor::Reachable(backend_mac)
+    );
+}
+
+/// The 802.1Q tag of `frame`: its VLAN id, if it carries exactly one tag.
+fn vlan_of(frame: &[u8]) -> Option<u16> {
+    (frame[12..14] == [0x81, 0x00] && frame[16..18] != [0x81, 0x00])
+        .then(|| u16::from_be_bytes([frame[14], frame[15]]) & 0x0fff)
+}
+
+/// `frame` without its (single) tag.
+fn untagged(frame: &[u8]) -> Vec<u8> {
+    let mut out = frame[..12].to_vec();
+    out.extend_from_slice(&frame[16..]);
+    out
+}
+
+#[test]
+fn a_port_on_a_vlan_takes_only_its_tag_and_tags_all_it_sends() {
+    // Port 0 (clients) is on VLAN 10, port 1 (backends) on VLAN 20, in NAT: a tagged SYN goes out retagged, the
+    // backend's tagged reply comes back with the client's tag, answers and resolution requests carry the port's
+    // tag, and frames untagged or of another VLAN are dropped as vlan_tagged.
+    let mut rig = rig_on_vlans(
+        &spec(ForwardingMode::Nat, 1, false),
+        1,
+        [Some(10), Some(20)],
+    );
+    let syn = tcp_frame(ip("10.0.0.2"), 5000, ip("10.0.0.100"), 80, true, b"hi");
+    let v6_syn = tcp_frame(ip("fd00::2"), 5000, ip("fd00::100"), 80, true, b"hi");
+    rig.send(0, 0, with_vlan_tags(&syn, &[10]));
+    rig.send(0, 0, with_vlan_tags(&v6_syn, &[10]));
+    // Refused: untagged, another VLAN, two tags.
+    rig.send(
+        0,
+        0,
+        tcp_frame(ip("10.0.0.2"), 5001, ip("10.0.0.100"), 80, true, b""),
+    );
+    rig.send(0, 0, with_vlan_tags(&syn, &[11]));
+    rig.send(0, 0, with_vlan_tags(&syn, &[10, 10]));
+    rig.poll_all(1);
+    assert_eq!(rig.workers[0].stats().drops(DropReason::VlanTagged), 3);
+    // The SYNs wait for their backends' MACs: ARP requests and neighbour solicitations leave tagged 20.
+    let (requests, others) =
+        split_arp(rig.take(0, 1).iter().map(|frame| untagged(frame)).collect());
+    assert!(others.is_empty());
+    assert!(!requests.is_empty());
+    let backend_mac = [2, 0xbe, 0, 0, 0, 0x20];
+    for request in &requests {
+        let answer = if request[12..14] == [0x08, 0x06] {
+            answer_arp_requests(std::slice::from_ref(request), backend_mac).remove(0)
+        } else {
+            let asked = packet::parse_frame(request).unwrap();
+            let mut advert = request.clone();
+            let len =
+                packet::answer_neighbor_solicitation(&mut advert, &asked, backend_mac).unwrap();
+            advert.truncate(len);
+            advert
+        };
+        rig.send(0, 1, with_vlan_tags(&answer, &[20]));
+    }
+    rig.poll_all(2);
+    let to_backends = rig.take(0, 1);
+    let forwarded: Vec<_> = to_backends
+        .iter()
+        .filter(|frame| {
+            let frame = untagged(frame);
+            frame[12..14] != [0x08, 0x06] && split_arp(vec![frame.clone()]).0.is_empty()
+        })
+        .collect();
+    assert_eq!(forwarded.len(), 2, "{:?}", rig.workers[0].stats());
+    for frame in &to_backends {
+        assert_eq!(
+            vlan_of(frame),
+            Some(20),
+            "everything sent on port 1 is tagged 20"
+        );
+    }
+    // The backend's reply to the IPv4 SYN, tagged 20, reaches the client tagged 10, from the VIP.
+    let to_backend = untagged(
+        forwarded
+            .iter()
+            .find(|f| f[16..18] == [0x08, 0x00])
+            .unwrap(),
+    );
+    let (src, dst, sport, dport, _, payload, valid) = read(&to_backend);
+    assert!(valid);
+    assert_eq!(payload, b"hi");
+    let reply = {
+        let mut out = Vec::new();
+        let (IpAddr::V4(s), IpAddr::V4(d)) = (dst, src) else {
+            unreachable!()
+        };
+        PacketBuilder::ethernet2(backend_mac, PORT1_MAC)
+            .ipv4(s.octets(), d.octets(), 64)
+            .tcp(dport, sport, 7, 1000)
+            .syn()
+            .ack(2)
+            .write(&mut out, b"")
+            .unwrap();
+        out
+    };
+    rig.send(0, 1, with_vlan_tags(&reply, &[20]));
+    // An ARP request for the VIP on port 0, tagged 10: answered tagged 10.
+    let mut who_has = vec![0u8; 60];
+    let len = packet::build_arp_request(
+        &mut who_has,
+        CLIENT_MAC,
+        [10, 0, 0, 2].into(),
+        [10, 0, 0, 100].into(),
+        None,
+    )
+    .unwrap();
+    who_has.truncate(len);
+    rig.send(0, 0, with_vlan_tags(&who_has, &[10]));
+    rig.poll_all(1);
+    let to_clients = rig.take(0, 0);
+    assert_eq!(to_clients.len(), 2, "{:?}", rig.workers[0].stats());
+    for frame in &to_clients {
+        assert_eq!(
+            vlan_of(frame),
+            Some(10),
+            "everything sent on port 0 is tagged 10"
+        );
+    }
+    let back = to_clients
+        .iter()
+        .map(|frame| untagged(frame))
+        .find(|frame| frame[12..14] == [0x08, 0x00])
+        .unwrap();
+    let (src, dst, sport, dport, _, _, valid) = read(&back);
+    assert!(valid);
+    assert_eq!(
+        (src, sport, dst, dport),
+        (ip("10.0.0.100"), 80, ip("10.0.0.2"), 5000)
+    );
+    assert_eq!(rig.workers[0].stats().drops(DropReason::VlanTagged), 3);
+}
+
+#[test]
+fn an_untagged_port_still_drops_tagged_frames() {
+    let mut rig = rig_on_vlans(&spec(ForwardingMode::Dr, 1, true), 1, [None, Some(20)]);
+    let syn = tcp_frame(ip("10.0.0.2"), 5000, ip("10.0.0.100"), 80, true, b"");
+    rig.send(0, 0, with_vlan_tags(&syn, &[20]));
+    rig.send(0, 0, syn);
+    rig.poll_all(1);
+    assert_eq!(rig.workers[0].stats().drops(DropReason::VlanTagged), 1);
+    let out = rig.take(0, 1);
+    let forwarded: Vec<_> = out.iter().filter(|f| f[16..18] == [0x08, 0x00]).collect();
+    assert_eq!(forwarded.len(), 1);
+    assert_eq!(vlan_of(forwarded[0]), Some(20));
+}
+
+#[test]
+fn an_echo_reply_carries_no_flags_whatever_the_request_had() {
+    // A request with the reserved flag and don't-fragment set: the reply is a datagram of its own, its flags and
+    // offset zero (the reserved bit must never leave sluice in what it originates).
+    let mut rig = rig(&spec(ForwardingMode::Dr, 1, true), 1);
+    let mut echo = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, PORT0_MAC)
+        .ipv4([10, 0, 0, 2], [10, 0, 0, 1], 64)
+        .icmpv4_echo_request(7, 1)
+        .write(&mut echo, b"ping")
+        .unwrap();
+    echo[20] = 0xc0;
+    fix_ipv4_checksum(&mut echo);
+    rig.send(0, 0, echo);
+    rig.poll_all(1);
+    let answers = rig.take(0, 0);
+    assert_eq!(answers.len(), 1, "{:?}", rig.workers[0].stats());
+    assert_eq!(&answers[0][20..22], &[0, 0]);
+    let sliced = SlicedPacket::from_ethernet(&answers[0]).unwrap();
+    let Some(NetSlice::Ipv4(v4)) = sliced.net else {
+        panic!("IPv4")
+    };
+    let header = v4.header().to_header();
+    assert_eq!(header.calc_header_checksum(), header.header_checksum);
+}
+
+#[test]
+fn a_fragmented_echo_request_is_not_answered_from_its_first_fragment() {
+    // The first fragment of a 1,000-byte echo request holds part of the message its checksum covers: answering it
+    // in place sent a reply with a bad checksum. Without reassembly (and without a kernel path) it is dropped.
+    let mut rig = rig(&spec(ForwardingMode::Dr, 1, true), 1);
+    let mut echo = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, PORT0_MAC)
+        .ipv4([10, 0, 0, 2], [10, 0, 0, 1], 64)
+        .icmpv4_echo_request(7, 1)
+        .write(&mut echo, &[0x5a; 992])
+        .unwrap();
+    // Its first 512 bytes of ICMP, more to come.
+    let mut first = echo[..14 + 20 + 512].to_vec();
+    first[16..18].copy_from_slice(&(20u16 + 512).to_be_bytes());
+    first[20] = 0x20;
+    fix_ipv4_checksum(&mut first);
+    rig.send(0, 0, first);
+    rig.poll_all(1);
+    assert!(
+        rig.take(0, 0).is_empty(),
+        "no answer from part of a request"
+    );
+    assert_eq!(
+        rig.workers[0]
+            .stats()
+            .drops(DropReason::FragmentUnsupported),
+        1
+    );
 }

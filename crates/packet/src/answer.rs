@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::checksum;
 use crate::flow::ip_protocol;
-use crate::parse::{ethertype, icmp_type, read_mac, FrameLayout, IcmpKind, ParseError, L3};
+use crate::parse::{ethertype, icmp_type, FrameLayout, IcmpKind, ParseError, L3};
 use crate::rewrite::DEFAULT_TTL;
 
 const BROADCAST: [u8; 6] = [0xff; 6];
@@ -52,15 +52,20 @@ pub fn answer_arp(
     Ok(())
 }
 
-/// Turns an ICMP or ICMPv6 echo request into the reply, in place: addresses swapped, TTL reset, checksums fixed.
-pub fn answer_echo(frame: &mut [u8], layout: &FrameLayout) -> Result<(), ParseError> {
+/// Turns an ICMP or ICMPv6 echo request into the reply from `our_mac`, in place: addresses swapped, TTL reset,
+/// checksums fixed. The reply's source is the port's MAC, not the request's destination: a request sent to the
+/// broadcast address must not be answered from it.
+pub fn answer_echo(
+    frame: &mut [u8],
+    layout: &FrameLayout,
+    our_mac: [u8; 6],
+) -> Result<(), ParseError> {
     if layout.icmp != IcmpKind::EchoRequest {
         return Err(ParseError::Unsupported("not an echo request"));
     }
     let l3 = usize::from(layout.l3_offset);
     let l4 = usize::from(layout.l4_offset);
-    let ours = read_mac(frame, 0)?;
-    reply_macs(frame, ours)?;
+    reply_macs(frame, our_mac)?;
     let (reply_type, request_word, reply_word) = match layout.l3 {
         L3::Ipv4 => {
             let header = region(frame, l3, 20)?;
@@ -68,6 +73,8 @@ pub fn answer_echo(frame: &mut [u8], layout: &FrameLayout) -> Result<(), ParseEr
             src.copy_from_slice(&header[12..16]);
             header.copy_within(16..20, 12);
             header[16..20].copy_from_slice(&src);
+            // The reply is a datagram of its own: no flags (the request's reserved bit included), no offset.
+            header[6..8].fill(0);
             header[8] = DEFAULT_TTL;
             header[10..12].fill(0);
             let header_len = usize::from(header[0] & 0x0f) * 4;
@@ -260,22 +267,23 @@ pub fn build_neighbor_solicitation(
 
 /// Builds, into `out`, the ICMP fragmentation-needed (IPv4, type 3 code 4) or ICMPv6 packet-too-big (type 2)
 /// answer to `original` (parsed as `layout`): from `from` to the original sender, Ethernet addresses reversed and
-/// VLAN tags kept, quoting the IPv4 header and 8 bytes, or as much of the IPv6 packet as fits in 1280 bytes.
-/// Returns the frame length.
+/// VLAN tags kept, quoting the IPv4 header and 8 bytes, or as much of the IPv6 packet as fits in 1280 bytes; sent
+/// from `our_mac` (the port's, whatever the original was addressed to: broadcast is no source). Returns the frame
+/// length.
 pub fn build_too_big(
     out: &mut [u8],
     original: &[u8],
     layout: &FrameLayout,
     from: IpAddr,
     mtu: u16,
+    our_mac: [u8; 6],
 ) -> Result<usize, ParseError> {
     let l2 = usize::from(layout.l2_len);
     let l3 = usize::from(layout.l3_offset);
     let packet_end = (l3 + usize::from(layout.l3_len)).min(original.len());
     let l2_header = original.get(..l2).ok_or(ParseError::Truncated)?;
     region(out, 0, l2)?.copy_from_slice(l2_header);
-    let ours = read_mac(original, 0)?;
-    reply_macs(out, ours)?;
+    reply_macs(out, our_mac)?;
     match (layout.l3, from, layout.flow.src_addr) {
         (L3::Ipv4, IpAddr::V4(src), IpAddr::V4(dst)) => {
             let quote_len = (usize::from(layout.l4_offset) - l3 + 8).min(packet_end - l3);

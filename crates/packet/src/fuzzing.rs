@@ -61,7 +61,7 @@ fn exercise_one(data: &[u8]) -> bool {
         room[outer..].copy_from_slice(data);
         let _ = rewrite::encapsulate(&mut room, &layout, addr, addr);
         let mut out = vec![0u8; 1600];
-        let _ = answer::build_too_big(&mut out, data, &layout, addr, port);
+        let _ = answer::build_too_big(&mut out, data, &layout, addr, port, mac);
     }
     run(data, &layout, |frame| {
         rewrite::set_macs(frame, mac, mac).is_ok()
@@ -70,7 +70,7 @@ fn exercise_one(data: &[u8]) -> bool {
         answer::answer_arp(frame, &layout, mac).is_ok()
     });
     run(data, &layout, |frame| {
-        answer::answer_echo(frame, &layout).is_ok()
+        answer::answer_echo(frame, &layout, mac).is_ok()
     });
     run(data, &layout, |frame| {
         answer::answer_neighbor_solicitation(frame, &layout, mac).is_ok()

@@ -347,6 +347,12 @@ fn parse_ipv4(
     let more_fragments = fragment_word & 0x2000 != 0;
     layout.dont_fragment = fragment_word & 0x4000 != 0;
     let fragment_offset = fragment_word & 0x1fff;
+    // Fragments are cut at multiples of 8 bytes: one with more to come that is not cannot be put together.
+    if more_fragments && !(total - header_len).is_multiple_of(8) {
+        return Err(ParseError::Malformed(
+            "IPv4 fragment with more to come, not a multiple of 8 bytes",
+        ));
+    }
     let id = u32::from(read_u16(header, 4)?);
     layout.l3 = L3::Ipv4;
     layout.l3_len = total as u16;
@@ -423,6 +429,12 @@ fn walk_ipv6_extensions(
             44 => {
                 let word = read_u16(packet, offset + 2)?;
                 let id = read_u32(packet, offset + 4)?;
+                // RFC 8200: a fragment with more to come must be a multiple of 8 bytes long, else discarded.
+                if word & 1 != 0 && !(packet.len() - (offset + 8)).is_multiple_of(8) {
+                    return Err(ParseError::Malformed(
+                        "IPv6 fragment with more to come, not a multiple of 8 bytes",
+                    ));
+                }
                 fragment = match (word >> 3, word & 1 != 0) {
                     (0, false) => Fragment::None,
                     (0, true) => Fragment::First { id },

@@ -377,12 +377,13 @@ fn echo_arp_and_neighbour_answers() {
         let layout = packet::parse_frame(frame).unwrap();
         assert_eq!(layout.icmp, IcmpKind::EchoRequest);
         assert_eq!(layout.flow.src_port, 77);
-        packet::answer_echo(frame, &layout).unwrap();
+        packet::answer_echo(frame, &layout, MAC_B).unwrap();
         let reply = packet::parse_frame(frame).unwrap();
         assert_eq!(reply.icmp, IcmpKind::EchoReply);
         assert_eq!(reply.flow.src_addr, layout.flow.dst_addr);
         assert_eq!(reply.flow.dst_addr, layout.flow.src_addr);
         assert_eq!(&frame[0..6], &MAC_A);
+        assert_eq!(&frame[6..12], &MAC_B);
         assert_checksums(frame);
     }
 
@@ -461,7 +462,8 @@ fn too_big_answers_quote_the_offender() {
         );
         let layout = packet::parse_frame(&original).unwrap();
         let mut out = vec![0u8; 1600];
-        let len = packet::build_too_big(&mut out, &original, &layout, dst, 1480).unwrap();
+        let ours: [u8; 6] = original[0..6].try_into().unwrap();
+        let len = packet::build_too_big(&mut out, &original, &layout, dst, 1480, ours).unwrap();
         out.truncate(len);
         assert_checksums(&out);
         let answer = packet::parse_frame(&out).unwrap();
@@ -508,7 +510,8 @@ fn icmp_errors_are_rewritten_with_the_flow_they_quote() {
         let reply_layout = packet::parse_frame(&reply).unwrap();
         let router = if v6_frame { v6(9) } else { v4(9) };
         let mut error = vec![0u8; 1600];
-        let len = packet::build_too_big(&mut error, &reply, &reply_layout, router, 1400).unwrap();
+        let len =
+            packet::build_too_big(&mut error, &reply, &reply_layout, router, 1400, MAC_A).unwrap();
         error.truncate(len);
         // build_too_big addresses the original sender (the VIP) from `router`.
         let layout = packet::parse_frame(&error).unwrap();

@@ -542,13 +542,14 @@ fn run_balancer(
             )
         };
         let mut queues = Vec::new();
-        for port in ports {
+        for (port, port_config) in ports.iter().zip(&config.ports) {
             queues.push(PortQueues {
                 rx: port.rx_queue(index as u16).map_err(|e| e.to_string())?,
                 tx: port
                     .tx_queue(index as u16, pool)
                     .map_err(|e| e.to_string())?,
                 mac: port.mac_address().map_err(|e| e.to_string())?,
+                vlan: port_config.vlan,
             });
         }
         let plan = WorkerPlan {
@@ -892,6 +893,12 @@ fn log_port_mac(port: &control::config::PortConfig, opened: &mut Port) -> Result
             let mac = opened.mac_address().map_err(|e| e.to_string())?;
             log::info!("port {}: MAC {} (the device's)", port.name, show(mac))
         }
+    }
+    if let Some(vlan) = port.vlan {
+        log::info!(
+            "port {}: on VLAN {vlan} (takes only frames tagged {vlan}, tags all it sends)",
+            port.name
+        );
     }
     Ok(())
 }

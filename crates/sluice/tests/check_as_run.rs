@@ -1,7 +1,8 @@
 //! `sluice check` refuses what `sluice run` refuses, in the same words, and `run` refuses it before the EAL
 //! starts: a backend with no route, a metrics or sync address the host does not have, a control socket in a
-//! missing directory, two workers on a device with one queue pair. (One backend in two NAT services, the fourth
-//! file of issue 16, is no longer refused by either: see balancer's decision tests and scripts/netns/operator.sh.)
+//! missing directory, two workers on a device with one queue pair, a port VLAN outside 1 to 4094. (One backend in
+//! two NAT services, the fourth file of issue 16, is no longer refused by either: see balancer's decision tests and
+//! scripts/netns/operator.sh.)
 
 use std::path::Path;
 use std::process::Command;
@@ -39,10 +40,15 @@ fn refusal(stderr: &str) -> &str {
 
 /// `check` and `run` both refuse `text`, with the same message, which contains `expected`; `run` before a worker.
 fn refused_alike(text: &str, expected: &str) {
+    refused_alike_edited(text, |config| config, expected);
+}
+
+/// [`refused_alike`] for the configuration `edit` makes of the two-port one with `text` appended.
+fn refused_alike_edited(text: &str, edit: impl Fn(String) -> String, expected: &str) {
     let dir = tempfile::tempdir().unwrap();
     write_empty_pcap(&dir.path().join("empty.pcap"));
     let path = dir.path().join("sluice.toml");
-    std::fs::write(&path, config(dir.path(), text)).unwrap();
+    std::fs::write(&path, edit(config(dir.path(), text))).unwrap();
     let (checked, check_err) = sluice("check", &path);
     assert!(!checked, "check passed:\n{check_err}");
     let (ran, run_err) = sluice("run", &path);
@@ -104,4 +110,20 @@ fn a_sync_address_the_host_does_not_have() {
         ),
         "sync: listen 192.0.2.1:8472",
     );
+}
+
+#[test]
+fn a_port_vlan_outside_1_to_4094() {
+    for vlan in [0, 4095] {
+        refused_alike_edited(
+            &format!("{SERVICE}[[service.backend]]\naddress = \"10.1.0.11\"\n"),
+            |config| {
+                config.replace(
+                    "addresses = [\"10.0.0.1/24\"]\n",
+                    &format!("addresses = [\"10.0.0.1/24\"]\nvlan = {vlan}\n"),
+                )
+            },
+            &format!("port vlan: {vlan} is not a VLAN id a port can be on"),
+        );
+    }
 }

@@ -1676,3 +1676,116 @@ fn replies_of_a_backend_shared_by_two_nat_services_map_back_right() {
     }
     assert_eq!(mapped, flows, "{stdout}");
 }
+
+/// `frame` with an 802.1Q tag of `vlan` behind its MACs.
+fn tagged(frame: &[u8], vlan: u16) -> Vec<u8> {
+    let mut out = frame[..12].to_vec();
+    out.extend_from_slice(&[0x81, 0x00]);
+    out.extend_from_slice(&vlan.to_be_bytes());
+    out.extend_from_slice(&frame[12..]);
+    out
+}
+
+/// `frame`'s single 802.1Q tag, which must be of `vlan`, taken off.
+fn untagged(frame: &[u8], vlan: u16) -> Vec<u8> {
+    assert_eq!(&frame[12..14], &[0x81, 0x00], "tagged: {frame:02x?}");
+    assert_eq!(u16::from_be_bytes([frame[14], frame[15]]) & 0x0fff, vlan);
+    assert_ne!(&frame[16..18], &[0x81, 0x00], "one tag");
+    let mut out = frame[..12].to_vec();
+    out.extend_from_slice(&frame[16..]);
+    out
+}
+
+/// Ports on VLANs (`vlan = 10` on the client port, `vlan = 20` on the backend port), NAT: tagged SYNs reach the
+/// backends tagged 20, the backends' tagged replies reach the clients tagged 10 from the VIP, an ARP request for
+/// the VIP is answered tagged 10, and frames without the port's tag (untagged, another VLAN, two tags) are dropped
+/// as vlan_tagged.
+#[test]
+fn ports_on_vlans_take_only_their_tag_and_tag_all_they_send() {
+    let dir = tempdir();
+    let a = addresses(false);
+    let flows = 10u32;
+    let mut requests = Vec::new();
+    let mut replies = Vec::new();
+    for flow in 0..flows {
+        let client = client_addr(&a, flow);
+        let syn = tcp(
+            client,
+            21_000 + flow as u16,
+            a.vip,
+            80,
+            "syn",
+            b"",
+            (GATEWAY_MAC, CLIENT_PORT_MAC),
+        );
+        for _ in 0..a.backends.len() {
+            requests.push(tagged(&syn, 10));
+        }
+        for (i, backend) in a.backends.iter().enumerate() {
+            replies.push(tagged(
+                &tcp(
+                    *backend,
+                    8080,
+                    client,
+                    21_000 + flow as u16,
+                    "synack",
+                    b"hello",
+                    (backend_mac(i), BACKEND_PORT_MAC),
+                ),
+                20,
+            ));
+        }
+    }
+    let refused_syn = tcp(
+        client_addr(&a, 99),
+        29_999,
+        a.vip,
+        80,
+        "syn",
+        b"",
+        (GATEWAY_MAC, CLIENT_PORT_MAC),
+    );
+    requests.push(refused_syn.clone());
+    requests.push(tagged(&refused_syn, 11));
+    requests.push(tagged(&tagged(&refused_syn, 10), 10));
+    requests.push(tagged(
+        &arp_frame(false, CLIENT_MAC, ip("10.0.0.9"), a.vip),
+        10,
+    ));
+    let text = config(dir.path(), "nat", false)
+        .replace(
+            "mac = \"02:00:00:00:00:01\"\n",
+            "mac = \"02:00:00:00:00:01\"\nvlan = 10\n",
+        )
+        .replace(
+            "mac = \"02:00:00:00:00:02\"\n",
+            "mac = \"02:00:00:00:00:02\"\nvlan = 20\n",
+        );
+    let result = run(dir.path(), &text, &requests, &replies);
+    assert_eq!(drops(&result.stdout, "vlan_tagged"), 3, "{}", result.stdout);
+    assert_eq!(
+        result.backend_out.len(),
+        flows as usize * a.backends.len(),
+        "{}",
+        result.stdout
+    );
+    for frame in &result.backend_out {
+        let s = seen(&untagged(frame, 20));
+        assert_eq!(s.dport, 8080);
+        assert!(a.backends.contains(&s.dst));
+    }
+    let (arp, to_clients): (Vec<_>, Vec<_>) = result
+        .client_out
+        .iter()
+        .map(|frame| untagged(frame, 10))
+        .partition(|frame| frame[12..14] == [0x08, 0x06]);
+    assert_eq!(arp.len(), 1, "the ARP answer, tagged 10");
+    assert_eq!(&arp[0][0..6], &CLIENT_MAC);
+    assert_eq!(to_clients.len(), flows as usize, "{}", result.stdout);
+    for frame in &to_clients {
+        let s = seen(frame);
+        assert_eq!((s.src, s.sport), (a.vip, 80));
+        assert_eq!(s.dst, client_addr(&a, u32::from(s.dport - 21_000)));
+        assert_eq!(s.payload, b"hello");
+    }
+}

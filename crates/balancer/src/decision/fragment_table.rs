@@ -71,7 +71,7 @@ impl DatagramFate {
             Action::ToKernel => DatagramFate::ToKernel,
             Action::Drop(reason) => DatagramFate::Drop(reason),
             Action::TooBig { .. } => DatagramFate::Drop(DropReason::TooBig),
-            // An answered or consumed first fragment (a fragmented echo request): the rest has no use.
+            // An answered or consumed first fragment: the rest has no use.
             Action::AnswerArp
             | Action::AnswerEcho
             | Action::AnswerNeighborSolicitation

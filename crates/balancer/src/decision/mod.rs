@@ -276,9 +276,18 @@ impl WorkerState {
             }
             IcmpKind::EchoRequest => {
                 return match snapshot.owned(flow.dst_addr) {
+                    // Answered in place only whole: a first fragment holds part of the message its checksum
+                    // covers, and sluice does not reassemble (the kernel, when there is an exception path, does).
+                    Some(_) if layout.fragment != Fragment::None => {
+                        if snapshot.kernel_exception_path() {
+                            Action::ToKernel
+                        } else {
+                            Action::Drop(DropReason::FragmentUnsupported)
+                        }
+                    }
                     Some(_) => Action::AnswerEcho,
                     None => not_ours(snapshot),
-                }
+                };
             }
             IcmpKind::NeighborSolicitation { target } => {
                 return match snapshot.owned(IpAddr::V6(target)) {

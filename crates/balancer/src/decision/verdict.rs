@@ -28,8 +28,8 @@ pub enum DropReason {
     IcmpErrorUnknownFlow,
     /// ICMP other than echo requests to us and errors about our flows.
     IcmpUnsupported,
-    /// A fragment whose datagram cannot be forwarded: a later fragment decided without the fragment table, or
-    /// the rest of a datagram whose first fragment was answered rather than forwarded.
+    /// A fragment whose datagram cannot be forwarded: a later fragment decided without the fragment table, a
+    /// fragmented echo request for one of our addresses (answered only whole), or the rest of such a datagram.
     FragmentUnsupported,
     /// ARP or neighbour discovery not for us.
     NeighborNotForUs,

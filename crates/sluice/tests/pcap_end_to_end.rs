@@ -1,8 +1,9 @@
 //! sluice end to end through real DPDK: frames built by an independent library (etherparse) go in through a
 //! net_pcap port, the real binary runs with a real configuration, and the frames that come out of the other
 //! port's pcap are checked by etherparse: exactly the fields each mode rewrites, valid checksums, TTL and payload
-//! intact, one backend per flow, spread by weight, malformed frames counted and not forwarded, ARP and ICMP echo
-//! answered, NAT replies mapped back.
+//! intact, one backend per flow, spread by weight, malformed frames counted and not forwarded, hostile frames
+//! (source routed, TTL 1, martian sources, tagged, spoofed replies, fragments claiming a backend) each dropped under
+//! its own reason, ARP and ICMP echo answered, NAT replies mapped back.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -1787,5 +1788,162 @@ fn ports_on_vlans_take_only_their_tag_and_tag_all_they_send() {
         assert_eq!((s.src, s.sport), (a.vip, 80));
         assert_eq!(s.dst, client_addr(&a, u32::from(s.dport - 21_000)));
         assert_eq!(s.payload, b"hello");
+    }
+}
+
+/// `frame` (untagged IPv4) with `options` (a multiple of 4 bytes) inserted after its fixed header, lengths and
+/// header checksum updated.
+fn with_ipv4_options(frame: &[u8], options: &[u8]) -> Vec<u8> {
+    assert_eq!(options.len() % 4, 0);
+    let mut out = frame[..34].to_vec();
+    out.extend_from_slice(options);
+    out.extend_from_slice(&frame[34..]);
+    out[14] = 0x40 | (5 + options.len() / 4) as u8;
+    let total = u16::from_be_bytes([out[16], out[17]]) + options.len() as u16;
+    out[16..18].copy_from_slice(&total.to_be_bytes());
+    fix_ipv4_header_checksum(&mut out);
+    out
+}
+
+/// Recomputes the header checksum of the untagged IPv4 `frame` after an edit.
+fn fix_ipv4_header_checksum(frame: &mut [u8]) {
+    let header_len = usize::from(frame[14] & 0x0f) * 4;
+    let checksum = ipv4_header_checksum(&frame[14..14 + header_len]);
+    frame[24..26].copy_from_slice(&checksum.to_be_bytes());
+}
+
+/// `frame` (untagged IPv6) with a type 0 routing header (segments left 1, one address) after its fixed header.
+fn with_type_0_routing_header(frame: &[u8]) -> Vec<u8> {
+    let mut out = frame[..54].to_vec();
+    let next_header = out[20];
+    out[20] = 43;
+    let payload = u16::from_be_bytes([out[18], out[19]]) + 24;
+    out[18..20].copy_from_slice(&payload.to_be_bytes());
+    out.extend_from_slice(&[next_header, 2, 0, 1, 0, 0, 0, 0]);
+    out.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+    out.extend_from_slice(&frame[54..]);
+    out
+}
+
+/// `frame` (untagged) with its TTL or hop limit set to `ttl`.
+fn with_ttl(frame: &[u8], ttl: u8) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    if out[12..14] == [0x08, 0x00] {
+        out[22] = ttl;
+        fix_ipv4_header_checksum(&mut out);
+    } else {
+        out[21] = ttl;
+    }
+    out
+}
+
+/// A TCP reset from `src` to `dst` sent to the client port.
+fn reset(src: (IpAddr, u16), dst: (IpAddr, u16)) -> Vec<u8> {
+    let mut out = Vec::new();
+    let eth = PacketBuilder::ethernet2(GATEWAY_MAC, CLIENT_PORT_MAC);
+    match (src.0, dst.0) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth
+            .ipv4(s.octets(), d.octets(), 64)
+            .tcp(src.1, dst.1, 9, 1000)
+            .rst()
+            .write(&mut out, b""),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth
+            .ipv6(s.octets(), d.octets(), 64)
+            .tcp(src.1, dst.1, 9, 1000)
+            .rst()
+            .write(&mut out, b""),
+        _ => unreachable!(),
+    }
+    .unwrap();
+    out
+}
+
+/// NAT, one run per family on the client port: a valid SYN, then frames each hostile in one way: source routed
+/// (IPv4 loose source route option, IPv6 type 0 routing header), TTL or hop limit 1, martian sources (loopback,
+/// multicast), an 802.1Q tag on the untagged port, resets claiming each backend's address and service port towards
+/// the valid SYN's client (a "reply" on the client side), and a first fragment claiming a backend with no
+/// connection. Exactly the valid SYN reaches a backend (read by etherparse), nothing goes back to the client side,
+/// and each hostile frame is counted under its own drop reason.
+#[test]
+fn hostile_frames_on_the_client_port_are_dropped_each_under_its_reason() {
+    for v6 in [false, true] {
+        let label = if v6 { "IPv6" } else { "IPv4" };
+        let dir = tempdir();
+        let a = addresses(v6);
+        let client = client_addr(&a, 0);
+        let syn = |client: IpAddr, port: u16| {
+            tcp(
+                client,
+                port,
+                a.vip,
+                80,
+                "syn",
+                b"",
+                (GATEWAY_MAC, CLIENT_PORT_MAC),
+            )
+        };
+        let mut frames = vec![syn(client, 30_000)];
+        frames.push(if v6 {
+            with_type_0_routing_header(&syn(client, 30_001))
+        } else {
+            // Loose source route through 192.0.2.9 (type 0x83, length 7, pointer 4, one hop), end of list.
+            with_ipv4_options(&syn(client, 30_001), &[0x83, 7, 4, 192, 0, 2, 9, 0])
+        });
+        frames.push(with_ttl(&syn(client, 30_002), 1));
+        let martians = if v6 {
+            ["::1", "ff02::1"]
+        } else {
+            ["127.0.0.1", "224.0.0.1"]
+        };
+        for martian in martians {
+            frames.push(syn(ip(martian), 30_003));
+        }
+        frames.push(tagged(&syn(client, 30_004), 42));
+        // A blind reset from each backend's address and service port: the one holding the valid SYN's connection
+        // is a reply arriving on the wrong port, the others match no connection.
+        for backend in a.backends {
+            frames.push(reset((backend, 8080), (client, 30_000)));
+        }
+        // The first fragment (more fragments set) of a segment from a backend's address and service port to an
+        // arbitrary host.
+        let stranger = if v6 {
+            ip("2001:db8:ffff::9")
+        } else {
+            ip("203.0.113.9")
+        };
+        let segment = tcp(
+            a.backends[0],
+            8080,
+            stranger,
+            5555,
+            "ack",
+            b"relay me now, twice over",
+            (GATEWAY_MAC, CLIENT_PORT_MAC),
+        );
+        let mut fragments = fragment_frame(&segment, 77, 24);
+        assert_eq!(fragments.len(), 2);
+        frames.push(fragments.remove(0));
+
+        let result = run(dir.path(), &config(dir.path(), "nat", v6), &frames, &[]);
+        let stdout = &result.stdout;
+        assert_eq!(
+            result.backend_out.len(),
+            1,
+            "{label}: only the valid SYN: {stdout}"
+        );
+        let s = seen(&result.backend_out[0]);
+        assert_eq!((s.src, s.sport, s.dport), (client, 30_000, 8080), "{s:?}");
+        assert!(a.backends.contains(&s.dst), "{s:?}");
+        assert!(result.client_out.is_empty(), "{label}: {stdout}");
+        for (reason, count) in [
+            ("source_routed", 1),
+            ("ttl_expired", 1),
+            ("martian_source", 2),
+            ("vlan_tagged", 1),
+            ("reply_wrong_port", 1),
+            ("no_connection", 3),
+        ] {
+            assert_eq!(drops(stdout, reason), count, "{label} {reason}: {stdout}");
+        }
     }
 }

@@ -476,7 +476,11 @@ fn parse_ipv6(frame: &[u8], layout: &mut FrameLayout) -> Result<(), ParseError> 
         ));
     }
     let packet = frame.get(l3..l3 + total).ok_or(ParseError::Truncated)?;
-    let (protocol, l4, fragment, source_routed) = walk_ipv6_extensions(packet, header[6], 40)?;
+    // Most packets carry no extension header: their transport follows the fixed header, without the walk.
+    let (protocol, l4, fragment, source_routed) = match header[6] {
+        0 | 43 | 44 | 51 | 60 => walk_ipv6_extensions(packet, header[6], 40)?,
+        next => (next, 40, Fragment::None, false),
+    };
     layout.l3 = L3::Ipv6;
     layout.source_routed = source_routed;
     layout.l3_len = total as u16;

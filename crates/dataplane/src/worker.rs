@@ -67,6 +67,10 @@ pub struct WorkerConfig {
     /// Bursts a worker behind on a port with a kernel interface reads on in one turn, keeping the control frames
     /// and shedding the data (`overload`); 0: never shed.
     pub overload_bursts: usize,
+    /// Turns in a row whose burst came back full before a port counts as behind (`overload`): one full burst is
+    /// traffic that arrived in a clump, which the next turns drain; a queue full turn after turn is one the worker
+    /// does not keep up with.
+    pub overload_after_full_turns: u32,
 }
 
 impl Default for WorkerConfig {
@@ -82,6 +86,7 @@ impl Default for WorkerConfig {
             fragment_lifetime_ms: 5000,
             fragment_hold_ms: 500,
             overload_bursts: overload::OVERLOAD_BURSTS,
+            overload_after_full_turns: overload::OVERLOAD_AFTER_FULL_TURNS,
         }
     }
 }
@@ -236,6 +241,8 @@ struct Engine<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     expiry: ExpiryPacer,
     /// Frames dropped this poll, freed together.
     dropped: Burst<R::Frame>,
+    /// Per port, how many turns in a row its burst came back full.
+    full_turns: Vec<u32>,
     config: WorkerConfig,
 }
 
@@ -251,6 +258,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
         config: WorkerConfig,
     ) -> Worker<R, T> {
         let pending = ports.iter().map(|_| Burst::new()).collect();
+        let full_turns = vec![0; ports.len()];
         let first_tunnel_fragment_id = state.place.index;
         let expiry = ExpiryPacer::new(state.conns.capacity(), config.expire_sweep_ms);
         let stats = Arc::new(WorkerStats {
@@ -283,6 +291,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 tunnel_fragment_id: first_tunnel_fragment_id,
                 expiry,
                 dropped: Burst::new(),
+                full_turns,
                 config: WorkerConfig {
                     burst: config.burst.clamp(1, MAX_BURST),
                     ..config

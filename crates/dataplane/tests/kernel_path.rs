@@ -389,7 +389,11 @@ fn queued(rig: &Rig, port: usize) -> usize {
 
 #[test]
 fn a_worker_behind_sheds_data_and_keeps_the_control_frames_behind_it() {
-    let config = WorkerConfig::default();
+    // Behind from the first full burst, so that one turn shows the whole of it.
+    let config = WorkerConfig {
+        overload_after_full_turns: 1,
+        ..WorkerConfig::default()
+    };
     let mut rig = rig_with(config);
     // A queue far longer than a burst, with a BGP segment and an ARP request deep inside it.
     let data = data_frames(0, config.burst + 200);
@@ -435,6 +439,7 @@ fn a_worker_behind_sheds_data_and_keeps_the_control_frames_behind_it() {
 fn shedding_reads_at_most_overload_bursts_more_and_only_on_ports_with_a_kernel_interface() {
     let config = WorkerConfig {
         overload_bursts: 2,
+        overload_after_full_turns: 1,
         ..WorkerConfig::default()
     };
     let mut rig = rig_with(config);
@@ -518,4 +523,34 @@ fn the_kernel_interface_of_a_port_on_a_vlan_sees_its_frames_untagged_and_what_it
         .filter(|frame| frame[16..18] == [0x08, 0x00])
         .collect();
     assert_eq!(out, vec![tagged(&from_kernel, 10)]);
+}
+
+/// A full burst alone is a clump of traffic, not overload: with the default setting, nothing is shed until bursts
+/// have come back full for `overload_after_full_turns` turns in a row, and a turn that drains the queue starts the
+/// count again.
+#[test]
+fn one_full_burst_is_not_overload() {
+    let config = WorkerConfig::default();
+    let turns = config.overload_after_full_turns as usize;
+    let mut rig = rig_with(config);
+    // Two full bursts and a partial one: forwarded over three turns, nothing shed.
+    for frame in data_frames(0, config.burst * 2 + 5) {
+        rig.send(0, &frame);
+    }
+    for now in 0..3 {
+        rig.worker.poll(1000 + now);
+    }
+    assert_eq!(queued(&rig, 0), 0);
+    assert_eq!(rig.port_out(1).len(), config.burst * 2 + 5);
+    assert_eq!(rig.worker.stats().drops(DropReason::OverloadShed), 0);
+    // A queue that stays full turn after turn: the turn that makes it `turns` in a row sheds.
+    for frame in data_frames(0, config.burst * (turns + 4)) {
+        rig.send(0, &frame);
+    }
+    for now in 0..turns as u64 - 1 {
+        rig.worker.poll(2000 + now);
+    }
+    assert_eq!(rig.worker.stats().drops(DropReason::OverloadShed), 0);
+    rig.worker.poll(3000);
+    assert!(rig.worker.stats().drops(DropReason::OverloadShed) > 0);
 }

@@ -1,5 +1,5 @@
-//! Control traffic under overload. When a receive burst comes back full on a port with a kernel interface, the
-//! worker is behind: the device's queue fills, and once it overflows the device drops frames blindly, the node's BGP
+//! Control traffic under overload. When receive bursts keep coming back full on a port with a kernel interface
+//! (`overload_after_full_turns` turns in a row: one full burst is only a clump of traffic), the worker is behind: the device's queue fills, and once it overflows the device drops frames blindly, the node's BGP
 //! and BFD among them. So the worker reads on in the same turn, up to `overload_bursts` more bursts, stopping at the
 //! first that is not full (caught up). From those it handles only the control frames (`kernel::is_control`) and
 //! drops the rest as `overload_shed` without deciding, rewriting or transmitting them: reading and dropping a
@@ -20,11 +20,24 @@ use crate::kernel::is_control;
 /// 17 times as many frames as it forwards.
 pub const OVERLOAD_BURSTS: usize = 16;
 
+/// The default of `WorkerConfig::overload_after_full_turns`: eight turns of full bursts (256 frames at the usual
+/// burst) forwarded without the queue draining.
+pub const OVERLOAD_AFTER_FULL_TURNS: u32 = 8;
+
 impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
-    /// Whether a burst of `received` frames on `port` says the worker is behind with control traffic to protect.
+    /// Whether a burst of `received` frames on `port`, after the turns before it, says the worker is behind with
+    /// control traffic to protect.
     #[inline(always)]
-    pub(super) fn behind_on_control_port(&self, port: usize, received: usize) -> bool {
-        received == self.config.burst
+    pub(super) fn behind_on_control_port(&mut self, port: usize, received: usize) -> bool {
+        let Some(full_turns) = self.full_turns.get_mut(port) else {
+            return false;
+        };
+        if received < self.config.burst {
+            *full_turns = 0;
+            return false;
+        }
+        *full_turns = full_turns.saturating_add(1);
+        *full_turns >= self.config.overload_after_full_turns
             && self.config.overload_bursts > 0
             && self
                 .exception

@@ -12,10 +12,22 @@ const TAG: usize = 4;
 /// Keeps the frames of `burst` tagged once with `vlan` (priority bits aside), their tag stripped; the others (no
 /// tag, another VLAN, two tags) go to `refused`. Returns how many were refused.
 pub fn admit<F: Frame>(burst: &mut Burst<F>, vlan: u16, refused: &mut Burst<F>) -> usize {
+    keep_where(burst, refused, |frame| {
+        tagged_with(frame.data(), vlan) && strip(frame)
+    })
+}
+
+/// Keeps the frames of `burst` for which `keep` (which may change them) says yes, in order; the others go to
+/// `refused`, freed in bulk whenever it fills. Returns how many were refused.
+fn keep_where<F: Frame>(
+    burst: &mut Burst<F>,
+    refused: &mut Burst<F>,
+    mut keep: impl FnMut(&mut F) -> bool,
+) -> usize {
     let mut count = 0;
     let frames = std::mem::take(burst);
     for mut frame in frames {
-        if tagged_with(frame.data(), vlan) && strip(&mut frame) {
+        if keep(&mut frame) {
             burst.push(frame);
         } else {
             count += 1;
@@ -50,20 +62,7 @@ fn strip<F: Frame>(frame: &mut F) -> bool {
 /// Tags every frame of `burst` with `vlan`, in front of the headroom (or, without room there, by moving the frame
 /// back); a frame that has room for neither goes to `refused`. Returns how many were refused.
 pub fn tag<F: Frame>(burst: &mut Burst<F>, vlan: u16, refused: &mut Burst<F>) -> usize {
-    let mut count = 0;
-    let frames = std::mem::take(burst);
-    for mut frame in frames {
-        if insert_tag(&mut frame, vlan) {
-            burst.push(frame);
-        } else {
-            count += 1;
-            if refused.is_full() {
-                F::free_burst(refused);
-            }
-            refused.push(frame);
-        }
-    }
-    count
+    keep_where(burst, refused, |frame| insert_tag(frame, vlan))
 }
 
 fn insert_tag<F: Frame>(frame: &mut F, vlan: u16) -> bool {

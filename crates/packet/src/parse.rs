@@ -10,6 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::checksum;
 use crate::flow::{ip_protocol, FlowKey};
 
+mod plain;
+
 /// Why a frame cannot be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParseError {
@@ -234,8 +236,22 @@ pub const EMPTY_LAYOUT: FrameLayout = FrameLayout {
 /// [`parse_frame`] into a layout the caller keeps (a worker parses a whole burst into one array, so nothing is
 /// copied). `ipv4_checksum_verified`: the device checked the IPv4 header checksum and found it good, so it is not
 /// summed again. On error `layout` holds partial facts and must not be used.
-#[inline]
+#[inline(always)]
 pub fn parse_frame_into(
+    frame: &[u8],
+    ipv4_checksum_verified: bool,
+    layout: &mut FrameLayout,
+) -> Result<(), ParseError> {
+    if plain::parse_plain_ipv4(frame, ipv4_checksum_verified, layout).is_some() {
+        return Ok(());
+    }
+    parse_frame_general(frame, ipv4_checksum_verified, layout)
+}
+
+/// [`parse_frame_into`] for every kind of frame: tags, ARP, IPv4 options and fragments, IPv6, ICMP, and every
+/// error.
+#[inline(never)]
+fn parse_frame_general(
     frame: &[u8],
     ipv4_checksum_verified: bool,
     layout: &mut FrameLayout,

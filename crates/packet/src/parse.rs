@@ -242,7 +242,9 @@ pub fn parse_frame_into(
     ipv4_checksum_verified: bool,
     layout: &mut FrameLayout,
 ) -> Result<(), ParseError> {
-    if plain::parse_plain_ipv4(frame, ipv4_checksum_verified, layout).is_some() {
+    if plain::parse_plain_ipv4(frame, ipv4_checksum_verified, layout).is_some()
+        || plain::parse_plain_ipv6(frame, layout).is_some()
+    {
         return Ok(());
     }
     parse_frame_general(frame, ipv4_checksum_verified, layout)

@@ -1,18 +1,22 @@
-//! The commonest frame, classified in a straight line: untagged Ethernet, a 20-byte IPv4 header, a whole datagram,
-//! TCP or UDP. Every field sits at a fixed offset of the frame's first 54 bytes, so one length check covers every
-//! read. Anything else (tags, options, fragments, ICMP, a field out of range) is left to the general parser, which
-//! reports the same facts or the same error; this path only answers the frames it is sure of.
+//! The commonest frames, classified in a straight line: untagged Ethernet, an IPv4 header of 20 bytes or an IPv6
+//! header with no extension header, a whole datagram, TCP or UDP. Every field sits at a fixed offset of the
+//! frame's first bytes, so one length check covers every read. Anything else (tags, options, extension headers,
+//! fragments, ICMP, a field out of range) is left to the general parser, which reports the same facts or the same
+//! error; this path only answers the frames it is sure of.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::{Fragment, FrameLayout, IcmpKind, L3};
 use crate::checksum;
 use crate::flow::{ip_protocol, FlowKey};
 
-/// Ethernet (14) + IPv4 without options (20) + TCP without options (20): the shortest frame this path reads.
+/// Ethernet (14) + IPv4 without options (20) + TCP without options (20): the shortest IPv4 frame this path reads.
 const PLAIN_HEAD: usize = 54;
 const L3_OFFSET: usize = 14;
 const L4_OFFSET: usize = L3_OFFSET + 20;
+/// The same with the fixed IPv6 header (40).
+const PLAIN_HEAD_V6: usize = 74;
+const L4_OFFSET_V6: usize = L3_OFFSET + 40;
 
 /// The facts of `frame` when it is a plain IPv4 TCP or UDP frame whose every check passes; `None` sends it to the
 /// general parser (including every frame the general parser would refuse).
@@ -42,28 +46,11 @@ pub(super) fn parse_plain_ipv4(
         return None;
     }
     let protocol = head[23];
-    let tcp_flags = match protocol {
-        ip_protocol::TCP => {
-            // The whole TCP header, options included, within the IP packet.
-            let header_len = usize::from(head[L4_OFFSET + 12] >> 4) * 4;
-            if header_len < 20 || 20 + header_len > total {
-                return None;
-            }
-            head[L4_OFFSET + 13]
-        }
-        ip_protocol::UDP => {
-            // The datagram's length: at least its header, and within the IP packet.
-            let length = usize::from(u16::from_be_bytes([
-                head[L4_OFFSET + 4],
-                head[L4_OFFSET + 5],
-            ]));
-            if length < 8 || 20 + length > total {
-                return None;
-            }
-            0
-        }
-        _ => return None,
-    };
+    let (src_port, dst_port, tcp_flags) = plain_transport(
+        head[L4_OFFSET..].first_chunk()?,
+        protocol,
+        total.saturating_sub(20),
+    )?;
     let address = |at: usize| {
         IpAddr::V4(Ipv4Addr::new(
             head[at],
@@ -87,8 +74,8 @@ pub(super) fn parse_plain_ipv4(
         flow: FlowKey {
             src_addr: address(26),
             dst_addr: address(30),
-            src_port: u16::from_be_bytes([head[L4_OFFSET], head[L4_OFFSET + 1]]),
-            dst_port: u16::from_be_bytes([head[L4_OFFSET + 2], head[L4_OFFSET + 3]]),
+            src_port,
+            dst_port,
             protocol,
         },
         fragment: Fragment::None,
@@ -97,6 +84,87 @@ pub(super) fn parse_plain_ipv4(
         arp: None,
     };
     Some(())
+}
+
+/// The facts of `frame` when it is a plain IPv6 TCP or UDP frame (no extension header) whose every check passes;
+/// `None` sends it to the general parser.
+#[inline(always)]
+pub(super) fn parse_plain_ipv6(frame: &[u8], layout: &mut FrameLayout) -> Option<()> {
+    let head: &[u8; PLAIN_HEAD_V6] = frame.first_chunk()?;
+    // Ethertype IPv6, version 6.
+    if head[12] != 0x86
+        || head[13] != 0xdd
+        || head[14] >> 4 != 6
+        || frame.len() > usize::from(u16::MAX)
+    {
+        return None;
+    }
+    let payload = usize::from(u16::from_be_bytes([head[18], head[19]]));
+    let total = 40 + payload;
+    // A jumbogram (payload length 0) and a packet longer than the frame take the general path.
+    if payload == 0 || total > usize::from(u16::MAX) || L3_OFFSET + total > frame.len() {
+        return None;
+    }
+    let protocol = head[20];
+    let (src_port, dst_port, tcp_flags) =
+        plain_transport(head[L4_OFFSET_V6..].first_chunk()?, protocol, payload)?;
+    let address = |at: usize| {
+        let octets: [u8; 16] = head[at..at + 16].try_into().unwrap_or_default();
+        IpAddr::V6(Ipv6Addr::from(octets))
+    };
+    *layout = FrameLayout {
+        l2_len: L3_OFFSET as u16,
+        vlan_tags: 0,
+        vlan_id: None,
+        l3: L3::Ipv6,
+        l3_offset: L3_OFFSET as u16,
+        l4_offset: L4_OFFSET_V6 as u16,
+        l3_len: total as u16,
+        protocol,
+        ttl: head[21],
+        source_routed: false,
+        dont_fragment: false,
+        flow: FlowKey {
+            src_addr: address(22),
+            dst_addr: address(38),
+            src_port,
+            dst_port,
+            protocol,
+        },
+        fragment: Fragment::None,
+        tcp_flags,
+        icmp: IcmpKind::None,
+        arp: None,
+    };
+    Some(())
+}
+
+/// Ports and TCP flags of the TCP or UDP header starting `transport`, when it lies whole within the `room` bytes the
+/// IP packet has for it (a TCP header with its options, a UDP datagram as long as its length says).
+#[inline(always)]
+fn plain_transport(transport: &[u8; 20], protocol: u8, room: usize) -> Option<(u16, u16, u8)> {
+    let tcp_flags = match protocol {
+        ip_protocol::TCP => {
+            let header_len = usize::from(transport[12] >> 4) * 4;
+            if header_len < 20 || header_len > room {
+                return None;
+            }
+            transport[13]
+        }
+        ip_protocol::UDP => {
+            let length = usize::from(u16::from_be_bytes([transport[4], transport[5]]));
+            if length < 8 || length > room {
+                return None;
+            }
+            0
+        }
+        _ => return None,
+    };
+    Some((
+        u16::from_be_bytes([transport[0], transport[1]]),
+        u16::from_be_bytes([transport[2], transport[3]]),
+        tcp_flags,
+    ))
 }
 
 #[cfg(test)]
@@ -129,10 +197,42 @@ mod tests {
         frame
     }
 
+    /// A valid plain IPv6 frame of `protocol`, padded to `len` bytes.
+    fn plain_frame_v6(protocol: u8, len: usize) -> Vec<u8> {
+        let mut frame = vec![0u8; len.max(PLAIN_HEAD_V6)];
+        frame[12..14].copy_from_slice(&[0x86, 0xdd]);
+        let payload = (frame.len() - L4_OFFSET_V6) as u16;
+        frame[14] = 0x60;
+        frame[18..20].copy_from_slice(&payload.to_be_bytes());
+        frame[20] = protocol;
+        frame[21] = 64;
+        frame[22..24].copy_from_slice(&[0x20, 0x01]);
+        frame[37] = 1;
+        frame[38..40].copy_from_slice(&[0x20, 0x01]);
+        frame[53] = 0x10;
+        frame[54..58].copy_from_slice(&[0x9c, 0x40, 0x00, 0x50]);
+        frame[66] = 0x50;
+        frame[67] = 0x10;
+        if protocol == ip_protocol::UDP {
+            frame[58..60].copy_from_slice(&payload.to_be_bytes());
+        }
+        frame
+    }
+
     /// The general parser's answer for `frame`: its layout when it accepts it, else its error.
     fn general(frame: &[u8], verified: bool) -> Result<FrameLayout, crate::ParseError> {
         let mut layout = EMPTY_LAYOUT;
         parse_frame_general(frame, verified, &mut layout).map(|()| layout)
+    }
+
+    #[test]
+    fn a_plain_ipv6_udp_frame_takes_this_path_with_the_general_facts() {
+        let frame = plain_frame_v6(ip_protocol::UDP, 90);
+        let mut layout = EMPTY_LAYOUT;
+        assert_eq!(parse_plain_ipv6(&frame, &mut layout), Some(()));
+        assert_eq!(Ok(layout), general(&frame, false));
+        assert_eq!(layout.flow.dst_port, 80);
+        assert_eq!(layout.l3, L3::Ipv6);
     }
 
     #[test]
@@ -152,13 +252,14 @@ mod tests {
         /// that most of them stay near the cases this path accepts.
         #[test]
         fn this_path_agrees_with_the_general_parser(
+            v6 in any::<bool>(),
             udp in any::<bool>(),
-            len in 40usize..96,
-            changes in proptest::collection::vec((0usize..64, any::<u8>()), 0..4),
+            len in 40usize..112,
+            changes in proptest::collection::vec((0usize..80, any::<u8>()), 0..4),
             verified in any::<bool>(),
         ) {
             let protocol = if udp { ip_protocol::UDP } else { ip_protocol::TCP };
-            let mut frame = plain_frame(protocol, len);
+            let mut frame = if v6 { plain_frame_v6(protocol, len) } else { plain_frame(protocol, len) };
             frame.truncate(len);
             for (at, byte) in changes {
                 if let Some(slot) = frame.get_mut(at) {
@@ -168,6 +269,10 @@ mod tests {
             let reference = general(&frame, verified);
             let mut layout = EMPTY_LAYOUT;
             if parse_plain_ipv4(&frame, verified, &mut layout).is_some() {
+                prop_assert_eq!(Ok(layout), reference);
+            }
+            let mut layout = EMPTY_LAYOUT;
+            if parse_plain_ipv6(&frame, &mut layout).is_some() {
                 prop_assert_eq!(Ok(layout), reference);
             }
             let mut combined = EMPTY_LAYOUT;

@@ -1,14 +1,13 @@
 //! An IP address in the form the in-place rewrites take it: sixteen bytes held as four words and a family flag,
 //! so that a verdict stores it with whole-word writes and a rewrite reads it back without waiting on byte stores
-//! (held as a byte array, the compiler moves an address one byte at a time). Aligned to 16 bytes, so that an
-//! address in a verdict sits where one vector move copies it.
+//! (held as a byte array, the compiler moves an address one byte at a time).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// An IPv4 address (in the first four bytes) or an IPv6 address.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(C, align(16))]
+#[repr(C, align(4))]
 pub struct WireAddr {
     /// The address's bytes in network order, four to a word (in memory order, whatever the machine's).
     words: [u32; 4],

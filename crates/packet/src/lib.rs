@@ -10,8 +10,6 @@ pub mod fuzzing;
 pub mod mac;
 pub mod parse;
 pub mod rewrite;
-#[cfg(test)]
-mod test_frames;
 pub mod tunnel_fragment;
 pub mod wire_addr;
 

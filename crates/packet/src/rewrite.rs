@@ -12,8 +12,6 @@ use crate::mac::MacWord;
 use crate::parse::{read_u16, read_u8, Fragment, FrameLayout, IcmpKind, ParseError, L3};
 use crate::wire_addr::WireAddr;
 
-mod plain;
-
 pub const IPV4_HEADER_LEN: usize = 20;
 /// An Ethernet header without VLAN tags.
 const ETHERNET_HEADER_LEN: usize = 14;
@@ -248,32 +246,10 @@ pub fn rewrite_source_and_destination(
     dst: impl Into<WireAddr>,
     dst_port: u16,
 ) -> Result<(), ParseError> {
-    let (src, dst) = (src.into(), dst.into());
-    if plain::rewrite_plain_ipv4(
-        frame,
-        layout,
-        Some((&src, src_port)),
-        Some((&dst, dst_port)),
-    )
-    .is_some()
-    {
-        return Ok(());
-    }
-    rewrite_both_ends(frame, layout, &src, src_port, &dst, dst_port)
-}
-
-/// [`rewrite_source_and_destination`] for every kind of frame.
-fn rewrite_both_ends(
-    frame: &mut [u8],
-    layout: &FrameLayout,
-    src: &WireAddr,
-    src_port: u16,
-    dst: &WireAddr,
-    dst_port: u16,
-) -> Result<(), ParseError> {
     let l3 = usize::from(layout.l3_offset);
-    let (old_src, new_src) = swap_address(frame, layout.l3, l3, End::Source, src)?;
-    let (old_dst, new_dst) = swap_address(frame, layout.l3, l3, End::Destination, dst)?;
+    let (src, dst) = (src.into(), dst.into());
+    let (old_src, new_src) = swap_address(frame, layout.l3, l3, End::Source, &src)?;
+    let (old_dst, new_dst) = swap_address(frame, layout.l3, l3, End::Destination, &dst)?;
     let (old_sum, new_sum) = (old_src + old_dst, new_src + new_dst);
     fix_header_checksum(frame, layout.l3, l3, old_sum, new_sum)?;
     fix_transport(
@@ -295,11 +271,7 @@ pub fn rewrite_destination(
     addr: impl Into<WireAddr>,
     port: u16,
 ) -> Result<(), ParseError> {
-    let addr = addr.into();
-    if plain::rewrite_plain_ipv4(frame, layout, None, Some((&addr, port))).is_some() {
-        return Ok(());
-    }
-    rewrite_end(frame, layout, End::Destination, &addr, port)
+    rewrite_end(frame, layout, End::Destination, &addr.into(), port)
 }
 
 /// NAT of the source: address and (TCP/UDP) port, checksums updated incrementally (the address borrowed, as for
@@ -311,11 +283,7 @@ pub fn rewrite_source(
     addr: impl Into<WireAddr>,
     port: u16,
 ) -> Result<(), ParseError> {
-    let addr = addr.into();
-    if plain::rewrite_plain_ipv4(frame, layout, Some((&addr, port)), None).is_some() {
-        return Ok(());
-    }
-    rewrite_end(frame, layout, End::Source, &addr, port)
+    rewrite_end(frame, layout, End::Source, &addr.into(), port)
 }
 
 fn icmp_error_offsets(layout: &FrameLayout) -> Result<(usize, usize, u8), ParseError> {

@@ -17,9 +17,10 @@
 //! connection may have two entries (the default of [`ConnTable::new`]).
 //!
 //! Time is whatever the caller passes as `now`, in milliseconds from any fixed origin; the table never reads a
-//! clock. A connection whose `expires_at <= now` is dead: lookups no longer see it (the check is on the entry the
-//! lookup reads anyway), and it is removed by the budgeted clock hand of [`ConnTable::expire`], by an insert of
-//! the same key, or by eviction, whichever comes first. Every removal is reported to the caller (callback) so
+//! clock. A connection whose `expires_at <= now` is dead: lookups no longer see it (the expiry is kept in the
+//! connection's primary entry only, which a client lookup reads anyway and a reply lookup reads to forward), and it
+//! is removed by the budgeted clock hand of [`ConnTable::expire`], by an insert of the same key, or by eviction,
+//! whichever comes first. Every removal is reported to the caller (callback) so
 //! per-backend connection counts stay right, and frees the FULLNAT local port.
 //!
 //! When the table is full, an insert evicts the connection that entered the sacrificable class (half-open or

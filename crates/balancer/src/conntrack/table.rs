@@ -78,13 +78,6 @@ pub struct Candidates {
     version: u32,
 }
 
-/// Whether a connection in `mode` keeps a reply entry (indexed by the reply key, so its expiry mirror must be
-/// kept true): NAT and FULLNAT. A DR or TUN connection's second entry, if any, is an unindexed spill.
-#[inline(always)]
-fn has_reply_entry(mode: ForwardingMode) -> bool {
-    matches!(mode, ForwardingMode::Nat | ForwardingMode::FullNat)
-}
-
 /// One worker's connection table. See the module documentation for the layout and policies.
 pub struct ConnTable {
     /// Primaries `0..capacity`, then the secondaries.
@@ -339,11 +332,23 @@ impl ConnTable {
         }
     }
 
+    /// When the connection of an indexed entry dies. Only a connection's primary entry keeps the expiry: a reply
+    /// entry defers to it, so that a client's packet writes one line, not two (a reply's lookup reads the primary
+    /// entry to forward anyway).
+    #[inline(always)]
+    fn expiry_of(&self, entry: &Entry) -> u64 {
+        if entry.kind() == Kind::Reply {
+            self.entries[entry.link as usize].expires_at
+        } else {
+            entry.expires_at
+        }
+    }
+
     /// The hit an indexed entry stands for, if its connection is alive at `now`. Dead entries are invisible.
     #[inline(always)]
     fn hit(&self, entry: u32, now: u64) -> Option<Hit> {
         let e = &self.entries[entry as usize];
-        if e.expires_at <= now {
+        if self.expiry_of(e) <= now {
             return None;
         }
         Some(if e.kind() == Kind::Reply {
@@ -388,16 +393,20 @@ impl ConnTable {
         let Some(index) = self.find_staged(key, hash, candidates) else {
             return ClientHit::Absent;
         };
+        let found = &self.entries[index as usize];
+        if found.kind() != Kind::Original {
+            if self.expiry_of(found) <= now {
+                return ClientHit::Missed;
+            }
+            return ClientHit::Reply(Hit {
+                id: ConnId(found.link),
+                direction: Direction::Reply,
+            });
+        }
         let timeouts = &self.timeouts;
         let entry = &mut self.entries[index as usize];
         if entry.expires_at <= now {
             return ClientHit::Missed;
-        }
-        if entry.kind() != Kind::Original {
-            return ClientHit::Reply(Hit {
-                id: ConnId(entry.link),
-                direction: Direction::Reply,
-            });
         }
         let (id, backend, mode) = (ConnId(index), BackendId(entry.backend), entry.mode());
         let protocol = entry.protocol();
@@ -413,14 +422,7 @@ impl ConnTable {
             }
             timeouts.tcp(state)
         };
-        let expires_at = now.saturating_add(timeout);
-        entry.expires_at = expires_at;
-        let second = entry.link;
-        if second != NIL && has_reply_entry(mode) {
-            // Keep the reply entry's mirror of the expiry true. A DR or TUN connection's second entry is a spill,
-            // never looked up by its expiry: leaving it alone saves a write to another line on every packet.
-            self.entries[second as usize].expires_at = expires_at;
-        }
+        entry.expires_at = now.saturating_add(timeout);
         ClientHit::Refreshed { id, backend, mode }
     }
 
@@ -618,11 +620,6 @@ impl ConnTable {
         let expires_at = now.saturating_add(timeouts.for_protocol(protocol, to));
         entry.set_state(to);
         entry.expires_at = expires_at;
-        let second = entry.link;
-        if second != NIL && has_reply_entry(entry.mode()) {
-            // Keep the reply entry's mirror of the expiry true (a spill's expiry is never read).
-            self.entries[second as usize].expires_at = expires_at;
-        }
         let was_evictable = is_evictable(protocol, from);
         if is_evictable(protocol, to) != was_evictable {
             let (old, new) = if was_evictable {
@@ -690,7 +687,7 @@ impl ConnTable {
             .flatten()
         {
             let owner = self.owner(entry);
-            if self.entries[entry as usize].expires_at > now {
+            if self.expiry_of(&self.entries[entry as usize]) > now {
                 return Err(InsertError::Exists(ConnId(owner)));
             }
             let dead = self.remove_conn(owner);
@@ -737,7 +734,7 @@ impl ConnTable {
             }
             if let Some(entry) = self.find(&reply_key, reply_hash) {
                 let owner = self.owner(entry);
-                if self.entries[entry as usize].expires_at > now {
+                if self.expiry_of(&self.entries[entry as usize]) > now {
                     self.release_local(local);
                     return Err(InsertError::ReplyKeyInUse(ConnId(owner)));
                 }

@@ -916,6 +916,33 @@ fn dead_connections_are_invisible_to_every_lookup() {
     assert!(table.lookup(&reply, dead).is_some());
 }
 
+/// The expiry lives in the primary entry only: a client packet refreshed through the worker's path keeps the reply
+/// direction alive with it, and a reply key is missed once the connection is dead.
+#[test]
+fn a_client_packet_keeps_the_reply_direction_alive() {
+    let mut table = ConnTable::new(8, Timeouts::default()).unwrap();
+    let key = client_key(1, ip_protocol::UDP);
+    let id = table.insert(0, key, nat_target(), 0, ignore).unwrap();
+    let reply = table.get(id).unwrap().reply_key().unwrap();
+    let udp = Timeouts::default().udp;
+    let client = ConnKey::from_flow(&key);
+    let refreshed = table.client_hit(&client, table.hash(&client), None, udp - 1, 0);
+    assert!(matches!(refreshed, ClientHit::Refreshed { .. }));
+    let direction = |table: &ConnTable, now| table.lookup(&reply, now).map(|hit| hit.direction);
+    assert_eq!(direction(&table, udp), Some(Direction::Reply));
+    assert_eq!(direction(&table, 2 * udp - 1), None);
+    let reply_key = ConnKey::from_flow(&reply);
+    let hash = table.hash(&reply_key);
+    assert!(matches!(
+        table.client_hit(&reply_key, hash, None, udp, 0),
+        ClientHit::Reply(_)
+    ));
+    assert!(matches!(
+        table.client_hit(&reply_key, hash, None, 2 * udp - 1, 0),
+        ClientHit::Missed
+    ));
+}
+
 #[test]
 fn ipv6_backends_of_dr_and_tun_take_a_second_entry() {
     let mut table = ConnTable::new(4, Timeouts::default()).unwrap();

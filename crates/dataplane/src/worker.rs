@@ -1310,7 +1310,7 @@ fn rewrite<F: Frame>(
             if !frame.prepend(outer) {
                 return Err(packet::ParseError::Truncated);
             }
-            packet::encapsulate(frame.data_mut(), layout, *outer_src, *outer_dst)
+            packet::encapsulate(frame.data_mut(), layout, outer_src, outer_dst)
         }
         Rewrite::IcmpError {
             destination,

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use etherparse::PacketBuilder;
+use packet::WireAddr;
 
 fn frame(v6: bool) -> Vec<u8> {
     let mut out = Vec::new();
@@ -38,6 +39,7 @@ fn bench(c: &mut Criterion) {
         } else {
             ("10.1.0.11".parse().unwrap(), "10.1.0.5".parse().unwrap())
         };
+        let (backend, local) = (WireAddr::from(backend), WireAddr::from(local));
         c.bench_function(&format!("parse_frame/{family}_tcp"), |b| {
             b.iter(|| packet::parse_frame(std::hint::black_box(&original)))
         });
@@ -46,12 +48,12 @@ fn bench(c: &mut Criterion) {
             b.iter(|| packet::set_macs(&mut work, [2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 8]))
         });
         c.bench_function(&format!("rewrite_nat_destination/{family}"), |b| {
-            b.iter(|| packet::rewrite_destination(&mut work, &layout, backend, 8080))
+            b.iter(|| packet::rewrite_destination(&mut work, &layout, &backend, 8080))
         });
         c.bench_function(&format!("rewrite_fullnat_both/{family}"), |b| {
             b.iter(|| {
-                packet::rewrite_source(&mut work, &layout, local, 1025).unwrap();
-                packet::rewrite_destination(&mut work, &layout, backend, 8080)
+                packet::rewrite_source(&mut work, &layout, &local, 1025).unwrap();
+                packet::rewrite_destination(&mut work, &layout, &backend, 8080)
             })
         });
         let outer = if v6 { 40 } else { 20 };
@@ -59,7 +61,7 @@ fn bench(c: &mut Criterion) {
         c.bench_function(&format!("encapsulate_tun/{family}"), |b| {
             b.iter(|| {
                 room[outer..].copy_from_slice(&original);
-                packet::encapsulate(&mut room, &layout, local, backend)
+                packet::encapsulate(&mut room, &layout, &local, &backend)
             })
         });
     }

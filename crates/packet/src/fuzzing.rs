@@ -45,10 +45,10 @@ fn exercise_one(data: &[u8]) -> bool {
     let mac = [2, 0, 0, 0, 0, seed as u8];
     for addr in [v4, v6] {
         run(data, &layout, |frame| {
-            rewrite::rewrite_destination(frame, &layout, addr, port).is_ok()
+            rewrite::rewrite_destination(frame, &layout, &crate::WireAddr::from(addr), port).is_ok()
         });
         run(data, &layout, |frame| {
-            rewrite::rewrite_source(frame, &layout, addr, port).is_ok()
+            rewrite::rewrite_source(frame, &layout, &crate::WireAddr::from(addr), port).is_ok()
         });
         run(data, &layout, |frame| {
             rewrite::rewrite_icmp_error_destination(frame, &layout, addr, addr, port).is_ok()
@@ -59,7 +59,7 @@ fn exercise_one(data: &[u8]) -> bool {
         let outer = if addr.is_ipv4() { 20 } else { 40 };
         let mut room = vec![0u8; outer + data.len()];
         room[outer..].copy_from_slice(data);
-        let _ = rewrite::encapsulate(&mut room, &layout, addr, addr);
+        let _ = rewrite::encapsulate(&mut room, &layout, &addr.into(), &addr.into());
         let mut out = vec![0u8; 1600];
         let _ = answer::build_too_big(&mut out, data, &layout, addr, port, mac);
     }

@@ -241,15 +241,14 @@ fn fix_transport(
 pub fn rewrite_source_and_destination(
     frame: &mut [u8],
     layout: &FrameLayout,
-    src: impl Into<WireAddr>,
+    src: &WireAddr,
     src_port: u16,
-    dst: impl Into<WireAddr>,
+    dst: &WireAddr,
     dst_port: u16,
 ) -> Result<(), ParseError> {
     let l3 = usize::from(layout.l3_offset);
-    let (src, dst) = (src.into(), dst.into());
-    let (old_src, new_src) = swap_address(frame, layout.l3, l3, End::Source, &src)?;
-    let (old_dst, new_dst) = swap_address(frame, layout.l3, l3, End::Destination, &dst)?;
+    let (old_src, new_src) = swap_address(frame, layout.l3, l3, End::Source, src)?;
+    let (old_dst, new_dst) = swap_address(frame, layout.l3, l3, End::Destination, dst)?;
     let (old_sum, new_sum) = (old_src + old_dst, new_src + new_dst);
     fix_header_checksum(frame, layout.l3, l3, old_sum, new_sum)?;
     fix_transport(
@@ -263,15 +262,16 @@ pub fn rewrite_source_and_destination(
 }
 
 /// NAT of the destination: address and (TCP/UDP) port, checksums updated incrementally. The address is borrowed:
-/// callers hand it straight from their verdict, and copying a just-written address would wait on its stores.
+/// callers hand it straight from their verdict, and copying a just-written address whole would wait on its stores
+/// (a load over several smaller stores cannot take its bytes from them); read field by field, it does not.
 #[inline]
 pub fn rewrite_destination(
     frame: &mut [u8],
     layout: &FrameLayout,
-    addr: impl Into<WireAddr>,
+    addr: &WireAddr,
     port: u16,
 ) -> Result<(), ParseError> {
-    rewrite_end(frame, layout, End::Destination, &addr.into(), port)
+    rewrite_end(frame, layout, End::Destination, addr, port)
 }
 
 /// NAT of the source: address and (TCP/UDP) port, checksums updated incrementally (the address borrowed, as for
@@ -280,10 +280,10 @@ pub fn rewrite_destination(
 pub fn rewrite_source(
     frame: &mut [u8],
     layout: &FrameLayout,
-    addr: impl Into<WireAddr>,
+    addr: &WireAddr,
     port: u16,
 ) -> Result<(), ParseError> {
-    rewrite_end(frame, layout, End::Source, &addr.into(), port)
+    rewrite_end(frame, layout, End::Source, addr, port)
 }
 
 fn icmp_error_offsets(layout: &FrameLayout) -> Result<(usize, usize, u8), ParseError> {
@@ -402,16 +402,16 @@ pub fn rewrite_icmp_error_source(
 
 /// Writes an outer IPv4 or IPv6 header: `buf[..IPV4_HEADER_LEN]` (or `IPV6_HEADER_LEN`) is free space in front
 /// of the original frame `buf[outer..]` described by `inner`. The Ethernet header (with its VLAN tags) moves to the
-/// front and the outer header follows it; the inner IP packet stays where it is.
+/// front and the outer header follows it; the inner IP packet stays where it is. The addresses are borrowed, as
+/// for [`rewrite_destination`].
 pub fn encapsulate(
     buf: &mut [u8],
     inner: &FrameLayout,
-    outer_src: impl Into<WireAddr>,
-    outer_dst: impl Into<WireAddr>,
+    src: &WireAddr,
+    dst: &WireAddr,
 ) -> Result<(), ParseError> {
     let l2 = usize::from(inner.l2_len);
     let inner_len = usize::from(inner.l3_len);
-    let (src, dst) = (outer_src.into(), outer_dst.into());
     match (inner.l3, src.is_ipv4(), dst.is_ipv4()) {
         (L3::Ipv4, true, true) => {
             let total = IPV4_HEADER_LEN + inner_len;

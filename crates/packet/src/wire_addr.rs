@@ -45,6 +45,23 @@ impl WireAddr {
         }
     }
 
+    /// An IPv4 address from its four bytes in network order, held as one word in memory order
+    /// (`u32::from_ne_bytes(octets)`): built from a word, the address is stored as a word, which a rewrite's
+    /// four-byte read takes straight from the store.
+    #[inline]
+    pub const fn from_v4_word(word: u32) -> WireAddr {
+        WireAddr {
+            words: [word, 0, 0, 0],
+            v6: false,
+        }
+    }
+
+    /// An IPv6 address from its sixteen bytes in network order, held as four words in memory order.
+    #[inline]
+    pub const fn from_v6_words(words: [u32; 4]) -> WireAddr {
+        WireAddr { words, v6: true }
+    }
+
     /// An IPv6 address from its sixteen bytes in network order.
     #[inline]
     pub const fn from_v6_octets(octets: [u8; 16]) -> WireAddr {

@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice, VlanId};
 use packet::ip_protocol::{ICMP, ICMPV6, TCP, UDP};
+use packet::WireAddr;
 use packet::{Fragment, FrameLayout, IcmpKind, ParseError, L3};
 use proptest::prelude::*;
 
@@ -260,7 +261,7 @@ fn fragments_carry_ports_only_in_the_first() {
             assert_eq!(layout.fragment, Fragment::Later { id });
             // Rewriting a later fragment touches the IP header only.
             let mut copy = frame.clone();
-            packet::rewrite_destination(&mut copy, &layout, v4(9), 9).unwrap();
+            packet::rewrite_destination(&mut copy, &layout, &WireAddr::from(v4(9)), 9).unwrap();
             assert_eq!(copy[34..], frame[34..]);
             assert_eq!(reference_sum(&[&copy[14..34]]), 0xffff);
         }
@@ -328,7 +329,13 @@ fn encapsulation_wraps_and_unwraps() {
             };
             let mut buf = vec![0u8; outer];
             buf.extend_from_slice(&original);
-            packet::encapsulate(&mut buf, &layout, outer_src, outer_dst).unwrap();
+            packet::encapsulate(
+                &mut buf,
+                &layout,
+                &WireAddr::from(outer_src),
+                &WireAddr::from(outer_dst),
+            )
+            .unwrap();
             let snapshot = buf.clone();
             let sliced = SlicedPacket::from_ethernet(&snapshot).unwrap();
             match sliced.net.unwrap() {
@@ -568,9 +575,9 @@ proptest! {
         let frame = build(shape, make(addrs[0]), make(addrs[1]), ports[0], ports[1], &payload);
         let layout = packet::parse_frame(&frame).unwrap();
         let mut copy = frame.clone();
-        packet::rewrite_destination(&mut copy, &layout, make(addrs[2]), ports[2]).unwrap();
+        packet::rewrite_destination(&mut copy, &layout, &WireAddr::from(make(addrs[2])), ports[2]).unwrap();
         assert_checksums(&copy);
-        packet::rewrite_source(&mut copy, &layout, make(addrs[3]), ports[3]).unwrap();
+        packet::rewrite_source(&mut copy, &layout, &WireAddr::from(make(addrs[3])), ports[3]).unwrap();
         assert_checksums(&copy);
         packet::set_macs(&mut copy, MAC_B, MAC_A).unwrap();
         let after = packet::parse_frame(&copy).unwrap();
@@ -585,8 +592,8 @@ proptest! {
         // Reverting restores the original bytes, checksums included (up to the two zeros of ones' complement).
         let mut back = copy.clone();
         packet::set_macs(&mut back, MAC_A, MAC_B).unwrap();
-        packet::rewrite_destination(&mut back, &after, make(addrs[1]), ports[1]).unwrap();
-        packet::rewrite_source(&mut back, &after, make(addrs[0]), ports[0]).unwrap();
+        packet::rewrite_destination(&mut back, &after, &WireAddr::from(make(addrs[1])), ports[1]).unwrap();
+        packet::rewrite_source(&mut back, &after, &WireAddr::from(make(addrs[0])), ports[0]).unwrap();
         assert_checksums(&back);
         let diff: Vec<_> = back.iter().zip(&frame).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| i).collect();
         prop_assert!(diff.len() <= 2, "reverted frame differs at {:?}", diff);
@@ -603,18 +610,18 @@ proptest! {
         let make = |a: u128| if shape.v6 { v6(a) } else { v4(a as u32) };
         let frame = build(shape, make(addrs[0]), make(addrs[1]), ports[0], ports[1], &payload);
         let layout = packet::parse_frame(&frame).unwrap();
-        let (src, dst) = (make(addrs[2]), make(addrs[3]));
+        let (src, dst) = (WireAddr::from(make(addrs[2])), WireAddr::from(make(addrs[3])));
         let mut stepwise = frame.clone();
-        packet::rewrite_source(&mut stepwise, &layout, src, ports[2]).unwrap();
-        packet::rewrite_destination(&mut stepwise, &layout, dst, ports[3]).unwrap();
+        packet::rewrite_source(&mut stepwise, &layout, &src, ports[2]).unwrap();
+        packet::rewrite_destination(&mut stepwise, &layout, &dst, ports[3]).unwrap();
         let mut at_once = frame.clone();
-        packet::rewrite_source_and_destination(&mut at_once, &layout, src, ports[2], dst, ports[3]).unwrap();
+        packet::rewrite_source_and_destination(&mut at_once, &layout, &src, ports[2], &dst, ports[3]).unwrap();
         assert_checksums(&at_once);
         let diff: Vec<_> = at_once.iter().zip(&stepwise).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| i).collect();
         // Only a checksum may differ, and only between the two ones'-complement zeros.
         prop_assert!(diff.len() <= 2, "frames differ at {:?}", diff);
         let mismatched_family = if shape.v6 { v4(1) } else { v6(1) };
-        prop_assert!(packet::rewrite_source_and_destination(&mut at_once, &layout, mismatched_family, 1, dst, 2).is_err());
+        prop_assert!(packet::rewrite_source_and_destination(&mut at_once, &layout, &WireAddr::from(mismatched_family), 1, &dst, 2).is_err());
     }
 
     #[test]
@@ -643,7 +650,7 @@ proptest! {
         let room = if shape.v6 { 40 } else { 20 };
         let mut buf = vec![0u8; room];
         buf.extend_from_slice(&original);
-        packet::encapsulate(&mut buf, &layout, make(outer[0]), make(outer[1])).unwrap();
+        packet::encapsulate(&mut buf, &layout, &WireAddr::from(make(outer[0])), &WireAddr::from(make(outer[1]))).unwrap();
         assert_checksums(&buf);
         let outer_layout = packet::parse_frame(&buf).unwrap();
         let drop = packet::decapsulate(&mut buf, &outer_layout).unwrap();

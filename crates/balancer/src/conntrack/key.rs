@@ -39,13 +39,6 @@ fn words(addr: IpAddr) -> [u64; 2] {
     ]
 }
 
-fn octets(words: [u64; 2]) -> [u8; 16] {
-    let mut octets = [0u8; 16];
-    octets[..8].copy_from_slice(&words[0].to_ne_bytes());
-    octets[8..].copy_from_slice(&words[1].to_ne_bytes());
-    octets
-}
-
 impl ConnKey {
     /// The key of a packet from `src:src_port` to `dst:dst_port`. Mixed families are held as IPv6 (no such
     /// flow exists on the wire; the table never creates one).
@@ -105,11 +98,22 @@ impl ConnKey {
     /// IPv4 address is the last four bytes, read straight from the second word.
     #[inline]
     fn wire(&self, words: [u64; 2]) -> WireAddr {
+        // Split by shifts, not through bytes: the address is then stored in whole words, which the rewrite reads
+        // back as whole words (a word assembled from byte stores cannot be forwarded to the load).
+        let halves = |word: u64| {
+            let (first, second) = (word as u32, (word >> 32) as u32);
+            if cfg!(target_endian = "little") {
+                [first, second]
+            } else {
+                [second, first]
+            }
+        };
+        let [a, b] = halves(words[0]);
+        let [c, d] = halves(words[1]);
         if self.is_ipv4() {
-            let low = words[1].to_ne_bytes();
-            WireAddr::from_v4_octets([low[4], low[5], low[6], low[7]])
+            WireAddr::from_v4_word(d)
         } else {
-            WireAddr::from_v6_octets(octets(words))
+            WireAddr::from_v6_words([a, b, c, d])
         }
     }
 
@@ -203,6 +207,23 @@ mod tests {
     use std::net::Ipv6Addr;
 
     use super::*;
+
+    proptest::proptest! {
+        /// The rewrite form of a key's addresses is the flow's own addresses, in both families.
+        #[test]
+        fn wire_addresses_are_the_flow_addresses(v6 in proptest::prelude::any::<bool>(),
+                                                 src in proptest::prelude::any::<u128>(),
+                                                 dst in proptest::prelude::any::<u128>()) {
+            let address = |bits: u128| if v6 {
+                IpAddr::V6(Ipv6Addr::from(bits))
+            } else {
+                IpAddr::V4(Ipv4Addr::from(bits as u32))
+            };
+            let key = ConnKey::new(address(src), address(dst), 1, 2, 6);
+            proptest::prop_assert_eq!(key.src_wire(), WireAddr::from(address(src)));
+            proptest::prop_assert_eq!(key.dst_wire(), WireAddr::from(address(dst)));
+        }
+    }
 
     #[test]
     fn round_trips_both_families() {

@@ -17,7 +17,7 @@ use super::key::{ipv4_bits, ipv4_from_bits, ConnKey};
 use super::lists::{ListId, Lists, Occupancy};
 use super::memory::{boxed_slice, EdgeHooks};
 use super::prefetch::prefetch;
-use super::tcp_state::{Direction, TcpState, Timeouts, TrackedPath};
+use super::tcp_state::{Direction, TcpState, TcpTimeoutTable, Timeouts, TrackedPath};
 use crate::port_alloc::{LocalEndpoint, PortAllocator, PortError};
 use crate::service::{BackendId, ForwardingMode};
 
@@ -97,6 +97,8 @@ pub struct ConnTable {
     /// The next primary entry the expiry clock hand examines.
     hand: usize,
     timeouts: Timeouts,
+    /// `timeouts` for TCP as a table by state, kept with it.
+    tcp_timeouts: TcpTimeoutTable,
     ports: Option<PortAllocator>,
     stats: TableStats,
 }
@@ -187,6 +189,7 @@ impl ConnTable {
             prefetcher: hooks.prefetch,
             len: 0,
             hand: 0,
+            tcp_timeouts: TcpTimeoutTable::new(&timeouts),
             timeouts,
             ports,
             stats: TableStats::default(),
@@ -223,6 +226,7 @@ impl ConnTable {
     /// Idle timeouts from now on (ipvsadm --set): each connection takes the new one at its next packet; until then
     /// it keeps the expiry it has.
     pub fn set_timeouts(&mut self, timeouts: Timeouts) {
+        self.tcp_timeouts = TcpTimeoutTable::new(&timeouts);
         self.timeouts = timeouts;
     }
 
@@ -420,7 +424,7 @@ impl ConnTable {
             if !state.kept_by(path, flags) && state.next(path, flags) != state {
                 return ClientHit::Changing { id, backend, mode };
             }
-            timeouts.tcp(state)
+            self.tcp_timeouts.of(state)
         };
         entry.expires_at = now.saturating_add(timeout);
         ClientHit::Refreshed { id, backend, mode }

@@ -282,6 +282,26 @@ impl Default for Timeouts {
     }
 }
 
+/// Every TCP state's timeout, indexed by the state's `repr(u8)` value (16 slots: any state's value masked to four
+/// bits is in range): one load on the hot path where the match of [`Timeouts::tcp`] compiles to a jump table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TcpTimeoutTable([u64; 16]);
+
+impl TcpTimeoutTable {
+    pub(crate) fn new(timeouts: &Timeouts) -> TcpTimeoutTable {
+        let mut table = [0; 16];
+        for state in TcpState::ALL {
+            table[state as usize] = timeouts.tcp(state);
+        }
+        TcpTimeoutTable(table)
+    }
+
+    #[inline(always)]
+    pub(crate) fn of(&self, state: TcpState) -> u64 {
+        self.0[state as usize & 15]
+    }
+}
+
 impl Timeouts {
     /// The timeout of a TCP connection in `state`.
     #[inline]
@@ -315,6 +335,31 @@ impl Timeouts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table by state gives every state the timeout the named fields give it.
+    #[test]
+    fn the_timeout_table_agrees_with_the_fields() {
+        // Distinct values, so that a state reading another's slot would show.
+        let distinct = Timeouts {
+            none: 1,
+            established: 2,
+            syn_sent: 3,
+            syn_recv: 4,
+            fin_wait: 5,
+            time_wait: 6,
+            close: 7,
+            close_wait: 8,
+            last_ack: 9,
+            listen: 10,
+            synack: 11,
+            udp: 12,
+            icmp: 13,
+        };
+        let table = TcpTimeoutTable::new(&distinct);
+        for state in TcpState::ALL {
+            assert_eq!(table.of(state), distinct.tcp(state), "{state:?}");
+        }
+    }
 
     /// The one-bit shortcut never claims a state is kept when the table moves it, and finds every state an ACK
     /// (or a segment with no flag the table reads) keeps.

@@ -400,6 +400,27 @@ fn new_timeouts_reach_a_connection_at_its_next_packet() {
     );
 }
 
+/// `set_timeouts` reaches the worker's path too: a client packet refreshed through `client_hit` takes the new
+/// timeout of its state.
+#[test]
+fn new_timeouts_reach_a_packet_refreshed_through_client_hit() {
+    let mut table = ConnTable::new(8, Timeouts::default()).unwrap();
+    let key = client_key(1, ip_protocol::TCP);
+    // Picked up mid-stream: CLOSE, as IPVS keeps it.
+    let id = table
+        .insert(0, key, target(ForwardingMode::Dr), ACK, ignore)
+        .unwrap();
+    assert_eq!(table.get(id).unwrap().tcp_state, TcpState::Close);
+    table.set_timeouts(Timeouts {
+        close: 50_000,
+        ..Timeouts::default()
+    });
+    let client = ConnKey::from_flow(&key);
+    let hit = table.client_hit(&client, table.hash(&client), None, 1000, ACK);
+    assert!(matches!(hit, ClientHit::Refreshed { .. }));
+    assert_eq!(table.get(id).unwrap().expires_at, 51_000);
+}
+
 #[test]
 fn expiry_follows_the_state_timeout() {
     let timeouts = Timeouts::default();

@@ -161,6 +161,7 @@ fn replace_address(
     Ok((old_sum, new_sum))
 }
 
+#[inline(always)]
 fn rewrite_end(
     frame: &mut [u8],
     layout: &FrameLayout,
@@ -237,7 +238,7 @@ fn fix_transport(
 
 /// FULLNAT of both ends at once: both addresses and (TCP/UDP) ports, each checksum read and written once. Gives
 /// the same frame as [`rewrite_source`] then [`rewrite_destination`].
-#[inline]
+#[inline(always)]
 pub fn rewrite_source_and_destination(
     frame: &mut [u8],
     layout: &FrameLayout,
@@ -264,7 +265,7 @@ pub fn rewrite_source_and_destination(
 /// NAT of the destination: address and (TCP/UDP) port, checksums updated incrementally. The address is borrowed:
 /// callers hand it straight from their verdict, and copying a just-written address whole would wait on its stores
 /// (a load over several smaller stores cannot take its bytes from them); read field by field, it does not.
-#[inline]
+#[inline(always)]
 pub fn rewrite_destination(
     frame: &mut [u8],
     layout: &FrameLayout,
@@ -276,7 +277,7 @@ pub fn rewrite_destination(
 
 /// NAT of the source: address and (TCP/UDP) port, checksums updated incrementally (the address borrowed, as for
 /// [`rewrite_destination`]).
-#[inline]
+#[inline(always)]
 pub fn rewrite_source(
     frame: &mut [u8],
     layout: &FrameLayout,

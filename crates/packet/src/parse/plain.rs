@@ -59,30 +59,21 @@ pub(super) fn parse_plain_ipv4(
             head[at + 3],
         ))
     };
-    *layout = FrameLayout {
-        l2_len: L3_OFFSET as u16,
-        vlan_tags: 0,
-        vlan_id: None,
-        l3: L3::Ipv4,
-        l3_offset: L3_OFFSET as u16,
-        l4_offset: L4_OFFSET as u16,
-        l3_len: total as u16,
-        protocol,
-        ttl: head[22],
-        source_routed: false,
-        dont_fragment: fragment_word & 0x4000 != 0,
-        flow: FlowKey {
+    *layout = plain_layout(
+        L3::Ipv4,
+        L4_OFFSET,
+        total,
+        head[22],
+        fragment_word & 0x4000 != 0,
+        FlowKey {
             src_addr: address(26),
             dst_addr: address(30),
             src_port,
             dst_port,
             protocol,
         },
-        fragment: Fragment::None,
         tcp_flags,
-        icmp: IcmpKind::None,
-        arp: None,
-    };
+    );
     Some(())
 }
 
@@ -112,31 +103,53 @@ pub(super) fn parse_plain_ipv6(frame: &[u8], layout: &mut FrameLayout) -> Option
         let octets: [u8; 16] = head[at..at + 16].try_into().unwrap_or_default();
         IpAddr::V6(Ipv6Addr::from(octets))
     };
-    *layout = FrameLayout {
-        l2_len: L3_OFFSET as u16,
-        vlan_tags: 0,
-        vlan_id: None,
-        l3: L3::Ipv6,
-        l3_offset: L3_OFFSET as u16,
-        l4_offset: L4_OFFSET_V6 as u16,
-        l3_len: total as u16,
-        protocol,
-        ttl: head[21],
-        source_routed: false,
-        dont_fragment: false,
-        flow: FlowKey {
+    *layout = plain_layout(
+        L3::Ipv6,
+        L4_OFFSET_V6,
+        total,
+        head[21],
+        false,
+        FlowKey {
             src_addr: address(22),
             dst_addr: address(38),
             src_port,
             dst_port,
             protocol,
         },
+        tcp_flags,
+    );
+    Some(())
+}
+
+/// The layout of a plain frame: untagged, whole, no options or extension headers; the family's facts passed in.
+#[inline(always)]
+fn plain_layout(
+    l3: L3,
+    l4_offset: usize,
+    total: usize,
+    ttl: u8,
+    dont_fragment: bool,
+    flow: FlowKey,
+    tcp_flags: u8,
+) -> FrameLayout {
+    FrameLayout {
+        l2_len: L3_OFFSET as u16,
+        vlan_tags: 0,
+        vlan_id: None,
+        l3,
+        l3_offset: L3_OFFSET as u16,
+        l4_offset: l4_offset as u16,
+        l3_len: total as u16,
+        protocol: flow.protocol,
+        ttl,
+        source_routed: false,
+        dont_fragment,
+        flow,
         fragment: Fragment::None,
         tcp_flags,
         icmp: IcmpKind::None,
         arp: None,
-    };
-    Some(())
+    }
 }
 
 /// Ports and TCP flags of the TCP or UDP header starting `transport`, when it lies whole within the `room` bytes the

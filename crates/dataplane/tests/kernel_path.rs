@@ -24,6 +24,9 @@ use dataplane::kernel::{KernelPath, KernelQueues};
 use dataplane::worker::{HandoffLinks, PortQueues, TableUpdates, Worker, WorkerConfig};
 use etherparse::PacketBuilder;
 
+mod common;
+use common::with_vlan_tags;
+
 const PORT_MACS: [[u8; 6]; 2] = [[2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]];
 const ROUTER_MAC: [u8; 6] = [2, 0xaa, 0, 0, 0, 1];
 
@@ -481,15 +484,6 @@ fn shedding_reads_at_most_overload_bursts_more_and_only_on_ports_with_a_kernel_i
     assert_eq!(rig.worker.stats().drops(DropReason::OverloadShed), 0);
 }
 
-/// `frame` with an 802.1Q tag of `vlan`.
-fn tagged(frame: &[u8], vlan: u16) -> Vec<u8> {
-    let mut out = frame[..12].to_vec();
-    out.extend_from_slice(&[0x81, 0x00]);
-    out.extend_from_slice(&vlan.to_be_bytes());
-    out.extend_from_slice(&frame[12..]);
-    out
-}
-
 #[test]
 fn the_kernel_interface_of_a_port_on_a_vlan_sees_its_frames_untagged_and_what_it_sends_leaves_tagged(
 ) {
@@ -503,7 +497,7 @@ fn the_kernel_interface_of_a_port_on_a_vlan_sees_its_frames_untagged_and_what_it
         "10.0.0.1",
         40000,
     );
-    rig.send(0, &tagged(&for_node, 10));
+    rig.send(0, &with_vlan_tags(&for_node, &[10]));
     rig.worker.poll(1);
     assert_eq!(rig.kernel_in(), vec![for_node]);
     // What the kernel sends out of the port leaves tagged 10.
@@ -522,7 +516,7 @@ fn the_kernel_interface_of_a_port_on_a_vlan_sees_its_frames_untagged_and_what_it
         .into_iter()
         .filter(|frame| frame[16..18] == [0x08, 0x00])
         .collect();
-    assert_eq!(out, vec![tagged(&from_kernel, 10)]);
+    assert_eq!(out, vec![with_vlan_tags(&from_kernel, &[10])]);
 }
 
 /// A full burst alone is a clump of traffic, not overload: with the default setting, nothing is shed until bursts

@@ -19,6 +19,9 @@ use dataplane::io::Frame;
 use dataplane::worker::{handoff_mesh, PortQueues, TableUpdates, Worker, WorkerConfig};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 
+mod common;
+use common::with_vlan_tags;
+
 const CLIENT_MAC: [u8; 6] = [2, 0xc1, 0, 0, 0, 1];
 const PORT0_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const PORT1_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
@@ -754,22 +757,6 @@ fn with_ttl(frame: &[u8], ttl: u8) -> Vec<u8> {
     out
 }
 
-/// `frame` (untagged) with 802.1Q tags `vids` inserted after the MACs (the outer one first, as QinQ 0x88a8).
-fn with_vlan_tags(frame: &[u8], vids: &[u16]) -> Vec<u8> {
-    let mut out = frame[..12].to_vec();
-    for (index, vid) in vids.iter().enumerate() {
-        let tpid: u16 = if index + 1 < vids.len() {
-            0x88a8
-        } else {
-            0x8100
-        };
-        out.extend_from_slice(&tpid.to_be_bytes());
-        out.extend_from_slice(&vid.to_be_bytes());
-    }
-    out.extend_from_slice(&frame[12..]);
-    out
-}
-
 #[test]
 fn tagged_frames_on_untagged_ports_are_dropped_as_vlan_tagged() {
     let mut rig = rig(&spec(ForwardingMode::Dr, 1, true), 1);
@@ -1068,6 +1055,17 @@ fn a_frame_to_another_hosts_mac_is_dropped_and_counted() {
     assert_eq!(rig.workers[0].stats().drops(DropReason::NotOurMac), 1);
 }
 
+/// An ICMP echo request from the client to port 0's address (10.0.0.1), carrying `payload`.
+fn echo_request_to_port0(payload: &[u8]) -> Vec<u8> {
+    let mut echo = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, PORT0_MAC)
+        .ipv4([10, 0, 0, 2], [10, 0, 0, 1], 64)
+        .icmpv4_echo_request(7, 1)
+        .write(&mut echo, payload)
+        .unwrap();
+    echo
+}
+
 /// `frame` sent to the broadcast MAC instead of the port's.
 fn to_broadcast(mut frame: Vec<u8>) -> Vec<u8> {
     frame[0..6].fill(0xff);
@@ -1079,12 +1077,7 @@ fn answers_to_frames_sent_to_the_broadcast_mac_come_from_the_ports_mac() {
     // An echo request for the port's address, and a packet too big for the tunnel, both sent to ff:ff:ff:ff:ff:ff:
     // the answers leave from the port's MAC, never from the broadcast address the requests were sent to.
     let mut rig = rig(&spec(ForwardingMode::Tun, 1, true), 1);
-    let mut echo = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, PORT0_MAC)
-        .ipv4([10, 0, 0, 2], [10, 0, 0, 1], 64)
-        .icmpv4_echo_request(7, 1)
-        .write(&mut echo, b"ping")
-        .unwrap();
+    let echo = echo_request_to_port0(b"ping");
     rig.send(0, 0, to_broadcast(echo));
     rig.send(
         0,
@@ -1367,12 +1360,7 @@ fn an_echo_reply_carries_no_flags_whatever_the_request_had() {
     // A request with the reserved flag and don't-fragment set: the reply is a datagram of its own, its flags and
     // offset zero (the reserved bit must never leave sluice in what it originates).
     let mut rig = rig(&spec(ForwardingMode::Dr, 1, true), 1);
-    let mut echo = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, PORT0_MAC)
-        .ipv4([10, 0, 0, 2], [10, 0, 0, 1], 64)
-        .icmpv4_echo_request(7, 1)
-        .write(&mut echo, b"ping")
-        .unwrap();
+    let mut echo = echo_request_to_port0(b"ping");
     echo[20] = 0xc0;
     fix_ipv4_checksum(&mut echo);
     rig.send(0, 0, echo);
@@ -1393,12 +1381,7 @@ fn a_fragmented_echo_request_is_not_answered_from_its_first_fragment() {
     // The first fragment of a 1,000-byte echo request holds part of the message its checksum covers: answering it
     // in place sent a reply with a bad checksum. Without reassembly (and without a kernel path) it is dropped.
     let mut rig = rig(&spec(ForwardingMode::Dr, 1, true), 1);
-    let mut echo = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, PORT0_MAC)
-        .ipv4([10, 0, 0, 2], [10, 0, 0, 1], 64)
-        .icmpv4_echo_request(7, 1)
-        .write(&mut echo, &[0x5a; 992])
-        .unwrap();
+    let echo = echo_request_to_port0(&[0x5a; 992]);
     // Its first 512 bytes of ICMP, more to come.
     let mut first = echo[..14 + 20 + 512].to_vec();
     first[16..18].copy_from_slice(&(20u16 + 512).to_be_bytes());

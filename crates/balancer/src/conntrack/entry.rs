@@ -58,8 +58,8 @@ pub(super) struct Entry {
     /// The key's ports, protocol and family in bits 0..48, then the TCP state (48..56) and the kind and mode
     /// (56..64): packing them here leaves room for the rest in one line.
     tail: u64,
-    /// When the connection dies, in the caller's milliseconds. Mirrored in a reply entry so a reply lookup needs
-    /// no second line to know whether it hit a live connection.
+    /// When the connection dies, in the caller's milliseconds; primaries only (a reply entry's lookup reads its
+    /// primary's, which the reply path reads to forward anyway).
     pub expires_at: u64,
     /// The backend's id ([`crate::service::BackendId`]); primaries only.
     pub backend: u32,

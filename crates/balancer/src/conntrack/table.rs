@@ -797,7 +797,6 @@ impl ConnTable {
                     ),
                 };
                 let mut second = Entry::new(kind, &key, target.mode, tcp_state);
-                second.expires_at = conn.expires_at;
                 second.backend = target.backend.0;
                 second.link = id;
                 self.entries[second_id as usize] = second;

@@ -112,20 +112,6 @@ impl From<IpAddr> for WireAddr {
     }
 }
 
-impl From<&IpAddr> for WireAddr {
-    #[inline]
-    fn from(addr: &IpAddr) -> WireAddr {
-        WireAddr::from(*addr)
-    }
-}
-
-impl From<&WireAddr> for WireAddr {
-    #[inline]
-    fn from(addr: &WireAddr) -> WireAddr {
-        *addr
-    }
-}
-
 impl fmt::Debug for WireAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.ip())

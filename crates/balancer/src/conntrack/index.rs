@@ -192,7 +192,18 @@ impl Index {
         let mut passed = 0usize;
         let slot = loop {
             let b = &self.buckets[bucket];
-            let found = (0..SLOTS).find(|&s| b.sigs[s] == probe.sig && b.entries[s] == entry);
+            // The signature compare of all eight slots at once, then the entry numbers of the (almost always one)
+            // matching slots: a slot-by-slot search mispredicts its exit at a random slot.
+            let mut pending = b.matching(probe.sig);
+            let mut found = None;
+            while pending != 0 {
+                let slot = pending.trailing_zeros() as usize;
+                if b.entries[slot] == entry {
+                    found = Some(slot);
+                    break;
+                }
+                pending &= pending - 1;
+            }
             if let Some(slot) = found {
                 break slot;
             }

@@ -68,6 +68,11 @@ impl Lists {
         (head != NIL).then_some(head)
     }
 
+    /// Where `id`'s list link lives, for a prefetch.
+    pub fn link_address(&self, id: u32) -> Option<&impl Copy> {
+        self.links.get(id as usize)
+    }
+
     /// The connection after `id` on its list.
     pub fn next(&self, id: u32) -> Option<u32> {
         let next = self.links[id as usize].next;
@@ -118,6 +123,11 @@ impl Occupancy {
         Occupancy {
             words: vec![0; capacity.div_ceil(64)].into_boxed_slice(),
         }
+    }
+
+    /// Where `id`'s bit lives, for a prefetch.
+    pub fn word_address(&self, id: u32) -> Option<&u64> {
+        self.words.get(id as usize / 64)
     }
 
     pub fn set(&mut self, id: u32, occupied: bool) {

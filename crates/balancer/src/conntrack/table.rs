@@ -819,19 +819,31 @@ impl ConnTable {
         Ok(ConnId(id))
     }
 
-    /// In a full table every insert evicts the oldest sacrificable connection, whose entry and index bucket are
-    /// long out of the cache. Starts loading them one insert ahead, in two steps: the bucket of the next victim,
-    /// whose entry was asked for by the insert before (its key gives the bucket), and the entry of the victim
-    /// after it. Its list link is in the cache already: unlinking the victim before it wrote there.
+    /// In a full table every insert evicts the oldest sacrificable connection, whose entry, index bucket, list
+    /// link and occupancy word are long out of the cache. Starts loading them ahead, along the eviction order: for
+    /// the next victim its bucket (its key gives the bucket: its entry was asked for two inserts before) and its
+    /// occupancy word; for the victim after it nothing (its link was asked for one insert before, and unlinking the
+    /// next victim writes there); for the one after that its entry and link.
     fn prefetch_next_victims(&self) {
-        let Some(next) = self.lists.head(ListId::Evictable) else {
+        let Some(first) = self.lists.head(ListId::Evictable) else {
             return;
         };
-        let entry = &self.entries[next as usize];
+        let entry = &self.entries[first as usize];
         let home = self.index.probe(self.hash(&entry.key())).bucket;
         prefetch(self.prefetcher, self.index.bucket(home));
-        if let Some(after) = self.lists.next(next) {
-            prefetch(self.prefetcher, &self.entries[after as usize]);
+        if let Some(word) = self.occupied.word_address(first) {
+            prefetch(self.prefetcher, word);
+        }
+        let Some(third) = self
+            .lists
+            .next(first)
+            .and_then(|second| self.lists.next(second))
+        else {
+            return;
+        };
+        prefetch(self.prefetcher, &self.entries[third as usize]);
+        if let Some(link) = self.lists.link_address(third) {
+            prefetch(self.prefetcher, link);
         }
     }
 

@@ -329,6 +329,15 @@ impl MaglevTable {
         self.slots.get(slot).map(|&index| index as usize)
     }
 
+    /// Starts loading, with the caller's instruction, the slot [`MaglevTable::lookup`] reads for `hash`.
+    #[inline(always)]
+    pub fn prefetch_slot_with(&self, hash: u64, prefetch: impl Fn(*const u8)) {
+        let slot = (hash % u64::from(self.size.get())) as usize;
+        if let Some(entry) = self.slots.get(slot) {
+            prefetch(std::ptr::from_ref(entry).cast());
+        }
+    }
+
     /// The id of the backend that owns `hash`.
     #[inline]
     pub fn lookup_id(&self, hash: u64) -> Option<BackendId> {

@@ -161,10 +161,20 @@ impl Harness {
     }
 
     fn decide_on(&mut self, layout: &FrameLayout, ingress: u16) -> Action {
-        // Through the staged lookup, as the worker does.
-        let staged = self.state.stage(&layout.flow);
+        // Through every stage of the staged lookup, as the worker does.
+        let mut staged = self.state.stage(&layout.flow);
+        if self.state.stage_entries_with(&mut staged, |_| {}) {
+            self.state
+                .stage_new_flow_with(&self.tables.snapshot, &layout.flow, &mut staged, |_| {});
+        }
         self.state
             .decide(&mut self.tables, layout, Some(&staged), ingress, false, NOW)
+    }
+
+    /// The decision without staging, as for a frame another worker handed over.
+    fn decide_unstaged(&mut self, layout: &FrameLayout) -> Action {
+        self.state
+            .decide(&mut self.tables, layout, None, CLIENT_PORT, false, NOW)
     }
 }
 
@@ -266,6 +276,39 @@ fn dr_rewrites_macs_only_and_keeps_every_packet_of_a_flow_on_one_backend() {
                 (150..=250).contains(&count),
                 "uneven spread {per_backend:?}"
             );
+        }
+    }
+}
+
+/// Staging computes a new flow's Maglev hash ahead (to prefetch its slot) and the decision takes it from there: the
+/// backends it picks are the ones the decision picks by itself, for new flows of both families and every mode.
+#[test]
+fn staged_new_flows_pick_the_backends_unstaged_decisions_pick() {
+    for mode in [
+        ForwardingMode::Dr,
+        ForwardingMode::Nat,
+        ForwardingMode::FullNat,
+        ForwardingMode::Tun,
+    ] {
+        for v6 in [false, true] {
+            let spec = spec(
+                vec![service(mode, SchedulerKind::Mh, v6, &[1, 2, 3, 5])],
+                1,
+            );
+            let (mut staged, mut unstaged) = (Harness::new(&spec), Harness::new(&spec));
+            let mut backends = std::collections::HashSet::new();
+            for i in 0..400 {
+                let syn = tcp(client(i, v6), 10_000 + i as u16, vip(v6), 80, tcp_flags::SYN);
+                let (expected, got) = (unstaged.decide_unstaged(&syn), staged.decide(&syn));
+                if mode == ForwardingMode::FullNat {
+                    // Each table draws its local ports at random: only the backend must agree.
+                    assert_eq!(forwarded(got).backend, forwarded(expected).backend);
+                } else {
+                    assert_eq!(got, expected, "{mode:?} v6={v6} flow {i}");
+                }
+                backends.insert(forwarded(expected).backend);
+            }
+            assert_eq!(backends.len(), 4, "{mode:?} v6={v6}: every backend picked");
         }
     }
 }

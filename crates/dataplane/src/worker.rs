@@ -459,10 +459,26 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 });
             }
             // ...then, with the buckets on their way, the entries they point at...
+            let mut new_flows = false;
             for staged in self.staged[..received].iter_mut().flatten() {
-                engine
+                new_flows |= engine
                     .state
                     .stage_entries_with(staged, R::Frame::prefetch_address);
+            }
+            // ...and for flows no entry holds, their services' Maglev slots (a burst of established traffic skips
+            // this loop)...
+            if new_flows {
+                for (staged, layout) in self.staged[..received].iter_mut().zip(self.layouts.iter())
+                {
+                    if let Some(staged) = staged {
+                        engine.state.stage_new_flow_with(
+                            &engine.tables.snapshot,
+                            &layout.flow,
+                            staged,
+                            R::Frame::prefetch_address,
+                        );
+                    }
+                }
             }
             // ...and only then decide, frame by frame, in order.
             for (index, frame) in self.received.drain(..).enumerate() {

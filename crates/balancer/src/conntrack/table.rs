@@ -78,6 +78,15 @@ pub struct Candidates {
     version: u32,
 }
 
+impl Candidates {
+    /// No entry in the home bucket has the key's signature: unless the bucket overflowed, the key is not in the
+    /// table.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.slots == 0
+    }
+}
+
 /// One worker's connection table. See the module documentation for the layout and policies.
 pub struct ConnTable {
     /// Primaries `0..capacity`, then the secondaries.

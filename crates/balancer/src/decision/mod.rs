@@ -31,6 +31,7 @@ use std::sync::Arc;
 use packet::{FlowKey, Fragment, FrameLayout, IcmpKind, L3};
 
 use crate::conntrack::{Candidates, ConnKey, ConnTable, Direction, Hit};
+use crate::maglev::flow_hash;
 use crate::neighbor::NeighborTable;
 use crate::persistence::PersistenceTable;
 use crate::rss;
@@ -82,6 +83,21 @@ pub struct StagedKey {
     missed: bool,
     /// ...and no entry holds the key at all, live or dead: opening the connection need not look for a dead one.
     absent: bool,
+    /// The Maglev flow hash, when staging found no entry that could hold the key (so the frame likely opens a
+    /// connection) and the service's table slot was prefetched with it; 0 when not computed (a true hash of 0 is
+    /// simply computed again).
+    flow_hash: u64,
+}
+
+impl StagedKey {
+    /// The Maglev hash of `flow`, the frame's own, taken from staging when it computed it.
+    #[inline]
+    pub(crate) fn flow_hash_of(staged: Option<&StagedKey>, flow: &FlowKey) -> u64 {
+        match staged {
+            Some(staged) if staged.flow_hash != 0 => staged.flow_hash,
+            _ => flow_hash(flow),
+        }
+    }
 }
 
 /// Who a worker is among its peers.
@@ -145,14 +161,38 @@ impl WorkerState {
             candidates: None,
             missed: false,
             absent: false,
+            flow_hash: 0,
         }
     }
 
     /// The second stage of a staged lookup: prefetches, with the caller's instruction, the connection entries the
-    /// key's bucket points at, and keeps which they are for the lookup.
+    /// key's bucket points at, and keeps which they are for the lookup. Returns whether no entry can hold the key:
+    /// the frame likely opens a connection, and [`WorkerState::stage_new_flow_with`] is worth calling for it.
     #[inline(always)]
-    pub fn stage_entries_with(&self, staged: &mut StagedKey, prefetch: impl Fn(*const u8)) {
-        staged.candidates = Some(self.conns.prefetch_candidates_with(staged.hash, prefetch));
+    pub fn stage_entries_with(&self, staged: &mut StagedKey, prefetch: impl Fn(*const u8)) -> bool {
+        let candidates = self.conns.prefetch_candidates_with(staged.hash, prefetch);
+        staged.candidates = Some(candidates);
+        candidates.is_empty()
+    }
+
+    /// The third stage, for a key no entry can hold: the Maglev hash of the frame's `flow`, kept for the decision,
+    /// and a prefetch of the slot its service's table gives it, so that a burst of new flows does not wait on the
+    /// Maglev table's cache misses one by one. (A stage of its own: done while reading the buckets, it made the
+    /// bucket reads wait longer.)
+    #[inline(always)]
+    pub fn stage_new_flow_with(
+        &self,
+        snapshot: &Snapshot,
+        flow: &FlowKey,
+        staged: &mut StagedKey,
+        prefetch: impl Fn(*const u8),
+    ) {
+        if staged
+            .candidates
+            .is_some_and(|candidates| candidates.is_empty())
+        {
+            stage_new_flow(snapshot, flow, staged, prefetch);
+        }
     }
 
     /// The live connection of the frame's own flow, through its staged key when there is one.
@@ -265,14 +305,14 @@ impl WorkerState {
         handed_off: bool,
         now_ms: u64,
     ) -> Action {
-        let flow = layout.flow;
+        let flow = &layout.flow;
         match layout.icmp {
             IcmpKind::None => {}
             IcmpKind::Error { inner, .. } => {
                 if layout.ttl <= 1 {
                     return Action::Drop(DropReason::TtlExpired);
                 }
-                return self.icmp_error(snapshot, &flow, &inner, ingress, handed_off, now_ms);
+                return self.icmp_error(snapshot, flow, &inner, ingress, handed_off, now_ms);
             }
             IcmpKind::EchoRequest => {
                 return match snapshot.owned(flow.dst_addr) {
@@ -455,6 +495,27 @@ fn refused_whatever_its_destination(layout: &FrameLayout) -> Action {
         Action::Drop(DropReason::VlanTagged)
     } else {
         Action::Drop(DropReason::SourceRouted)
+    }
+}
+
+/// Staging of a frame that likely opens a connection: the Maglev hash of its flow, kept for the decision, and a
+/// prefetch of the slot its service's table gives it.
+#[inline(never)]
+fn stage_new_flow(
+    snapshot: &Snapshot,
+    flow: &FlowKey,
+    staged: &mut StagedKey,
+    prefetch: impl Fn(*const u8),
+) {
+    let Some((_, service)) = snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)
+    else {
+        return;
+    };
+    if service.scheduler == SchedulerKind::Mh {
+        staged.flow_hash = flow_hash(flow);
+        service
+            .maglev
+            .prefetch_slot_with(staged.flow_hash, prefetch);
     }
 }
 

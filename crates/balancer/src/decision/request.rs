@@ -9,7 +9,6 @@ use super::{forward, martian_source, opened, Action, DropReason, Rewrite, Staged
 use crate::conntrack::{
     tcp_flags, ClientHit, Conn, Direction, Endpoint, Forwarding, InsertError, Target, WireEndpoints,
 };
-use crate::maglev::flow_hash;
 use crate::scheduler::IpvsScheduler;
 use crate::service::{BackendId, ForwardingMode, SchedulerKind};
 use crate::snapshot::{mask_address, Route, Service, Snapshot};
@@ -34,7 +33,7 @@ impl WorkerState {
         handed_off: bool,
         now_ms: u64,
     ) -> Option<Action> {
-        let flow = layout.flow;
+        let flow = &layout.flow;
         // Without a service the frame may be the node's own (the kernel's), whatever its TTL.
         let (service_index, service) =
             snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)?;
@@ -119,15 +118,16 @@ impl WorkerState {
         handed_off: bool,
         now_ms: u64,
     ) -> Action {
-        let flow = layout.flow;
+        // Borrowed, not copied: reading an address back from a fresh copy would wait on the copy's stores.
+        let flow = &layout.flow;
         if !handed_off && self.place.software_steering {
-            let owner = self.request_owner(&flow);
+            let owner = self.request_owner(flow);
             if owner != self.place.index {
                 return Action::Handoff { worker: owner };
             }
         }
 
-        if let Some(hit) = self.lookup_frame(&flow, staged, now_ms) {
+        if let Some(hit) = self.lookup_frame(flow, staged, now_ms) {
             if hit.direction == Direction::Original {
                 if let Some(conn) = self.conns.forwarding(hit.id) {
                     if snapshot.backend(conn.backend).is_some() {
@@ -158,10 +158,10 @@ impl WorkerState {
         let excepted = if is_syn || !schedules_any_packet {
             None
         } else {
-            self.exceptions.take(&flow, service, now_ms)
+            self.exceptions.take(flow, service, now_ms)
         };
-        let Some(backend_index) =
-            excepted.or_else(|| self.schedule(schedulers, service_index, service, &flow, now_ms))
+        let Some(backend_index) = excepted
+            .or_else(|| self.schedule(schedulers, service_index, service, flow, staged, now_ms))
         else {
             return Action::Drop(DropReason::NoBackend);
         };
@@ -183,7 +183,7 @@ impl WorkerState {
         let inserted = match staged {
             Some(staged) => self.conns.insert_keyed(
                 now_ms,
-                flow,
+                *flow,
                 &staged.key,
                 staged.hash,
                 staged.absent,
@@ -193,7 +193,7 @@ impl WorkerState {
             ),
             None => self
                 .conns
-                .insert(now_ms, flow, target, layout.tcp_flags, on_removed),
+                .insert(now_ms, *flow, target, layout.tcp_flags, on_removed),
         };
         match inserted {
             Ok(id) => {
@@ -235,6 +235,7 @@ impl WorkerState {
         service_index: u32,
         service: &Service,
         flow: &FlowKey,
+        staged: Option<&StagedKey>,
         now_ms: u64,
     ) -> Option<usize> {
         let persistent_client = service
@@ -252,7 +253,7 @@ impl WorkerState {
             }
         }
         let picked = match service.scheduler {
-            SchedulerKind::Mh => service.maglev.lookup(flow_hash(flow)),
+            SchedulerKind::Mh => service.maglev.lookup(StagedKey::flow_hash_of(staged, flow)),
             _ => schedulers.get_mut(service_index as usize)?.as_mut()?.pick(
                 &service.backends,
                 &self.load,

@@ -5,7 +5,10 @@
 # thing: how much of what the device path can move does the balancer keep.
 #
 # Usage: bench/replay.sh SLUICE OUT_CSV [seconds per run] [rounds] [flow counts...]
-# Writes one CSV row per (mode, family, flows, round) and prints a Markdown table of medians on stdout.
+# Writes one CSV row per (mode, family, flows, round) and prints a Markdown table of medians on stdout; then the
+# same for a replay in which every frame is a SYN of a new flow (NEW_SYN_FRAMES distinct flows, default 524288; 0
+# skips it) through a connection table of half as many entries, so that every frame opens a connection and evicts
+# the oldest: new connections per second, in flows labelled "new SYN".
 set -euo pipefail
 SLUICE=$1
 OUT_CSV=$2
@@ -39,8 +42,8 @@ testpmd_rate() { # pcap mbufs
     awk -v p="${packets:-0}" -v s="$SECONDS_PER_RUN" 'BEGIN { printf "%.3f", p / s / 1e6 }'
 }
 
-sluice_config() { # mode family pcap mbufs
-    local mode=$1 family=$2 pcap=$3 mbufs=$4 vip net port_addr backend1 backend2 tunnel local
+sluice_config() { # mode family pcap mbufs [conntrack capacity]
+    local mode=$1 family=$2 pcap=$3 mbufs=$4 capacity=${5:-2097152} vip net port_addr backend1 backend2 tunnel local
     if [ "$family" = ipv4 ]; then
         vip=10.0.0.100 port_addr=10.0.0.1/16 backend1=10.0.1.11 backend2=10.0.1.12 tunnel=10.0.0.1 local=10.0.2.5
     else
@@ -63,7 +66,7 @@ cores = [$WORKER_CPU]
 burst = 32
 mempool_size = $mbufs
 [network]
-conntrack_capacity = 2097152
+conntrack_capacity = $capacity
 $net
 local_addresses = ["$local"]
 [[service]]
@@ -83,6 +86,15 @@ CONF
 sluice_rate() { # config
     "$SLUICE" run --config "$1" --duration-ms $((SECONDS_PER_RUN * 1000)) 2>&1 |
         sed -n 's/.*rate \([0-9.]*\) Mpps.*/\1/p' | tail -1
+}
+
+# The rate and, from the service's line of the exit summary (Conns, InPkts), the connections opened per frame.
+sluice_rate_and_opened() { # config vip
+    local out
+    out=$("$SLUICE" run --config "$1" --duration-ms $((SECONDS_PER_RUN * 1000)) 2>&1)
+    echo "$out" | sed -n 's/.*rate \([0-9.]*\) Mpps.*/\1/p' | tail -1 | tr '\n' ' '
+    echo "$out" | awk -v vip="$2:80" '$2 == vip { if ($4 > 0) printf "%.3f", $3 / $4; exit }'
+    echo
 }
 
 echo "mode,family,flows,round,sluice_mpps,testpmd_mpps" > "$OUT_CSV"
@@ -121,3 +133,46 @@ for flows in "${FLOWS[@]}"; do
         rm -f "$pcap"
     done
 done
+
+NEW_SYN_FRAMES=${NEW_SYN_FRAMES:-524288}
+if [ "$NEW_SYN_FRAMES" -gt 0 ]; then
+    echo
+    echo "| new SYN every frame | family | testpmd macswap Mpps | DR M conn/s | ratio | NAT | ratio | FULLNAT | ratio | TUN | ratio |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
+    family=ipv4
+    vip=10.0.0.100
+    mbufs=$((NEW_SYN_FRAMES + 16384))
+    pcap="$work/new-syn.pcap"
+    # Each flow's first frame is a SYN: as many flows as frames make every frame a SYN of its own flow. The table
+    # holds half of them, so a flow is evicted long before its SYN comes round again.
+    "$SLUICE" generate --out "$pcap" --vip "$vip" --flows "$NEW_SYN_FRAMES" --frames "$NEW_SYN_FRAMES" \
+        --dst-mac 02:00:00:00:00:01 > /dev/null
+    # FULLNAT gets eight local addresses: with one, its 64K local ports would run out before the table fills.
+    locals='"10.0.2.5", "10.0.2.6", "10.0.2.7", "10.0.2.8", "10.0.2.9", "10.0.2.10", "10.0.2.11", "10.0.2.12"'
+    for mode in dr nat fullnat tun; do
+        sluice_config "$mode" "$family" "$pcap" "$mbufs" $((NEW_SYN_FRAMES / 2)) |
+            sed "s/^local_addresses = .*/local_addresses = [$locals]/" > "$work/$mode.toml"
+    done
+    for round in $(seq "$ROUNDS"); do
+        reference=$(testpmd_rate "$pcap" "$mbufs")
+        echo "$reference" >> "$work/testpmd-new"
+        for mode in dr nat fullnat tun; do
+            read -r rate opened <<< "$(sluice_rate_and_opened "$work/$mode.toml" "$vip")"
+            rate=${rate:-0}
+            echo "$mode,$family,new SYN,$round,$rate,$reference" >> "$OUT_CSV"
+            echo "$rate" >> "$work/$mode-new"
+            echo "$opened" >> "$work/$mode-new-opened"
+            echo "replay of new SYNs round $round: testpmd $reference, sluice $mode $rate Mpps, ${opened:-?} connections opened per frame" >&2
+        done
+    done
+    reference=$(median < "$work/testpmd-new")
+    row="| $NEW_SYN_FRAMES flows, table of $((NEW_SYN_FRAMES / 2)) | $family | $reference |"
+    for mode in dr nat fullnat tun; do
+        rate=$(median < "$work/$mode-new")
+        row+=" $rate | $(awk -v a="$rate" -v b="$reference" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }') |"
+    done
+    echo "$row"
+    echo
+    echo "Connections opened per frame (median; 1.000: every frame opened one): DR $(median < "$work/dr-new-opened"), NAT $(median < "$work/nat-new-opened"), FULLNAT $(median < "$work/fullnat-new-opened"), TUN $(median < "$work/tun-new-opened")."
+    rm -f "$pcap"
+fi

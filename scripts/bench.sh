@@ -245,6 +245,11 @@ testpmd, then sluice in every mode, on the same pcap; the table shows medians of
 the medians. The pcap of N flows holds max(N, 8192) frames, cycling over the flows, so every frame after the
 first pass is a connection-table hit. \`bench/replay.sh\` runs this alone.
 
+The second table replays 524288 SYNs, each of its own flow, through a connection table of 262144 entries: every
+frame opens a connection and evicts the oldest (the line under it shows the connections opened per frame, from
+sluice's exit summary). sluice's figure is new connections per second; testpmd forwards the same replay, whose
+cold 1 GB of frames bounds it.
+
 ${replay_table}
 
 ## Where a worker's time goes

@@ -828,11 +828,12 @@ impl ConnTable {
         Ok(ConnId(id))
     }
 
-    /// In a full table every insert evicts the oldest sacrificable connection, whose entry, index bucket, list
+    /// In a full table every insert evicts the oldest sacrificable connection, whose entries, index buckets, list
     /// link and occupancy word are long out of the cache. Starts loading them ahead, along the eviction order: for
-    /// the next victim its bucket (its key gives the bucket: its entry was asked for two inserts before) and its
-    /// occupancy word; for the victim after it nothing (its link was asked for one insert before, and unlinking the
-    /// next victim writes there); for the one after that its entry and link.
+    /// the next victim its bucket (its key gives the bucket: its entry was asked for two inserts before), its reply
+    /// key's bucket (its second entry was asked for one insert before) and its occupancy word; for the victim after
+    /// it its second entry (its link is in its primary, asked for one insert before; its own link was too, and
+    /// unlinking the next victim writes there); for the one after that its primary entry and link.
     fn prefetch_next_victims(&self) {
         let Some(first) = self.lists.head(ListId::Evictable) else {
             return;
@@ -840,14 +841,24 @@ impl ConnTable {
         let entry = &self.entries[first as usize];
         let home = self.index.probe(self.hash(&entry.key())).bucket;
         prefetch(self.prefetcher, self.index.bucket(home));
+        if entry.link != NIL {
+            let second = &self.entries[entry.link as usize];
+            if second.kind() == Kind::Reply {
+                let home = self.index.probe(self.hash(&second.key())).bucket;
+                prefetch(self.prefetcher, self.index.bucket(home));
+            }
+        }
         if let Some(word) = self.occupied.word_address(first) {
             prefetch(self.prefetcher, word);
         }
-        let Some(third) = self
-            .lists
-            .next(first)
-            .and_then(|second| self.lists.next(second))
-        else {
+        let Some(second) = self.lists.next(first) else {
+            return;
+        };
+        let link = self.entries[second as usize].link;
+        if link != NIL {
+            prefetch(self.prefetcher, &self.entries[link as usize]);
+        }
+        let Some(third) = self.lists.next(second) else {
             return;
         };
         prefetch(self.prefetcher, &self.entries[third as usize]);

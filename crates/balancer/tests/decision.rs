@@ -164,8 +164,12 @@ impl Harness {
         // Through every stage of the staged lookup, as the worker does.
         let mut staged = self.state.stage(&layout.flow);
         if self.state.stage_entries_with(&mut staged, |_| {}) {
-            self.state
-                .stage_new_flow_with(&self.tables.snapshot, &layout.flow, &mut staged, |_| {});
+            self.state.stage_new_flow_with(
+                &self.tables.snapshot,
+                &layout.flow,
+                &mut staged,
+                |_| {},
+            );
         }
         self.state
             .decide(&mut self.tables, layout, Some(&staged), ingress, false, NOW)
@@ -291,14 +295,17 @@ fn staged_new_flows_pick_the_backends_unstaged_decisions_pick() {
         ForwardingMode::Tun,
     ] {
         for v6 in [false, true] {
-            let spec = spec(
-                vec![service(mode, SchedulerKind::Mh, v6, &[1, 2, 3, 5])],
-                1,
-            );
+            let spec = spec(vec![service(mode, SchedulerKind::Mh, v6, &[1, 2, 3, 5])], 1);
             let (mut staged, mut unstaged) = (Harness::new(&spec), Harness::new(&spec));
             let mut backends = std::collections::HashSet::new();
             for i in 0..400 {
-                let syn = tcp(client(i, v6), 10_000 + i as u16, vip(v6), 80, tcp_flags::SYN);
+                let syn = tcp(
+                    client(i, v6),
+                    10_000 + i as u16,
+                    vip(v6),
+                    80,
+                    tcp_flags::SYN,
+                );
                 let (expected, got) = (unstaged.decide_unstaged(&syn), staged.decide(&syn));
                 if mode == ForwardingMode::FullNat {
                     // Each table draws its local ports at random: only the backend must agree.

@@ -5,9 +5,7 @@
 //! mistake there cannot hide in a benchmark or test that uses both.
 
 use std::net::IpAddr;
-use std::sync::Arc;
-
-use crossbeam::queue::ArrayQueue;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::io::memory::MemoryFrame;
 use balancer::conntrack::{EdgeHooks, Timeouts};
@@ -199,16 +197,69 @@ impl FrameTemplate {
     }
 }
 
-/// Frames that circulate between the source and the sink.
-pub type FramePool = Arc<ArrayQueue<MemoryFrame>>;
+/// Frames that circulate between the source and the sink: taken and given back a burst at a time, the last given
+/// back first, as a DPDK mempool's per-core cache hands out the buffers it got back most recently (still in the
+/// cache). The source and the sink are two queues of one worker, so the lock is never contended; it is taken once
+/// per burst, not once per frame.
+#[derive(Clone)]
+pub struct FramePool {
+    frames: Arc<Mutex<Vec<MemoryFrame>>>,
+    capacity: usize,
+}
+
+impl FramePool {
+    fn frames(&self) -> MutexGuard<'_, Vec<MemoryFrame>> {
+        self.frames.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One frame, if the pool has any.
+    pub fn pop(&self) -> Option<MemoryFrame> {
+        self.frames().pop()
+    }
+
+    /// Gives `frame` back; a full pool drops it.
+    pub fn push(&self, frame: MemoryFrame) {
+        let mut frames = self.frames();
+        if frames.len() < self.capacity {
+            frames.push(frame);
+        }
+    }
+
+    /// Moves up to `count` frames into `burst` (as room allows); returns how many.
+    pub fn take_into(&self, count: usize, burst: &mut Burst<MemoryFrame>) -> usize {
+        let mut frames = self.frames();
+        let count = count.min(frames.len()).min(burst.capacity() - burst.len());
+        let from = frames.len() - count;
+        burst.extend(frames.drain(from..));
+        count
+    }
+
+    /// Gives back every frame of `burst`, leaving it empty; beyond the pool's capacity frames are dropped.
+    pub fn give_all(&self, burst: &mut Burst<MemoryFrame>) {
+        let mut frames = self.frames();
+        let room = self.capacity.saturating_sub(frames.len());
+        frames.extend(burst.drain(..).take(room));
+        burst.clear();
+    }
+
+    /// Frames in the pool now.
+    pub fn len(&self) -> usize {
+        self.frames().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// A pool of `frames` empty frames.
 pub fn frame_pool(frames: usize) -> FramePool {
-    let pool = Arc::new(ArrayQueue::new(frames.max(1)));
-    for _ in 0..frames {
-        let _ = pool.push(MemoryFrame::empty());
+    FramePool {
+        frames: Arc::new(Mutex::new(
+            (0..frames).map(|_| MemoryFrame::empty()).collect(),
+        )),
+        capacity: frames.max(1),
     }
-    pool
 }
 
 /// A receive queue that produces `spec`'s traffic into frames taken from a pool.
@@ -267,16 +318,19 @@ impl RxQueue for TrafficSource {
     type Frame = MemoryFrame;
 
     fn rx_burst(&mut self, burst: &mut Burst<MemoryFrame>, max: usize) -> usize {
+        let first = burst.len();
+        let wanted = max
+            .min(burst.capacity() - first)
+            .min(usize::try_from(self.limit - self.generated).unwrap_or(usize::MAX));
+        // The frames for the whole burst in one take; frames the worker dropped are freed, not given back, so the
+        // shortfall is made anew and the source never runs dry.
+        let taken = self.pool.take_into(wanted, burst);
+        for _ in taken..wanted {
+            self.replenished += 1;
+            burst.push(MemoryFrame::empty());
+        }
         let mut produced = 0;
-        while produced < max && !burst.is_full() && self.generated < self.limit {
-            // Frames the worker drops are freed, not returned: replace them so the source never runs dry.
-            let mut frame = match self.pool.pop() {
-                Some(frame) => frame,
-                None => {
-                    self.replenished += 1;
-                    MemoryFrame::empty()
-                }
-            };
+        for frame in burst[first..].iter_mut() {
             frame.reset();
             if !frame.resize(self.template.len()) {
                 break;
@@ -290,8 +344,12 @@ impl RxQueue for TrafficSource {
             );
             self.position += 1;
             self.generated += 1;
-            burst.push(frame);
             produced += 1;
+        }
+        // Frames too short for the template (none with the pool's room) go back unused.
+        if burst.len() > first + produced {
+            let mut unused: Burst<MemoryFrame> = burst.drain(first + produced..).collect();
+            self.pool.give_all(&mut unused);
         }
         produced
     }
@@ -319,11 +377,12 @@ impl TxQueue for CountingSink {
 
     fn tx_burst(&mut self, burst: &mut Burst<MemoryFrame>) -> usize {
         let sent = burst.len();
-        for frame in burst.drain(..) {
-            self.frames += 1;
-            self.bytes += frame.data().len() as u64;
-            let _ = self.pool.push(frame);
-        }
+        self.frames += sent as u64;
+        self.bytes += burst
+            .iter()
+            .map(|frame| frame.data().len() as u64)
+            .sum::<u64>();
+        self.pool.give_all(burst);
         sent
     }
 
@@ -431,18 +490,18 @@ pub fn bench_worker(
         src_mac: [2, 0, 0, 0, 0, 0xfe],
         dst_mac: [2, 0, 0, 0, 0, 1],
     };
-    let mut idle_source = TrafficSource::new(traffic, Arc::clone(&pool));
+    let mut idle_source = TrafficSource::new(traffic, pool.clone());
     idle_source.limit = 0;
     let ports = vec![
         PortQueues {
-            rx: TrafficSource::new(traffic, Arc::clone(&pool)),
-            tx: CountingSink::new(Arc::clone(&pool)),
+            rx: TrafficSource::new(traffic, pool.clone()),
+            tx: CountingSink::new(pool.clone()),
             mac: [2, 0, 0, 0, 0, 1],
             vlan: None,
         },
         PortQueues {
             rx: idle_source,
-            tx: CountingSink::new(Arc::clone(&pool)),
+            tx: CountingSink::new(pool.clone()),
             mac: [2, 0, 0, 0, 0, 2],
             vlan: None,
         },
@@ -595,11 +654,33 @@ mod tests {
     }
 
     #[test]
+    fn the_pool_hands_out_the_frames_given_back_last_a_burst_at_a_time() {
+        let pool = frame_pool(4);
+        let mut burst = Burst::new();
+        assert_eq!(pool.take_into(3, &mut burst), 3);
+        assert_eq!(pool.len(), 1);
+        // Mark the frames by length, give them back, and take two: the last two given come back.
+        for (len, frame) in burst.iter_mut().enumerate() {
+            assert!(frame.resize(len + 1));
+        }
+        pool.give_all(&mut burst);
+        assert!(burst.is_empty());
+        assert_eq!(pool.take_into(2, &mut burst), 2);
+        let lens: Vec<usize> = burst.iter().map(|frame| frame.data().len()).collect();
+        assert_eq!(lens, [2, 3]);
+        // Beyond its capacity the pool drops what it is given.
+        pool.give_all(&mut burst);
+        pool.push(MemoryFrame::empty());
+        assert_eq!(pool.len(), 4);
+        assert_eq!(pool.take_into(64, &mut burst), 4);
+        assert!(pool.is_empty());
+    }
+
+    #[test]
     fn the_source_visits_every_flow_and_recycles_frames() {
         let pool = frame_pool(64);
-        let mut source =
-            TrafficSource::new(spec("10.0.0.100", "198.18.0.1", 6, 60), Arc::clone(&pool));
-        let mut sink = CountingSink::new(Arc::clone(&pool));
+        let mut source = TrafficSource::new(spec("10.0.0.100", "198.18.0.1", 6, 60), pool.clone());
+        let mut sink = CountingSink::new(pool.clone());
         let mut seen = std::collections::HashSet::new();
         let mut burst = Burst::new();
         for _ in 0..1000 / 32 + 1 {

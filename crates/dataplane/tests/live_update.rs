@@ -54,7 +54,7 @@ impl TxQueue for RecordingSink {
             let data = frame.data();
             let flow: [u8; 6] = [data[26], data[27], data[28], data[29], data[34], data[35]];
             seen.push((data[5], flow, generation));
-            let _ = self.pool.push(frame);
+            self.pool.push(frame);
         }
         sent
     }
@@ -133,15 +133,15 @@ fn updates_under_traffic_lose_nothing_and_move_no_established_flow() {
     let stats_slot: Arc<OnceLock<Arc<WorkerStats>>> = Arc::new(OnceLock::new());
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = |pool: &FramePool| RecordingSink {
-        pool: Arc::clone(pool),
+        pool: pool.clone(),
         stats: Arc::clone(&stats_slot),
         seen: Arc::clone(&seen),
     };
-    let mut idle = TrafficSource::new(traffic, Arc::clone(&pool));
+    let mut idle = TrafficSource::new(traffic, pool.clone());
     idle.limit = 0;
     let ports = vec![
         PortQueues {
-            rx: TrafficSource::new(traffic, Arc::clone(&pool)),
+            rx: TrafficSource::new(traffic, pool.clone()),
             tx: sink(&pool),
             mac: [2, 0, 0, 0, 0, 1],
             vlan: None,

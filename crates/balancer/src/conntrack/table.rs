@@ -711,6 +711,9 @@ impl ConnTable {
         let local = if target.mode == ForwardingMode::FullNat {
             let ports = self.ports.as_mut().ok_or(InsertError::NoLocalAddresses)?;
             let endpoint = ports.allocate(&target.addr)?;
+            if let Some(slot) = ports.next_draw() {
+                prefetch(self.prefetcher, slot);
+            }
             Some(Endpoint {
                 addr: endpoint.addr,
                 port: endpoint.port,

@@ -192,16 +192,24 @@ impl Lane {
     }
 }
 
-/// One client segment: flow `flow` of service `service` with `flags` (0 SYN, 1 ACK, 2 FIN+ACK, 3 RST).
+/// One client segment: flow `flow` of service `service` with `flags` (0 SYN, 1 ACK, 2 FIN+ACK, 3 RST; 4 an ACK to
+/// another host's MAC and 5 an ACK at the end of its TTL, which are refused and must not keep their connection
+/// alive).
 fn frame(service: u8, flow: u16, flags: u8) -> Vec<u8> {
-    let builder = PacketBuilder::ethernet2(CLIENT_MAC, PORT_MACS[0])
-        .ipv4([10, 0, 0, 2], [10, 0, 0, 100 + service % 4], 64)
+    let destination = if flags == 4 {
+        [2, 0xee, 0, 0, 0, 9]
+    } else {
+        PORT_MACS[0]
+    };
+    let ttl = if flags == 5 { 1 } else { 64 };
+    let builder = PacketBuilder::ethernet2(CLIENT_MAC, destination)
+        .ipv4([10, 0, 0, 2], [10, 0, 0, 100 + service % 4], ttl)
         .tcp(10_000 + flow, 80, 1, 1000);
-    let builder = match flags % 4 {
+    let builder = match flags {
         0 => builder.syn(),
-        1 => builder.ack(1),
         2 => builder.fin().ack(1),
-        _ => builder.rst(),
+        3 => builder.rst(),
+        _ => builder.ack(1),
     };
     let mut out = Vec::new();
     builder.write(&mut out, b"x").unwrap();
@@ -217,7 +225,7 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        6 => proptest::collection::vec((0u8..4, 0u16..40, 0u8..4), 1..80).prop_map(Step::Frames),
+        6 => proptest::collection::vec((0u8..4, 0u16..40, 0u8..6), 1..80).prop_map(Step::Frames),
         1 => proptest::array::uniform4(any::<bool>()).prop_map(Step::Update),
         1 => prop_oneof![Just(1u64), Just(1_500), Just(11_000), Just(70_000)].prop_map(Step::Advance),
     ]
@@ -256,6 +264,10 @@ proptest! {
                 Step::Advance(ms) => now += ms,
             }
             prop_assert_eq!(staged.drops(), single.drops());
+            prop_assert_eq!(
+                staged.worker.state().conns.len(),
+                single.worker.state().conns.len()
+            );
         }
     }
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use balancer::conntrack::{tcp_flags, ConnTable, Timeouts};
 use balancer::decision::{
-    Action, DropReason, Forward, FragmentAction, FragmentTable, Rewrite, WorkerPlace, WorkerState,
-    WorkerTables,
+    Action, DropReason, Forward, FragmentAction, FragmentTable, Rewrite, StagedKey, WorkerPlace,
+    WorkerState, WorkerTables,
 };
 use balancer::maglev::TableSize;
 use balancer::neighbor::{Neighbor, NeighborTable};
@@ -162,17 +162,21 @@ impl Harness {
 
     fn decide_on(&mut self, layout: &FrameLayout, ingress: u16) -> Action {
         // Through every stage of the staged lookup, as the worker does.
-        let mut staged = self.state.stage(&layout.flow);
-        if self.state.stage_entries_with(&mut staged, |_| {}) {
-            self.state.stage_new_flow_with(
-                &self.tables.snapshot,
-                &layout.flow,
-                &mut staged,
-                |_| {},
-            );
-        }
+        let staged = self.stage_fully(layout);
         self.state
             .decide(&mut self.tables, layout, Some(&staged), ingress, false, NOW)
+    }
+
+    fn stage_fully(&mut self, layout: &FrameLayout) -> StagedKey {
+        let snapshot = &self.tables.snapshot;
+        let mut staged = self.state.stage(&layout.flow);
+        if self.state.stage_entries_with(&mut staged, |_| {}) {
+            self.state
+                .stage_new_flow_with(snapshot, &layout.flow, &mut staged, |_| {});
+            self.state
+                .stage_reply_with(snapshot, &layout.flow, &staged, |_| {});
+        }
+        staged
     }
 
     /// The decision without staging, as for a frame another worker handed over.
@@ -306,7 +310,29 @@ fn staged_new_flows_pick_the_backends_unstaged_decisions_pick() {
                     80,
                     tcp_flags::SYN,
                 );
+                // Staging's guess at a new NAT connection's reply key is the key its replies will come with.
+                let predicted = {
+                    let key = staged.stage_fully(&syn);
+                    staged
+                        .state
+                        .staged_reply_key(&staged.tables.snapshot, &syn.flow, &key)
+                };
                 let (expected, got) = (unstaged.decide_unstaged(&syn), staged.decide(&syn));
+                if mode == ForwardingMode::Nat {
+                    let Rewrite::Destination { addr, port } = forwarded(got).rewrite else {
+                        panic!("a NAT request is rewritten to its backend");
+                    };
+                    let reply = FlowKey {
+                        src_addr: addr.ip(),
+                        dst_addr: client(i, v6),
+                        src_port: port,
+                        dst_port: 10_000 + i as u16,
+                        protocol: TCP,
+                    };
+                    assert_eq!(predicted, Some(reply), "v6={v6} flow {i}");
+                } else {
+                    assert_eq!(predicted, None);
+                }
                 if mode == ForwardingMode::FullNat {
                     // Each table draws its local ports at random: only the backend must agree.
                     assert_eq!(forwarded(got).backend, forwarded(expected).backend);

@@ -479,6 +479,17 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                         );
                     }
                 }
+                // ...and, with those slots on their way, the buckets of the new NAT connections' reply keys...
+                for (staged, layout) in self.staged[..received].iter().zip(self.layouts.iter()) {
+                    if let Some(staged) = staged {
+                        engine.state.stage_reply_with(
+                            &engine.tables.snapshot,
+                            &layout.flow,
+                            staged,
+                            R::Frame::prefetch_address,
+                        );
+                    }
+                }
             }
             // ...and only then decide, frame by frame, in order.
             for (index, frame) in self.received.drain(..).enumerate() {

@@ -76,25 +76,37 @@ pub struct Forwarding {
     pub local: Option<Endpoint>,
 }
 
+/// The reply key of a connection in `mode` from `client` to `backend` (through `local`, for FULLNAT): what
+/// [`Conn::reply_key`] gives, for a connection not built yet.
+#[inline]
+pub fn reply_flow(
+    mode: ForwardingMode,
+    client: &FlowKey,
+    backend: Endpoint,
+    local: Option<Endpoint>,
+) -> Option<FlowKey> {
+    let destination = match mode {
+        ForwardingMode::Nat => Endpoint {
+            addr: client.src_addr,
+            port: client.src_port,
+        },
+        ForwardingMode::FullNat => local?,
+        ForwardingMode::Dr | ForwardingMode::Tun => return None,
+    };
+    Some(FlowKey {
+        src_addr: backend.addr,
+        dst_addr: destination.addr,
+        src_port: backend.port,
+        dst_port: destination.port,
+        protocol: client.protocol,
+    })
+}
+
 impl Conn {
     /// The key of the reply direction as it reaches the balancer, for the modes where replies come back through
     /// it: backend -> client (NAT), backend -> LIP:lport (FULLNAT).
     pub fn reply_key(&self) -> Option<FlowKey> {
-        let destination = match self.mode {
-            ForwardingMode::Nat => Endpoint {
-                addr: self.client.src_addr,
-                port: self.client.src_port,
-            },
-            ForwardingMode::FullNat => self.local?,
-            ForwardingMode::Dr | ForwardingMode::Tun => return None,
-        };
-        Some(FlowKey {
-            src_addr: self.backend_endpoint.addr,
-            dst_addr: destination.addr,
-            src_port: self.backend_endpoint.port,
-            dst_port: destination.port,
-            protocol: self.client.protocol,
-        })
+        reply_flow(self.mode, &self.client, self.backend_endpoint, self.local)
     }
 
     /// Whether IPVS would count the connection as active: TCP in ESTABLISHED, any other protocol always.

@@ -40,7 +40,8 @@ mod tcp_state;
 mod tests;
 
 pub use conn::{
-    ClientHit, Conn, ConnId, Endpoint, Forwarding, Hit, Target, Transition, WireEndpoints,
+    reply_flow, ClientHit, Conn, ConnId, Endpoint, Forwarding, Hit, Target, Transition,
+    WireEndpoints,
 };
 pub use key::ConnKey;
 pub use memory::EdgeHooks;

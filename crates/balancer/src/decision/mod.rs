@@ -30,13 +30,13 @@ use std::sync::Arc;
 
 use packet::{FlowKey, Fragment, FrameLayout, IcmpKind, L3};
 
-use crate::conntrack::{Candidates, ConnKey, ConnTable, Direction, Hit};
+use crate::conntrack::{reply_flow, Candidates, ConnKey, ConnTable, Direction, Endpoint, Hit};
 use crate::maglev::flow_hash;
 use crate::neighbor::NeighborTable;
 use crate::persistence::PersistenceTable;
 use crate::rss;
 use crate::scheduler::{IpvsScheduler, LoadTable};
-use crate::service::{BackendId, SchedulerKind};
+use crate::service::{BackendId, ForwardingMode, SchedulerKind};
 use crate::snapshot::{Route, Snapshot};
 
 pub use fragment::FragmentAction;
@@ -193,6 +193,38 @@ impl WorkerState {
         {
             stage_new_flow(snapshot, flow, staged, prefetch);
         }
+    }
+
+    /// The fifth stage, after [`WorkerState::stage_new_flow_with`] for the whole burst: for a new NAT flow, a
+    /// prefetch of the index bucket of its reply key ([`WorkerState::staged_reply_key`]), which opening the
+    /// connection searches. (FULLNAT's reply key holds a local port drawn only then.)
+    #[inline(always)]
+    pub fn stage_reply_with(
+        &self,
+        snapshot: &Snapshot,
+        flow: &FlowKey,
+        staged: &StagedKey,
+        prefetch: impl Fn(*const u8),
+    ) {
+        if let Some(reply) = self.staged_reply_key(snapshot, flow, staged) {
+            let key = ConnKey::from_flow(&reply);
+            self.conns.prefetch_with(self.conns.hash(&key), prefetch);
+        }
+    }
+
+    /// The reply key staging expects the connection `flow` opens to have: for a new flow to a NAT service whose
+    /// Maglev hash staging computed, with the backend its table gives.
+    #[inline(always)]
+    pub fn staged_reply_key(
+        &self,
+        snapshot: &Snapshot,
+        flow: &FlowKey,
+        staged: &StagedKey,
+    ) -> Option<FlowKey> {
+        if staged.flow_hash == 0 {
+            return None;
+        }
+        new_nat_reply(snapshot, flow, staged.flow_hash)
     }
 
     /// The live connection of the frame's own flow, through its staged key when there is one.
@@ -496,6 +528,28 @@ fn refused_whatever_its_destination(layout: &FrameLayout) -> Action {
     } else {
         Action::Drop(DropReason::SourceRouted)
     }
+}
+
+/// The reply key of the connection a new flow to a NAT service opens, when the Maglev table alone picks its backend
+/// (no persistence): read from the slot staging prefetched for `flow_hash`.
+#[inline(never)]
+fn new_nat_reply(snapshot: &Snapshot, flow: &FlowKey, flow_hash: u64) -> Option<FlowKey> {
+    let (_, service) = snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)?;
+    if service.mode != ForwardingMode::Nat
+        || service.scheduler != SchedulerKind::Mh
+        || service.persistence.is_some()
+    {
+        return None;
+    }
+    let backend = service
+        .maglev
+        .lookup(flow_hash)
+        .and_then(|index| service.backends.get(index))?;
+    let backend = Endpoint {
+        addr: backend.addr,
+        port: backend.port,
+    };
+    reply_flow(ForwardingMode::Nat, flow, backend, None)
 }
 
 /// Staging of a frame that likely opens a connection: the Maglev hash of its flow, kept for the decision, and a

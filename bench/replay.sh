@@ -83,18 +83,36 @@ mac = "02:be:00:00:00:02"
 CONF
 }
 
-sluice_rate() { # config
-    "$SLUICE" run --config "$1" --duration-ms $((SECONDS_PER_RUN * 1000)) 2>&1 |
-        sed -n 's/.*rate \([0-9.]*\) Mpps.*/\1/p' | tail -1
-}
-
-# The rate and, from the service's line of the exit summary (Conns, InPkts), the connections opened per frame.
-sluice_rate_and_opened() { # config vip
+# One run: the rate, the share of received frames forwarded (from the worker's line of the exit summary) and, from
+# the service's line (Conns, InPkts), the connections opened per frame.
+sluice_run() { # config vip
     local out
     out=$("$SLUICE" run --config "$1" --duration-ms $((SECONDS_PER_RUN * 1000)) 2>&1)
     echo "$out" | sed -n 's/.*rate \([0-9.]*\) Mpps.*/\1/p' | tail -1 | tr '\n' ' '
+    echo "$out" | awk '/^worker [0-9]+:/ { for (i = 1; i < NF; i++) { if ($i == "rx") rx += $(i + 1); if ($i == "forwarded") fw += $(i + 1) } }
+        END { if (rx > 0) printf "%.4f ", fw / rx; else printf "0 " }'
     echo "$out" | awk -v vip="$2:80" '$2 == vip { if ($4 > 0) printf "%.3f", $3 / $4; exit }'
     echo
+}
+
+# A rate measures forwarding only if the frames were forwarded: runs that dropped some are listed under the tables.
+check_forwarded() { # label share
+    if awk -v s="$2" 'BEGIN { exit !(s < 0.999) }'; then
+        echo "$1 forwarded only $2 of what it received" >> "$work/short-runs"
+        echo "warning: $1 forwarded only $2 of what it received" >&2
+    fi
+}
+
+# The table row of medians: label, family, testpmd's median, then each mode's median and ratio.
+ratio_row() { # label family suffix
+    local reference rate row
+    reference=$(median < "$work/testpmd-$3")
+    row="| $1 | $2 | $reference |"
+    for mode in dr nat fullnat tun; do
+        rate=$(median < "$work/$mode-$3")
+        row+=" $rate | $(awk -v a="$rate" -v b="$reference" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }') |"
+    done
+    echo "$row"
 }
 
 echo "mode,family,flows,round,sluice_mpps,testpmd_mpps" > "$OUT_CSV"
@@ -116,20 +134,15 @@ for flows in "${FLOWS[@]}"; do
             reference=$(testpmd_rate "$pcap" "$mbufs")
             echo "$reference" >> "$work/testpmd-$family-$flows"
             for mode in dr nat fullnat tun; do
-                rate=$(sluice_rate "$work/$mode.toml")
+                read -r rate share _ <<< "$(sluice_run "$work/$mode.toml" "$vip")"
                 rate=${rate:-0}
+                check_forwarded "$mode $family $flows flows round $round" "${share:-0}"
                 echo "$mode,$family,$flows,$round,$rate,$reference" >> "$OUT_CSV"
                 echo "$rate" >> "$work/$mode-$family-$flows"
-                echo "replay $family $flows flows round $round: testpmd $reference, sluice $mode $rate Mpps" >&2
+                echo "replay $family $flows flows round $round: testpmd $reference, sluice $mode $rate Mpps, forwarded ${share:-?}" >&2
             done
         done
-        reference=$(median < "$work/testpmd-$family-$flows")
-        row="| $flows | $family | $reference |"
-        for mode in dr nat fullnat tun; do
-            rate=$(median < "$work/$mode-$family-$flows")
-            row+=" $rate | $(awk -v a="$rate" -v b="$reference" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }') |"
-        done
-        echo "$row"
+        ratio_row "$flows" "$family" "$family-$flows"
         rm -f "$pcap"
     done
 done
@@ -157,22 +170,26 @@ if [ "$NEW_SYN_FRAMES" -gt 0 ]; then
         reference=$(testpmd_rate "$pcap" "$mbufs")
         echo "$reference" >> "$work/testpmd-new"
         for mode in dr nat fullnat tun; do
-            read -r rate opened <<< "$(sluice_rate_and_opened "$work/$mode.toml" "$vip")"
+            read -r rate share opened <<< "$(sluice_run "$work/$mode.toml" "$vip")"
             rate=${rate:-0}
+            check_forwarded "$mode new SYN round $round" "${share:-0}"
             echo "$mode,$family,new SYN,$round,$rate,$reference" >> "$OUT_CSV"
             echo "$rate" >> "$work/$mode-new"
             echo "$opened" >> "$work/$mode-new-opened"
             echo "replay of new SYNs round $round: testpmd $reference, sluice $mode $rate Mpps, ${opened:-?} connections opened per frame" >&2
         done
     done
-    reference=$(median < "$work/testpmd-new")
-    row="| $NEW_SYN_FRAMES flows, table of $((NEW_SYN_FRAMES / 2)) | $family | $reference |"
-    for mode in dr nat fullnat tun; do
-        rate=$(median < "$work/$mode-new")
-        row+=" $rate | $(awk -v a="$rate" -v b="$reference" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }') |"
-    done
-    echo "$row"
+    ratio_row "$NEW_SYN_FRAMES flows, table of $((NEW_SYN_FRAMES / 2))" "$family" new
     echo
     echo "Connections opened per frame (median; 1.000: every frame opened one): DR $(median < "$work/dr-new-opened"), NAT $(median < "$work/nat-new-opened"), FULLNAT $(median < "$work/fullnat-new-opened"), TUN $(median < "$work/tun-new-opened")."
     rm -f "$pcap"
+fi
+
+echo
+if [ -s "$work/short-runs" ]; then
+    echo "Runs that dropped frames (their rates are not forwarding rates):"
+    echo
+    sed 's/^/- /' "$work/short-runs"
+else
+    echo "Every run forwarded every frame it received."
 fi

@@ -18,7 +18,7 @@ pub struct GenerateArgs {
     vip: IpAddr,
     #[arg(long, default_value_t = 80)]
     port: u16,
-    /// First client address (of the VIP's family).
+    /// First client address (of the VIP's family; default 198.18.0.1 or 2001:2::1, from the benchmarking ranges).
     #[arg(long)]
     client: Option<IpAddr>,
     /// Concurrent flows; each flow's first frame is a SYN, the rest ACKs.
@@ -50,10 +50,12 @@ fn parse_mac(text: &str) -> Result<[u8; 6], String> {
 }
 
 pub fn generate(args: GenerateArgs) -> Result<(), String> {
+    // The benchmarking ranges (RFC 2544's 198.18.0.0/15, RFC 5180's 2001:2::/48): addresses no balancer port or
+    // backend has, so that the flows are never taken for the balancer's own (a martian source).
     let client = args.client.unwrap_or(if args.vip.is_ipv4() {
         "198.18.0.1".parse().expect("literal")
     } else {
-        "2001:db8::1".parse().expect("literal")
+        "2001:2::1".parse().expect("literal")
     });
     if client.is_ipv4() != args.vip.is_ipv4() {
         return Err("--client and --vip must be of one address family".into());

@@ -45,10 +45,12 @@ testpmd_rate() { # pcap mbufs
 sluice_config() { # mode family pcap mbufs [conntrack capacity]
     local mode=$1 family=$2 pcap=$3 mbufs=$4 capacity=${5:-2097152} vip net port_addr backend1 backend2 tunnel local
     if [ "$family" = ipv4 ]; then
-        vip=10.0.0.100 port_addr=10.0.0.1/16 backend1=10.0.1.11 backend2=10.0.1.12 tunnel=10.0.0.1 local=10.0.2.5
+        vip=10.0.0.100 port_addr=10.0.0.1/16 backend1=10.0.1.11 backend2=10.0.1.12 tunnel=10.0.0.1
+        local=$(seq -s ', ' -f '"10.0.2.%g"' 5 20)
     else
         vip=2001:db8::100 port_addr=2001:db8::1/64 backend1=2001:db8::1:11 backend2=2001:db8::1:12
-        tunnel=2001:db8::1 local=2001:db8::2:5
+        tunnel=2001:db8::1
+        local=$(for i in $(seq 5 20); do printf '"2001:db8::2:%x", ' "$i"; done | sed 's/, $//')
     fi
     net="tunnel_source_${family/ip/}= \"$tunnel\""
     net=${net/tunnel_source_v4=/tunnel_source_v4 =}
@@ -68,7 +70,7 @@ mempool_size = $mbufs
 [network]
 conntrack_capacity = $capacity
 $net
-local_addresses = ["$local"]
+local_addresses = [$local]
 [[service]]
 vip = "$vip"
 port = 80
@@ -160,11 +162,8 @@ if [ "$NEW_SYN_FRAMES" -gt 0 ]; then
     # holds half of them, so a flow is evicted long before its SYN comes round again.
     "$SLUICE" generate --out "$pcap" --vip "$vip" --flows "$NEW_SYN_FRAMES" --frames "$NEW_SYN_FRAMES" \
         --dst-mac 02:00:00:00:00:01 > /dev/null
-    # FULLNAT gets eight local addresses: with one, its 64K local ports would run out before the table fills.
-    locals='"10.0.2.5", "10.0.2.6", "10.0.2.7", "10.0.2.8", "10.0.2.9", "10.0.2.10", "10.0.2.11", "10.0.2.12"'
     for mode in dr nat fullnat tun; do
-        sluice_config "$mode" "$family" "$pcap" "$mbufs" $((NEW_SYN_FRAMES / 2)) |
-            sed "s/^local_addresses = .*/local_addresses = [$locals]/" > "$work/$mode.toml"
+        sluice_config "$mode" "$family" "$pcap" "$mbufs" $((NEW_SYN_FRAMES / 2)) > "$work/$mode.toml"
     done
     for round in $(seq "$ROUNDS"); do
         reference=$(testpmd_rate "$pcap" "$mbufs")

@@ -172,7 +172,7 @@ impl Harness {
         let mut staged = self.state.stage(&layout.flow);
         if self.state.stage_entries_with(&mut staged, |_| {}) {
             self.state
-                .stage_new_flow_with(snapshot, &layout.flow, &mut staged, |_| {});
+                .stage_new_flow_with(snapshot, layout, &mut staged, |_| {});
             self.state
                 .stage_reply_with(snapshot, &layout.flow, &staged, |_| {});
         }

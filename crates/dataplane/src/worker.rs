@@ -473,7 +473,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                     if let Some(staged) = staged {
                         engine.state.stage_new_flow_with(
                             &engine.tables.snapshot,
-                            &layout.flow,
+                            layout,
                             staged,
                             R::Frame::prefetch_address,
                         );

@@ -30,7 +30,9 @@ use std::sync::Arc;
 
 use packet::{FlowKey, Fragment, FrameLayout, IcmpKind, L3};
 
-use crate::conntrack::{reply_flow, Candidates, ConnKey, ConnTable, Direction, Endpoint, Hit};
+use crate::conntrack::{
+    reply_flow, tcp_flags, Candidates, ConnKey, ConnTable, Direction, Endpoint, Hit,
+};
 use crate::maglev::flow_hash;
 use crate::neighbor::NeighborTable;
 use crate::persistence::PersistenceTable;
@@ -175,23 +177,28 @@ impl WorkerState {
         candidates.is_empty()
     }
 
-    /// The third stage, for a key no entry can hold: the Maglev hash of the frame's `flow`, kept for the decision,
-    /// and a prefetch of the slot its service's table gives it, so that a burst of new flows does not wait on the
-    /// Maglev table's cache misses one by one. (A stage of its own: done while reading the buckets, it made the
-    /// bucket reads wait longer.)
+    /// The third stage, for a key no entry can hold in a frame that opens connections (a SYN, or not TCP): the
+    /// Maglev hash of its flow, kept for the decision, and a prefetch of the slot its service's table gives it, so
+    /// that a burst of new flows does not wait on the Maglev table's cache misses one by one. (A stage of its own:
+    /// done while reading the buckets, it made the bucket reads wait longer.) Other segments without a connection
+    /// (a flood of ACKs, mostly dropped) are left to the decision, which pays for them only if it schedules them.
     #[inline(always)]
     pub fn stage_new_flow_with(
         &self,
         snapshot: &Snapshot,
-        flow: &FlowKey,
+        layout: &FrameLayout,
         staged: &mut StagedKey,
         prefetch: impl Fn(*const u8),
     ) {
-        if staged
-            .candidates
-            .is_some_and(|candidates| candidates.is_empty())
+        let opens = layout.protocol != packet::flow::ip_protocol::TCP
+            || layout.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST)
+                == tcp_flags::SYN;
+        if opens
+            && staged
+                .candidates
+                .is_some_and(|candidates| candidates.is_empty())
         {
-            stage_new_flow(snapshot, flow, staged, prefetch);
+            stage_new_flow(snapshot, &layout.flow, staged, prefetch);
         }
     }
 

@@ -159,27 +159,40 @@ start_generator() {
     generator=$!
     sleep 1.5
 }
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# Interleaved rounds, as the headline: testpmd macswap, then sluice in every mode, ROUNDS times; medians, with every
+# round's figure beside them (the memif link moves more from run to run than the replay does).
 cross_rows=""
 if [ "$(nproc)" -ge 2 ]; then
-    start_generator
-    macswap_out=$( (echo start; sleep "$SECONDS_PER_RUN"; echo stop; sleep 1; echo quit) |
-        dpdk-testpmd "${TESTPMD_MEMORY[@]}" --no-pci --no-telemetry --lcores "0@0,2@0" --file-prefix bench-fwd \
-            --vdev="net_memif0,role=client,socket=$work/memif.sock" -- -i --forward-mode=macswap --nb-cores=1 \
-            --burst=32 2> /dev/null | grep -A2 'Accumulated forward statistics')
-    wait "$generator" || true
-    macswap_rx=$(echo "$macswap_out" | sed -n 's/.*RX-packets: *\([0-9]*\).*/\1/p' | head -1)
-    memif_macswap=$(awk -v p="${macswap_rx:-0}" -v s="$SECONDS_PER_RUN" 'BEGIN { printf "%.3f", p / s / 1e6 }')
-    cross_rows+="| dpdk-testpmd macswap | ${memif_macswap} | | | 1.00 |"$'\n'
-    for mode in dr nat fullnat tun; do
-        flowgen_config "$mode" "$work/memif"
+    for round in $(seq "$ROUNDS"); do
         start_generator
-        line=$("$SLUICE" run --config "$work/memif" --duration-ms "$duration_ms" 2>&1) || echo "sluice $mode: $line" >&2
+        macswap_out=$( (echo start; sleep "$SECONDS_PER_RUN"; echo stop; sleep 1; echo quit) |
+            dpdk-testpmd "${TESTPMD_MEMORY[@]}" --no-pci --no-telemetry --lcores "0@0,2@0" --file-prefix bench-fwd \
+                --vdev="net_memif0,role=client,socket=$work/memif.sock" -- -i --forward-mode=macswap --nb-cores=1 \
+                --burst=32 2> /dev/null | grep -A2 'Accumulated forward statistics')
         wait "$generator" || true
-        rate=$(echo "$line" | sed -n 's/.*rate \([0-9.]*\) Mpps.*/\1/p')
-        dropped=$(echo "$line" | sed -n 's/^worker 0:.* drops \(.*\)$/\1/p')
-        # Frames the device could not hand to sluice for want of room in its receive ring (from the exit summary).
-        missed=$(echo "$line" | sed -n 's/^port net:.* rx_missed \([0-9]*\).*/\1/p')
-        cross_rows+="| sluice $mode | ${rate} | ${dropped} | ${missed:-n/a} | $(awk -v a="$rate" -v b="$memif_macswap" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }') |"$'\n'
+        macswap_rx=$(echo "$macswap_out" | sed -n 's/.*RX-packets: *\([0-9]*\).*/\1/p' | head -1)
+        awk -v p="${macswap_rx:-0}" -v s="$SECONDS_PER_RUN" 'BEGIN { printf "%.3f\n", p / s / 1e6 }' >> "$work/memif-macswap"
+        for mode in dr nat fullnat tun; do
+            flowgen_config "$mode" "$work/memif"
+            start_generator
+            line=$("$SLUICE" run --config "$work/memif" --duration-ms "$duration_ms" 2>&1) || echo "sluice $mode: $line" >&2
+            wait "$generator" || true
+            rate=$(echo "$line" | sed -n 's/.*rate \([0-9.]*\) Mpps.*/\1/p')
+            echo "${rate:-0}" >> "$work/memif-$mode"
+            echo "$line" | sed -n 's/^worker 0:.* drops \(.*\)$/\1/p' >> "$work/memif-$mode-drops"
+            # Frames the device could not hand to sluice for want of room in its receive ring (from the exit summary).
+            echo "$line" | sed -n 's/^port net:.* rx_missed \([0-9]*\).*/\1/p' >> "$work/memif-$mode-missed"
+            echo "memif round $round: sluice $mode ${rate:-0} Mpps" >&2
+        done
+    done
+    rounds() { paste -sd ' ' "$1" | sed 's/ /, /g'; }
+    memif_macswap=$(median < "$work/memif-macswap")
+    cross_rows+="| dpdk-testpmd macswap | ${memif_macswap} ($(rounds "$work/memif-macswap")) | | | 1.00 |"$'\n'
+    for mode in dr nat fullnat tun; do
+        rate=$(median < "$work/memif-$mode")
+        missed=$(awk '{ s += $1 } END { print s + 0 }' "$work/memif-$mode-missed")
+        cross_rows+="| sluice $mode | ${rate} ($(rounds "$work/memif-$mode")) | $(paste -sd ';' "$work/memif-$mode-drops" | sed 's/;/; /g') | ${missed} | $(awk -v a="$rate" -v b="$memif_macswap" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }') |"$'\n'
     done
 fi
 
@@ -285,7 +298,7 @@ net_null above.
 ${rows}
 ## Cross-process over net_memif (dpdk-testpmd flowgen as the generator)
 
-| forwarder | Mpps | sluice's drops | rx_missed | ratio to macswap |
+| forwarder | Mpps: median (each round) | sluice's drops, each round | rx_missed, all rounds | ratio of the medians |
 |---|---|---|---|---|
 ${cross_rows}
 The generator and the forwarder each poll one of the machine's two CPUs; the link is a shared-memory ring, so the

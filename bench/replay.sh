@@ -105,6 +105,26 @@ check_forwarded() { # label share
     fi
 }
 
+# ROUNDS interleaved rounds on one pcap: testpmd, then sluice in every mode ("$work/MODE.toml"); each figure goes to
+# "$work/testpmd-SUFFIX" and "$work/MODE-SUFFIX" (connections opened per frame to "$work/MODE-SUFFIX-opened"), and a
+# CSV row with the caller's $family and FLOWS in its flows column.
+measure_rounds() { # pcap mbufs vip suffix flows label
+    local reference rate share opened
+    for round in $(seq "$ROUNDS"); do
+        reference=$(testpmd_rate "$1" "$2")
+        echo "$reference" >> "$work/testpmd-$4"
+        for mode in dr nat fullnat tun; do
+            read -r rate share opened <<< "$(sluice_run "$work/$mode.toml" "$3")"
+            rate=${rate:-0}
+            check_forwarded "$mode $6 round $round" "${share:-0}"
+            echo "$mode,$family,$5,$round,$rate,$reference" >> "$OUT_CSV"
+            echo "$rate" >> "$work/$mode-$4"
+            echo "$opened" >> "$work/$mode-$4-opened"
+            echo "$6 round $round: testpmd $reference, sluice $mode $rate Mpps, forwarded ${share:-?}, ${opened:-?} connections opened per frame" >&2
+        done
+    done
+}
+
 # The table row of medians: label, family, testpmd's median, then each mode's median and ratio.
 ratio_row() { # label family suffix
     local reference rate row
@@ -132,18 +152,7 @@ for flows in "${FLOWS[@]}"; do
         for mode in dr nat fullnat tun; do
             sluice_config "$mode" "$family" "$pcap" "$mbufs" > "$work/$mode.toml"
         done
-        for round in $(seq "$ROUNDS"); do
-            reference=$(testpmd_rate "$pcap" "$mbufs")
-            echo "$reference" >> "$work/testpmd-$family-$flows"
-            for mode in dr nat fullnat tun; do
-                read -r rate share _ <<< "$(sluice_run "$work/$mode.toml" "$vip")"
-                rate=${rate:-0}
-                check_forwarded "$mode $family $flows flows round $round" "${share:-0}"
-                echo "$mode,$family,$flows,$round,$rate,$reference" >> "$OUT_CSV"
-                echo "$rate" >> "$work/$mode-$family-$flows"
-                echo "replay $family $flows flows round $round: testpmd $reference, sluice $mode $rate Mpps, forwarded ${share:-?}" >&2
-            done
-        done
+        measure_rounds "$pcap" "$mbufs" "$vip" "$family-$flows" "$flows" "replay $family $flows flows"
         ratio_row "$flows" "$family" "$family-$flows"
         rm -f "$pcap"
     done
@@ -165,19 +174,7 @@ if [ "$NEW_SYN_FRAMES" -gt 0 ]; then
     for mode in dr nat fullnat tun; do
         sluice_config "$mode" "$family" "$pcap" "$mbufs" $((NEW_SYN_FRAMES / 2)) > "$work/$mode.toml"
     done
-    for round in $(seq "$ROUNDS"); do
-        reference=$(testpmd_rate "$pcap" "$mbufs")
-        echo "$reference" >> "$work/testpmd-new"
-        for mode in dr nat fullnat tun; do
-            read -r rate share opened <<< "$(sluice_run "$work/$mode.toml" "$vip")"
-            rate=${rate:-0}
-            check_forwarded "$mode new SYN round $round" "${share:-0}"
-            echo "$mode,$family,new SYN,$round,$rate,$reference" >> "$OUT_CSV"
-            echo "$rate" >> "$work/$mode-new"
-            echo "$opened" >> "$work/$mode-new-opened"
-            echo "replay of new SYNs round $round: testpmd $reference, sluice $mode $rate Mpps, ${opened:-?} connections opened per frame" >&2
-        done
-    done
+    measure_rounds "$pcap" "$mbufs" "$vip" new "new SYN" "replay of new SYNs"
     ratio_row "$NEW_SYN_FRAMES flows, table of $((NEW_SYN_FRAMES / 2))" "$family" new
     echo
     echo "Connections opened per frame (median; 1.000: every frame opened one): DR $(median < "$work/dr-new-opened"), NAT $(median < "$work/nat-new-opened"), FULLNAT $(median < "$work/fullnat-new-opened"), TUN $(median < "$work/tun-new-opened")."

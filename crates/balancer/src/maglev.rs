@@ -325,15 +325,20 @@ impl MaglevTable {
     /// non-zero weight.
     #[inline]
     pub fn lookup(&self, hash: u64) -> Option<usize> {
-        let slot = (hash % u64::from(self.size.get())) as usize;
-        self.slots.get(slot).map(|&index| index as usize)
+        self.slots
+            .get(self.slot_of(hash))
+            .map(|&index| index as usize)
+    }
+
+    #[inline(always)]
+    fn slot_of(&self, hash: u64) -> usize {
+        (hash % u64::from(self.size.get())) as usize
     }
 
     /// Starts loading, with the caller's instruction, the slot [`MaglevTable::lookup`] reads for `hash`.
     #[inline(always)]
     pub fn prefetch_slot_with(&self, hash: u64, prefetch: impl Fn(*const u8)) {
-        let slot = (hash % u64::from(self.size.get())) as usize;
-        if let Some(entry) = self.slots.get(slot) {
+        if let Some(entry) = self.slots.get(self.slot_of(hash)) {
             prefetch(std::ptr::from_ref(entry).cast());
         }
     }

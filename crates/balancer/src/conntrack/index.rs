@@ -63,6 +63,22 @@ impl Bucket {
         lanes([a, b, c, d]) | lanes([e, f, g, h]) << 4
     }
 
+    /// The first slot whose signature is `sig` and whose entry `is_key` accepts: the eight signatures compared at
+    /// once, then the entry numbers of the (almost always one) matching slots. A slot-by-slot search would
+    /// mispredict its exit at a random slot.
+    #[inline(always)]
+    pub fn slot_of(&self, sig: u16, mut is_key: impl FnMut(u32) -> bool) -> Option<u32> {
+        let mut candidates = self.matching(sig);
+        while candidates != 0 {
+            let slot = candidates.trailing_zeros();
+            if is_key(self.entry(slot)) {
+                return Some(slot);
+            }
+            candidates &= candidates - 1;
+        }
+        None
+    }
+
     #[inline(always)]
     pub fn entry(&self, slot: u32) -> u32 {
         self.entries[slot as usize]
@@ -143,13 +159,8 @@ impl Index {
     ) -> Option<u32> {
         loop {
             let b = &self.buckets[bucket];
-            let mut candidates = b.matching(sig);
-            while candidates != 0 {
-                let entry = b.entry(candidates.trailing_zeros());
-                if is_key(entry) {
-                    return Some(entry);
-                }
-                candidates &= candidates - 1;
+            if let Some(slot) = b.slot_of(sig, &mut is_key) {
+                return Some(b.entry(slot));
             }
             if !b.overflowed() {
                 return None;
@@ -192,20 +203,8 @@ impl Index {
         let mut passed = 0usize;
         let slot = loop {
             let b = &self.buckets[bucket];
-            // The signature compare of all eight slots at once, then the entry numbers of the (almost always one)
-            // matching slots: a slot-by-slot search mispredicts its exit at a random slot.
-            let mut pending = b.matching(probe.sig);
-            let mut found = None;
-            while pending != 0 {
-                let slot = pending.trailing_zeros() as usize;
-                if b.entries[slot] == entry {
-                    found = Some(slot);
-                    break;
-                }
-                pending &= pending - 1;
-            }
-            if let Some(slot) = found {
-                break slot;
+            if let Some(slot) = b.slot_of(probe.sig, |indexed| indexed == entry) {
+                break slot as usize;
             }
             if !b.overflowed() {
                 return false;

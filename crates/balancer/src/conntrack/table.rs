@@ -842,13 +842,11 @@ impl ConnTable {
             return;
         };
         let entry = &self.entries[first as usize];
-        let home = self.index.probe(self.hash(&entry.key())).bucket;
-        prefetch(self.prefetcher, self.index.bucket(home));
+        self.prefetch(self.hash(&entry.key()));
         if entry.link != NIL {
             let second = &self.entries[entry.link as usize];
             if second.kind() == Kind::Reply {
-                let home = self.index.probe(self.hash(&second.key())).bucket;
-                prefetch(self.prefetcher, self.index.bucket(home));
+                self.prefetch(self.hash(&second.key()));
             }
         }
         if let Some(word) = self.occupied.word_address(first) {

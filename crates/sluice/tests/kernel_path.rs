@@ -409,13 +409,21 @@ fn a_clean_stop_withdraws_the_vip_and_counts_the_kernel_path() {
     sluice.wait_for(&format!("announced {VIP}"), Duration::from_secs(20));
     bgp_like_exchange(&bed);
     sluice.signal("TERM");
-    sluice.wait_for(
-        &format!("stopping: withdrew {VIP}"),
-        Duration::from_secs(20),
-    );
-    let counted = sluice.wait_for("kernel path: to_kernel", Duration::from_secs(20));
+    // The withdrawal is logged on stderr and the counters printed on stdout: two pipes read by two threads
+    // give no order between them, so both are looked for in the whole log once sluice has exited.
     let stopped = sluice.wait_exit(Duration::from_secs(20));
     assert!(stopped.status.success(), "{}", stopped.log);
+    assert!(
+        stopped.log.contains(&format!("stopping: withdrew {VIP}")),
+        "{}",
+        stopped.log
+    );
+    let counted = stopped
+        .stdout
+        .lines()
+        .find(|line| line.contains("kernel path: to_kernel"))
+        .unwrap_or_else(|| panic!("no kernel path counters in:\n{}", stopped.log))
+        .to_string();
     let value = |name: &str| -> u64 {
         counted
             .split_whitespace()

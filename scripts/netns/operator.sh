@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What an LVS operator reaches for, with real TCP through sluice (NAT) in network namespaces:
 #   - one backend (be2) serves two NAT services (10.0.0.100:80 and 10.0.0.101:80): connections to both complete,
-#     so each reply left from the VIP its client connected to;
+#     so each reply left from the VIP its client connected to, even from a client port just used for the other;
 #   - `sluice ctl connections` lists held connections with their state and expiry while traffic flows, `list`
 #     counts them as ActiveConn, and `rate` shows the connections per second;
 #   - `sluice ctl drain` stops new connections to a backend while its held connections keep working.
@@ -26,6 +26,10 @@ SOCKET="$STATE_DIR/ctl.sock"
 
 fail() {
     echo "operator: FAILED: $*" >&2
+    # Stopped first, so that its counters (drops by reason, per worker) are in the log below.
+    if [ -n "${sluice_pid:-}" ]; then
+        kill -TERM "$sluice_pid" 2> /dev/null && wait "$sluice_pid" 2> /dev/null || true
+    fi
     echo "--- sluice log" >&2
     grep -v '^EAL' "$STATE_DIR/sluice.err" >&2 || true
     cat "$STATE_DIR/sluice.out" >&2 || true
@@ -95,6 +99,11 @@ counts=$(ns client python3 scripts/netns/client.py count http://10.0.0.100/ 60) 
 [ "$(backends_in "$counts")" = "be1 be2" ] || fail "10.0.0.100: expected be1 and be2, got $counts"
 counts=$(ns client python3 scripts/netns/client.py count http://10.0.0.101/ 60) || fail "requests to .101 failed: $counts"
 [ "$(backends_in "$counts")" = "be2 be3" ] || fail "10.0.0.101: expected be2 and be3, got $counts"
+
+# A client port reused for the other VIP of be2: the new connection has the reply key of the finished one (still
+# in TIME_WAIT), which gives way instead of black-holing the new connection for two minutes.
+ports=$(ns client python3 scripts/netns/client.py reuse http://10.0.0.101/ http://10.0.0.100/ be2) \
+    || fail "a port reused for the other VIP of be2 failed: $ports"
 
 # ipvsadm --rate: the connections just made show as CPS of 10.0.0.101 in one of the next 2 s windows.
 cps=0

@@ -35,7 +35,7 @@ pub enum TableConfigError {
 pub enum InsertError {
     #[error("a live connection already has this key")]
     Exists(ConnId),
-    #[error("the reply key is held by another live connection")]
+    #[error("the reply key is held by another live connection (one not yet finished, if TCP)")]
     ReplyKeyInUse(ConnId),
     #[error("the reply key equals the client's key (backend and client share address and port)")]
     ReplyIsClientKey,
@@ -750,7 +750,12 @@ impl ConnTable {
             }
             if let Some(entry) = self.find(&reply_key, reply_hash) {
                 let owner = self.owner(entry);
-                if self.expiry_of(&self.entries[entry as usize]) > now {
+                let holder = &self.entries[owner as usize];
+                // A client that reused its port for another service of the same backend: the earlier TCP
+                // connection is finished (TIME_WAIT or CLOSE, kept only to absorb stray segments) and gives way.
+                // Refusing would black-hole the new one until the old expired (two minutes in TIME_WAIT).
+                let gives_way = client.protocol == ip_protocol::TCP && holder.state().is_finished();
+                if holder.expires_at > now && !gives_way {
                     self.release_local(local);
                     return Err(InsertError::ReplyKeyInUse(ConnId(owner)));
                 }

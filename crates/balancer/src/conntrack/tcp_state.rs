@@ -171,6 +171,12 @@ impl TcpState {
         )
     }
 
+    /// Both sides are done: closed in both directions (TIME_WAIT) or reset (CLOSE). Such a connection carries no
+    /// more data, and a new connection that needs its keys takes them (as IPVS's `conn_reuse_mode` expires it).
+    pub fn is_finished(self) -> bool {
+        matches!(self, TcpState::TimeWait | TcpState::Close)
+    }
+
     /// The name IPVS gives the state.
     pub fn name(self) -> &'static str {
         match self {

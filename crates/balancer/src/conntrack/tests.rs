@@ -182,6 +182,62 @@ fn duplicate_live_key_is_refused_and_dead_key_is_replaced() {
     assert_eq!(table.stats().displaced, 1);
 }
 
+#[test]
+fn a_finished_connection_gives_its_reply_key_to_a_client_that_reused_its_port() {
+    // One NAT backend behind two VIPs: a client port reused for the second VIP has the first one's reply key.
+    let mut table = ConnTable::new(8, Timeouts::default()).unwrap();
+    let first = client_key(1, ip_protocol::TCP);
+    let second = FlowKey {
+        dst_addr: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)),
+        ..first
+    };
+    let nat = target(ForwardingMode::Nat);
+    let id = table.insert(0, first, nat, SYN, ignore).unwrap();
+    for (direction, flags) in [(Out, SYN_ACK), (In, ACK), (Out, ACK)] {
+        table.touch(id, direction, flags, 1).unwrap();
+    }
+    assert_eq!(
+        table.insert(2, second, nat, SYN, ignore),
+        Err(InsertError::ReplyKeyInUse(id)),
+        "an established connection keeps its reply key"
+    );
+    // The backend closes first and the client answers: TIME_WAIT, two minutes of it.
+    for (direction, flags) in [(Out, FIN_ACK), (In, ACK), (In, FIN_ACK), (Out, ACK)] {
+        table.touch(id, direction, flags, 3).unwrap();
+    }
+    assert_eq!(table.get(id).unwrap().tcp_state, TcpState::TimeWait);
+    let mut removed = Vec::new();
+    let taken = table
+        .insert(4, second, nat, SYN, |c| removed.push(c.client))
+        .unwrap();
+    assert_eq!(removed, vec![first]);
+    assert_eq!(table.stats().displaced, 1);
+    let reply = table.get(taken).unwrap().reply_key().unwrap();
+    assert_eq!(
+        table.lookup(&reply, 4),
+        Some(Hit {
+            id: taken,
+            direction: Direction::Reply
+        })
+    );
+    // UDP has no end to see: a live holder keeps its reply key.
+    let udp = client_key(2, ip_protocol::UDP);
+    let held = table.insert(5, udp, nat, 0, ignore).unwrap();
+    assert_eq!(
+        table.insert(
+            6,
+            FlowKey {
+                dst_addr: second.dst_addr,
+                ..udp
+            },
+            nat,
+            0,
+            ignore
+        ),
+        Err(InsertError::ReplyKeyInUse(held))
+    );
+}
+
 fn run(mode: ForwardingMode, steps: &[(Direction, u8)]) -> Vec<TcpState> {
     let mut table = ConnTable::new(4, Timeouts::default()).unwrap();
     let (first_dir, first_flags) = steps[0];

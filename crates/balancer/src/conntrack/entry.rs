@@ -77,7 +77,7 @@ const _: () = assert!(std::mem::align_of::<Entry>() == 64);
 impl Entry {
     pub const FREE: Entry = Entry {
         addrs: [0; 4],
-        tail: 0,
+        tail: (Kind::Free as u64) << META_SHIFT,
         expires_at: 0,
         backend: 0,
         link: NIL,
@@ -120,7 +120,7 @@ impl Entry {
         }
     }
 
-    #[inline]
+    #[cfg(test)]
     pub fn kind(&self) -> Kind {
         match (self.tail >> META_SHIFT) & KIND_MASK {
             0 => Kind::Free,
@@ -128,6 +128,12 @@ impl Entry {
             2 => Kind::Reply,
             _ => Kind::Spill,
         }
+    }
+
+    /// Whether the entry is of `kind`: one compare of its bits (matching on [`Entry::kind`] costs a jump table).
+    #[inline(always)]
+    pub fn is(&self, kind: Kind) -> bool {
+        (self.tail >> META_SHIFT) & KIND_MASK == kind as u64
     }
 
     #[inline]

@@ -338,7 +338,7 @@ impl ConnTable {
     #[inline]
     fn owner(&self, entry: u32) -> u32 {
         let e = &self.entries[entry as usize];
-        if e.kind() == Kind::Reply {
+        if e.is(Kind::Reply) {
             e.link
         } else {
             entry
@@ -350,7 +350,7 @@ impl ConnTable {
     /// entry to forward anyway).
     #[inline(always)]
     fn expiry_of(&self, entry: &Entry) -> u64 {
-        if entry.kind() == Kind::Reply {
+        if entry.is(Kind::Reply) {
             self.entries[entry.link as usize].expires_at
         } else {
             entry.expires_at
@@ -364,7 +364,7 @@ impl ConnTable {
         if self.expiry_of(e) <= now {
             return None;
         }
-        Some(if e.kind() == Kind::Reply {
+        Some(if e.is(Kind::Reply) {
             Hit {
                 id: ConnId(e.link),
                 direction: Direction::Reply,
@@ -407,7 +407,7 @@ impl ConnTable {
             return ClientHit::Absent;
         };
         let found = &self.entries[index as usize];
-        if found.kind() != Kind::Original {
+        if !found.is(Kind::Original) {
             if self.expiry_of(found) <= now {
                 return ClientHit::Missed;
             }
@@ -511,7 +511,7 @@ impl ConnTable {
             return None;
         }
         let entry = &self.entries[id.index()];
-        (entry.kind() == Kind::Original).then_some(entry)
+        entry.is(Kind::Original).then_some(entry)
     }
 
     /// The connection at `id` (dead or alive), rebuilt from its entries.
@@ -850,7 +850,7 @@ impl ConnTable {
         self.prefetch(self.hash(&entry.key()));
         if entry.link != NIL {
             let second = &self.entries[entry.link as usize];
-            if second.kind() == Kind::Reply {
+            if second.is(Kind::Reply) {
                 self.prefetch(self.hash(&second.key()));
             }
         }
@@ -928,7 +928,7 @@ impl ConnTable {
         self.entries[..self.capacity]
             .iter()
             .enumerate()
-            .filter(|(_, entry)| entry.kind() == Kind::Original)
+            .filter(|(_, entry)| entry.is(Kind::Original))
             .map(|(i, entry)| (ConnId(i as u32), self.conn_of(entry)))
     }
 
@@ -944,7 +944,7 @@ impl ConnTable {
         self.entries[start..end]
             .iter()
             .enumerate()
-            .filter(|(_, entry)| entry.kind() == Kind::Original)
+            .filter(|(_, entry)| entry.is(Kind::Original))
             .map(move |(i, entry)| (ConnId((start + i) as u32), self.conn_of(entry)))
     }
 
@@ -967,7 +967,7 @@ impl ConnTable {
         let second_id = primary.link;
         if second_id != NIL {
             let second = self.entries[second_id as usize];
-            if second.kind() == Kind::Reply {
+            if second.is(Kind::Reply) {
                 let removed = self.index.remove(self.hash(&second.key()), second_id);
                 debug_assert!(removed, "a reply key is indexed");
             }

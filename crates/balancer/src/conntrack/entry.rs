@@ -65,9 +65,12 @@ pub(super) struct Entry {
     pub backend: u32,
     /// The other entry of the connection, or [`NIL`]. On a free entry: the next free entry.
     pub link: u32,
-    /// One-entry connections: the backend's port and IPv4 address, inline.
+    /// The backend's port and IPv4 address, inline (`backend_inline`): on a one-entry connection (DR, TUN), and
+    /// on a NAT connection to an IPv4 backend, whose client's packets then need not read the reply entry.
     pub backend_port: u16,
-    _reserved: u16,
+    /// Whether `backend_port` and `backend_v4` hold the backend; primaries only.
+    pub backend_inline: bool,
+    _reserved: u8,
     pub backend_v4: u32,
 }
 
@@ -82,6 +85,7 @@ impl Entry {
         backend: 0,
         link: NIL,
         backend_port: 0,
+        backend_inline: false,
         _reserved: 0,
         backend_v4: 0,
     };

@@ -552,7 +552,7 @@ impl ConnTable {
     #[inline(always)]
     pub fn wire_endpoints(&self, id: ConnId) -> Option<WireEndpoints> {
         let entry = self.primary(id)?;
-        Some(if entry.link == NIL {
+        Some(if entry.backend_inline {
             WireEndpoints {
                 backend: WireAddr::from_v4_octets(entry.backend_v4.to_be_bytes()),
                 backend_port: entry.backend_port,
@@ -574,7 +574,7 @@ impl ConnTable {
     #[inline(always)]
     fn endpoints_of(&self, entry: &Entry) -> (Endpoint, Option<Endpoint>) {
         let mode = entry.mode();
-        if entry.link == NIL {
+        if entry.backend_inline {
             let backend = Endpoint {
                 addr: ipv4_from_bits(entry.backend_v4),
                 port: entry.backend_port,
@@ -797,11 +797,19 @@ impl ConnTable {
         let mut primary = Entry::new(Kind::Original, client_key, target.mode, tcp_state);
         primary.expires_at = conn.expires_at;
         primary.backend = target.backend.0;
+        // A NAT connection's IPv4 backend is kept inline too, beside its reply entry: forwarding the client's
+        // packets then reads one line, not two (FULLNAT's local endpoint has no room there).
+        let inline_v4 = match target.mode {
+            ForwardingMode::Nat => ipv4_bits(target.addr),
+            _ => inline_backend,
+        };
+        if let Some(v4) = inline_v4 {
+            primary.backend_v4 = v4;
+            primary.backend_port = target.port;
+            primary.backend_inline = true;
+        }
         match inline_backend {
-            Some(v4) => {
-                primary.backend_v4 = v4;
-                primary.backend_port = target.port;
-            }
+            Some(_) => {}
             None => {
                 let second_id = self.free_secondary;
                 self.free_secondary = self.entries[second_id as usize].link;

@@ -123,6 +123,54 @@ fn fullnat_reply_is_keyed_by_local_endpoint() {
 }
 
 #[test]
+fn forwarding_endpoints_are_the_targets_in_every_mode_and_family() {
+    // Read inline (DR, TUN and NAT to an IPv4 backend) or from the second entry (IPv6 backends, FULLNAT): the
+    // same endpoints either way, and the wire form agrees with the plain one.
+    let partition = PortPartition::new(10000, 10999, 1).unwrap();
+    let v6 = |n: u16| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 9, n));
+    let locals = [
+        v4(200, 1),
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 200, 1)),
+    ];
+    let ports = PortAllocator::with_seed(partition, 0, &locals, 7).unwrap();
+    let mut table = ConnTable::with_local_ports(64, Timeouts::default(), ports).unwrap();
+    let modes = [
+        ForwardingMode::Dr,
+        ForwardingMode::Nat,
+        ForwardingMode::FullNat,
+        ForwardingMode::Tun,
+    ];
+    for (n, mode) in modes.into_iter().enumerate() {
+        for ipv6 in [false, true] {
+            let n = n as u16 * 2 + u16::from(ipv6);
+            let mut client = client_key(n, ip_protocol::TCP);
+            let mut backend = target(mode);
+            if ipv6 {
+                client.src_addr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, n));
+                client.dst_addr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1));
+                backend.addr = v6(n);
+            }
+            let id = table.insert(0, client, backend, SYN, ignore).unwrap();
+            let forwarding = table.forwarding(id).unwrap();
+            assert_eq!(
+                forwarding.backend_endpoint.addr, backend.addr,
+                "{mode:?} v6 {ipv6}"
+            );
+            assert_eq!(
+                forwarding.backend_endpoint.port, backend.port,
+                "{mode:?} v6 {ipv6}"
+            );
+            assert_eq!(forwarding.local.is_some(), mode == ForwardingMode::FullNat);
+            assert_eq!(
+                table.wire_endpoints(id).unwrap(),
+                WireEndpoints::from(&forwarding),
+                "{mode:?} v6 {ipv6}"
+            );
+        }
+    }
+}
+
+#[test]
 fn dr_and_tun_have_no_reply_key() {
     let mut table = ConnTable::new(8, Timeouts::default()).unwrap();
     for (n, mode) in [(1, ForwardingMode::Dr), (2, ForwardingMode::Tun)] {

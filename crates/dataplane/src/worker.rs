@@ -465,6 +465,15 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                     .state
                     .stage_entries_with(staged, R::Frame::prefetch_address);
             }
+            // ...then, in a table of many connections of two entries, the other entry each frame needs (a FULLNAT
+            // connection's second entry, a reply entry's primary)...
+            if engine.state.stages_linked_entries() {
+                for staged in self.staged[..received].iter().flatten() {
+                    engine
+                        .state
+                        .stage_linked_with(staged, R::Frame::prefetch_address);
+                }
+            }
             // ...and for flows no entry holds, their services' Maglev slots (a burst of established traffic skips
             // this loop)...
             if new_flows {

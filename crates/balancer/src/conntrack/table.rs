@@ -87,6 +87,10 @@ impl Candidates {
     }
 }
 
+/// Two-entry connections whose lines a core's own cache (L2) holds, about: see
+/// [`ConnTable::linked_outgrow_cache`].
+const LINKED_IN_CACHE: usize = 16 * 1024;
+
 /// One worker's connection table. See the module documentation for the layout and policies.
 pub struct ConnTable {
     /// Primaries `0..capacity`, then the secondaries.
@@ -103,6 +107,8 @@ pub struct ConnTable {
     /// The edge's prefetch instruction, if it lent one.
     prefetcher: Option<fn(*const u8)>,
     len: usize,
+    /// Connections with a second entry.
+    linked: usize,
     /// The next primary entry the expiry clock hand examines.
     hand: usize,
     timeouts: Timeouts,
@@ -197,6 +203,7 @@ impl ConnTable {
             seed: std::collections::hash_map::RandomState::new().hash_one(0x736c_7569_6365_u64),
             prefetcher: hooks.prefetch,
             len: 0,
+            linked: 0,
             hand: 0,
             tcp_timeouts: TcpTimeoutTable::new(&timeouts),
             timeouts,
@@ -296,6 +303,40 @@ impl ConnTable {
         Candidates {
             slots,
             version: bucket.version(),
+        }
+    }
+
+    /// Whether [`ConnTable::prefetch_linked_with`] is worth a pass over a burst: when so many connections have
+    /// a second entry that their lines outgrow a core's own cache (16K connections of two 64-byte lines: 2 MB).
+    /// Below that the second entry is found in cache, and the pass only cost time (FULLNAT 4 % slower at 1K).
+    #[inline]
+    pub fn linked_outgrow_cache(&self) -> bool {
+        self.linked >= LINKED_IN_CACHE
+    }
+
+    /// The third stage of a staged lookup, once the candidate entries are on their way: when the key's first
+    /// candidate is one half of a two-entry connection and a packet on it reads the other half (a reply entry's
+    /// primary; a primary's second entry, unless the backend is inline), starts loading that other half, through
+    /// the caller's own prefetch. Otherwise the packet would wait for that line after its first, one at a time.
+    #[inline(always)]
+    pub fn prefetch_linked_with(
+        &self,
+        hash: u32,
+        candidates: Candidates,
+        prefetch: impl Fn(*const u8),
+    ) {
+        if candidates.is_empty() {
+            return;
+        }
+        let bucket = self.index.bucket(self.index.probe(hash).bucket);
+        if candidates.version != bucket.version() {
+            return;
+        }
+        let entry = &self.entries[bucket.entry(candidates.slots.trailing_zeros()) as usize];
+        if entry.link != NIL && !entry.backend_inline {
+            if let Some(other) = self.entries.get(entry.link as usize) {
+                prefetch(std::ptr::from_ref(other).cast());
+            }
         }
     }
 
@@ -813,6 +854,7 @@ impl ConnTable {
             None => {
                 let second_id = self.free_secondary;
                 self.free_secondary = self.entries[second_id as usize].link;
+                self.linked += 1;
                 let (kind, key) = match reply {
                     Some((_, key, _)) => (Kind::Reply, key),
                     // An IPv6 backend of DR or TUN, as the source of a key that is never indexed.
@@ -981,6 +1023,7 @@ impl ConnTable {
             }
             self.entries[second_id as usize] = Entry::free(self.free_secondary);
             self.free_secondary = second_id;
+            self.linked -= 1;
         }
         self.release_local(conn.local);
         self.lists

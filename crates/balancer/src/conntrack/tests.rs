@@ -171,6 +171,49 @@ fn forwarding_endpoints_are_the_targets_in_every_mode_and_family() {
 }
 
 #[test]
+fn the_linked_stage_prefetches_the_other_entry_a_packet_reads() {
+    let mut table = fullnat_table(8);
+    let address_of = |table: &ConnTable, key: &FlowKey, linked: bool| -> Vec<usize> {
+        let hash = table.hash(&ConnKey::from_flow(key));
+        let seen = std::cell::RefCell::new(Vec::new());
+        let record = |line: *const u8| seen.borrow_mut().push(line as usize);
+        let candidates = table.prefetch_candidates_with(hash, record);
+        if linked {
+            seen.borrow_mut().clear();
+            table.prefetch_linked_with(hash, candidates, record);
+        }
+        seen.into_inner()
+    };
+    let fullnat = client_key(1, ip_protocol::TCP);
+    let id = table
+        .insert(0, fullnat, target(ForwardingMode::FullNat), SYN, ignore)
+        .unwrap();
+    let reply = table.get(id).unwrap().reply_key().unwrap();
+    // A FULLNAT client's packet reads the second entry (the reply key's), a reply the primary (the client key's).
+    assert_eq!(
+        address_of(&table, &fullnat, true),
+        address_of(&table, &reply, false)
+    );
+    assert_eq!(
+        address_of(&table, &reply, true),
+        address_of(&table, &fullnat, false)
+    );
+    assert_eq!(address_of(&table, &fullnat, true).len(), 1);
+    // A NAT connection to an IPv4 backend and a DR one read only their primary.
+    for (n, mode) in [(2, ForwardingMode::Nat), (3, ForwardingMode::Dr)] {
+        let key = client_key(n, ip_protocol::TCP);
+        table.insert(0, key, target(mode), SYN, ignore).unwrap();
+        assert_eq!(
+            address_of(&table, &key, true),
+            Vec::<usize>::new(),
+            "{mode:?}"
+        );
+    }
+    // A key no entry holds has nothing to prefetch.
+    assert!(address_of(&table, &client_key(4, ip_protocol::TCP), true).is_empty());
+}
+
+#[test]
 fn dr_and_tun_have_no_reply_key() {
     let mut table = ConnTable::new(8, Timeouts::default()).unwrap();
     for (n, mode) in [(1, ForwardingMode::Dr), (2, ForwardingMode::Tun)] {

@@ -177,6 +177,24 @@ impl WorkerState {
         candidates.is_empty()
     }
 
+    /// Whether [`WorkerState::stage_linked_with`] is worth a pass: enough connections have two entries that the
+    /// second ones are likely out of cache.
+    #[inline]
+    pub fn stages_linked_entries(&self) -> bool {
+        self.conns.linked_outgrow_cache()
+    }
+
+    /// A stage for keys an entry may hold, after [`WorkerState::stage_entries_with`]: prefetches the other entry
+    /// of a two-entry connection that the decision will read (a FULLNAT connection's second entry, a reply
+    /// entry's primary).
+    #[inline(always)]
+    pub fn stage_linked_with(&self, staged: &StagedKey, prefetch: impl Fn(*const u8)) {
+        if let Some(candidates) = staged.candidates {
+            self.conns
+                .prefetch_linked_with(staged.hash, candidates, prefetch);
+        }
+    }
+
     /// The third stage, for a key no entry can hold in a frame that opens connections (a SYN, or not TCP): the
     /// Maglev hash of its flow, kept for the decision, and a prefetch of the slot its service's table gives it, so
     /// that a burst of new flows does not wait on the Maglev table's cache misses one by one. (A stage of its own:

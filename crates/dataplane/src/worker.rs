@@ -710,6 +710,23 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     #[inline(always)]
     fn act(
         &mut self,
+        frame: R::Frame,
+        layout: &FrameLayout,
+        action: &Action,
+        ingress: u16,
+        now_ms: u64,
+    ) {
+        match *action {
+            Action::Forward(ref forward) => self.forward(frame, layout, forward, now_ms),
+            _ => self.act_otherwise(frame, layout, action, ingress, now_ms),
+        }
+    }
+
+    /// Every verdict but a forward: answers, the kernel, handoffs and drops, out of line so that the frame
+    /// handler the forwards run through stays small.
+    #[inline(never)]
+    fn act_otherwise(
+        &mut self,
         mut frame: R::Frame,
         layout: &FrameLayout,
         action: &Action,
@@ -717,6 +734,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         now_ms: u64,
     ) {
         match *action {
+            // Taken by `act` before it calls this; kept whole here so that no verdict goes unanswered.
             Action::Forward(ref forward) => self.forward(frame, layout, forward, now_ms),
             Action::AnswerArp => {
                 let mac = self.port_mac(ingress);

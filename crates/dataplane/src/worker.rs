@@ -381,6 +381,16 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
 
     /// One turn of the loop at time `now_ms`; returns how many frames it received from the ports.
     pub fn poll(&mut self, now_ms: u64) -> usize {
+        self.before_bursts(now_ms);
+        let received = self.receive_bursts(now_ms);
+        self.after_bursts(now_ms);
+        received
+    }
+
+    /// The turn's work ahead of the ports' bursts: new tables, queries, exception sync, next-hop resolution. Out
+    /// of line, like [`Worker::after_bursts`], so that the code the frames run through stays together and small.
+    #[inline(never)]
+    fn before_bursts(&mut self, now_ms: u64) {
         self.take_new_tables(now_ms);
         if let Some(kept) = self.previous.expired(&mut self.engine.state, now_ms) {
             let _ = self.updates.retired.try_send(kept);
@@ -414,6 +424,12 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             engine.next_hops_resolved_ms = Some(now_ms);
             engine.resolve_next_hops(now_ms);
         }
+    }
+
+    /// Every port's burst, staged and handled; returns how many frames were received (the kernel's included).
+    #[inline(always)]
+    fn receive_bursts(&mut self, now_ms: u64) -> usize {
+        let engine = &mut self.engine;
         // Control traffic first: what the kernel sends leaves ahead of this turn's data.
         let mut received_total = engine.send_kernel_frames();
         for port in 0..engine.ports.len() {
@@ -528,6 +544,14 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 );
             }
         }
+        received_total
+    }
+
+    /// The turn's work after the ports' bursts: frames handed off by other workers, held fragments, frames
+    /// waiting for a neighbour, transmission, expiry and the counters.
+    #[inline(never)]
+    fn after_bursts(&mut self, now_ms: u64) {
+        let engine = &mut self.engine;
         let handed = &mut self.handed;
         let received = engine
             .handoffs
@@ -561,7 +585,6 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
         let budget = engine.expiry.budget(now_ms);
         engine.state.expire(now_ms, budget);
         self.publish();
-        received_total
     }
 
     fn answer_trace_queries(&mut self, now_ms: u64) {

@@ -122,7 +122,9 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> KernelPath<R, T> {
         Ok(())
     }
 
-    /// Copies `frame` (ARP or neighbour discovery that arrived on `port`) to the port's kernel interface.
+    /// Copies `frame` (ARP or neighbour discovery that arrived on `port`) to the port's kernel interface. Out of
+    /// line: the frame handler calls it for few frames.
+    #[inline(never)]
     pub fn copy_to_kernel(&mut self, frame: &R::Frame, port: u16) {
         let index = usize::from(port);
         let Some(Some(queues)) = self.queues.get_mut(index) else {

@@ -15,6 +15,16 @@ pub enum ForwardingMode {
     Tun,
 }
 
+impl ForwardingMode {
+    /// Every mode, in the order above.
+    pub const ALL: [ForwardingMode; 4] = [
+        ForwardingMode::Dr,
+        ForwardingMode::Nat,
+        ForwardingMode::FullNat,
+        ForwardingMode::Tun,
+    ];
+}
+
 /// The scheduler that picks a backend for a new flow (Linux IPVS names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum SchedulerKind {

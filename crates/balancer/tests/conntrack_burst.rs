@@ -71,12 +71,7 @@ fn target(mode: u8, v6: bool) -> Target {
         backend: BackendId(1),
         addr,
         port: 8080,
-        mode: [
-            ForwardingMode::Dr,
-            ForwardingMode::Nat,
-            ForwardingMode::FullNat,
-            ForwardingMode::Tun,
-        ][usize::from(mode)],
+        mode: ForwardingMode::ALL[usize::from(mode)],
     }
 }
 

@@ -292,12 +292,7 @@ fn dr_rewrites_macs_only_and_keeps_every_packet_of_a_flow_on_one_backend() {
 /// backends it picks are the ones the decision picks by itself, for new flows of both families and every mode.
 #[test]
 fn staged_new_flows_pick_the_backends_unstaged_decisions_pick() {
-    for mode in [
-        ForwardingMode::Dr,
-        ForwardingMode::Nat,
-        ForwardingMode::FullNat,
-        ForwardingMode::Tun,
-    ] {
+    for mode in ForwardingMode::ALL {
         for v6 in [false, true] {
             let spec = spec(vec![service(mode, SchedulerKind::Mh, v6, &[1, 2, 3, 5])], 1);
             let (mut staged, mut unstaged) = (Harness::new(&spec), Harness::new(&spec));
@@ -808,12 +803,7 @@ fn acted(action: FragmentAction) -> Action {
 /// later fragment that comes before its first is held, and forwarded like the others once the first was decided.
 #[test]
 fn fragments_of_a_datagram_follow_their_flow() {
-    for mode in [
-        ForwardingMode::Dr,
-        ForwardingMode::Nat,
-        ForwardingMode::FullNat,
-        ForwardingMode::Tun,
-    ] {
+    for mode in ForwardingMode::ALL {
         for v6 in [false, true] {
             let mut udp = service(mode, SchedulerKind::Rr, v6, &[1, 1, 1, 1]);
             udp.key.protocol = UDP;

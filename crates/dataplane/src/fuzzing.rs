@@ -30,12 +30,7 @@ use crate::io::Frame;
 use crate::worker::{handoff_mesh, PortQueues, TableUpdates, Worker, WorkerConfig};
 
 const PORT_MACS: [[u8; 6]; 2] = [[2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]];
-const MODES: [ForwardingMode; 4] = [
-    ForwardingMode::Dr,
-    ForwardingMode::Nat,
-    ForwardingMode::FullNat,
-    ForwardingMode::Tun,
-];
+const MODES: [ForwardingMode; 4] = ForwardingMode::ALL;
 /// Services: every mode, both families, TCP and UDP; two backends each.
 const SERVICES: usize = 16;
 /// Frames the workers sent that later operations may answer.

@@ -32,12 +32,7 @@ fn ip(text: &str) -> IpAddr {
 
 /// Services of every mode on one VIP each; `present[i]` says whether backend i is configured.
 fn spec(present: &[bool; 4], scheduler: SchedulerKind) -> SnapshotSpec {
-    let modes = [
-        ForwardingMode::Dr,
-        ForwardingMode::Nat,
-        ForwardingMode::FullNat,
-        ForwardingMode::Tun,
-    ];
+    let modes = ForwardingMode::ALL;
     let services = modes
         .iter()
         .enumerate()

@@ -297,12 +297,7 @@ fn read(frame: &[u8]) -> (IpAddr, IpAddr, u16, u16, u8, Vec<u8>, bool) {
 
 #[test]
 fn every_mode_rewrites_exactly_its_fields_in_both_families() {
-    for mode in [
-        ForwardingMode::Dr,
-        ForwardingMode::Nat,
-        ForwardingMode::FullNat,
-        ForwardingMode::Tun,
-    ] {
+    for mode in ForwardingMode::ALL {
         for v6 in [false, true] {
             let mut rig = rig(&spec(mode, 1, true), 1);
             let (client, vip) = if v6 {

@@ -174,12 +174,7 @@ mod tests {
             80,
             6,
         );
-        for mode in [
-            ForwardingMode::Dr,
-            ForwardingMode::Nat,
-            ForwardingMode::FullNat,
-            ForwardingMode::Tun,
-        ] {
+        for mode in ForwardingMode::ALL {
             let mut entry = Entry::new(Kind::Reply, &key, mode, TcpState::SynRecv);
             assert!(entry.matches(&key));
             assert_eq!(entry.key(), key);

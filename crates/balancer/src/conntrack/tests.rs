@@ -134,13 +134,7 @@ fn forwarding_endpoints_are_the_targets_in_every_mode_and_family() {
     ];
     let ports = PortAllocator::with_seed(partition, 0, &locals, 7).unwrap();
     let mut table = ConnTable::with_local_ports(64, Timeouts::default(), ports).unwrap();
-    let modes = [
-        ForwardingMode::Dr,
-        ForwardingMode::Nat,
-        ForwardingMode::FullNat,
-        ForwardingMode::Tun,
-    ];
-    for (n, mode) in modes.into_iter().enumerate() {
+    for (n, mode) in ForwardingMode::ALL.into_iter().enumerate() {
         for ipv6 in [false, true] {
             let n = n as u16 * 2 + u16::from(ipv6);
             let mut client = client_key(n, ip_protocol::TCP);

@@ -89,7 +89,13 @@ pub struct StagedKey {
     /// connection) and the service's table slot was prefetched with it; 0 when not computed (a true hash of 0 is
     /// simply computed again).
     flow_hash: u64,
+    /// With `flow_hash`, when the flow's service is a NAT one whose Maglev table alone picks the backend: its
+    /// index in the snapshot, so that the reply stage need not look the service up again; else [`NO_SERVICE`].
+    nat_service: u32,
 }
+
+/// [`StagedKey::nat_service`] when staging found no such service.
+const NO_SERVICE: u32 = u32::MAX;
 
 impl StagedKey {
     /// The Maglev hash of `flow`, the frame's own, taken from staging when it computed it.
@@ -164,6 +170,7 @@ impl WorkerState {
             missed: false,
             absent: false,
             flow_hash: 0,
+            nat_service: NO_SERVICE,
         }
     }
 
@@ -246,10 +253,10 @@ impl WorkerState {
         flow: &FlowKey,
         staged: &StagedKey,
     ) -> Option<FlowKey> {
-        if staged.flow_hash == 0 {
+        if staged.nat_service == NO_SERVICE {
             return None;
         }
-        new_nat_reply(snapshot, flow, staged.flow_hash)
+        new_nat_reply(snapshot, staged.nat_service, flow, staged.flow_hash)
     }
 
     /// The live connection of the frame's own flow, through its staged key when there is one.
@@ -555,17 +562,16 @@ fn refused_whatever_its_destination(layout: &FrameLayout) -> Action {
     }
 }
 
-/// The reply key of the connection a new flow to a NAT service opens, when the Maglev table alone picks its backend
-/// (no persistence): read from the slot staging prefetched for `flow_hash`.
+/// The reply key of the connection a new flow to NAT service `service_index` opens (one whose Maglev table alone
+/// picks the backend): read from the slot staging prefetched for `flow_hash`.
 #[inline(never)]
-fn new_nat_reply(snapshot: &Snapshot, flow: &FlowKey, flow_hash: u64) -> Option<FlowKey> {
-    let (_, service) = snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)?;
-    if service.mode != ForwardingMode::Nat
-        || service.scheduler != SchedulerKind::Mh
-        || service.persistence.is_some()
-    {
-        return None;
-    }
+fn new_nat_reply(
+    snapshot: &Snapshot,
+    service_index: u32,
+    flow: &FlowKey,
+    flow_hash: u64,
+) -> Option<FlowKey> {
+    let service = snapshot.service(service_index)?;
     let backend = service
         .maglev
         .lookup(flow_hash)
@@ -586,7 +592,7 @@ fn stage_new_flow(
     staged: &mut StagedKey,
     prefetch: impl Fn(*const u8),
 ) {
-    let Some((_, service)) = snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)
+    let Some((index, service)) = snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)
     else {
         return;
     };
@@ -595,6 +601,9 @@ fn stage_new_flow(
         service
             .maglev
             .prefetch_slot_with(staged.flow_hash, prefetch);
+        if service.mode == ForwardingMode::Nat && service.persistence.is_none() {
+            staged.nat_service = index;
+        }
     }
 }
 

@@ -809,15 +809,13 @@ impl ConnTable {
             }
         }
 
-        // DR and TUN keep an IPv4 backend inline; anything else needs a second entry.
-        let inline_backend = match target.mode {
-            ForwardingMode::Dr | ForwardingMode::Tun => ipv4_bits(target.addr),
-            ForwardingMode::Nat | ForwardingMode::FullNat => None,
-        };
+        // DR and TUN to an IPv4 backend need one entry; anything else a second one too.
+        let one_entry = matches!(target.mode, ForwardingMode::Dr | ForwardingMode::Tun)
+            && target.addr.is_ipv4();
         // Second entries first: evicting a connection that holds one frees a primary too. With as many second
         // entries as connections they run out only when every primary is taken by a two-entry connection, and
         // then this is the same victim as below.
-        if inline_backend.is_none() && self.free_secondary == NIL {
+        if !one_entry && self.free_secondary == NIL {
             let Some(victim) = self.victim_with_secondary() else {
                 self.release_local(local);
                 return Err(InsertError::TableFull);
@@ -841,39 +839,33 @@ impl ConnTable {
         let mut primary = Entry::new(Kind::Original, client_key, target.mode, tcp_state);
         primary.expires_at = conn.expires_at;
         primary.backend = target.backend.0;
-        // A NAT connection's IPv4 backend is kept inline too, beside its reply entry: forwarding the client's
-        // packets then reads one line, not two (FULLNAT's local endpoint has no room there).
-        let inline_v4 = match target.mode {
-            ForwardingMode::Nat => ipv4_bits(target.addr),
-            _ => inline_backend,
-        };
-        if let Some(v4) = inline_v4 {
+        // Every mode but FULLNAT keeps an IPv4 backend inline: a NAT connection's beside its reply entry, so that
+        // forwarding the client's packets reads one line, not two (FULLNAT's local endpoint has no room there).
+        if let Some(v4) = ipv4_bits(target.addr).filter(|_| target.mode != ForwardingMode::FullNat)
+        {
             primary.backend_v4 = v4;
             primary.backend_port = target.port;
             primary.backend_inline = true;
         }
-        match inline_backend {
-            Some(_) => {}
-            None => {
-                let second_id = self.free_secondary;
-                self.free_secondary = self.entries[second_id as usize].link;
-                self.linked += usize::from(!primary.backend_inline);
-                let (kind, key) = match reply {
-                    Some((_, key, _)) => (Kind::Reply, key),
-                    // An IPv6 backend of DR or TUN, as the source of a key that is never indexed.
-                    None => (
-                        Kind::Spill,
-                        ConnKey::new(target.addr, target.addr, target.port, 0, client.protocol),
-                    ),
-                };
-                let mut second = Entry::new(kind, &key, target.mode, tcp_state);
-                second.backend = target.backend.0;
-                second.link = id;
-                self.entries[second_id as usize] = second;
-                primary.link = second_id;
-                if let Some((_, _, reply_hash)) = reply {
-                    self.index.insert(reply_hash, second_id);
-                }
+        if !one_entry {
+            let second_id = self.free_secondary;
+            self.free_secondary = self.entries[second_id as usize].link;
+            self.linked += usize::from(!primary.backend_inline);
+            let (kind, key) = match reply {
+                Some((_, key, _)) => (Kind::Reply, key),
+                // An IPv6 backend of DR or TUN, as the source of a key that is never indexed.
+                None => (
+                    Kind::Spill,
+                    ConnKey::new(target.addr, target.addr, target.port, 0, client.protocol),
+                ),
+            };
+            let mut second = Entry::new(kind, &key, target.mode, tcp_state);
+            second.backend = target.backend.0;
+            second.link = id;
+            self.entries[second_id as usize] = second;
+            primary.link = second_id;
+            if let Some((_, _, reply_hash)) = reply {
+                self.index.insert(reply_hash, second_id);
             }
         }
         self.entries[id as usize] = primary;

@@ -42,9 +42,24 @@ impl Bucket {
         _reserved: [0; 2],
     };
 
+    /// One bit per slot whose signature is `sig`: the eight signatures compared in one SSE2 instruction, the
+    /// lanes narrowed to bytes (all ones or zero) and their top bits gathered into the mask (`pcmpeqw`,
+    /// `packsswb`, `pmovmskb`).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub fn matching(&self, sig: u16) -> u32 {
+        use safe_arch::{
+            cmp_eq_mask_i16_m128i, m128i, move_mask_i8_m128i, pack_i16_to_i8_m128i,
+            set_splat_i16_m128i, zeroed_m128i,
+        };
+        let equal = cmp_eq_mask_i16_m128i(m128i::from(self.sigs), set_splat_i16_m128i(sig as i16));
+        (move_mask_i8_m128i(pack_i16_to_i8_m128i(equal, zeroed_m128i())) as u32) & 0xff
+    }
+
     /// One bit per slot whose signature is `sig`. Four 16-bit lanes per 64-bit word are compared at once
     /// (SWAR): a lane equal to `sig` is zero after the XOR, and the exact zero-lane test (no borrow crosses lanes)
     /// sets only its top bit.
+    #[cfg(not(target_arch = "x86_64"))]
     #[inline(always)]
     pub fn matching(&self, sig: u16) -> u32 {
         const LOW15: u64 = 0x7fff_7fff_7fff_7fff;

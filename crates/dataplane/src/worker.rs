@@ -5,6 +5,7 @@
 //! Per frame there is no allocation, lock or system call: bursts are fixed arrays, rings and channels are bounded
 //! and preallocated, counters are plain integers published with relaxed stores once per poll.
 
+use std::hint::cold_path;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -679,10 +680,12 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         // The ports are promiscuous: a frame to another host's MAC is refused here, by one compare of the header the
         // parser just read (a handed-off frame passed it on its own worker).
         if !handed_off && !self.addressed_to_port(&frame, ingress) {
+            cold_path();
             return self.drop_frame(frame, DropReason::NotOurMac);
         }
         if let Some(path) = &mut self.exception {
             if !handed_off && kernel_wants_copy(layout) {
+                cold_path();
                 path.copy_to_kernel(&frame, ingress);
             }
         }
@@ -698,6 +701,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
                 verdict,
             );
         } else {
+            cold_path();
             match self.decide_fragment(layout, staged, ingress, handed_off, now_ms) {
                 FragmentAction::Act(action) => *verdict = action,
                 FragmentAction::Hold(datagram) => {
@@ -707,6 +711,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         }
         self.act(frame, layout, verdict, ingress, now_ms);
         if let Fragment::First { .. } = layout.fragment {
+            cold_path();
             self.release_fragments(layout, now_ms);
         }
     }
@@ -721,11 +726,13 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
             return false;
         };
         let destination = u64::from_le_bytes(*head) & 0xffff_ffff_ffff;
-        destination & 1 != 0
-            || self
-                .ports
-                .get(usize::from(ingress))
-                .is_some_and(|queues| destination == mac_word(queues.mac))
+        if destination & 1 != 0 {
+            cold_path();
+            return true;
+        }
+        self.ports
+            .get(usize::from(ingress))
+            .is_some_and(|queues| destination == mac_word(queues.mac))
     }
 
     /// Carries out the decision about `frame` (taken by reference: the decision just wrote it, and copying it
@@ -741,7 +748,10 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     ) {
         match *action {
             Action::Forward(ref forward) => self.forward(frame, layout, forward, now_ms),
-            _ => self.act_otherwise(frame, layout, action, ingress, now_ms),
+            _ => {
+                cold_path();
+                self.act_otherwise(frame, layout, action, ingress, now_ms)
+            }
         }
     }
 
@@ -890,10 +900,12 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     fn forward(&mut self, frame: R::Frame, layout: &FrameLayout, forward: &Forward, now_ms: u64) {
         let port = usize::from(forward.port);
         if port >= self.ports.len() {
+            cold_path();
             return self.drop_frame(frame, DropReason::NoRoute);
         }
         // A connection is counted when it is opened, even if this first frame waits for neighbour resolution.
         if forward.opened {
+            cold_path();
             if let Some(backend) = forward
                 .backend
                 .and_then(|id| self.stats.backends.get(id.0 as usize))
@@ -904,6 +916,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         let next_hop_mac = if forward.next_hop_mac.is_known() {
             forward.next_hop_mac
         } else {
+            cold_path();
             match self.neighbor_mac(forward.port, forward.next_hop, now_ms) {
                 Some(mac) => MacWord::new(mac),
                 None => return self.await_neighbor(frame, layout, forward, now_ms),
@@ -923,13 +936,16 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     ) {
         let port = usize::from(forward.port);
         if rewrite(&mut frame, layout, &forward.rewrite).is_err() {
+            cold_path();
             return self.not_rewritten_in_place(frame, layout, forward, next_hop_mac);
         }
         let source_mac = self.ports[port].mac;
         if packet::set_macs_word(frame.data_mut(), source_mac, next_hop_mac).is_err() {
+            cold_path();
             return self.drop_frame(frame, DropReason::RewriteFailed);
         }
         if forward.untracked {
+            cold_path();
             self.counters.untracked += 1;
         }
         if let Some(backend) = forward
@@ -1229,9 +1245,11 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     #[inline(always)]
     fn enqueue(&mut self, port: usize, frame: R::Frame) {
         if self.pending[port].is_full() {
+            cold_path();
             self.flush(port);
         }
         if let Err(full) = self.pending[port].try_push(frame) {
+            cold_path();
             self.drop_frame(full.element(), DropReason::TxFull);
         }
     }

@@ -2,6 +2,7 @@
 //! FULLNAT port ownership, and the single-key and burst lookups.
 
 use std::hash::BuildHasher;
+use std::hint::cold_path;
 
 use packet::flow::ip_protocol;
 use packet::{FlowKey, WireAddr};
@@ -448,10 +449,12 @@ impl ConnTable {
         flags: u8,
     ) -> ClientHit {
         let Some(index) = self.find_staged(key, hash, candidates) else {
+            cold_path();
             return ClientHit::Absent;
         };
         let found = &self.entries[index as usize];
         if !found.is(Kind::Original) {
+            cold_path();
             if self.expiry_of(found) <= now {
                 return ClientHit::Missed;
             }
@@ -463,6 +466,7 @@ impl ConnTable {
         let timeouts = &self.timeouts;
         let entry = &mut self.entries[index as usize];
         if entry.expires_at <= now {
+            cold_path();
             return ClientHit::Missed;
         }
         let (id, backend, mode) = (ConnId(index), BackendId(entry.backend), entry.mode());
@@ -475,6 +479,7 @@ impl ConnTable {
             // A plain ACK in a state it keeps (ESTABLISHED, or CLOSE for a flow picked up mid-stream): the bulk of
             // all traffic, decided by one bit test.
             if !state.kept_by(path, flags) && state.next(path, flags) != state {
+                cold_path();
                 return ClientHit::Changing { id, backend, mode };
             }
             self.tcp_timeouts.of(state)

@@ -25,6 +25,7 @@ mod reply;
 mod request;
 mod verdict;
 
+use std::hint::cold_path;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -320,11 +321,15 @@ impl WorkerState {
         let snapshot: &Snapshot = snapshot;
         // Two compares on facts the parser already wrote; the reasons are told apart out of line.
         if layout.vlan_tags != 0 || layout.source_routed {
+            cold_path();
             *verdict = refused_whatever_its_destination(layout);
             return;
         }
         *verdict = match layout.l3 {
-            L3::Arp => self.arp(snapshot, layout, ingress, now_ms),
+            L3::Arp => {
+                cold_path();
+                self.arp(snapshot, layout, ingress, now_ms)
+            }
             L3::Ipv4 | L3::Ipv6 => {
                 // The common case first: a whole datagram of a connection this worker tracks, forwarded from its
                 // entry without classifying the destination again. A frame at the end of its TTL takes the full
@@ -338,13 +343,14 @@ impl WorkerState {
                         match self.established(snapshot, layout, staged, now_ms, verdict) {
                             Established::Forwarded => return,
                             Established::Missed { absent } => {
+                                cold_path();
                                 after_miss = Some(StagedKey {
                                     missed: true,
                                     absent,
                                     ..*staged
                                 })
                             }
-                            Established::Other => {}
+                            Established::Other => cold_path(),
                         }
                     }
                 }

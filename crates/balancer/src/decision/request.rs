@@ -1,6 +1,7 @@
 //! Client requests to a service: the connection table first, then the scheduler (Maglev or an IPVS scheduler, with
 //! persistence) for a new flow, and the forward by the service's mode.
 
+use std::hint::cold_path;
 use std::net::IpAddr;
 
 use packet::{FlowKey, FrameLayout};
@@ -77,16 +78,27 @@ impl WorkerState {
         ) {
             ClientHit::Refreshed { id, backend, mode } => (id, backend, mode, false),
             ClientHit::Changing { id, backend, mode } => (id, backend, mode, true),
-            ClientHit::Reply(_) => return Established::Other,
-            ClientHit::Missed => return Established::Missed { absent: false },
-            ClientHit::Absent => return Established::Missed { absent: true },
+            ClientHit::Reply(_) => {
+                cold_path();
+                return Established::Other;
+            }
+            ClientHit::Missed => {
+                cold_path();
+                return Established::Missed { absent: false };
+            }
+            ClientHit::Absent => {
+                cold_path();
+                return Established::Missed { absent: true };
+            }
         };
         // A refreshed connection whose backend left the snapshot is removed by the full decision, so pushing its
         // expiry out first changed nothing that matters.
         let Some(route) = snapshot.backend_route(backend) else {
+            cold_path();
             return Established::Other;
         };
         if changing {
+            cold_path();
             self.account(id, Direction::Original, layout.tcp_flags, now_ms);
         }
         if mode == ForwardingMode::Dr {
@@ -101,7 +113,10 @@ impl WorkerState {
                 );
                 Established::Forwarded
             }
-            _ => Established::Other,
+            _ => {
+                cold_path();
+                Established::Other
+            }
         }
     }
 

@@ -1207,3 +1207,118 @@ fn one_nat_backend_serves_two_services_and_replies_map_back_right() {
     }
     assert!(hops > 0, "the replies were never steered");
 }
+
+/// A TCP frame from `src:src_port` to `dst:dst_port` with `flags`, its IPv4 header checksum right (the TCP
+/// checksum is left zero: the rewrites update it incrementally, whatever it is).
+fn tcp_frame(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16, flags: u8) -> Vec<u8> {
+    let mut frame = vec![0u8; 14];
+    match (src, dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            frame[12..14].copy_from_slice(&[0x08, 0x00]);
+            let mut header = [0u8; 20];
+            header[0] = 0x45;
+            header[2..4].copy_from_slice(&40u16.to_be_bytes());
+            header[8] = 64;
+            header[9] = TCP;
+            header[12..16].copy_from_slice(&src.octets());
+            header[16..20].copy_from_slice(&dst.octets());
+            let sum = header
+                .chunks(2)
+                .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair[1]])))
+                .sum::<u32>();
+            let folded = (sum & 0xffff) + (sum >> 16);
+            let folded = (folded & 0xffff) + (folded >> 16);
+            header[10..12].copy_from_slice(&(!(folded as u16)).to_be_bytes());
+            frame.extend_from_slice(&header);
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            frame[12..14].copy_from_slice(&[0x86, 0xdd]);
+            let mut header = [0u8; 40];
+            header[0] = 0x60;
+            header[4..6].copy_from_slice(&20u16.to_be_bytes());
+            header[6] = TCP;
+            header[7] = 64;
+            header[8..24].copy_from_slice(&src.octets());
+            header[24..40].copy_from_slice(&dst.octets());
+            frame.extend_from_slice(&header);
+        }
+        _ => panic!("one family"),
+    }
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&src_port.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dst_port.to_be_bytes());
+    tcp[12] = 0x50;
+    tcp[13] = flags;
+    frame.extend_from_slice(&tcp);
+    frame
+}
+
+/// An established NAT or FULLNAT client frame decided through staging, as the worker decides it, gets a rewrite
+/// that refers to its connection; `decide` gives the rewrite that stands for; and rewriting a frame through the
+/// connection writes exactly the bytes the concrete rewrite writes.
+#[test]
+fn a_connection_rewrite_stands_for_the_concrete_rewrite_byte_for_byte() {
+    for mode in [ForwardingMode::Nat, ForwardingMode::FullNat] {
+        for v6 in [false, true] {
+            let mut harness = Harness::new(&spec(
+                vec![service(mode, SchedulerKind::Mh, v6, &[1, 1])],
+                1,
+            ));
+            let src = client(11, v6);
+            let syn = tcp(src, 40000, vip(v6), 80, SYN);
+            forwarded(harness.decide(&syn));
+            let frame = tcp_frame(src, 40000, vip(v6), 80, ACK);
+            let layout = packet::parse_frame(&frame).expect("a plain frame");
+            let staged = harness.stage_fully(&layout);
+            let mut verdict = Action::Consumed;
+            harness.state.decide_into(
+                &mut harness.tables,
+                &layout,
+                Some(&staged),
+                CLIENT_PORT,
+                false,
+                NOW,
+                &mut verdict,
+            );
+            let Rewrite::Connection(id) = forwarded(verdict).rewrite else {
+                panic!("{mode:?} v6={v6}: the fast path refers to the connection: {verdict:?}");
+            };
+            let concrete = forwarded(harness.decide(&layout)).rewrite;
+            assert_eq!(
+                harness.state.concrete_rewrite(Rewrite::Connection(id)),
+                Some(concrete)
+            );
+            let (mut through_connection, mut through_concrete) = (frame.clone(), frame.clone());
+            harness
+                .state
+                .rewrite_client(id, &mut through_connection, &layout)
+                .unwrap();
+            match concrete {
+                Rewrite::Destination { addr, port } => {
+                    assert_eq!(mode, ForwardingMode::Nat);
+                    packet::rewrite_destination(&mut through_concrete, &layout, &addr, port)
+                }
+                Rewrite::SourceAndDestination {
+                    src,
+                    src_port,
+                    dst,
+                    dst_port,
+                } => {
+                    assert_eq!(mode, ForwardingMode::FullNat);
+                    packet::rewrite_source_and_destination(
+                        &mut through_concrete,
+                        &layout,
+                        &src,
+                        src_port,
+                        &dst,
+                        dst_port,
+                    )
+                }
+                other => panic!("{mode:?}: {other:?}"),
+            }
+            .unwrap();
+            assert_ne!(through_connection, frame, "{mode:?} v6={v6}: rewritten");
+            assert_eq!(through_connection, through_concrete, "{mode:?} v6={v6}");
+        }
+    }
+}

@@ -935,7 +935,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         next_hop_mac: MacWord,
     ) {
         let port = usize::from(forward.port);
-        if rewrite(&mut frame, layout, &forward.rewrite).is_err() {
+        if rewrite(&mut frame, layout, &forward.rewrite, &self.state).is_err() {
             cold_path();
             return self.not_rewritten_in_place(frame, layout, forward, next_hop_mac);
         }
@@ -1082,10 +1082,17 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         now_ms: u64,
     ) {
         self.resolve(forward.port, forward.next_hop, now_ms);
+        // The frame outlives its decision: it keeps the rewrite itself, not a reference to its connection.
+        let Some(rewrite) = self.state.concrete_rewrite(forward.rewrite) else {
+            return self.drop_frame(frame, DropReason::RewriteFailed);
+        };
         let waiting = AwaitingFrame {
             frame,
             layout: *layout,
-            forward: *forward,
+            forward: Forward {
+                rewrite,
+                ..*forward
+            },
             since_ms: now_ms,
         };
         if let Err(refused) = self.awaiting.wait(waiting) {
@@ -1367,9 +1374,11 @@ fn rewrite<F: Frame>(
     frame: &mut F,
     layout: &FrameLayout,
     rewrite: &Rewrite,
+    state: &WorkerState,
 ) -> Result<(), packet::ParseError> {
     match rewrite {
         Rewrite::MacsOnly => Ok(()),
+        Rewrite::Connection(id) => state.rewrite_client(*id, frame.data_mut(), layout),
         Rewrite::Destination { addr, port } => {
             packet::rewrite_destination(frame.data_mut(), layout, addr, *port)
         }

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use packet::{FlowKey, Fragment, FrameLayout, IcmpKind, L3};
 
 use crate::conntrack::{
-    reply_flow, tcp_flags, Candidates, ConnKey, ConnTable, Direction, Endpoint, Hit,
+    reply_flow, tcp_flags, Candidates, ConnId, ConnKey, ConnTable, Direction, Endpoint, Hit,
 };
 use crate::maglev::flow_hash;
 use crate::neighbor::NeighborTable;
@@ -294,7 +294,65 @@ impl WorkerState {
             now_ms,
             &mut verdict,
         );
+        if let Action::Forward(forward) = &mut verdict {
+            match self.concrete_rewrite(forward.rewrite) {
+                Some(rewrite) => forward.rewrite = rewrite,
+                None => verdict = Action::Drop(DropReason::ConnectionRejected),
+            }
+        }
         verdict
+    }
+
+    /// `rewrite` with a [`Rewrite::Connection`] replaced by the rewrite it stands for, while the connection lives
+    /// (`None` once it is gone); any other rewrite as it is. For a verdict kept beyond its frame's decision.
+    pub fn concrete_rewrite(&self, rewrite: Rewrite) -> Option<Rewrite> {
+        let Rewrite::Connection(id) = rewrite else {
+            return Some(rewrite);
+        };
+        let endpoints = self.conns.wire_endpoints(id)?;
+        Some(match endpoints.local {
+            None => Rewrite::Destination {
+                addr: endpoints.backend,
+                port: endpoints.backend_port,
+            },
+            Some((local, local_port)) => Rewrite::SourceAndDestination {
+                src: local,
+                src_port: local_port,
+                dst: endpoints.backend,
+                dst_port: endpoints.backend_port,
+            },
+        })
+    }
+
+    /// Rewrites a client's `frame` (parsed as `layout`) of connection `id` in place as [`Rewrite::Connection`]
+    /// says: the destination to the backend, and for FULLNAT the source to the local endpoint.
+    #[inline(always)]
+    pub fn rewrite_client(
+        &self,
+        id: ConnId,
+        frame: &mut [u8],
+        layout: &FrameLayout,
+    ) -> Result<(), packet::ParseError> {
+        let Some(endpoints) = self.conns.wire_endpoints(id) else {
+            cold_path();
+            return Err(packet::ParseError::Unsupported("connection gone"));
+        };
+        match endpoints.local {
+            None => packet::rewrite_destination(
+                frame,
+                layout,
+                &endpoints.backend,
+                endpoints.backend_port,
+            ),
+            Some((local, local_port)) => packet::rewrite_source_and_destination(
+                frame,
+                layout,
+                &local,
+                local_port,
+                &endpoints.backend,
+                endpoints.backend_port,
+            ),
+        }
     }
 
     /// [`WorkerState::decide`] into the caller's `verdict`: the data plane keeps one and reads the verdict where

@@ -106,6 +106,11 @@ impl WorkerState {
             *verdict = forward(route, Rewrite::MacsOnly, Some(backend), false, false);
             return Established::Forwarded;
         }
+        if mode != ForwardingMode::Tun {
+            // NAT and FULLNAT: the addresses are read from the entry when the frame is rewritten.
+            *verdict = forward(route, Rewrite::Connection(id), Some(backend), false, false);
+            return Established::Forwarded;
+        }
         match (self.conns.wire_endpoints(id), snapshot.backend(backend)) {
             (Some(endpoints), Some((service, _, _))) => {
                 *verdict = forward_on(

@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use packet::{MacWord, WireAddr};
 
+use crate::conntrack::ConnId;
 use crate::service::BackendId;
 
 /// Why a frame was dropped. Every drop is counted under one of these.
@@ -205,6 +206,12 @@ pub enum Rewrite {
         destination: Option<(IpAddr, u16)>,
         source: Option<(IpAddr, u16)>,
     },
+    /// A client's frame of the NAT or FULLNAT connection `ConnId`: the `Destination` or `SourceAndDestination`
+    /// rewrite its entry holds, read from the entry when the frame is rewritten
+    /// ([`crate::decision::WorkerState::rewrite_client`]) instead of copied into the verdict and back. Only
+    /// [`crate::decision::WorkerState::decide_into`] gives it, for the frame it decides, while the connection
+    /// cannot change; [`crate::decision::WorkerState::decide`] gives the rewrite it stands for.
+    Connection(ConnId),
 }
 
 /// A frame to send on.

@@ -93,7 +93,8 @@ sluice_run() { # config vip
     echo "$out" | sed -n 's/.*rate \([0-9.]*\) Mpps.*/\1/p' | tail -1 | tr '\n' ' '
     echo "$out" | awk '/^worker [0-9]+:/ { for (i = 1; i < NF; i++) { if ($i == "rx") rx += $(i + 1); if ($i == "forwarded") fw += $(i + 1) } }
         END { if (rx > 0) printf "%.4f ", fw / rx; else printf "0 " }'
-    echo "$out" | awk -v vip="$2:80" '$2 == vip { if ($4 > 0) printf "%.3f", $3 / $4; exit }'
+    # The exit summary's service line names the VIP as 10.0.0.100:80 or [2001:db8::100]:80.
+    echo "$out" | awk -v vip="$2" '$2 == vip ":80" || $2 == "[" vip "]:80" { if ($4 > 0) printf "%.3f", $3 / $4; exit }'
     echo
 }
 

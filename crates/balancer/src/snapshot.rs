@@ -115,31 +115,6 @@ pub struct Route {
     pub mac: MacWord,
 }
 
-/// A TUN backend's tunnel: its outer addresses, and the longest IP packet that fits in it whole over the egress
-/// port's MTU (a longer one is fragmented or answered too-big by the full decision).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Tunnel {
-    pub outer_src: WireAddr,
-    pub outer_dst: WireAddr,
-    pub max_inner_len: u16,
-}
-
-impl Tunnel {
-    fn new(outer_src: IpAddr, backend: IpAddr, egress: Option<&PortSpec>) -> Tunnel {
-        let outer_len = if outer_src.is_ipv4() {
-            packet::IPV4_HEADER_LEN
-        } else {
-            packet::IPV6_HEADER_LEN
-        } as u16;
-        let mtu = egress.map_or(u16::MAX, |port| port.mtu);
-        Tunnel {
-            outer_src: WireAddr::from(outer_src),
-            outer_dst: WireAddr::from(backend),
-            max_inner_len: mtu.saturating_sub(outer_len),
-        }
-    }
-}
-
 /// A service as workers use it.
 #[derive(Debug)]
 pub struct Service {
@@ -252,8 +227,6 @@ pub struct Snapshot {
     by_backend: Vec<Option<BackendPlace>>,
     /// Each backend's route, by backend id: all an established DR flow asks of the snapshot, one load away.
     routes_by_backend: Vec<Option<Route>>,
-    /// Each TUN backend's tunnel, by backend id: what an established TUN flow adds to its route.
-    tunnels_by_backend: Vec<Option<Tunnel>>,
     /// NAT backends' (address, port, protocol) -> service index, to recognise their replies.
     nat_backends: PlaceMap<u32>,
     /// NAT backends that serve several services (as IPVS allows) -> those services' indices: a reply is mapped by
@@ -313,7 +286,6 @@ impl Snapshot {
             by_key: PlaceMap::default(),
             by_backend: Vec::new(),
             routes_by_backend: Vec::new(),
-            tunnels_by_backend: Vec::new(),
             nat_backends: PlaceMap::default(),
             shared_nat_backends: PlaceMap::default(),
             owned,
@@ -423,16 +395,6 @@ impl Snapshot {
             }
             let maglev = MaglevTable::build(&service_spec.backends, spec.maglev_size)
                 .map_err(|error| SnapshotError::Maglev(name.clone(), error))?;
-            if let (ForwardingMode::Tun, Some(outer_src)) = (service_spec.mode, tunnel_source) {
-                for (backend, route) in service_spec.backends.iter().zip(&routes) {
-                    let tunnel = Tunnel::new(outer_src, backend.addr, snapshot.port(route.port));
-                    let slot = backend.id.0 as usize;
-                    if snapshot.tunnels_by_backend.len() <= slot {
-                        snapshot.tunnels_by_backend.resize(slot + 1, None);
-                    }
-                    snapshot.tunnels_by_backend[slot] = Some(tunnel);
-                }
-            }
             snapshot.services.push(Service {
                 key: service_spec.key,
                 mode: service_spec.mode,
@@ -479,12 +441,6 @@ impl Snapshot {
     #[inline(always)]
     pub fn backend_route(&self, id: BackendId) -> Option<&Route> {
         self.routes_by_backend.get(id.0 as usize)?.as_ref()
-    }
-
-    /// The tunnel to TUN backend `id`; `None` for other backends and once it has been removed.
-    #[inline(always)]
-    pub fn backend_tunnel(&self, id: BackendId) -> Option<&Tunnel> {
-        self.tunnels_by_backend.get(id.0 as usize)?.as_ref()
     }
 
     /// The NAT service whose backend `addr:port` sends a reply over `protocol`.

@@ -111,19 +111,6 @@ impl WorkerState {
             *verdict = forward(route, Rewrite::Connection(id), Some(backend), false, false);
             return Established::Forwarded;
         }
-        // TUN: the backend's tunnel as the snapshot keeps it, when the frame fits in it whole.
-        if let Some(tunnel) = snapshot.backend_tunnel(backend) {
-            if layout.l3_len <= tunnel.max_inner_len {
-                let rewrite = Rewrite::Encapsulate {
-                    outer_src: tunnel.outer_src,
-                    outer_dst: tunnel.outer_dst,
-                };
-                *verdict = forward(route, rewrite, Some(backend), false, false);
-                return Established::Forwarded;
-            }
-        }
-        // Too long for the tunnel: fragmented, or answered too-big.
-        cold_path();
         match (self.conns.wire_endpoints(id), snapshot.backend(backend)) {
             (Some(endpoints), Some((service, _, _))) => {
                 *verdict = forward_on(
@@ -131,7 +118,10 @@ impl WorkerState {
                 );
                 Established::Forwarded
             }
-            _ => Established::Other,
+            _ => {
+                cold_path();
+                Established::Other
+            }
         }
     }
 

@@ -448,7 +448,25 @@ fn tun_encapsulates_from_the_tunnel_source_and_fragments_or_answers_too_big() {
                 .backend
                 .map(|id| harness.tables.snapshot.backend(id).unwrap().1.addr)
         );
+        // The connection's later frames are encapsulated alike, up to the longest that fits in the tunnel whole.
+        let outer = if v6 { 40 } else { 20 };
+        let mut fits = tcp(src, 40000, vip(v6), 80, ACK);
+        for len in [60, 1500 - outer] {
+            fits.l3_len = len;
+            assert_eq!(
+                forwarded(harness.decide(&fits)).rewrite,
+                request.rewrite,
+                "{len} bytes"
+            );
+        }
         let mut big = tcp(src, 40000, vip(v6), 80, ACK);
+        big.l3_len = 1500 - outer + 1;
+        if !v6 {
+            assert!(matches!(
+                forwarded(harness.decide(&big)).rewrite,
+                Rewrite::EncapsulateInFragments { .. }
+            ));
+        }
         big.l3_len = 1500;
         // An IPv4 packet that may be fragmented is sent in outer fragments; IPv6, and IPv4 with don't-fragment,
         // learn the path MTU.
@@ -467,7 +485,6 @@ fn tun_encapsulates_from_the_tunnel_source_and_fragments_or_answers_too_big() {
             );
             big.dont_fragment = true;
         }
-        let outer = if v6 { 40 } else { 20 };
         assert_eq!(
             harness.decide(&big),
             Action::TooBig {

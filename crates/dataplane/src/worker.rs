@@ -1251,12 +1251,13 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
 
     #[inline(always)]
     fn enqueue(&mut self, port: usize, frame: R::Frame) {
-        if self.pending[port].is_full() {
-            cold_path();
-            self.flush(port);
-        }
-        if let Err(full) = self.pending[port].try_push(frame) {
-            cold_path();
+        // One check on the common path: a full burst is sent, then the frame is queued behind it.
+        let Err(full) = self.pending[port].try_push(frame) else {
+            return;
+        };
+        cold_path();
+        self.flush(port);
+        if let Err(full) = self.pending[port].try_push(full.element()) {
             self.drop_frame(full.element(), DropReason::TxFull);
         }
     }

@@ -104,6 +104,15 @@ fn rig(spec: &SnapshotSpec, workers: u16) -> Rig {
 
 /// A rig whose ports are on the given VLANs.
 fn rig_on_vlans(spec: &SnapshotSpec, workers: u16, vlans: [Option<u16>; 2]) -> Rig {
+    rig_with(spec, workers, vlans, WorkerConfig::default())
+}
+
+fn rig_with(
+    spec: &SnapshotSpec,
+    workers: u16,
+    vlans: [Option<u16>; 2],
+    config: WorkerConfig,
+) -> Rig {
     let snapshot = Arc::new(Snapshot::build(spec, 1).unwrap());
     let neighbors = Arc::new(NeighborTable::new(256));
     neighbors.set_static(0, ip("10.0.0.2"), CLIENT_MAC).unwrap();
@@ -165,7 +174,7 @@ fn rig_on_vlans(spec: &SnapshotSpec, workers: u16, vlans: [Option<u16>; 2]) -> R
                 incoming: receive,
                 retired,
             },
-            WorkerConfig::default(),
+            config,
         ));
         rig.inboxes.push(inboxes);
         rig.outboxes.push(outboxes);
@@ -375,6 +384,41 @@ fn every_mode_rewrites_exactly_its_fields_in_both_families() {
             assert_eq!(used.len(), 3, "{mode:?}");
         }
     }
+}
+
+#[test]
+fn more_frames_to_one_port_in_a_poll_than_a_transmit_burst_holds_are_all_sent_in_order() {
+    // Two full bursts of 64, one on each port, all to backends behind port 1: the port's transmit burst fills
+    // halfway through the second and is sent, and the rest queue behind it.
+    let config = WorkerConfig {
+        burst: 64,
+        ..WorkerConfig::default()
+    };
+    let mut rig = rig_with(&spec(ForwardingMode::Dr, 1, true), 1, [None, None], config);
+    let frame = |port: usize, flow: u16| {
+        to_port(
+            port,
+            tcp_frame(
+                ip("10.0.0.2"),
+                20000 + flow,
+                ip("10.0.0.100"),
+                80,
+                true,
+                b"",
+            ),
+        )
+    };
+    for flow in 0..64 {
+        rig.send(0, 0, frame(0, flow));
+        rig.send(0, 1, frame(1, 64 + flow));
+    }
+    rig.poll_all(1);
+    let out = rig.take(0, 1);
+    let stats = rig.workers[0].stats();
+    assert_eq!(out.len(), 128, "{stats:?}");
+    assert_eq!(stats.total_drops(), 0, "{stats:?}");
+    let ports: Vec<u16> = out.iter().map(|frame| read(frame).2).collect();
+    assert_eq!(ports, (20000..20128).collect::<Vec<u16>>());
 }
 
 #[test]

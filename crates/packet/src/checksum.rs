@@ -53,21 +53,19 @@ pub fn ipv4_fixed_header_checksum_ok(header: &[u8; 20]) -> bool {
             header[at + 3],
         ]))
     };
-    // Five 32-bit words: below 2^35. Each step below halves the width that can carry.
-    let total = word(0) + word(4) + word(8) + word(12) + word(16);
-    let total = (total & 0xffff_ffff) + (total >> 32);
-    let total = (total & 0xffff) + (total >> 16);
-    let total = (total & 0xffff) + (total >> 16);
-    (total & 0xffff) + (total >> 16) == 0xffff
+    // Five 32-bit words: below 2^35.
+    fold(word(0) + word(4) + word(8) + word(12) + word(16)) == 0xffff
 }
 
 /// Folds a sum to 16 bits (not complemented).
 #[inline]
-pub fn fold(mut total: u64) -> u16 {
-    while total > 0xffff {
-        total = (total & 0xffff) + (total >> 16);
-    }
-    total as u16
+pub fn fold(total: u64) -> u16 {
+    // Two end-around-carry additions, halving the width each time, with no loop: a carry out of an addition
+    // leaves its low half below the maximum, so adding the carry back cannot carry again. Zero only for zero.
+    let (low, carry) = (total as u32).overflowing_add((total >> 32) as u32);
+    let total = low + u32::from(carry);
+    let (low, carry) = (total as u16).overflowing_add((total >> 16) as u16);
+    low + u16::from(carry)
 }
 
 /// The checksum field value for data whose sum is `total`.
@@ -132,6 +130,32 @@ mod tests {
         assert_eq!(finish(sum(&data)), !0xddf2);
     }
 
+    /// Folding 16 bits at a time until the sum fits: the definition the loop-free [`fold`] must meet.
+    fn fold_by_repeated_addition(mut total: u64) -> u16 {
+        while total > 0xffff {
+            total = (total & 0xffff) + (total >> 16);
+        }
+        total as u16
+    }
+
+    #[test]
+    fn fold_at_the_carry_edges() {
+        for total in [
+            0,
+            1,
+            0xffff,
+            0x1_0000,
+            0x1_fffe,
+            0x1_ffff,
+            0xffff_ffff,
+            0x1_0000_0000,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            assert_eq!(fold(total), fold_by_repeated_addition(total), "{total:#x}");
+        }
+    }
+
     proptest! {
         /// Summing 32-bit words folds to what summing the 16-bit words (the RFC 1071 definition) folds to.
         #[test]
@@ -142,6 +166,12 @@ mod tests {
                 reference += high | pair.get(1).map_or(0, |&low| u64::from(low));
             }
             prop_assert_eq!(fold(sum(&data)), fold(reference));
+        }
+
+        #[test]
+        fn fold_equals_folding_by_repeated_addition(total in any::<u64>(), width in 0u32..64) {
+            let total = total >> width;
+            prop_assert_eq!(fold(total), fold_by_repeated_addition(total));
         }
 
         #[test]

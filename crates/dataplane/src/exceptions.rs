@@ -73,7 +73,7 @@ impl ExceptionSync {
     /// This turn's share: store what the peers sent, then advance the scan by its budget.
     pub fn between_bursts(&mut self, state: &mut WorkerState, snapshot: &Snapshot, now_ms: u64) {
         for _ in 0..self.links.store_budget {
-            let Ok(exception) = self.links.incoming.try_recv() else {
+            let Some(exception) = crate::control_queue::take_ready(&self.links.incoming) else {
                 break;
             };
             state.exceptions.store(&exception, now_ms);

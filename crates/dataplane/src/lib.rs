@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 pub mod awaiting_neighbor;
 pub mod build;
+pub mod control_queue;
 pub mod exceptions;
 pub mod fuzzing;
 pub mod handoff;

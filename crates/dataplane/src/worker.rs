@@ -398,7 +398,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
         }
         self.answer_trace_queries(now_ms);
         if let Some(channel) = &self.listing {
-            if let Ok(query) = channel.queries.try_recv() {
+            if let Some(query) = crate::control_queue::take_ready(&channel.queries) {
                 let state = &mut self.engine.state;
                 let answer = crate::listing::answer_query(
                     &mut state.conns,
@@ -590,7 +590,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
 
     fn answer_trace_queries(&mut self, now_ms: u64) {
         let Some(channel) = &self.trace else { return };
-        while let Ok(query) = channel.queries.try_recv() {
+        while let Some(query) = crate::control_queue::take_ready(&channel.queries) {
             let state = &mut self.engine.state;
             let connection = state.conns.lookup(&query.flow, now_ms).and_then(|hit| {
                 let conn = state.conns.get(hit.id)?;
@@ -612,7 +612,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
     }
 
     fn take_new_tables(&mut self, now_ms: u64) {
-        while let Ok(tables) = self.updates.incoming.try_recv() {
+        while let Some(tables) = crate::control_queue::take_ready(&self.updates.incoming) {
             let old = std::mem::replace(&mut self.engine.tables, tables);
             // New backends or gateways are asked for in this very turn.
             self.engine.next_hops_resolved_ms = None;

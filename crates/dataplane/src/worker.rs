@@ -224,6 +224,8 @@ struct Engine<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     state: WorkerState,
     tables: WorkerTables,
     ports: Vec<PortQueues<R, T>>,
+    /// Each port's MAC as [`Engine::addressed_to_port`] compares it, formed once.
+    port_mac_words: Vec<u64>,
     pending: Vec<Burst<R::Frame>>,
     handoffs: HandoffLinks<R::Frame>,
     /// The per-port kernel exception path (`crate::kernel`), when attached.
@@ -259,6 +261,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
         config: WorkerConfig,
     ) -> Worker<R, T> {
         let pending = ports.iter().map(|_| Burst::new()).collect();
+        let port_mac_words = ports.iter().map(|queues| mac_word(queues.mac)).collect();
         let full_turns = vec![0; ports.len()];
         let first_tunnel_fragment_id = state.place.index;
         let expiry = ExpiryPacer::new(state.conns.capacity(), config.expire_sweep_ms);
@@ -276,6 +279,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 state,
                 tables,
                 ports,
+                port_mac_words,
                 pending,
                 handoffs,
                 exception: None,
@@ -730,9 +734,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
             cold_path();
             return true;
         }
-        self.ports
-            .get(usize::from(ingress))
-            .is_some_and(|queues| destination == mac_word(queues.mac))
+        self.port_mac_words.get(usize::from(ingress)) == Some(&destination)
     }
 
     /// Carries out the decision about `frame` (taken by reference: the decision just wrote it, and copying it

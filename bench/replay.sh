@@ -32,14 +32,13 @@ fi
 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
+# shellcheck source=bench/testpmd.sh
+source "$(dirname "$0")/testpmd.sh"
+
 testpmd_rate() { # pcap mbufs
-    local packets
-    packets=$( (echo start; sleep "$SECONDS_PER_RUN"; echo stop; sleep 0.5; echo quit) |
-        dpdk-testpmd --in-memory --no-pci --no-telemetry -l "0,$WORKER_CPU" \
-            --vdev="net_pcap0,rx_pcap=$1,infinite_rx=1" -- -i --forward-mode=macswap --nb-cores=1 --burst=32 \
-            --total-num-mbufs="$2" 2> /dev/null |
-        grep -A2 'Accumulated forward statistics' | sed -n 's/.*RX-packets: *\([0-9]*\).*/\1/p' | head -1)
-    awk -v p="${packets:-0}" -v s="$SECONDS_PER_RUN" 'BEGIN { printf "%.3f", p / s / 1e6 }'
+    testpmd_mpps "$SECONDS_PER_RUN" --in-memory --no-pci --no-telemetry -l "0,$WORKER_CPU" \
+        --vdev="net_pcap0,rx_pcap=$1,infinite_rx=1" -- -i --forward-mode=macswap --nb-cores=1 --burst=32 \
+        --total-num-mbufs="$2"
 }
 
 sluice_config() { # mode family pcap mbufs [conntrack capacity]

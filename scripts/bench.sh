@@ -77,14 +77,11 @@ EOF
 duration_ms=$((SECONDS_PER_RUN * 1000))
 sluice_pipe=$("$SLUICE" run --config "$work/pipe.toml" --duration-ms "$duration_ms" 2>/dev/null | sed -n 's/.*rate \([0-9.]*\) Mpps.*/\1/p')
 
+# shellcheck source=bench/testpmd.sh
+source bench/testpmd.sh
 testpmd_rate() {
-    local mode=$1
-    local packets
-    packets=$( (echo start; sleep "$SECONDS_PER_RUN"; echo stop; sleep 1; echo quit) |
-        dpdk-testpmd "${TESTPMD_MEMORY[@]}" --no-pci --no-telemetry -l "0,$WORKER_CPU" \
-            --vdev=net_null0 --vdev=net_null1 -- -i --forward-mode="$mode" --nb-cores=1 --burst=32 2>/dev/null |
-        grep -A2 'Accumulated forward statistics' | sed -n 's/.*RX-packets: *\([0-9]*\).*/\1/p' | head -1)
-    awk -v p="${packets:-0}" -v s="$SECONDS_PER_RUN" 'BEGIN { printf "%.3f", p / s / 1e6 }'
+    testpmd_mpps "$SECONDS_PER_RUN" "${TESTPMD_MEMORY[@]}" --no-pci --no-telemetry -l "0,$WORKER_CPU" \
+        --vdev=net_null0 --vdev=net_null1 -- -i --forward-mode="$1" --nb-cores=1 --burst=32
 }
 testpmd_io=$(testpmd_rate io)
 testpmd_macswap=$(testpmd_rate macswap)
@@ -152,7 +149,8 @@ PY
 }
 start_generator() {
     rm -f "$work/memif.sock"
-    (echo start; sleep $((SECONDS_PER_RUN + 3)); echo stop; sleep 1; echo quit) |
+    # Long enough for the forwarder's warm-up and measured seconds (testpmd_mpps) and its start.
+    (echo start; sleep $((SECONDS_PER_RUN + ${TESTPMD_WARMUP:-2} + 3)); echo stop; sleep 1; echo quit) |
         dpdk-testpmd "${TESTPMD_MEMORY[@]}" --no-pci --no-telemetry -l "0,$WORKER_CPU" --file-prefix bench-gen \
             --vdev="net_memif0,role=server,socket=$work/memif.sock" -- -i --forward-mode=flowgen \
             --flowgen-flows=1024 --nb-cores=1 --burst=32 > "$work/generator.log" 2>&1 &
@@ -166,13 +164,11 @@ cross_rows=""
 if [ "$(nproc)" -ge 2 ]; then
     for round in $(seq "$ROUNDS"); do
         start_generator
-        macswap_out=$( (echo start; sleep "$SECONDS_PER_RUN"; echo stop; sleep 1; echo quit) |
-            dpdk-testpmd "${TESTPMD_MEMORY[@]}" --no-pci --no-telemetry --lcores "0@0,2@0" --file-prefix bench-fwd \
-                --vdev="net_memif0,role=client,socket=$work/memif.sock" -- -i --forward-mode=macswap --nb-cores=1 \
-                --burst=32 2> /dev/null | grep -A2 'Accumulated forward statistics')
+        testpmd_mpps "$SECONDS_PER_RUN" "${TESTPMD_MEMORY[@]}" --no-pci --no-telemetry --lcores "0@0,2@0" \
+            --file-prefix bench-fwd --vdev="net_memif0,role=client,socket=$work/memif.sock" -- -i \
+            --forward-mode=macswap --nb-cores=1 --burst=32 >> "$work/memif-macswap"
+        echo >> "$work/memif-macswap"
         wait "$generator" || true
-        macswap_rx=$(echo "$macswap_out" | sed -n 's/.*RX-packets: *\([0-9]*\).*/\1/p' | head -1)
-        awk -v p="${macswap_rx:-0}" -v s="$SECONDS_PER_RUN" 'BEGIN { printf "%.3f\n", p / s / 1e6 }' >> "$work/memif-macswap"
         for mode in dr nat fullnat tun; do
             flowgen_config "$mode" "$work/memif"
             start_generator
@@ -258,7 +254,10 @@ received forever; transmitted frames are dropped by the vdev) with one worker on
 \`--forward-mode=macswap\`, sluice runs each forwarding mode with a two-backend Maglev service. Each round runs
 testpmd, then sluice in every mode, on the same pcap; the table shows medians of ${ROUNDS} rounds and the ratio of
 the medians. The pcap of N flows holds max(N, 8192) frames, cycling over the flows, so every frame after the
-first pass is a connection-table hit. \`bench/replay.sh\` runs this alone.
+first pass is a connection-table hit. \`bench/replay.sh\` runs this alone. Each rate covers only the time its
+forwarder forwarded: sluice's from its worker's own count and clock, testpmd's as testpmd measures it between two
+\`show port stats all\` after a warm-up (\`bench/testpmd.sh\`), so neither counts its start-up (loading a pcap of 1M
+frames takes testpmd about a second).
 
 The second table replays 524288 SYNs, each of its own flow, through a connection table of 262144 entries: every
 frame opens a connection and evicts the oldest (the line under it shows the connections opened per frame, from

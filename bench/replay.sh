@@ -41,48 +41,8 @@ testpmd_rate() { # pcap mbufs
         --total-num-mbufs="$2"
 }
 
-sluice_config() { # mode family pcap mbufs [conntrack capacity]
-    local mode=$1 family=$2 pcap=$3 mbufs=$4 capacity=${5:-2097152} vip net port_addr backend1 backend2 tunnel local
-    if [ "$family" = ipv4 ]; then
-        vip=10.0.0.100 port_addr=10.0.0.1/16 backend1=10.0.1.11 backend2=10.0.1.12 tunnel=10.0.0.1
-        local=$(seq -s ', ' -f '"10.0.2.%g"' 5 20)
-    else
-        vip=2001:db8::100 port_addr=2001:db8::1/64 backend1=2001:db8::1:11 backend2=2001:db8::1:12
-        tunnel=2001:db8::1
-        local=$(for i in $(seq 5 20); do printf '"2001:db8::2:%x", ' "$i"; done | sed 's/, $//')
-    fi
-    net="tunnel_source_${family/ip/}= \"$tunnel\""
-    net=${net/tunnel_source_v4=/tunnel_source_v4 =}
-    net=${net/tunnel_source_v6=/tunnel_source_v6 =}
-    cat <<CONF
-[eal]
-args = ["--in-memory", "--no-pci", "--no-telemetry", "-l", "0"]
-[[port]]
-name = "wan"
-device = "net_pcap0,rx_pcap=$pcap,infinite_rx=1"
-addresses = ["$port_addr"]
-mac = "02:00:00:00:00:01"
-[workers]
-cores = [$WORKER_CPU]
-burst = 32
-mempool_size = $mbufs
-[network]
-conntrack_capacity = $capacity
-$net
-local_addresses = [$local]
-[[service]]
-vip = "$vip"
-port = 80
-protocol = "tcp"
-mode = "$mode"
-[[service.backend]]
-address = "$backend1"
-mac = "02:be:00:00:00:01"
-[[service.backend]]
-address = "$backend2"
-mac = "02:be:00:00:00:02"
-CONF
-}
+# shellcheck source=bench/replay-config.sh
+source "$(dirname "$0")/replay-config.sh"
 
 # One run: the rate, the share of received frames forwarded (from the worker's line of the exit summary) and, from
 # the service's line (Conns, InPkts), the connections opened per frame.

@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
 # Instructions per frame of the worker path, counted by callgrind: a figure that does not drift with the load of a
-# shared machine, for comparing two builds where Mpps cannot. `sluice bench` runs one second under valgrind
-# (1K flows, established, unless extra arguments say otherwise); the count is the worker's poll loop with the
-# in-process generator and counting sink taken out, divided by the frames it handled.
-# Needs valgrind (`apt-get install valgrind`).
+# shared machine, for comparing two builds where Mpps cannot. Needs valgrind (`apt-get install valgrind`).
 #
-# Usage: bench/instructions.sh SLUICE [mode ...] [-- extra sluice bench arguments, e.g. --v6 or --new-connections]
-# Example: bench/instructions.sh target/release/sluice dr nat fullnat tun
+# Two workloads:
+# - by default, `sluice bench` runs one second under valgrind (1K flows, established, unless extra arguments say
+#   otherwise); the count is the worker's poll loop with the in-process generator and counting sink taken out,
+#   divided by the frames it handled;
+# - with --replay, `sluice run` forwards the headline's replay (bench/replay-config.sh, without hugepages): the
+#   worker as it runs on a DPDK port, the net_pcap PMD's receive and transmit included, as in every replay figure;
+#   the count is the worker thread's whole loop divided by the frames it received. The extra arguments are the
+#   family and the flows (default ipv4 1000).
+#
+# Usage: bench/instructions.sh SLUICE [--replay] [mode ...] [-- extra arguments]
+# Examples: bench/instructions.sh target/release/sluice dr nat fullnat tun
+#           bench/instructions.sh target/release/sluice --replay dr nat -- ipv6 1000
 set -euo pipefail
 SLUICE=$1
 shift
+replay=false
+if [ "${1:-}" = "--replay" ]; then
+    replay=true
+    shift
+fi
 modes=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do
     modes+=("$1")
@@ -23,6 +35,39 @@ trap 'rm -rf "$work"' EXIT
 
 # The largest inclusive count of the lines matching $1 in the annotation $2.
 largest() { grep -E "$1" "$2" | awk '{ gsub(",", "", $1); if ($1 + 0 > m) m = $1 + 0 } END { print m + 0 }'; }
+
+# Per mode, sluice run on the replay of FAMILY and FLOWS.
+count_replay() { # family flows
+    local family=$1 flows=$2 vip=10.0.0.100 frames loop received
+    [ "$family" = ipv6 ] && vip=2001:db8::100
+    frames=$((flows > 8192 ? flows : 8192))
+    WORKER_CPU=1
+    if [ "$(nproc)" -lt 2 ]; then WORKER_CPU=0; fi
+    EAL_MEMORY='"--no-huge", "-m", "1024"'
+    # shellcheck source=bench/replay-config.sh
+    source "$(dirname "$0")/replay-config.sh"
+    "$SLUICE" generate --out "$work/replay.pcap" --vip "$vip" --flows "$flows" --frames "$frames" \
+        --dst-mac 02:00:00:00:00:01 > /dev/null
+    echo "| mode | family | flows | instructions per frame | frames counted |"
+    echo "|---|---|---|---|---|"
+    for mode in "${modes[@]}"; do
+        sluice_config "$mode" "$family" "$work/replay.pcap" $((frames + 16384)) > "$work/$mode.toml"
+        valgrind --tool=callgrind --callgrind-out-file="$work/$mode.callgrind" "$SLUICE" run \
+            --config "$work/$mode.toml" --max-packets 400000 > "$work/$mode.log" 2>&1
+        callgrind_annotate --inclusive=yes "$work/$mode.callgrind" 2> /dev/null > "$work/inclusive"
+        # The worker thread's closure holds its whole loop, poll and clock.
+        loop=$(largest "run_balancer::\{\{closure\}\} \[" "$work/inclusive")
+        received=$(sed -n 's/^worker 0: rx \([0-9]*\).*/\1/p' "$work/$mode.log")
+        awk -v m="$mode" -v fam="$family" -v n="$flows" -v l="$loop" -v r="${received:-0}" \
+            'BEGIN { if (r == 0 || l == 0) { printf "| %s | %s | %s | not counted | 0 |\n", m, fam, n; exit }
+                     printf "| %s | %s | %s | %.1f | %d |\n", m, fam, n, l / r, r }'
+    done
+}
+
+if $replay; then
+    count_replay "${1:-ipv4}" "${2:-1000}"
+    exit 0
+fi
 
 echo "| mode | arguments | instructions per frame | frames counted |"
 echo "|---|---|---|---|"

@@ -14,32 +14,11 @@ trap 'rm -rf "$work"' EXIT
 frames=$((FLOWS > 8192 ? FLOWS : 8192))
 "$SLUICE" generate --out "$work/replay.pcap" --vip 10.0.0.100 --flows "$FLOWS" --frames "$frames" \
     --dst-mac 02:00:00:00:00:01 > /dev/null
-cat > "$work/sluice.toml" << CONF
-[eal]
-args = ["--in-memory", "--no-pci", "--no-telemetry", "-l", "0"]
-[[port]]
-name = "wan"
-device = "net_pcap0,rx_pcap=$work/replay.pcap,infinite_rx=1"
-addresses = ["10.0.0.1/16"]
-mac = "02:00:00:00:00:01"
-[workers]
-cores = [1]
-mempool_size = $((frames + 16384))
-[network]
-tunnel_source_v4 = "10.0.0.1"
-local_addresses = ["10.0.2.5"]
-[[service]]
-vip = "10.0.0.100"
-port = 80
-protocol = "tcp"
-mode = "$MODE"
-[[service.backend]]
-address = "10.0.1.11"
-mac = "02:be:00:00:00:01"
-[[service.backend]]
-address = "10.0.1.12"
-mac = "02:be:00:00:00:02"
-CONF
+# The headline's configuration (bench/replay.sh), on CPU 1 where perf samples.
+WORKER_CPU=1
+# shellcheck source=bench/replay-config.sh
+source "$(dirname "$0")/replay-config.sh"
+sluice_config "$MODE" ipv4 "$work/replay.pcap" $((frames + 16384)) > "$work/sluice.toml"
 "$SLUICE" run --config "$work/sluice.toml" --duration-ms 6000 > /dev/null 2>&1 &
 sluice=$!
 sleep 2

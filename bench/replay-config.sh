@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The sluice configuration of the replay benchmark, sourced by bench/replay.sh and bench/replay-instructions.sh.
+# The sluice configuration of the replay benchmark, sourced by bench/replay.sh, bench/instructions.sh --replay and
+# bench/profile.sh.
 #
 # sluice_config MODE FAMILY PCAP MBUFS [CONNTRACK CAPACITY]: prints a configuration with one port replaying PCAP
 # forever (net_pcap, infinite_rx), one worker on CPU $WORKER_CPU, and a two-backend Maglev service in MODE for

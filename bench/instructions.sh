@@ -38,20 +38,18 @@ largest() { grep -E "$1" "$2" | awk '{ gsub(",", "", $1); if ($1 + 0 > m) m = $1
 
 # Per mode, sluice run on the replay of FAMILY and FLOWS.
 count_replay() { # family flows
-    local family=$1 flows=$2 vip=10.0.0.100 frames loop received
-    [ "$family" = ipv6 ] && vip=2001:db8::100
-    frames=$((flows > 8192 ? flows : 8192))
+    local family=$1 flows=$2 mbufs loop received
     WORKER_CPU=1
     if [ "$(nproc)" -lt 2 ]; then WORKER_CPU=0; fi
     EAL_MEMORY='"--no-huge", "-m", "1024"'
     # shellcheck source=bench/replay-config.sh
     source "$(dirname "$0")/replay-config.sh"
-    "$SLUICE" generate --out "$work/replay.pcap" --vip "$vip" --flows "$flows" --frames "$frames" \
-        --dst-mac 02:00:00:00:00:01 > /dev/null
+    replay_pcap "$SLUICE" "$family" "$flows" "$work/replay.pcap"
+    mbufs=$(($(replay_frames "$flows") + 16384))
     echo "| mode | family | flows | instructions per frame | frames counted |"
     echo "|---|---|---|---|---|"
     for mode in "${modes[@]}"; do
-        sluice_config "$mode" "$family" "$work/replay.pcap" $((frames + 16384)) > "$work/$mode.toml"
+        sluice_config "$mode" "$family" "$work/replay.pcap" "$mbufs" > "$work/$mode.toml"
         valgrind --tool=callgrind --callgrind-out-file="$work/$mode.callgrind" "$SLUICE" run \
             --config "$work/$mode.toml" --max-packets 400000 > "$work/$mode.log" 2>&1
         callgrind_annotate --inclusive=yes "$work/$mode.callgrind" 2> /dev/null > "$work/inclusive"

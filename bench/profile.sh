@@ -11,14 +11,12 @@ FLOWS=${3:-1000}
 command -v perf > /dev/null || { echo "profile.sh: perf is not installed (apt-get install linux-perf)" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-frames=$((FLOWS > 8192 ? FLOWS : 8192))
-"$SLUICE" generate --out "$work/replay.pcap" --vip 10.0.0.100 --flows "$FLOWS" --frames "$frames" \
-    --dst-mac 02:00:00:00:00:01 > /dev/null
-# The headline's configuration (bench/replay.sh), on CPU 1 where perf samples.
+# The headline's replay and configuration (bench/replay.sh), on CPU 1 where perf samples.
 WORKER_CPU=1
 # shellcheck source=bench/replay-config.sh
 source "$(dirname "$0")/replay-config.sh"
-sluice_config "$MODE" ipv4 "$work/replay.pcap" $((frames + 16384)) > "$work/sluice.toml"
+replay_pcap "$SLUICE" ipv4 "$FLOWS" "$work/replay.pcap"
+sluice_config "$MODE" ipv4 "$work/replay.pcap" $(($(replay_frames "$FLOWS") + 16384)) > "$work/sluice.toml"
 "$SLUICE" run --config "$work/sluice.toml" --duration-ms 6000 > /dev/null 2>&1 &
 sluice=$!
 sleep 2

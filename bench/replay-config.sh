@@ -5,14 +5,33 @@
 # sluice_config MODE FAMILY PCAP MBUFS [CONNTRACK CAPACITY]: prints a configuration with one port replaying PCAP
 # forever (net_pcap, infinite_rx), one worker on CPU $WORKER_CPU, and a two-backend Maglev service in MODE for
 # FAMILY (ipv4 or ipv6). EAL_MEMORY (default "--in-memory") is the EAL's memory argument, as TOML strings.
+# replay_vip FAMILY, replay_frames FLOWS and replay_pcap SLUICE FAMILY FLOWS OUT give the replay it forwards.
+
+# The service's VIP for FAMILY.
+replay_vip() {
+    if [ "$1" = ipv4 ]; then echo 10.0.0.100; else echo 2001:db8::100; fi
+}
+
+# The frames of a replay of FLOWS flows: at least 8192, so that a short replay is not all start-up.
+replay_frames() {
+    echo $(($1 > 8192 ? $1 : 8192))
+}
+
+# Writes to OUT the client traffic of FLOWS flows to FAMILY's VIP, addressed to the port's MAC.
+replay_pcap() { # sluice family flows out
+    "$1" generate --out "$4" --vip "$(replay_vip "$2")" --flows "$3" --frames "$(replay_frames "$3")" \
+        --dst-mac 02:00:00:00:00:01 > /dev/null
+}
+
 sluice_config() { # mode family pcap mbufs [conntrack capacity]
     local mode=$1 family=$2 pcap=$3 mbufs=$4 capacity=${5:-2097152} vip net port_addr backend1 backend2 tunnel local
     local eal_memory=${EAL_MEMORY:-'"--in-memory"'}
+    vip=$(replay_vip "$family")
     if [ "$family" = ipv4 ]; then
-        vip=10.0.0.100 port_addr=10.0.0.1/16 backend1=10.0.1.11 backend2=10.0.1.12 tunnel=10.0.0.1
+        port_addr=10.0.0.1/16 backend1=10.0.1.11 backend2=10.0.1.12 tunnel=10.0.0.1
         local=$(seq -s ', ' -f '"10.0.2.%g"' 5 20)
     else
-        vip=2001:db8::100 port_addr=2001:db8::1/64 backend1=2001:db8::1:11 backend2=2001:db8::1:12
+        port_addr=2001:db8::1/64 backend1=2001:db8::1:11 backend2=2001:db8::1:12
         tunnel=2001:db8::1
         local=$(for i in $(seq 5 20); do printf '"2001:db8::2:%x", ' "$i"; done | sed 's/, $//')
     fi

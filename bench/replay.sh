@@ -102,13 +102,10 @@ echo "| flows | family | testpmd macswap Mpps | DR Mpps | ratio | NAT | ratio | 
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
 for flows in "${FLOWS[@]}"; do
     for family in ipv4 ipv6; do
-        frames=$((flows > 8192 ? flows : 8192))
-        mbufs=$((frames + 16384))
+        mbufs=$(($(replay_frames "$flows") + 16384))
         pcap="$work/replay-$family-$flows.pcap"
-        vip=10.0.0.100
-        [ "$family" = ipv6 ] && vip=2001:db8::100
-        "$SLUICE" generate --out "$pcap" --vip "$vip" --flows "$flows" --frames "$frames" \
-            --dst-mac 02:00:00:00:00:01 > /dev/null
+        vip=$(replay_vip "$family")
+        replay_pcap "$SLUICE" "$family" "$flows" "$pcap"
         for mode in dr nat fullnat tun; do
             sluice_config "$mode" "$family" "$pcap" "$mbufs" > "$work/$mode.toml"
         done
@@ -124,7 +121,7 @@ if [ "$NEW_SYN_FRAMES" -gt 0 ]; then
     echo "| new SYN every frame | family | testpmd macswap Mpps | DR M conn/s | ratio | NAT | ratio | FULLNAT | ratio | TUN | ratio |"
     echo "|---|---|---|---|---|---|---|---|---|---|---|"
     family=ipv4
-    vip=10.0.0.100
+    vip=$(replay_vip "$family")
     mbufs=$((NEW_SYN_FRAMES + 16384))
     pcap="$work/new-syn.pcap"
     # Each flow's first frame is a SYN: as many flows as frames make every frame a SYN of its own flow. The table

@@ -8,6 +8,7 @@ pub mod checksum;
 pub mod flow;
 pub mod fuzzing;
 pub mod mac;
+pub mod mirror;
 pub mod parse;
 pub mod rewrite;
 pub mod tunnel_fragment;
@@ -19,6 +20,7 @@ pub use answer::{
 };
 pub use flow::{ip_protocol, FlowKey};
 pub use mac::MacWord;
+pub use mirror::mirror;
 pub use parse::{
     parse_frame, parse_frame_into, ArpFacts, Fragment, FrameLayout, IcmpKind, ParseError,
     EMPTY_LAYOUT, L3,

@@ -1,7 +1,8 @@
-//! `sluice generate`: client traffic for a VIP as a pcap file, from the same generator the benchmarks use.
+//! `sluice generate`: client traffic for a VIP as a pcap file, from the same generator the benchmarks use, or the
+//! backends' answers to a capture of what sluice sent them.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use dataplane::io::memory::MemoryFrame;
 use dataplane::io::Frame;
@@ -36,6 +37,12 @@ pub struct GenerateArgs {
     /// Destination MAC (the balancer's port).
     #[arg(long, default_value = "02:00:00:00:00:01")]
     dst_mac: String,
+    /// Instead of client traffic, write the answer to every TCP and UDP frame of this capture (a pcap of what
+    /// sluice sent to its backends, from a port's `tx_pcap`): addresses and ports swapped, a SYN answered with a
+    /// SYN-ACK. Frames without an answer (ARP, ICMP, fragments) are skipped and counted.
+    #[arg(long, value_name = "CAPTURE",
+          conflicts_with_all = ["vip", "port", "client", "flows", "frames", "udp", "frame_len", "dst_mac"])]
+    answers_to: Option<PathBuf>,
 }
 
 fn parse_mac(text: &str) -> Result<[u8; 6], String> {
@@ -50,6 +57,9 @@ fn parse_mac(text: &str) -> Result<[u8; 6], String> {
 }
 
 pub fn generate(args: GenerateArgs) -> Result<(), String> {
+    if let Some(capture) = &args.answers_to {
+        return write_answers(capture, &args.out);
+    }
     // The benchmarking ranges (RFC 2544's 198.18.0.0/15, RFC 5180's 2001:2::/48): addresses no balancer port or
     // backend has, so that the flows are never taken for the balancer's own (a martian source).
     let client = args.client.unwrap_or(if args.vip.is_ipv4() {
@@ -72,9 +82,7 @@ pub fn generate(args: GenerateArgs) -> Result<(), String> {
         dst_mac: parse_mac(&args.dst_mac)?,
     };
     let template = FrameTemplate::new(&spec);
-    let file =
-        std::fs::File::create(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
-    let mut writer = PcapWriter::new(std::io::BufWriter::new(file)).map_err(|e| e.to_string())?;
+    let mut writer = create(&args.out)?;
     let mut frame = MemoryFrame::empty();
     frame.resize(template.len());
     for n in 0..args.frames {
@@ -93,4 +101,33 @@ pub fn generate(args: GenerateArgs) -> Result<(), String> {
         args.port
     );
     Ok(())
+}
+
+/// Writes to `out` the answers to the frames of the pcap `capture`.
+fn write_answers(capture: &Path, out: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(capture).map_err(|e| format!("{}: {e}", capture.display()))?;
+    let frames =
+        crate::pcap::read_frames(&bytes).map_err(|e| format!("{}: {e}", capture.display()))?;
+    let mut writer = create(out)?;
+    let mut answered = 0usize;
+    for mut frame in frames.iter().cloned() {
+        if packet::mirror(&mut frame).is_ok() {
+            writer.write(&frame).map_err(|e| e.to_string())?;
+            answered += 1;
+        }
+    }
+    writer.finish().map_err(|e| e.to_string())?;
+    println!(
+        "{}: {answered} answers to the {} frames of {} ({} without an answer skipped)",
+        out.display(),
+        frames.len(),
+        capture.display(),
+        frames.len() - answered
+    );
+    Ok(())
+}
+
+fn create(out: &Path) -> Result<PcapWriter<std::io::BufWriter<std::fs::File>>, String> {
+    let file = std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    PcapWriter::new(std::io::BufWriter::new(file)).map_err(|e| format!("{}: {e}", out.display()))
 }

@@ -164,6 +164,16 @@ struct Run {
 }
 
 fn run(dir: &Path, config_text: &str, client_in: &[Vec<u8>], backend_in: &[Vec<u8>]) -> Run {
+    run_with(dir, config_text, client_in, backend_in, &[])
+}
+
+fn run_with(
+    dir: &Path,
+    config_text: &str,
+    client_in: &[Vec<u8>],
+    backend_in: &[Vec<u8>],
+    extra_args: &[&str],
+) -> Run {
     write_pcap(&dir.join("client-in.pcap"), client_in);
     write_pcap(&dir.join("backend-in.pcap"), backend_in);
     let config_path = dir.join("sluice.toml");
@@ -172,6 +182,7 @@ fn run(dir: &Path, config_text: &str, client_in: &[Vec<u8>], backend_in: &[Vec<u
         .args(["run", "--config"])
         .arg(&config_path)
         .args(["--idle-exit-ms", "400"])
+        .args(extra_args)
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
@@ -484,6 +495,61 @@ fn nat_replies_are_mapped_back_to_the_vip() {
         "{}",
         result.stdout
     );
+}
+
+#[test]
+fn the_backends_answers_to_a_capture_are_mapped_back_to_the_clients() {
+    // What the reply benchmark and the profile-guided build replay: sluice's own output to the backends, captured,
+    // answered by `sluice generate --answers-to`, and fed back beside the same requests. FULLNAT's local ports
+    // repeat from run to run only under one seed.
+    let seed = LOCAL_PORT_SEED.to_string();
+    let seed_args = ["--local-port-seed", seed.as_str()];
+    for (mode, v6) in [
+        ("nat", false),
+        ("nat", true),
+        ("fullnat", false),
+        ("fullnat", true),
+    ] {
+        let dir = tempdir();
+        let a = addresses(v6);
+        let config = config(dir.path(), mode, v6);
+        let flows = 8u16;
+        let requests: Vec<_> = ["syn", "ack"]
+            .iter()
+            .flat_map(|flags| {
+                (0..flows).map(|flow| {
+                    let client = client_addr(&a, u32::from(flow));
+                    let macs = (GATEWAY_MAC, CLIENT_PORT_MAC);
+                    tcp(client, 30_000 + flow, a.vip, 80, flags, b"", macs)
+                })
+            })
+            .collect();
+        let sent = run_with(dir.path(), &config, &requests, &[], &seed_args);
+        assert_eq!(sent.backend_out.len(), requests.len(), "{}", sent.stdout);
+        write_pcap(&dir.path().join("capture.pcap"), &sent.backend_out);
+        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["generate", "--answers-to"])
+            .arg(dir.path().join("capture.pcap"))
+            .arg("--out")
+            .arg(dir.path().join("answers.pcap"))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let answers = read_pcap(&dir.path().join("answers.pcap"));
+        assert_eq!(answers.len(), requests.len());
+        let answered = run_with(dir.path(), &config, &requests, &answers, &seed_args);
+        assert_eq!(
+            answered.client_out.len(),
+            requests.len(),
+            "{mode} v6={v6}: {}",
+            answered.stdout
+        );
+        for frame in &answered.client_out {
+            let s = seen(frame);
+            assert_eq!((s.src, s.sport), (a.vip, 80), "{mode} v6={v6}");
+            assert_eq!(s.dst, client_addr(&a, u32::from(s.dport - 30_000)));
+        }
+    }
 }
 
 #[test]

@@ -9,18 +9,24 @@
 # - with --replay, `sluice run` forwards the headline's replay (bench/replay-config.sh, without hugepages): the
 #   worker as it runs on a DPDK port, the net_pcap PMD's receive and transmit included, as in every replay figure;
 #   the count is the worker thread's whole loop divided by the frames it received. The extra arguments are the
-#   family and the flows (default ipv4 1000).
+#   family and the flows (default ipv4 1000). With --replay --answers (NAT and FULLNAT), the replay carries the
+#   backends' answers too (replay_pcap_with_answers): half of its frames are replies.
 #
-# Usage: bench/instructions.sh SLUICE [--replay] [mode ...] [-- extra arguments]
+# Usage: bench/instructions.sh SLUICE [--replay [--answers]] [mode ...] [-- extra arguments]
 # Examples: bench/instructions.sh target/release/sluice dr nat fullnat tun
 #           bench/instructions.sh target/release/sluice --replay dr nat -- ipv6 1000
+#           bench/instructions.sh target/release/sluice --replay --answers nat fullnat
 set -euo pipefail
 SLUICE=$1
 shift
-replay=false
+replay=false answers=false
 if [ "${1:-}" = "--replay" ]; then
     replay=true
     shift
+    if [ "${1:-}" = "--answers" ]; then
+        answers=true
+        shift
+    fi
 fi
 modes=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do
@@ -44,19 +50,29 @@ count_replay() { # family flows
     EAL_MEMORY='"--no-huge", "-m", "1024"'
     # shellcheck source=bench/replay-config.sh
     source "$(dirname "$0")/replay-config.sh"
-    replay_pcap "$SLUICE" "$family" "$flows" "$work/replay.pcap"
+    local run_args=()
     mbufs=$(($(replay_frames "$flows") + 16384))
+    if $answers; then
+        run_args=("${REPLAY_RUN_ARGS[@]}")
+        answers_label=" + answers"
+        mbufs=$((2 * $(replay_frames "$flows") + 16384))
+    else
+        replay_pcap "$SLUICE" "$family" "$flows" "$work/replay.pcap"
+    fi
     echo "| mode | family | flows | instructions per frame | frames counted |"
     echo "|---|---|---|---|---|"
     for mode in "${modes[@]}"; do
+        if $answers; then
+            replay_pcap_with_answers "$SLUICE" "$mode" "$family" "$flows" "$work/replay.pcap"
+        fi
         sluice_config "$mode" "$family" "$work/replay.pcap" "$mbufs" > "$work/$mode.toml"
         valgrind --tool=callgrind --callgrind-out-file="$work/$mode.callgrind" "$SLUICE" run \
-            --config "$work/$mode.toml" --max-packets 400000 > "$work/$mode.log" 2>&1
+            --config "$work/$mode.toml" --max-packets 400000 "${run_args[@]}" > "$work/$mode.log" 2>&1
         callgrind_annotate --inclusive=yes "$work/$mode.callgrind" 2> /dev/null > "$work/inclusive"
         # The worker thread's closure holds its whole loop, poll and clock.
         loop=$(largest "run_balancer::\{\{closure\}\} \[" "$work/inclusive")
         received=$(sed -n 's/^worker 0: rx \([0-9]*\).*/\1/p' "$work/$mode.log")
-        awk -v m="$mode" -v fam="$family" -v n="$flows" -v l="$loop" -v r="${received:-0}" \
+        awk -v m="$mode${answers_label:-}" -v fam="$family" -v n="$flows" -v l="$loop" -v r="${received:-0}" \
             'BEGIN { if (r == 0 || l == 0) { printf "| %s | %s | %s | not counted | 0 |\n", m, fam, n; exit }
                      printf "| %s | %s | %s | %.1f | %d |\n", m, fam, n, l / r, r }'
     done

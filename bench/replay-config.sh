@@ -5,7 +5,8 @@
 # sluice_config MODE FAMILY PCAP MBUFS [CONNTRACK CAPACITY]: prints a configuration with one port replaying PCAP
 # forever (net_pcap, infinite_rx), one worker on CPU $WORKER_CPU, and a two-backend Maglev service in MODE for
 # FAMILY (ipv4 or ipv6). EAL_MEMORY (default "--in-memory") is the EAL's memory argument, as TOML strings.
-# replay_vip FAMILY, replay_frames FLOWS and replay_pcap SLUICE FAMILY FLOWS OUT give the replay it forwards.
+# replay_vip FAMILY, replay_frames FLOWS and replay_pcap SLUICE FAMILY FLOWS OUT give the replay it forwards;
+# replay_pcap_with_answers adds the backends' answers, for NAT and FULLNAT, run with $REPLAY_RUN_ARGS.
 
 # The service's VIP for FAMILY.
 replay_vip() {
@@ -23,15 +24,36 @@ replay_pcap() { # sluice family flows out
         --dst-mac 02:00:00:00:00:01 > /dev/null
 }
 
+# The arguments of every `sluice run` of a replay with answers: FULLNAT's local ports, which the answers are
+# addressed to, repeat from run to run only under one seed.
+REPLAY_RUN_ARGS=(--local-port-seed 1)
+
+# Writes to OUT the client traffic of replay_pcap followed by the backends' answers to what sluice in MODE sent
+# them for it: sluice forwards the clients' frames once with its port's output captured, and `sluice generate
+# --answers-to` answers the capture. Replayed forever, every frame after the first pass hits a connection, half of
+# them in the reply direction.
+replay_pcap_with_answers() { # sluice mode family flows out
+    local sluice=$1 mode=$2 family=$3 flows=$4 out=$5
+    replay_pcap "$sluice" "$family" "$flows" "$out.requests"
+    sluice_config "$mode" "$family" "$out.requests" $(($(replay_frames "$flows") + 16384)) |
+        sed "s|,infinite_rx=1\"|,tx_pcap=$out.capture\"|" > "$out.toml"
+    "$sluice" run --config "$out.toml" --idle-exit-ms 400 "${REPLAY_RUN_ARGS[@]}" > "$out.log" 2>&1 ||
+        { cat "$out.log" >&2; return 1; }
+    "$sluice" generate --answers-to "$out.capture" --out "$out.answers" > /dev/null || return 1
+    # Both files come from sluice's pcap writer: one file header, then the answers' records after the requests'.
+    { cat "$out.requests"; tail -c +25 "$out.answers"; } > "$out"
+    rm -f "$out.requests" "$out.capture" "$out.answers" "$out.toml" "$out.log"
+}
+
 sluice_config() { # mode family pcap mbufs [conntrack capacity]
     local mode=$1 family=$2 pcap=$3 mbufs=$4 capacity=${5:-2097152} vip net port_addr backend1 backend2 tunnel local
-    local eal_memory=${EAL_MEMORY:-'"--in-memory"'}
+    local gateway eal_memory=${EAL_MEMORY:-'"--in-memory"'}
     vip=$(replay_vip "$family")
     if [ "$family" = ipv4 ]; then
-        port_addr=10.0.0.1/16 backend1=10.0.1.11 backend2=10.0.1.12 tunnel=10.0.0.1
+        port_addr=10.0.0.1/16 backend1=10.0.1.11 backend2=10.0.1.12 tunnel=10.0.0.1 gateway=10.0.0.254
         local=$(seq -s ', ' -f '"10.0.2.%g"' 5 20)
     else
-        port_addr=2001:db8::1/64 backend1=2001:db8::1:11 backend2=2001:db8::1:12
+        port_addr=2001:db8::1/64 backend1=2001:db8::1:11 backend2=2001:db8::1:12 gateway=2001:db8::fe
         tunnel=2001:db8::1
         local=$(for i in $(seq 5 20); do printf '"2001:db8::2:%x", ' "$i"; done | sed 's/, $//')
     fi
@@ -52,6 +74,7 @@ burst = 32
 mempool_size = $mbufs
 [network]
 conntrack_capacity = $capacity
+gateways = [{ port = "wan", address = "$gateway", mac = "02:00:00:00:00:fe" }]
 $net
 local_addresses = [$local]
 [[service]]

@@ -145,6 +145,16 @@ impl Harness {
         }
     }
 
+    /// A single worker whose FULLNAT local ports come from `seed`: two such harnesses allocate alike.
+    fn seeded(spec: &SnapshotSpec, seed: u64) -> Harness {
+        let mut harness = Harness::new(spec);
+        let ports =
+            PortAllocator::with_seed(spec.local_ports, 0, &spec.local_addresses, seed).unwrap();
+        harness.state.conns =
+            ConnTable::with_local_ports(1024, Timeouts::default(), ports).unwrap();
+        harness
+    }
+
     fn publish(&mut self, spec: &SnapshotSpec, generation: u64) {
         let snapshot = Arc::new(Snapshot::build(spec, generation).unwrap());
         self.tables = WorkerTables::new(snapshot);
@@ -181,8 +191,18 @@ impl Harness {
 
     /// The decision without staging, as for a frame another worker handed over.
     fn decide_unstaged(&mut self, layout: &FrameLayout) -> Action {
+        self.decide_unstaged_on(layout, CLIENT_PORT)
+    }
+
+    fn decide_unstaged_on(&mut self, layout: &FrameLayout, ingress: u16) -> Action {
         self.state
-            .decide(&mut self.tables, layout, None, CLIENT_PORT, false, NOW)
+            .decide(&mut self.tables, layout, None, ingress, false, NOW)
+    }
+
+    /// The TCP state of the connection of the client's `flow`, if one is live.
+    fn tcp_state(&self, flow: &FlowKey) -> Option<&'static str> {
+        let hit = self.state.conns.lookup(flow, NOW)?;
+        Some(self.state.conns.get(hit.id)?.tcp_state.name())
     }
 }
 
@@ -421,6 +441,79 @@ fn fullnat_rewrites_both_ends_and_maps_replies_to_the_client() {
             harness.decide(&tcp(dst, 8080, local, local_port.wrapping_add(1), ACK)),
             Action::Drop(DropReason::NoConnection)
         );
+    }
+}
+
+/// The reply a backend sends on `harness`'s connection for the client's request `flow`, as its request's verdict
+/// rewrote it (made up, for a flow it never forwarded).
+fn reply_of(request: Option<&Action>, flow: &FlowKey, flags: u8) -> FrameLayout {
+    let (src, src_port, dst, dst_port) = match request {
+        Some(Action::Forward(Forward {
+            rewrite: Rewrite::Destination { addr, port },
+            ..
+        })) => (addr.ip(), *port, flow.src_addr, flow.src_port),
+        Some(Action::Forward(Forward {
+            rewrite:
+                Rewrite::SourceAndDestination {
+                    src,
+                    src_port,
+                    dst,
+                    dst_port,
+                },
+            ..
+        })) => (dst.ip(), *dst_port, src.ip(), *src_port),
+        _ => (
+            backends(flow.src_addr.is_ipv6(), &[1], 8080)[0].addr,
+            8080,
+            flow.src_addr,
+            flow.src_port,
+        ),
+    };
+    tcp(src, src_port, dst, dst_port, flags)
+}
+
+proptest::proptest! {
+    /// A backend's reply that the burst's staged lookup finds is forwarded from its connection, without classifying
+    /// its destination: it gets the verdict, and leaves its connection in the state, that the full decision gives
+    /// it, in NAT and FULLNAT and both families, through random requests and replies with random TCP flags, from
+    /// the port that faces the backend or from the other one.
+    #[test]
+    fn staged_replies_are_decided_as_the_full_decision_decides_them(
+        nat: bool,
+        v6: bool,
+        steps in proptest::collection::vec(
+            (
+                0u32..6,
+                proptest::bool::ANY,
+                proptest::sample::select(vec![SYN, SYN | ACK, ACK, ACK | tcp_flags::FIN, tcp_flags::RST]),
+                proptest::bool::weighted(0.85),
+            ),
+            1..48,
+        ),
+    ) {
+        let mode = if nat { ForwardingMode::Nat } else { ForwardingMode::FullNat };
+        let mut spec = spec(vec![service(mode, SchedulerKind::Mh, v6, &[1, 2, 3])], 1);
+        // A short local port range: building its shuffled pool is most of a case's time.
+        spec.local_ports = PortPartition::new(50000, 50999, 1).unwrap();
+        let mut staged = Harness::seeded(&spec, 5);
+        let mut full = Harness::seeded(&spec, 5);
+        let mut requests: [Option<Action>; 6] = Default::default();
+        for (flow_index, reply, flags, from_backend_port) in steps {
+            let request = tcp(client(flow_index, v6), 40000, vip(v6), 80, flags);
+            let (layout, ingress) = if reply {
+                let ingress = if from_backend_port { BACKEND_PORT } else { CLIENT_PORT };
+                (reply_of(requests[flow_index as usize].as_ref(), &request.flow, flags), ingress)
+            } else {
+                (request, CLIENT_PORT)
+            };
+            let by_stage = staged.decide_on(&layout, ingress);
+            let by_full = full.decide_unstaged_on(&layout, ingress);
+            proptest::prop_assert_eq!(&by_stage, &by_full, "{:?} on port {}", layout.flow, ingress);
+            if !reply && matches!(by_stage, Action::Forward(_)) {
+                requests[flow_index as usize] = Some(by_stage);
+            }
+            proptest::prop_assert_eq!(staged.tcp_state(&request.flow), full.tcp_state(&request.flow));
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use packet::flow::ip_protocol;
 use packet::{FlowKey, WireAddr};
 
+use super::key::ConnKey;
 use super::tcp_state::{Direction, TcpState};
 use crate::service::{BackendId, ForwardingMode};
 
@@ -14,6 +15,14 @@ use crate::service::{BackendId, ForwardingMode};
 pub struct Endpoint {
     pub addr: IpAddr,
     pub port: u16,
+}
+
+/// What a backend's reply needs to go back: the client's key (client to VIP), the backend and the mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplyPath {
+    pub client: ConnKey,
+    pub backend: BackendId,
+    pub mode: ForwardingMode,
 }
 
 /// A connection's backend endpoint (and FULLNAT local endpoint) in the form the rewrites take: read for every

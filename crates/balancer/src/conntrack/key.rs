@@ -118,12 +118,12 @@ impl ConnKey {
     }
 
     #[inline]
-    pub(super) fn src_wire(&self) -> WireAddr {
+    pub fn src_wire(&self) -> WireAddr {
         self.wire([self.addrs[0], self.addrs[1]])
     }
 
     #[inline]
-    pub(super) fn dst_wire(&self) -> WireAddr {
+    pub fn dst_wire(&self) -> WireAddr {
         self.wire([self.addrs[2], self.addrs[3]])
     }
 

@@ -40,7 +40,7 @@ mod tcp_state;
 mod tests;
 
 pub use conn::{
-    reply_flow, ClientHit, Conn, ConnId, Endpoint, Forwarding, Hit, Target, Transition,
+    reply_flow, ClientHit, Conn, ConnId, Endpoint, Forwarding, Hit, ReplyPath, Target, Transition,
     WireEndpoints,
 };
 pub use key::ConnKey;

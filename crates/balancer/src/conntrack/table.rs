@@ -9,7 +9,7 @@ use packet::{FlowKey, WireAddr};
 use thiserror::Error;
 
 use super::conn::{
-    is_active, is_evictable, ClientHit, Conn, ConnId, Endpoint, Forwarding, Hit, Target,
+    is_active, is_evictable, ClientHit, Conn, ConnId, Endpoint, Forwarding, Hit, ReplyPath, Target,
     Transition, WireEndpoints,
 };
 use super::entry::{Entry, Kind, NIL};
@@ -594,6 +594,17 @@ impl ConnTable {
             mode: entry.mode(),
             backend_endpoint,
             local,
+        })
+    }
+
+    /// What sending a backend's reply of connection `id` back to its client needs, from the primary entry alone.
+    #[inline(always)]
+    pub fn reply_path(&self, id: ConnId) -> Option<ReplyPath> {
+        let entry = self.primary(id)?;
+        Some(ReplyPath {
+            client: entry.key(),
+            backend: BackendId(entry.backend),
+            mode: entry.mode(),
         })
     }
 

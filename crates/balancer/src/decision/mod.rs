@@ -398,7 +398,7 @@ impl WorkerState {
                         && matches!(layout.icmp, IcmpKind::None)
                         && layout.ttl > 1
                     {
-                        match self.established(snapshot, layout, staged, now_ms, verdict) {
+                        match self.established(snapshot, layout, staged, ingress, now_ms, verdict) {
                             Established::Forwarded => return,
                             Established::Missed { absent } => {
                                 cold_path();

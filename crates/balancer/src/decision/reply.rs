@@ -5,15 +5,69 @@
 //! fragments included: a frame that claims a backend's address on the client side is spoofed (a relay attempt or a
 //! blind reset) and is dropped before it can touch the connection.
 
+use std::hint::cold_path;
 use std::net::IpAddr;
 
 use packet::{FlowKey, Fragment, FrameLayout, WireAddr};
 
+use super::request::Established;
 use super::{forward, Action, DropReason, Rewrite, SharedBackendHop, StagedKey, WorkerState};
-use crate::conntrack::Direction;
+use crate::conntrack::{ConnId, Direction};
+use crate::service::ForwardingMode;
 use crate::snapshot::Snapshot;
 
 impl WorkerState {
+    /// A backend's reply that the burst's lookup found: the reply entry of connection `id`. Sent back to the
+    /// client as [`WorkerState::reply_to_client`] sends it, without classifying the destination first: like a
+    /// client's packet, a packet of a tracked connection is forwarded by its connection. The connection lives on
+    /// this worker, so it owns the reply and no handoff is asked. What is not plain (a backend gone from the
+    /// snapshot, a reply on another port than its backend's, a client without a route) takes the full decision,
+    /// which drops it under its reason, before anything is accounted.
+    #[inline(always)]
+    pub(super) fn established_reply(
+        &mut self,
+        snapshot: &Snapshot,
+        layout: &FrameLayout,
+        id: ConnId,
+        ingress: u16,
+        now_ms: u64,
+        verdict: &mut Action,
+    ) -> Established {
+        let Some(reply) = self.conns.reply_path(id) else {
+            cold_path();
+            return Established::Other;
+        };
+        if snapshot
+            .backend_route(reply.backend)
+            .map(|route| route.port)
+            != Some(ingress)
+        {
+            cold_path();
+            return Established::Other;
+        }
+        let Some(route) = snapshot.route(reply.client.src_addr()) else {
+            cold_path();
+            return Established::Other;
+        };
+        self.account(id, Direction::Reply, layout.tcp_flags, now_ms);
+        let client = &reply.client;
+        let rewrite = if reply.mode == ForwardingMode::FullNat {
+            Rewrite::SourceAndDestination {
+                src: client.dst_wire(),
+                src_port: client.dst_port(),
+                dst: client.src_wire(),
+                dst_port: client.src_port(),
+            }
+        } else {
+            Rewrite::Source {
+                addr: client.dst_wire(),
+                port: client.dst_port(),
+            }
+        };
+        *verdict = forward(&route, rewrite, Some(reply.backend), false, true);
+        Established::Forwarded
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn nat_reply(
         &mut self,

@@ -20,7 +20,8 @@ pub(super) enum Established {
     Forwarded,
     /// No live connection has the key; `absent` when no entry holds it at all.
     Missed { absent: bool },
-    /// A reply, or a connection whose backend left the snapshot.
+    /// Not a plain packet of a live connection (a backend gone from the snapshot, a reply on the wrong port or
+    /// to a client without a route): the full decision takes it.
     Other,
 }
 
@@ -66,6 +67,7 @@ impl WorkerState {
         snapshot: &Snapshot,
         layout: &FrameLayout,
         staged: &StagedKey,
+        ingress: u16,
         now_ms: u64,
         verdict: &mut Action,
     ) -> Established {
@@ -78,9 +80,8 @@ impl WorkerState {
         ) {
             ClientHit::Refreshed { id, backend, mode } => (id, backend, mode, false),
             ClientHit::Changing { id, backend, mode } => (id, backend, mode, true),
-            ClientHit::Reply(_) => {
-                cold_path();
-                return Established::Other;
+            ClientHit::Reply(hit) => {
+                return self.established_reply(snapshot, layout, hit.id, ingress, now_ms, verdict);
             }
             ClientHit::Missed => {
                 cold_path();

@@ -463,29 +463,48 @@ impl ConnTable {
                 direction: Direction::Reply,
             });
         }
-        let timeouts = &self.timeouts;
-        let entry = &mut self.entries[index as usize];
+        let entry = &self.entries[index as usize];
         if entry.expires_at <= now {
             cold_path();
             return ClientHit::Missed;
         }
         let (id, backend, mode) = (ConnId(index), BackendId(entry.backend), entry.mode());
+        if self.refresh_entry(index, Direction::Original, flags, now) {
+            ClientHit::Refreshed { id, backend, mode }
+        } else {
+            cold_path();
+            ClientHit::Changing { id, backend, mode }
+        }
+    }
+
+    /// Pushes out the expiry of connection `id` for a packet travelling in `direction` with TCP `flags` that
+    /// leaves its state as it is, and says so; `false`, with nothing changed, when the packet changes the state
+    /// (the caller then takes [`ConnTable::touch`]) or no connection is at `id`. Equivalent to `touch` for those
+    /// packets.
+    #[inline(always)]
+    pub fn refresh(&mut self, id: ConnId, direction: Direction, flags: u8, now: u64) -> bool {
+        self.primary(id).is_some() && self.refresh_entry(id.0, direction, flags, now)
+    }
+
+    /// [`ConnTable::refresh`] of the primary entry at `index`.
+    #[inline(always)]
+    fn refresh_entry(&mut self, index: u32, direction: Direction, flags: u8, now: u64) -> bool {
+        let entry = &mut self.entries[index as usize];
         let protocol = entry.protocol();
         let state = entry.state();
         let timeout = if protocol != ip_protocol::TCP {
-            timeouts.for_protocol(protocol, state)
+            self.timeouts.for_protocol(protocol, state)
         } else {
-            let path = TrackedPath::of(mode, Direction::Original);
+            let path = TrackedPath::of(entry.mode(), direction);
             // A plain ACK in a state it keeps (ESTABLISHED, or CLOSE for a flow picked up mid-stream): the bulk of
             // all traffic, decided by one bit test.
             if !state.kept_by(path, flags) && state.next(path, flags) != state {
-                cold_path();
-                return ClientHit::Changing { id, backend, mode };
+                return false;
             }
             self.tcp_timeouts.of(state)
         };
         entry.expires_at = now.saturating_add(timeout);
-        ClientHit::Refreshed { id, backend, mode }
+        true
     }
 
     /// Looks up every `keys[i]` (with `hashes[i]` from [`ConnTable::hash`]) into `out[i]`, exactly as

@@ -1270,6 +1270,12 @@ mod colliding {
             key: u32,
             flags: u8,
         },
+        /// A backend's packet on the connection of client key `key`: accounted by `touch` on the first table, by
+        /// `refresh` (and `touch` when it says the state changes) on the second.
+        ReplyPacket {
+            key: u32,
+            flags: u8,
+        },
         Remove {
             key: u32,
         },
@@ -1286,6 +1292,7 @@ mod colliding {
             5 => (0..80u32, 0..3usize).prop_map(|(key, mode)| Op::Insert { key, mode }),
             2 => (0..80u32, prop::sample::select(vec![0u8, 0x02, 0x10, 0x11, 0x04])).prop_map(|(key, flags)| Op::Touch { key, flags }),
             2 => (0..80u32, prop::sample::select(vec![0u8, 0x02, 0x10, 0x11, 0x04, 0x12])).prop_map(|(key, flags)| Op::ClientPacket { key, flags }),
+            2 => (0..80u32, prop::sample::select(vec![0u8, 0x02, 0x10, 0x11, 0x04, 0x12])).prop_map(|(key, flags)| Op::ReplyPacket { key, flags }),
             2 => (0..80u32).prop_map(|key| Op::Remove { key }),
             1 => (0..400_000u64).prop_map(|ms| Op::Advance { ms }),
             1 => (0..16usize).prop_map(|budget| Op::Expire { budget }),
@@ -1364,6 +1371,16 @@ mod colliding {
                         Op::Touch { key: n, flags } => {
                             let hit = table.lookup(&key(n), now);
                             format!("{:?}", hit.and_then(|hit| table.touch(hit.id, hit.direction, flags, now)))
+                        }
+                        Op::ReplyPacket { key: n, flags } => {
+                            let reply = table.lookup(&key(n), now).and_then(|hit| table.get(hit.id)).and_then(|conn| conn.reply_key());
+                            let hit = reply.and_then(|reply| table.lookup(&reply, now)).filter(|hit| hit.direction == Direction::Reply);
+                            if let Some(hit) = hit {
+                                if which == 0 || !table.refresh(hit.id, hit.direction, flags, now) {
+                                    table.touch(hit.id, hit.direction, flags, now);
+                                }
+                            }
+                            format!("{:?}", hit)
                         }
                         Op::Remove { key: n } => {
                             let hit = table.lookup(&key(n), 0);

@@ -49,7 +49,13 @@ impl WorkerState {
             cold_path();
             return Established::Other;
         };
-        self.account(id, Direction::Reply, layout.tcp_flags, now_ms);
+        if !self
+            .conns
+            .refresh(id, Direction::Reply, layout.tcp_flags, now_ms)
+        {
+            cold_path();
+            self.account(id, Direction::Reply, layout.tcp_flags, now_ms);
+        }
         let client = &reply.client;
         let rewrite = if reply.mode == ForwardingMode::FullNat {
             Rewrite::SourceAndDestination {

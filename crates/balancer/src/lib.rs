@@ -10,6 +10,7 @@ pub mod maglev;
 pub mod neighbor;
 pub mod persistence;
 pub mod port_alloc;
+pub mod route_table;
 pub mod rss;
 pub mod scheduler;
 pub mod service;

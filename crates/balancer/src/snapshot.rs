@@ -10,6 +10,7 @@ use thiserror::Error;
 
 use crate::maglev::{MaglevError, MaglevTable, TableSize};
 use crate::port_alloc::PortPartition;
+use crate::route_table::RouteTable;
 use crate::service::{Backend, BackendId, ForwardingMode, SchedulerKind, ServiceKey};
 
 /// Backend ids must be below this (per-backend tables are indexed by id).
@@ -235,6 +236,7 @@ pub struct Snapshot {
     owned: PlaceMap<OwnedAddress>,
     ports: Vec<PortSpec>,
     gateways: Vec<GatewaySpec>,
+    routes: RouteTable,
     local_ports: PortPartition,
     kernel_exception_path: bool,
     max_backend_id: u32,
@@ -291,6 +293,7 @@ impl Snapshot {
             owned,
             ports: spec.ports.clone(),
             gateways: spec.gateways.clone(),
+            routes: RouteTable::new(&spec.ports, &spec.gateways),
             local_ports: spec.local_ports,
             kernel_exception_path: spec.kernel_exception_path,
             max_backend_id: 0,
@@ -501,30 +504,9 @@ impl Snapshot {
     }
 
     /// The route to `addr`: the longest matching connected subnet, else the gateway of its family.
+    #[inline]
     pub fn route(&self, addr: IpAddr) -> Option<Route> {
-        let mut best: Option<(u8, u16)> = None;
-        for (port_index, port) in self.ports.iter().enumerate() {
-            for &(own, prefix) in &port.addresses {
-                if prefix_contains(own, prefix, addr) && best.is_none_or(|(len, _)| prefix > len) {
-                    best = Some((prefix, port_index as u16));
-                }
-            }
-        }
-        if let Some((_, port)) = best {
-            return Some(Route {
-                port,
-                next_hop: addr,
-                mac: MacWord::NONE,
-            });
-        }
-        self.gateways
-            .iter()
-            .find(|gateway| gateway.addr.is_ipv4() == addr.is_ipv4())
-            .map(|gateway| Route {
-                port: gateway.port,
-                next_hop: gateway.addr,
-                mac: MacWord::from_option(gateway.mac),
-            })
+        self.routes.route(addr)
     }
 
     /// The next hops whose MAC the configuration does not give, which the workers resolve ahead of traffic:

@@ -8,7 +8,9 @@
 # Writes one CSV row per (mode, family, flows, round) and prints a Markdown table of medians on stdout; then the
 # same for a replay in which every frame is a SYN of a new flow (NEW_SYN_FRAMES distinct flows, default 524288; 0
 # skips it) through a connection table of half as many entries, so that every frame opens a connection and evicts
-# the oldest: new connections per second, in flows labelled "new SYN".
+# the oldest: new connections per second, in flows labelled "new SYN"; then NAT and FULLNAT on a replay that carries
+# the backends' answers as well (ANSWER_FLOWS flows, default 1000; 0 skips it), half of its frames replies, in rows
+# whose mode is "nat+answers" and "fullnat+answers".
 set -euo pipefail
 SLUICE=$1
 OUT_CSV=$2
@@ -46,9 +48,9 @@ source "$(dirname "$0")/replay-config.sh"
 
 # One run: the rate, the share of received frames forwarded (from the worker's line of the exit summary) and, from
 # the service's line (Conns, InPkts), the connections opened per frame.
-sluice_run() { # config vip
+sluice_run() { # config vip [extra arguments of sluice run]
     local out
-    out=$("$SLUICE" run --config "$1" --duration-ms $((SECONDS_PER_RUN * 1000)) 2>&1)
+    out=$("$SLUICE" run --config "$1" --duration-ms $((SECONDS_PER_RUN * 1000)) "${@:3}" 2>&1)
     echo "$out" | sed -n 's/.*rate \([0-9.]*\) Mpps.*/\1/p' | tail -1 | tr '\n' ' '
     echo "$out" | awk '/^worker [0-9]+:/ { for (i = 1; i < NF; i++) { if ($i == "rx") rx += $(i + 1); if ($i == "forwarded") fw += $(i + 1) } }
         END { if (rx > 0) printf "%.4f ", fw / rx; else printf "0 " }'
@@ -136,6 +138,37 @@ if [ "$NEW_SYN_FRAMES" -gt 0 ]; then
     echo
     echo "Connections opened per frame (median; 1.000: every frame opened one): DR $(median < "$work/dr-new-opened"), NAT $(median < "$work/nat-new-opened"), FULLNAT $(median < "$work/fullnat-new-opened"), TUN $(median < "$work/tun-new-opened")."
     rm -f "$pcap"
+fi
+
+ANSWER_FLOWS=${ANSWER_FLOWS:-1000}
+if [ "$ANSWER_FLOWS" -gt 0 ]; then
+    echo
+    echo "| with the backends' answers | family | mode | testpmd macswap Mpps | sluice Mpps | ratio |"
+    echo "|---|---|---|---|---|---|"
+    mbufs=$((2 * $(replay_frames "$ANSWER_FLOWS") + 16384))
+    for family in ipv4 ipv6; do
+        vip=$(replay_vip "$family")
+        for mode in nat fullnat; do
+            # Each mode's answers are its own (FULLNAT's go to its local ports), so testpmd replays each pcap too.
+            pcap="$work/answers-$mode.pcap"
+            replay_pcap_with_answers "$SLUICE" "$mode" "$family" "$ANSWER_FLOWS" "$pcap"
+            sluice_config "$mode" "$family" "$pcap" "$mbufs" > "$work/$mode.toml"
+            for round in $(seq "$ROUNDS"); do
+                reference=$(testpmd_rate "$pcap" "$mbufs")
+                read -r rate share opened <<< "$(sluice_run "$work/$mode.toml" "$vip" "${REPLAY_RUN_ARGS[@]}")"
+                rate=${rate:-0}
+                check_forwarded "$mode with answers $family round $round" "${share:-0}"
+                echo "$mode+answers,$family,$ANSWER_FLOWS,$round,$rate,$reference" >> "$OUT_CSV"
+                echo "$reference" >> "$work/testpmd-answers-$family-$mode"
+                echo "$rate" >> "$work/answers-$family-$mode"
+                echo "answers $family $mode round $round: testpmd $reference, sluice $rate Mpps, forwarded ${share:-?}" >&2
+            done
+            reference=$(median < "$work/testpmd-answers-$family-$mode")
+            rate=$(median < "$work/answers-$family-$mode")
+            echo "| $ANSWER_FLOWS | $family | $mode | $reference | $rate | $(awk -v a="$rate" -v b="$reference" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }') |"
+            rm -f "$pcap"
+        done
+    done
 fi
 
 echo

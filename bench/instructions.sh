@@ -40,7 +40,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 # The largest inclusive count of the lines matching $1 in the annotation $2.
-largest() { grep -E "$1" "$2" | awk '{ gsub(",", "", $1); if ($1 + 0 > m) m = $1 + 0 } END { print m + 0 }'; }
+largest() { { grep -E "$1" "$2" || true; } | awk '{ gsub(",", "", $1); if ($1 + 0 > m) m = $1 + 0 } END { print m + 0 }'; }
 
 # Per mode, sluice run on the replay of FAMILY and FLOWS.
 count_replay() { # family flows

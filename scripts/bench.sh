@@ -19,8 +19,15 @@ OUT_CSV=bench/results.csv
 WORKER_CPU=1
 if [ "$(nproc)" -lt 2 ]; then WORKER_CPU=0; fi
 
-cargo build --release -q -p sluice
-SLUICE="${CARGO_TARGET_DIR:-target}/release/sluice"
+# The profile-guided build (scripts/build-pgo.sh, what scripts/install.sh --pgo installs) when the toolchain has
+# llvm-tools; else, or with BUILD=plain, the plain release build.
+if [ "${BUILD:-pgo}" = pgo ] && SLUICE=$(bash scripts/build-pgo.sh); then
+    BUILD_NOTE="profile-guided release build (\`scripts/build-pgo.sh\`)"
+else
+    cargo build --release -q -p sluice
+    SLUICE="${CARGO_TARGET_DIR:-target}/release/sluice"
+    BUILD_NOTE="plain release build (\`cargo build --release\`)"
+fi
 
 # Reserve 2 MB hugepages when there are too few and we may (scripts/setup.sh does the same).
 free_pages=$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)
@@ -244,6 +251,7 @@ cat > "$OUT_MD" <<EOF
 
 - Date: $(date -u +%Y-%m-%dT%H:%MZ)
 - Machine: ${cpu:-unknown CPU}, $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); DPDK $(pkg-config --modversion libdpdk); ${MEMORY_NOTE}
+- Build: ${BUILD_NOTE}
 - Command: \`scripts/bench.sh ${SECONDS_PER_RUN} ${ROUNDS}\` (${SECONDS_PER_RUN} s per run, worker on CPU ${WORKER_CPU}); raw figures in \`bench/replay.csv\` and \`bench/results.csv\`
 - The machine is shared and virtualised: absolute Mpps drift from run to run; the ratios are the figures to read.
 
@@ -263,6 +271,10 @@ The second table replays 524288 SYNs, each of its own flow, through a connection
 frame opens a connection and evicts the oldest (the line under it shows the connections opened per frame, from
 sluice's exit summary). sluice's figure is new connections per second; testpmd forwards the same replay, whose
 cold 1 GB of frames bounds it.
+
+The third table replays NAT and FULLNAT traffic with the backends' answers: the 1K-flow replay, then what the
+backends send back to what sluice forwarded of it (captured from sluice's port and answered by \`sluice generate
+--answers-to\`), so that half of the frames take the reply path. testpmd replays the same pcap.
 
 ${replay_table}
 

@@ -62,6 +62,12 @@ if ! command -v cargo >/dev/null; then
     exit 1
 fi
 
+# llvm-profdata for the profile-guided build (scripts/build-pgo.sh); the rest of the project does without it.
+if command -v rustup > /dev/null; then
+    rustup component add llvm-tools > /dev/null 2>&1 ||
+        echo "setup.sh: rustup could not add llvm-tools: scripts/build-pgo.sh will not run" >&2
+fi
+
 pkg-config --exists libdpdk || { echo "setup.sh: pkg-config cannot find libdpdk after install" >&2; exit 1; }
 echo "setup.sh: DPDK $(pkg-config --modversion libdpdk), $(cargo --version)"
 

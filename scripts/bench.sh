@@ -21,11 +21,14 @@ if [ "$(nproc)" -lt 2 ]; then WORKER_CPU=0; fi
 
 # The profile-guided build (scripts/build-pgo.sh, what scripts/install.sh --pgo installs) when the toolchain has
 # llvm-tools; else, or with BUILD=plain, the plain release build.
+# The profile of where a worker's time goes reads the plain build, whose stages are functions of their own (the
+# profile-guided build inlines them into one).
+cargo build --release -q -p sluice
+PLAIN="${CARGO_TARGET_DIR:-target}/release/sluice"
 if [ "${BUILD:-pgo}" = pgo ] && SLUICE=$(bash scripts/build-pgo.sh); then
-    BUILD_NOTE="profile-guided release build (\`scripts/build-pgo.sh\`)"
+    BUILD_NOTE="profile-guided release build (\`scripts/build-pgo.sh\`); the profile of a worker's stages: the plain release build"
 else
-    cargo build --release -q -p sluice
-    SLUICE="${CARGO_TARGET_DIR:-target}/release/sluice"
+    SLUICE=$PLAIN
     BUILD_NOTE="plain release build (\`cargo build --release\`)"
 fi
 
@@ -55,11 +58,11 @@ if command -v perf > /dev/null; then
 
 | stage | 1K flows |
 |---|---|
-$(bash bench/profile.sh "$SLUICE" dr 1000)
+$(bash bench/profile.sh "$PLAIN" dr 1000)
 
 | stage | 1M flows |
 |---|---|
-$(bash bench/profile.sh "$SLUICE" dr 1000000)
+$(bash bench/profile.sh "$PLAIN" dr 1000000)
 
 Rerun with \`bench/profile.sh target/release/sluice MODE FLOWS\`."
 fi

@@ -76,7 +76,10 @@ for mode in dr nat fullnat tun; do
 done
 
 "$profdata" merge -o "$profiles/merged.profdata" "$profiles"/*.profraw
+# Cargo rebuilds when the flags change, not when a file they name does: the profile is named by its content.
+profile="$profiles/$(sha256sum "$profiles/merged.profdata" | cut -c1-16).profdata"
+mv "$profiles/merged.profdata" "$profile"
 echo "build-pgo.sh: build with the profile" >&2
-RUSTFLAGS="${cpu[*]} -Cprofile-use=$profiles/merged.profdata -Cllvm-args=-pgo-warn-missing-function=false" \
+RUSTFLAGS="${cpu[*]} -Cprofile-use=$profile -Cllvm-args=-pgo-warn-missing-function=false" \
     CARGO_TARGET_DIR="$target/pgo" cargo build --release -q -p sluice >&2
 echo "$target/pgo/release/sluice"

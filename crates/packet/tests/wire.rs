@@ -658,6 +658,86 @@ proptest! {
     }
 }
 
+/// A TCP SYN from `src:40000` to `dst:80`, as a client opens a connection.
+fn syn(src: IpAddr, dst: IpAddr) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2(MAC_A, MAC_B);
+    let mut out = Vec::new();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            eth.ipv4(s.octets(), d.octets(), 61).tcp(40000, 80, 7, 1024)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            eth.ipv6(s.octets(), d.octets(), 61).tcp(40000, 80, 7, 1024)
+        }
+        _ => unreachable!(),
+    }
+    .syn()
+    .write(&mut out, b"")
+    .unwrap();
+    out
+}
+
+#[test]
+fn a_syn_is_answered_with_a_syn_ack_to_its_sender() {
+    for (src, dst) in [
+        (v4(0xc612_0001), v4(0x0a00_0064)),
+        (v6(0x2001_0db8 << 96 | 1), v6(0xfd00 << 112 | 0x100)),
+    ] {
+        let mut frame = syn(src, dst);
+        packet::mirror(&mut frame).unwrap();
+        let answer = packet::parse_frame(&frame).unwrap();
+        assert_eq!((answer.flow.src_addr, answer.flow.dst_addr), (dst, src));
+        assert_eq!((answer.flow.src_port, answer.flow.dst_port), (80, 40000));
+        assert_eq!(answer.tcp_flags, 0x12);
+        assert_eq!(&frame[..12], &[MAC_A, MAC_B].concat()[..]);
+        assert_checksums(&frame);
+        let Some(TransportSlice::Tcp(tcp)) = SlicedPacket::from_ethernet(&frame).unwrap().transport
+        else {
+            panic!("etherparse reads a TCP answer");
+        };
+        assert!(tcp.syn() && tcp.ack());
+    }
+}
+
+#[test]
+fn what_has_no_answer_is_refused_and_left_as_it_was() {
+    let mut fragment = syn(v4(1), v4(2));
+    fragment[20] = 0x20; // more fragments
+    let mut arp = vec![0xff; 12];
+    arp.extend([0x08, 0x06]);
+    arp.extend([0; 46]);
+    for frame in [fragment, arp] {
+        let mut answered = frame.clone();
+        assert!(packet::mirror(&mut answered).is_err());
+        assert_eq!(answered, frame);
+    }
+}
+
+proptest! {
+    /// An answer reverses the flow (MACs, addresses, ports), keeps the payload, the tags and every checksum, and
+    /// mirrored twice a frame is itself again (a SYN-ACK or a UDP datagram keeps its flags).
+    #[test]
+    fn an_answer_reverses_the_flow_and_keeps_its_checksums(
+        shape in shape_strategy(),
+        addrs in any::<[u128; 2]>(),
+        ports in any::<[u16; 2]>(),
+        payload in proptest::collection::vec(any::<u8>(), 0..100),
+    ) {
+        let make = |a: u128| if shape.v6 { v6(a) } else { v4(a as u32) };
+        let frame = build(shape, make(addrs[0]), make(addrs[1]), ports[0], ports[1], &payload);
+        let mut answer = frame.clone();
+        packet::mirror(&mut answer).unwrap();
+        assert_checksums(&answer);
+        let (request, reply) = (packet::parse_frame(&frame).unwrap(), packet::parse_frame(&answer).unwrap());
+        prop_assert_eq!(reply.flow, request.flow.reversed());
+        prop_assert_eq!(reply.vlan_id, request.vlan_id);
+        prop_assert_eq!((&answer[..6], &answer[6..12]), (&frame[6..12], &frame[..6]));
+        prop_assert_eq!(&answer[frame.len() - payload.len()..], &payload[..]);
+        packet::mirror(&mut answer).unwrap();
+        prop_assert_eq!(answer, frame);
+    }
+}
+
 /// The fuzz smoke run: a few hundred thousand random and mutated frames through every rewrite.
 #[test]
 fn fuzz_smoke() {

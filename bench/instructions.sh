@@ -44,7 +44,7 @@ largest() { { grep -E "$1" "$2" || true; } | awk '{ gsub(",", "", $1); if ($1 + 
 
 # Per mode, sluice run on the replay of FAMILY and FLOWS.
 count_replay() { # family flows
-    local family=$1 flows=$2 mbufs loop received
+    local family=$1 flows=$2 mbufs loop received answers_label=""
     WORKER_CPU=1
     if [ "$(nproc)" -lt 2 ]; then WORKER_CPU=0; fi
     EAL_MEMORY='"--no-huge", "-m", "1024"'
@@ -72,7 +72,7 @@ count_replay() { # family flows
         # The worker thread's closure holds its whole loop, poll and clock.
         loop=$(largest "run_balancer::\{\{closure\}\} \[" "$work/inclusive")
         received=$(sed -n 's/^worker 0: rx \([0-9]*\).*/\1/p' "$work/$mode.log")
-        awk -v m="$mode${answers_label:-}" -v fam="$family" -v n="$flows" -v l="$loop" -v r="${received:-0}" \
+        awk -v m="$mode$answers_label" -v fam="$family" -v n="$flows" -v l="$loop" -v r="${received:-0}" \
             'BEGIN { if (r == 0 || l == 0) { printf "| %s | %s | %s | not counted | 0 |\n", m, fam, n; exit }
                      printf "| %s | %s | %s | %.1f | %d |\n", m, fam, n, l / r, r }'
     done

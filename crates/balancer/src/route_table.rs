@@ -125,9 +125,25 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::prefix_contains;
     use proptest::prelude::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
+
+    /// Whether `addr` is inside `network/prefix` (same family only).
+    fn prefix_contains(network: IpAddr, prefix: u8, addr: IpAddr) -> bool {
+        match (network, addr) {
+            (IpAddr::V4(network), IpAddr::V4(addr)) => {
+                let prefix = u32::from(prefix.min(32));
+                let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+                u32::from(network) & mask == u32::from(addr) & mask
+            }
+            (IpAddr::V6(network), IpAddr::V6(addr)) => {
+                let prefix = u32::from(prefix.min(128));
+                let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+                u128::from(network) & mask == u128::from(addr) & mask
+            }
+            _ => false,
+        }
+    }
 
     /// Routing as a scan of every port's every address, keeping the longest prefix that holds `addr` (the first
     /// among equals), else the first gateway of its family: what the table must answer.
@@ -209,6 +225,19 @@ mod tests {
                 prop_assert_eq!(table.route(addr), route_by_scan(&ports, &gateways, addr), "{}", addr);
             }
         }
+    }
+
+    #[test]
+    fn the_scans_prefix_test() {
+        let addr: IpAddr = "10.1.2.3".parse().unwrap();
+        assert!(prefix_contains("10.0.0.0".parse().unwrap(), 8, addr));
+        assert!(!prefix_contains("10.0.0.0".parse().unwrap(), 16, addr));
+        assert!(prefix_contains(
+            "::".parse().unwrap(),
+            0,
+            "fd00::1".parse().unwrap()
+        ));
+        assert!(!prefix_contains("::".parse().unwrap(), 0, addr));
     }
 
     #[test]

@@ -41,7 +41,6 @@ int shim_rss_hash(const struct rte_mbuf *m, uint32_t *hash) {
 
 int shim_is_contiguous(const struct rte_mbuf *m) { return rte_pktmbuf_is_contiguous(m); }
 
-uint8_t *shim_prepend(struct rte_mbuf *m, uint16_t len) { return (uint8_t *)rte_pktmbuf_prepend(m, len); }
 
 uint8_t *shim_adj(struct rte_mbuf *m, uint16_t len) { return (uint8_t *)rte_pktmbuf_adj(m, len); }
 

@@ -30,7 +30,6 @@ uint16_t shim_tailroom(const struct rte_mbuf *m);
 uint16_t shim_port(const struct rte_mbuf *m);
 int shim_rss_hash(const struct rte_mbuf *m, uint32_t *hash);
 int shim_is_contiguous(const struct rte_mbuf *m);
-uint8_t *shim_prepend(struct rte_mbuf *m, uint16_t len);
 uint8_t *shim_adj(struct rte_mbuf *m, uint16_t len);
 uint8_t *shim_append(struct rte_mbuf *m, uint16_t len);
 int shim_trim(struct rte_mbuf *m, uint16_t len);

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hashbrown::HashMap;
-use packet::{MacWord, WireAddr};
+use packet::{MacWord, TunnelHeader, WireAddr};
 use thiserror::Error;
 
 use crate::maglev::{MaglevError, MaglevTable, TableSize};
@@ -114,6 +114,14 @@ pub struct Route {
     pub next_hop: IpAddr,
     /// The next hop's configured MAC, when there is one (one word: the verdict copies it on every frame).
     pub mac: MacWord,
+}
+
+/// A TUN backend's tunnel, prepared with the snapshot: its outer header, and the longest inner packet that fits
+/// the egress port's MTU once wrapped in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tunnel {
+    pub header: TunnelHeader,
+    pub max_inner_len: u16,
 }
 
 /// A service as workers use it.
@@ -228,6 +236,8 @@ pub struct Snapshot {
     by_backend: Vec<Option<BackendPlace>>,
     /// Each backend's route, by backend id: all an established DR flow asks of the snapshot, one load away.
     routes_by_backend: Vec<Option<Route>>,
+    /// Each TUN backend's tunnel, by backend id: an established TUN flow's encapsulation, one load away.
+    tunnels_by_backend: Vec<Option<Tunnel>>,
     /// NAT backends' (address, port, protocol) -> service index, to recognise their replies.
     nat_backends: PlaceMap<u32>,
     /// NAT backends that serve several services (as IPVS allows) -> those services' indices: a reply is mapped by
@@ -288,6 +298,7 @@ impl Snapshot {
             by_key: PlaceMap::default(),
             by_backend: Vec::new(),
             routes_by_backend: Vec::new(),
+            tunnels_by_backend: Vec::new(),
             nat_backends: PlaceMap::default(),
             shared_nat_backends: PlaceMap::default(),
             owned,
@@ -320,6 +331,11 @@ impl Snapshot {
                 .or_default()
                 .vip = true;
             let vip_is_v4 = service_spec.key.vip.is_ipv4();
+            let tunnel_source = if vip_is_v4 {
+                spec.tunnel_source_v4
+            } else {
+                spec.tunnel_source_v6
+            };
 
             let mut routes = Vec::with_capacity(service_spec.backends.len());
             for (index, backend) in service_spec.backends.iter().enumerate() {
@@ -365,6 +381,13 @@ impl Snapshot {
                     snapshot.routes_by_backend.resize(slot + 1, None);
                 }
                 snapshot.routes_by_backend[slot] = Some(route);
+                if service_spec.mode == ForwardingMode::Tun {
+                    let tunnel = snapshot.tunnel_to(tunnel_source, backend.addr, route.port);
+                    if snapshot.tunnels_by_backend.len() <= slot {
+                        snapshot.tunnels_by_backend.resize(slot + 1, None);
+                    }
+                    snapshot.tunnels_by_backend[slot] = tunnel;
+                }
                 snapshot.max_backend_id = snapshot.max_backend_id.max(backend.id.0);
                 if service_spec.mode == ForwardingMode::Nat {
                     let key = PlaceKey::new(backend.addr, backend.port, service_spec.key.protocol);
@@ -380,11 +403,6 @@ impl Snapshot {
                 }
             }
 
-            let tunnel_source = if vip_is_v4 {
-                spec.tunnel_source_v4
-            } else {
-                spec.tunnel_source_v6
-            };
             if service_spec.mode == ForwardingMode::Tun && tunnel_source.is_none() {
                 return Err(SnapshotError::NoTunnelSource(name));
             }
@@ -444,6 +462,22 @@ impl Snapshot {
     #[inline(always)]
     pub fn backend_route(&self, id: BackendId) -> Option<&Route> {
         self.routes_by_backend.get(id.0 as usize)?.as_ref()
+    }
+
+    /// The tunnel to TUN backend `id`; `None` once it has been removed, or for a backend of another mode.
+    #[inline(always)]
+    pub fn tunnel(&self, id: BackendId) -> Option<&Tunnel> {
+        self.tunnels_by_backend.get(id.0 as usize)?.as_ref()
+    }
+
+    /// The tunnel from `source` to `backend` out of `port`; `None` without a source of the backend's family.
+    fn tunnel_to(&self, source: Option<IpAddr>, backend: IpAddr, port: u16) -> Option<Tunnel> {
+        let header = TunnelHeader::new(&WireAddr::from(source?), &WireAddr::from(backend))?;
+        let mtu = self.port(port).map_or(u16::MAX, |port| port.mtu);
+        Some(Tunnel {
+            header,
+            max_inner_len: mtu.saturating_sub(header.len() as u16),
+        })
     }
 
     /// The NAT service whose backend `addr:port` sends a reply over `protocol`.

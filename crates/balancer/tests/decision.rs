@@ -189,6 +189,23 @@ impl Harness {
         staged
     }
 
+    /// The verdict the worker itself reads: staged, through `decide_into`, a [`Rewrite::Connection`] or
+    /// [`Rewrite::Tunnel`] left as it is.
+    fn decide_in_worker(&mut self, layout: &FrameLayout) -> Action {
+        let staged = self.stage_fully(layout);
+        let mut verdict = Action::Consumed;
+        self.state.decide_into(
+            &mut self.tables,
+            layout,
+            Some(&staged),
+            CLIENT_PORT,
+            false,
+            NOW,
+            &mut verdict,
+        );
+        verdict
+    }
+
     /// The decision without staging, as for a frame another worker handed over.
     fn decide_unstaged(&mut self, layout: &FrameLayout) -> Action {
         self.decide_unstaged_on(layout, CLIENT_PORT)
@@ -514,6 +531,62 @@ proptest::proptest! {
             }
             proptest::prop_assert_eq!(staged.tcp_state(&request.flow), full.tcp_state(&request.flow));
         }
+    }
+}
+
+/// An established TUN frame decided through staging, as the worker decides it, gets a rewrite that refers to the
+/// backend's tunnel in the snapshot; `decide` gives the encapsulation it stands for; and writing the tunnel's
+/// prepared header writes exactly the bytes that encapsulation writes.
+#[test]
+fn a_tunnel_rewrite_stands_for_the_concrete_encapsulation_byte_for_byte() {
+    for v6 in [false, true] {
+        let mut harness = Harness::new(&spec(
+            vec![service(ForwardingMode::Tun, SchedulerKind::Mh, v6, &[1, 1])],
+            1,
+        ));
+        let src = client(11, v6);
+        forwarded(harness.decide(&tcp(src, 40000, vip(v6), 80, SYN)));
+        let frame = tcp_frame(src, 40000, vip(v6), 80, ACK);
+        let layout = packet::parse_frame(&frame).expect("a plain frame");
+        let verdict = harness.decide_in_worker(&layout);
+        let Rewrite::Tunnel(backend) = forwarded(verdict).rewrite else {
+            panic!("v6={v6}: the fast path refers to the tunnel: {verdict:?}");
+        };
+        assert_eq!(forwarded(verdict).backend, Some(backend));
+        let concrete = forwarded(harness.decide(&layout)).rewrite;
+        assert_eq!(
+            harness
+                .state
+                .concrete_rewrite(&harness.tables.snapshot, Rewrite::Tunnel(backend)),
+            Some(concrete)
+        );
+        let Rewrite::Encapsulate {
+            outer_src,
+            outer_dst,
+        } = concrete
+        else {
+            panic!("v6={v6}: TUN encapsulates: {concrete:?}");
+        };
+        let tunnel = harness
+            .tables
+            .snapshot
+            .tunnel(backend)
+            .expect("a TUN backend");
+        let room = vec![0u8; tunnel.header.len()];
+        let (mut through_tunnel, mut through_concrete) = (
+            [room.clone(), frame.clone()].concat(),
+            [room, frame].concat(),
+        );
+        tunnel.header.write(&mut through_tunnel, &layout).unwrap();
+        packet::encapsulate(&mut through_concrete, &layout, &outer_src, &outer_dst).unwrap();
+        assert_eq!(through_tunnel, through_concrete, "v6={v6}");
+        assert_eq!(
+            packet::parse_frame(&through_tunnel)
+                .expect("encapsulated")
+                .flow
+                .dst_addr,
+            outer_dst.ip()
+        );
     }
 }
 
@@ -1379,23 +1452,15 @@ fn a_connection_rewrite_stands_for_the_concrete_rewrite_byte_for_byte() {
             forwarded(harness.decide(&syn));
             let frame = tcp_frame(src, 40000, vip(v6), 80, ACK);
             let layout = packet::parse_frame(&frame).expect("a plain frame");
-            let staged = harness.stage_fully(&layout);
-            let mut verdict = Action::Consumed;
-            harness.state.decide_into(
-                &mut harness.tables,
-                &layout,
-                Some(&staged),
-                CLIENT_PORT,
-                false,
-                NOW,
-                &mut verdict,
-            );
+            let verdict = harness.decide_in_worker(&layout);
             let Rewrite::Connection(id) = forwarded(verdict).rewrite else {
                 panic!("{mode:?} v6={v6}: the fast path refers to the connection: {verdict:?}");
             };
             let concrete = forwarded(harness.decide(&layout)).rewrite;
             assert_eq!(
-                harness.state.concrete_rewrite(Rewrite::Connection(id)),
+                harness
+                    .state
+                    .concrete_rewrite(&harness.tables.snapshot, Rewrite::Connection(id)),
                 Some(concrete)
             );
             let (mut through_connection, mut through_concrete) = (frame.clone(), frame.clone());

@@ -17,6 +17,7 @@ use balancer::decision::{
 };
 use balancer::expiry::ExpiryPacer;
 use balancer::neighbor::{Neighbor, ResolutionThrottle};
+use balancer::snapshot::Snapshot;
 use crossbeam::channel::{Receiver, Sender};
 use packet::{Fragment, FrameLayout, MacWord, L3};
 
@@ -937,7 +938,15 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         next_hop_mac: MacWord,
     ) {
         let port = usize::from(forward.port);
-        if rewrite(&mut frame, layout, &forward.rewrite, &self.state).is_err() {
+        if rewrite(
+            &mut frame,
+            layout,
+            &forward.rewrite,
+            &self.state,
+            &self.tables.snapshot,
+        )
+        .is_err()
+        {
             cold_path();
             return self.not_rewritten_in_place(frame, layout, forward, next_hop_mac);
         }
@@ -1085,7 +1094,10 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     ) {
         self.resolve(forward.port, forward.next_hop, now_ms);
         // The frame outlives its decision: it keeps the rewrite itself, not a reference to its connection.
-        let Some(rewrite) = self.state.concrete_rewrite(forward.rewrite) else {
+        let Some(rewrite) = self
+            .state
+            .concrete_rewrite(&self.tables.snapshot, forward.rewrite)
+        else {
             return self.drop_frame(frame, DropReason::RewriteFailed);
         };
         let waiting = AwaitingFrame {
@@ -1378,10 +1390,21 @@ fn rewrite<F: Frame>(
     layout: &FrameLayout,
     rewrite: &Rewrite,
     state: &WorkerState,
+    snapshot: &Snapshot,
 ) -> Result<(), packet::ParseError> {
     match rewrite {
         Rewrite::MacsOnly => Ok(()),
         Rewrite::Connection(id) => state.rewrite_client(*id, frame.data_mut(), layout),
+        Rewrite::Tunnel(backend) => {
+            let Some(tunnel) = snapshot.tunnel(*backend) else {
+                cold_path();
+                return Err(packet::ParseError::Unsupported("tunnel gone"));
+            };
+            if !frame.prepend(tunnel.header.len()) {
+                return Err(packet::ParseError::Truncated);
+            }
+            tunnel.header.write(frame.data_mut(), layout)
+        }
         Rewrite::Destination { addr, port } => {
             packet::rewrite_destination(frame.data_mut(), layout, addr, *port)
         }

@@ -409,10 +409,22 @@ impl Mbuf {
         unsafe { std::slice::from_raw_parts_mut(self.data_ptr(), self.len()) }
     }
 
-    /// Grows the data by `len` bytes at the front; false when the headroom is too small.
+    /// Grows the data by `len` bytes at the front; false when the headroom is too small. Inline, as
+    /// `rte_pktmbuf_prepend` is: every TUN frame grows by its outer header.
+    #[inline]
     pub fn prepend(&mut self, len: u16) -> bool {
-        // SAFETY: self owns a valid mbuf; DPDK checks the headroom and returns NULL when it is too small.
-        !unsafe { sys::shim_prepend(self.as_ptr(), len) }.is_null()
+        // SAFETY: self owns a valid mbuf for its whole life; the exclusive borrow of self makes this the only
+        // reference to its header.
+        let header = unsafe { self.0.as_mut() };
+        // The headroom is the data offset (rte_pktmbuf_headroom).
+        if len > header.data_off {
+            return false;
+        }
+        // As DPDK's: the lengths cannot wrap, a buffer's offset and data together fitting in its 16-bit length.
+        header.data_off -= len;
+        header.data_len = header.data_len.wrapping_add(len);
+        header.pkt_len = header.pkt_len.wrapping_add(u32::from(len));
+        true
     }
 
     /// Removes `len` bytes from the front; false when the data is shorter.

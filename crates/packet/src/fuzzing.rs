@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::{answer, parse_frame, rewrite, FrameLayout, L3};
+use crate::{answer, parse_frame, rewrite, tunnel, FrameLayout, L3};
 
 /// Exercises the parser and every rewrite on `data`, and on a copy whose IPv4 header checksum is made valid (so
 /// that random inputs reach past the checksum check); returns whether either parsed.
@@ -59,7 +59,7 @@ fn exercise_one(data: &[u8]) -> bool {
         let outer = if addr.is_ipv4() { 20 } else { 40 };
         let mut room = vec![0u8; outer + data.len()];
         room[outer..].copy_from_slice(data);
-        let _ = rewrite::encapsulate(&mut room, &layout, &addr.into(), &addr.into());
+        let _ = tunnel::encapsulate(&mut room, &layout, &addr.into(), &addr.into());
         let mut out = vec![0u8; 1600];
         let _ = answer::build_too_big(&mut out, data, &layout, addr, port, mac);
     }
@@ -76,7 +76,7 @@ fn exercise_one(data: &[u8]) -> bool {
         answer::answer_neighbor_solicitation(frame, &layout, mac).is_ok()
     });
     run(data, &layout, |frame| {
-        rewrite::decapsulate(frame, &layout).is_ok()
+        tunnel::decapsulate(frame, &layout).is_ok()
     });
     if layout.l3 == L3::Ipv4 || layout.l3 == L3::Ipv6 {
         let mut out = vec![0u8; 128];

@@ -11,6 +11,7 @@ pub mod mac;
 pub mod mirror;
 pub mod parse;
 pub mod rewrite;
+pub mod tunnel;
 pub mod tunnel_fragment;
 pub mod wire_addr;
 
@@ -26,9 +27,9 @@ pub use parse::{
     EMPTY_LAYOUT, L3,
 };
 pub use rewrite::{
-    decapsulate, encapsulate, rewrite_destination, rewrite_icmp_error_destination,
-    rewrite_icmp_error_source, rewrite_source, rewrite_source_and_destination, set_macs,
-    set_macs_word, IPV4_HEADER_LEN, IPV6_HEADER_LEN,
+    rewrite_destination, rewrite_icmp_error_destination, rewrite_icmp_error_source, rewrite_source,
+    rewrite_source_and_destination, set_macs, set_macs_word, IPV4_HEADER_LEN, IPV6_HEADER_LEN,
 };
+pub use tunnel::{decapsulate, encapsulate, TunnelHeader};
 pub use tunnel_fragment::{build_tunnel_fragment, tunnel_fragment_payload};
 pub use wire_addr::WireAddr;

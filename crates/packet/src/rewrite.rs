@@ -1,5 +1,5 @@
 //! In-place rewrites driven by a [`FrameLayout`]: MAC addresses, NAT of either end with RFC 1624 checksum
-//! updates, the packet an ICMP error quotes, and IP-in-IP / IPv6-in-IPv6 encapsulation.
+//! updates, and the packet an ICMP error quotes (tunnels are [`crate::tunnel`]'s).
 //!
 //! Each function takes the layout [`parse_frame`](crate::parse_frame) returned for the frame and checks every
 //! access, so a layout that does not fit the frame is an error, not a panic.
@@ -13,8 +13,6 @@ use crate::parse::{read_u16, read_u8, Fragment, FrameLayout, IcmpKind, ParseErro
 use crate::wire_addr::WireAddr;
 
 pub const IPV4_HEADER_LEN: usize = 20;
-/// An Ethernet header without VLAN tags.
-const ETHERNET_HEADER_LEN: usize = 14;
 pub const IPV6_HEADER_LEN: usize = 40;
 /// TTL / hop limit of headers sluice builds.
 pub const DEFAULT_TTL: u8 = 64;
@@ -399,132 +397,4 @@ pub fn rewrite_icmp_error_source(
         inner_dst,
         inner_dst_port,
     )
-}
-
-/// Writes an outer IPv4 or IPv6 header: `buf[..IPV4_HEADER_LEN]` (or `IPV6_HEADER_LEN`) is free space in front
-/// of the original frame `buf[outer..]` described by `inner`. The Ethernet header (with its VLAN tags) moves to the
-/// front and the outer header follows it; the inner IP packet stays where it is. The addresses are borrowed, as
-/// for [`rewrite_destination`].
-pub fn encapsulate(
-    buf: &mut [u8],
-    inner: &FrameLayout,
-    src: &WireAddr,
-    dst: &WireAddr,
-) -> Result<(), ParseError> {
-    let l2 = usize::from(inner.l2_len);
-    let inner_len = usize::from(inner.l3_len);
-    match (inner.l3, src.is_ipv4(), dst.is_ipv4()) {
-        (L3::Ipv4, true, true) => {
-            let total = IPV4_HEADER_LEN + inner_len;
-            if total > usize::from(u16::MAX) {
-                return Err(ParseError::Unsupported(
-                    "encapsulated packet longer than 65535 bytes",
-                ));
-            }
-            let (front, inner_ip) = make_room(buf, l2, IPV4_HEADER_LEN, inner_len)?;
-            // RFC 2003 section 3.1: TOS and DF are copied from the inner header.
-            let (tos, df, id) = (inner_ip[1], inner_ip[6] & 0x40, [inner_ip[4], inner_ip[5]]);
-            let header: &mut [u8; IPV4_HEADER_LEN] = (&mut front[l2..])
-                .try_into()
-                .map_err(|_| ParseError::Truncated)?;
-            let (src, dst) = (src.v4_octets(), dst.v4_octets());
-            // The checksum is summed from the fields themselves, not read back from the header just written
-            // (bytes stored one by one and loaded as words would wait for the stores).
-            let sum = u64::from(u16::from_be_bytes([0x45, tos]))
-                + total as u64
-                + u64::from(u16::from_be_bytes(id))
-                + u64::from(u16::from_be_bytes([df, 0]))
-                + u64::from(u16::from_be_bytes([DEFAULT_TTL, ip_protocol::IPIP]))
-                + u64::from(u32::from_be_bytes(src))
-                + u64::from(u32::from_be_bytes(dst));
-            let check = checksum::finish(sum).to_be_bytes();
-            *header = [
-                0x45,
-                tos,
-                (total >> 8) as u8,
-                total as u8,
-                id[0],
-                id[1],
-                df,
-                0,
-                DEFAULT_TTL,
-                ip_protocol::IPIP,
-                check[0],
-                check[1],
-                src[0],
-                src[1],
-                src[2],
-                src[3],
-                dst[0],
-                dst[1],
-                dst[2],
-                dst[3],
-            ];
-            Ok(())
-        }
-        (L3::Ipv6, false, false) => {
-            let (front, inner_ip) = make_room(buf, l2, IPV6_HEADER_LEN, inner_len)?;
-            // Traffic class and flow label are copied, so the flow keeps its ECMP entropy.
-            let first_word = [
-                0x60 | (inner_ip[0] & 0x0f),
-                inner_ip[1],
-                inner_ip[2],
-                inner_ip[3],
-            ];
-            let header = &mut front[l2..];
-            header[0..4].copy_from_slice(&first_word);
-            header[4..6].copy_from_slice(&(inner_len as u16).to_be_bytes());
-            header[6] = ip_protocol::IPV6_IN_IP;
-            header[7] = DEFAULT_TTL;
-            header[8..24].copy_from_slice(&src.v6_octets());
-            header[24..40].copy_from_slice(&dst.v6_octets());
-            Ok(())
-        }
-        _ => Err(ParseError::Unsupported(
-            "encapsulation between address families",
-        )),
-    }
-}
-
-/// Moves the Ethernet header `outer` bytes to the front; returns (Ethernet + outer header room, inner IP packet).
-fn make_room(
-    buf: &mut [u8],
-    l2: usize,
-    outer: usize,
-    inner_len: usize,
-) -> Result<(&mut [u8], &mut [u8]), ParseError> {
-    if inner_len < 20 || buf.len() < outer + l2 + inner_len {
-        return Err(ParseError::Truncated);
-    }
-    if l2 == ETHERNET_HEADER_LEN {
-        // The untagged header, moved as one fixed-size copy rather than a call to memmove.
-        let header: [u8; ETHERNET_HEADER_LEN] = buf[outer..outer + ETHERNET_HEADER_LEN]
-            .try_into()
-            .map_err(|_| ParseError::Truncated)?;
-        buf[..ETHERNET_HEADER_LEN].copy_from_slice(&header);
-    } else {
-        buf.copy_within(outer..outer + l2, 0);
-    }
-    let (front, rest) = buf.split_at_mut(l2 + outer);
-    Ok((front, &mut rest[..inner_len]))
-}
-
-/// Removes an outer IPv4/IPv6 header of an IP-in-IP packet described by `layout` by moving the Ethernet header
-/// forward over it; returns how many bytes to drop from the front of the frame.
-pub fn decapsulate(frame: &mut [u8], layout: &FrameLayout) -> Result<usize, ParseError> {
-    let expected = match layout.l3 {
-        L3::Ipv4 => ip_protocol::IPIP,
-        L3::Ipv6 => ip_protocol::IPV6_IN_IP,
-        _ => return Err(ParseError::Unsupported("not an IP packet")),
-    };
-    if layout.protocol != expected {
-        return Err(ParseError::Unsupported("not an encapsulated packet"));
-    }
-    let l2 = usize::from(layout.l2_len);
-    let outer = usize::from(layout.l4_offset) - usize::from(layout.l3_offset);
-    if frame.len() < l2 + outer {
-        return Err(ParseError::Truncated);
-    }
-    frame.copy_within(0..l2, outer);
-    Ok(outer)
 }

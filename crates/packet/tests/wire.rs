@@ -658,6 +658,58 @@ proptest! {
     }
 }
 
+proptest! {
+    /// RFC 2003 section 3.1: the outer IPv4 header copies the inner TOS and don't-fragment (and sluice its
+    /// identification, so that outer fragments of one packet share one); IPv6 copies traffic class and flow label.
+    /// The outer checksum covers what was copied.
+    #[test]
+    fn the_outer_header_carries_what_the_inner_one_gives(
+        v6_frame in any::<bool>(),
+        first_word in any::<u32>(),
+        identification in any::<u16>(),
+        dont_fragment in any::<bool>(),
+        outer in any::<[u128; 2]>(),
+    ) {
+        let make = |a: u128| if v6_frame { v6(a) } else { v4(a as u32) };
+        let shape = Shape { v6: v6_frame, tcp: true, vlan: None };
+        let mut original = build(shape, make(1), make(2), 3, 4, b"payload");
+        if v6_frame {
+            original[14..18].copy_from_slice(&((6 << 28) | (first_word & 0x0fff_ffff)).to_be_bytes());
+        } else {
+            original[15] = first_word as u8;
+            original[18..20].copy_from_slice(&identification.to_be_bytes());
+            original[20] = if dont_fragment { 0x40 } else { 0 };
+            original[21] = 0;
+            original[24..26].fill(0);
+            let check = !(reference_sum(&[&original[14..34]]) as u16);
+            original[24..26].copy_from_slice(&check.to_be_bytes());
+        }
+        let layout = packet::parse_frame(&original).unwrap();
+        let room = if v6_frame { 40 } else { 20 };
+        let mut buf = vec![0u8; room];
+        buf.extend_from_slice(&original);
+        packet::encapsulate(&mut buf, &layout, &WireAddr::from(make(outer[0])), &WireAddr::from(make(outer[1]))).unwrap();
+        assert_checksums(&buf);
+        let sliced = SlicedPacket::from_ethernet(&buf).unwrap();
+        match sliced.net.unwrap() {
+            NetSlice::Ipv4(ip) => {
+                let header = ip.header();
+                prop_assert_eq!(header.dcp().value() << 2 | header.ecn().value(), first_word as u8);
+                prop_assert_eq!(header.identification(), identification);
+                prop_assert_eq!(header.dont_fragment(), dont_fragment);
+                prop_assert_eq!(usize::from(header.total_len()), buf.len() - 14);
+            }
+            NetSlice::Ipv6(ip) => {
+                let header = ip.header();
+                prop_assert_eq!(header.traffic_class(), (first_word >> 20) as u8);
+                prop_assert_eq!(header.flow_label().value(), first_word & 0xf_ffff);
+                prop_assert_eq!(usize::from(header.payload_length()), buf.len() - 14 - 40);
+            }
+            _ => prop_assert!(false, "no IP"),
+        }
+    }
+}
+
 /// A TCP SYN from `src:40000` to `dst:80`, as a client opens a connection.
 fn syn(src: IpAddr, dst: IpAddr) -> Vec<u8> {
     let eth = PacketBuilder::ethernet2(MAC_A, MAC_B);

@@ -295,7 +295,7 @@ impl WorkerState {
             &mut verdict,
         );
         if let Action::Forward(forward) = &mut verdict {
-            match self.concrete_rewrite(forward.rewrite) {
+            match self.concrete_rewrite(&tables.snapshot, forward.rewrite) {
                 Some(rewrite) => forward.rewrite = rewrite,
                 None => verdict = Action::Drop(DropReason::ConnectionRejected),
             }
@@ -303,11 +303,20 @@ impl WorkerState {
         verdict
     }
 
-    /// `rewrite` with a [`Rewrite::Connection`] replaced by the rewrite it stands for, while the connection lives
-    /// (`None` once it is gone); any other rewrite as it is. For a verdict kept beyond its frame's decision.
-    pub fn concrete_rewrite(&self, rewrite: Rewrite) -> Option<Rewrite> {
-        let Rewrite::Connection(id) = rewrite else {
-            return Some(rewrite);
+    /// `rewrite` with a [`Rewrite::Connection`] or [`Rewrite::Tunnel`] replaced by the rewrite it stands for,
+    /// while the connection lives and `snapshot` has the tunnel (`None` once they are gone); any other rewrite as
+    /// it is. For a verdict kept beyond its frame's decision.
+    pub fn concrete_rewrite(&self, snapshot: &Snapshot, rewrite: Rewrite) -> Option<Rewrite> {
+        let id = match rewrite {
+            Rewrite::Connection(id) => id,
+            Rewrite::Tunnel(backend) => {
+                let (outer_src, outer_dst) = snapshot.tunnel(backend)?.header.endpoints();
+                return Some(Rewrite::Encapsulate {
+                    outer_src,
+                    outer_dst,
+                });
+            }
+            _ => return Some(rewrite),
         };
         let endpoints = self.conns.wire_endpoints(id)?;
         Some(match endpoints.local {

@@ -112,11 +112,11 @@ impl WorkerState {
             *verdict = forward(route, Rewrite::Connection(id), Some(backend), false, false);
             return Established::Forwarded;
         }
-        match (self.conns.wire_endpoints(id), snapshot.backend(backend)) {
-            (Some(endpoints), Some((service, _, _))) => {
-                *verdict = forward_on(
-                    snapshot, service, mode, backend, &endpoints, route, layout, false,
-                );
+        // TUN: the backend's tunnel is prepared in the snapshot; a packet too long for it whole (fragmented or
+        // answered too big) is the full decision's.
+        match snapshot.tunnel(backend) {
+            Some(tunnel) if layout.l3_len <= tunnel.max_inner_len => {
+                *verdict = forward(route, Rewrite::Tunnel(backend), Some(backend), false, false);
                 Established::Forwarded
             }
             _ => {
@@ -362,6 +362,17 @@ fn forward_on(
             None => return Action::Drop(DropReason::ConnectionRejected),
         },
         ForwardingMode::Tun => {
+            if let Some(tunnel) = snapshot.tunnel(backend_id) {
+                if layout.l3_len <= tunnel.max_inner_len {
+                    return forward(
+                        route,
+                        Rewrite::Tunnel(backend_id),
+                        Some(backend_id),
+                        untracked,
+                        false,
+                    );
+                }
+            }
             let Some(outer_src) = service.tunnel_source else {
                 return Action::Drop(DropReason::NoRoute);
             };

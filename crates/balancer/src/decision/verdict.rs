@@ -212,6 +212,10 @@ pub enum Rewrite {
     /// [`crate::decision::WorkerState::decide_into`] gives it, for the frame it decides, while the connection
     /// cannot change; [`crate::decision::WorkerState::decide`] gives the rewrite it stands for.
     Connection(ConnId),
+    /// TUN to backend `BackendId`: the [`Rewrite::Encapsulate`] its tunnel in the snapshot stands for
+    /// ([`crate::snapshot::Snapshot::tunnel`]), prepared with the snapshot instead of built for every frame. Only
+    /// [`crate::decision::WorkerState::decide_into`] gives it, for a packet that fits the tunnel whole.
+    Tunnel(BackendId),
 }
 
 /// A frame to send on.

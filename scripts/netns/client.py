@@ -45,7 +45,11 @@ def one_from(url, source_port):
 
 def reuse(first_url, second_url, name):
     exercised = []
-    for source_port in range(41000, 41128):
+    # Ports below the ephemeral range: a connection the kernel gave one of them earlier (still in TIME_WAIT with the
+    # same VIP) would refuse the first request (EADDRINUSE) and say nothing of sluice.
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+        first = max(1024, int(ports.read().split()[0]) - 128)
+    for source_port in range(first, first + 128):
         try:
             if one_from(first_url, source_port) != name:
                 continue

@@ -36,6 +36,9 @@ fn ring_port_loops_back_on_a_registered_worker() {
             mbuf.data_mut().fill(i);
             assert!(mbuf.prepend(4));
             mbuf.data_mut()[..4].copy_from_slice(&[0xaa, 0xbb, 0xcc, i]);
+            // More than the headroom: refused, the frame left as it was.
+            assert!(!mbuf.prepend(u16::MAX));
+            assert_eq!(mbuf.len(), 68);
             out.push(mbuf);
         }
         let sent = tx.tx_burst(&mut out);

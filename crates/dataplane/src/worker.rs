@@ -1400,10 +1400,7 @@ fn rewrite<F: Frame>(
                 cold_path();
                 return Err(packet::ParseError::Unsupported("tunnel gone"));
             };
-            if !frame.prepend(tunnel.header.len()) {
-                return Err(packet::ParseError::Truncated);
-            }
-            tunnel.header.write(frame.data_mut(), layout)
+            wrap(frame, layout, &tunnel.header)
         }
         Rewrite::Destination { addr, port } => {
             packet::rewrite_destination(frame.data_mut(), layout, addr, *port)
@@ -1431,17 +1428,12 @@ fn rewrite<F: Frame>(
         Rewrite::Encapsulate {
             outer_src,
             outer_dst,
-        } => {
-            let outer = if outer_src.is_ipv4() {
-                packet::IPV4_HEADER_LEN
-            } else {
-                packet::IPV6_HEADER_LEN
-            };
-            if !frame.prepend(outer) {
-                return Err(packet::ParseError::Truncated);
-            }
-            packet::encapsulate(frame.data_mut(), layout, outer_src, outer_dst)
-        }
+        } => match packet::TunnelHeader::new(outer_src, outer_dst) {
+            Some(header) => wrap(frame, layout, &header),
+            None => Err(packet::ParseError::Unsupported(
+                "encapsulation between address families",
+            )),
+        },
         Rewrite::IcmpError {
             destination,
             source,
@@ -1461,6 +1453,19 @@ fn rewrite<F: Frame>(
             Ok(())
         }
     }
+}
+
+/// `frame` grown at the front by `header` and wrapped in it.
+#[inline(always)]
+fn wrap<F: Frame>(
+    frame: &mut F,
+    layout: &FrameLayout,
+    header: &packet::TunnelHeader,
+) -> Result<(), packet::ParseError> {
+    if !frame.prepend(header.len()) {
+        return Err(packet::ParseError::Truncated);
+    }
+    header.write(frame.data_mut(), layout)
 }
 
 /// `mac` as the low 48 bits of a little-endian word, the form [`Engine::addressed_to_port`] compares.

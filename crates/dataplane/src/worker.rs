@@ -523,21 +523,15 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 }
             }
             // ...and only then decide, frame by frame, in order.
-            for (index, frame) in self.received.drain(..).enumerate() {
-                if self.parsed[index] {
-                    engine.handle(
-                        frame,
-                        &self.layouts[index],
-                        self.staged[index].as_ref(),
-                        port as u16,
-                        false,
-                        now_ms,
-                        &mut self.verdict,
-                    );
-                } else {
-                    engine.drop_malformed(frame);
-                }
-            }
+            engine.handle_burst(
+                &mut self.received,
+                &self.layouts,
+                &self.parsed,
+                &self.staged,
+                port as u16,
+                now_ms,
+                &mut self.verdict,
+            );
             // A full burst on a port with control traffic to protect: drain the queue, shedding data (`overload`).
             if engine.behind_on_control_port(port, received) {
                 received_total += overload::shed(
@@ -567,10 +561,9 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             let layout = &mut self.layouts[0];
             let frame = handoff.frame;
             if packet::parse_frame_into(frame.data(), frame.ipv4_checksum_good(), layout).is_ok() {
-                engine.handle(
+                engine.handle_one(
                     frame,
                     layout,
-                    None,
                     handoff.ingress,
                     true,
                     now_ms,
@@ -670,7 +663,58 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
 }
 
 impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
+    /// Handles a staged burst from port `ingress`, in order: frame i with `layouts[i]` and `staged[i]` when
+    /// `parsed[i]`, dropped as malformed otherwise. One call per burst, with [`Engine::handle`] inlined: a call per
+    /// frame spent as much on saving and restoring registers as on some whole steps of the decision.
     #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn handle_burst(
+        &mut self,
+        received: &mut Burst<R::Frame>,
+        layouts: &[FrameLayout],
+        parsed: &[bool; MAX_BURST],
+        staged: &[Option<StagedKey>; MAX_BURST],
+        ingress: u16,
+        now_ms: u64,
+        verdict: &mut Action,
+    ) {
+        for (((frame, layout), &parsed), staged) in
+            received.drain(..).zip(layouts).zip(parsed).zip(staged)
+        {
+            if parsed {
+                self.handle(
+                    frame,
+                    layout,
+                    staged.as_ref(),
+                    ingress,
+                    false,
+                    now_ms,
+                    verdict,
+                );
+            } else {
+                self.drop_malformed(frame);
+            }
+        }
+    }
+
+    /// [`Engine::handle`] out of line, for the frames that come one at a time (handed off, or shed under
+    /// overload): its body is inlined once, in [`Engine::handle_burst`].
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn handle_one(
+        &mut self,
+        frame: R::Frame,
+        layout: &FrameLayout,
+        ingress: u16,
+        handed_off: bool,
+        now_ms: u64,
+        verdict: &mut Action,
+    ) {
+        self.handle(frame, layout, None, ingress, handed_off, now_ms, verdict);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn handle(
         &mut self,
         frame: R::Frame,

@@ -67,7 +67,7 @@ pub(super) fn shed<R: RxQueue, T: TxQueue<Frame = R::Frame>>(
             let parsed =
                 packet::parse_frame_into(frame.data(), frame.ipv4_checksum_good(), layout).is_ok();
             if parsed && is_control(layout, &engine.tables.snapshot) {
-                engine.handle(frame, layout, None, port as u16, false, now_ms, verdict);
+                engine.handle_one(frame, layout, port as u16, false, now_ms, verdict);
             } else {
                 engine.counters.rx_bytes += frame.data().len() as u64;
                 engine.drop_frame(frame, DropReason::OverloadShed);

@@ -189,16 +189,22 @@ impl Harness {
         staged
     }
 
-    /// The verdict the worker itself reads: staged, through `decide_into`, a [`Rewrite::Connection`] or
-    /// [`Rewrite::Tunnel`] left as it is.
+    /// The verdict the worker itself reads: staged, through `decide_into`, a [`Rewrite::Connection`],
+    /// [`Rewrite::Reply`] or [`Rewrite::Tunnel`] left as it is; for a frame arriving on the port that faces its
+    /// source.
     fn decide_in_worker(&mut self, layout: &FrameLayout) -> Action {
         let staged = self.stage_fully(layout);
+        let ingress = self
+            .tables
+            .snapshot
+            .route(layout.flow.src_addr)
+            .map_or(0, |route| route.port);
         let mut verdict = Action::Consumed;
         self.state.decide_into(
             &mut self.tables,
             layout,
             Some(&staged),
-            CLIENT_PORT,
+            ingress,
             false,
             NOW,
             &mut verdict,
@@ -1468,32 +1474,82 @@ fn a_connection_rewrite_stands_for_the_concrete_rewrite_byte_for_byte() {
                 .state
                 .rewrite_client(id, &mut through_connection, &layout)
                 .unwrap();
-            match concrete {
-                Rewrite::Destination { addr, port } => {
-                    assert_eq!(mode, ForwardingMode::Nat);
-                    packet::rewrite_destination(&mut through_concrete, &layout, &addr, port)
-                }
-                Rewrite::SourceAndDestination {
-                    src,
-                    src_port,
-                    dst,
-                    dst_port,
-                } => {
-                    assert_eq!(mode, ForwardingMode::FullNat);
-                    packet::rewrite_source_and_destination(
-                        &mut through_concrete,
-                        &layout,
-                        &src,
-                        src_port,
-                        &dst,
-                        dst_port,
-                    )
-                }
-                other => panic!("{mode:?}: {other:?}"),
-            }
-            .unwrap();
+            assert_eq!(
+                matches!(concrete, Rewrite::SourceAndDestination { .. }),
+                mode == ForwardingMode::FullNat
+            );
+            rewrite_by(&concrete, &mut through_concrete, &layout);
             assert_ne!(through_connection, frame, "{mode:?} v6={v6}: rewritten");
             assert_eq!(through_connection, through_concrete, "{mode:?} v6={v6}");
         }
     }
+}
+
+/// A backend's reply of an established NAT or FULLNAT connection, decided through staging as the worker decides it,
+/// gets a rewrite that refers to its connection; `decide` gives the rewrite that stands for; and rewriting the
+/// reply through the connection writes exactly the bytes the concrete rewrite writes.
+#[test]
+fn a_reply_rewrite_stands_for_the_concrete_rewrite_byte_for_byte() {
+    for mode in [ForwardingMode::Nat, ForwardingMode::FullNat] {
+        for v6 in [false, true] {
+            let mut harness = Harness::new(&spec(
+                vec![service(mode, SchedulerKind::Mh, v6, &[1, 1])],
+                1,
+            ));
+            let request = tcp(client(11, v6), 40000, vip(v6), 80, SYN);
+            let opened = harness.decide(&request);
+            let answer = reply_of(Some(&opened), &request.flow, SYN | ACK);
+            forwarded(harness.decide(&answer));
+            let flow = &answer.flow;
+            let frame = tcp_frame(
+                flow.src_addr,
+                flow.src_port,
+                flow.dst_addr,
+                flow.dst_port,
+                ACK,
+            );
+            let layout = packet::parse_frame(&frame).expect("a plain frame");
+            let verdict = harness.decide_in_worker(&layout);
+            let Rewrite::Reply(id) = forwarded(verdict).rewrite else {
+                panic!("{mode:?} v6={v6}: the fast path refers to the connection: {verdict:?}");
+            };
+            let concrete = forwarded(harness.decide(&layout)).rewrite;
+            assert_eq!(
+                harness
+                    .state
+                    .concrete_rewrite(&harness.tables.snapshot, Rewrite::Reply(id)),
+                Some(concrete)
+            );
+            let (mut through_connection, mut through_concrete) = (frame.clone(), frame.clone());
+            harness
+                .state
+                .rewrite_reply(id, &mut through_connection, &layout)
+                .unwrap();
+            assert_eq!(
+                matches!(concrete, Rewrite::SourceAndDestination { .. }),
+                mode == ForwardingMode::FullNat
+            );
+            rewrite_by(&concrete, &mut through_concrete, &layout);
+            assert_ne!(through_connection, frame, "{mode:?} v6={v6}: rewritten");
+            assert_eq!(through_connection, through_concrete, "{mode:?} v6={v6}");
+        }
+    }
+}
+
+/// Applies a concrete NAT or FULLNAT `rewrite` to `frame` (parsed as `layout`) as the data plane does.
+fn rewrite_by(rewrite: &Rewrite, frame: &mut [u8], layout: &FrameLayout) {
+    match *rewrite {
+        Rewrite::Destination { addr, port } => {
+            packet::rewrite_destination(frame, layout, &addr, port)
+        }
+        Rewrite::Source { addr, port } => packet::rewrite_source(frame, layout, &addr, port),
+        Rewrite::SourceAndDestination {
+            src,
+            src_port,
+            dst,
+            dst_port,
+        } => packet::rewrite_source_and_destination(frame, layout, &src, src_port, &dst, dst_port),
+        other => panic!("not an address rewrite: {other:?}"),
+    }
+    .unwrap();
 }

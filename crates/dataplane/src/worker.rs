@@ -1439,6 +1439,7 @@ fn rewrite<F: Frame>(
     match rewrite {
         Rewrite::MacsOnly => Ok(()),
         Rewrite::Connection(id) => state.rewrite_client(*id, frame.data_mut(), layout),
+        Rewrite::Reply(id) => state.rewrite_reply(*id, frame.data_mut(), layout),
         Rewrite::Tunnel(backend) => {
             let Some(tunnel) = snapshot.tunnel(*backend) else {
                 cold_path();

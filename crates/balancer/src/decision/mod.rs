@@ -309,6 +309,23 @@ impl WorkerState {
     pub fn concrete_rewrite(&self, snapshot: &Snapshot, rewrite: Rewrite) -> Option<Rewrite> {
         let id = match rewrite {
             Rewrite::Connection(id) => id,
+            Rewrite::Reply(id) => {
+                let reply = self.conns.reply_path(id)?;
+                let client = &reply.client;
+                return Some(if reply.mode == ForwardingMode::FullNat {
+                    Rewrite::SourceAndDestination {
+                        src: client.dst_wire(),
+                        src_port: client.dst_port(),
+                        dst: client.src_wire(),
+                        dst_port: client.src_port(),
+                    }
+                } else {
+                    Rewrite::Source {
+                        addr: client.dst_wire(),
+                        port: client.dst_port(),
+                    }
+                });
+            }
             Rewrite::Tunnel(backend) => {
                 let (outer_src, outer_dst) = snapshot.tunnel(backend)?.header.endpoints();
                 return Some(Rewrite::Encapsulate {
@@ -361,6 +378,34 @@ impl WorkerState {
                 &endpoints.backend,
                 endpoints.backend_port,
             ),
+        }
+    }
+
+    /// Rewrites a backend's `frame` (parsed as `layout`) of connection `id` in place as [`Rewrite::Reply`] says:
+    /// the source to the VIP the client asked, and for FULLNAT the destination back to the client.
+    #[inline(always)]
+    pub fn rewrite_reply(
+        &self,
+        id: ConnId,
+        frame: &mut [u8],
+        layout: &FrameLayout,
+    ) -> Result<(), packet::ParseError> {
+        let Some(reply) = self.conns.reply_path(id) else {
+            cold_path();
+            return Err(packet::ParseError::Unsupported("connection gone"));
+        };
+        let client = &reply.client;
+        if reply.mode == ForwardingMode::FullNat {
+            packet::rewrite_source_and_destination(
+                frame,
+                layout,
+                &client.dst_wire(),
+                client.dst_port(),
+                &client.src_wire(),
+                client.src_port(),
+            )
+        } else {
+            packet::rewrite_source(frame, layout, &client.dst_wire(), client.dst_port())
         }
     }
 

@@ -13,7 +13,6 @@ use packet::{FlowKey, Fragment, FrameLayout, WireAddr};
 use super::request::Established;
 use super::{forward, Action, DropReason, Rewrite, SharedBackendHop, StagedKey, WorkerState};
 use crate::conntrack::{ConnId, Direction};
-use crate::service::ForwardingMode;
 use crate::snapshot::Snapshot;
 
 impl WorkerState {
@@ -56,21 +55,8 @@ impl WorkerState {
             cold_path();
             self.account(id, Direction::Reply, layout.tcp_flags, now_ms);
         }
-        let client = &reply.client;
-        let rewrite = if reply.mode == ForwardingMode::FullNat {
-            Rewrite::SourceAndDestination {
-                src: client.dst_wire(),
-                src_port: client.dst_port(),
-                dst: client.src_wire(),
-                dst_port: client.src_port(),
-            }
-        } else {
-            Rewrite::Source {
-                addr: client.dst_wire(),
-                port: client.dst_port(),
-            }
-        };
-        *verdict = forward(&route, rewrite, Some(reply.backend), false, true);
+        // The addresses are read from the entry when the frame is rewritten.
+        *verdict = forward(&route, Rewrite::Reply(id), Some(reply.backend), false, true);
         Established::Forwarded
     }
 

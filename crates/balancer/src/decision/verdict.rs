@@ -216,6 +216,11 @@ pub enum Rewrite {
     /// ([`crate::snapshot::Snapshot::tunnel`]), prepared with the snapshot instead of built for every frame. Only
     /// [`crate::decision::WorkerState::decide_into`] gives it, for a packet that fits the tunnel whole.
     Tunnel(BackendId),
+    /// A backend's frame of the NAT or FULLNAT connection `ConnId`, back to its client: the `Source` (NAT) or
+    /// `SourceAndDestination` (FULLNAT) rewrite the connection's client key gives, read from the entry when the
+    /// frame is rewritten ([`crate::decision::WorkerState::rewrite_reply`]) instead of copied into the verdict and
+    /// back. Given, like [`Rewrite::Connection`], only by [`crate::decision::WorkerState::decide_into`].
+    Reply(ConnId),
 }
 
 /// A frame to send on.

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use balancer::conntrack::{tcp_flags, ConnTable, Timeouts};
 use balancer::decision::{
-    Action, DropReason, Forward, FragmentAction, FragmentTable, Rewrite, StagedKey, WorkerPlace,
-    WorkerState, WorkerTables,
+    Action, DropReason, Established, FastForward, Forward, FragmentAction, FragmentTable, Rewrite,
+    StagedKey, WorkerPlace, WorkerState, WorkerTables,
 };
 use balancer::maglev::TableSize;
 use balancer::neighbor::{Neighbor, NeighborTable};
@@ -175,6 +175,45 @@ impl Harness {
         let staged = self.stage_fully(layout);
         self.state
             .decide(&mut self.tables, layout, Some(&staged), ingress, false, NOW)
+    }
+
+    /// The decision as the data plane takes it, in two steps: the established path first, whose [`FastForward`]
+    /// comes back as is, then the rest for what it did not forward.
+    fn decide_split_on(
+        &mut self,
+        layout: &FrameLayout,
+        ingress: u16,
+    ) -> Result<FastForward, Action> {
+        let staged = self.stage_fully(layout);
+        let mut verdict = Action::Consumed;
+        let after_miss;
+        let staged = match self.state.decide_established(
+            &self.tables.snapshot,
+            layout,
+            &staged,
+            ingress,
+            NOW,
+            true,
+            &mut verdict,
+        ) {
+            Established::Fast(fast) => return Ok(fast),
+            Established::Forwarded => return Err(verdict),
+            Established::Missed { absent } => {
+                after_miss = staged.after_miss(absent);
+                &after_miss
+            }
+            Established::Other => &staged,
+        };
+        self.state.decide_rest_into(
+            &mut self.tables,
+            layout,
+            Some(staged),
+            ingress,
+            false,
+            NOW,
+            &mut verdict,
+        );
+        Err(verdict)
     }
 
     fn stage_fully(&mut self, layout: &FrameLayout) -> StagedKey {
@@ -536,6 +575,120 @@ proptest::proptest! {
                 requests[flow_index as usize] = Some(by_stage);
             }
             proptest::prop_assert_eq!(staged.tcp_state(&request.flow), full.tcp_state(&request.flow));
+        }
+    }
+}
+
+/// Whether `fast` says what the forward `action` says (a fast forward leaves out the next hop's address: its MAC is
+/// known).
+fn stands_for(fast: &FastForward, action: &Action) -> bool {
+    let Action::Forward(forward) = action else {
+        return false;
+    };
+    forward.port == fast.port
+        && forward.next_hop_mac == fast.next_hop_mac
+        && forward.next_hop_mac.is_known()
+        && forward.rewrite == Rewrite::from(fast.rewrite)
+        && forward.backend == Some(fast.backend)
+        && forward.reply == fast.reply
+        && !forward.untracked
+        && !forward.opened
+}
+
+proptest::proptest! {
+    /// The data plane's two steps (the established path, acted on from its small verdict, then the rest) decide
+    /// every frame as `decide_into` does in one, in every mode and both families, through random requests and
+    /// replies with random TCP flags from either port, and leave the connections in the same states; frames of
+    /// established connections to a next hop with a configured MAC take the small verdict.
+    #[test]
+    fn the_data_planes_two_steps_decide_as_decide_into(
+        mode in proptest::sample::select(vec![
+            ForwardingMode::Dr,
+            ForwardingMode::Nat,
+            ForwardingMode::FullNat,
+            ForwardingMode::Tun,
+        ]),
+        v6: bool,
+        steps in proptest::collection::vec(
+            (
+                0u32..6,
+                proptest::bool::ANY,
+                proptest::sample::select(vec![SYN, SYN | ACK, ACK, ACK | tcp_flags::FIN, tcp_flags::RST]),
+                proptest::bool::weighted(0.85),
+            ),
+            1..48,
+        ),
+    ) {
+        let mut spec = spec(vec![service(mode, SchedulerKind::Mh, v6, &[1, 2, 3])], 1);
+        spec.local_ports = PortPartition::new(50000, 50999, 1).unwrap();
+        let mut split = Harness::seeded(&spec, 5);
+        let mut whole = Harness::seeded(&spec, 5);
+        let mut requests: [Option<Action>; 6] = Default::default();
+        for (flow_index, reply, flags, from_backend_port) in steps {
+            let request = tcp(client(flow_index, v6), 40000, vip(v6), 80, flags);
+            let (layout, ingress) = if reply {
+                let ingress = if from_backend_port { BACKEND_PORT } else { CLIENT_PORT };
+                (reply_of(requests[flow_index as usize].as_ref(), &request.flow, flags), ingress)
+            } else {
+                (request, CLIENT_PORT)
+            };
+            let by_split = split.decide_split_on(&layout, ingress);
+            let staged = whole.stage_fully(&layout);
+            let mut by_whole = Action::Consumed;
+            whole.state.decide_into(
+                &mut whole.tables, &layout, Some(&staged), ingress, false, NOW, &mut by_whole,
+            );
+            match &by_split {
+                Ok(fast) => {
+                    proptest::prop_assert!(stands_for(fast, &by_whole), "{:?}: {:?} / {:?}", layout.flow, fast, by_whole);
+                }
+                Err(action) => proptest::prop_assert_eq!(action, &by_whole, "{:?}", layout.flow),
+            }
+            if !reply && matches!(by_whole, Action::Forward(_)) {
+                requests[flow_index as usize] = whole.state.concrete_rewrite(&whole.tables.snapshot, match by_whole {
+                    Action::Forward(forward) => forward.rewrite,
+                    _ => Rewrite::MacsOnly,
+                }).map(|rewrite| match by_whole {
+                    Action::Forward(forward) => Action::Forward(Forward { rewrite, ..forward }),
+                    other => other,
+                });
+            }
+            proptest::prop_assert_eq!(split.tcp_state(&request.flow), whole.tcp_state(&request.flow));
+        }
+    }
+}
+
+/// A client's frame of an established connection in every mode, and a backend's reply in NAT and FULLNAT, take
+/// the small verdict when the next hop's MAC is configured (the backends' always; the IPv4 clients' gateway's),
+/// and the written verdict when it is not (the IPv6 clients' gateway).
+#[test]
+fn established_frames_to_a_configured_mac_take_the_small_verdict() {
+    for mode in [
+        ForwardingMode::Dr,
+        ForwardingMode::Nat,
+        ForwardingMode::FullNat,
+        ForwardingMode::Tun,
+    ] {
+        for v6 in [false, true] {
+            let mut harness = Harness::new(&spec(
+                vec![service(mode, SchedulerKind::Mh, v6, &[1, 1])],
+                1,
+            ));
+            let request = tcp(client(11, v6), 40000, vip(v6), 80, SYN);
+            let opened = harness.decide(&request);
+            let ack = tcp(client(11, v6), 40000, vip(v6), 80, ACK);
+            let fast = harness.decide_split_on(&ack, CLIENT_PORT);
+            assert!(fast.is_ok(), "{mode:?} v6={v6}: {fast:?}");
+            if matches!(mode, ForwardingMode::Nat | ForwardingMode::FullNat) {
+                let answer = reply_of(Some(&opened), &request.flow, SYN | ACK);
+                forwarded(harness.decide(&answer));
+                let reply = reply_of(Some(&opened), &request.flow, ACK);
+                let split = harness.decide_split_on(&reply, BACKEND_PORT);
+                assert_eq!(split.is_ok(), !v6, "{mode:?} v6={v6}: {split:?}");
+                if let Ok(fast) = split {
+                    assert!(fast.reply, "{mode:?}: {fast:?}");
+                }
+            }
         }
     }
 }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use arrayvec::ArrayVec;
 use balancer::decision::{
-    Action, DatagramKey, DropReason, Forward, FragmentAction, FragmentTable, Rewrite, StagedKey,
-    WorkerState, WorkerTables,
+    Action, DatagramKey, DropReason, EntryRewrite, Established, FastForward, Forward,
+    FragmentAction, FragmentTable, Rewrite, StagedKey, WorkerState, WorkerTables,
 };
 use balancer::expiry::ExpiryPacer;
 use balancer::neighbor::{Neighbor, ResolutionThrottle};
@@ -740,7 +740,35 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         }
         // One branch on a parsed fact: fragments are decided with the fragment table, out of line.
         if layout.fragment == Fragment::None {
-            self.state.decide_into(
+            // The common case first, acted on where it was decided: a frame of an established connection.
+            let after_miss;
+            let staged = match staged {
+                Some(key) => match self.state.decide_established(
+                    &self.tables.snapshot,
+                    layout,
+                    key,
+                    ingress,
+                    now_ms,
+                    true,
+                    verdict,
+                ) {
+                    Established::Fast(fast) => return self.send_fast(frame, layout, fast),
+                    Established::Forwarded => {
+                        return self.act(frame, layout, verdict, ingress, now_ms)
+                    }
+                    Established::Missed { absent } => {
+                        cold_path();
+                        after_miss = key.after_miss(absent);
+                        Some(&after_miss)
+                    }
+                    Established::Other => {
+                        cold_path();
+                        Some(key)
+                    }
+                },
+                None => None,
+            };
+            self.state.decide_rest_into(
                 &mut self.tables,
                 layout,
                 staged,
@@ -972,6 +1000,36 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         self.send_forward(frame, layout, forward, next_hop_mac);
     }
 
+    /// A frame of an established connection, forwarded as [`FastForward`] says (its next hop's MAC known): as
+    /// [`Engine::forward`] would forward the [`Action`] it stands for.
+    #[inline(always)]
+    fn send_fast(&mut self, mut frame: R::Frame, layout: &FrameLayout, fast: FastForward) {
+        let port = usize::from(fast.port);
+        if port >= self.ports.len() {
+            cold_path();
+            return self.drop_frame(frame, DropReason::NoRoute);
+        }
+        if rewrite_from_entry(
+            &mut frame,
+            layout,
+            fast.rewrite,
+            &self.state,
+            &self.tables.snapshot,
+        )
+        .is_err()
+        {
+            cold_path();
+            return self.drop_frame(frame, DropReason::RewriteFailed);
+        }
+        self.send_rewritten(
+            frame,
+            port,
+            fast.next_hop_mac,
+            Some(fast.backend),
+            fast.reply,
+        );
+    }
+
     /// The rest of a forward once the next hop's MAC is known: rewrite, MACs, counters, transmit queue.
     #[inline(always)]
     fn send_forward(
@@ -994,21 +1052,32 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
             cold_path();
             return self.not_rewritten_in_place(frame, layout, forward, next_hop_mac);
         }
+        if forward.untracked {
+            cold_path();
+            self.counters.untracked += 1;
+        }
+        self.send_rewritten(frame, port, next_hop_mac, forward.backend, forward.reply);
+    }
+
+    /// A rewritten frame on its way out of `port` to `next_hop_mac`: its MACs, the counters (of `backend`, in the
+    /// direction `reply` says), the transmit queue.
+    #[inline(always)]
+    fn send_rewritten(
+        &mut self,
+        mut frame: R::Frame,
+        port: usize,
+        next_hop_mac: MacWord,
+        backend: Option<balancer::service::BackendId>,
+        reply: bool,
+    ) {
         let source_mac = self.ports[port].mac;
         if packet::set_macs_word(frame.data_mut(), source_mac, next_hop_mac).is_err() {
             cold_path();
             return self.drop_frame(frame, DropReason::RewriteFailed);
         }
-        if forward.untracked {
-            cold_path();
-            self.counters.untracked += 1;
-        }
-        if let Some(backend) = forward
-            .backend
-            .and_then(|id| self.stats.backends.get(id.0 as usize))
-        {
+        if let Some(backend) = backend.and_then(|id| self.stats.backends.get(id.0 as usize)) {
             let bytes = frame.data().len() as u64;
-            if forward.reply {
+            if reply {
                 bump(&backend.packets_out, 1);
                 bump(&backend.bytes_out, bytes);
             } else {
@@ -1426,6 +1495,29 @@ fn transmit<T: TxQueue>(
     sent
 }
 
+/// Applies `rewrite`, held by a connection entry or the snapshot, to `frame` in place.
+#[inline(always)]
+fn rewrite_from_entry<F: Frame>(
+    frame: &mut F,
+    layout: &FrameLayout,
+    rewrite: EntryRewrite,
+    state: &WorkerState,
+    snapshot: &Snapshot,
+) -> Result<(), packet::ParseError> {
+    match rewrite {
+        EntryRewrite::MacsOnly => Ok(()),
+        EntryRewrite::Connection(id) => state.rewrite_client(id, frame.data_mut(), layout),
+        EntryRewrite::Reply(id) => state.rewrite_reply(id, frame.data_mut(), layout),
+        EntryRewrite::Tunnel(backend) => {
+            let Some(tunnel) = snapshot.tunnel(backend) else {
+                cold_path();
+                return Err(packet::ParseError::Unsupported("tunnel gone"));
+            };
+            wrap(frame, layout, &tunnel.header)
+        }
+    }
+}
+
 /// Applies `rewrite` to `frame` in place (taken by reference: the verdict was just written, and copying it whole
 /// would wait on those stores). Inlined: the common rewrites are a few stores, and a call cost more.
 #[inline(always)]
@@ -1436,16 +1528,13 @@ fn rewrite<F: Frame>(
     state: &WorkerState,
     snapshot: &Snapshot,
 ) -> Result<(), packet::ParseError> {
+    if let Some(rewrite) = EntryRewrite::of(rewrite) {
+        return rewrite_from_entry(frame, layout, rewrite, state, snapshot);
+    }
     match rewrite {
-        Rewrite::MacsOnly => Ok(()),
-        Rewrite::Connection(id) => state.rewrite_client(*id, frame.data_mut(), layout),
-        Rewrite::Reply(id) => state.rewrite_reply(*id, frame.data_mut(), layout),
-        Rewrite::Tunnel(backend) => {
-            let Some(tunnel) = snapshot.tunnel(*backend) else {
-                cold_path();
-                return Err(packet::ParseError::Unsupported("tunnel gone"));
-            };
-            wrap(frame, layout, &tunnel.header)
+        // Taken above.
+        Rewrite::MacsOnly | Rewrite::Connection(_) | Rewrite::Reply(_) | Rewrite::Tunnel(_) => {
+            Err(packet::ParseError::Unsupported("entry rewrite"))
         }
         Rewrite::Destination { addr, port } => {
             packet::rewrite_destination(frame.data_mut(), layout, addr, *port)

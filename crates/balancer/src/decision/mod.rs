@@ -18,6 +18,7 @@
 //! a connection (a probe of the owned addresses that established connections never pay).
 
 mod arp;
+mod fast;
 mod fragment;
 mod fragment_table;
 mod icmp;
@@ -42,9 +43,9 @@ use crate::scheduler::{IpvsScheduler, LoadTable};
 use crate::service::{BackendId, ForwardingMode, SchedulerKind};
 use crate::snapshot::{Route, Snapshot};
 
+pub use fast::{EntryRewrite, Established, FastForward};
 pub use fragment::FragmentAction;
 pub use fragment_table::{DatagramFate, DatagramKey, FragmentTable};
-use request::Established;
 pub use verdict::{Action, DropReason, Forward, Rewrite};
 
 /// Tables published with each snapshot, one set per worker: the snapshot and the per-service scheduler state
@@ -411,11 +412,48 @@ impl WorkerState {
 
     /// [`WorkerState::decide`] into the caller's `verdict`: the data plane keeps one and reads the verdict where
     /// the decision wrote it (moving an 80-byte verdict out through two returns cost more than the decision).
-    /// Inlined into the data plane so that the common verdict is written in place; the rare kinds of frames are
-    /// decided out of line.
+    /// [`WorkerState::decide_established`], then [`WorkerState::decide_rest_into`], which the data plane takes
+    /// one by one (acting on a [`FastForward`] itself).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     pub fn decide_into(
+        &mut self,
+        tables: &mut WorkerTables,
+        layout: &FrameLayout,
+        staged: Option<&StagedKey>,
+        ingress: u16,
+        handed_off: bool,
+        now_ms: u64,
+        verdict: &mut Action,
+    ) {
+        let mut after_miss = None;
+        if let Some(key) = staged {
+            // Not asked to hand a FastForward back: Fast never comes.
+            match self.decide_established(
+                &tables.snapshot,
+                layout,
+                key,
+                ingress,
+                now_ms,
+                false,
+                verdict,
+            ) {
+                Established::Forwarded | Established::Fast(_) => return,
+                Established::Missed { absent } => after_miss = Some(key.after_miss(absent)),
+                Established::Other => {}
+            }
+        }
+        let staged = after_miss.as_ref().or(staged);
+        self.decide_rest_into(tables, layout, staged, ingress, handed_off, now_ms, verdict);
+    }
+
+    /// What [`WorkerState::decide_into`] decides of a frame that [`WorkerState::decide_established`] did not
+    /// forward (`staged` marked [`StagedKey::after_miss`] when its lookup missed): everything but a plain frame of
+    /// an established connection. Inlined so that the common verdict is written in place; the rare kinds of
+    /// frames are decided out of line.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide_rest_into(
         &mut self,
         tables: &mut WorkerTables,
         layout: &FrameLayout,
@@ -442,35 +480,9 @@ impl WorkerState {
                 cold_path();
                 self.arp(snapshot, layout, ingress, now_ms)
             }
-            L3::Ipv4 | L3::Ipv6 => {
-                // The common case first: a whole datagram of a connection this worker tracks, forwarded from its
-                // entry without classifying the destination again. A frame at the end of its TTL takes the full
-                // decision, which drops it when it would be forwarded.
-                let mut after_miss = None;
-                if let Some(staged) = staged {
-                    if layout.fragment == Fragment::None
-                        && matches!(layout.icmp, IcmpKind::None)
-                        && layout.ttl > 1
-                    {
-                        match self.established(snapshot, layout, staged, ingress, now_ms, verdict) {
-                            Established::Forwarded => return,
-                            Established::Missed { absent } => {
-                                cold_path();
-                                after_miss = Some(StagedKey {
-                                    missed: true,
-                                    absent,
-                                    ..*staged
-                                })
-                            }
-                            Established::Other => cold_path(),
-                        }
-                    }
-                }
-                let staged = after_miss.as_ref().or(staged);
-                self.ip(
-                    snapshot, schedulers, layout, staged, ingress, handed_off, now_ms,
-                )
-            }
+            L3::Ipv4 | L3::Ipv6 => self.ip(
+                snapshot, schedulers, layout, staged, ingress, handed_off, now_ms,
+            ),
             L3::Other(_) => not_ours(snapshot),
         };
     }

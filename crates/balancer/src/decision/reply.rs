@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use packet::{FlowKey, Fragment, FrameLayout, WireAddr};
 
-use super::request::Established;
+use super::fast::{established_forward, EntryRewrite, Established};
 use super::{forward, Action, DropReason, Rewrite, SharedBackendHop, StagedKey, WorkerState};
 use crate::conntrack::{ConnId, Direction};
 use crate::snapshot::Snapshot;
@@ -23,6 +23,7 @@ impl WorkerState {
     /// snapshot, a reply on another port than its backend's, a client without a route) takes the full decision,
     /// which drops it under its reason, before anything is accounted.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn established_reply(
         &mut self,
         snapshot: &Snapshot,
@@ -30,6 +31,7 @@ impl WorkerState {
         id: ConnId,
         ingress: u16,
         now_ms: u64,
+        hand_back: bool,
         verdict: &mut Action,
     ) -> Established {
         let Some(reply) = self.conns.reply_path(id) else {
@@ -56,8 +58,14 @@ impl WorkerState {
             self.account(id, Direction::Reply, layout.tcp_flags, now_ms);
         }
         // The addresses are read from the entry when the frame is rewritten.
-        *verdict = forward(&route, Rewrite::Reply(id), Some(reply.backend), false, true);
-        Established::Forwarded
+        established_forward(
+            &route,
+            EntryRewrite::Reply(id),
+            reply.backend,
+            true,
+            hand_back,
+            verdict,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use packet::{FlowKey, FrameLayout};
 
+use super::fast::{established_forward, EntryRewrite, Established};
 use super::{forward, martian_source, opened, Action, DropReason, Rewrite, StagedKey, WorkerState};
 use crate::conntrack::{
     tcp_flags, ClientHit, Conn, Direction, Endpoint, Forwarding, InsertError, Target, WireEndpoints,
@@ -13,17 +14,6 @@ use crate::conntrack::{
 use crate::scheduler::IpvsScheduler;
 use crate::service::{BackendId, ForwardingMode, SchedulerKind};
 use crate::snapshot::{mask_address, Route, Service, Snapshot};
-
-/// What [`WorkerState::established`] made of a frame.
-pub(super) enum Established {
-    /// The verdict is written.
-    Forwarded,
-    /// No live connection has the key; `absent` when no entry holds it at all.
-    Missed { absent: bool },
-    /// Not a plain packet of a live connection (a backend gone from the snapshot, a reply on the wrong port or
-    /// to a client without a route): the full decision takes it.
-    Other,
-}
 
 impl WorkerState {
     /// A frame to a VIP; `None` when no service of the VIP matches (the caller decides what else it may be).
@@ -62,6 +52,7 @@ impl WorkerState {
     /// here, so this worker owns the flow; its backend is in the snapshot, so its service is too (backend ids
     /// belong to one service).
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn established(
         &mut self,
         snapshot: &Snapshot,
@@ -69,6 +60,7 @@ impl WorkerState {
         staged: &StagedKey,
         ingress: u16,
         now_ms: u64,
+        hand_back: bool,
         verdict: &mut Action,
     ) -> Established {
         let (id, backend, mode, changing) = match self.conns.client_hit(
@@ -81,7 +73,9 @@ impl WorkerState {
             ClientHit::Refreshed { id, backend, mode } => (id, backend, mode, false),
             ClientHit::Changing { id, backend, mode } => (id, backend, mode, true),
             ClientHit::Reply(hit) => {
-                return self.established_reply(snapshot, layout, hit.id, ingress, now_ms, verdict);
+                return self.established_reply(
+                    snapshot, layout, hit.id, ingress, now_ms, hand_back, verdict,
+                );
             }
             ClientHit::Missed => {
                 cold_path();
@@ -102,28 +96,26 @@ impl WorkerState {
             cold_path();
             self.account(id, Direction::Original, layout.tcp_flags, now_ms);
         }
-        if mode == ForwardingMode::Dr {
+        let rewrite = if mode == ForwardingMode::Dr {
             // The MACs are all DR changes: the backend's address is not even read.
-            *verdict = forward(route, Rewrite::MacsOnly, Some(backend), false, false);
-            return Established::Forwarded;
-        }
-        if mode != ForwardingMode::Tun {
+            EntryRewrite::MacsOnly
+        } else if mode != ForwardingMode::Tun {
             // NAT and FULLNAT: the addresses are read from the entry when the frame is rewritten.
-            *verdict = forward(route, Rewrite::Connection(id), Some(backend), false, false);
-            return Established::Forwarded;
-        }
-        // TUN: the backend's tunnel is prepared in the snapshot; a packet too long for it whole (fragmented or
-        // answered too big) is the full decision's.
-        match snapshot.tunnel(backend) {
-            Some(tunnel) if layout.l3_len <= tunnel.max_inner_len => {
-                *verdict = forward(route, Rewrite::Tunnel(backend), Some(backend), false, false);
-                Established::Forwarded
+            EntryRewrite::Connection(id)
+        } else {
+            // TUN: the backend's tunnel is prepared in the snapshot; a packet too long for it whole (fragmented or
+            // answered too big) is the full decision's.
+            match snapshot.tunnel(backend) {
+                Some(tunnel) if layout.l3_len <= tunnel.max_inner_len => {
+                    EntryRewrite::Tunnel(backend)
+                }
+                _ => {
+                    cold_path();
+                    return Established::Other;
+                }
             }
-            _ => {
-                cold_path();
-                Established::Other
-            }
-        }
+        };
+        established_forward(route, rewrite, backend, false, hand_back, verdict)
     }
 
     /// A whole datagram to `service` (at `service_index` in the snapshot).

@@ -480,12 +480,15 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                         .stage_with(&layout.flow, R::Frame::prefetch_address)
                 });
             }
-            // ...then, with the buckets on their way, the entries they point at...
+            // ...then, with the buckets on their way, the entries they point at (in a table larger than a core's
+            // cache)...
             let mut new_flows = false;
-            for staged in self.staged[..received].iter_mut().flatten() {
-                new_flows |= engine
-                    .state
-                    .stage_entries_with(staged, R::Frame::prefetch_address);
+            if engine.state.stages_entries() {
+                for staged in self.staged[..received].iter_mut().flatten() {
+                    new_flows |= engine
+                        .state
+                        .stage_entries_with(staged, R::Frame::prefetch_address);
+                }
             }
             // ...then, in a table of many connections of two entries, the other entry each frame needs (a FULLNAT
             // connection's second entry, a reply entry's primary)...

@@ -92,6 +92,10 @@ impl Candidates {
 /// [`ConnTable::linked_outgrow_cache`].
 const LINKED_IN_CACHE: usize = 16 * 1024;
 
+/// Entry lines (64 bytes each) that a core's own cache (L2) holds beside the rest of a worker's working set,
+/// about: see [`ConnTable::entries_outgrow_cache`].
+const ENTRIES_IN_CACHE: usize = 8 * 1024;
+
 /// One worker's connection table. See the module documentation for the layout and policies.
 pub struct ConnTable {
     /// Primaries `0..capacity`, then the secondaries.
@@ -306,6 +310,15 @@ impl ConnTable {
             slots,
             version: bucket.version(),
         }
+    }
+
+    /// Whether [`ConnTable::prefetch_candidates_with`] is worth a pass over a burst: when the entries outgrow a
+    /// core's own cache (8K lines: 512 KB). Below that every entry is found in cache, and the pass (a second
+    /// probe of each key's bucket, its candidates kept for the lookup) only costs time: the lookup compares the
+    /// signatures itself.
+    #[inline]
+    pub fn entries_outgrow_cache(&self) -> bool {
+        self.len + self.linked >= ENTRIES_IN_CACHE
     }
 
     /// Whether [`ConnTable::prefetch_linked_with`] is worth a pass over a burst: when so many connections read a

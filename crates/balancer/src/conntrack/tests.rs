@@ -1418,3 +1418,35 @@ mod colliding {
         }
     }
 }
+
+/// The staged lookup's second pass pays only once the entries outgrow a core's cache: 8K lines, counting both
+/// entries of a two-entry connection.
+#[test]
+fn entries_outgrow_the_cache_at_eight_thousand_lines() {
+    let mut table = ConnTable::new(16 * 1024, Timeouts::default()).unwrap();
+    for n in 0..8 * 1024 - 2 {
+        table
+            .insert(
+                0,
+                client_key(n, ip_protocol::TCP),
+                target(ForwardingMode::Dr),
+                SYN,
+                ignore,
+            )
+            .unwrap();
+    }
+    assert!(!table.entries_outgrow_cache());
+    // A NAT connection to an IPv6 backend holds two lines: the last two of the 8K.
+    let v6_backend = Target {
+        addr: "fd00::9".parse().unwrap(),
+        ..target(ForwardingMode::Nat)
+    };
+    let key = FlowKey {
+        src_addr: "fd00::1".parse().unwrap(),
+        dst_addr: "fd00::100".parse().unwrap(),
+        ..client_key(1, ip_protocol::TCP)
+    };
+    table.insert(0, key, v6_backend, SYN, ignore).unwrap();
+    assert_eq!(table.len(), 8 * 1024 - 1);
+    assert!(table.entries_outgrow_cache());
+}

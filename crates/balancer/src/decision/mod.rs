@@ -186,6 +186,13 @@ impl WorkerState {
         candidates.is_empty()
     }
 
+    /// Whether [`WorkerState::stage_entries_with`] is worth a pass: the connection entries are likely out of
+    /// cache. Without it the lookup compares the bucket's signatures itself, and no frame is staged as new.
+    #[inline]
+    pub fn stages_entries(&self) -> bool {
+        self.conns.entries_outgrow_cache()
+    }
+
     /// Whether [`WorkerState::stage_linked_with`] is worth a pass: enough connections have two entries that the
     /// second ones are likely out of cache.
     #[inline]

@@ -1615,25 +1615,14 @@ fn a_connection_rewrite_stands_for_the_concrete_rewrite_byte_for_byte() {
             let Rewrite::Connection(id) = forwarded(verdict).rewrite else {
                 panic!("{mode:?} v6={v6}: the fast path refers to the connection: {verdict:?}");
             };
-            let concrete = forwarded(harness.decide(&layout)).rewrite;
-            assert_eq!(
-                harness
-                    .state
-                    .concrete_rewrite(&harness.tables.snapshot, Rewrite::Connection(id)),
-                Some(concrete)
+            assert_rewrites_alike(
+                &mut harness,
+                mode,
+                &frame,
+                &layout,
+                verdict,
+                |state, frame| state.rewrite_client(id, frame, &layout),
             );
-            let (mut through_connection, mut through_concrete) = (frame.clone(), frame.clone());
-            harness
-                .state
-                .rewrite_client(id, &mut through_connection, &layout)
-                .unwrap();
-            assert_eq!(
-                matches!(concrete, Rewrite::SourceAndDestination { .. }),
-                mode == ForwardingMode::FullNat
-            );
-            rewrite_by(&concrete, &mut through_concrete, &layout);
-            assert_ne!(through_connection, frame, "{mode:?} v6={v6}: rewritten");
-            assert_eq!(through_connection, through_concrete, "{mode:?} v6={v6}");
         }
     }
 }
@@ -1666,27 +1655,46 @@ fn a_reply_rewrite_stands_for_the_concrete_rewrite_byte_for_byte() {
             let Rewrite::Reply(id) = forwarded(verdict).rewrite else {
                 panic!("{mode:?} v6={v6}: the fast path refers to the connection: {verdict:?}");
             };
-            let concrete = forwarded(harness.decide(&layout)).rewrite;
-            assert_eq!(
-                harness
-                    .state
-                    .concrete_rewrite(&harness.tables.snapshot, Rewrite::Reply(id)),
-                Some(concrete)
+            assert_rewrites_alike(
+                &mut harness,
+                mode,
+                &frame,
+                &layout,
+                verdict,
+                |state, frame| state.rewrite_reply(id, frame, &layout),
             );
-            let (mut through_connection, mut through_concrete) = (frame.clone(), frame.clone());
-            harness
-                .state
-                .rewrite_reply(id, &mut through_connection, &layout)
-                .unwrap();
-            assert_eq!(
-                matches!(concrete, Rewrite::SourceAndDestination { .. }),
-                mode == ForwardingMode::FullNat
-            );
-            rewrite_by(&concrete, &mut through_concrete, &layout);
-            assert_ne!(through_connection, frame, "{mode:?} v6={v6}: rewritten");
-            assert_eq!(through_connection, through_concrete, "{mode:?} v6={v6}");
         }
     }
+}
+
+/// `verdict`, whose rewrite refers to a connection (the worker's), stands for the concrete rewrite `decide` gives
+/// for `frame` (parsed as `layout`) in NAT or FULLNAT `mode`; and `through_entry`, the worker's rewrite from the
+/// connection, writes exactly the bytes the concrete rewrite writes.
+fn assert_rewrites_alike(
+    harness: &mut Harness,
+    mode: ForwardingMode,
+    frame: &[u8],
+    layout: &FrameLayout,
+    verdict: Action,
+    through_entry: impl Fn(&WorkerState, &mut [u8]) -> Result<(), packet::ParseError>,
+) {
+    let concrete = forwarded(harness.decide(layout)).rewrite;
+    assert_eq!(
+        harness
+            .state
+            .concrete_rewrite(&harness.tables.snapshot, forwarded(verdict).rewrite),
+        Some(concrete),
+        "{mode:?}"
+    );
+    assert_eq!(
+        matches!(concrete, Rewrite::SourceAndDestination { .. }),
+        mode == ForwardingMode::FullNat
+    );
+    let (mut through_connection, mut through_concrete) = (frame.to_vec(), frame.to_vec());
+    through_entry(&harness.state, &mut through_connection).unwrap();
+    rewrite_by(&concrete, &mut through_concrete, layout);
+    assert_ne!(through_connection, frame, "{mode:?}: rewritten");
+    assert_eq!(through_connection, through_concrete, "{mode:?}");
 }
 
 /// Applies a concrete NAT or FULLNAT `rewrite` to `frame` (parsed as `layout`) as the data plane does.

@@ -466,9 +466,8 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                     packet::parse_frame_into(frame.data(), frame.ipv4_checksum_good(), layout)
                         .is_ok();
             }
-            // Hash every IP frame's connection key and, in a table larger than a core's cache, start loading its
-            // index bucket (a loop of its own: reading a layout right after writing it would wait for the stores)...
-            let out_of_cache = engine.state.stages_entries();
+            // Hash every IP frame's connection key and start loading its index bucket (a loop of its own: reading a
+            // layout right after writing it would wait for the stores)...
             for ((layout, &parsed), staged) in self
                 .layouts
                 .iter()
@@ -476,18 +475,15 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 .zip(self.staged.iter_mut())
             {
                 *staged = (parsed && matches!(layout.l3, L3::Ipv4 | L3::Ipv6)).then(|| {
-                    if out_of_cache {
-                        engine
-                            .state
-                            .stage_with(&layout.flow, R::Frame::prefetch_address)
-                    } else {
-                        engine.state.stage_with(&layout.flow, |_| {})
-                    }
+                    engine
+                        .state
+                        .stage_with(&layout.flow, R::Frame::prefetch_address)
                 });
             }
-            // ...then, with the buckets on their way, the entries they point at...
+            // ...then, with the buckets on their way, the entries they point at (in a table larger than a core's
+            // cache)...
             let mut new_flows = false;
-            if out_of_cache {
+            if engine.state.stages_entries() {
                 for staged in self.staged[..received].iter_mut().flatten() {
                     new_flows |= engine
                         .state

@@ -154,13 +154,6 @@ impl Index {
         &self.buckets[bucket]
     }
 
-    /// Where bucket `bucket` (a probe's, so in range) is, for a prefetch: an address, never read through, so
-    /// not checked (a prefetch of any address is harmless).
-    #[inline(always)]
-    pub fn bucket_address(&self, bucket: usize) -> *const u8 {
-        self.buckets.as_ptr().wrapping_add(bucket).cast()
-    }
-
     #[inline(always)]
     pub fn next(&self, bucket: usize) -> usize {
         if bucket + 1 == self.buckets.len() {

@@ -92,10 +92,9 @@ impl Candidates {
 /// [`ConnTable::linked_outgrow_cache`].
 const LINKED_IN_CACHE: usize = 16 * 1024;
 
-/// Entry lines (64 bytes each) that a core's own cache (L2) holds with the index buckets that point at them (as
-/// many again: a table far from full has about one bucket line per key) beside the rest of a worker's working set,
+/// Entry lines (64 bytes each) that a core's own cache (L2) holds beside the rest of a worker's working set,
 /// about: see [`ConnTable::entries_outgrow_cache`].
-const ENTRIES_IN_CACHE: usize = 4 * 1024;
+const ENTRIES_IN_CACHE: usize = 8 * 1024;
 
 /// One worker's connection table. See the module documentation for the layout and policies.
 pub struct ConnTable {
@@ -289,7 +288,8 @@ impl ConnTable {
     /// [`ConnTable::prefetch`] through the caller's own prefetch (statically dispatched, so it inlines).
     #[inline(always)]
     pub fn prefetch_with(&self, hash: u32, prefetch: impl Fn(*const u8)) {
-        prefetch(self.index.bucket_address(self.index.probe(hash).bucket));
+        let bucket: *const _ = self.index.bucket(self.index.probe(hash).bucket);
+        prefetch(bucket.cast());
     }
 
     /// Starts loading, through the caller's own prefetch, the entries whose signatures match `hash` in its home
@@ -312,11 +312,10 @@ impl ConnTable {
         }
     }
 
-    /// Whether the prefetches of a staged lookup ([`ConnTable::prefetch_with`],
-    /// [`ConnTable::prefetch_candidates_with`]) are worth their passes over a burst: when the entries and their
-    /// buckets outgrow a core's own cache (4K entry lines and their buckets: 512 KB). Below that they are found in
-    /// cache, and the passes (a second probe of each key's bucket, its candidates kept for the lookup) only cost
-    /// time: the lookup compares the signatures itself.
+    /// Whether [`ConnTable::prefetch_candidates_with`] is worth a pass over a burst: when the entries outgrow a
+    /// core's own cache (8K lines: 512 KB). Below that every entry is found in cache, and the pass (a second
+    /// probe of each key's bucket, its candidates kept for the lookup) only costs time: the lookup compares the
+    /// signatures itself.
     #[inline]
     pub fn entries_outgrow_cache(&self) -> bool {
         self.len + self.linked >= ENTRIES_IN_CACHE

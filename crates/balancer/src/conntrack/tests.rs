@@ -1419,12 +1419,12 @@ mod colliding {
     }
 }
 
-/// The staged lookup's prefetches pay only once the entries outgrow a core's cache: 4K lines, counting both
+/// The staged lookup's second pass pays only once the entries outgrow a core's cache: 8K lines, counting both
 /// entries of a two-entry connection.
 #[test]
-fn entries_outgrow_the_cache_at_four_thousand_lines() {
+fn entries_outgrow_the_cache_at_eight_thousand_lines() {
     let mut table = ConnTable::new(16 * 1024, Timeouts::default()).unwrap();
-    for n in 0..4 * 1024 - 2 {
+    for n in 0..8 * 1024 - 2 {
         table
             .insert(
                 0,
@@ -1436,7 +1436,7 @@ fn entries_outgrow_the_cache_at_four_thousand_lines() {
             .unwrap();
     }
     assert!(!table.entries_outgrow_cache());
-    // A NAT connection to an IPv6 backend holds two lines: the last two of the 4K.
+    // A NAT connection to an IPv6 backend holds two lines: the last two of the 8K.
     let v6_backend = Target {
         addr: "fd00::9".parse().unwrap(),
         ..target(ForwardingMode::Nat)
@@ -1447,6 +1447,6 @@ fn entries_outgrow_the_cache_at_four_thousand_lines() {
         ..client_key(1, ip_protocol::TCP)
     };
     table.insert(0, key, v6_backend, SYN, ignore).unwrap();
-    assert_eq!(table.len(), 4 * 1024 - 1);
+    assert_eq!(table.len(), 8 * 1024 - 1);
     assert!(table.entries_outgrow_cache());
 }

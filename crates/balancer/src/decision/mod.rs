@@ -186,9 +186,8 @@ impl WorkerState {
         candidates.is_empty()
     }
 
-    /// Whether the prefetches of staging are worth their cost: the connection entries and their buckets are likely
-    /// out of cache. Without them [`WorkerState::stage_with`] is given no prefetch, [`WorkerState::stage_entries_with`]
-    /// is not called (the lookup compares the bucket's signatures itself), and no frame is staged as new.
+    /// Whether [`WorkerState::stage_entries_with`] is worth a pass: the connection entries are likely out of
+    /// cache. Without it the lookup compares the bucket's signatures itself, and no frame is staged as new.
     #[inline]
     pub fn stages_entries(&self) -> bool {
         self.conns.entries_outgrow_cache()

@@ -162,12 +162,16 @@ impl Harness {
 
     /// The decision for `layout` arriving on the port that faces its source, as an honest frame does.
     fn decide(&mut self, layout: &FrameLayout) -> Action {
-        let ingress = self
-            .tables
+        let ingress = self.facing(layout);
+        self.decide_on(layout, ingress)
+    }
+
+    /// The port that faces `layout`'s source.
+    fn facing(&self, layout: &FrameLayout) -> u16 {
+        self.tables
             .snapshot
             .route(layout.flow.src_addr)
-            .map_or(0, |route| route.port);
-        self.decide_on(layout, ingress)
+            .map_or(0, |route| route.port)
     }
 
     fn decide_on(&mut self, layout: &FrameLayout, ingress: u16) -> Action {
@@ -233,11 +237,7 @@ impl Harness {
     /// source.
     fn decide_in_worker(&mut self, layout: &FrameLayout) -> Action {
         let staged = self.stage_fully(layout);
-        let ingress = self
-            .tables
-            .snapshot
-            .route(layout.flow.src_addr)
-            .map_or(0, |route| route.port);
+        let ingress = self.facing(layout);
         let mut verdict = Action::Consumed;
         self.state.decide_into(
             &mut self.tables,
@@ -644,14 +644,11 @@ proptest::proptest! {
                 }
                 Err(action) => proptest::prop_assert_eq!(action, &by_whole, "{:?}", layout.flow),
             }
-            if !reply && matches!(by_whole, Action::Forward(_)) {
-                requests[flow_index as usize] = whole.state.concrete_rewrite(&whole.tables.snapshot, match by_whole {
-                    Action::Forward(forward) => forward.rewrite,
-                    _ => Rewrite::MacsOnly,
-                }).map(|rewrite| match by_whole {
-                    Action::Forward(forward) => Action::Forward(Forward { rewrite, ..forward }),
-                    other => other,
-                });
+            if let (false, Action::Forward(forward)) = (reply, by_whole) {
+                requests[flow_index as usize] = whole
+                    .state
+                    .concrete_rewrite(&whole.tables.snapshot, forward.rewrite)
+                    .map(|rewrite| Action::Forward(Forward { rewrite, ..forward }));
             }
             proptest::prop_assert_eq!(split.tcp_state(&request.flow), whole.tcp_state(&request.flow));
         }

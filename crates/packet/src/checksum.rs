@@ -58,7 +58,7 @@ pub fn ipv4_fixed_header_checksum_ok(header: &[u8; 20]) -> bool {
 }
 
 /// Folds a sum to 16 bits (not complemented).
-#[inline]
+#[inline(always)]
 pub fn fold(total: u64) -> u16 {
     // Two end-around-carry additions, halving the width each time, with no loop: a carry out of an addition
     // leaves its low half below the maximum, so adding the carry back cannot carry again. Zero only for zero.
@@ -95,7 +95,7 @@ pub fn pseudo_header_sum(src: IpAddr, dst: IpAddr, protocol: u8, length: u32) ->
 
 /// RFC 1624 (eqn. 3): the checksum after the data summed to `old_sum` now sums to `new_sum`:
 /// HC' = ~(~HC + ~m + m').
-#[inline]
+#[inline(always)]
 pub fn update(checksum: u16, old_sum: u64, new_sum: u64) -> u16 {
     // ~m is -m modulo 0xffff, and so is K - m for a multiple K of 0xffff above m: the old sum is taken away
     // unfolded, and the whole is folded once instead of three times.

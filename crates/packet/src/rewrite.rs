@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use crate::checksum;
 use crate::flow::ip_protocol;
 use crate::mac::MacWord;
-use crate::parse::{read_u16, read_u8, Fragment, FrameLayout, IcmpKind, ParseError, L3};
+use crate::parse::{read_u8, Fragment, FrameLayout, IcmpKind, ParseError, L3};
 use crate::wire_addr::WireAddr;
 
 pub const IPV4_HEADER_LEN: usize = 20;
@@ -77,161 +77,169 @@ fn address_offset(l3: L3, end: End) -> Result<(usize, usize), ParseError> {
     }
 }
 
-/// The ones'-complement sum of an address's bytes, as [`checksum::sum`] takes it (32-bit words, unfolded).
+// The translations below sum every field as it sits in memory (native-endian words) and write every checksum
+// the same way: a ones'-complement sum does not depend on byte order as long as the checksum and every term are
+// taken in the same order (RFC 1071), so NAT swaps no byte on the way.
+
+/// The first `N` bytes of `frame` from `at`, after one bounds check.
 #[inline(always)]
-fn sum_v6(octets: &[u8; 16]) -> u64 {
-    let word = |at: usize| {
-        u64::from(u32::from_be_bytes([
-            octets[at],
-            octets[at + 1],
-            octets[at + 2],
-            octets[at + 3],
-        ]))
-    };
-    word(0) + word(4) + word(8) + word(12)
+fn fixed_mut<const N: usize>(frame: &mut [u8], at: usize) -> Result<&mut [u8; N], ParseError> {
+    frame
+        .get_mut(at..)
+        .and_then(|rest| rest.first_chunk_mut::<N>())
+        .ok_or(ParseError::Truncated)
 }
 
-/// Writes `addr` over one address of the IP header at `l3` (of kind `kind`) without fixing any checksum; returns
-/// the (old, new) sums of the address for the checksum updates. Straight-line for each family: NAT runs this on
-/// every frame.
+/// The 16-bit word at `at` of `bytes`, in memory order.
 #[inline(always)]
-fn swap_address(
-    frame: &mut [u8],
-    kind: L3,
-    l3: usize,
-    end: End,
+fn word16(bytes: &[u8], at: usize) -> u64 {
+    u64::from(u16::from_ne_bytes([bytes[at], bytes[at + 1]]))
+}
+
+/// Writes `addr` over the address at `at` of an IP header of `LEN` address bytes; returns the (old, new) sums of
+/// the address.
+#[inline(always)]
+fn swap_address<const LEN: usize>(
+    header: &mut [u8],
+    at: usize,
     addr: &WireAddr,
 ) -> Result<(u64, u64), ParseError> {
-    let (offset, len) = address_offset(kind, end)?;
-    match (len, addr.is_ipv4()) {
-        (4, true) => {
-            let field: &mut [u8; 4] = slice_mut(frame, l3 + offset, 4)?
-                .try_into()
-                .map_err(|_| ParseError::Truncated)?;
-            let old = u32::from_be_bytes(*field);
-            let new = addr.v4_octets();
-            *field = new;
-            Ok((u64::from(old), u64::from(u32::from_be_bytes(new))))
-        }
-        (16, false) => {
-            let field: &mut [u8; 16] = slice_mut(frame, l3 + offset, 16)?
-                .try_into()
-                .map_err(|_| ParseError::Truncated)?;
-            let old_sum = sum_v6(field);
-            let new = addr.v6_octets();
-            *field = new;
-            Ok((old_sum, sum_v6(&new)))
-        }
-        _ => Err(ParseError::Malformed(
+    if addr.is_ipv4() != (LEN == 4) {
+        return Err(ParseError::Malformed(
             "address family differs from the packet's",
-        )),
+        ));
     }
+    let words = addr.wire_words();
+    let field = header[at..at + LEN].chunks_exact_mut(4);
+    let (mut old, mut new) = (0, 0);
+    for (quad, word) in field.zip(words) {
+        old += u64::from(u32::from_ne_bytes([quad[0], quad[1], quad[2], quad[3]]));
+        new += u64::from(word);
+        quad.copy_from_slice(&word.to_ne_bytes());
+    }
+    Ok((old, new))
 }
 
-/// Updates the IPv4 header checksum of the header at `l3` for address bytes whose sum went from `old_sum` to
-/// `new_sum` (IPv6 has no header checksum).
+/// Writes the given addresses over the IP header at `l3` (of kind `kind`) and updates the IPv4 header checksum
+/// (IPv6 has none); returns the (old, new) sums of the addresses, for the pseudo-header checksum updates.
 #[inline(always)]
-fn fix_header_checksum(
+fn translate_header(
     frame: &mut [u8],
     kind: L3,
     l3: usize,
-    old_sum: u64,
-    new_sum: u64,
-) -> Result<(), ParseError> {
-    if kind == L3::Ipv4 {
-        let check = read_u16(frame, l3 + 10)?;
-        write_u16(frame, l3 + 10, checksum::update(check, old_sum, new_sum))?;
-    }
-    Ok(())
-}
-
-/// Replaces one address of the IP header at `l3` (of kind `kind`); returns the (old, new) sums of the address
-/// for pseudo-header checksum updates. Fixes the IPv4 header checksum.
-fn replace_address(
-    frame: &mut [u8],
-    kind: L3,
-    l3: usize,
-    end: End,
-    addr: &WireAddr,
+    src: Option<&WireAddr>,
+    dst: Option<&WireAddr>,
 ) -> Result<(u64, u64), ParseError> {
-    let (old_sum, new_sum) = swap_address(frame, kind, l3, end, addr)?;
-    fix_header_checksum(frame, kind, l3, old_sum, new_sum)?;
-    Ok((old_sum, new_sum))
+    let (mut old, mut new) = (0, 0);
+    match kind {
+        L3::Ipv4 => {
+            let header = fixed_mut::<IPV4_HEADER_LEN>(frame, l3)?;
+            for (at, addr) in [(12, src), (16, dst)] {
+                if let Some(addr) = addr {
+                    let (was, is) = swap_address::<4>(header, at, addr)?;
+                    (old, new) = (old + was, new + is);
+                }
+            }
+            let check = checksum::update(word16(header, 10) as u16, old, new);
+            header[10..12].copy_from_slice(&check.to_ne_bytes());
+        }
+        L3::Ipv6 => {
+            let header = fixed_mut::<IPV6_HEADER_LEN>(frame, l3)?;
+            for (at, addr) in [(8, src), (24, dst)] {
+                if let Some(addr) = addr {
+                    let (was, is) = swap_address::<16>(header, at, addr)?;
+                    (old, new) = (old + was, new + is);
+                }
+            }
+        }
+        _ => return Err(ParseError::Unsupported("not an IP packet")),
+    }
+    Ok((old, new))
 }
 
+/// Writes the given ports (source, destination) at the start of a TCP or UDP `header`; returns the (old, new)
+/// sums `sums` grew to with them.
 #[inline(always)]
-fn rewrite_end(
-    frame: &mut [u8],
-    layout: &FrameLayout,
-    end: End,
-    addr: &WireAddr,
-    port: u16,
-) -> Result<(), ParseError> {
-    let l3 = usize::from(layout.l3_offset);
-    let (old_addr, new_addr) = swap_address(frame, layout.l3, l3, end, addr)?;
-    fix_header_checksum(frame, layout.l3, l3, old_addr, new_addr)?;
-    let (source_port, destination_port) = match end {
-        End::Source => (Some(port), None),
-        End::Destination => (None, Some(port)),
-    };
-    fix_transport(
-        frame,
-        layout,
-        old_addr,
-        new_addr,
-        source_port,
-        destination_port,
-    )
+fn swap_ports(header: &mut [u8], ports: [Option<u16>; 2], sums: (u64, u64)) -> (u64, u64) {
+    let (mut old, mut new) = sums;
+    for (at, port) in [(0, ports[0]), (2, ports[1])] {
+        if let Some(port) = port {
+            old += word16(header, at);
+            new += u64::from(u16::from_ne_bytes(port.to_be_bytes()));
+            header[at..at + 2].copy_from_slice(&port.to_be_bytes());
+        }
+    }
+    (old, new)
 }
 
 /// Writes the given ports of the transport header and updates its checksum for them and for pseudo-header
-/// address bytes whose sum went from `old_addr` to `new_addr`: one read and one write of the checksum, however
-/// many fields changed.
+/// address bytes whose sum went from `old_sum` to `new_sum`: one bounds check, one read and one write of the
+/// checksum, however many fields changed.
 #[inline(always)]
-fn fix_transport(
+fn translate_transport(
     frame: &mut [u8],
     layout: &FrameLayout,
-    mut old_sum: u64,
-    mut new_sum: u64,
-    source_port: Option<u16>,
-    destination_port: Option<u16>,
+    sums: (u64, u64),
+    ports: [Option<u16>; 2],
 ) -> Result<(), ParseError> {
     if matches!(layout.fragment, Fragment::Later { .. }) {
         return Ok(());
     }
     let l4 = usize::from(layout.l4_offset);
     match layout.protocol {
-        ip_protocol::TCP | ip_protocol::UDP => {
-            for (at, port) in [(l4, source_port), (l4 + 2, destination_port)] {
-                if let Some(port) = port {
-                    old_sum += u64::from(read_u16(frame, at)?);
-                    new_sum += u64::from(port);
-                    write_u16(frame, at, port)?;
-                }
-            }
-            let check_at = l4
-                + if layout.protocol == ip_protocol::TCP {
-                    16
-                } else {
-                    6
-                };
-            let check = read_u16(frame, check_at)?;
-            if layout.protocol == ip_protocol::UDP && check == 0 && layout.l3 == L3::Ipv4 {
-                // An IPv4 UDP datagram without a checksum stays without one.
+        ip_protocol::TCP => {
+            let header = fixed_mut::<18>(frame, l4)?;
+            let (old, new) = swap_ports(header, ports, sums);
+            let check = checksum::update(word16(header, 16) as u16, old, new);
+            header[16..18].copy_from_slice(&check.to_ne_bytes());
+        }
+        ip_protocol::UDP => {
+            let header = fixed_mut::<8>(frame, l4)?;
+            let (old, new) = swap_ports(header, ports, sums);
+            let check = word16(header, 6) as u16;
+            // An IPv4 UDP datagram without a checksum stays without one (zero reads the same in either order).
+            if check == 0 && layout.l3 == L3::Ipv4 {
                 return Ok(());
             }
-            let mut updated = checksum::update(check, old_sum, new_sum);
-            if updated == 0 && layout.protocol == ip_protocol::UDP {
+            let mut updated = checksum::update(check, old, new);
+            if updated == 0 {
                 updated = 0xffff;
             }
-            write_u16(frame, check_at, updated)
+            header[6..8].copy_from_slice(&updated.to_ne_bytes());
         }
         ip_protocol::ICMPV6 if layout.l3 == L3::Ipv6 => {
-            let check = read_u16(frame, l4 + 2)?;
-            write_u16(frame, l4 + 2, checksum::update(check, old_sum, new_sum))
+            let header = fixed_mut::<4>(frame, l4)?;
+            let check = checksum::update(word16(header, 2) as u16, sums.0, sums.1);
+            header[2..4].copy_from_slice(&check.to_ne_bytes());
         }
-        _ => Ok(()),
+        _ => {}
     }
+    Ok(())
+}
+
+/// Rewrites the given ends (address and, for TCP and UDP, port) of the IP packet in `frame`, checksums updated
+/// incrementally (RFC 1624), each read and written once.
+#[inline(always)]
+fn translate(
+    frame: &mut [u8],
+    layout: &FrameLayout,
+    src: Option<(&WireAddr, u16)>,
+    dst: Option<(&WireAddr, u16)>,
+) -> Result<(), ParseError> {
+    let l3 = usize::from(layout.l3_offset);
+    let sums = translate_header(
+        frame,
+        layout.l3,
+        l3,
+        src.map(|(addr, _)| addr),
+        dst.map(|(addr, _)| addr),
+    )?;
+    translate_transport(
+        frame,
+        layout,
+        sums,
+        [src.map(|(_, port)| port), dst.map(|(_, port)| port)],
+    )
 }
 
 /// FULLNAT of both ends at once: both addresses and (TCP/UDP) ports, each checksum read and written once. Gives
@@ -245,19 +253,7 @@ pub fn rewrite_source_and_destination(
     dst: &WireAddr,
     dst_port: u16,
 ) -> Result<(), ParseError> {
-    let l3 = usize::from(layout.l3_offset);
-    let (old_src, new_src) = swap_address(frame, layout.l3, l3, End::Source, src)?;
-    let (old_dst, new_dst) = swap_address(frame, layout.l3, l3, End::Destination, dst)?;
-    let (old_sum, new_sum) = (old_src + old_dst, new_src + new_dst);
-    fix_header_checksum(frame, layout.l3, l3, old_sum, new_sum)?;
-    fix_transport(
-        frame,
-        layout,
-        old_sum,
-        new_sum,
-        Some(src_port),
-        Some(dst_port),
-    )
+    translate(frame, layout, Some((src, src_port)), Some((dst, dst_port)))
 }
 
 /// NAT of the destination: address and (TCP/UDP) port, checksums updated incrementally. The address is borrowed:
@@ -270,7 +266,7 @@ pub fn rewrite_destination(
     addr: &WireAddr,
     port: u16,
 ) -> Result<(), ParseError> {
-    rewrite_end(frame, layout, End::Destination, addr, port)
+    translate(frame, layout, None, Some((addr, port)))
 }
 
 /// NAT of the source: address and (TCP/UDP) port, checksums updated incrementally (the address borrowed, as for
@@ -282,7 +278,7 @@ pub fn rewrite_source(
     addr: &WireAddr,
     port: u16,
 ) -> Result<(), ParseError> {
-    rewrite_end(frame, layout, End::Source, addr, port)
+    translate(frame, layout, Some((addr, port)), None)
 }
 
 fn icmp_error_offsets(layout: &FrameLayout) -> Result<(usize, usize, u8), ParseError> {
@@ -318,7 +314,11 @@ fn rewrite_icmp_error(
     if frame.len() < end_of_packet || end_of_packet < l4 + 8 {
         return Err(ParseError::Truncated);
     }
-    replace_address(frame, layout.l3, l3, end, &WireAddr::from(outer))?;
+    let outer = WireAddr::from(outer);
+    match end {
+        End::Source => translate_header(frame, layout.l3, l3, Some(&outer), None)?,
+        End::Destination => translate_header(frame, layout.l3, l3, None, Some(&outer))?,
+    };
     let inner_end = if end == End::Source {
         End::Destination
     } else {

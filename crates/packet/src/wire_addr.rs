@@ -85,6 +85,13 @@ impl WireAddr {
         }
     }
 
+    /// The address's bytes as four words in memory order (an IPv4 address in the first), as a rewrite sums and
+    /// stores them.
+    #[inline]
+    pub(crate) fn wire_words(&self) -> [u32; 4] {
+        self.words
+    }
+
     /// The first four bytes: the address of an IPv4 one.
     #[inline]
     pub(crate) fn v4_octets(&self) -> [u8; 4] {

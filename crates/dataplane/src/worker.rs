@@ -212,8 +212,9 @@ pub struct Worker<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     layouts: Box<[FrameLayout]>,
     /// Frames other workers handed over, received in bulk.
     handed: ArrayVec<Handoff<R::Frame>, MAX_BURST>,
-    /// Whether `layouts[i]` holds a good parse of frame i.
-    parsed: [bool; MAX_BURST],
+    /// What the burst's first pass made of frame i: whether `layouts[i]` holds a good parse of it, addressed to
+    /// the port.
+    admissions: [Admission; MAX_BURST],
     /// The staged connection lookup of frame i, for IP frames.
     staged: [Option<StagedKey>; MAX_BURST],
     /// The verdict on the frame being handled, written in place by the decision.
@@ -225,7 +226,7 @@ struct Engine<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     state: WorkerState,
     tables: WorkerTables,
     ports: Vec<PortQueues<R, T>>,
-    /// Each port's MAC as [`Engine::addressed_to_port`] compares it, formed once.
+    /// Each port's MAC as [`addressed_to`] compares it, formed once.
     port_mac_words: Vec<u64>,
     pending: Vec<Burst<R::Frame>>,
     handoffs: HandoffLinks<R::Frame>,
@@ -312,7 +313,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             received: Burst::new(),
             layouts: vec![packet::EMPTY_LAYOUT; MAX_BURST].into_boxed_slice(),
             handed: ArrayVec::new(),
-            parsed: [false; MAX_BURST],
+            admissions: [Admission::Malformed; MAX_BURST],
             staged: [None; MAX_BURST],
             verdict: Action::Consumed,
         }
@@ -456,25 +457,42 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             for frame in &self.received {
                 frame.prefetch();
             }
-            for ((frame, layout), parsed) in self
+            // The ports are promiscuous: a frame to another host's MAC is refused in this pass, with the header
+            // the parser just read and the port's MAC loaded once; the bytes of the parsed frames are summed here.
+            let port_mac = engine.port_mac_words.get(port).copied();
+            let mut received_bytes = 0;
+            for ((frame, layout), admission) in self
                 .received
                 .iter()
                 .zip(self.layouts.iter_mut())
-                .zip(self.parsed.iter_mut())
+                .zip(self.admissions.iter_mut())
             {
-                *parsed =
-                    packet::parse_frame_into(frame.data(), frame.ipv4_checksum_good(), layout)
-                        .is_ok();
+                let data = frame.data();
+                *admission = if packet::parse_frame_into(data, frame.ipv4_checksum_good(), layout)
+                    .is_err()
+                {
+                    Admission::Malformed
+                } else {
+                    received_bytes += data.len() as u64;
+                    if addressed_to(data, port_mac) {
+                        Admission::Accepted
+                    } else {
+                        Admission::NotOurMac
+                    }
+                };
             }
+            engine.counters.rx_bytes += received_bytes;
             // Hash every IP frame's connection key and start loading its index bucket (a loop of its own: reading a
             // layout right after writing it would wait for the stores)...
-            for ((layout, &parsed), staged) in self
+            for ((layout, &admission), staged) in self
                 .layouts
                 .iter()
-                .zip(&self.parsed[..received])
+                .zip(&self.admissions[..received])
                 .zip(self.staged.iter_mut())
             {
-                *staged = (parsed && matches!(layout.l3, L3::Ipv4 | L3::Ipv6)).then(|| {
+                *staged = (admission == Admission::Accepted
+                    && matches!(layout.l3, L3::Ipv4 | L3::Ipv6))
+                .then(|| {
                     engine
                         .state
                         .stage_with(&layout.flow, R::Frame::prefetch_address)
@@ -529,7 +547,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             engine.handle_burst(
                 &mut self.received,
                 &self.layouts,
-                &self.parsed,
+                &self.admissions,
                 &self.staged,
                 port as u16,
                 now_ms,
@@ -667,25 +685,26 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
 
 impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     /// Handles a staged burst from port `ingress`, in order: frame i with `layouts[i]` and `staged[i]` when
-    /// `parsed[i]`, dropped as malformed otherwise. One call per burst, with [`Engine::handle`] inlined: a call per
-    /// frame spent as much on saving and restoring registers as on some whole steps of the decision.
+    /// `admissions[i]` accepted it, dropped for the reason it gives otherwise. One call per burst, with
+    /// [`Engine::handle`] inlined: a call per frame spent as much on saving and restoring registers as on some whole
+    /// steps of the decision.
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
     fn handle_burst(
         &mut self,
         received: &mut Burst<R::Frame>,
         layouts: &[FrameLayout],
-        parsed: &[bool; MAX_BURST],
+        admissions: &[Admission; MAX_BURST],
         staged: &[Option<StagedKey>; MAX_BURST],
         ingress: u16,
         now_ms: u64,
         verdict: &mut Action,
     ) {
-        for (((frame, layout), &parsed), staged) in
-            received.drain(..).zip(layouts).zip(parsed).zip(staged)
+        for (((frame, layout), &admission), staged) in
+            received.drain(..).zip(layouts).zip(admissions).zip(staged)
         {
-            if parsed {
-                self.handle(
+            match admission {
+                Admission::Accepted => self.handle(
                     frame,
                     layout,
                     staged.as_ref(),
@@ -693,9 +712,15 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
                     false,
                     now_ms,
                     verdict,
-                );
-            } else {
-                self.drop_malformed(frame);
+                ),
+                Admission::NotOurMac => {
+                    cold_path();
+                    self.drop_frame(frame, DropReason::NotOurMac)
+                }
+                Admission::Malformed => {
+                    cold_path();
+                    self.drop_malformed(frame)
+                }
             }
         }
     }
@@ -713,9 +738,20 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         now_ms: u64,
         verdict: &mut Action,
     ) {
+        self.counters.rx_bytes += frame.data().len() as u64;
+        // A handed-off frame passed this check on its own worker.
+        if !handed_off
+            && !addressed_to(
+                frame.data(),
+                self.port_mac_words.get(usize::from(ingress)).copied(),
+            )
+        {
+            return self.drop_frame(frame, DropReason::NotOurMac);
+        }
         self.handle(frame, layout, None, ingress, handed_off, now_ms, verdict);
     }
 
+    /// Decides and acts on an accepted frame: parsed, counted, and addressed to the port (or handed off).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn handle(
@@ -728,13 +764,6 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         now_ms: u64,
         verdict: &mut Action,
     ) {
-        self.counters.rx_bytes += frame.data().len() as u64;
-        // The ports are promiscuous: a frame to another host's MAC is refused here, by one compare of the header the
-        // parser just read (a handed-off frame passed it on its own worker).
-        if !handed_off && !self.addressed_to_port(&frame, ingress) {
-            cold_path();
-            return self.drop_frame(frame, DropReason::NotOurMac);
-        }
         if let Some(path) = &mut self.exception {
             if !handed_off && kernel_wants_copy(layout) {
                 cold_path();
@@ -794,23 +823,6 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
             cold_path();
             self.release_fragments(layout, now_ms);
         }
-    }
-
-    /// Whether `frame` is addressed to port `ingress`: its MAC, or a group address (broadcast and multicast, which
-    /// the decision sorts: ARP, neighbour discovery, and what the kernel path serves).
-    #[inline(always)]
-    fn addressed_to_port(&self, frame: &R::Frame, ingress: u16) -> bool {
-        // The destination MAC as the low 48 bits of one word (a parsed frame has at least 14 bytes): one load and
-        // one compare instead of a six-byte array comparison.
-        let Some(head) = frame.data().first_chunk::<8>() else {
-            return false;
-        };
-        let destination = u64::from_le_bytes(*head) & 0xffff_ffff_ffff;
-        if destination & 1 != 0 {
-            cold_path();
-            return true;
-        }
-        self.port_mac_words.get(usize::from(ingress)) == Some(&destination)
     }
 
     /// Carries out the decision about `frame` (taken by reference: the decision just wrote it, and copying it
@@ -1605,7 +1617,36 @@ fn wrap<F: Frame>(
     header.write(frame.data_mut(), layout)
 }
 
-/// `mac` as the low 48 bits of a little-endian word, the form [`Engine::addressed_to_port`] compares.
+/// What the burst's first pass made of a frame, before any decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Admission {
+    /// Parsed, and addressed to the port: decided.
+    Accepted,
+    /// Parsed, but addressed to another host's MAC (the ports are promiscuous): dropped as `not_our_mac`.
+    NotOurMac,
+    /// Refused by the parser: dropped as malformed.
+    Malformed,
+}
+
+/// Whether the frame starting `data` is addressed to the port whose MAC is `port_mac` (as [`mac_word`] forms it):
+/// its MAC, or a group address (broadcast and multicast, which the decision sorts: ARP, neighbour discovery, and
+/// what the kernel path serves).
+#[inline(always)]
+fn addressed_to(data: &[u8], port_mac: Option<u64>) -> bool {
+    // The destination MAC as the low 48 bits of one word (a parsed frame has at least 14 bytes): one load and one
+    // compare instead of a six-byte array comparison.
+    let Some(head) = data.first_chunk::<8>() else {
+        return false;
+    };
+    let destination = u64::from_le_bytes(*head) & 0xffff_ffff_ffff;
+    if destination & 1 != 0 {
+        cold_path();
+        return true;
+    }
+    port_mac == Some(destination)
+}
+
+/// `mac` as the low 48 bits of a little-endian word, the form [`addressed_to`] compares.
 #[inline(always)]
 fn mac_word(mac: [u8; 6]) -> u64 {
     u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0])

@@ -1082,16 +1082,24 @@ fn a_frame_to_another_hosts_mac_is_dropped_and_counted() {
     let mut rig = rig(&spec(ForwardingMode::Dr, 1, true), 1);
     let mut stranger = tcp_frame(ip("10.0.0.2"), 5, ip("10.0.0.100"), 80, true, b"");
     stranger[0..6].copy_from_slice(&[2, 0x77, 0, 0, 0, 1]);
+    // In one burst: the stranger, a malformed frame, and the same SYN to the port's MAC, which is balanced.
+    let syn = tcp_frame(ip("10.0.0.2"), 5, ip("10.0.0.100"), 80, true, b"");
+    let mut malformed = syn.clone();
+    malformed[14] = 0x46;
+    let all_bytes = (stranger.len() + malformed.len() + syn.len()) as u64;
     rig.send(0, 0, stranger);
-    // The same SYN to the port's MAC is balanced.
-    rig.send(
-        0,
-        0,
-        tcp_frame(ip("10.0.0.2"), 5, ip("10.0.0.100"), 80, true, b""),
-    );
+    rig.send(0, 0, malformed);
+    rig.send(0, 0, syn);
     rig.poll_all(1);
     assert_eq!(rig.take(0, 1).len(), 1);
-    assert_eq!(rig.workers[0].stats().drops(DropReason::NotOurMac), 1);
+    let stats = rig.workers[0].stats();
+    assert_eq!(stats.drops(DropReason::NotOurMac), 1);
+    assert_eq!(stats.drops(DropReason::Malformed), 1);
+    // Received bytes count every frame, dropped or not.
+    assert_eq!(
+        stats.rx_bytes.load(std::sync::atomic::Ordering::Relaxed),
+        all_bytes
+    );
 }
 
 /// An ICMP echo request from the client to port 0's address (10.0.0.1), carrying `payload`.

@@ -1543,14 +1543,13 @@ fn rewrite<F: Frame>(
     state: &WorkerState,
     snapshot: &Snapshot,
 ) -> Result<(), packet::ParseError> {
-    if let Some(rewrite) = EntryRewrite::of(rewrite) {
-        return rewrite_from_entry(frame, layout, rewrite, state, snapshot);
-    }
+    let from_entry =
+        |frame: &mut F, rewrite| rewrite_from_entry(frame, layout, rewrite, state, snapshot);
     match rewrite {
-        // Taken above.
-        Rewrite::MacsOnly | Rewrite::Connection(_) | Rewrite::Reply(_) | Rewrite::Tunnel(_) => {
-            Err(packet::ParseError::Unsupported("entry rewrite"))
-        }
+        Rewrite::MacsOnly => Ok(()),
+        Rewrite::Connection(id) => from_entry(frame, EntryRewrite::Connection(*id)),
+        Rewrite::Reply(id) => from_entry(frame, EntryRewrite::Reply(*id)),
+        Rewrite::Tunnel(backend) => from_entry(frame, EntryRewrite::Tunnel(*backend)),
         Rewrite::Destination { addr, port } => {
             packet::rewrite_destination(frame.data_mut(), layout, addr, *port)
         }

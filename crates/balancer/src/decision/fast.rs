@@ -25,20 +25,6 @@ pub enum EntryRewrite {
     Tunnel(BackendId),
 }
 
-impl EntryRewrite {
-    /// `rewrite` when it is one of these.
-    #[inline(always)]
-    pub fn of(rewrite: &Rewrite) -> Option<EntryRewrite> {
-        match *rewrite {
-            Rewrite::MacsOnly => Some(EntryRewrite::MacsOnly),
-            Rewrite::Connection(id) => Some(EntryRewrite::Connection(id)),
-            Rewrite::Reply(id) => Some(EntryRewrite::Reply(id)),
-            Rewrite::Tunnel(backend) => Some(EntryRewrite::Tunnel(backend)),
-            _ => None,
-        }
-    }
-}
-
 impl From<EntryRewrite> for Rewrite {
     #[inline(always)]
     fn from(rewrite: EntryRewrite) -> Rewrite {

@@ -217,6 +217,33 @@ fn translate_transport(
     Ok(())
 }
 
+/// The ends a NAT rewrite gives an IP packet: each a new address and (TCP, UDP) port, or `None` to keep it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Translation {
+    pub src: Option<(WireAddr, u16)>,
+    pub dst: Option<(WireAddr, u16)>,
+}
+
+impl Translation {
+    /// Rewrites the frame `layout` describes in place: [`rewrite_source`], [`rewrite_destination`] or
+    /// [`rewrite_source_and_destination`], as the ends say.
+    #[inline(always)]
+    pub fn apply(&self, frame: &mut [u8], layout: &FrameLayout) -> Result<(), ParseError> {
+        // One arm per shape, so that each inlined translation knows which ends it writes.
+        match (&self.src, &self.dst) {
+            (None, Some((dst, dst_port))) => translate(frame, layout, None, Some((dst, *dst_port))),
+            (Some((src, src_port)), None) => translate(frame, layout, Some((src, *src_port)), None),
+            (Some((src, src_port)), Some((dst, dst_port))) => translate(
+                frame,
+                layout,
+                Some((src, *src_port)),
+                Some((dst, *dst_port)),
+            ),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
 /// Rewrites the given ends (address and, for TCP and UDP, port) of the IP packet in `frame`, checksums updated
 /// incrementally (RFC 1624), each read and written once.
 #[inline(always)]

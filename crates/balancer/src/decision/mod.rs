@@ -30,7 +30,7 @@ use std::hint::cold_path;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use packet::{FlowKey, Fragment, FrameLayout, IcmpKind, L3};
+use packet::{FlowKey, Fragment, FrameLayout, IcmpKind, Translation, L3};
 
 use crate::conntrack::{
     reply_flow, tcp_flags, Candidates, ConnId, ConnKey, ConnTable, Direction, Endpoint, Hit,
@@ -315,51 +315,46 @@ impl WorkerState {
     /// while the connection lives and `snapshot` has the tunnel (`None` once they are gone); any other rewrite as
     /// it is. For a verdict kept beyond its frame's decision.
     pub fn concrete_rewrite(&self, snapshot: &Snapshot, rewrite: Rewrite) -> Option<Rewrite> {
-        let id = match rewrite {
-            Rewrite::Connection(id) => id,
-            Rewrite::Reply(id) => {
-                let reply = self.conns.reply_path(id)?;
-                let client = &reply.client;
-                return Some(if reply.mode == ForwardingMode::FullNat {
-                    Rewrite::SourceAndDestination {
-                        src: client.dst_wire(),
-                        src_port: client.dst_port(),
-                        dst: client.src_wire(),
-                        dst_port: client.src_port(),
-                    }
-                } else {
-                    Rewrite::Source {
-                        addr: client.dst_wire(),
-                        port: client.dst_port(),
-                    }
-                });
-            }
+        Some(match rewrite {
+            Rewrite::Connection(id) => self.client_translation(id)?.into(),
+            Rewrite::Reply(id) => self.reply_translation(id)?.into(),
             Rewrite::Tunnel(backend) => {
                 let (outer_src, outer_dst) = snapshot.tunnel(backend)?.header.endpoints();
-                return Some(Rewrite::Encapsulate {
+                Rewrite::Encapsulate {
                     outer_src,
                     outer_dst,
-                });
+                }
             }
-            _ => return Some(rewrite),
-        };
+            _ => rewrite,
+        })
+    }
+
+    /// What [`Rewrite::Connection`] does to a client's frame of connection `id`: the destination becomes the
+    /// backend, and for FULLNAT the source the local endpoint.
+    #[inline(always)]
+    fn client_translation(&self, id: ConnId) -> Option<Translation> {
         let endpoints = self.conns.wire_endpoints(id)?;
-        Some(match endpoints.local {
-            None => Rewrite::Destination {
-                addr: endpoints.backend,
-                port: endpoints.backend_port,
-            },
-            Some((local, local_port)) => Rewrite::SourceAndDestination {
-                src: local,
-                src_port: local_port,
-                dst: endpoints.backend,
-                dst_port: endpoints.backend_port,
-            },
+        Some(Translation {
+            src: endpoints.local,
+            dst: Some((endpoints.backend, endpoints.backend_port)),
+        })
+    }
+
+    /// What [`Rewrite::Reply`] does to a backend's frame of connection `id`: the source becomes the VIP the client
+    /// asked, and for FULLNAT the destination the client.
+    #[inline(always)]
+    fn reply_translation(&self, id: ConnId) -> Option<Translation> {
+        let reply = self.conns.reply_path(id)?;
+        let client = &reply.client;
+        Some(Translation {
+            src: Some((client.dst_wire(), client.dst_port())),
+            dst: (reply.mode == ForwardingMode::FullNat)
+                .then(|| (client.src_wire(), client.src_port())),
         })
     }
 
     /// Rewrites a client's `frame` (parsed as `layout`) of connection `id` in place as [`Rewrite::Connection`]
-    /// says: the destination to the backend, and for FULLNAT the source to the local endpoint.
+    /// says.
     #[inline(always)]
     pub fn rewrite_client(
         &self,
@@ -367,30 +362,14 @@ impl WorkerState {
         frame: &mut [u8],
         layout: &FrameLayout,
     ) -> Result<(), packet::ParseError> {
-        let Some(endpoints) = self.conns.wire_endpoints(id) else {
+        let Some(translation) = self.client_translation(id) else {
             cold_path();
             return Err(packet::ParseError::Unsupported("connection gone"));
         };
-        match endpoints.local {
-            None => packet::rewrite_destination(
-                frame,
-                layout,
-                &endpoints.backend,
-                endpoints.backend_port,
-            ),
-            Some((local, local_port)) => packet::rewrite_source_and_destination(
-                frame,
-                layout,
-                &local,
-                local_port,
-                &endpoints.backend,
-                endpoints.backend_port,
-            ),
-        }
+        translation.apply(frame, layout)
     }
 
-    /// Rewrites a backend's `frame` (parsed as `layout`) of connection `id` in place as [`Rewrite::Reply`] says:
-    /// the source to the VIP the client asked, and for FULLNAT the destination back to the client.
+    /// Rewrites a backend's `frame` (parsed as `layout`) of connection `id` in place as [`Rewrite::Reply`] says.
     #[inline(always)]
     pub fn rewrite_reply(
         &self,
@@ -398,23 +377,11 @@ impl WorkerState {
         frame: &mut [u8],
         layout: &FrameLayout,
     ) -> Result<(), packet::ParseError> {
-        let Some(reply) = self.conns.reply_path(id) else {
+        let Some(translation) = self.reply_translation(id) else {
             cold_path();
             return Err(packet::ParseError::Unsupported("connection gone"));
         };
-        let client = &reply.client;
-        if reply.mode == ForwardingMode::FullNat {
-            packet::rewrite_source_and_destination(
-                frame,
-                layout,
-                &client.dst_wire(),
-                client.dst_port(),
-                &client.src_wire(),
-                client.src_port(),
-            )
-        } else {
-            packet::rewrite_source(frame, layout, &client.dst_wire(), client.dst_port())
-        }
+        translation.apply(frame, layout)
     }
 
     /// [`WorkerState::decide`] into the caller's `verdict`: the data plane keeps one and reads the verdict where

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use packet::{MacWord, WireAddr};
+use packet::{MacWord, Translation, WireAddr};
 
 use crate::conntrack::ConnId;
 use crate::service::BackendId;
@@ -221,6 +221,23 @@ pub enum Rewrite {
     /// frame is rewritten ([`crate::decision::WorkerState::rewrite_reply`]) instead of copied into the verdict and
     /// back. Given, like [`Rewrite::Connection`], only by [`crate::decision::WorkerState::decide_into`].
     Reply(ConnId),
+}
+
+impl From<Translation> for Rewrite {
+    /// The rewrite a verdict spells `translation` as (keeping both ends: the MACs only).
+    fn from(translation: Translation) -> Rewrite {
+        match (translation.src, translation.dst) {
+            (None, None) => Rewrite::MacsOnly,
+            (None, Some((addr, port))) => Rewrite::Destination { addr, port },
+            (Some((addr, port)), None) => Rewrite::Source { addr, port },
+            (Some((src, src_port)), Some((dst, dst_port))) => Rewrite::SourceAndDestination {
+                src,
+                src_port,
+                dst,
+                dst_port,
+            },
+        }
+    }
 }
 
 /// A frame to send on.

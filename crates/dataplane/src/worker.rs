@@ -746,6 +746,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
                 self.port_mac_words.get(usize::from(ingress)).copied(),
             )
         {
+            cold_path();
             return self.drop_frame(frame, DropReason::NotOurMac);
         }
         self.handle(frame, layout, None, ingress, handed_off, now_ms, verdict);

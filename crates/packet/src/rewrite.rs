@@ -120,6 +120,24 @@ fn swap_address<const LEN: usize>(
     Ok((old, new))
 }
 
+/// Writes the given addresses (source at `at[0]`, destination at `at[1]`, each of `LEN` bytes) over an IP
+/// `header`; returns the (old, new) sums of the addresses written.
+#[inline(always)]
+fn swap_addresses<const LEN: usize>(
+    header: &mut [u8],
+    at: [usize; 2],
+    addrs: [Option<&WireAddr>; 2],
+) -> Result<(u64, u64), ParseError> {
+    let (mut old, mut new) = (0, 0);
+    for (at, addr) in at.into_iter().zip(addrs) {
+        if let Some(addr) = addr {
+            let (was, is) = swap_address::<LEN>(header, at, addr)?;
+            (old, new) = (old + was, new + is);
+        }
+    }
+    Ok((old, new))
+}
+
 /// Writes the given addresses over the IP header at `l3` (of kind `kind`) and updates the IPv4 header checksum
 /// (IPv6 has none); returns the (old, new) sums of the addresses, for the pseudo-header checksum updates.
 #[inline(always)]
@@ -130,31 +148,20 @@ fn translate_header(
     src: Option<&WireAddr>,
     dst: Option<&WireAddr>,
 ) -> Result<(u64, u64), ParseError> {
-    let (mut old, mut new) = (0, 0);
     match kind {
         L3::Ipv4 => {
             let header = fixed_mut::<IPV4_HEADER_LEN>(frame, l3)?;
-            for (at, addr) in [(12, src), (16, dst)] {
-                if let Some(addr) = addr {
-                    let (was, is) = swap_address::<4>(header, at, addr)?;
-                    (old, new) = (old + was, new + is);
-                }
-            }
+            let (old, new) = swap_addresses::<4>(header, [12, 16], [src, dst])?;
             let check = checksum::update(word16(header, 10) as u16, old, new);
             header[10..12].copy_from_slice(&check.to_ne_bytes());
+            Ok((old, new))
         }
         L3::Ipv6 => {
             let header = fixed_mut::<IPV6_HEADER_LEN>(frame, l3)?;
-            for (at, addr) in [(8, src), (24, dst)] {
-                if let Some(addr) = addr {
-                    let (was, is) = swap_address::<16>(header, at, addr)?;
-                    (old, new) = (old + was, new + is);
-                }
-            }
+            swap_addresses::<16>(header, [8, 24], [src, dst])
         }
-        _ => return Err(ParseError::Unsupported("not an IP packet")),
+        _ => Err(ParseError::Unsupported("not an IP packet")),
     }
-    Ok((old, new))
 }
 
 /// Writes the given ports (source, destination) at the start of a TCP or UDP `header`; returns the (old, new)

@@ -190,8 +190,7 @@ impl Harness {
     ) -> Result<FastForward, Action> {
         let staged = self.stage_fully(layout);
         let mut verdict = Action::Consumed;
-        let after_miss;
-        let staged = match self.state.decide_established(
+        let established = self.state.decide_established(
             &self.tables.snapshot,
             layout,
             &staged,
@@ -199,19 +198,62 @@ impl Harness {
             NOW,
             true,
             &mut verdict,
-        ) {
+        );
+        self.decide_rest_after(layout, staged, established, ingress, verdict)
+    }
+
+    /// [`Harness::decide_split_on`] as the data plane takes a plain frame: the frame `layout` describes, read by
+    /// `parse_plain` and staged from its bytes, without its layout until the established path leaves it.
+    fn decide_plain_split_on(
+        &mut self,
+        layout: &FrameLayout,
+        ingress: u16,
+    ) -> Result<FastForward, Action> {
+        let frame = frame_of(layout);
+        let plain = packet::parse_plain(&frame, false).expect("a plain frame");
+        assert_eq!(plain.layout(&frame), *layout);
+        let mut staged = self
+            .state
+            .stage_plain_with(&frame, &plain, |_| {})
+            .expect("the frame's key");
+        if self.state.stage_entries_with(&mut staged, |_| {}) {
+            let snapshot = &self.tables.snapshot;
+            self.state
+                .stage_new_flow_with(snapshot, layout, &mut staged, |_| {});
+            self.state
+                .stage_reply_with(snapshot, &layout.flow, &staged, |_| {});
+        }
+        let mut verdict = Action::Consumed;
+        let established = self.state.decide_plain_established(
+            &self.tables.snapshot,
+            &plain,
+            &staged,
+            ingress,
+            NOW,
+            &mut verdict,
+        );
+        self.decide_rest_after(layout, staged, established, ingress, verdict)
+    }
+
+    /// The second of the data plane's two steps, after the established path answered `established`.
+    fn decide_rest_after(
+        &mut self,
+        layout: &FrameLayout,
+        staged: StagedKey,
+        established: Established,
+        ingress: u16,
+        mut verdict: Action,
+    ) -> Result<FastForward, Action> {
+        let staged = match established {
             Established::Fast(fast) => return Ok(fast),
             Established::Forwarded => return Err(verdict),
-            Established::Missed { absent } => {
-                after_miss = staged.after_miss(absent);
-                &after_miss
-            }
-            Established::Other => &staged,
+            Established::Missed { absent } => staged.after_miss(absent),
+            Established::Other => staged,
         };
         self.state.decide_rest_into(
             &mut self.tables,
             layout,
-            Some(staged),
+            Some(&staged),
             ingress,
             false,
             NOW,
@@ -598,8 +640,9 @@ fn stands_for(fast: &FastForward, action: &Action) -> bool {
 proptest::proptest! {
     /// The data plane's two steps (the established path, acted on from its small verdict, then the rest) decide
     /// every frame as `decide_into` does in one, in every mode and both families, through random requests and
-    /// replies with random TCP flags from either port, and leave the connections in the same states; frames of
-    /// established connections to a next hop with a configured MAC take the small verdict.
+    /// replies with random TCP flags from either port, each taken from its layout or as a plain frame, and leave
+    /// the connections in the same states; frames of established connections to a next hop with a configured MAC
+    /// take the small verdict.
     #[test]
     fn the_data_planes_two_steps_decide_as_decide_into(
         mode in proptest::sample::select(vec![
@@ -615,6 +658,7 @@ proptest::proptest! {
                 proptest::bool::ANY,
                 proptest::sample::select(vec![SYN, SYN | ACK, ACK, ACK | tcp_flags::FIN, tcp_flags::RST]),
                 proptest::bool::weighted(0.85),
+                proptest::bool::ANY,
             ),
             1..48,
         ),
@@ -624,7 +668,7 @@ proptest::proptest! {
         let mut split = Harness::seeded(&spec, 5);
         let mut whole = Harness::seeded(&spec, 5);
         let mut requests: [Option<Action>; 6] = Default::default();
-        for (flow_index, reply, flags, from_backend_port) in steps {
+        for (flow_index, reply, flags, from_backend_port, through_plain) in steps {
             let request = tcp(client(flow_index, v6), 40000, vip(v6), 80, flags);
             let (layout, ingress) = if reply {
                 let ingress = if from_backend_port { BACKEND_PORT } else { CLIENT_PORT };
@@ -632,7 +676,12 @@ proptest::proptest! {
             } else {
                 (request, CLIENT_PORT)
             };
-            let by_split = split.decide_split_on(&layout, ingress);
+            // A plain frame takes the data plane's plain path (its key from its bytes, no layout) or the layout's.
+            let by_split = if through_plain {
+                split.decide_plain_split_on(&layout, ingress)
+            } else {
+                split.decide_split_on(&layout, ingress)
+            };
             let staged = whole.stage_fully(&layout);
             let mut by_whole = Action::Consumed;
             whole.state.decide_into(
@@ -1561,13 +1610,8 @@ fn tcp_frame(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16, flags: u8) 
             header[9] = TCP;
             header[12..16].copy_from_slice(&src.octets());
             header[16..20].copy_from_slice(&dst.octets());
-            let sum = header
-                .chunks(2)
-                .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair[1]])))
-                .sum::<u32>();
-            let folded = (sum & 0xffff) + (sum >> 16);
-            let folded = (folded & 0xffff) + (folded >> 16);
-            header[10..12].copy_from_slice(&(!(folded as u16)).to_be_bytes());
+            let checksum = ipv4_header_checksum(&header);
+            header[10..12].copy_from_slice(&checksum.to_be_bytes());
             frame.extend_from_slice(&header);
         }
         (IpAddr::V6(src), IpAddr::V6(dst)) => {
@@ -1590,6 +1634,72 @@ fn tcp_frame(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16, flags: u8) 
     tcp[13] = flags;
     frame.extend_from_slice(&tcp);
     frame
+}
+
+/// The checksum of an IPv4 `header` whose checksum field is zero.
+fn ipv4_header_checksum(header: &[u8]) -> u16 {
+    let sum = header
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair[1]])))
+        .sum::<u32>();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let folded = (folded & 0xffff) + (folded >> 16);
+    !(folded as u16)
+}
+
+/// The frame a plain TCP `layout` (untagged, no options) describes, its payload zero: what `parse_plain` reads
+/// back as `layout`.
+fn frame_of(layout: &FrameLayout) -> Vec<u8> {
+    let flow = layout.flow;
+    let mut frame = tcp_frame(
+        flow.src_addr,
+        flow.src_port,
+        flow.dst_addr,
+        flow.dst_port,
+        layout.tcp_flags,
+    );
+    frame.resize(14 + usize::from(layout.l3_len), 0);
+    if layout.l3 == L3::Ipv4 {
+        frame[16..18].copy_from_slice(&layout.l3_len.to_be_bytes());
+        frame[20] = if layout.dont_fragment { 0x40 } else { 0 };
+        frame[22] = layout.ttl;
+        frame[24..26].fill(0);
+        let checksum = ipv4_header_checksum(&frame[14..34]);
+        frame[24..26].copy_from_slice(&checksum.to_be_bytes());
+    } else {
+        frame[18..20].copy_from_slice(&(layout.l3_len - 40).to_be_bytes());
+        frame[21] = layout.ttl;
+    }
+    frame
+}
+
+/// A plain frame at the end of its TTL is left to the full decision, as its layout is, which drops it; one a hop
+/// further is forwarded from its entry.
+#[test]
+fn a_plain_frame_at_the_end_of_its_ttl_takes_the_full_decision() {
+    for v6 in [false, true] {
+        let mut harness = Harness::new(&spec(
+            vec![service(ForwardingMode::Dr, SchedulerKind::Mh, v6, &[1, 1])],
+            1,
+        ));
+        forwarded(harness.decide(&tcp(client(3, v6), 40000, vip(v6), 80, SYN)));
+        for (ttl, fast) in [(1, false), (2, true)] {
+            let ack = FrameLayout {
+                ttl,
+                ..tcp(client(3, v6), 40000, vip(v6), 80, ACK)
+            };
+            let split = harness.decide_plain_split_on(&ack, CLIENT_PORT);
+            assert_eq!(split.is_ok(), fast, "v6={v6} ttl={ttl}: {split:?}");
+            let mut whole = Harness::new(&spec(
+                vec![service(ForwardingMode::Dr, SchedulerKind::Mh, v6, &[1, 1])],
+                1,
+            ));
+            forwarded(whole.decide(&tcp(client(3, v6), 40000, vip(v6), 80, SYN)));
+            if let Err(action) = split {
+                assert_eq!(action, whole.decide(&ack), "v6={v6} ttl={ttl}");
+            }
+        }
+    }
 }
 
 /// An established NAT or FULLNAT client frame decided through staging, as the worker decides it, gets a rewrite

@@ -19,7 +19,7 @@ use balancer::expiry::ExpiryPacer;
 use balancer::neighbor::{Neighbor, ResolutionThrottle};
 use balancer::snapshot::Snapshot;
 use crossbeam::channel::{Receiver, Sender};
-use packet::{Fragment, FrameLayout, MacWord, L3};
+use packet::{Fragment, FrameLayout, IpHeaders, MacWord, PlainFrame, L3};
 
 use crate::awaiting_neighbor::{AwaitingFrame, AwaitingNeighbor, AWAITING_FRAMES};
 use crate::held_fragments::{HeldFragment, HeldFragments, HELD_FRAGMENTS};
@@ -457,8 +457,10 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             for frame in &self.received {
                 frame.prefetch();
             }
-            // The ports are promiscuous: a frame to another host's MAC is refused in this pass, with the header
-            // the parser just read and the port's MAC loaded once; the bytes of the parsed frames are summed here.
+            // Parse and admit every frame. A plain TCP or UDP frame (the established path's) is read into a
+            // `PlainFrame`, with no layout written; any other frame is parsed whole into its layout. The ports are
+            // promiscuous: a frame to another host's MAC is refused in this pass, with the port's MAC loaded once;
+            // the bytes of the parsed frames are summed here.
             let port_mac = engine.port_mac_words.get(port).copied();
             let mut received_bytes = 0;
             for ((frame, layout), admission) in self
@@ -468,9 +470,15 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 .zip(self.admissions.iter_mut())
             {
                 let data = frame.data();
-                *admission = if packet::parse_frame_into(data, frame.ipv4_checksum_good(), layout)
-                    .is_err()
-                {
+                let checksum_good = frame.ipv4_checksum_good();
+                *admission = if let Some(plain) = packet::parse_plain(data, checksum_good) {
+                    received_bytes += data.len() as u64;
+                    if addressed_to(data, port_mac) {
+                        Admission::Plain(plain)
+                    } else {
+                        Admission::NotOurMac
+                    }
+                } else if packet::parse_frame_into(data, checksum_good, layout).is_err() {
                     Admission::Malformed
                 } else {
                     received_bytes += data.len() as u64;
@@ -482,21 +490,29 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 };
             }
             engine.counters.rx_bytes += received_bytes;
-            // Hash every IP frame's connection key and start loading its index bucket (a loop of its own: reading a
-            // layout right after writing it would wait for the stores)...
-            for ((layout, &admission), staged) in self
-                .layouts
+            // Hash every IP frame's connection key and start loading its index bucket (a loop of its own: fewer
+            // values live at once, and each frame's parse is done by the time it is read back): a plain frame's key
+            // straight from its bytes, any other's from its layout...
+            for (((frame, layout), admission), staged) in self
+                .received
                 .iter()
+                .zip(self.layouts.iter())
                 .zip(&self.admissions[..received])
                 .zip(self.staged.iter_mut())
             {
-                *staged = (admission == Admission::Accepted
-                    && matches!(layout.l3, L3::Ipv4 | L3::Ipv6))
-                .then(|| {
-                    engine
-                        .state
-                        .stage_with(&layout.flow, R::Frame::prefetch_address)
-                });
+                *staged = match admission {
+                    Admission::Plain(plain) => engine.state.stage_plain_with(
+                        frame.data(),
+                        plain,
+                        R::Frame::prefetch_address,
+                    ),
+                    Admission::Accepted if matches!(layout.l3, L3::Ipv4 | L3::Ipv6) => Some(
+                        engine
+                            .state
+                            .stage_with(&layout.flow, R::Frame::prefetch_address),
+                    ),
+                    _ => None,
+                };
             }
             // ...then, with the buckets on their way, the entries they point at (in a table larger than a core's
             // cache)...
@@ -520,6 +536,23 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             // ...and for flows no entry holds, their services' Maglev slots (a burst of established traffic skips
             // this loop)...
             if new_flows {
+                // These passes read the layouts of the frames no entry holds: the plain ones get theirs. (For the
+                // other plain frames, whose layouts are left from earlier bursts, the passes do nothing: both act
+                // only on keys no entry holds.)
+                for (((frame, layout), admission), staged) in self
+                    .received
+                    .iter()
+                    .zip(self.layouts.iter_mut())
+                    .zip(self.admissions.iter_mut())
+                    .zip(&self.staged)
+                {
+                    if let (Admission::Plain(plain), Some(staged)) = (*admission, staged) {
+                        if staged.no_entry_holds_it() {
+                            *layout = plain.layout(frame.data());
+                            *admission = Admission::Accepted;
+                        }
+                    }
+                }
                 for (staged, layout) in self.staged[..received].iter_mut().zip(self.layouts.iter())
                 {
                     if let Some(staged) = staged {
@@ -546,7 +579,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             // ...and only then decide, frame by frame, in order.
             engine.handle_burst(
                 &mut self.received,
-                &self.layouts,
+                &mut self.layouts,
                 &self.admissions,
                 &self.staged,
                 port as u16,
@@ -684,16 +717,16 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
 }
 
 impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
-    /// Handles a staged burst from port `ingress`, in order: frame i with `layouts[i]` and `staged[i]` when
-    /// `admissions[i]` accepted it, dropped for the reason it gives otherwise. One call per burst, with
-    /// [`Engine::handle`] inlined: a call per frame spent as much on saving and restoring registers as on some whole
+    /// Handles a staged burst from port `ingress`, in order: frame i with `staged[i]` and its `PlainFrame` or
+    /// `layouts[i]` when `admissions[i]` accepted it, dropped for the reason it gives otherwise. One call per burst,
+    /// with [`Engine::handle`] inlined: a call per frame spent as much on saving and restoring registers as on some whole
     /// steps of the decision.
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
     fn handle_burst(
         &mut self,
         received: &mut Burst<R::Frame>,
-        layouts: &[FrameLayout],
+        layouts: &mut [FrameLayout],
         admissions: &[Admission; MAX_BURST],
         staged: &[Option<StagedKey>; MAX_BURST],
         ingress: u16,
@@ -704,6 +737,9 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
             received.drain(..).zip(layouts).zip(admissions).zip(staged)
         {
             match admission {
+                Admission::Plain(plain) => {
+                    self.handle_plain(frame, layout, plain, staged, ingress, now_ms, verdict)
+                }
                 Admission::Accepted => self.handle(
                     frame,
                     layout,
@@ -723,6 +759,84 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
                 }
             }
         }
+    }
+
+    /// Decides and acts on an accepted plain frame: an established connection's frame is forwarded from its
+    /// `PlainFrame` alone; any other gets its layout, written into `layout`, and the full decision.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn handle_plain(
+        &mut self,
+        frame: R::Frame,
+        layout: &mut FrameLayout,
+        plain: PlainFrame,
+        staged: &Option<StagedKey>,
+        ingress: u16,
+        now_ms: u64,
+        verdict: &mut Action,
+    ) {
+        let established = match staged {
+            Some(key) => self.state.decide_plain_established(
+                &self.tables.snapshot,
+                &plain,
+                key,
+                ingress,
+                now_ms,
+                verdict,
+            ),
+            None => Established::Other,
+        };
+        if let Established::Fast(fast) = established {
+            return self.send_fast(frame, &plain, fast);
+        }
+        cold_path();
+        self.handle_plain_otherwise(
+            frame,
+            layout,
+            plain,
+            staged.as_ref(),
+            established,
+            ingress,
+            now_ms,
+            verdict,
+        );
+    }
+
+    /// A plain frame the established path did not forward itself, given its layout: acted on from the verdict
+    /// the established path wrote, or decided in full. Out of line, so that the burst's loop stays small.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn handle_plain_otherwise(
+        &mut self,
+        frame: R::Frame,
+        layout: &mut FrameLayout,
+        plain: PlainFrame,
+        staged: Option<&StagedKey>,
+        established: Established,
+        ingress: u16,
+        now_ms: u64,
+        verdict: &mut Action,
+    ) {
+        *layout = plain.layout(frame.data());
+        let after_miss;
+        let staged = match established {
+            Established::Forwarded => return self.act(frame, layout, verdict, ingress, now_ms),
+            Established::Missed { absent } => {
+                after_miss = staged.map(|key| key.after_miss(absent));
+                after_miss.as_ref()
+            }
+            Established::Fast(_) | Established::Other => staged,
+        };
+        self.state.decide_rest_into(
+            &mut self.tables,
+            layout,
+            staged,
+            ingress,
+            false,
+            now_ms,
+            verdict,
+        );
+        self.act(frame, layout, verdict, ingress, now_ms);
     }
 
     /// [`Engine::handle`] out of line, for the frames that come one at a time (handed off, or shed under
@@ -1019,7 +1133,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     /// A frame of an established connection, forwarded as [`FastForward`] says (its next hop's MAC known): as
     /// [`Engine::forward`] would forward the [`Action`] it stands for.
     #[inline(always)]
-    fn send_fast(&mut self, mut frame: R::Frame, layout: &FrameLayout, fast: FastForward) {
+    fn send_fast(&mut self, mut frame: R::Frame, layout: &impl IpHeaders, fast: FastForward) {
         let port = usize::from(fast.port);
         if port >= self.ports.len() {
             cold_path();
@@ -1515,7 +1629,7 @@ fn transmit<T: TxQueue>(
 #[inline(always)]
 fn rewrite_from_entry<F: Frame>(
     frame: &mut F,
-    layout: &FrameLayout,
+    layout: &impl IpHeaders,
     rewrite: EntryRewrite,
     state: &WorkerState,
     snapshot: &Snapshot,
@@ -1608,7 +1722,7 @@ fn rewrite<F: Frame>(
 #[inline(always)]
 fn wrap<F: Frame>(
     frame: &mut F,
-    layout: &FrameLayout,
+    layout: &impl IpHeaders,
     header: &packet::TunnelHeader,
 ) -> Result<(), packet::ParseError> {
     if !frame.prepend(header.len()) {
@@ -1620,7 +1734,9 @@ fn wrap<F: Frame>(
 /// What the burst's first pass made of a frame, before any decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Admission {
-    /// Parsed, and addressed to the port: decided.
+    /// A plain TCP or UDP frame (`packet::parse_plain`), addressed to the port: decided, its layout not written.
+    Plain(PlainFrame),
+    /// Parsed into its layout, and addressed to the port: decided.
     Accepted,
     /// Parsed, but addressed to another host's MAC (the ports are promiscuous): dropped as `not_our_mac`.
     NotOurMac,

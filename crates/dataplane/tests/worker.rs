@@ -104,7 +104,7 @@ fn rig(spec: &SnapshotSpec, workers: u16) -> Rig {
 
 /// A rig whose ports are on the given VLANs.
 fn rig_on_vlans(spec: &SnapshotSpec, workers: u16, vlans: [Option<u16>; 2]) -> Rig {
-    rig_with(spec, workers, vlans, WorkerConfig::default())
+    rig_with(spec, workers, vlans, WorkerConfig::default(), 4096)
 }
 
 fn rig_with(
@@ -112,6 +112,7 @@ fn rig_with(
     workers: u16,
     vlans: [Option<u16>; 2],
     config: WorkerConfig,
+    table_capacity: usize,
 ) -> Rig {
     let snapshot = Arc::new(Snapshot::build(spec, 1).unwrap());
     let neighbors = Arc::new(NeighborTable::new(256));
@@ -134,7 +135,8 @@ fn rig_with(
                 workers,
                 software_steering: workers > 1,
             },
-            conns: ConnTable::with_local_ports(4096, Timeouts::default(), ports_alloc).unwrap(),
+            conns: ConnTable::with_local_ports(table_capacity, Timeouts::default(), ports_alloc)
+                .unwrap(),
             load: LoadTable::new(256),
             persistence: PersistenceTable::new(256),
             neighbors: Arc::clone(&neighbors),
@@ -394,7 +396,13 @@ fn more_frames_to_one_port_in_a_poll_than_a_transmit_burst_holds_are_all_sent_in
         burst: 64,
         ..WorkerConfig::default()
     };
-    let mut rig = rig_with(&spec(ForwardingMode::Dr, 1, true), 1, [None, None], config);
+    let mut rig = rig_with(
+        &spec(ForwardingMode::Dr, 1, true),
+        1,
+        [None, None],
+        config,
+        4096,
+    );
     let frame = |port: usize, flow: u16| {
         to_port(
             port,
@@ -1446,4 +1454,60 @@ fn a_fragmented_echo_request_is_not_answered_from_its_first_fragment() {
             .drops(DropReason::FragmentUnsupported),
         1
     );
+}
+
+/// Once the connection table outgrows a core's cache, bursts that open connections are staged from the frames'
+/// layouts, which the plain frames get then. Bursts that mix new flows with established ones forward every frame,
+/// and each new flow goes to the backend a worker with a small table (which stages no new flow) picks for it.
+#[test]
+fn bursts_that_open_connections_in_a_table_beyond_the_cache_forward_every_frame() {
+    const FLOWS: u16 = 8_400;
+    let spec = spec(ForwardingMode::Dr, 1, true);
+    let mut large = rig_with(&spec, 1, [None, None], WorkerConfig::default(), 16_384);
+    let (client, vip) = (ip("10.0.0.2"), ip("10.0.0.100"));
+    let mut backend_of = std::collections::HashMap::new();
+    let mut forwarded = 0;
+    let mut sent = 0;
+    for flow in 0..FLOWS {
+        // Each burst of 32: the new flows' SYNs and the ACKs of flows opened 64 flows before.
+        large.send(0, 0, tcp_frame(client, 1_000 + flow, vip, 80, true, b""));
+        sent += 1;
+        if flow >= 64 {
+            large.send(
+                0,
+                0,
+                tcp_frame(client, 1_000 + flow - 64, vip, 80, false, b""),
+            );
+            sent += 1;
+        }
+        if flow % 16 == 15 || flow + 1 == FLOWS {
+            large.poll_all(1);
+            for frame in large.take(0, 1) {
+                let (_, _, client_port, _, _, _, _) = read(&frame);
+                let mac: [u8; 6] = frame[..6].try_into().unwrap();
+                assert_eq!(*backend_of.entry(client_port).or_insert(mac), mac);
+                forwarded += 1;
+            }
+        }
+    }
+    large.poll_all(4);
+    forwarded += large.take(0, 1).len();
+    assert_eq!(forwarded, sent);
+    assert_eq!(large.workers[0].state().conns.len(), usize::from(FLOWS));
+    // The flows opened with the table beyond the cache, opened again in a small table.
+    let mut small = rig(&spec, 1);
+    for flow in (FLOWS - 200)..FLOWS {
+        small.send(0, 0, tcp_frame(client, 1_000 + flow, vip, 80, true, b""));
+    }
+    small.poll_all(20);
+    let again = small.take(0, 1);
+    assert_eq!(again.len(), 200);
+    for frame in again {
+        let (_, _, client_port, _, _, _, _) = read(&frame);
+        assert_eq!(
+            frame[..6],
+            backend_of[&client_port],
+            "client port {client_port}"
+        );
+    }
 }

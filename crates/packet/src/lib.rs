@@ -7,6 +7,7 @@ pub mod answer;
 pub mod checksum;
 pub mod flow;
 pub mod fuzzing;
+pub mod headers;
 pub mod mac;
 pub mod mirror;
 pub mod parse;
@@ -20,11 +21,12 @@ pub use answer::{
     build_neighbor_solicitation, build_too_big,
 };
 pub use flow::{ip_protocol, FlowKey};
+pub use headers::IpHeaders;
 pub use mac::MacWord;
 pub use mirror::mirror;
 pub use parse::{
-    parse_frame, parse_frame_into, ArpFacts, Fragment, FrameLayout, IcmpKind, ParseError,
-    EMPTY_LAYOUT, L3,
+    parse_frame, parse_frame_into, parse_plain, ArpFacts, Fragment, FrameLayout, IcmpKind,
+    ParseError, PlainFrame, EMPTY_LAYOUT, L3,
 };
 pub use rewrite::{
     rewrite_destination, rewrite_icmp_error_destination, rewrite_icmp_error_source, rewrite_source,

@@ -12,6 +12,8 @@ use crate::flow::{ip_protocol, FlowKey};
 
 mod plain;
 
+pub use plain::{parse_plain, PlainFrame};
+
 /// Why a frame cannot be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParseError {
@@ -242,9 +244,8 @@ pub fn parse_frame_into(
     ipv4_checksum_verified: bool,
     layout: &mut FrameLayout,
 ) -> Result<(), ParseError> {
-    if plain::parse_plain_ipv4(frame, ipv4_checksum_verified, layout).is_some()
-        || plain::parse_plain_ipv6(frame, layout).is_some()
-    {
+    if let Some(plain) = parse_plain(frame, ipv4_checksum_verified) {
+        *layout = plain.layout(frame);
         return Ok(());
     }
     parse_frame_general(frame, ipv4_checksum_verified, layout)

@@ -8,8 +8,9 @@ use std::net::IpAddr;
 
 use crate::checksum;
 use crate::flow::ip_protocol;
+use crate::headers::IpHeaders;
 use crate::mac::MacWord;
-use crate::parse::{read_u8, Fragment, FrameLayout, IcmpKind, ParseError, L3};
+use crate::parse::{read_u8, FrameLayout, IcmpKind, ParseError, L3};
 use crate::wire_addr::WireAddr;
 
 pub const IPV4_HEADER_LEN: usize = 20;
@@ -185,15 +186,15 @@ fn swap_ports(header: &mut [u8], ports: [Option<u16>; 2], sums: (u64, u64)) -> (
 #[inline(always)]
 fn translate_transport(
     frame: &mut [u8],
-    layout: &FrameLayout,
+    layout: &impl IpHeaders,
     sums: (u64, u64),
     ports: [Option<u16>; 2],
 ) -> Result<(), ParseError> {
-    if matches!(layout.fragment, Fragment::Later { .. }) {
+    if layout.later_fragment() {
         return Ok(());
     }
-    let l4 = usize::from(layout.l4_offset);
-    match layout.protocol {
+    let l4 = usize::from(layout.l4_offset());
+    match layout.protocol() {
         ip_protocol::TCP => {
             let header = fixed_mut::<18>(frame, l4)?;
             let (old, new) = swap_ports(header, ports, sums);
@@ -205,7 +206,7 @@ fn translate_transport(
             let (old, new) = swap_ports(header, ports, sums);
             let check = word16(header, 6) as u16;
             // An IPv4 UDP datagram without a checksum stays without one (zero reads the same in either order).
-            if check == 0 && layout.l3 == L3::Ipv4 {
+            if check == 0 && layout.l3() == L3::Ipv4 {
                 return Ok(());
             }
             let mut updated = checksum::update(check, old, new);
@@ -214,7 +215,7 @@ fn translate_transport(
             }
             header[6..8].copy_from_slice(&updated.to_ne_bytes());
         }
-        ip_protocol::ICMPV6 if layout.l3 == L3::Ipv6 => {
+        ip_protocol::ICMPV6 if layout.l3() == L3::Ipv6 => {
             let header = fixed_mut::<4>(frame, l4)?;
             let check = checksum::update(word16(header, 2) as u16, sums.0, sums.1);
             header[2..4].copy_from_slice(&check.to_ne_bytes());
@@ -235,7 +236,7 @@ impl Translation {
     /// Rewrites the frame `layout` describes in place: [`rewrite_source`], [`rewrite_destination`] or
     /// [`rewrite_source_and_destination`], as the ends say.
     #[inline(always)]
-    pub fn apply(&self, frame: &mut [u8], layout: &FrameLayout) -> Result<(), ParseError> {
+    pub fn apply(&self, frame: &mut [u8], layout: &impl IpHeaders) -> Result<(), ParseError> {
         // One arm per shape, so that each inlined translation knows which ends it writes.
         match (&self.src, &self.dst) {
             (None, Some((dst, dst_port))) => translate(frame, layout, None, Some((dst, *dst_port))),
@@ -256,14 +257,14 @@ impl Translation {
 #[inline(always)]
 fn translate(
     frame: &mut [u8],
-    layout: &FrameLayout,
+    layout: &impl IpHeaders,
     src: Option<(&WireAddr, u16)>,
     dst: Option<(&WireAddr, u16)>,
 ) -> Result<(), ParseError> {
-    let l3 = usize::from(layout.l3_offset);
+    let l3 = usize::from(layout.l3_offset());
     let sums = translate_header(
         frame,
-        layout.l3,
+        layout.l3(),
         l3,
         src.map(|(addr, _)| addr),
         dst.map(|(addr, _)| addr),

@@ -3,6 +3,7 @@
 
 use crate::checksum;
 use crate::flow::ip_protocol;
+use crate::headers::IpHeaders;
 use crate::parse::{FrameLayout, ParseError, L3};
 use crate::rewrite::{DEFAULT_TTL, IPV4_HEADER_LEN, IPV6_HEADER_LEN};
 use crate::wire_addr::WireAddr;
@@ -95,10 +96,10 @@ impl TunnelHeader {
     /// `buf[self.len()..]` described by `inner`. The Ethernet header (with its VLAN tags) moves to the front and
     /// the outer header follows it; the inner IP packet, of the tunnel's family, stays where it is.
     #[inline(always)]
-    pub fn write(&self, buf: &mut [u8], inner: &FrameLayout) -> Result<(), ParseError> {
-        let l2 = usize::from(inner.l2_len);
-        let inner_len = usize::from(inner.l3_len);
-        match (inner.l3, self.v4) {
+    pub fn write(&self, buf: &mut [u8], inner: &impl IpHeaders) -> Result<(), ParseError> {
+        let l2 = usize::from(inner.l2_len());
+        let inner_len = usize::from(inner.l3_len());
+        match (inner.l3(), self.v4) {
             (L3::Ipv4, true) => {
                 let total = IPV4_HEADER_LEN + inner_len;
                 if total > usize::from(u16::MAX) {

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use packet::{FlowKey, WireAddr};
+use packet::{FlowKey, PlainFrame, WireAddr};
 
 /// Family marker of an IPv4 key (the addresses are held v4-mapped, `::ffff:a.b.c.d`).
 const FAMILY_V4: u64 = 4;
@@ -70,6 +70,55 @@ impl ConnKey {
             flow.dst_port,
             flow.protocol,
         )
+    }
+
+    /// The key of a plain frame (see [`packet::parse_plain`]), read from the frame's own bytes: the same key as
+    /// [`ConnKey::from_flow`] of its parsed flow, without building the flow's addresses first. `None` when
+    /// `frame` is not the one `plain` describes.
+    #[inline(always)]
+    pub fn of_plain(frame: &[u8], plain: &PlainFrame) -> Option<ConnKey> {
+        let word = |bytes: &[u8], at: usize| -> Option<u64> {
+            Some(u64::from_ne_bytes(*bytes.get(at..)?.first_chunk::<8>()?))
+        };
+        let (addrs, ports, family) = if let Some(tuple) = plain.tuple_v4(frame) {
+            // v4-mapped: ten zero bytes, two 0xff bytes, the address (the second word's last four bytes).
+            let mapped = |at: usize| {
+                let address = u64::from(u32::from_ne_bytes([
+                    tuple[at],
+                    tuple[at + 1],
+                    tuple[at + 2],
+                    tuple[at + 3],
+                ]));
+                if cfg!(target_endian = "little") {
+                    address << 32 | 0xffff_0000
+                } else {
+                    0xffff << 32 | address
+                }
+            };
+            (
+                [0, mapped(0), 0, mapped(4)],
+                u32::from_be_bytes([tuple[8], tuple[9], tuple[10], tuple[11]]),
+                FAMILY_V4,
+            )
+        } else {
+            let tuple = plain.tuple_v6(frame)?;
+            (
+                [
+                    word(tuple, 0)?,
+                    word(tuple, 8)?,
+                    word(tuple, 16)?,
+                    word(tuple, 24)?,
+                ],
+                u32::from_be_bytes([tuple[32], tuple[33], tuple[34], tuple[35]]),
+                FAMILY_V6,
+            )
+        };
+        // Source port in the low half, destination port above it: the wire's order of the two, turned.
+        let ports = u64::from(ports.rotate_left(16));
+        Some(ConnKey {
+            addrs,
+            tail: ports | u64::from(plain.protocol) << 32 | family << 40,
+        })
     }
 
     /// The flow this key stands for.

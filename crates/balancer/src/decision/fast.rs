@@ -4,7 +4,7 @@
 
 use std::hint::cold_path;
 
-use packet::{Fragment, FrameLayout, IcmpKind, MacWord};
+use packet::{Fragment, FrameLayout, IcmpKind, MacWord, PlainFrame};
 
 use super::{forward, Action, Rewrite, StagedKey, WorkerState};
 use crate::conntrack::ConnId;
@@ -95,6 +95,14 @@ pub(super) fn established_forward(
 }
 
 impl StagedKey {
+    /// Whether the entries' stage ([`WorkerState::stage_entries_with`]) found that no entry can hold the key: the
+    /// frame likely opens a connection.
+    #[inline]
+    pub fn no_entry_holds_it(&self) -> bool {
+        self.candidates
+            .is_some_and(|candidates| candidates.is_empty())
+    }
+
     /// The staged key of a frame whose established lookup missed: the full decision need not search again.
     #[inline]
     pub fn after_miss(&self, absent: bool) -> StagedKey {
@@ -129,7 +137,43 @@ impl WorkerState {
             return Established::Other;
         }
         self.established(
-            snapshot, layout, staged, ingress, now_ms, hand_back, verdict,
+            snapshot,
+            layout.tcp_flags,
+            layout.l3_len,
+            staged,
+            ingress,
+            now_ms,
+            hand_back,
+            verdict,
+        )
+    }
+
+    /// [`WorkerState::decide_established`] for a frame [`packet::parse_plain`] read, staged with
+    /// [`WorkerState::stage_plain_with`]: the same answer as for the frame's full layout, without the layout.
+    #[inline(always)]
+    pub fn decide_plain_established(
+        &mut self,
+        snapshot: &Snapshot,
+        plain: &PlainFrame,
+        staged: &StagedKey,
+        ingress: u16,
+        now_ms: u64,
+        verdict: &mut Action,
+    ) -> Established {
+        // A plain frame is untagged, whole, not source-routed and not ICMP; only its TTL is left to check.
+        if plain.ttl <= 1 {
+            cold_path();
+            return Established::Other;
+        }
+        self.established(
+            snapshot,
+            plain.tcp_flags,
+            plain.l3_len,
+            staged,
+            ingress,
+            now_ms,
+            true,
+            verdict,
         )
     }
 }

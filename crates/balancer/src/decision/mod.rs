@@ -30,7 +30,7 @@ use std::hint::cold_path;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use packet::{FlowKey, Fragment, FrameLayout, IcmpKind, Translation, L3};
+use packet::{FlowKey, Fragment, FrameLayout, IcmpKind, IpHeaders, PlainFrame, Translation, L3};
 
 use crate::conntrack::{
     reply_flow, tcp_flags, Candidates, ConnId, ConnKey, ConnTable, Direction, Endpoint, Hit,
@@ -162,7 +162,24 @@ impl WorkerState {
     /// [`WorkerState::stage`] with the caller's prefetch instruction (the data plane's, inlined).
     #[inline(always)]
     pub fn stage_with(&self, flow: &FlowKey, prefetch: impl Fn(*const u8)) -> StagedKey {
-        let key = ConnKey::from_flow(flow);
+        self.stage_key_with(ConnKey::from_flow(flow), prefetch)
+    }
+
+    /// [`WorkerState::stage_with`] for a plain frame (see [`packet::parse_plain`]): its key read from the frame's
+    /// bytes. `None` when `frame` is not the one `plain` describes.
+    #[inline(always)]
+    pub fn stage_plain_with(
+        &self,
+        frame: &[u8],
+        plain: &PlainFrame,
+        prefetch: impl Fn(*const u8),
+    ) -> Option<StagedKey> {
+        let key = ConnKey::of_plain(frame, plain)?;
+        Some(self.stage_key_with(key, prefetch))
+    }
+
+    #[inline(always)]
+    fn stage_key_with(&self, key: ConnKey, prefetch: impl Fn(*const u8)) -> StagedKey {
         let hash = self.conns.hash(&key);
         self.conns.prefetch_with(hash, prefetch);
         StagedKey {
@@ -227,11 +244,7 @@ impl WorkerState {
         let opens = layout.protocol != packet::flow::ip_protocol::TCP
             || layout.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST)
                 == tcp_flags::SYN;
-        if opens
-            && staged
-                .candidates
-                .is_some_and(|candidates| candidates.is_empty())
-        {
+        if opens && staged.no_entry_holds_it() {
             stage_new_flow(snapshot, &layout.flow, staged, prefetch);
         }
     }
@@ -360,7 +373,7 @@ impl WorkerState {
         &self,
         id: ConnId,
         frame: &mut [u8],
-        layout: &FrameLayout,
+        layout: &impl IpHeaders,
     ) -> Result<(), packet::ParseError> {
         let Some(translation) = self.client_translation(id) else {
             cold_path();
@@ -375,7 +388,7 @@ impl WorkerState {
         &self,
         id: ConnId,
         frame: &mut [u8],
-        layout: &FrameLayout,
+        layout: &impl IpHeaders,
     ) -> Result<(), packet::ParseError> {
         let Some(translation) = self.reply_translation(id) else {
             cold_path();

@@ -27,7 +27,7 @@ impl WorkerState {
     pub(super) fn established_reply(
         &mut self,
         snapshot: &Snapshot,
-        layout: &FrameLayout,
+        tcp_flags: u8,
         id: ConnId,
         ingress: u16,
         now_ms: u64,
@@ -50,12 +50,9 @@ impl WorkerState {
             cold_path();
             return Established::Other;
         };
-        if !self
-            .conns
-            .refresh(id, Direction::Reply, layout.tcp_flags, now_ms)
-        {
+        if !self.conns.refresh(id, Direction::Reply, tcp_flags, now_ms) {
             cold_path();
-            self.account(id, Direction::Reply, layout.tcp_flags, now_ms);
+            self.account(id, Direction::Reply, tcp_flags, now_ms);
         }
         // The addresses are read from the entry when the frame is rewritten.
         established_forward(

@@ -56,7 +56,8 @@ impl WorkerState {
     pub(super) fn established(
         &mut self,
         snapshot: &Snapshot,
-        layout: &FrameLayout,
+        tcp_flags: u8,
+        l3_len: u16,
         staged: &StagedKey,
         ingress: u16,
         now_ms: u64,
@@ -68,13 +69,13 @@ impl WorkerState {
             staged.hash,
             staged.candidates,
             now_ms,
-            layout.tcp_flags,
+            tcp_flags,
         ) {
             ClientHit::Refreshed { id, backend, mode } => (id, backend, mode, false),
             ClientHit::Changing { id, backend, mode } => (id, backend, mode, true),
             ClientHit::Reply(hit) => {
                 return self.established_reply(
-                    snapshot, layout, hit.id, ingress, now_ms, hand_back, verdict,
+                    snapshot, tcp_flags, hit.id, ingress, now_ms, hand_back, verdict,
                 );
             }
             ClientHit::Missed => {
@@ -94,7 +95,7 @@ impl WorkerState {
         };
         if changing {
             cold_path();
-            self.account(id, Direction::Original, layout.tcp_flags, now_ms);
+            self.account(id, Direction::Original, tcp_flags, now_ms);
         }
         let rewrite = if mode == ForwardingMode::Dr {
             // The MACs are all DR changes: the backend's address is not even read.
@@ -106,9 +107,7 @@ impl WorkerState {
             // TUN: the backend's tunnel is prepared in the snapshot; a packet too long for it whole (fragmented or
             // answered too big) is the full decision's.
             match snapshot.tunnel(backend) {
-                Some(tunnel) if layout.l3_len <= tunnel.max_inner_len => {
-                    EntryRewrite::Tunnel(backend)
-                }
+                Some(tunnel) if l3_len <= tunnel.max_inner_len => EntryRewrite::Tunnel(backend),
                 _ => {
                     cold_path();
                     return Established::Other;

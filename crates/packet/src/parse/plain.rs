@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use super::{Fragment, FrameLayout, IcmpKind, L3};
 use crate::checksum;
 use crate::flow::{ip_protocol, FlowKey};
+use crate::headers::IpHeaders;
 
 /// Ethernet (14) + IPv4 without options (20) + TCP without options (20): the shortest IPv4 frame this path reads.
 const PLAIN_HEAD: usize = 54;
@@ -17,15 +18,44 @@ const L4_OFFSET: usize = L3_OFFSET + 20;
 /// The same with the fixed IPv6 header (40).
 const PLAIN_HEAD_V6: usize = 74;
 const L4_OFFSET_V6: usize = L3_OFFSET + 40;
+/// Where an IPv4 frame's source address starts: the destination and the two ports follow it (12 bytes).
+const TUPLE_V4: usize = L3_OFFSET + 12;
+/// Where an IPv6 frame's source address starts: the destination follows it, then (the transport header) the ports.
+const TUPLE_V6: usize = L3_OFFSET + 8;
 
-/// The facts of `frame` when it is a plain IPv4 TCP or UDP frame whose every check passes; `None` sends it to the
-/// general parser (including every frame the general parser would refuse).
+/// The facts of a plain frame (see the module's comment) that its established path reads: six bytes that travel in a
+/// register. Its addresses and ports stay in the frame, where [`PlainFrame::tuple_v4`] and
+/// [`PlainFrame::tuple_v6`] read them, and [`PlainFrame::layout`] gives the full [`FrameLayout`] a frame off the
+/// established path needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlainFrame {
+    /// IPv6 (else IPv4).
+    pub v6: bool,
+    /// IP total length (IPv4) or 40 + payload length (IPv6).
+    pub l3_len: u16,
+    /// TCP or UDP.
+    pub protocol: u8,
+    /// TTL or hop limit.
+    pub ttl: u8,
+    /// TCP flags (0 for UDP).
+    pub tcp_flags: u8,
+}
+
+/// The facts of `frame` when it is a plain IPv4 or IPv6 TCP or UDP frame whose every check passes; `None` sends it
+/// to the general parser (including every frame the general parser would refuse).
+/// `ipv4_checksum_verified`: the device found the IPv4 header checksum good.
 #[inline(always)]
-pub(super) fn parse_plain_ipv4(
-    frame: &[u8],
-    ipv4_checksum_verified: bool,
-    layout: &mut FrameLayout,
-) -> Option<()> {
+pub fn parse_plain(frame: &[u8], ipv4_checksum_verified: bool) -> Option<PlainFrame> {
+    match frame.get(12..14)? {
+        [0x08, 0x00] => parse_plain_ipv4(frame, ipv4_checksum_verified),
+        [0x86, 0xdd] => parse_plain_ipv6(frame),
+        _ => None,
+    }
+}
+
+/// [`parse_plain`] of an IPv4 frame.
+#[inline(always)]
+fn parse_plain_ipv4(frame: &[u8], ipv4_checksum_verified: bool) -> Option<PlainFrame> {
     let head: &[u8; PLAIN_HEAD] = frame.first_chunk()?;
     // Ethertype IPv4, version 4 with a 20-byte header.
     if head[12] != 0x08
@@ -46,41 +76,23 @@ pub(super) fn parse_plain_ipv4(
         return None;
     }
     let protocol = head[23];
-    let (src_port, dst_port, tcp_flags) = plain_transport(
+    let tcp_flags = plain_transport(
         head[L4_OFFSET..].first_chunk()?,
         protocol,
         total.saturating_sub(20),
     )?;
-    let address = |at: usize| {
-        IpAddr::V4(Ipv4Addr::new(
-            head[at],
-            head[at + 1],
-            head[at + 2],
-            head[at + 3],
-        ))
-    };
-    *layout = plain_layout(
-        L3::Ipv4,
-        L4_OFFSET,
-        total,
-        head[22],
-        fragment_word & 0x4000 != 0,
-        FlowKey {
-            src_addr: address(26),
-            dst_addr: address(30),
-            src_port,
-            dst_port,
-            protocol,
-        },
+    Some(PlainFrame {
+        v6: false,
+        l3_len: total as u16,
+        protocol,
+        ttl: head[22],
         tcp_flags,
-    );
-    Some(())
+    })
 }
 
-/// The facts of `frame` when it is a plain IPv6 TCP or UDP frame (no extension header) whose every check passes;
-/// `None` sends it to the general parser.
+/// [`parse_plain`] of an IPv6 frame (no extension header).
 #[inline(always)]
-pub(super) fn parse_plain_ipv6(frame: &[u8], layout: &mut FrameLayout) -> Option<()> {
+fn parse_plain_ipv6(frame: &[u8]) -> Option<PlainFrame> {
     let head: &[u8; PLAIN_HEAD_V6] = frame.first_chunk()?;
     // Ethertype IPv6, version 6.
     if head[12] != 0x86
@@ -97,87 +109,165 @@ pub(super) fn parse_plain_ipv6(frame: &[u8], layout: &mut FrameLayout) -> Option
         return None;
     }
     let protocol = head[20];
-    let (src_port, dst_port, tcp_flags) =
-        plain_transport(head[L4_OFFSET_V6..].first_chunk()?, protocol, payload)?;
-    let address = |at: usize| {
-        let octets: [u8; 16] = head[at..at + 16].try_into().unwrap_or_default();
-        IpAddr::V6(Ipv6Addr::from(octets))
-    };
-    *layout = plain_layout(
-        L3::Ipv6,
-        L4_OFFSET_V6,
-        total,
-        head[21],
-        false,
-        FlowKey {
-            src_addr: address(22),
-            dst_addr: address(38),
-            src_port,
-            dst_port,
-            protocol,
-        },
+    let tcp_flags = plain_transport(head[L4_OFFSET_V6..].first_chunk()?, protocol, payload)?;
+    Some(PlainFrame {
+        v6: true,
+        l3_len: total as u16,
+        protocol,
+        ttl: head[21],
         tcp_flags,
-    );
-    Some(())
+    })
 }
 
-/// The layout of a plain frame: untagged, whole, no options or extension headers; the family's facts passed in.
-#[inline(always)]
-fn plain_layout(
-    l3: L3,
-    l4_offset: usize,
-    total: usize,
-    ttl: u8,
-    dont_fragment: bool,
-    flow: FlowKey,
-    tcp_flags: u8,
-) -> FrameLayout {
-    FrameLayout {
-        l2_len: L3_OFFSET as u16,
-        vlan_tags: 0,
-        vlan_id: None,
-        l3,
-        l3_offset: L3_OFFSET as u16,
-        l4_offset: l4_offset as u16,
-        l3_len: total as u16,
-        protocol: flow.protocol,
-        ttl,
-        source_routed: false,
-        dont_fragment,
-        flow,
-        fragment: Fragment::None,
-        tcp_flags,
-        icmp: IcmpKind::None,
-        arp: None,
+impl PlainFrame {
+    /// An IPv4 frame's source address, destination address and ports as the wire holds them (12 bytes); `None`
+    /// for an IPv6 frame or a frame shorter than a plain one.
+    #[inline(always)]
+    pub fn tuple_v4<'a>(&self, frame: &'a [u8]) -> Option<&'a [u8; 12]> {
+        if self.v6 {
+            return None;
+        }
+        frame.get(TUPLE_V4..)?.first_chunk()
+    }
+
+    /// An IPv6 frame's source address, destination address and ports as the wire holds them (36 bytes); `None`
+    /// for an IPv4 frame or a frame shorter than a plain one.
+    #[inline(always)]
+    pub fn tuple_v6<'a>(&self, frame: &'a [u8]) -> Option<&'a [u8; 36]> {
+        if !self.v6 {
+            return None;
+        }
+        frame.get(TUPLE_V6..)?.first_chunk()
+    }
+
+    /// The full facts of `frame`, which [`parse_plain`] read as `self`: what the general parser gives for it.
+    #[inline]
+    pub fn layout(&self, frame: &[u8]) -> FrameLayout {
+        let flow = match (self.tuple_v4(frame), self.tuple_v6(frame)) {
+            (Some(tuple), _) => {
+                let address = |at: usize| {
+                    IpAddr::V4(Ipv4Addr::new(
+                        tuple[at],
+                        tuple[at + 1],
+                        tuple[at + 2],
+                        tuple[at + 3],
+                    ))
+                };
+                self.flow(
+                    address(0),
+                    address(4),
+                    tuple[8..12].try_into().unwrap_or_default(),
+                )
+            }
+            (None, Some(tuple)) => {
+                let address = |at: usize| {
+                    let octets: [u8; 16] = tuple[at..at + 16].try_into().unwrap_or_default();
+                    IpAddr::V6(Ipv6Addr::from(octets))
+                };
+                self.flow(
+                    address(0),
+                    address(16),
+                    tuple[32..36].try_into().unwrap_or_default(),
+                )
+            }
+            (None, None) => super::UNSPECIFIED_FLOW,
+        };
+        FrameLayout {
+            l2_len: L3_OFFSET as u16,
+            vlan_tags: 0,
+            vlan_id: None,
+            l3: self.l3(),
+            l3_offset: L3_OFFSET as u16,
+            l4_offset: self.l4_offset(),
+            l3_len: self.l3_len,
+            protocol: self.protocol,
+            ttl: self.ttl,
+            source_routed: false,
+            // Read again here, off the established path, which never needs it.
+            dont_fragment: !self.v6
+                && frame
+                    .get(L3_OFFSET + 6)
+                    .is_some_and(|byte| byte & 0x40 != 0),
+            flow,
+            fragment: Fragment::None,
+            tcp_flags: self.tcp_flags,
+            icmp: IcmpKind::None,
+            arp: None,
+        }
+    }
+
+    #[inline(always)]
+    fn flow(&self, src_addr: IpAddr, dst_addr: IpAddr, ports: [u8; 4]) -> FlowKey {
+        FlowKey {
+            src_addr,
+            dst_addr,
+            src_port: u16::from_be_bytes([ports[0], ports[1]]),
+            dst_port: u16::from_be_bytes([ports[2], ports[3]]),
+            protocol: self.protocol,
+        }
     }
 }
 
-/// Ports and TCP flags of the TCP or UDP header starting `transport`, when it lies whole within the `room` bytes the
-/// IP packet has for it (a TCP header with its options, a UDP datagram as long as its length says).
+impl IpHeaders for PlainFrame {
+    #[inline(always)]
+    fn l2_len(&self) -> u16 {
+        L3_OFFSET as u16
+    }
+    #[inline(always)]
+    fn l3(&self) -> L3 {
+        if self.v6 {
+            L3::Ipv6
+        } else {
+            L3::Ipv4
+        }
+    }
+    #[inline(always)]
+    fn l3_offset(&self) -> u16 {
+        L3_OFFSET as u16
+    }
+    #[inline(always)]
+    fn l4_offset(&self) -> u16 {
+        if !self.v6 {
+            L4_OFFSET as u16
+        } else {
+            L4_OFFSET_V6 as u16
+        }
+    }
+    #[inline(always)]
+    fn l3_len(&self) -> u16 {
+        self.l3_len
+    }
+    #[inline(always)]
+    fn protocol(&self) -> u8 {
+        self.protocol
+    }
+    #[inline(always)]
+    fn later_fragment(&self) -> bool {
+        false
+    }
+}
+
+/// The TCP flags (0 for UDP) of the TCP or UDP header starting `transport`, when it lies whole within the `room`
+/// bytes the IP packet has for it (a TCP header with its options, a UDP datagram as long as its length says).
 #[inline(always)]
-fn plain_transport(transport: &[u8; 20], protocol: u8, room: usize) -> Option<(u16, u16, u8)> {
-    let tcp_flags = match protocol {
+fn plain_transport(transport: &[u8; 20], protocol: u8, room: usize) -> Option<u8> {
+    match protocol {
         ip_protocol::TCP => {
             let header_len = usize::from(transport[12] >> 4) * 4;
             if header_len < 20 || header_len > room {
                 return None;
             }
-            transport[13]
+            Some(transport[13])
         }
         ip_protocol::UDP => {
             let length = usize::from(u16::from_be_bytes([transport[4], transport[5]]));
             if length < 8 || length > room {
                 return None;
             }
-            0
+            Some(0)
         }
-        _ => return None,
-    };
-    Some((
-        u16::from_be_bytes([transport[0], transport[1]]),
-        u16::from_be_bytes([transport[2], transport[3]]),
-        tcp_flags,
-    ))
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -241,18 +331,21 @@ mod tests {
     #[test]
     fn a_plain_ipv6_udp_frame_takes_this_path_with_the_general_facts() {
         let frame = plain_frame_v6(ip_protocol::UDP, 90);
-        let mut layout = EMPTY_LAYOUT;
-        assert_eq!(parse_plain_ipv6(&frame, &mut layout), Some(()));
+        let layout = parse_plain(&frame, false).expect("plain").layout(&frame);
         assert_eq!(Ok(layout), general(&frame, false));
         assert_eq!(layout.flow.dst_port, 80);
         assert_eq!(layout.l3, L3::Ipv6);
     }
 
     #[test]
+    fn the_facts_travel_in_six_bytes() {
+        assert_eq!(std::mem::size_of::<PlainFrame>(), 6);
+    }
+
+    #[test]
     fn a_plain_tcp_frame_takes_this_path_with_the_general_facts() {
         let frame = plain_frame(ip_protocol::TCP, 60);
-        let mut layout = EMPTY_LAYOUT;
-        assert_eq!(parse_plain_ipv4(&frame, false, &mut layout), Some(()));
+        let layout = parse_plain(&frame, false).expect("plain").layout(&frame);
         assert_eq!(Ok(layout), general(&frame, false));
         assert_eq!(layout.flow.dst_port, 80);
         assert!(layout.dont_fragment);
@@ -280,13 +373,31 @@ mod tests {
                 }
             }
             let reference = general(&frame, verified);
-            let mut layout = EMPTY_LAYOUT;
-            if parse_plain_ipv4(&frame, verified, &mut layout).is_some() {
+            if let Some(plain) = parse_plain(&frame, verified) {
+                let layout = plain.layout(&frame);
                 prop_assert_eq!(Ok(layout), reference);
-            }
-            let mut layout = EMPTY_LAYOUT;
-            if parse_plain_ipv6(&frame, &mut layout).is_some() {
-                prop_assert_eq!(Ok(layout), reference);
+                // What the established path reads without the layout: the same facts, the same tuple.
+                prop_assert_eq!(
+                    (plain.l3(), plain.l3_len, plain.protocol),
+                    (layout.l3, layout.l3_len, layout.protocol)
+                );
+                prop_assert_eq!((plain.ttl, plain.tcp_flags), (layout.ttl, layout.tcp_flags));
+                let tuple = match (plain.tuple_v4(&frame), plain.tuple_v6(&frame)) {
+                    (Some(v4), None) => v4.to_vec(),
+                    (None, Some(v6)) => v6.to_vec(),
+                    other => panic!("one family's tuple, not {other:?}"),
+                };
+                let flow = layout.flow;
+                let mut expected = Vec::new();
+                for addr in [flow.src_addr, flow.dst_addr] {
+                    match addr {
+                        IpAddr::V4(v4) => expected.extend(v4.octets()),
+                        IpAddr::V6(v6) => expected.extend(v6.octets()),
+                    }
+                }
+                expected.extend(flow.src_port.to_be_bytes());
+                expected.extend(flow.dst_port.to_be_bytes());
+                prop_assert_eq!(tuple, expected);
             }
             let mut combined = EMPTY_LAYOUT;
             let answer = crate::parse_frame_into(&frame, verified, &mut combined).map(|()| combined);

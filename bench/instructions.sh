@@ -10,21 +10,27 @@
 #   worker as it runs on a DPDK port, the net_pcap PMD's receive and transmit included, as in every replay figure;
 #   the count is the worker thread's whole loop divided by the frames it received. The extra arguments are the
 #   family and the flows (default ipv4 1000). With --replay --answers (NAT and FULLNAT), the replay carries the
-#   backends' answers too (replay_pcap_with_answers): half of its frames are replies.
+#   backends' answers too (replay_pcap_with_answers): half of its frames are replies. With --replay --new-syn,
+#   every frame is a SYN of a flow of its own, through a table of half as many entries as the flows (default
+#   131072), as in the headline's new-connection row: the count is per new connection.
 #
-# Usage: bench/instructions.sh SLUICE [--replay [--answers]] [mode ...] [-- extra arguments]
+# Usage: bench/instructions.sh SLUICE [--replay [--answers | --new-syn]] [mode ...] [-- extra arguments]
 # Examples: bench/instructions.sh target/release/sluice dr nat fullnat tun
 #           bench/instructions.sh target/release/sluice --replay dr nat -- ipv6 1000
 #           bench/instructions.sh target/release/sluice --replay --answers nat fullnat
+#           bench/instructions.sh target/release/sluice --replay --new-syn dr
 set -euo pipefail
 SLUICE=$1
 shift
-replay=false answers=false
+replay=false answers=false new_syn=false
 if [ "${1:-}" = "--replay" ]; then
     replay=true
     shift
     if [ "${1:-}" = "--answers" ]; then
         answers=true
+        shift
+    elif [ "${1:-}" = "--new-syn" ]; then
+        new_syn=true
         shift
     fi
 fi
@@ -50,9 +56,14 @@ count_replay() { # family flows
     EAL_MEMORY='"--no-huge", "-m", "1024"'
     # shellcheck source=bench/replay-config.sh
     source "$(dirname "$0")/replay-config.sh"
-    local run_args=()
+    local run_args=() capacity=2097152
     mbufs=$(($(replay_frames "$flows") + 16384))
-    if $answers; then
+    if $new_syn; then
+        # Each flow's first frame is a SYN: as many flows as frames make every frame a SYN of its own flow.
+        "$SLUICE" generate --out "$work/replay.pcap" --vip "$(replay_vip "$family")" --flows "$flows" \
+            --frames "$flows" --dst-mac 02:00:00:00:00:01 > /dev/null
+        mbufs=$((flows + 16384)) capacity=$((flows / 2)) answers_label=" new SYN"
+    elif $answers; then
         run_args=("${REPLAY_RUN_ARGS[@]}")
         answers_label=" + answers"
         mbufs=$((2 * $(replay_frames "$flows") + 16384))
@@ -65,7 +76,7 @@ count_replay() { # family flows
         if $answers; then
             replay_pcap_with_answers "$SLUICE" "$mode" "$family" "$flows" "$work/replay.pcap"
         fi
-        sluice_config "$mode" "$family" "$work/replay.pcap" "$mbufs" > "$work/$mode.toml"
+        sluice_config "$mode" "$family" "$work/replay.pcap" "$mbufs" "$capacity" > "$work/$mode.toml"
         # Fair scheduling lets the control thread see --max-packets on time: without it the polling worker keeps
         # valgrind's thread lock, runs on for a number of frames that varies from run to run, and the first
         # frames' one-off costs (1K new connections) weigh differently in each count.
@@ -83,7 +94,11 @@ count_replay() { # family flows
 }
 
 if $replay; then
-    count_replay "${1:-ipv4}" "${2:-1000}"
+    if $new_syn; then
+        count_replay "${1:-ipv4}" "${2:-131072}"
+    else
+        count_replay "${1:-ipv4}" "${2:-1000}"
+    fi
     exit 0
 fi
 

@@ -53,16 +53,12 @@ pub fn parse_plain(frame: &[u8], ipv4_checksum_verified: bool) -> Option<PlainFr
     }
 }
 
-/// [`parse_plain`] of an IPv4 frame.
+/// [`parse_plain`] of a frame of ethertype IPv4.
 #[inline(always)]
 fn parse_plain_ipv4(frame: &[u8], ipv4_checksum_verified: bool) -> Option<PlainFrame> {
     let head: &[u8; PLAIN_HEAD] = frame.first_chunk()?;
-    // Ethertype IPv4, version 4 with a 20-byte header.
-    if head[12] != 0x08
-        || head[13] != 0x00
-        || head[14] != 0x45
-        || frame.len() > usize::from(u16::MAX)
-    {
+    // Version 4 with a 20-byte header.
+    if head[14] != 0x45 || frame.len() > usize::from(u16::MAX) {
         return None;
     }
     let total = usize::from(u16::from_be_bytes([head[16], head[17]]));
@@ -90,16 +86,12 @@ fn parse_plain_ipv4(frame: &[u8], ipv4_checksum_verified: bool) -> Option<PlainF
     })
 }
 
-/// [`parse_plain`] of an IPv6 frame (no extension header).
+/// [`parse_plain`] of a frame of ethertype IPv6 (no extension header).
 #[inline(always)]
 fn parse_plain_ipv6(frame: &[u8]) -> Option<PlainFrame> {
     let head: &[u8; PLAIN_HEAD_V6] = frame.first_chunk()?;
-    // Ethertype IPv6, version 6.
-    if head[12] != 0x86
-        || head[13] != 0xdd
-        || head[14] >> 4 != 6
-        || frame.len() > usize::from(u16::MAX)
-    {
+    // Version 6.
+    if head[14] >> 4 != 6 || frame.len() > usize::from(u16::MAX) {
         return None;
     }
     let payload = usize::from(u16::from_be_bytes([head[18], head[19]]));

@@ -7,7 +7,7 @@
 //! inline in the primary, an IPv6 one does not).
 
 use super::key::{ConnKey, TAIL_KEY_BITS};
-use super::tcp_state::TcpState;
+use super::tcp_state::{self, Direction, TcpState, TrackedPath};
 use crate::service::ForwardingMode;
 
 /// No entry: the end of a link or list.
@@ -40,7 +40,7 @@ fn mode_bits(mode: ForwardingMode) -> u64 {
     }
 }
 
-fn mode_of(bits: u64) -> ForwardingMode {
+const fn mode_of(bits: u64) -> ForwardingMode {
     match bits & 0b11 {
         0 => ForwardingMode::Dr,
         1 => ForwardingMode::Nat,
@@ -48,6 +48,24 @@ fn mode_of(bits: u64) -> ForwardingMode {
         _ => ForwardingMode::Tun,
     }
 }
+
+/// The states an ACK keeps ([`tcp_state::states_an_ack_keeps`]) by direction and by an entry's mode bits: one
+/// load where the path of the mode and direction took a few branches.
+const ACK_KEEPS: [[u16; 4]; 2] = {
+    let directions = [Direction::Original, Direction::Reply];
+    let mut keeps = [[0; 4]; 2];
+    let mut direction = 0;
+    while direction < 2 {
+        let mut bits = 0;
+        while bits < 4 {
+            let path = TrackedPath::of(mode_of(bits as u64), directions[direction]);
+            keeps[direction][bits] = tcp_state::states_an_ack_keeps(path);
+            bits += 1;
+        }
+        direction += 1;
+    }
+    keeps
+};
 
 /// One cache line. Field order keeps the key first so a key compare reads the line's first 40 bytes.
 #[derive(Clone, Copy, Debug)]
@@ -150,6 +168,24 @@ impl Entry {
         TcpState::from_byte((self.tail >> STATE_SHIFT) as u8)
     }
 
+    /// The TCP state as stored, `state as u8`.
+    #[inline(always)]
+    pub fn state_byte(&self) -> u8 {
+        (self.tail >> STATE_SHIFT) as u8
+    }
+
+    /// Whether a segment with TCP `flags` travelling in `direction` certainly leaves the state as it is
+    /// ([`TcpState::kept_by`] on the path of the entry's mode), read from the stored bits.
+    #[inline(always)]
+    pub fn kept_by(&self, direction: Direction, flags: u8) -> bool {
+        let mode_bits = (self.tail >> (META_SHIFT + MODE_SHIFT)) as usize & 0b11;
+        tcp_state::kept_by_ack(
+            self.state_byte(),
+            ACK_KEEPS[direction as usize][mode_bits],
+            flags,
+        )
+    }
+
     #[inline]
     pub fn set_state(&mut self, state: TcpState) {
         self.tail = self.tail & !(0xff << STATE_SHIFT) | u64::from(state as u8) << STATE_SHIFT;
@@ -187,5 +223,31 @@ mod tests {
             assert!(entry.matches(&key));
         }
         assert_eq!(Entry::FREE.kind(), Kind::Free);
+    }
+
+    #[test]
+    fn the_stored_bits_keep_a_state_as_the_state_machine_does() {
+        let key = ConnKey::new(
+            "10.0.0.1".parse().unwrap(),
+            "192.0.2.1".parse().unwrap(),
+            1000,
+            80,
+            6,
+        );
+        for mode in ForwardingMode::ALL {
+            for state in TcpState::ALL {
+                let entry = Entry::new(Kind::Original, &key, mode, state);
+                for direction in [Direction::Original, Direction::Reply] {
+                    let path = TrackedPath::of(mode, direction);
+                    for flags in 0..=u8::MAX {
+                        assert_eq!(
+                            entry.kept_by(direction, flags),
+                            state.kept_by(path, flags),
+                            "{mode:?} {state:?} {direction:?} flags {flags:#04x}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

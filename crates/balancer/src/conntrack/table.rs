@@ -504,14 +504,17 @@ impl ConnTable {
     fn refresh_entry(&mut self, index: u32, direction: Direction, flags: u8, now: u64) -> bool {
         let entry = &mut self.entries[index as usize];
         let protocol = entry.protocol();
-        let state = entry.state();
         let timeout = if protocol != ip_protocol::TCP {
-            self.timeouts.for_protocol(protocol, state)
-        } else {
-            let path = TrackedPath::of(entry.mode(), direction);
+            self.timeouts.for_protocol(protocol, entry.state())
+        } else if entry.kept_by(direction, flags) {
             // A plain ACK in a state it keeps (ESTABLISHED, or CLOSE for a flow picked up mid-stream): the bulk of
-            // all traffic, decided by one bit test.
-            if !state.kept_by(path, flags) && state.next(path, flags) != state {
+            // all traffic, decided by one bit test of the stored state.
+            self.tcp_timeouts.of_byte(entry.state_byte())
+        } else {
+            cold_path();
+            let state = entry.state();
+            let path = TrackedPath::of(entry.mode(), direction);
+            if state.next(path, flags) != state {
                 return false;
             }
             self.tcp_timeouts.of(state)

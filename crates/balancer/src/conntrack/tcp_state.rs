@@ -137,8 +137,7 @@ impl TcpState {
     /// flows picked up mid-stream, which IPVS keeps in CLOSE) is decided by one bit test, without the table.
     #[inline]
     pub fn kept_by(self, path: TrackedPath, flags: u8) -> bool {
-        flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0
-            && STATES_AN_ACK_KEEPS[path as usize] & (1 << self as u16) != 0
+        kept_by_ack(self as u8, STATES_AN_ACK_KEEPS[path as usize], flags)
     }
 
     /// Whether IPVS counts a connection in this state as active (only ESTABLISHED).
@@ -195,9 +194,22 @@ impl TcpState {
     }
 }
 
+/// The states an ACK leaves unchanged on `path`, a bit for each (bit `state as u8`).
+pub(super) const fn states_an_ack_keeps(path: TrackedPath) -> u16 {
+    STATES_AN_ACK_KEEPS[path as usize]
+}
+
+/// [`TcpState::kept_by`] on a state stored as `byte` (`state as u8`), with `keeps` from [`states_an_ack_keeps`]:
+/// no conversion of the byte to a state. A byte no state has is never kept.
+#[inline(always)]
+pub(super) fn kept_by_ack(byte: u8, keeps: u16, flags: u8) -> bool {
+    flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0
+        && (u32::from(keeps) >> (byte & 31)) & 1 != 0
+}
+
 impl TcpState {
     /// Every state, by its `repr(u8)` value.
-    const ALL: [TcpState; 11] = [
+    pub(super) const ALL: [TcpState; 11] = [
         TcpState::None,
         TcpState::Established,
         TcpState::SynSent,
@@ -224,7 +236,7 @@ impl TcpState {
 impl TrackedPath {
     /// The transition table a packet travelling in `direction` of a `mode` connection goes through.
     #[inline]
-    pub fn of(mode: ForwardingMode, direction: Direction) -> TrackedPath {
+    pub const fn of(mode: ForwardingMode, direction: Direction) -> TrackedPath {
         match (direction, mode) {
             (Direction::Reply, _) => TrackedPath::Output,
             (Direction::Original, ForwardingMode::Nat | ForwardingMode::FullNat) => {
@@ -304,7 +316,13 @@ impl TcpTimeoutTable {
 
     #[inline(always)]
     pub(crate) fn of(&self, state: TcpState) -> u64 {
-        self.0[state as usize & 15]
+        self.of_byte(state as u8)
+    }
+
+    /// The timeout of the state stored as `byte` (`state as u8`).
+    #[inline(always)]
+    pub(crate) fn of_byte(&self, byte: u8) -> u64 {
+        self.0[usize::from(byte) & 15]
     }
 }
 

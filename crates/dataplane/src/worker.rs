@@ -228,7 +228,8 @@ struct Engine<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     ports: Vec<PortQueues<R, T>>,
     /// Each port's MAC as [`addressed_to`] compares it, formed once.
     port_mac_words: Vec<u64>,
-    pending: Vec<Burst<R::Frame>>,
+    /// Per port, what a forward writes: the source MAC and the frames waiting to leave (one bounds check).
+    outputs: Vec<PortOutput<R::Frame>>,
     handoffs: HandoffLinks<R::Frame>,
     /// The per-port kernel exception path (`crate::kernel`), when attached.
     exception: Option<KernelPath<R, T>>,
@@ -262,7 +263,13 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
         updates: TableUpdates,
         config: WorkerConfig,
     ) -> Worker<R, T> {
-        let pending = ports.iter().map(|_| Burst::new()).collect();
+        let outputs = ports
+            .iter()
+            .map(|queues| PortOutput {
+                source_mac: queues.mac,
+                pending: Burst::new(),
+            })
+            .collect();
         let port_mac_words = ports.iter().map(|queues| mac_word(queues.mac)).collect();
         let full_turns = vec![0; ports.len()];
         let first_tunnel_fragment_id = state.place.index;
@@ -282,7 +289,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 tables,
                 ports,
                 port_mac_words,
-                pending,
+                outputs,
                 handoffs,
                 exception: None,
                 counters: Counters::default(),
@@ -461,7 +468,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             // `PlainFrame`, with no layout written; any other frame is parsed whole into its layout. The ports are
             // promiscuous: a frame to another host's MAC is refused in this pass, with the port's MAC loaded once;
             // the bytes of the parsed frames are summed here.
-            let port_mac = engine.port_mac_words.get(port).copied();
+            let port_mac = engine.port_mac_word(port);
             let mut received_bytes = 0;
             for ((frame, layout), admission) in self
                 .received
@@ -736,27 +743,43 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         for (((frame, layout), &admission), staged) in
             received.drain(..).zip(layouts).zip(admissions).zip(staged)
         {
-            match admission {
-                Admission::Plain(plain) => {
-                    self.handle_plain(frame, layout, plain, staged, ingress, now_ms, verdict)
-                }
-                Admission::Accepted => self.handle(
-                    frame,
-                    layout,
-                    staged.as_ref(),
-                    ingress,
-                    false,
-                    now_ms,
-                    verdict,
-                ),
-                Admission::NotOurMac => {
-                    cold_path();
-                    self.drop_frame(frame, DropReason::NotOurMac)
-                }
-                Admission::Malformed => {
-                    cold_path();
-                    self.drop_malformed(frame)
-                }
+            if let Admission::Plain(plain) = admission {
+                self.handle_plain(frame, layout, plain, staged, ingress, now_ms, verdict);
+            } else {
+                cold_path();
+                self.handle_admitted(frame, layout, admission, staged, ingress, now_ms, verdict);
+            }
+        }
+    }
+
+    /// A frame of the burst the plain lane did not take: parsed into its layout and decided, or dropped for the
+    /// reason its admission gives. Out of line, so that the burst's loop is the plain lane's.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn handle_admitted(
+        &mut self,
+        frame: R::Frame,
+        layout: &mut FrameLayout,
+        admission: Admission,
+        staged: &Option<StagedKey>,
+        ingress: u16,
+        now_ms: u64,
+        verdict: &mut Action,
+    ) {
+        match admission {
+            Admission::Accepted => self.handle(
+                frame,
+                layout,
+                staged.as_ref(),
+                ingress,
+                false,
+                now_ms,
+                verdict,
+            ),
+            Admission::NotOurMac => self.drop_frame(frame, DropReason::NotOurMac),
+            Admission::Malformed => self.drop_malformed(frame),
+            Admission::Plain(plain) => {
+                self.handle_plain(frame, layout, plain, staged, ingress, now_ms, verdict)
             }
         }
     }
@@ -854,12 +877,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     ) {
         self.counters.rx_bytes += frame.data().len() as u64;
         // A handed-off frame passed this check on its own worker.
-        if !handed_off
-            && !addressed_to(
-                frame.data(),
-                self.port_mac_words.get(usize::from(ingress)).copied(),
-            )
-        {
+        if !handed_off && !addressed_to(frame.data(), self.port_mac_word(usize::from(ingress))) {
             cold_path();
             return self.drop_frame(frame, DropReason::NotOurMac);
         }
@@ -1134,11 +1152,6 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     /// [`Engine::forward`] would forward the [`Action`] it stands for.
     #[inline(always)]
     fn send_fast(&mut self, mut frame: R::Frame, layout: &impl IpHeaders, fast: FastForward) {
-        let port = usize::from(fast.port);
-        if port >= self.ports.len() {
-            cold_path();
-            return self.drop_frame(frame, DropReason::NoRoute);
-        }
         if rewrite_from_entry(
             &mut frame,
             layout,
@@ -1153,7 +1166,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         }
         self.send_rewritten(
             frame,
-            port,
+            usize::from(fast.port),
             fast.next_hop_mac,
             Some(fast.backend),
             fast.reply,
@@ -1190,7 +1203,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     }
 
     /// A rewritten frame on its way out of `port` to `next_hop_mac`: its MACs, the counters (of `backend`, in the
-    /// direction `reply` says), the transmit queue.
+    /// direction `reply` says), the transmit queue. A port the worker does not have drops it (`no_route`).
     #[inline(always)]
     fn send_rewritten(
         &mut self,
@@ -1200,8 +1213,11 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         backend: Option<balancer::service::BackendId>,
         reply: bool,
     ) {
-        let source_mac = self.ports[port].mac;
-        if packet::set_macs_word(frame.data_mut(), source_mac, next_hop_mac).is_err() {
+        let Some(output) = self.outputs.get_mut(port) else {
+            cold_path();
+            return self.drop_frame(frame, DropReason::NoRoute);
+        };
+        if packet::set_macs_word(frame.data_mut(), output.source_mac, next_hop_mac).is_err() {
             cold_path();
             return self.drop_frame(frame, DropReason::RewriteFailed);
         }
@@ -1216,7 +1232,12 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
             }
         }
         self.counters.forwarded += 1;
-        self.enqueue(port, frame);
+        // One check on the common path: a full burst is sent, then the frame is queued behind it.
+        let Err(full) = output.pending.try_push(frame) else {
+            return;
+        };
+        cold_path();
+        self.enqueue_after_flush(port, full.element());
     }
 
     /// A frame the in-place rewrite refused: a tunnel that sends it in fragments, or a failure.
@@ -1500,6 +1521,15 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         received
     }
 
+    /// Port `port`'s MAC as [`addressed_to`] compares it ([`NO_PORT_MAC`] for a port the worker does not have).
+    #[inline(always)]
+    fn port_mac_word(&self, port: usize) -> u64 {
+        self.port_mac_words
+            .get(port)
+            .copied()
+            .unwrap_or(NO_PORT_MAC)
+    }
+
     fn port_mac(&self, port: u16) -> [u8; 6] {
         self.ports
             .get(usize::from(port))
@@ -1509,12 +1539,18 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     #[inline(always)]
     fn enqueue(&mut self, port: usize, frame: R::Frame) {
         // One check on the common path: a full burst is sent, then the frame is queued behind it.
-        let Err(full) = self.pending[port].try_push(frame) else {
+        let Err(full) = self.outputs[port].pending.try_push(frame) else {
             return;
         };
         cold_path();
+        self.enqueue_after_flush(port, full.element());
+    }
+
+    /// Queues `frame` for `port` after sending the full burst ahead of it.
+    #[inline(never)]
+    fn enqueue_after_flush(&mut self, port: usize, frame: R::Frame) {
         self.flush(port);
-        if let Err(full) = self.pending[port].try_push(full.element()) {
+        if let Err(full) = self.outputs[port].pending.try_push(frame) {
             self.drop_frame(full.element(), DropReason::TxFull);
         }
     }
@@ -1551,7 +1587,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         if let Some(vlan) = self.ports[port].vlan {
             self.tag_pending(port, vlan);
         }
-        let pending = &mut self.pending[port];
+        let pending = &mut self.outputs[port].pending;
         let tx = &mut self.ports[port].tx;
         self.counters.tx += transmit(
             tx,
@@ -1575,7 +1611,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     #[cold]
     #[inline(never)]
     fn tag_pending(&mut self, port: usize, vlan: u16) {
-        let refused = crate::vlan::tag(&mut self.pending[port], vlan, &mut self.dropped);
+        let refused = crate::vlan::tag(&mut self.outputs[port].pending, vlan, &mut self.dropped);
         self.counters.drops[DropReason::RewriteFailed.index()] += refused as u64;
     }
 
@@ -1589,7 +1625,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
             let _ = dropped.try_push(refused.frame);
         }) as u64;
         for port in 0..self.ports.len() {
-            if !self.pending[port].is_empty() {
+            if !self.outputs[port].pending.is_empty() {
                 self.flush(port);
             }
         }
@@ -1597,6 +1633,14 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
             path.flush();
         }
     }
+}
+
+/// A port's output side, as a forward writes it.
+struct PortOutput<F> {
+    /// The port's MAC, the source of what leaves by it.
+    source_mac: [u8; 6],
+    /// Frames waiting for the next transmit burst.
+    pending: Burst<F>,
 }
 
 /// Room asked for a frame that will hold an ICMP too-big answer (IPv6 quotes up to 1280 bytes in all).
@@ -1748,7 +1792,7 @@ enum Admission {
 /// its MAC, or a group address (broadcast and multicast, which the decision sorts: ARP, neighbour discovery, and
 /// what the kernel path serves).
 #[inline(always)]
-fn addressed_to(data: &[u8], port_mac: Option<u64>) -> bool {
+fn addressed_to(data: &[u8], port_mac: u64) -> bool {
     // The destination MAC as the low 48 bits of one word (a parsed frame has at least 14 bytes): one load and one
     // compare instead of a six-byte array comparison.
     let Some(head) = data.first_chunk::<8>() else {
@@ -1759,8 +1803,11 @@ fn addressed_to(data: &[u8], port_mac: Option<u64>) -> bool {
         cold_path();
         return true;
     }
-    port_mac == Some(destination)
+    port_mac == destination
 }
+
+/// What [`Engine::port_mac_word`] gives for a port the worker does not have: no 48-bit destination equals it.
+const NO_PORT_MAC: u64 = u64::MAX;
 
 /// `mac` as the low 48 bits of a little-endian word, the form [`addressed_to`] compares.
 #[inline(always)]

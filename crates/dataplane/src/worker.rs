@@ -209,7 +209,7 @@ pub struct Worker<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     /// The burst being worked on, and its frames' layouts: fields of their own so that handling the frames can
     /// borrow the engine.
     received: Burst<R::Frame>,
-    layouts: Box<[FrameLayout]>,
+    layouts: Box<[FrameLayout; MAX_BURST]>,
     /// Frames other workers handed over, received in bulk.
     handed: ArrayVec<Handoff<R::Frame>, MAX_BURST>,
     /// What the burst's first pass made of frame i: whether `layouts[i]` holds a good parse of it, addressed to
@@ -318,7 +318,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             previous: crate::previous_table::PreviousTable::new(config.previous_table_grace_ms),
             stats,
             received: Burst::new(),
-            layouts: vec![packet::EMPTY_LAYOUT; MAX_BURST].into_boxed_slice(),
+            layouts: Box::new([packet::EMPTY_LAYOUT; MAX_BURST]),
             handed: ArrayVec::new(),
             admissions: [Admission::Malformed; MAX_BURST],
             staged: [None; MAX_BURST],
@@ -733,16 +733,19 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     fn handle_burst(
         &mut self,
         received: &mut Burst<R::Frame>,
-        layouts: &mut [FrameLayout],
+        layouts: &mut [FrameLayout; MAX_BURST],
         admissions: &[Admission; MAX_BURST],
         staged: &[Option<StagedKey>; MAX_BURST],
         ingress: u16,
         now_ms: u64,
         verdict: &mut Action,
     ) {
-        for (((frame, layout), &admission), staged) in
-            received.drain(..).zip(layouts).zip(admissions).zip(staged)
-        {
+        for (index, frame) in received.drain(..).enumerate() {
+            // A burst holds at most MAX_BURST frames: the remainder is the index itself, and lets the compiler
+            // see it in the arrays' range (one loop counter instead of four iterators and their end checks).
+            let index = index % MAX_BURST;
+            let (admission, staged) = (admissions[index], &staged[index]);
+            let layout = &mut layouts[index];
             if let Admission::Plain(plain) = admission {
                 self.handle_plain(frame, layout, plain, staged, ingress, now_ms, verdict);
             } else {

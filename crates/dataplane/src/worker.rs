@@ -507,18 +507,21 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 .zip(&self.admissions[..received])
                 .zip(self.staged.iter_mut())
             {
-                *staged = match admission {
-                    Admission::Plain(plain) => engine.state.stage_plain_with(
-                        frame.data(),
-                        plain,
-                        R::Frame::prefetch_address,
-                    ),
-                    Admission::Accepted if matches!(layout.l3, L3::Ipv4 | L3::Ipv6) => Some(
+                // The plain lane tested first, on its own: a test of the admission's niche, not a jump table.
+                *staged = if let Admission::Plain(plain) = admission {
+                    engine
+                        .state
+                        .stage_plain_with(frame.data(), plain, R::Frame::prefetch_address)
+                } else if *admission == Admission::Accepted
+                    && matches!(layout.l3, L3::Ipv4 | L3::Ipv6)
+                {
+                    Some(
                         engine
                             .state
                             .stage_with(&layout.flow, R::Frame::prefetch_address),
-                    ),
-                    _ => None,
+                    )
+                } else {
+                    None
                 };
             }
             // ...then, with the buckets on their way, the entries they point at (in a table larger than a core's

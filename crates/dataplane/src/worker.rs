@@ -729,8 +729,9 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
 impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     /// Handles a staged burst from port `ingress`, in order: frame i with `staged[i]` and its `PlainFrame` or
     /// `layouts[i]` when `admissions[i]` accepted it, dropped for the reason it gives otherwise. One call per burst,
-    /// with [`Engine::handle`] inlined: a call per frame spent as much on saving and restoring registers as on some
-    /// whole steps of the decision.
+    /// with the plain lane ([`Engine::handle_plain`]) inlined: a call per frame spent as much on saving and
+    /// restoring registers as on some whole steps of the decision. Every other frame takes
+    /// [`Engine::handle_admitted`], out of line.
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
     fn handle_burst(

@@ -201,15 +201,20 @@ impl Entry {
 mod tests {
     use super::*;
 
-    #[test]
-    fn packs_kind_mode_and_state_beside_the_key() {
-        let key = ConnKey::new(
+    /// A TCP client's key.
+    fn client_key() -> ConnKey {
+        ConnKey::new(
             "10.0.0.1".parse().unwrap(),
             "192.0.2.1".parse().unwrap(),
             1000,
             80,
             6,
-        );
+        )
+    }
+
+    #[test]
+    fn packs_kind_mode_and_state_beside_the_key() {
+        let key = client_key();
         for mode in ForwardingMode::ALL {
             let mut entry = Entry::new(Kind::Reply, &key, mode, TcpState::SynRecv);
             assert!(entry.matches(&key));
@@ -227,13 +232,7 @@ mod tests {
 
     #[test]
     fn the_stored_bits_keep_a_state_as_the_state_machine_does() {
-        let key = ConnKey::new(
-            "10.0.0.1".parse().unwrap(),
-            "192.0.2.1".parse().unwrap(),
-            1000,
-            80,
-            6,
-        );
+        let key = client_key();
         for mode in ForwardingMode::ALL {
             for state in TcpState::ALL {
                 let entry = Entry::new(Kind::Original, &key, mode, state);

@@ -870,7 +870,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     }
 
     /// [`Engine::handle`] out of line, for the frames that come one at a time (handed off, or shed under
-    /// overload): its body is inlined once, in [`Engine::handle_burst`].
+    /// overload): its body is inlined once more, in [`Engine::handle_admitted`].
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
     fn handle_one(

@@ -72,53 +72,67 @@ impl ConnKey {
         )
     }
 
-    /// The key of a plain frame (see [`packet::parse_plain`]), read from the frame's own bytes: the same key as
-    /// [`ConnKey::from_flow`] of its parsed flow, without building the flow's addresses first. `None` when
-    /// `frame` is not the one `plain` describes.
+    /// The key of a plain frame (see [`packet::parse_plain`]), read from the frame's own bytes, and its hash under
+    /// `seed`: the same key as [`ConnKey::from_flow`] of its parsed flow, without building the flow's addresses
+    /// first. Each family builds and hashes its key on its own path. `None` when `frame` is not the one `plain`
+    /// describes.
     #[inline(always)]
-    pub fn of_plain(frame: &[u8], plain: &PlainFrame) -> Option<ConnKey> {
-        let word = |bytes: &[u8], at: usize| -> Option<u64> {
-            Some(u64::from_ne_bytes(*bytes.get(at..)?.first_chunk::<8>()?))
-        };
-        let (addrs, ports, family) = if let Some(tuple) = plain.tuple_v4(frame) {
-            // v4-mapped: ten zero bytes, two 0xff bytes, the address (the second word's last four bytes).
-            let mapped = |at: usize| {
-                let address = u64::from(u32::from_ne_bytes([
-                    tuple[at],
-                    tuple[at + 1],
-                    tuple[at + 2],
-                    tuple[at + 3],
-                ]));
-                if cfg!(target_endian = "little") {
-                    address << 32 | 0xffff_0000
-                } else {
-                    0xffff << 32 | address
-                }
-            };
-            (
-                [0, mapped(0), 0, mapped(4)],
-                u32::from_be_bytes([tuple[8], tuple[9], tuple[10], tuple[11]]),
-                FAMILY_V4,
-            )
+    pub(super) fn of_plain_hashed(
+        frame: &[u8],
+        plain: &PlainFrame,
+        seed: u64,
+    ) -> Option<(ConnKey, u32)> {
+        if let Some(tuple) = plain.tuple_v4(frame) {
+            let key = ConnKey::of_v4_tuple(tuple, plain.protocol);
+            Some((key, key.hash_v4_with(seed)))
         } else {
-            let tuple = plain.tuple_v6(frame)?;
-            (
-                [
-                    word(tuple, 0)?,
-                    word(tuple, 8)?,
-                    word(tuple, 16)?,
-                    word(tuple, 24)?,
-                ],
-                u32::from_be_bytes([tuple[32], tuple[33], tuple[34], tuple[35]]),
-                FAMILY_V6,
-            )
+            let key = ConnKey::of_v6_tuple(plain.tuple_v6(frame)?, plain.protocol);
+            Some((key, key.hash_v6_with(seed)))
+        }
+    }
+
+    /// The key of an IPv4 frame's addresses and ports as the wire holds them (see [`PlainFrame::tuple_v4`]).
+    #[inline(always)]
+    fn of_v4_tuple(tuple: &[u8; 12], protocol: u8) -> ConnKey {
+        let mapped = |at: usize| {
+            let address = u64::from(u32::from_ne_bytes([
+                tuple[at],
+                tuple[at + 1],
+                tuple[at + 2],
+                tuple[at + 3],
+            ]));
+            if cfg!(target_endian = "little") {
+                address << 32 | 0xffff_0000
+            } else {
+                0xffff << 32 | address
+            }
         };
-        // Source port in the low half, destination port above it: the wire's order of the two, turned.
-        let ports = u64::from(ports.rotate_left(16));
-        Some(ConnKey {
-            addrs,
-            tail: ports | u64::from(plain.protocol) << 32 | family << 40,
-        })
+        let ports = u32::from_be_bytes([tuple[8], tuple[9], tuple[10], tuple[11]]);
+        ConnKey {
+            addrs: [0, mapped(0), 0, mapped(4)],
+            tail: ConnKey::tail_of_wire_ports(ports, protocol, FAMILY_V4),
+        }
+    }
+
+    /// The key of an IPv6 frame's addresses and ports as the wire holds them (see [`PlainFrame::tuple_v6`]).
+    #[inline(always)]
+    fn of_v6_tuple(tuple: &[u8; 36], protocol: u8) -> ConnKey {
+        let word = |at: usize| {
+            let mut bytes = [0; 8];
+            bytes.copy_from_slice(&tuple[at..at + 8]);
+            u64::from_ne_bytes(bytes)
+        };
+        let ports = u32::from_be_bytes([tuple[32], tuple[33], tuple[34], tuple[35]]);
+        ConnKey {
+            addrs: [word(0), word(8), word(16), word(24)],
+            tail: ConnKey::tail_of_wire_ports(ports, protocol, FAMILY_V6),
+        }
+    }
+
+    /// The tail word of a key whose ports are `ports` as the wire holds them (source port in the high half).
+    #[inline(always)]
+    fn tail_of_wire_ports(ports: u32, protocol: u8, family: u64) -> u64 {
+        u64::from(ports.rotate_left(16)) | u64::from(protocol) << 32 | family << 40
     }
 
     /// The flow this key stands for.
@@ -200,15 +214,33 @@ impl ConnKey {
         (self.tail >> 32) as u8
     }
 
-    /// The key's hash under `seed`: three 64×64→128-bit multiplies folded to 64 bits (the wyhash/foldhash
-    /// mixer), then to 32. A per-table random seed keeps clients from aiming many flows at one bucket.
+    /// The key's hash under `seed`: 64×64→128-bit multiplies folded to 64 bits (the wyhash/foldhash mixer), then
+    /// to 32. A per-table random seed keeps clients from aiming many flows at one bucket.
     #[inline]
     pub(super) fn hash_with(&self, seed: u64) -> u32 {
-        const P0: u64 = 0xa076_1d64_78bd_642f;
-        const P1: u64 = 0xe703_7ed1_a0b4_28db;
-        const P2: u64 = 0x8ebc_6af0_9c88_c6e3;
-        const P3: u64 = 0x5899_65cc_7537_4cc3;
-        const P4: u64 = 0x1d8e_4e27_c47d_124f;
+        if self.is_ipv4() {
+            self.hash_v4_with(seed)
+        } else {
+            self.hash_v6_with(seed)
+        }
+    }
+
+    /// [`ConnKey::hash_with`] of an IPv4 key: its two addresses fit one word beside the tail word, one multiply.
+    #[inline(always)]
+    fn hash_v4_with(&self, seed: u64) -> u32 {
+        // The mapped words hold each address in one half and the constant mapping bits in the other, in opposite
+        // halves once one is turned: their XOR is a one-to-one mix of both addresses.
+        let [_, s1, _, d1] = self.addrs;
+        let h = fold(
+            s1 ^ d1.rotate_left(32) ^ seed ^ P0,
+            self.tail ^ seed.rotate_left(32) ^ P1,
+        );
+        (h ^ (h >> 32)) as u32
+    }
+
+    /// [`ConnKey::hash_with`] of an IPv6 key: three multiplies.
+    #[inline(always)]
+    fn hash_v6_with(&self, seed: u64) -> u32 {
         let [s0, s1, d0, d1] = self.addrs;
         let a = fold(s0 ^ seed ^ P0, s1 ^ P1);
         let b = fold(d0 ^ seed ^ P2, d1 ^ P3);
@@ -216,6 +248,13 @@ impl ConnKey {
         (h ^ (h >> 32)) as u32
     }
 }
+
+// The hash's odd constants (wyhash's).
+const P0: u64 = 0xa076_1d64_78bd_642f;
+const P1: u64 = 0xe703_7ed1_a0b4_28db;
+const P2: u64 = 0x8ebc_6af0_9c88_c6e3;
+const P3: u64 = 0x5899_65cc_7537_4cc3;
+const P4: u64 = 0x1d8e_4e27_c47d_124f;
 
 /// The full 128-bit product of `a` and `b`, its halves xored: every input bit reaches most output bits.
 #[inline(always)]
@@ -326,55 +365,73 @@ mod tests {
         }
     }
 
-    #[test]
-    fn hash_depends_on_every_field_and_the_seed() {
-        let base = ConnKey::new(
-            "10.0.0.1".parse().unwrap(),
-            "192.0.2.1".parse().unwrap(),
-            1000,
-            80,
-            6,
-        );
-        let variants = [
-            ConnKey::new(
-                "10.0.0.2".parse().unwrap(),
-                "192.0.2.1".parse().unwrap(),
-                1000,
-                80,
-                6,
-            ),
-            ConnKey::new(
-                "10.0.0.1".parse().unwrap(),
-                "192.0.2.2".parse().unwrap(),
-                1000,
-                80,
-                6,
-            ),
-            ConnKey::new(
-                "10.0.0.1".parse().unwrap(),
-                "192.0.2.1".parse().unwrap(),
-                1001,
-                80,
-                6,
-            ),
-            ConnKey::new(
-                "10.0.0.1".parse().unwrap(),
-                "192.0.2.1".parse().unwrap(),
-                1000,
-                81,
-                6,
-            ),
-            ConnKey::new(
-                "10.0.0.1".parse().unwrap(),
-                "192.0.2.1".parse().unwrap(),
-                1000,
-                80,
-                17,
-            ),
-        ];
-        for variant in variants {
-            assert_ne!(variant.hash_with(1), base.hash_with(1));
+    proptest::proptest! {
+        /// Each field of a key, in either family, moves its hash, and so does the seed.
+        #[test]
+        fn hash_depends_on_every_field_and_the_seed(
+            v6 in proptest::prelude::any::<bool>(),
+            src in proptest::prelude::any::<u128>(),
+            dst in proptest::prelude::any::<u128>(),
+            ports in proptest::prelude::any::<(u16, u16)>(),
+            protocol in proptest::prelude::any::<u8>(),
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let address = |bits: u128| if v6 {
+                IpAddr::V6(Ipv6Addr::from(bits))
+            } else {
+                IpAddr::V4(Ipv4Addr::from(bits as u32))
+            };
+            let key = |src: u128, dst: u128, (src_port, dst_port): (u16, u16), protocol: u8| {
+                ConnKey::new(address(src), address(dst), src_port, dst_port, protocol)
+            };
+            let base = key(src, dst, ports, protocol);
+            let variants = [
+                key(src ^ 1, dst, ports, protocol),
+                key(src ^ 1 << 31, dst, ports, protocol),
+                key(src, dst ^ 1, ports, protocol),
+                key(src, dst ^ 1 << 31, ports, protocol),
+                key(src, dst, (ports.0 ^ 1, ports.1), protocol),
+                key(src, dst, (ports.0, ports.1 ^ 0x8000), protocol),
+                key(src, dst, ports, protocol ^ 1),
+            ];
+            for variant in variants {
+                proptest::prop_assert_ne!(variant.hash_with(seed), base.hash_with(seed));
+            }
+            proptest::prop_assert_ne!(base.hash_with(seed), base.hash_with(seed ^ 1));
         }
-        assert_ne!(base.hash_with(1), base.hash_with(2));
+    }
+
+    /// Keys that differ in one counted field (sequential clients, sequential ports: what a flood or a load
+    /// generator sends) spread over the index's buckets as random ones would.
+    #[test]
+    fn sequential_keys_spread_over_the_buckets() {
+        type Client = fn(u32) -> IpAddr;
+        const KEYS: u32 = 65_536;
+        const BUCKETS: u64 = 1024;
+        let families: [(IpAddr, Client); 2] = [
+            ("192.0.2.1".parse().unwrap(), |n| {
+                IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n))
+            }),
+            ("2001:db8::1".parse().unwrap(), |n| {
+                IpAddr::V6(Ipv6Addr::from(0x2001_0db8_0001_u128 << 80 | u128::from(n)))
+            }),
+        ];
+        for (vip, client) in families {
+            let by_client = |n: u32| ConnKey::new(client(n), vip, 40_000, 80, 6);
+            let by_port = |n: u32| ConnKey::new(client(7), vip, n as u16, 80, 6);
+            for keys in [&by_client as &dyn Fn(u32) -> ConnKey, &by_port] {
+                let mut buckets = [0u32; BUCKETS as usize];
+                for n in 0..KEYS {
+                    let hash = keys(n).hash_with(0x5eed);
+                    buckets[((u64::from(hash) * BUCKETS) >> 32) as usize] += 1;
+                }
+                // 64 per bucket on average; a uniform hash's fullest bucket is rarely above 100.
+                let fullest = buckets.iter().max().copied().unwrap_or(0);
+                assert!(
+                    fullest < 128,
+                    "{vip}: the fullest bucket holds {fullest} keys"
+                );
+            }
+        }
     }
 }

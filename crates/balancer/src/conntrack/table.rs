@@ -5,7 +5,7 @@ use std::hash::BuildHasher;
 use std::hint::cold_path;
 
 use packet::flow::ip_protocol;
-use packet::{FlowKey, WireAddr};
+use packet::{FlowKey, PlainFrame, WireAddr};
 use thiserror::Error;
 
 use super::conn::{
@@ -274,6 +274,13 @@ impl ConnTable {
     #[inline]
     pub fn hash(&self, key: &ConnKey) -> u32 {
         key.hash_with(self.seed)
+    }
+
+    /// The key of a plain frame (see [`packet::parse_plain`]), read from its bytes, and the key's hash; `None`
+    /// when `frame` is not the one `plain` describes.
+    #[inline(always)]
+    pub fn plain_key(&self, frame: &[u8], plain: &PlainFrame) -> Option<(ConnKey, u32)> {
+        ConnKey::of_plain_hashed(frame, plain, self.seed)
     }
 
     /// Starts loading the index bucket of `hash`, ahead of a lookup of its key.

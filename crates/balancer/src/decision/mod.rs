@@ -174,13 +174,22 @@ impl WorkerState {
         plain: &PlainFrame,
         prefetch: impl Fn(*const u8),
     ) -> Option<StagedKey> {
-        let key = ConnKey::of_plain(frame, plain)?;
-        Some(self.stage_key_with(key, prefetch))
+        let (key, hash) = self.conns.plain_key(frame, plain)?;
+        Some(self.stage_hashed_key_with(key, hash, prefetch))
     }
 
     #[inline(always)]
     fn stage_key_with(&self, key: ConnKey, prefetch: impl Fn(*const u8)) -> StagedKey {
-        let hash = self.conns.hash(&key);
+        self.stage_hashed_key_with(key, self.conns.hash(&key), prefetch)
+    }
+
+    #[inline(always)]
+    fn stage_hashed_key_with(
+        &self,
+        key: ConnKey,
+        hash: u32,
+        prefetch: impl Fn(*const u8),
+    ) -> StagedKey {
         self.conns.prefetch_with(hash, prefetch);
         StagedKey {
             key,

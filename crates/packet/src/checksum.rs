@@ -40,9 +40,11 @@ pub fn sum_ipv4_fixed(header: &[u8; 20]) -> u64 {
 
 /// Whether a 20-byte IPv4 header's checksum is right (its words sum to 0xffff), checked on every received frame.
 ///
-/// The ones'-complement sum does not depend on byte order (swapping the bytes of every word swaps the bytes of the
-/// folded sum, and 0xffff is its own swap), so the header is summed as native-endian words, with no byte swaps,
-/// and folded in a fixed number of steps, with no loop.
+/// The ones'-complement sum of 16-bit words is their sum modulo 0xffff, with 0xffff standing for a nonzero
+/// multiple of it; and since 2^16 is 1 modulo 0xffff, a 32-bit word counts as the sum of its two halves, in either
+/// byte order (swapping a word's bytes multiplies it by 2^8, which is prime to 0xffff, so the zero stays zero). So
+/// the header is summed as five native-endian 32-bit words, with no byte swaps and no folds, and the checksum is
+/// right when the sum is a nonzero multiple of 0xffff: one multiply (see [`multiple_of_ffff`]).
 #[inline(always)]
 pub fn ipv4_fixed_header_checksum_ok(header: &[u8; 20]) -> bool {
     let word = |at: usize| {
@@ -54,7 +56,28 @@ pub fn ipv4_fixed_header_checksum_ok(header: &[u8; 20]) -> bool {
         ]))
     };
     // Five 32-bit words: below 2^35.
-    fold(word(0) + word(4) + word(8) + word(12) + word(16)) == 0xffff
+    let total = word(0) + word(4) + word(8) + word(12) + word(16);
+    // Less 0xffff, zero wraps to 2^64 - 0xffff, which is 1 modulo 0xffff: one test for both conditions.
+    multiple_of_ffff(total.wrapping_sub(0xffff))
+}
+
+/// The inverse of 0xffff modulo 2^64 (Newton's iteration: each step doubles the bits that are right).
+const FFFF_INVERSE: u64 = {
+    let mut inverse: u64 = 0xffff;
+    let mut step = 0;
+    while step < 5 {
+        inverse = inverse.wrapping_mul(2u64.wrapping_sub(0xffff_u64.wrapping_mul(inverse)));
+        step += 1;
+    }
+    inverse
+};
+const _: () = assert!(FFFF_INVERSE.wrapping_mul(0xffff) == 1);
+
+/// Whether `value` is a multiple of 0xffff. Multiplying by the odd divisor's inverse maps its multiples, and only
+/// them, onto 0 ..= u64::MAX / 0xffff: a multiply and a compare where `%` takes a wide multiply and a subtraction.
+#[inline(always)]
+fn multiple_of_ffff(value: u64) -> bool {
+    value.wrapping_mul(FFFF_INVERSE) <= u64::MAX / 0xffff
 }
 
 /// Folds a sum to 16 bits (not complemented).
@@ -128,6 +151,29 @@ mod tests {
         let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
         assert_eq!(fold(sum(&data)), 0xddf2);
         assert_eq!(finish(sum(&data)), !0xddf2);
+    }
+
+    proptest! {
+        #[test]
+        fn multiple_of_ffff_is_the_remainder_test(value in any::<u64>(), multiple in 0u64..=u64::MAX / 0xffff) {
+            prop_assert_eq!(multiple_of_ffff(value), value % 0xffff == 0);
+            prop_assert!(multiple_of_ffff(multiple * 0xffff));
+        }
+    }
+
+    /// The header check at the ends of the sum: all zeros sums to zero (not a checksum of ones' complement
+    /// zero); all ones sums to 0xffff; and a sum that is a multiple of 0xffff only by wrapping is not one.
+    #[test]
+    fn header_check_at_the_ends_of_the_sum() {
+        assert!(!ipv4_fixed_header_checksum_ok(&[0; 20]));
+        assert!(ipv4_fixed_header_checksum_ok(&[0xff; 20]));
+        let mut header = [0; 20];
+        header[0] = 0x45;
+        let field = finish(sum(&header));
+        header[10..12].copy_from_slice(&field.to_be_bytes());
+        assert!(ipv4_fixed_header_checksum_ok(&header));
+        header[11] ^= 1;
+        assert!(!ipv4_fixed_header_checksum_ok(&header));
     }
 
     /// Folding 16 bits at a time until the sum fits: the definition the loop-free [`fold`] must meet.

@@ -47,19 +47,23 @@ pub struct PlainFrame {
 /// `ipv4_checksum_verified`: the device found the IPv4 header checksum good.
 #[inline(always)]
 pub fn parse_plain(frame: &[u8], ipv4_checksum_verified: bool) -> Option<PlainFrame> {
-    match frame.get(12..14)? {
-        [0x08, 0x00] => parse_plain_ipv4(frame, ipv4_checksum_verified),
-        [0x86, 0xdd] => parse_plain_ipv6(frame),
-        _ => None,
+    // The ethertype and the IP header's first byte, one word: IPv4 with a 20-byte header, or IPv6.
+    let &[a, b, c, d] = frame.get(12..16)?.first_chunk::<4>()?;
+    let word = u32::from_le_bytes([a, b, c, d]);
+    if word & 0x00ff_ffff == 0x0045_0008 {
+        parse_plain_ipv4(frame, ipv4_checksum_verified)
+    } else if word & 0x00f0_ffff == 0x0060_dd86 {
+        parse_plain_ipv6(frame)
+    } else {
+        None
     }
 }
 
-/// [`parse_plain`] of a frame of ethertype IPv4.
+/// [`parse_plain`] of a frame of ethertype IPv4 whose header is of version 4 and 20 bytes long.
 #[inline(always)]
 fn parse_plain_ipv4(frame: &[u8], ipv4_checksum_verified: bool) -> Option<PlainFrame> {
     let head: &[u8; PLAIN_HEAD] = frame.first_chunk()?;
-    // Version 4 with a 20-byte header.
-    if head[14] != 0x45 || frame.len() > usize::from(u16::MAX) {
+    if frame.len() > usize::from(u16::MAX) {
         return None;
     }
     let total = usize::from(u16::from_be_bytes([head[16], head[17]]));
@@ -87,12 +91,11 @@ fn parse_plain_ipv4(frame: &[u8], ipv4_checksum_verified: bool) -> Option<PlainF
     })
 }
 
-/// [`parse_plain`] of a frame of ethertype IPv6 (no extension header).
+/// [`parse_plain`] of a frame of ethertype IPv6 whose header is of version 6 (no extension header).
 #[inline(always)]
 fn parse_plain_ipv6(frame: &[u8]) -> Option<PlainFrame> {
     let head: &[u8; PLAIN_HEAD_V6] = frame.first_chunk()?;
-    // Version 6.
-    if head[14] >> 4 != 6 || frame.len() > usize::from(u16::MAX) {
+    if frame.len() > usize::from(u16::MAX) {
         return None;
     }
     let payload = usize::from(u16::from_be_bytes([head[18], head[19]]));

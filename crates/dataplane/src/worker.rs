@@ -478,14 +478,18 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
             {
                 let data = frame.data();
                 let checksum_good = frame.ipv4_checksum_good();
-                *admission = if let Some(plain) = packet::parse_plain(data, checksum_good) {
+                if let Some(plain) = packet::parse_plain(data, checksum_good) {
                     received_bytes += data.len() as u64;
-                    if addressed_to(data, port_mac) {
-                        Admission::Plain(plain)
-                    } else {
-                        Admission::NotOurMac
+                    // Stored whole, then replaced in the rare case: a branch, where choosing between the two
+                    // values built both and selected them field by field.
+                    *admission = Admission::Plain(plain);
+                    if !addressed_to(data, port_mac) {
+                        cold_path();
+                        *admission = Admission::NotOurMac;
                     }
-                } else if packet::parse_frame_into(data, checksum_good, layout).is_err() {
+                    continue;
+                }
+                *admission = if packet::parse_frame_into(data, checksum_good, layout).is_err() {
                     Admission::Malformed
                 } else {
                     received_bytes += data.len() as u64;

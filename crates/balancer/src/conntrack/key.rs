@@ -94,6 +94,7 @@ impl ConnKey {
     /// The key of an IPv4 frame's addresses and ports as the wire holds them (see [`PlainFrame::tuple_v4`]).
     #[inline(always)]
     fn of_v4_tuple(tuple: &[u8; 12], protocol: u8) -> ConnKey {
+        // v4-mapped: ten zero bytes, two 0xff bytes, the address (the second word's last four bytes).
         let mapped = |at: usize| {
             let address = u64::from(u32::from_ne_bytes([
                 tuple[at],
@@ -132,6 +133,7 @@ impl ConnKey {
     /// The tail word of a key whose ports are `ports` as the wire holds them (source port in the high half).
     #[inline(always)]
     fn tail_of_wire_ports(ports: u32, protocol: u8, family: u64) -> u64 {
+        // Source port in the low half, destination port above it: the wire's order of the two, turned.
         u64::from(ports.rotate_left(16)) | u64::from(protocol) << 32 | family << 40
     }
 

@@ -403,7 +403,7 @@ mod tests {
         }
     }
 
-    /// Keys that differ in one counted field (sequential clients, sequential ports: what a flood or a load
+    /// Keys that differ in counted fields (sequential clients, sequential ports, both: what a flood or a load
     /// generator sends) spread over the index's buckets as random ones would.
     #[test]
     fn sequential_keys_spread_over_the_buckets() {
@@ -421,7 +421,9 @@ mod tests {
         for (vip, client) in families {
             let by_client = |n: u32| ConnKey::new(client(n), vip, 40_000, 80, 6);
             let by_port = |n: u32| ConnKey::new(client(7), vip, n as u16, 80, 6);
-            for keys in [&by_client as &dyn Fn(u32) -> ConnKey, &by_port] {
+            // Both at once: 64 clients of 1,024 ports each.
+            let by_both = |n: u32| ConnKey::new(client(n >> 10), vip, (n & 1023) as u16, 80, 6);
+            for keys in [&by_client as &dyn Fn(u32) -> ConnKey, &by_port, &by_both] {
                 let mut buckets = [0u32; BUCKETS as usize];
                 for n in 0..KEYS {
                     let hash = keys(n).hash_with(0x5eed);

@@ -57,8 +57,7 @@ pub fn ipv4_fixed_header_checksum_ok(header: &[u8; 20]) -> bool {
     };
     // Five 32-bit words: below 2^35.
     let total = word(0) + word(4) + word(8) + word(12) + word(16);
-    // Less 0xffff, zero wraps to 2^64 - 0xffff, which is 1 modulo 0xffff: one test for both conditions.
-    multiple_of_ffff(total.wrapping_sub(0xffff))
+    total != 0 && multiple_of_ffff(total)
 }
 
 /// The inverse of 0xffff modulo 2^64 (Newton's iteration: each step doubles the bits that are right).
@@ -161,12 +160,16 @@ mod tests {
         }
     }
 
-    /// The header check at the ends of the sum: all zeros sums to zero (not a checksum of ones' complement
-    /// zero); all ones sums to 0xffff; and a sum that is a multiple of 0xffff only by wrapping is not one.
+    /// The header check at the ends of the sum: all zeros sums to zero (not ones' complement zero, 0xffff); all
+    /// ones sums to a multiple of 0xffff; a word sum just under 0xffff is not one; one bit off a right header is
+    /// wrong.
     #[test]
     fn header_check_at_the_ends_of_the_sum() {
         assert!(!ipv4_fixed_header_checksum_ok(&[0; 20]));
         assert!(ipv4_fixed_header_checksum_ok(&[0xff; 20]));
+        let mut small = [0; 20];
+        small[..2].copy_from_slice(&0xfffe_u16.to_ne_bytes());
+        assert!(!ipv4_fixed_header_checksum_ok(&small));
         let mut header = [0; 20];
         header[0] = 0x45;
         let field = finish(sum(&header));

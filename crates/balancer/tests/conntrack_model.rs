@@ -164,7 +164,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     port: BACKEND_PORT,
                     mode,
                 };
-                let result = table.insert(now, client, target, flags, |c| removed.push(*c));
+                let result = table.insert(now, client, target, flags, |c| removed.push(c.conn()));
                 let live_same_key = model.conns.get(&client).is_some_and(|c| c.expires_at > now);
                 if live_same_key {
                     prop_assert!(
@@ -320,7 +320,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Advance { ms } => now += ms,
             Op::Expire { budget } => {
-                let count = table.expire(now, budget, |c| removed.push(*c));
+                let count = table.expire(now, budget, |c| removed.push(c.conn()));
                 prop_assert!(count <= budget);
                 prop_assert_eq!(count, removed.len());
                 check_removed(&mut model, &removed, now, true)?;
@@ -382,7 +382,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut removed = Vec::new();
     let mut total = 0;
     for _ in 0..CAPACITY.div_ceil(3) {
-        total += table.expire(now, 3, |c| removed.push(c.client));
+        total += table.expire(now, 3, |c| removed.push(c.conn().client));
     }
     prop_assert_eq!(total, dead.len());
     prop_assert_eq!(removed.into_iter().collect::<HashSet<_>>(), dead);

@@ -1,12 +1,14 @@
 //! What the table hands out: a connection as a plain value ([`Conn`], rebuilt from its entries), where it lives
-//! ([`ConnId`]), what a lookup found ([`Hit`]) and what a packet did to it ([`Transition`]).
+//! ([`ConnId`]), what a lookup found ([`Hit`]), what a packet did to it ([`Transition`]) and what a removal took
+//! ([`RemovedConn`]).
 
 use std::net::IpAddr;
 
 use packet::flow::ip_protocol;
 use packet::{FlowKey, WireAddr};
 
-use super::key::ConnKey;
+use super::entry::Entry;
+use super::key::{ipv4_from_bits, ConnKey};
 use super::tcp_state::{Direction, TcpState};
 use crate::service::{BackendId, ForwardingMode};
 
@@ -134,6 +136,77 @@ impl Conn {
     #[inline]
     pub fn is_expired(&self, now: u64) -> bool {
         self.expires_at <= now
+    }
+}
+
+/// A connection the table has just removed (expired, evicted, displaced or removed on request), as its removal
+/// callback sees it: its backend and activity are read from the entry it held, which is all that keeping the
+/// per-backend counts needs on every eviction; the whole [`Conn`] is rebuilt only when asked for.
+#[derive(Clone, Copy, Debug)]
+pub struct RemovedConn<'a> {
+    pub(super) primary: &'a Entry,
+    /// The second entry, when the connection had one.
+    pub(super) second: Option<&'a Entry>,
+}
+
+impl RemovedConn<'_> {
+    #[inline]
+    pub fn backend(&self) -> BackendId {
+        BackendId(self.primary.backend)
+    }
+
+    /// Whether IPVS counted the connection as active ([`Conn::is_active`]).
+    #[inline]
+    pub fn is_active(&self) -> bool {
+        is_active(self.primary.protocol(), self.primary.state())
+    }
+
+    /// The whole connection, rebuilt from its entries.
+    pub fn conn(&self) -> Conn {
+        // Every connection without an inline backend has a second entry.
+        conn_of(self.primary, || self.second.unwrap_or(&Entry::FREE).key())
+    }
+}
+
+/// The backend endpoint and (FULLNAT) local endpoint of a connection's `primary` entry; `second_key` gives its
+/// second entry's key, read only when the backend is not inline.
+#[inline(always)]
+pub(super) fn endpoints_of(
+    primary: &Entry,
+    second_key: impl FnOnce() -> ConnKey,
+) -> (Endpoint, Option<Endpoint>) {
+    if primary.backend_inline {
+        let backend = Endpoint {
+            addr: ipv4_from_bits(primary.backend_v4),
+            port: primary.backend_port,
+        };
+        (backend, None)
+    } else {
+        // The second entry's key runs from the backend (to the local endpoint, for FULLNAT).
+        let second = second_key();
+        let backend = Endpoint {
+            addr: second.src_addr(),
+            port: second.src_port(),
+        };
+        let local = (primary.mode() == ForwardingMode::FullNat).then(|| Endpoint {
+            addr: second.dst_addr(),
+            port: second.dst_port(),
+        });
+        (backend, local)
+    }
+}
+
+/// The connection of `primary`, rebuilt; `second_key` as for [`endpoints_of`].
+pub(super) fn conn_of(primary: &Entry, second_key: impl FnOnce() -> ConnKey) -> Conn {
+    let (backend_endpoint, local) = endpoints_of(primary, second_key);
+    Conn {
+        client: primary.key().to_flow(),
+        backend_endpoint,
+        local,
+        expires_at: primary.expires_at,
+        backend: BackendId(primary.backend),
+        mode: primary.mode(),
+        tcp_state: primary.state(),
     }
 }
 

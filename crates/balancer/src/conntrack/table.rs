@@ -9,12 +9,12 @@ use packet::{FlowKey, PlainFrame, WireAddr};
 use thiserror::Error;
 
 use super::conn::{
-    is_active, is_evictable, ClientHit, Conn, ConnId, Endpoint, Forwarding, Hit, ReplyPath, Target,
-    Transition, WireEndpoints,
+    conn_of, endpoints_of, is_active, is_evictable, ClientHit, Conn, ConnId, Endpoint, Forwarding,
+    Hit, RemovedConn, ReplyPath, Target, Transition, WireEndpoints,
 };
 use super::entry::{Entry, Kind, NIL};
 use super::index::{Index, Probe};
-use super::key::{ipv4_bits, ipv4_from_bits, ConnKey};
+use super::key::{ipv4_bits, ConnKey};
 use super::lists::{ListId, Lists, Occupancy};
 use super::memory::{boxed_slice, EdgeHooks};
 use super::prefetch::prefetch;
@@ -675,40 +675,11 @@ impl ConnTable {
     /// The backend endpoint and (FULLNAT) local endpoint of a connection's primary entry.
     #[inline(always)]
     fn endpoints_of(&self, entry: &Entry) -> (Endpoint, Option<Endpoint>) {
-        let mode = entry.mode();
-        if entry.backend_inline {
-            let backend = Endpoint {
-                addr: ipv4_from_bits(entry.backend_v4),
-                port: entry.backend_port,
-            };
-            (backend, None)
-        } else {
-            // The second entry's key runs from the backend (to the local endpoint, for FULLNAT).
-            let second = self.entries[entry.link as usize].key();
-            let backend = Endpoint {
-                addr: second.src_addr(),
-                port: second.src_port(),
-            };
-            let local = (mode == ForwardingMode::FullNat).then(|| Endpoint {
-                addr: second.dst_addr(),
-                port: second.dst_port(),
-            });
-            (backend, local)
-        }
+        endpoints_of(entry, || self.entries[entry.link as usize].key())
     }
 
     fn conn_of(&self, entry: &Entry) -> Conn {
-        let mode = entry.mode();
-        let (backend_endpoint, local) = self.endpoints_of(entry);
-        Conn {
-            client: entry.key().to_flow(),
-            backend_endpoint,
-            local,
-            expires_at: entry.expires_at,
-            backend: BackendId(entry.backend),
-            mode,
-            tcp_state: entry.state(),
-        }
+        conn_of(entry, || self.entries[entry.link as usize].key())
     }
 
     /// Accounts one packet of connection `id` travelling in `direction` with TCP `flags` (ignored for other
@@ -762,7 +733,7 @@ impl ConnTable {
         client: FlowKey,
         target: Target,
         flags: u8,
-        on_removed: impl FnMut(&Conn),
+        on_removed: impl FnMut(&RemovedConn<'_>),
     ) -> Result<ConnId, InsertError> {
         let client_key = ConnKey::from_flow(&client);
         let client_hash = self.hash(&client_key);
@@ -791,7 +762,7 @@ impl ConnTable {
         known_absent: bool,
         target: Target,
         flags: u8,
-        mut on_removed: impl FnMut(&Conn),
+        mut on_removed: impl FnMut(&RemovedConn<'_>),
     ) -> Result<ConnId, InsertError> {
         if target.mode == ForwardingMode::Nat && client.src_addr.is_ipv4() != target.addr.is_ipv4()
         {
@@ -805,9 +776,8 @@ impl ConnTable {
             if self.expiry_of(&self.entries[entry as usize]) > now {
                 return Err(InsertError::Exists(ConnId(owner)));
             }
-            let dead = self.remove_conn(owner);
+            self.remove_conn(owner, &mut on_removed);
             self.stats.displaced += 1;
-            on_removed(&dead);
         }
 
         let local = if target.mode == ForwardingMode::FullNat {
@@ -861,9 +831,8 @@ impl ConnTable {
                     self.release_local(local);
                     return Err(InsertError::ReplyKeyInUse(ConnId(owner)));
                 }
-                let dead = self.remove_conn(owner);
+                self.remove_conn(owner, &mut on_removed);
                 self.stats.displaced += 1;
-                on_removed(&dead);
             }
         }
 
@@ -878,18 +847,16 @@ impl ConnTable {
                 self.release_local(local);
                 return Err(InsertError::TableFull);
             };
-            let evicted = self.remove_conn(victim);
+            self.remove_conn(victim, &mut on_removed);
             self.stats.evicted += 1;
-            on_removed(&evicted);
         }
         if self.free_primary == NIL {
             let Some(victim) = self.lists.head(ListId::Evictable) else {
                 self.release_local(local);
                 return Err(InsertError::TableFull);
             };
-            let evicted = self.remove_conn(victim);
+            self.remove_conn(victim, &mut on_removed);
             self.stats.evicted += 1;
-            on_removed(&evicted);
         }
 
         let id = self.free_primary;
@@ -994,14 +961,21 @@ impl ConnTable {
     pub fn remove(&mut self, id: ConnId) -> Option<Conn> {
         self.primary(id)?;
         self.stats.removed += 1;
-        Some(self.remove_conn(id.0))
+        let mut conn = None;
+        self.remove_conn(id.0, |removed| conn = Some(removed.conn()));
+        conn
     }
 
     /// Advances the expiry clock hand over at most `budget` primary entries, removing the dead connections it
     /// passes and handing each to `on_removed`. Returns how many were removed. A full sweep takes
     /// `capacity / budget` calls; free entries are skipped a bitmap word at a time without reading them, and an
     /// empty table returns at once.
-    pub fn expire(&mut self, now: u64, budget: usize, mut on_removed: impl FnMut(&Conn)) -> usize {
+    pub fn expire(
+        &mut self,
+        now: u64,
+        budget: usize,
+        mut on_removed: impl FnMut(&RemovedConn<'_>),
+    ) -> usize {
         let capacity = self.capacity;
         let mut left = budget.min(capacity);
         let mut removed = 0;
@@ -1016,10 +990,9 @@ impl ConnTable {
                 slot + step
             };
             if free == 0 && self.entries[slot].expires_at <= now {
-                let dead = self.remove_conn(slot as u32);
+                self.remove_conn(slot as u32, &mut on_removed);
                 self.stats.expired += 1;
                 removed += 1;
-                on_removed(&dead);
             }
         }
         removed
@@ -1061,31 +1034,41 @@ impl ConnTable {
         }
     }
 
-    /// Unindexes and frees connection `id` and its second entry, releasing its local port; returns what it held.
-    fn remove_conn(&mut self, id: u32) -> Conn {
+    /// Unindexes and frees connection `id` and its second entry, releasing its local port, then hands what it
+    /// held to `on_removed`.
+    fn remove_conn(&mut self, id: u32, on_removed: impl FnOnce(&RemovedConn<'_>)) {
         let primary = self.entries[id as usize];
-        let conn = self.conn_of(&primary);
         let removed = self.index.remove(self.hash(&primary.key()), id);
         debug_assert!(removed, "a connection's client key is indexed");
         let second_id = primary.link;
-        if second_id != NIL {
-            let second = self.entries[second_id as usize];
+        let second = (second_id != NIL).then(|| self.entries[second_id as usize]);
+        if let Some(second) = &second {
             if second.is(Kind::Reply) {
                 let removed = self.index.remove(self.hash(&second.key()), second_id);
                 debug_assert!(removed, "a reply key is indexed");
+            }
+            if primary.mode() == ForwardingMode::FullNat {
+                // A FULLNAT reply key runs from the backend to the local endpoint.
+                let key = second.key();
+                self.release_local(Some(Endpoint {
+                    addr: key.dst_addr(),
+                    port: key.dst_port(),
+                }));
             }
             self.entries[second_id as usize] = Entry::free(self.free_secondary);
             self.free_secondary = second_id;
             self.linked -= usize::from(!primary.backend_inline);
         }
-        self.release_local(conn.local);
         self.lists
             .unlink(list_of(primary.protocol(), primary.state()), id);
         self.entries[id as usize] = Entry::free(self.free_primary);
         self.free_primary = id;
         self.occupied.set(id, false);
         self.len -= 1;
-        conn
+        on_removed(&RemovedConn {
+            primary: &primary,
+            second: second.as_ref(),
+        });
     }
 
     /// Keys in the index.

@@ -49,7 +49,13 @@ fn fullnat_table(capacity: usize) -> ConnTable {
     ConnTable::with_local_ports(capacity, Timeouts::default(), ports).unwrap()
 }
 
-fn ignore(_: &Conn) {}
+/// The removal callback of tests that keep nothing removed: checks that what a removed connection reads from its
+/// entry agrees with the connection rebuilt.
+fn verify(removed: &RemovedConn<'_>) {
+    let conn = removed.conn();
+    assert_eq!(removed.backend(), conn.backend);
+    assert_eq!(removed.is_active(), conn.is_active());
+}
 
 #[test]
 fn rejects_bad_capacity() {
@@ -64,7 +70,7 @@ fn nat_is_found_from_both_directions() {
     let mut table = ConnTable::new(8, Timeouts::default()).unwrap();
     let key = client_key(1, ip_protocol::TCP);
     let id = table
-        .insert(0, key, target(ForwardingMode::Nat), SYN, ignore)
+        .insert(0, key, target(ForwardingMode::Nat), SYN, verify)
         .unwrap();
     assert_eq!(
         table.lookup(&key, 1),
@@ -96,7 +102,7 @@ fn fullnat_reply_is_keyed_by_local_endpoint() {
     let mut table = fullnat_table(8);
     let key = client_key(1, ip_protocol::TCP);
     let id = table
-        .insert(0, key, target(ForwardingMode::FullNat), SYN, ignore)
+        .insert(0, key, target(ForwardingMode::FullNat), SYN, verify)
         .unwrap();
     let conn = table.get(id).unwrap();
     let local = conn.local.unwrap();
@@ -144,7 +150,7 @@ fn forwarding_endpoints_are_the_targets_in_every_mode_and_family() {
                 client.dst_addr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1));
                 backend.addr = v6(n);
             }
-            let id = table.insert(0, client, backend, SYN, ignore).unwrap();
+            let id = table.insert(0, client, backend, SYN, verify).unwrap();
             let forwarding = table.forwarding(id).unwrap();
             assert_eq!(
                 forwarding.backend_endpoint.addr, backend.addr,
@@ -180,7 +186,7 @@ fn the_linked_stage_prefetches_the_other_entry_a_packet_reads() {
     };
     let fullnat = client_key(1, ip_protocol::TCP);
     let id = table
-        .insert(0, fullnat, target(ForwardingMode::FullNat), SYN, ignore)
+        .insert(0, fullnat, target(ForwardingMode::FullNat), SYN, verify)
         .unwrap();
     let reply = table.get(id).unwrap().reply_key().unwrap();
     // A FULLNAT client's packet reads the second entry (the reply key's), a reply the primary (the client key's).
@@ -196,7 +202,7 @@ fn the_linked_stage_prefetches_the_other_entry_a_packet_reads() {
     // A NAT connection to an IPv4 backend and a DR one read only their primary.
     for (n, mode) in [(2, ForwardingMode::Nat), (3, ForwardingMode::Dr)] {
         let key = client_key(n, ip_protocol::TCP);
-        table.insert(0, key, target(mode), SYN, ignore).unwrap();
+        table.insert(0, key, target(mode), SYN, verify).unwrap();
         assert_eq!(
             address_of(&table, &key, true),
             Vec::<usize>::new(),
@@ -212,7 +218,7 @@ fn dr_and_tun_have_no_reply_key() {
     let mut table = ConnTable::new(8, Timeouts::default()).unwrap();
     for (n, mode) in [(1, ForwardingMode::Dr), (2, ForwardingMode::Tun)] {
         let key = client_key(n, ip_protocol::TCP);
-        let id = table.insert(0, key, target(mode), SYN, ignore).unwrap();
+        let id = table.insert(0, key, target(mode), SYN, verify).unwrap();
         assert_eq!(table.get(id).unwrap().reply_key(), None);
         assert_eq!(table.lookup(&key, 0).unwrap().id, id);
     }
@@ -227,7 +233,7 @@ fn fullnat_without_local_addresses_is_an_error() {
         client_key(1, 6),
         target(ForwardingMode::FullNat),
         SYN,
-        ignore,
+        verify,
     );
     assert_eq!(result, Err(InsertError::NoLocalAddresses));
     assert!(table.is_empty());
@@ -239,7 +245,7 @@ fn nat_across_families_is_an_error() {
     let mut six = target(ForwardingMode::Nat);
     six.addr = IpAddr::V6(Ipv6Addr::LOCALHOST);
     assert_eq!(
-        table.insert(0, client_key(1, 6), six, SYN, ignore),
+        table.insert(0, client_key(1, 6), six, SYN, verify),
         Err(InsertError::FamilyMismatch)
     );
 }
@@ -249,17 +255,17 @@ fn duplicate_live_key_is_refused_and_dead_key_is_replaced() {
     let mut table = ConnTable::new(8, Timeouts::default()).unwrap();
     let key = client_key(1, ip_protocol::UDP);
     let id = table
-        .insert(0, key, target(ForwardingMode::Nat), 0, ignore)
+        .insert(0, key, target(ForwardingMode::Nat), 0, verify)
         .unwrap();
     assert_eq!(
-        table.insert(10, key, target(ForwardingMode::Nat), 0, ignore),
+        table.insert(10, key, target(ForwardingMode::Nat), 0, verify),
         Err(InsertError::Exists(id))
     );
     let later = Timeouts::default().udp;
     let mut removed = Vec::new();
     table
         .insert(later, key, target(ForwardingMode::Nat), 0, |c| {
-            removed.push(*c)
+            removed.push(c.conn())
         })
         .unwrap();
     assert_eq!(removed.len(), 1);
@@ -277,12 +283,12 @@ fn a_finished_connection_gives_its_reply_key_to_a_client_that_reused_its_port() 
         ..first
     };
     let nat = target(ForwardingMode::Nat);
-    let id = table.insert(0, first, nat, SYN, ignore).unwrap();
+    let id = table.insert(0, first, nat, SYN, verify).unwrap();
     for (direction, flags) in [(Out, SYN_ACK), (In, ACK), (Out, ACK)] {
         table.touch(id, direction, flags, 1).unwrap();
     }
     assert_eq!(
-        table.insert(2, second, nat, SYN, ignore),
+        table.insert(2, second, nat, SYN, verify),
         Err(InsertError::ReplyKeyInUse(id)),
         "an established connection keeps its reply key"
     );
@@ -293,7 +299,7 @@ fn a_finished_connection_gives_its_reply_key_to_a_client_that_reused_its_port() 
     assert_eq!(table.get(id).unwrap().tcp_state, TcpState::TimeWait);
     let mut removed = Vec::new();
     let taken = table
-        .insert(4, second, nat, SYN, |c| removed.push(c.client))
+        .insert(4, second, nat, SYN, |c| removed.push(c.conn().client))
         .unwrap();
     assert_eq!(removed, vec![first]);
     assert_eq!(table.stats().displaced, 1);
@@ -307,7 +313,7 @@ fn a_finished_connection_gives_its_reply_key_to_a_client_that_reused_its_port() 
     );
     // UDP has no end to see: a live holder keeps its reply key.
     let udp = client_key(2, ip_protocol::UDP);
-    let held = table.insert(5, udp, nat, 0, ignore).unwrap();
+    let held = table.insert(5, udp, nat, 0, verify).unwrap();
     assert_eq!(
         table.insert(
             6,
@@ -317,7 +323,7 @@ fn a_finished_connection_gives_its_reply_key_to_a_client_that_reused_its_port() 
             },
             nat,
             0,
-            ignore
+            verify
         ),
         Err(InsertError::ReplyKeyInUse(held))
     );
@@ -328,7 +334,7 @@ fn run(mode: ForwardingMode, steps: &[(Direction, u8)]) -> Vec<TcpState> {
     let (first_dir, first_flags) = steps[0];
     assert_eq!(first_dir, Direction::Original);
     let id = table
-        .insert(0, client_key(1, 6), target(mode), first_flags, ignore)
+        .insert(0, client_key(1, 6), target(mode), first_flags, verify)
         .unwrap();
     let mut states = vec![table.get(id).unwrap().tcp_state];
     for &(direction, flags) in &steps[1..] {
@@ -380,7 +386,7 @@ fn two_spoofed_packets_leave_a_half_open_entry_that_a_new_client_evicts() {
         let mut table = fullnat_table(1);
         // A SYN and an ACK from a client that never hears the backend (a spoofed source).
         let spoofed = table
-            .insert(0, client_key(0, 6), target(mode), SYN, ignore)
+            .insert(0, client_key(0, 6), target(mode), SYN, verify)
             .unwrap();
         table.touch(spoofed, In, ACK, 1).unwrap();
         assert_eq!(table.get(spoofed).unwrap().tcp_state, TcpState::SynRecv);
@@ -390,7 +396,7 @@ fn two_spoofed_packets_leave_a_half_open_entry_that_a_new_client_evicts() {
         );
         // The table is full of it, yet an honest client gets in.
         table
-            .insert(2, client_key(1, 6), target(mode), SYN, ignore)
+            .insert(2, client_key(1, 6), target(mode), SYN, verify)
             .unwrap();
         assert!(table.lookup(&client_key(0, 6), 2).is_none(), "{mode:?}");
     }
@@ -503,7 +509,7 @@ fn new_timeouts_reach_a_connection_at_its_next_packet() {
     let mut table = ConnTable::new(4, timeouts).unwrap();
     let udp_key = client_key(1, ip_protocol::UDP);
     let udp = table
-        .insert(0, udp_key, target(ForwardingMode::Nat), 0, ignore)
+        .insert(0, udp_key, target(ForwardingMode::Nat), 0, verify)
         .unwrap();
     let tcp = table
         .insert(
@@ -511,7 +517,7 @@ fn new_timeouts_reach_a_connection_at_its_next_packet() {
             client_key(2, 6),
             target(ForwardingMode::Nat),
             SYN,
-            ignore,
+            verify,
         )
         .unwrap();
     table.touch(tcp, Out, SYN_ACK, 10).unwrap();
@@ -549,7 +555,7 @@ fn new_timeouts_reach_a_packet_refreshed_through_client_hit() {
     let key = client_key(1, ip_protocol::TCP);
     // Picked up mid-stream: CLOSE, as IPVS keeps it.
     let id = table
-        .insert(0, key, target(ForwardingMode::Dr), ACK, ignore)
+        .insert(0, key, target(ForwardingMode::Dr), ACK, verify)
         .unwrap();
     assert_eq!(table.get(id).unwrap().tcp_state, TcpState::Close);
     table.set_timeouts(Timeouts {
@@ -568,7 +574,7 @@ fn expiry_follows_the_state_timeout() {
     let mut table = ConnTable::new(4, timeouts).unwrap();
     let key = client_key(1, 6);
     let id = table
-        .insert(1000, key, target(ForwardingMode::Nat), SYN, ignore)
+        .insert(1000, key, target(ForwardingMode::Nat), SYN, verify)
         .unwrap();
     assert_eq!(table.get(id).unwrap().expires_at, 1000 + timeouts.syn_recv);
     table.touch(id, Out, SYN_ACK, 2000).unwrap();
@@ -590,7 +596,7 @@ fn expiry_follows_the_state_timeout() {
             client_key(2, ip_protocol::UDP),
             target(ForwardingMode::Nat),
             0,
-            ignore,
+            verify,
         )
         .unwrap();
     assert_eq!(table.get(udp).unwrap().expires_at, timeouts.udp);
@@ -600,7 +606,7 @@ fn expiry_follows_the_state_timeout() {
             client_key(3, ip_protocol::ICMP),
             target(ForwardingMode::Nat),
             0,
-            ignore,
+            verify,
         )
         .unwrap();
     assert_eq!(table.get(icmp).unwrap().expires_at, timeouts.icmp);
@@ -632,7 +638,7 @@ fn every_tcp_state_has_its_timeout() {
 fn activity_changes_are_reported() {
     let mut table = ConnTable::new(4, Timeouts::default()).unwrap();
     let id = table
-        .insert(0, client_key(1, 6), target(ForwardingMode::Dr), SYN, ignore)
+        .insert(0, client_key(1, 6), target(ForwardingMode::Dr), SYN, verify)
         .unwrap();
     assert!(!table.get(id).unwrap().is_active());
     let t = table.touch(id, In, ACK, 1).unwrap();
@@ -640,7 +646,7 @@ fn activity_changes_are_reported() {
     let t = table.touch(id, In, FIN_ACK, 2).unwrap();
     assert!(t.was_active && !t.is_active);
     let udp = table
-        .insert(0, client_key(2, 17), target(ForwardingMode::Dr), 0, ignore)
+        .insert(0, client_key(2, 17), target(ForwardingMode::Dr), 0, verify)
         .unwrap();
     assert!(table.get(udp).unwrap().is_active());
 }
@@ -649,14 +655,14 @@ fn activity_changes_are_reported() {
 fn eviction_takes_half_open_and_closing_before_established() {
     let mut table = ConnTable::new(3, Timeouts::default()).unwrap();
     let established = table
-        .insert(0, client_key(1, 6), target(ForwardingMode::Dr), SYN, ignore)
+        .insert(0, client_key(1, 6), target(ForwardingMode::Dr), SYN, verify)
         .unwrap();
     table.touch(established, In, ACK, 0).unwrap();
     let half_open = table
-        .insert(0, client_key(2, 6), target(ForwardingMode::Dr), SYN, ignore)
+        .insert(0, client_key(2, 6), target(ForwardingMode::Dr), SYN, verify)
         .unwrap();
     let closing = table
-        .insert(0, client_key(3, 6), target(ForwardingMode::Dr), SYN, ignore)
+        .insert(0, client_key(3, 6), target(ForwardingMode::Dr), SYN, verify)
         .unwrap();
     table.touch(closing, In, ACK, 0).unwrap();
     table.touch(closing, In, FIN_ACK, 0).unwrap();
@@ -664,7 +670,7 @@ fn eviction_takes_half_open_and_closing_before_established() {
     let mut evicted = Vec::new();
     table
         .insert(1, client_key(4, 6), target(ForwardingMode::Dr), SYN, |c| {
-            evicted.push(c.client)
+            evicted.push(c.conn().client)
         })
         .unwrap();
     assert_eq!(
@@ -677,7 +683,7 @@ fn eviction_takes_half_open_and_closing_before_established() {
         .is_none_or(|c| c.client != client_key(2, 6)));
     table
         .insert(1, client_key(5, 6), target(ForwardingMode::Dr), SYN, |c| {
-            evicted.push(c.client)
+            evicted.push(c.conn().client)
         })
         .unwrap();
     assert_eq!(evicted[1], client_key(3, 6), "then the closing one");
@@ -693,12 +699,12 @@ fn full_of_established_refuses_inserts() {
     let mut table = ConnTable::new(2, Timeouts::default()).unwrap();
     for n in 0..2 {
         let id = table
-            .insert(0, client_key(n, 6), target(ForwardingMode::Dr), SYN, ignore)
+            .insert(0, client_key(n, 6), target(ForwardingMode::Dr), SYN, verify)
             .unwrap();
         table.touch(id, In, ACK, 0).unwrap();
     }
     assert_eq!(
-        table.insert(0, client_key(9, 6), target(ForwardingMode::Dr), SYN, ignore),
+        table.insert(0, client_key(9, 6), target(ForwardingMode::Dr), SYN, verify),
         Err(InsertError::TableFull)
     );
     assert_eq!(table.len(), 2);
@@ -713,7 +719,7 @@ fn full_table_with_fullnat_refusal_returns_the_port() {
             client_key(0, 6),
             target(ForwardingMode::FullNat),
             SYN,
-            ignore,
+            verify,
         )
         .unwrap();
     table.touch(id, Out, SYN_ACK, 0).unwrap();
@@ -725,7 +731,7 @@ fn full_table_with_fullnat_refusal_returns_the_port() {
         client_key(1, 6),
         target(ForwardingMode::FullNat),
         SYN,
-        ignore,
+        verify,
     );
     assert_eq!(result, Err(InsertError::TableFull));
     assert_eq!(table.ports().unwrap().available(), before);
@@ -743,7 +749,7 @@ fn port_exhaustion_is_an_error() {
                 client_key(n, 17),
                 target(ForwardingMode::FullNat),
                 0,
-                ignore,
+                verify,
             )
             .unwrap();
     }
@@ -752,7 +758,7 @@ fn port_exhaustion_is_an_error() {
         client_key(2, 17),
         target(ForwardingMode::FullNat),
         0,
-        ignore,
+        verify,
     );
     assert_eq!(result, Err(InsertError::LocalPort(PortError::Exhausted)));
 }
@@ -768,7 +774,7 @@ fn expiry_frees_fullnat_ports_and_reports_entries() {
                 client_key(n, 17),
                 target(ForwardingMode::FullNat),
                 0,
-                ignore,
+                verify,
             )
             .unwrap();
     }
@@ -789,13 +795,13 @@ fn expire_examines_at_most_the_budget() {
     let mut table = ConnTable::new(100, Timeouts::default()).unwrap();
     for n in 0..100 {
         table
-            .insert(0, client_key(n, 17), target(ForwardingMode::Dr), 0, ignore)
+            .insert(0, client_key(n, 17), target(ForwardingMode::Dr), 0, verify)
             .unwrap();
     }
     let dead = Timeouts::default().udp;
-    assert_eq!(table.expire(dead, 7, ignore), 7);
-    assert_eq!(table.expire(dead, 0, ignore), 0);
-    assert_eq!(table.expire(dead, 1000, ignore), 93);
+    assert_eq!(table.expire(dead, 7, verify), 7);
+    assert_eq!(table.expire(dead, 0, verify), 0);
+    assert_eq!(table.expire(dead, 1000, verify), 93);
 }
 
 #[test]
@@ -803,7 +809,7 @@ fn remove_frees_slot_index_and_port() {
     let mut table = fullnat_table(4);
     let key = client_key(1, 6);
     let id = table
-        .insert(0, key, target(ForwardingMode::FullNat), SYN, ignore)
+        .insert(0, key, target(ForwardingMode::FullNat), SYN, verify)
         .unwrap();
     let reply = table.get(id).unwrap().reply_key().unwrap();
     let total = table.ports().unwrap().available();
@@ -881,7 +887,7 @@ fn colliding_buckets_and_signatures_overflow_and_unwind() {
         table.set_hash_mask(mask);
         for n in 0..64 {
             table
-                .insert(0, spread_key(n), nat_target(), 0, ignore)
+                .insert(0, spread_key(n), nat_target(), 0, verify)
                 .unwrap();
         }
         assert_eq!(table.indexed_keys(), 128);
@@ -930,7 +936,7 @@ fn capacity_one_holds_one_connection_of_any_mode() {
         let key = client_key(round as u16, ip_protocol::UDP);
         let mut evicted = Vec::new();
         let id = table
-            .insert(0, key, target(mode), 0, |c| evicted.push(c.client))
+            .insert(0, key, target(mode), 0, |c| evicted.push(c.conn().client))
             .unwrap();
         assert_eq!(evicted.len(), usize::from(round > 0), "{mode:?}");
         assert_eq!(table.len(), 1);
@@ -957,7 +963,7 @@ fn capacity_one_holds_one_connection_of_any_mode() {
             client_key(9, 6),
             target(ForwardingMode::Nat),
             SYN,
-            ignore,
+            verify,
         )
         .unwrap();
     table.touch(established, Out, SYN_ACK, 0).unwrap();
@@ -969,7 +975,7 @@ fn capacity_one_holds_one_connection_of_any_mode() {
             client_key(10, 6),
             target(ForwardingMode::Dr),
             SYN,
-            ignore
+            verify
         ),
         Err(InsertError::TableFull)
     );
@@ -983,7 +989,7 @@ fn tiny_tables_fill_empty_and_refill() {
             for n in 0..capacity as u32 {
                 let mode = [ForwardingMode::Nat, ForwardingMode::Dr][(n % 2) as usize];
                 table
-                    .insert(0, spread_key(round * 100 + n), target(mode), 0, ignore)
+                    .insert(0, spread_key(round * 100 + n), target(mode), 0, verify)
                     .unwrap();
             }
             assert_eq!(table.len(), capacity);
@@ -994,11 +1000,11 @@ fn tiny_tables_fill_empty_and_refill() {
             let mut evicted = Vec::new();
             table
                 .insert(0, spread_key(round * 100 + 99), nat_target(), 0, |c| {
-                    evicted.push(c.client)
+                    evicted.push(c.conn().client)
                 })
                 .unwrap();
             assert_eq!(evicted, vec![spread_key(round * 100)]);
-            let removed = table.expire(Timeouts::default().udp, capacity, ignore);
+            let removed = table.expire(Timeouts::default().udp, capacity, verify);
             assert_eq!(removed, capacity);
             assert!(table.is_empty());
             assert_eq!(table.indexed_keys(), 0);
@@ -1022,10 +1028,10 @@ fn churn_of_ten_times_capacity_keeps_lookups_exact() {
         let mut removed = Vec::new();
         table
             .insert(now, spread_key(n), target(mode), 0, |c| {
-                removed.push(c.client)
+                removed.push(c.conn().client)
             })
             .unwrap();
-        table.expire(now, 4, |c| removed.push(c.client));
+        table.expire(now, 4, |c| removed.push(c.conn().client));
         // Removing some by hand as well.
         if n % 7 == 0 {
             let id = table.lookup(&spread_key(n), now).unwrap().id;
@@ -1064,7 +1070,7 @@ fn churn_of_ten_times_capacity_keeps_lookups_exact() {
 fn dead_connections_are_invisible_to_every_lookup() {
     let mut table = ConnTable::new(8, Timeouts::default()).unwrap();
     let key = client_key(1, ip_protocol::UDP);
-    let id = table.insert(0, key, nat_target(), 0, ignore).unwrap();
+    let id = table.insert(0, key, nat_target(), 0, verify).unwrap();
     let reply = table.get(id).unwrap().reply_key().unwrap();
     let dead = Timeouts::default().udp;
     for probe in [key, reply] {
@@ -1084,7 +1090,7 @@ fn dead_connections_are_invisible_to_every_lookup() {
 fn a_client_packet_keeps_the_reply_direction_alive() {
     let mut table = ConnTable::new(8, Timeouts::default()).unwrap();
     let key = client_key(1, ip_protocol::UDP);
-    let id = table.insert(0, key, nat_target(), 0, ignore).unwrap();
+    let id = table.insert(0, key, nat_target(), 0, verify).unwrap();
     let reply = table.get(id).unwrap().reply_key().unwrap();
     let udp = Timeouts::default().udp;
     let client = ConnKey::from_flow(&key);
@@ -1123,7 +1129,7 @@ fn ipv6_backends_of_dr_and_tun_take_a_second_entry() {
             port: 443,
             mode,
         };
-        let id = table.insert(0, client, target, SYN, ignore).unwrap();
+        let id = table.insert(0, client, target, SYN, verify).unwrap();
         let conn = table.get(id).unwrap();
         assert_eq!(conn.client, client);
         assert_eq!(
@@ -1150,12 +1156,12 @@ fn a_table_without_two_entry_room_takes_ipv4_dr_only() {
                 client_key(n, ip_protocol::UDP),
                 target(ForwardingMode::Dr),
                 0,
-                ignore,
+                verify,
             )
             .unwrap();
     }
     assert_eq!(
-        table.insert(0, client_key(9, ip_protocol::UDP), nat_target(), 0, ignore),
+        table.insert(0, client_key(9, ip_protocol::UDP), nat_target(), 0, verify),
         Err(InsertError::TableFull)
     );
     // 64-byte entries, 16 bytes of half-full index, 8 bytes of list links and a bit of occupancy per connection.
@@ -1176,16 +1182,16 @@ fn secondary_shortage_evicts_a_connection_holding_one() {
             client_key(1, ip_protocol::UDP),
             target(ForwardingMode::Dr),
             0,
-            ignore,
+            verify,
         )
         .unwrap();
     table
-        .insert(0, client_key(2, ip_protocol::UDP), nat_target(), 0, ignore)
+        .insert(0, client_key(2, ip_protocol::UDP), nat_target(), 0, verify)
         .unwrap();
     let mut evicted = Vec::new();
     table
         .insert(0, client_key(3, ip_protocol::UDP), nat_target(), 0, |c| {
-            evicted.push(c.client)
+            evicted.push(c.conn().client)
         })
         .unwrap();
     assert_eq!(evicted, vec![client_key(2, ip_protocol::UDP)]);
@@ -1200,7 +1206,7 @@ fn secondary_shortage_evicts_a_connection_holding_one() {
                 client_key(n, ip_protocol::UDP),
                 target(ForwardingMode::Dr),
                 0,
-                ignore,
+                verify,
             )
             .unwrap();
     }
@@ -1208,7 +1214,7 @@ fn secondary_shortage_evicts_a_connection_holding_one() {
     evicted.clear();
     table
         .insert(0, client_key(6, ip_protocol::UDP), nat_target(), 0, |c| {
-            evicted.push(c.client)
+            evicted.push(c.conn().client)
         })
         .unwrap();
     assert_eq!(evicted, vec![client_key(3, ip_protocol::UDP)]);
@@ -1219,7 +1225,7 @@ fn secondary_shortage_evicts_a_connection_holding_one() {
 #[test]
 fn an_idle_sweep_skips_free_entries_and_finds_the_one_left() {
     let mut table = ConnTable::new(1 << 12, Timeouts::default()).unwrap();
-    assert_eq!(table.expire(u64::MAX, 1 << 12, ignore), 0);
+    assert_eq!(table.expire(u64::MAX, 1 << 12, verify), 0);
     // One connection near the end: the hand reaches it through free words without stopping.
     let mut id = None;
     for n in 0..(1 << 12) {
@@ -1229,7 +1235,7 @@ fn an_idle_sweep_skips_free_entries_and_finds_the_one_left() {
                 client_key(n, ip_protocol::UDP),
                 target(ForwardingMode::Dr),
                 0,
-                ignore,
+                verify,
             )
             .unwrap();
         if n < (1 << 12) - 1 {
@@ -1242,7 +1248,7 @@ fn an_idle_sweep_skips_free_entries_and_finds_the_one_left() {
         table.remove(hit.id).unwrap();
     }
     assert_eq!(table.len(), 1);
-    assert_eq!(table.expire(Timeouts::default().udp, 1 << 12, ignore), 1);
+    assert_eq!(table.expire(Timeouts::default().udp, 1 << 12, verify), 1);
     assert!(table.get(id.unwrap()).is_none());
 }
 
@@ -1366,7 +1372,7 @@ mod colliding {
                         }
                         Op::Insert { key: n, mode } => {
                             let mode = [ForwardingMode::Nat, ForwardingMode::FullNat, ForwardingMode::Dr][mode];
-                            format!("{:?}", table.insert(now, key(n), target(mode), SYN, |c| removed.push(*c)))
+                            format!("{:?}", table.insert(now, key(n), target(mode), SYN, |c| removed.push(c.conn())))
                         }
                         Op::Touch { key: n, flags } => {
                             let hit = table.lookup(&key(n), now);
@@ -1390,7 +1396,7 @@ mod colliding {
                             format!("{ms}")
                         }
                         Op::Expire { budget } => {
-                            format!("{}", table.expire(now, budget, |c| removed.push(*c)))
+                            format!("{}", table.expire(now, budget, |c| removed.push(c.conn())))
                         }
                     };
                     results.push(result);
@@ -1431,7 +1437,7 @@ fn entries_outgrow_the_cache_at_eight_thousand_lines() {
                 client_key(n, ip_protocol::TCP),
                 target(ForwardingMode::Dr),
                 SYN,
-                ignore,
+                verify,
             )
             .unwrap();
     }
@@ -1446,7 +1452,7 @@ fn entries_outgrow_the_cache_at_eight_thousand_lines() {
         dst_addr: "fd00::100".parse().unwrap(),
         ..client_key(1, ip_protocol::TCP)
     };
-    table.insert(0, key, v6_backend, SYN, ignore).unwrap();
+    table.insert(0, key, v6_backend, SYN, verify).unwrap();
     assert_eq!(table.len(), 8 * 1024 - 1);
     assert!(table.entries_outgrow_cache());
 }

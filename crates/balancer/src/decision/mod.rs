@@ -141,7 +141,7 @@ impl WorkerState {
         }
         let load = &mut self.load;
         let removed = self.conns.expire(now_ms, budget, |conn| {
-            load.connection_closed(conn.backend, conn.is_active())
+            load.connection_closed(conn.backend(), conn.is_active())
         });
         if !self.persistence.is_empty() {
             self.persistence.expire(now_ms, budget);

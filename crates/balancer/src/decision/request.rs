@@ -9,7 +9,8 @@ use packet::{FlowKey, FrameLayout};
 use super::fast::{established_forward, EntryRewrite, Established};
 use super::{forward, martian_source, opened, Action, DropReason, Rewrite, StagedKey, WorkerState};
 use crate::conntrack::{
-    tcp_flags, ClientHit, Conn, Direction, Endpoint, Forwarding, InsertError, Target, WireEndpoints,
+    tcp_flags, ClientHit, Direction, Endpoint, Forwarding, InsertError, RemovedConn, Target,
+    WireEndpoints,
 };
 use crate::scheduler::IpvsScheduler;
 use crate::service::{BackendId, ForwardingMode, SchedulerKind};
@@ -190,7 +191,8 @@ impl WorkerState {
             mode: service.mode,
         };
         let load = &mut self.load;
-        let on_removed = |dead: &Conn| load.connection_closed(dead.backend, dead.is_active());
+        let on_removed =
+            |dead: &RemovedConn<'_>| load.connection_closed(dead.backend(), dead.is_active());
         // The staged key is this frame's own flow, built and hashed already.
         let inserted = match staged {
             Some(staged) => self.conns.insert_keyed(

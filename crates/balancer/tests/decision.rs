@@ -412,14 +412,21 @@ fn dr_rewrites_macs_only_and_keeps_every_packet_of_a_flow_on_one_backend() {
     }
 }
 
-/// Staging computes a new flow's Maglev hash ahead (to prefetch its slot) and the decision takes it from there: the
-/// backends it picks are the ones the decision picks by itself, for new flows of both families and every mode.
+/// Staging looks up a new flow's service and computes its Maglev hash ahead (to prefetch its slot), and the
+/// decision takes both from there: the backends it picks are the ones the decision picks by itself, for new flows
+/// of both families (two services, one per family) and every mode.
 #[test]
 fn staged_new_flows_pick_the_backends_unstaged_decisions_pick() {
     for mode in ForwardingMode::ALL {
+        let spec = spec(
+            vec![
+                service(mode, SchedulerKind::Mh, false, &[1, 2, 3, 5]),
+                service(mode, SchedulerKind::Mh, true, &[1, 2, 3, 5]),
+            ],
+            1,
+        );
+        let (mut staged, mut unstaged) = (Harness::new(&spec), Harness::new(&spec));
         for v6 in [false, true] {
-            let spec = spec(vec![service(mode, SchedulerKind::Mh, v6, &[1, 2, 3, 5])], 1);
-            let (mut staged, mut unstaged) = (Harness::new(&spec), Harness::new(&spec));
             let mut backends = std::collections::HashSet::new();
             for i in 0..400 {
                 let syn = tcp(

@@ -41,7 +41,7 @@ use crate::persistence::PersistenceTable;
 use crate::rss;
 use crate::scheduler::{IpvsScheduler, LoadTable};
 use crate::service::{BackendId, ForwardingMode, SchedulerKind};
-use crate::snapshot::{Route, Snapshot};
+use crate::snapshot::{Route, Service, Snapshot};
 
 pub use fast::{EntryRewrite, Established, FastForward};
 pub use fragment::FragmentAction;
@@ -75,7 +75,8 @@ impl WorkerTables {
 }
 
 /// A frame's connection key and its hash, computed ahead of the decision when the worker stages a burst (the
-/// index bucket is prefetched then, so that the decision's lookup finds it in cache).
+/// index bucket is prefetched then, so that the decision's lookup finds it in cache). Valid for the decision of
+/// its own frame with the snapshot it was staged with (it may name one of that snapshot's services).
 #[derive(Clone, Copy, Debug)]
 pub struct StagedKey {
     key: ConnKey,
@@ -91,12 +92,12 @@ pub struct StagedKey {
     /// connection) and the service's table slot was prefetched with it; 0 when not computed (a true hash of 0 is
     /// simply computed again).
     flow_hash: u64,
-    /// With `flow_hash`, when the flow's service is a NAT one whose Maglev table alone picks the backend: its
-    /// index in the snapshot, so that the reply stage need not look the service up again; else [`NO_SERVICE`].
-    nat_service: u32,
+    /// When staging found no entry that could hold the key and looked up the flow's service: its index in the
+    /// snapshot, so that neither the reply stage nor the decision looks it up again; else [`NO_SERVICE`].
+    service: u32,
 }
 
-/// [`StagedKey::nat_service`] when staging found no such service.
+/// [`StagedKey::service`] when staging did not look the service up, or found none.
 const NO_SERVICE: u32 = u32::MAX;
 
 impl StagedKey {
@@ -198,7 +199,7 @@ impl WorkerState {
             missed: false,
             absent: false,
             flow_hash: 0,
-            nat_service: NO_SERVICE,
+            service: NO_SERVICE,
         }
     }
 
@@ -284,10 +285,17 @@ impl WorkerState {
         flow: &FlowKey,
         staged: &StagedKey,
     ) -> Option<FlowKey> {
-        if staged.nat_service == NO_SERVICE {
+        if staged.service == NO_SERVICE {
             return None;
         }
-        new_nat_reply(snapshot, staged.nat_service, flow, staged.flow_hash)
+        let service = snapshot.service(staged.service)?;
+        if service.mode != ForwardingMode::Nat
+            || service.scheduler != SchedulerKind::Mh
+            || service.persistence.is_some()
+        {
+            return None;
+        }
+        new_nat_reply(service, flow, staged.flow_hash)
     }
 
     /// The live connection of the frame's own flow, through its staged key when there is one.
@@ -546,9 +554,12 @@ impl WorkerState {
             return Action::Drop(DropReason::FragmentUnsupported);
         }
         // The common case first: a whole datagram (or a first fragment) to a service, found with one probe (a
-        // service's address is always an owned VIP).
-        if let Some((index, service)) =
-            snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol)
+        // service's address is always an owned VIP), or none when staging found it.
+        let staged_service = staged
+            .filter(|staged| staged.service != NO_SERVICE)
+            .and_then(|staged| Some((staged.service, snapshot.service(staged.service)?)));
+        if let Some((index, service)) = staged_service
+            .or_else(|| snapshot.service_for(flow.dst_addr, flow.dst_port, flow.protocol))
         {
             if layout.ttl <= 1 {
                 return Action::Drop(DropReason::TtlExpired);
@@ -691,13 +702,7 @@ fn refused_whatever_its_destination(layout: &FrameLayout) -> Action {
 /// The reply key of the connection a new flow to NAT service `service_index` opens (one whose Maglev table alone
 /// picks the backend): read from the slot staging prefetched for `flow_hash`.
 #[inline(never)]
-fn new_nat_reply(
-    snapshot: &Snapshot,
-    service_index: u32,
-    flow: &FlowKey,
-    flow_hash: u64,
-) -> Option<FlowKey> {
-    let service = snapshot.service(service_index)?;
+fn new_nat_reply(service: &Service, flow: &FlowKey, flow_hash: u64) -> Option<FlowKey> {
     let backend = service
         .maglev
         .lookup(flow_hash)
@@ -722,14 +727,12 @@ fn stage_new_flow(
     else {
         return;
     };
+    staged.service = index;
     if service.scheduler == SchedulerKind::Mh {
         staged.flow_hash = flow_hash(flow);
         service
             .maglev
             .prefetch_slot_with(staged.flow_hash, prefetch);
-        if service.mode == ForwardingMode::Nat && service.persistence.is_none() {
-            staged.nat_service = index;
-        }
     }
 }
 

@@ -231,6 +231,16 @@ impl ConnId {
     }
 }
 
+/// A connection just inserted ([`ConnTable::insert_keyed`](super::ConnTable::insert_keyed)): where it is, the
+/// FULLNAT local endpoint the table drew for it, and whether IPVS counts it as active; with the caller's
+/// [`Target`], all that forwarding its first packet and counting it need, without reading the entry back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inserted {
+    pub id: ConnId,
+    pub local: Option<Endpoint>,
+    pub active: bool,
+}
+
 /// A lookup hit: which connection, and which direction the key matched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hit {

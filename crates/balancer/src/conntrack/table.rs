@@ -10,7 +10,7 @@ use thiserror::Error;
 
 use super::conn::{
     conn_of, endpoints_of, is_active, is_evictable, ClientHit, Conn, ConnId, Endpoint, Forwarding,
-    Hit, RemovedConn, ReplyPath, Target, Transition, WireEndpoints,
+    Hit, Inserted, RemovedConn, ReplyPath, Target, Transition, WireEndpoints,
 };
 use super::entry::{Entry, Kind, NIL};
 use super::index::{Index, Probe};
@@ -747,6 +747,7 @@ impl ConnTable {
             flags,
             on_removed,
         )
+        .map(|inserted| inserted.id)
     }
 
     /// [`ConnTable::insert`] of a client key already built and hashed ([`ConnTable::hash`]) for its lookup;
@@ -763,7 +764,7 @@ impl ConnTable {
         target: Target,
         flags: u8,
         mut on_removed: impl FnMut(&RemovedConn<'_>),
-    ) -> Result<ConnId, InsertError> {
+    ) -> Result<Inserted, InsertError> {
         if target.mode == ForwardingMode::Nat && client.src_addr.is_ipv4() != target.addr.is_ipv4()
         {
             return Err(InsertError::FamilyMismatch);
@@ -903,7 +904,11 @@ impl ConnTable {
         if self.free_primary == NIL {
             self.prefetch_next_victims();
         }
-        Ok(ConnId(id))
+        Ok(Inserted {
+            id: ConnId(id),
+            local,
+            active: is_active(client.protocol, tcp_state),
+        })
     }
 
     /// In a full table every insert evicts the oldest sacrificable connection, whose entries, index buckets, list

@@ -57,6 +57,47 @@ fn verify(removed: &RemovedConn<'_>) {
     assert_eq!(removed.is_active(), conn.is_active());
 }
 
+/// What an insert hands back (the local endpoint, the activity) is what the table reads back for the connection,
+/// in every mode, for TCP and UDP, and for DR and TUN to an IPv6 backend too (held in a second entry): the caller
+/// forwards the first packet from it.
+#[test]
+fn an_insert_reports_what_the_table_holds() {
+    let mut table = fullnat_table(64);
+    let mut n = 0;
+    for mode in ForwardingMode::ALL {
+        for protocol in [ip_protocol::TCP, ip_protocol::UDP] {
+            for v6_backend in [false, true] {
+                let mut target = target(mode);
+                if v6_backend {
+                    // NAT keeps one family end to end; this table's local addresses are IPv4.
+                    if !matches!(mode, ForwardingMode::Dr | ForwardingMode::Tun) {
+                        continue;
+                    }
+                    target.addr = "fd01::9".parse().unwrap();
+                }
+                n += 1;
+                let client = client_key(n, protocol);
+                let key = ConnKey::from_flow(&client);
+                let hash = table.hash(&key);
+                let inserted = table
+                    .insert_keyed(0, client, &key, hash, false, target, SYN, verify)
+                    .unwrap();
+                let forwarding = table.forwarding(inserted.id).unwrap();
+                assert_eq!(inserted.local, forwarding.local, "{mode:?} {protocol}");
+                assert_eq!(
+                    (
+                        forwarding.backend_endpoint.addr,
+                        forwarding.backend_endpoint.port
+                    ),
+                    (target.addr, target.port)
+                );
+                assert_eq!(Some(inserted.active), table.is_active(inserted.id));
+                assert_eq!(inserted.active, protocol != ip_protocol::TCP);
+            }
+        }
+    }
+}
+
 #[test]
 fn rejects_bad_capacity() {
     assert_eq!(

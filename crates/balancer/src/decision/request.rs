@@ -9,8 +9,8 @@ use packet::{FlowKey, FrameLayout};
 use super::fast::{established_forward, EntryRewrite, Established};
 use super::{forward, martian_source, opened, Action, DropReason, Rewrite, StagedKey, WorkerState};
 use crate::conntrack::{
-    tcp_flags, ClientHit, Direction, Endpoint, Forwarding, InsertError, RemovedConn, Target,
-    WireEndpoints,
+    tcp_flags, ClientHit, ConnKey, Direction, Endpoint, Forwarding, InsertError, RemovedConn,
+    Target, WireEndpoints,
 };
 use crate::scheduler::IpvsScheduler;
 use crate::service::{BackendId, ForwardingMode, SchedulerKind};
@@ -194,30 +194,35 @@ impl WorkerState {
         let on_removed =
             |dead: &RemovedConn<'_>| load.connection_closed(dead.backend(), dead.is_active());
         // The staged key is this frame's own flow, built and hashed already.
-        let inserted = match staged {
-            Some(staged) => self.conns.insert_keyed(
-                now_ms,
-                *flow,
-                &staged.key,
-                staged.hash,
-                staged.absent,
-                target,
-                layout.tcp_flags,
-                on_removed,
-            ),
-            None => self
-                .conns
-                .insert(now_ms, *flow, target, layout.tcp_flags, on_removed),
+        let (key, hash, absent) = match staged {
+            Some(staged) => (staged.key, staged.hash, staged.absent),
+            None => {
+                let key = ConnKey::from_flow(flow);
+                (key, self.conns.hash(&key), false)
+            }
         };
+        let inserted = self.conns.insert_keyed(
+            now_ms,
+            *flow,
+            &key,
+            hash,
+            absent,
+            target,
+            layout.tcp_flags,
+            on_removed,
+        );
         match inserted {
-            Ok(id) => {
-                // What the new connection needs, read without rebuilding its client key.
-                let (Some(conn), Some(active)) =
-                    (self.conns.forwarding(id), self.conns.is_active(id))
-                else {
-                    return Action::Drop(DropReason::ConnectionRejected);
+            Ok(inserted) => {
+                self.load.connection_opened(target.backend, inserted.active);
+                let conn = Forwarding {
+                    backend: target.backend,
+                    mode: target.mode,
+                    backend_endpoint: Endpoint {
+                        addr: target.addr,
+                        port: target.port,
+                    },
+                    local: inserted.local,
                 };
-                self.load.connection_opened(conn.backend, active);
                 opened(forward_request(snapshot, service, &conn, layout, false))
             }
             Err(error) => {

@@ -912,19 +912,18 @@ impl ConnTable {
     }
 
     /// In a full table every insert evicts the oldest sacrificable connection, whose entries, index buckets, list
-    /// link and occupancy word are long out of the cache. Starts loading them ahead, along the eviction order: for
-    /// the next victim its bucket (its key gives the bucket: its entry was asked for two inserts before), its reply
-    /// key's bucket (its second entry was asked for one insert before) and its occupancy word; for the victim after
-    /// it its second entry (its link is in its primary, asked for one insert before; its own link was too, and
-    /// unlinking the next victim writes there); for the one after that its primary entry and link.
+    /// link and occupancy word are long out of the cache. Starts loading them ahead, along the eviction order, each
+    /// one or two inserts before it is needed (one insert's time is shorter than a load from memory): for the next
+    /// victim its reply key's bucket (its second entry was asked for one insert before) and its occupancy word; for
+    /// the victim after it its bucket (its key gives the bucket: its entry was asked for one insert before) and its
+    /// second entry; for the one after that its primary entry and link.
     fn prefetch_next_victims(&self) {
         let Some(first) = self.lists.head(ListId::Evictable) else {
             return;
         };
-        let entry = &self.entries[first as usize];
-        self.prefetch(self.hash(&entry.key()));
-        if entry.link != NIL {
-            let second = &self.entries[entry.link as usize];
+        let link = self.entries[first as usize].link;
+        if link != NIL {
+            let second = &self.entries[link as usize];
             if second.is(Kind::Reply) {
                 self.prefetch(self.hash(&second.key()));
             }
@@ -935,9 +934,10 @@ impl ConnTable {
         let Some(second) = self.lists.next(first) else {
             return;
         };
-        let link = self.entries[second as usize].link;
-        if link != NIL {
-            prefetch(self.prefetcher, &self.entries[link as usize]);
+        let entry = &self.entries[second as usize];
+        self.prefetch(self.hash(&entry.key()));
+        if entry.link != NIL {
+            prefetch(self.prefetcher, &self.entries[entry.link as usize]);
         }
         let Some(third) = self.lists.next(second) else {
             return;

@@ -913,7 +913,8 @@ impl ConnTable {
 
     /// In a full table every insert evicts the oldest sacrificable connection, whose entries, index buckets, list
     /// link and occupancy word are long out of the cache. Starts loading them ahead, along the eviction order, each
-    /// one or two inserts before it is needed (one insert's time is shorter than a load from memory): for the next
+    /// one or two inserts before it is needed (the index bucket two: asked for one insert ahead, it still missed on
+    /// the new-connection replay): for the next
     /// victim its reply key's bucket (its second entry was asked for one insert before) and its occupancy word; for
     /// the victim after it its bucket (its key gives the bucket: its entry was asked for one insert before) and its
     /// second entry; for the one after that its primary entry and link.

@@ -914,10 +914,10 @@ impl ConnTable {
     /// In a full table every insert evicts the oldest sacrificable connection, whose entries, index buckets, list
     /// link and occupancy word are long out of the cache. Starts loading them ahead, along the eviction order, each
     /// one or two inserts before it is needed (the index bucket two: asked for one insert ahead, it still missed on
-    /// the new-connection replay): for the next
-    /// victim its reply key's bucket (its second entry was asked for one insert before) and its occupancy word; for
-    /// the victim after it its bucket (its key gives the bucket: its entry was asked for one insert before) and its
-    /// second entry; for the one after that its primary entry and link.
+    /// the new-connection replay): for the next victim its reply key's bucket (its second entry was asked for one
+    /// insert before) and its occupancy word; for the victim after it its bucket (its key gives the bucket: its
+    /// entry was asked for one insert before) and its second entry; for the one after that its primary entry and
+    /// link.
     fn prefetch_next_victims(&self) {
         let Some(first) = self.lists.head(ListId::Evictable) else {
             return;
@@ -1054,12 +1054,8 @@ impl ConnTable {
                 debug_assert!(removed, "a reply key is indexed");
             }
             if primary.mode() == ForwardingMode::FullNat {
-                // A FULLNAT reply key runs from the backend to the local endpoint.
-                let key = second.key();
-                self.release_local(Some(Endpoint {
-                    addr: key.dst_addr(),
-                    port: key.dst_port(),
-                }));
+                let (_, local) = endpoints_of(&primary, || second.key());
+                self.release_local(local);
             }
             self.entries[second_id as usize] = Entry::free(self.free_secondary);
             self.free_secondary = second_id;

@@ -699,7 +699,7 @@ fn refused_whatever_its_destination(layout: &FrameLayout) -> Action {
     }
 }
 
-/// The reply key of the connection a new flow to NAT service `service_index` opens (one whose Maglev table alone
+/// The reply key of the connection a new flow to NAT `service` opens (one whose Maglev table alone
 /// picks the backend): read from the slot staging prefetched for `flow_hash`.
 #[inline(never)]
 fn new_nat_reply(service: &Service, flow: &FlowKey, flow_hash: u64) -> Option<FlowKey> {

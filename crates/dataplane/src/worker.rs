@@ -752,13 +752,13 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
             // A burst holds at most MAX_BURST frames: the remainder is the index itself, and lets the compiler
             // see it in the arrays' range (one loop counter instead of four iterators and their end checks).
             let index = index % MAX_BURST;
-            let (admission, staged) = (admissions[index], &staged[index]);
-            let layout = &mut layouts[index];
+            let (admission, staged) = (&admissions[index], &staged[index]);
+            let layout = (&mut *layouts, index);
             if let Admission::Plain(plain) = admission {
                 self.handle_plain(frame, layout, plain, staged, ingress, now_ms, verdict);
             } else {
                 cold_path();
-                self.handle_admitted(frame, layout, admission, staged, ingress, now_ms, verdict);
+                self.handle_admitted(frame, layout, *admission, staged, ingress, now_ms, verdict);
             }
         }
     }
@@ -770,13 +770,14 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     fn handle_admitted(
         &mut self,
         frame: R::Frame,
-        layout: &mut FrameLayout,
+        (layouts, index): (&mut [FrameLayout; MAX_BURST], usize),
         admission: Admission,
         staged: &Option<StagedKey>,
         ingress: u16,
         now_ms: u64,
         verdict: &mut Action,
     ) {
+        let layout = &mut layouts[index % MAX_BURST];
         match admission {
             Admission::Accepted => self.handle(
                 frame,
@@ -789,21 +790,29 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
             ),
             Admission::NotOurMac => self.drop_frame(frame, DropReason::NotOurMac),
             Admission::Malformed => self.drop_malformed(frame),
-            Admission::Plain(plain) => {
-                self.handle_plain(frame, layout, plain, staged, ingress, now_ms, verdict)
-            }
+            Admission::Plain(plain) => self.handle_plain(
+                frame,
+                (layouts, index),
+                &plain,
+                staged,
+                ingress,
+                now_ms,
+                verdict,
+            ),
         }
     }
 
     /// Decides and acts on an accepted plain frame: an established connection's frame is forwarded from its
-    /// `PlainFrame` alone; any other gets its layout, written into `layout`, and the full decision.
+    /// `PlainFrame` alone; any other gets its layout, written into `layouts[index]`, and the full decision. The
+    /// `PlainFrame` is read where the burst's first pass stored it (a copy spread its bytes over registers), and
+    /// the layout's address is formed only off the established path.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn handle_plain(
         &mut self,
         frame: R::Frame,
-        layout: &mut FrameLayout,
-        plain: PlainFrame,
+        (layouts, index): (&mut [FrameLayout; MAX_BURST], usize),
+        plain: &PlainFrame,
         staged: &Option<StagedKey>,
         ingress: u16,
         now_ms: u64,
@@ -812,7 +821,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         let established = match staged {
             Some(key) => self.state.decide_plain_established(
                 &self.tables.snapshot,
-                &plain,
+                plain,
                 key,
                 ingress,
                 now_ms,
@@ -821,13 +830,13 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
             None => Established::Other,
         };
         if let Established::Fast(fast) = established {
-            return self.send_fast(frame, &plain, fast);
+            return self.send_fast(frame, plain, fast);
         }
         cold_path();
         self.handle_plain_otherwise(
             frame,
-            layout,
-            plain,
+            &mut layouts[index % MAX_BURST],
+            *plain,
             staged.as_ref(),
             established,
             ingress,

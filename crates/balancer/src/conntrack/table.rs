@@ -598,11 +598,10 @@ impl ConnTable {
     /// The primary entry of `id`, if a connection holds it.
     #[inline(always)]
     fn primary(&self, id: ConnId) -> Option<&Entry> {
-        if id.index() >= self.capacity {
-            return None;
-        }
-        let entry = &self.entries[id.index()];
-        entry.is(Kind::Original).then_some(entry)
+        // Only the primary slots (below `capacity`) ever hold an original entry, so its kind alone places it.
+        self.entries
+            .get(id.index())
+            .filter(|entry| entry.is(Kind::Original))
     }
 
     /// The connection at `id` (dead or alive), rebuilt from its entries.

@@ -1813,24 +1813,56 @@ enum Admission {
 /// what the kernel path serves).
 #[inline(always)]
 fn addressed_to(data: &[u8], port_mac: u64) -> bool {
-    // The destination MAC as the low 48 bits of one word (a parsed frame has at least 14 bytes): one load and one
-    // compare instead of a six-byte array comparison.
+    // The destination MAC as the high 48 bits of one word (a parsed frame has at least 14 bytes; the shift drops
+    // the source MAC's first two bytes): one load, one shift and one compare instead of a six-byte comparison.
     let Some(head) = data.first_chunk::<8>() else {
         return false;
     };
-    let destination = u64::from_le_bytes(*head) & 0xffff_ffff_ffff;
-    if destination & 1 != 0 {
+    let word = u64::from_le_bytes(*head);
+    if word & 1 != 0 {
         cold_path();
         return true;
     }
-    port_mac == destination
+    port_mac == word << 16
 }
 
-/// What [`Engine::port_mac_word`] gives for a port the worker does not have: no 48-bit destination equals it.
+/// What [`Engine::port_mac_word`] gives for a port the worker does not have: no destination equals it (a
+/// shifted destination's low 16 bits are zero).
 const NO_PORT_MAC: u64 = u64::MAX;
 
-/// `mac` as the low 48 bits of a little-endian word, the form [`addressed_to`] compares.
+/// `mac` as the high 48 bits of a little-endian word, the form [`addressed_to`] compares.
 #[inline(always)]
 fn mac_word(mac: [u8; 6]) -> u64 {
-    u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0])
+    u64::from_le_bytes([0, 0, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]])
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::{addressed_to, mac_word, NO_PORT_MAC};
+
+    proptest! {
+        /// A frame is the port's when its destination MAC (the first six bytes) is the port's MAC or a group
+        /// address, whatever follows; a port the worker does not have takes only group addresses.
+        #[test]
+        fn a_frame_is_addressed_to_its_destination_mac(
+            port in any::<[u8; 6]>(),
+            differ_at in 0..7usize,
+            flip in 1..=255u8,
+            rest in any::<[u8; 8]>(),
+        ) {
+            // The port's MAC itself (differ_at 6), or it with one byte changed.
+            let mut destination = port;
+            if let Some(byte) = destination.get_mut(differ_at) {
+                *byte ^= flip;
+            }
+            let mut frame = destination.to_vec();
+            frame.extend_from_slice(&rest);
+            let group = destination[0] & 1 != 0;
+            prop_assert_eq!(addressed_to(&frame, mac_word(port)), group || destination == port);
+            prop_assert_eq!(addressed_to(&frame, NO_PORT_MAC), group);
+            prop_assert!(!addressed_to(&frame[..7], mac_word(port)));
+        }
+    }
 }

@@ -23,8 +23,8 @@ const TUPLE_V4: usize = L3_OFFSET + 12;
 /// Where an IPv6 frame's source address starts: the destination follows it, then (the transport header) the ports.
 const TUPLE_V6: usize = L3_OFFSET + 8;
 
-/// The facts of a plain frame (see the module's comment) that its established path reads: six bytes, aligned to
-/// a word of eight so that one load or store moves them, that travel in a register. Its addresses and ports stay
+/// The facts of a plain frame (see the module's comment) that its established path reads: six bytes and a marker,
+/// aligned to a word of eight so that one load or store moves them. Its addresses and ports stay
 /// in the frame, where [`PlainFrame::tuple_v4`] and [`PlainFrame::tuple_v6`] read them, and
 /// [`PlainFrame::layout`] gives the full [`FrameLayout`] a frame off the established path needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,10 +47,9 @@ pub struct PlainFrame {
 }
 
 /// The one value of [`PlainFrame`]'s marker byte.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 enum Marker {
-    #[default]
     Plain = 1,
 }
 

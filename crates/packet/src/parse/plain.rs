@@ -350,7 +350,7 @@ mod tests {
     fn the_facts_travel_in_one_word() {
         assert_eq!(std::mem::size_of::<PlainFrame>(), 8);
         assert_eq!(std::mem::align_of::<PlainFrame>(), 8);
-        // `None` lives in the marker's spare values, not in a word of its own.
+        // `Option<PlainFrame>` takes no word of its own: `None` lives in a spare value of some field.
         assert_eq!(std::mem::size_of::<Option<PlainFrame>>(), 8);
     }
 

@@ -29,9 +29,9 @@ pub use parse::{
     ParseError, PlainFrame, EMPTY_LAYOUT, L3,
 };
 pub use rewrite::{
-    rewrite_destination, rewrite_icmp_error_destination, rewrite_icmp_error_source, rewrite_source,
-    rewrite_source_and_destination, set_macs, set_macs_word, Translation, IPV4_HEADER_LEN,
-    IPV6_HEADER_LEN,
+    rewrite_destination, rewrite_destination_v4, rewrite_icmp_error_destination,
+    rewrite_icmp_error_source, rewrite_source, rewrite_source_and_destination, set_macs,
+    set_macs_word, Translation, IPV4_HEADER_LEN, IPV6_HEADER_LEN,
 };
 pub use tunnel::{decapsulate, encapsulate, TunnelHeader};
 pub use tunnel_fragment::{build_tunnel_fragment, tunnel_fragment_payload};

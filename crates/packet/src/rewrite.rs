@@ -304,6 +304,32 @@ pub fn rewrite_destination(
     translate(frame, layout, None, Some((addr, port)))
 }
 
+/// [`rewrite_destination`] to an IPv4 address given as one word (its four bytes in network order, in memory order:
+/// `u32::from_ne_bytes(octets)`): the NAT of a client's frame to an IPv4 backend, without building and reading
+/// back a family-generic address. An IPv6 packet is an error.
+#[inline(always)]
+pub fn rewrite_destination_v4(
+    frame: &mut [u8],
+    layout: &impl IpHeaders,
+    addr: u32,
+    port: u16,
+) -> Result<(), ParseError> {
+    if layout.l3() != L3::Ipv4 {
+        return Err(ParseError::Malformed(
+            "address family differs from the packet's",
+        ));
+    }
+    let header = fixed_mut::<IPV4_HEADER_LEN>(frame, usize::from(layout.l3_offset()))?;
+    let old = u64::from(u32::from_ne_bytes([
+        header[16], header[17], header[18], header[19],
+    ]));
+    header[16..20].copy_from_slice(&addr.to_ne_bytes());
+    let new = u64::from(addr);
+    let check = checksum::update(word16(header, 10) as u16, old, new);
+    header[10..12].copy_from_slice(&check.to_ne_bytes());
+    translate_transport(frame, layout, (old, new), [None, Some(port)])
+}
+
 /// NAT of the source: address and (TCP/UDP) port, checksums updated incrementally (the address borrowed, as for
 /// [`rewrite_destination`]).
 #[inline(always)]

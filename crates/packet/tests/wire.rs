@@ -624,6 +624,33 @@ proptest! {
         prop_assert!(packet::rewrite_source_and_destination(&mut at_once, &layout, &WireAddr::from(mismatched_family), 1, &dst, 2).is_err());
     }
 
+    /// The NAT to an IPv4 backend given as a word writes what the family-generic rewrite writes; an IPv6 packet is
+    /// refused, untouched.
+    #[test]
+    fn the_ipv4_word_rewrite_equals_the_generic_one(
+        shape in shape_strategy(),
+        addrs in any::<[u128; 3]>(),
+        ports in any::<[u16; 3]>(),
+        payload in proptest::collection::vec(any::<u8>(), 0..300),
+    ) {
+        let make = |a: u128| if shape.v6 { v6(a) } else { v4(a as u32) };
+        let frame = build(shape, make(addrs[0]), make(addrs[1]), ports[0], ports[1], &payload);
+        let layout = packet::parse_frame(&frame).unwrap();
+        let backend = (addrs[2] as u32).to_be_bytes();
+        let mut by_word = frame.clone();
+        let result = packet::rewrite_destination_v4(&mut by_word, &layout, u32::from_ne_bytes(backend), ports[2]);
+        if shape.v6 {
+            prop_assert!(result.is_err());
+            prop_assert_eq!(by_word, frame);
+        } else {
+            prop_assert!(result.is_ok());
+            let mut generic = frame.clone();
+            packet::rewrite_destination(&mut generic, &layout, &WireAddr::from_v4_octets(backend), ports[2]).unwrap();
+            prop_assert_eq!(&by_word, &generic);
+            assert_checksums(&by_word);
+        }
+    }
+
     #[test]
     fn set_macs_word_writes_what_set_macs_writes(
         frame in proptest::collection::vec(any::<u8>(), 12..80),

@@ -49,6 +49,30 @@ impl From<&Forwarding> for WireEndpoints {
     }
 }
 
+/// A connection's endpoints as its entry holds them ([`ConnTable::client_endpoints`](super::ConnTable::client_endpoints)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientEndpoints {
+    /// An IPv4 backend held in the primary entry, with no local endpoint: the address's four bytes in network
+    /// order as one word in memory order ([`WireAddr::from_v4_word`]).
+    InlineV4 { backend: u32, port: u16 },
+    /// Endpoints read from the connection's second entry.
+    Linked(WireEndpoints),
+}
+
+impl From<ClientEndpoints> for WireEndpoints {
+    #[inline(always)]
+    fn from(endpoints: ClientEndpoints) -> WireEndpoints {
+        match endpoints {
+            ClientEndpoints::InlineV4 { backend, port } => WireEndpoints {
+                backend: WireAddr::from_v4_word(backend),
+                backend_port: port,
+                local: None,
+            },
+            ClientEndpoints::Linked(endpoints) => endpoints,
+        }
+    }
+}
+
 /// Where a new connection goes: the scheduler's decision, fixed for the connection's life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Target {

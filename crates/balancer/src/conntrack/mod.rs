@@ -40,8 +40,8 @@ mod tcp_state;
 mod tests;
 
 pub use conn::{
-    reply_flow, ClientHit, Conn, ConnId, Endpoint, Forwarding, Hit, Inserted, RemovedConn,
-    ReplyPath, Target, Transition, WireEndpoints,
+    reply_flow, ClientEndpoints, ClientHit, Conn, ConnId, Endpoint, Forwarding, Hit, Inserted,
+    RemovedConn, ReplyPath, Target, Transition, WireEndpoints,
 };
 pub use key::ConnKey;
 pub use memory::EdgeHooks;

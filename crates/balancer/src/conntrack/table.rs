@@ -5,12 +5,12 @@ use std::hash::BuildHasher;
 use std::hint::cold_path;
 
 use packet::flow::ip_protocol;
-use packet::{FlowKey, PlainFrame, WireAddr};
+use packet::{FlowKey, PlainFrame};
 use thiserror::Error;
 
 use super::conn::{
-    conn_of, endpoints_of, is_active, is_evictable, ClientHit, Conn, ConnId, Endpoint, Forwarding,
-    Hit, Inserted, RemovedConn, ReplyPath, Target, Transition, WireEndpoints,
+    conn_of, endpoints_of, is_active, is_evictable, ClientEndpoints, ClientHit, Conn, ConnId,
+    Endpoint, Forwarding, Hit, Inserted, RemovedConn, ReplyPath, Target, Transition, WireEndpoints,
 };
 use super::entry::{Entry, Kind, NIL};
 use super::index::{Index, Probe};
@@ -652,22 +652,28 @@ impl ConnTable {
     /// [`ConnTable::forwarding`]'s endpoints in the form the rewrites take (see [`WireEndpoints`]).
     #[inline(always)]
     pub fn wire_endpoints(&self, id: ConnId) -> Option<WireEndpoints> {
+        self.client_endpoints(id).map(WireEndpoints::from)
+    }
+
+    /// [`ConnTable::wire_endpoints`] as the entry holds them: a backend held inline as it is, so that the NAT of
+    /// a client's frame to an IPv4 backend takes the address as one word.
+    #[inline(always)]
+    pub fn client_endpoints(&self, id: ConnId) -> Option<ClientEndpoints> {
         let entry = self.primary(id)?;
         Some(if entry.backend_inline {
-            WireEndpoints {
-                backend: WireAddr::from_v4_octets(entry.backend_v4.to_be_bytes()),
-                backend_port: entry.backend_port,
-                local: None,
+            ClientEndpoints::InlineV4 {
+                backend: u32::from_ne_bytes(entry.backend_v4.to_be_bytes()),
+                port: entry.backend_port,
             }
         } else {
             // The second entry's key runs from the backend (to the local endpoint, for FULLNAT).
             let second = &self.entries[entry.link as usize].key();
-            WireEndpoints {
+            ClientEndpoints::Linked(WireEndpoints {
                 backend: second.src_wire(),
                 backend_port: second.src_port(),
                 local: (entry.mode() == ForwardingMode::FullNat)
                     .then(|| (second.dst_wire(), second.dst_port())),
-            }
+            })
         })
     }
 

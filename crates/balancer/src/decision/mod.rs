@@ -33,7 +33,8 @@ use std::sync::Arc;
 use packet::{FlowKey, Fragment, FrameLayout, IcmpKind, IpHeaders, PlainFrame, Translation, L3};
 
 use crate::conntrack::{
-    reply_flow, tcp_flags, Candidates, ConnId, ConnKey, ConnTable, Direction, Endpoint, Hit,
+    reply_flow, tcp_flags, Candidates, ClientEndpoints, ConnId, ConnKey, ConnTable, Direction,
+    Endpoint, Hit, WireEndpoints,
 };
 use crate::maglev::flow_hash;
 use crate::neighbor::NeighborTable;
@@ -363,11 +364,7 @@ impl WorkerState {
     /// backend, and for FULLNAT the source the local endpoint.
     #[inline(always)]
     fn client_translation(&self, id: ConnId) -> Option<Translation> {
-        let endpoints = self.conns.wire_endpoints(id)?;
-        Some(Translation {
-            src: endpoints.local,
-            dst: Some((endpoints.backend, endpoints.backend_port)),
-        })
+        Some(client_translation_to(&self.conns.wire_endpoints(id)?))
     }
 
     /// What [`Rewrite::Reply`] does to a backend's frame of connection `id`: the source becomes the VIP the client
@@ -392,11 +389,18 @@ impl WorkerState {
         frame: &mut [u8],
         layout: &impl IpHeaders,
     ) -> Result<(), packet::ParseError> {
-        let Some(translation) = self.client_translation(id) else {
-            cold_path();
-            return Err(packet::ParseError::Unsupported("connection gone"));
-        };
-        translation.apply(frame, layout)
+        match self.conns.client_endpoints(id) {
+            Some(ClientEndpoints::InlineV4 { backend, port }) => {
+                packet::rewrite_destination_v4(frame, layout, backend, port)
+            }
+            Some(ClientEndpoints::Linked(endpoints)) => {
+                client_translation_to(&endpoints).apply(frame, layout)
+            }
+            None => {
+                cold_path();
+                Err(packet::ParseError::Unsupported("connection gone"))
+            }
+        }
     }
 
     /// Rewrites a backend's `frame` (parsed as `layout`) of connection `id` in place as [`Rewrite::Reply`] says.
@@ -784,5 +788,15 @@ pub(super) fn opened(action: Action) -> Action {
             ..forward
         }),
         other => other,
+    }
+}
+
+/// The translation of a client's frame to a connection's `endpoints`: the destination becomes the backend, and
+/// for FULLNAT the source the local endpoint.
+#[inline(always)]
+fn client_translation_to(endpoints: &WireEndpoints) -> Translation {
+    Translation {
+        src: endpoints.local,
+        dst: Some((endpoints.backend, endpoints.backend_port)),
     }
 }

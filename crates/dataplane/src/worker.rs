@@ -3,7 +3,7 @@
 //! one handed back so that nothing is freed here.
 //!
 //! Per frame there is no allocation, lock or system call: bursts are fixed arrays, rings and channels are bounded
-//! and preallocated, counters are plain integers published with relaxed stores once per poll.
+//! and preallocated, and a counter is a shared atomic only this worker writes (a relaxed load and store: one add).
 
 use std::hint::cold_path;
 use std::net::IpAddr;
@@ -150,22 +150,6 @@ impl WorkerStats {
     }
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-struct Counters {
-    rx: u64,
-    tx: u64,
-    rx_bytes: u64,
-    forwarded: u64,
-    answered: u64,
-    handed_off: u64,
-    handoffs_received: u64,
-    to_kernel: u64,
-    untracked: u64,
-    resolutions_sent: u64,
-    fragments_held: u64,
-    drops: PerReason<u64>,
-}
-
 /// The channels a worker receives new tables on and returns retired ones through.
 pub struct TableUpdates {
     pub incoming: Receiver<WorkerTables>,
@@ -233,7 +217,6 @@ struct Engine<R: RxQueue, T: TxQueue<Frame = R::Frame>> {
     handoffs: HandoffLinks<R::Frame>,
     /// The per-port kernel exception path (`crate::kernel`), when attached.
     exception: Option<KernelPath<R, T>>,
-    counters: Counters,
     stats: Arc<WorkerStats>,
     throttle: ResolutionThrottle,
     /// The fate of each fragmented datagram's first fragment, and the later fragments that came before it.
@@ -292,7 +275,6 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 outputs,
                 handoffs,
                 exception: None,
-                counters: Counters::default(),
                 stats: Arc::clone(&stats),
                 throttle: ResolutionThrottle::new(1024, config.resolve_interval_ms),
                 fragments: FragmentTable::new(
@@ -451,7 +433,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                 .rx
                 .rx_burst(&mut self.received, engine.config.burst);
             received_total += received;
-            engine.counters.rx += received as u64;
+            bump(&engine.stats.rx, received as u64);
             if received == 0 {
                 continue;
             }
@@ -500,7 +482,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
                     }
                 };
             }
-            engine.counters.rx_bytes += received_bytes;
+            bump(&engine.stats.rx_bytes, received_bytes);
             // Hash every IP frame's connection key and start loading its index bucket (a loop of its own: fewer
             // values live at once, and each frame's parse is done by the time it is read back): a plain frame's key
             // straight from its bytes, any other's from its layout...
@@ -624,7 +606,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
         let received = engine
             .handoffs
             .receive(engine.config.burst, |handoff| handed.push(handoff));
-        engine.counters.handoffs_received += received as u64;
+        bump(&engine.stats.handoffs_received, received as u64);
         for handoff in self.handed.drain(..) {
             let layout = &mut self.layouts[0];
             let frame = handoff.frame;
@@ -699,32 +681,9 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Worker<R, T> {
         }
     }
 
+    /// Publishes the connection count; every other counter is counted in place in the shared statistics.
     fn publish(&mut self) {
-        let counters = &self.engine.counters;
-        let stats = &self.stats;
-        stats.rx.store(counters.rx, Ordering::Relaxed);
-        stats.tx.store(counters.tx, Ordering::Relaxed);
-        stats.rx_bytes.store(counters.rx_bytes, Ordering::Relaxed);
-        stats.forwarded.store(counters.forwarded, Ordering::Relaxed);
-        stats.answered.store(counters.answered, Ordering::Relaxed);
-        stats
-            .handed_off
-            .store(counters.handed_off, Ordering::Relaxed);
-        stats
-            .handoffs_received
-            .store(counters.handoffs_received, Ordering::Relaxed);
-        stats.to_kernel.store(counters.to_kernel, Ordering::Relaxed);
-        stats.untracked.store(counters.untracked, Ordering::Relaxed);
-        stats
-            .resolutions_sent
-            .store(counters.resolutions_sent, Ordering::Relaxed);
-        stats
-            .fragments_held
-            .store(counters.fragments_held, Ordering::Relaxed);
-        for (published, &count) in stats.drops.iter().zip(counters.drops.iter()) {
-            published.store(count, Ordering::Relaxed);
-        }
-        stats
+        self.stats
             .connections
             .store(self.engine.state.conns.len() as u64, Ordering::Relaxed);
     }
@@ -895,7 +854,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         now_ms: u64,
         verdict: &mut Action,
     ) {
-        self.counters.rx_bytes += frame.data().len() as u64;
+        bump(&self.stats.rx_bytes, frame.data().len() as u64);
         // A handed-off frame passed this check on its own worker.
         if !handed_off && !addressed_to(frame.data(), self.port_mac_word(usize::from(ingress))) {
             cold_path();
@@ -1094,7 +1053,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
             since_ms: now_ms,
         };
         match self.held.hold(held) {
-            Ok(()) => self.counters.fragments_held += 1,
+            Ok(()) => bump(&self.stats.fragments_held, 1),
             Err(refused) => self.drop_frame(refused, DropReason::FragmentHoldFull),
         }
     }
@@ -1217,7 +1176,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         }
         if forward.untracked {
             cold_path();
-            self.counters.untracked += 1;
+            bump(&self.stats.untracked, 1);
         }
         self.send_rewritten(frame, port, next_hop_mac, forward.backend, forward.reply);
     }
@@ -1251,7 +1210,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
                 bump(&backend.bytes_in, bytes);
             }
         }
-        self.counters.forwarded += 1;
+        bump(&self.stats.forwarded, 1);
         // One check on the common path: a full burst is sent, then the frame is queued behind it.
         let Err(full) = output.pending.try_push(frame) else {
             return;
@@ -1341,7 +1300,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
                         bump(&backend.packets_in, 1);
                         bump(&backend.bytes_in, frame.data().len() as u64);
                     }
-                    self.counters.forwarded += 1;
+                    bump(&self.stats.forwarded, 1);
                     break;
                 }
                 _ => {
@@ -1445,7 +1404,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     }
 
     fn answer(&mut self, frame: R::Frame, ingress: u16) {
-        self.counters.answered += 1;
+        bump(&self.stats.answered, 1);
         self.enqueue(usize::from(ingress), frame);
     }
 
@@ -1472,7 +1431,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         match packet::build_too_big(answer.data_mut(), original.data(), layout, from, mtu, mac) {
             Ok(len) if answer.resize(len) => {
                 // The original is dropped (counted as too big); the sender learns the path MTU.
-                self.counters.drops[DropReason::TooBig.index()] += 1;
+                bump(&self.stats.drops[DropReason::TooBig.index()], 1);
                 self.answer(answer, ingress);
             }
             _ => self.count_drop(DropReason::TooBig),
@@ -1511,7 +1470,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         };
         if let Ok(len) = built {
             if request.resize(len) {
-                self.counters.resolutions_sent += 1;
+                bump(&self.stats.resolutions_sent, 1);
                 self.enqueue(index, request);
             }
         }
@@ -1521,7 +1480,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     fn hand_to_kernel(&mut self, frame: R::Frame, ingress: u16) {
         if let Some(path) = &mut self.exception {
             match path.queue_for_kernel(frame, ingress) {
-                Ok(()) => self.counters.to_kernel += 1,
+                Ok(()) => bump(&self.stats.to_kernel, 1),
                 Err(frame) => self.drop_frame(frame, DropReason::NotOurs),
             }
             return;
@@ -1577,7 +1536,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
 
     /// A frame the parser refused: its bytes are counted as received, the frame as a malformed drop.
     fn drop_malformed(&mut self, frame: R::Frame) {
-        self.counters.rx_bytes += frame.data().len() as u64;
+        bump(&self.stats.rx_bytes, frame.data().len() as u64);
         self.drop_frame(frame, DropReason::Malformed);
     }
 
@@ -1590,7 +1549,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
 
     #[inline]
     fn count_drop(&mut self, reason: DropReason) {
-        self.counters.drops[reason.index()] += 1;
+        bump(&self.stats.drops[reason.index()], 1);
     }
 
     /// Keeps a frame whose fate is already counted, to be freed in bulk.
@@ -1609,12 +1568,8 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         }
         let pending = &mut self.outputs[port].pending;
         let tx = &mut self.ports[port].tx;
-        self.counters.tx += transmit(
-            tx,
-            pending,
-            self.config.tx_attempts,
-            &mut self.counters.drops,
-        );
+        let sent = transmit(tx, pending, self.config.tx_attempts, &self.stats.drops);
+        bump(&self.stats.tx, sent);
     }
 
     /// Keeps the frames of `burst` tagged with the port's `vlan`, stripped; counts the others as `vlan_tagged`.
@@ -1623,7 +1578,10 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     #[inline(never)]
     fn admit_tagged(&mut self, burst: &mut Burst<R::Frame>, vlan: u16) -> usize {
         let refused = crate::vlan::admit(burst, vlan, &mut self.dropped);
-        self.counters.drops[DropReason::VlanTagged.index()] += refused as u64;
+        bump(
+            &self.stats.drops[DropReason::VlanTagged.index()],
+            refused as u64,
+        );
         burst.len()
     }
 
@@ -1632,18 +1590,22 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
     #[inline(never)]
     fn tag_pending(&mut self, port: usize, vlan: u16) {
         let refused = crate::vlan::tag(&mut self.outputs[port].pending, vlan, &mut self.dropped);
-        self.counters.drops[DropReason::RewriteFailed.index()] += refused as u64;
+        bump(
+            &self.stats.drops[DropReason::RewriteFailed.index()],
+            refused as u64,
+        );
     }
 
     fn flush_all(&mut self) {
-        let (counters, dropped) = (&mut self.counters, &mut self.dropped);
-        counters.handed_off += self.handoffs.flush(|refused| {
-            counters.drops[DropReason::HandoffFull.index()] += 1;
+        let (stats, dropped) = (&self.stats, &mut self.dropped);
+        let handed_off = self.handoffs.flush(|refused| {
+            bump(&stats.drops[DropReason::HandoffFull.index()], 1);
             if dropped.is_full() {
                 R::Frame::free_burst(dropped);
             }
             let _ = dropped.try_push(refused.frame);
-        }) as u64;
+        });
+        bump(&stats.handed_off, handed_off as u64);
         for port in 0..self.ports.len() {
             if !self.outputs[port].pending.is_empty() {
                 self.flush(port);
@@ -1673,7 +1635,7 @@ fn transmit<T: TxQueue>(
     tx: &mut T,
     pending: &mut Burst<T::Frame>,
     attempts: u32,
-    drops: &mut [u64; DropReason::COUNT],
+    drops: &[AtomicU64; DropReason::COUNT],
 ) -> u64 {
     let mut sent = 0u64;
     for _ in 0..attempts.max(1) {
@@ -1683,7 +1645,7 @@ fn transmit<T: TxQueue>(
         sent += tx.tx_burst(pending) as u64;
     }
     if !pending.is_empty() {
-        drops[DropReason::TxFull.index()] += pending.len() as u64;
+        bump(&drops[DropReason::TxFull.index()], pending.len() as u64);
         T::Frame::free_burst(pending);
     }
     sent

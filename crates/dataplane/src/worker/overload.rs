@@ -69,7 +69,7 @@ pub(super) fn shed<R: RxQueue, T: TxQueue<Frame = R::Frame>>(
             if parsed && is_control(layout, &engine.tables.snapshot) {
                 engine.handle_one(frame, layout, port as u16, false, now_ms, verdict);
             } else {
-                engine.counters.rx_bytes += frame.data().len() as u64;
+                super::bump(&engine.stats.rx_bytes, frame.data().len() as u64);
                 engine.drop_frame(frame, DropReason::OverloadShed);
             }
         }
@@ -77,6 +77,6 @@ pub(super) fn shed<R: RxQueue, T: TxQueue<Frame = R::Frame>>(
             break;
         }
     }
-    engine.counters.rx += total as u64;
+    super::bump(&engine.stats.rx, total as u64);
     total
 }

@@ -1431,7 +1431,7 @@ impl<R: RxQueue, T: TxQueue<Frame = R::Frame>> Engine<R, T> {
         match packet::build_too_big(answer.data_mut(), original.data(), layout, from, mtu, mac) {
             Ok(len) if answer.resize(len) => {
                 // The original is dropped (counted as too big); the sender learns the path MTU.
-                bump(&self.stats.drops[DropReason::TooBig.index()], 1);
+                self.count_drop(DropReason::TooBig);
                 self.answer(answer, ingress);
             }
             _ => self.count_drop(DropReason::TooBig),

@@ -114,11 +114,25 @@ fn swap_address<const LEN: usize>(
     let field = header[at..at + LEN].chunks_exact_mut(4);
     let (mut old, mut new) = (0, 0);
     for (quad, word) in field.zip(words) {
-        old += u64::from(u32::from_ne_bytes([quad[0], quad[1], quad[2], quad[3]]));
+        old += swap_quad(quad, word);
         new += u64::from(word);
-        quad.copy_from_slice(&word.to_ne_bytes());
     }
     Ok((old, new))
+}
+
+/// Writes `word` (in memory order) over the four bytes of `quad`; returns the word they held, for the sums.
+#[inline(always)]
+fn swap_quad(quad: &mut [u8], word: u32) -> u64 {
+    let old = u64::from(u32::from_ne_bytes([quad[0], quad[1], quad[2], quad[3]]));
+    quad.copy_from_slice(&word.to_ne_bytes());
+    old
+}
+
+/// Updates an IPv4 header's checksum for address bytes whose sum went from `old` to `new`.
+#[inline(always)]
+fn update_ipv4_checksum(header: &mut [u8; IPV4_HEADER_LEN], old: u64, new: u64) {
+    let check = checksum::update(word16(header, 10) as u16, old, new);
+    header[10..12].copy_from_slice(&check.to_ne_bytes());
 }
 
 /// Writes the given addresses (source at `at[0]`, destination at `at[1]`, each of `LEN` bytes) over an IP
@@ -153,8 +167,7 @@ fn translate_header(
         L3::Ipv4 => {
             let header = fixed_mut::<IPV4_HEADER_LEN>(frame, l3)?;
             let (old, new) = swap_addresses::<4>(header, [12, 16], [src, dst])?;
-            let check = checksum::update(word16(header, 10) as u16, old, new);
-            header[10..12].copy_from_slice(&check.to_ne_bytes());
+            update_ipv4_checksum(header, old, new);
             Ok((old, new))
         }
         L3::Ipv6 => {
@@ -320,13 +333,8 @@ pub fn rewrite_destination_v4(
         ));
     }
     let header = fixed_mut::<IPV4_HEADER_LEN>(frame, usize::from(layout.l3_offset()))?;
-    let old = u64::from(u32::from_ne_bytes([
-        header[16], header[17], header[18], header[19],
-    ]));
-    header[16..20].copy_from_slice(&addr.to_ne_bytes());
-    let new = u64::from(addr);
-    let check = checksum::update(word16(header, 10) as u16, old, new);
-    header[10..12].copy_from_slice(&check.to_ne_bytes());
+    let (old, new) = (swap_quad(&mut header[16..20], addr), u64::from(addr));
+    update_ipv4_checksum(header, old, new);
     translate_transport(frame, layout, (old, new), [None, Some(port)])
 }
 

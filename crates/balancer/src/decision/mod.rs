@@ -347,7 +347,9 @@ impl WorkerState {
     /// it is. For a verdict kept beyond its frame's decision.
     pub fn concrete_rewrite(&self, snapshot: &Snapshot, rewrite: Rewrite) -> Option<Rewrite> {
         Some(match rewrite {
-            Rewrite::Connection(id) => self.client_translation(id)?.into(),
+            Rewrite::Connection(id) => {
+                client_translation_to(&self.conns.wire_endpoints(id)?).into()
+            }
             Rewrite::Reply(id) => self.reply_translation(id)?.into(),
             Rewrite::Tunnel(backend) => {
                 let (outer_src, outer_dst) = snapshot.tunnel(backend)?.header.endpoints();
@@ -358,13 +360,6 @@ impl WorkerState {
             }
             _ => rewrite,
         })
-    }
-
-    /// What [`Rewrite::Connection`] does to a client's frame of connection `id`: the destination becomes the
-    /// backend, and for FULLNAT the source the local endpoint.
-    #[inline(always)]
-    fn client_translation(&self, id: ConnId) -> Option<Translation> {
-        Some(client_translation_to(&self.conns.wire_endpoints(id)?))
     }
 
     /// What [`Rewrite::Reply`] does to a backend's frame of connection `id`: the source becomes the VIP the client
